@@ -1,0 +1,34 @@
+/* cli.h -- what the pathkernel commands share: number parsing that names the
+ * option, exit codes, data loading with the common options. */
+#ifndef PK_CLI_H
+#define PK_CLI_H
+
+#include "pathkernel.h"
+#include <getopt.h>
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
+
+/* Print "pathkernel CMD: message" and return the exit code for status s. */
+int cli_error(const char *cmd, pk_status s);
+/* Usage error: print the message and a pointer to --help; returns 2. */
+int cli_usage(const char *cmd, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Strict numbers for option `opt`: 0 on success, else an error printed. */
+int cli_double(const char *cmd, const char *opt, const char *arg, double *v);
+int cli_size(const char *cmd, const char *opt, const char *arg, size_t *v);
+int cli_u64(const char *cmd, const char *opt, const char *arg, uint64_t *v);
+/* --threads N, applied at once. */
+int cli_threads(const char *cmd, const char *arg);
+
+/* The step a user names: "init" (0), "final" (T) or a number 0..T. */
+int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
+
+int cmd_train(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
+int cmd_weights(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+#endif

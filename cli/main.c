@@ -1,0 +1,34 @@
+/* main.c -- the pathkernel command: dispatch to one file per command group. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct { const char *name; int (*fn)(int, char **); const char *what; } commands[] = {
+    {"train", cmd_train, "train a network by gradient descent and record its path"},
+    {"predict", cmd_predict, "outputs of a run's network at any recorded step"},
+    {"weights", cmd_weights, "export a step's weights as W1.npy b1.npy ... (nn.Linear layout)"},
+    {"info", cmd_info, "what a run is, in a few lines"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "pathkernel %s -- a trained network as an exact kernel machine over its training examples\n\n"
+               "usage: pathkernel COMMAND [options]   (pathkernel COMMAND --help for its options)\n\ncommands:\n",
+            PK_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\nexit status: 0 success, 1 failure, 2 bad input or usage\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { usage(stderr); return EXIT_BAD_INPUT; }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    if (!strcmp(argv[1], "--version")) { printf("pathkernel %s\n", PK_VERSION); return 0; }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "pathkernel: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return EXIT_BAD_INPUT;
+}

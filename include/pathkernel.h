@@ -1,0 +1,329 @@
+/*
+ * pathkernel.h -- the one public header of libpathkernel.
+ *
+ * pathkernel trains dense networks by gradient descent, records the whole
+ * path, and (see docs/MATH.md, shared/docs/MATH.md in the project) turns the
+ * trained network into its exact kernel machine over the training examples.
+ *
+ * A complete program:
+ *
+ *     #include <pathkernel.h>
+ *
+ *     pk_data train;
+ *     pk_load_opts lo = pk_load_opts_defaults();
+ *     if (pk_data_load("data/digits.csv.gz", &lo, &train) != PK_OK) {
+ *         fprintf(stderr, "%s\n", pk_last_error()); return 2;
+ *     }
+ *     pk_train_opts to = pk_train_opts_defaults();
+ *     to.model = "mlp:64:tanh"; to.loss = PK_LOSS_SOFTMAX;
+ *     to.optim.kind = PK_OPTIM_SGD; to.optim.lr = 0.1; to.optim.batch = 64;
+ *     to.steps = 200; to.out_dir = "run";
+ *     if (pk_train(&train, NULL, &to, NULL) != PK_OK) { ... }
+ *
+ *     pk_run *run;                         // reopen it later
+ *     pk_run_open("run", &run);
+ *     double *w = malloc(pk_run_mlp(run)->n_params * sizeof *w);
+ *     pk_run_weights(run, pk_run_steps(run), w);   // final weights (P)
+ *     ...
+ *     pk_run_close(run);
+ *
+ * Conventions: every function that can fail returns pk_status and leaves a
+ * one-line message in pk_last_error() (per thread); the library never exits
+ * or prints. Sizes are size_t, numbers are double, matrices are row-major
+ * with their shape in a comment. The caller owns what it passes in;
+ * functions that return memory say how to free it.
+ */
+#ifndef PATHKERNEL_H
+#define PATHKERNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PK_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------ errors */
+
+typedef enum pk_status {
+    PK_OK = 0,
+    PK_ERR_INPUT = 2,   /* malformed input file, spec or argument (CLI exit 2) */
+    PK_ERR_IO,          /* cannot read or write a file                         */
+    PK_ERR_NOMEM,       /* allocation failed or request too large              */
+    PK_ERR_NUMERIC,     /* NaN/Inf appeared (divergence)                       */
+    PK_ERR_STATE,       /* run directory inconsistent, checksum mismatch, ...  */
+    PK_ERR_INTERNAL
+} pk_status;
+
+const char *pk_status_str(pk_status s);
+/* The message of the last failure in this thread ("" if none). */
+const char *pk_last_error(void);
+/* Set the message (printf-style) and return `s`; for use by callers that
+ * extend the library, and by the library itself. */
+pk_status pk_fail(pk_status s, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Threads used by BLAS and by the library's own loops (0 = all cores).
+ * Results never depend on it. */
+void pk_set_threads(int n);
+int pk_get_threads(void);
+
+/* -------------------------------------------------------------------- data */
+
+/* A data set in memory. Plain data: the caller may build one by hand. */
+typedef struct pk_data {
+    size_t n;          /* examples                                        */
+    size_t d;          /* features per example                            */
+    size_t ty;         /* target columns (1 for class labels)             */
+    double *x;         /* (n, d) row-major features                       */
+    double *y;         /* (n, ty) targets: class index (integral) or real */
+    size_t img_h, img_w; /* image shape when the source has one, else 0   */
+    char *source;      /* the spec it was loaded from (owned)             */
+} pk_data;
+
+typedef struct pk_load_opts {
+    size_t first;       /* keep the first N examples (0 = all)             */
+    size_t random;      /* keep a seeded random N examples, in data order (0 = all) */
+    uint64_t seed;      /* seed for `random`                               */
+} pk_load_opts;
+
+pk_load_opts pk_load_opts_defaults(void);
+
+/* Load from a spec:
+ *   PATH.csv | PATH.csv.gz        numeric CSV, last column the target, optional header
+ *   npy:FEATURES.npy,TARGETS.npy  float64/float32/int64/int32/uint8, C order
+ *   PATH.svm | PATH.libsvm        svmlight `label idx:val ...`, 1-based ascending
+ *   idx:IMAGES,LABELS             IDX files, gzipped or not (pixels / 255)
+ *   fashion-mnist:train|test      Debian's dataset-fashion-mnist
+ * Errors name the file, the line or byte offset, and what is wrong. */
+pk_status pk_data_load(const char *spec, const pk_load_opts *opts, pk_data *out);
+void pk_data_free(pk_data *data);
+
+/* Mean and standard deviation of every feature ((d) each); a feature with
+ * zero spread gets std 1 so that the transform is defined. */
+void pk_data_moments(const pk_data *data, double *mean, double *std);
+/* x <- (x - mean) / std, in place. */
+void pk_data_standardize(pk_data *data, const double *mean, const double *std);
+/* 64-bit fingerprint of (n, d, ty, x, y): the run directory records it. */
+uint64_t pk_data_fingerprint(const pk_data *data);
+/* Number of classes implied by integral targets 0..C-1 (checks them). */
+pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
+
+/* --------------------------------------------------------------------- npy */
+
+/* Read any supported .npy (float64/float32/int64/int32/uint8, C order, up to
+ * 8 dims) as double. *a is malloc'ed; free() it. */
+pk_status pk_npy_read(const char *path, double **a, size_t *ndim, size_t shape[8]);
+/* Write float64 C-order .npy atomically (temporary file, then rename). */
+pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const size_t *shape);
+
+/* ------------------------------------------------------------------- model */
+
+#define PK_MAX_LAYERS 16
+
+typedef enum pk_act {
+    PK_ACT_IDENTITY, PK_ACT_TANH, PK_ACT_RELU, PK_ACT_SIGMOID,
+    PK_ACT_SOFTPLUS, PK_ACT_GELU
+} pk_act;
+
+typedef enum pk_param { PK_PARAM_STANDARD, PK_PARAM_NTK } pk_param;
+
+/* A multilayer perceptron: architecture only (weights live in a flat
+ * double vector of n_params owned by the caller). Layer l (0-based) maps
+ * dims[l] -> dims[l+1] by z = s_w W a + s_b c, then the activation on every
+ * layer but the last. W is (dims[l+1], dims[l]) row-major (nn.Linear layout),
+ * followed by c (dims[l+1]). s_w = s_b = 1 in the standard parameterisation,
+ * s_w = sigma_w / sqrt(dims[l]), s_b = sigma_b in the ntk one. */
+typedef struct pk_mlp {
+    size_t n_layers;                  /* dense layers L >= 1                */
+    size_t dims[PK_MAX_LAYERS + 1];   /* dims[0] = inputs, dims[L] = outputs */
+    pk_act act;
+    pk_param param;
+    double sigma_w, sigma_b;
+    size_t n_params;                  /* P                                  */
+    size_t w_off[PK_MAX_LAYERS];      /* offset of W_l in the vector        */
+    size_t b_off[PK_MAX_LAYERS];      /* offset of c_l in the vector        */
+} pk_mlp;
+
+/* Parse "mlp:H1,H2,...:ACT", "mlp::" / "linear" and build the architecture
+ * for d_in inputs and d_out outputs. */
+pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param param,
+                       double sigma_w, double sigma_b, pk_mlp *out);
+/* The spec string back ("mlp:64,64:tanh"); writes at most len bytes. */
+void pk_mlp_spec(const pk_mlp *m, char *buf, size_t len);
+const char *pk_act_name(pk_act a);
+pk_status pk_act_parse(const char *s, pk_act *a);
+/* Forward scale s_w and bias scale s_b of layer l. */
+double pk_mlp_wscale(const pk_mlp *m, size_t l);
+double pk_mlp_bscale(const pk_mlp *m, size_t l);
+
+/* Seeded initialisation: standard = PyTorch nn.Linear's default,
+ * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and c; ntk = N(0, 1). */
+void pk_mlp_init(const pk_mlp *m, uint64_t seed, double *w /* (P) */);
+
+/* Activations kept by a forward pass, for backward passes and kernels.
+ * Plain data, allocated for up to `cap` examples by pk_tape_new. */
+typedef struct pk_tape {
+    size_t cap, n;                       /* capacity, examples in use      */
+    double *a[PK_MAX_LAYERS + 1];        /* a[l]: (n, dims[l]) input of layer l; a[L] = output f */
+    double *z[PK_MAX_LAYERS];            /* z[l]: (n, dims[l+1]) pre-activation */
+    double *delta[PK_MAX_LAYERS];        /* delta[l]: (n, dims[l+1]) dl/dz of the loss (after pk_mlp_backward) */
+} pk_tape;
+
+pk_tape *pk_tape_new(const pk_mlp *m, size_t cap);
+void pk_tape_free(pk_tape *t);
+
+/* f = model(x) for n <= cap examples; leaves activations on the tape.
+ * x is (n, dims[0]); the outputs are in tape->a[L] (n, dims[L]). */
+void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t);
+/* After a forward pass: given R (n, C), the per-example dl/df, fill
+ * tape->delta and, if grad is not NULL, set grad (P) = sum_i J_i^T R_i
+ * scaled by `scale` (use 1/|B| for a mean loss). */
+void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double *R,
+                     double scale, double *grad);
+/* After a forward pass: per-output deltas d f_k / d z for every layer:
+ * delta_out[l] is (n, C, dims[l+1]) row-major (caller-allocated).
+ * Used by tangent kernels (MATH.md section 4). */
+void pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
+                          double *const *delta_out);
+
+/* -------------------------------------------------------------------- loss */
+
+typedef enum pk_loss { PK_LOSS_MSE, PK_LOSS_LOGISTIC, PK_LOSS_SOFTMAX } pk_loss;
+
+const char *pk_loss_name(pk_loss l);
+pk_status pk_loss_parse(const char *s, pk_loss *l);
+/* Outputs the model needs for this loss and data (softmax: classes, logistic: 1,
+ * mse: target columns); checks the targets (class range, 0/1). */
+pk_status pk_loss_outputs(pk_loss l, const pk_data *data, size_t *n_out);
+/* Mean loss over the n rows of f (n, C) with targets y (n, ty); if R is not
+ * NULL it receives the per-example residual dl_i/df (n, C) (MATH.md s.1). */
+double pk_loss_eval(pk_loss l, const double *f, const double *y, size_t n, size_t C,
+                    size_t ty, double *R);
+/* Fraction of rows whose predicted class matches the target (classification). */
+double pk_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C);
+
+/* --------------------------------------------------------------- optimiser */
+
+typedef enum pk_optim_kind { PK_OPTIM_GD, PK_OPTIM_SGD, PK_OPTIM_MOMENTUM, PK_OPTIM_ADAM } pk_optim_kind;
+typedef enum pk_schedule { PK_SCHED_CONSTANT, PK_SCHED_STEP, PK_SCHED_COSINE } pk_schedule;
+
+typedef struct pk_optim {
+    pk_optim_kind kind;
+    double lr;             /* learning rate eta                            */
+    size_t batch;          /* mini-batch size (0 = full batch; sgd needs one) */
+    double momentum;       /* mu, heavy ball                               */
+    double beta1, beta2, eps; /* Adam                                      */
+    pk_schedule schedule;
+    size_t step_every;     /* PK_SCHED_STEP: multiply by gamma every k steps */
+    double gamma;
+    double lr_min;         /* PK_SCHED_COSINE: final learning rate         */
+} pk_optim;
+
+pk_optim pk_optim_defaults(void);
+const char *pk_optim_name(pk_optim_kind k);
+pk_status pk_optim_parse(const char *s, pk_optim_kind *k);
+const char *pk_schedule_name(pk_schedule s);
+pk_status pk_schedule_parse(const char *s, pk_schedule *k);
+/* Optimiser state vectors per parameter (momentum: 1, adam: 2, else 0). */
+size_t pk_optim_state_len(const pk_optim *o);
+/* Learning rate at step t of T. */
+double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
+/* One update at step t (0-based) with batch gradient G (P):
+ * w += D_t, state updated; D (P) receives the step if not NULL. */
+void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
+                   double *state, const double *G, double *D);
+
+/* -------------------------------------------------------------------- rng */
+
+/* Library-owned deterministic generator (xoshiro256**, seeded by splitmix64). */
+typedef struct pk_rng { uint64_t s[4]; } pk_rng;
+void pk_rng_seed(pk_rng *r, uint64_t seed);
+uint64_t pk_rng_u64(pk_rng *r);
+double pk_rng_uniform(pk_rng *r);          /* [0, 1) */
+double pk_rng_normal(pk_rng *r);           /* N(0, 1) */
+size_t pk_rng_below(pk_rng *r, size_t n);  /* uniform in [0, n) */
+void pk_rng_shuffle(pk_rng *r, uint32_t *a, size_t n);
+
+/* ---------------------------------------------------------------- training */
+
+typedef struct pk_train_opts {
+    const char *model;       /* "mlp:64:tanh"                                */
+    pk_param param;
+    double sigma_w, sigma_b; /* ntk parameterisation                         */
+    pk_loss loss;
+    pk_optim optim;
+    size_t steps;            /* T                                            */
+    uint64_t seed;           /* initialisation and batch order               */
+    size_t keep;             /* store weights every `keep` steps (1 = all)   */
+    const char *init_dir;    /* start from W1.npy b1.npy ... (NULL: seeded init) */
+    const char *out_dir;     /* run directory (required)                     */
+    const char *data_spec;   /* recorded in the run (may be NULL)            */
+    const pk_load_opts *load;/* recorded in the run (may be NULL)            */
+    int standardize;         /* record that x was standardised with `mean/std` */
+    const double *mean, *std;/* (d) each, when standardize                   */
+} pk_train_opts;
+
+pk_train_opts pk_train_opts_defaults(void);
+
+/* Called after every step with the step just finished (1..T) and its batch
+ * loss; return non-zero to stop early (the run stays valid up to there). */
+typedef int (*pk_progress_fn)(void *ctx, size_t step, size_t steps, double loss);
+
+/* Train on `train` and write the run directory opts->out_dir. The data must
+ * already be standardised if opts->standardize (the transform is recorded). */
+pk_status pk_train(const pk_data *train, const pk_train_opts *opts,
+                   pk_progress_fn progress, void *ctx);
+
+/* ---------------------------------------------------------- run directory */
+
+typedef struct pk_run pk_run;   /* opaque: an opened run directory */
+
+pk_status pk_run_open(const char *dir, pk_run **out);
+void pk_run_close(pk_run *run);
+const pk_mlp *pk_run_mlp(const pk_run *run);
+pk_loss pk_run_loss(const pk_run *run);
+const pk_optim *pk_run_optim(const pk_run *run);
+size_t pk_run_steps(const pk_run *run);       /* T: steps completed        */
+size_t pk_run_keep(const pk_run *run);        /* checkpoint every k steps  */
+const char *pk_run_dir(const pk_run *run);
+size_t pk_run_n_train(const pk_run *run);
+uint64_t pk_run_fingerprint(const pk_run *run);
+const char *pk_run_data_spec(const pk_run *run);
+/* Feature transform recorded at training time (NULL when none): (d) each. */
+const double *pk_run_mean(const pk_run *run);
+const double *pk_run_std(const pk_run *run);
+/* Weights w_t (P) after step t (0 = initial), replaying from the nearest
+ * stored checkpoint when `keep` > 1 (this needs the training data: see
+ * pk_run_attach_data). */
+pk_status pk_run_weights(pk_run *run, size_t t, double *w);
+/* Batch of step t (0-based): *idx points into the run (count *n). */
+pk_status pk_run_batch(const pk_run *run, size_t t, const uint32_t **idx, size_t *n);
+double pk_run_lr(const pk_run *run, size_t t);
+double pk_run_batch_loss(const pk_run *run, size_t t);
+/* Give the run its training data (checked against the fingerprint). */
+pk_status pk_run_attach_data(pk_run *run, const pk_data *train);
+/* Load the training data from the recorded spec, options and transform. */
+pk_status pk_run_load_train(pk_run *run, pk_data *train);
+/* Load any data spec with the run's feature transform applied. */
+pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
+                           pk_data *out);
+
+/* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
+ * layout) into dir; read the same layout back into raw parameters. */
+pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir);
+pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w);
+
+/* Predictions f (n, C) of weights w on x (n, dims[0]), in blocks. */
+pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PATHKERNEL_H */

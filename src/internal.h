@@ -1,0 +1,87 @@
+/* internal.h -- helpers shared by the library's files; not installed. */
+#ifndef PK_INTERNAL_H
+#define PK_INTERNAL_H
+
+#include "pathkernel.h"
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Checked allocation of n * size bytes; NULL (with pk_last_error set) when
+ * the product overflows or memory is short. */
+void *pk_alloc(size_t n, size_t size);
+void *pk_calloc(size_t n, size_t size);
+
+/* Atomic output: write into "PATH.tmp.PID", then pk_atomic_commit renames
+ * it over PATH (after fflush/fsync); pk_atomic_abort removes it. */
+typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
+pk_status pk_atomic_open(pk_atomic *a, const char *path);
+pk_status pk_atomic_commit(pk_atomic *a);
+void pk_atomic_abort(pk_atomic *a);
+/* Write a whole buffer atomically. */
+pk_status pk_write_file(const char *path, const void *buf, size_t len);
+/* Read a whole file (plain or gzip) into memory; *buf is malloc'ed and
+ * NUL-terminated (len excludes the NUL). `max` bounds the size (0 = 4 GiB). */
+pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char **buf, size_t *len);
+
+/* "a/b" joined into a malloc'ed string. */
+char *pk_path_join(const char *dir, const char *name);
+char *pk_strdup(const char *s);
+/* Parse a whole string as a finite double / size_t; 0 on success. */
+int pk_parse_double(const char *s, double *v);
+int pk_parse_size(const char *s, size_t *v);
+
+/* 64-bit FNV-1a over bytes, chained from h (start with PK_HASH_INIT). */
+#define PK_HASH_INIT 0xcbf29ce484222325ULL
+uint64_t pk_hash_bytes(uint64_t h, const void *p, size_t n);
+
+#endif
+
+/* ------------------------------------------------------------ training step */
+
+/* What one gradient evaluation needs: the model, the loss, the data and the
+ * scratch buffers for a batch of up to `cap` examples. train.c owns it; the
+ * run directory replays steps with it (pk_run_weights). */
+typedef struct pk_stepper {
+    const pk_mlp *m;
+    pk_loss loss;
+    const pk_data *data;
+    size_t cap;
+    pk_tape *tape;
+    double *xb;   /* (cap, d)   gathered batch features */
+    double *yb;   /* (cap, ty)  gathered batch targets  */
+    double *R;    /* (cap, C)   residuals dl/df         */
+} pk_stepper;
+
+pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk_data *data, size_t cap);
+void pk_stepper_free(pk_stepper *s);
+/* Batch gradient G (P) of the mean loss over the examples idx[0..nb) at w;
+ * idx == NULL means all examples in order. Returns the batch loss. */
+double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G);
+
+/* ------------------------------------------------------------ run directory */
+
+#define PK_RUN_VERSION 1
+/* Weights checkpoint: "PKWEIGHT" u32 version u32 0 u64 step u64 P u64 S,
+ * then w (P) and optimiser state (S, P) as float64, then crc32 (u32) of all
+ * bytes before it. Little-endian. */
+pk_status pk_ckpt_write(const char *path, size_t step, size_t P, const double *w, size_t S, const double *state);
+pk_status pk_ckpt_read(const char *path, size_t step, size_t P, double *w, size_t S, double *state);
+/* Name of the checkpoint of step t inside a run: malloc'ed "DIR/weights/step-%08zu.pkw". */
+char *pk_ckpt_path(const char *dir, size_t t);
+
+/* The recorded path: learning rate, batch loss and batch of every step.
+ * "PKTRAJ\0\0" u32 version u32 0 u64 T u64 N u64 total, then lr (T) and
+ * loss (T) float64, off (T+1) u64, idx (total) u32, then crc32. A step with
+ * an empty range used the full batch 0..N-1 in order. */
+typedef struct pk_traj {
+    size_t T, N;
+    double *lr;      /* (T) */
+    double *loss;    /* (T) */
+    uint64_t *off;   /* (T+1) */
+    uint32_t *idx;   /* (off[T]) */
+    uint32_t *iota;  /* (N) 0..N-1, for full batches */
+} pk_traj;
+
+pk_status pk_traj_write(const char *path, const pk_traj *tr);
+pk_status pk_traj_read(const char *path, pk_traj *tr);
+void pk_traj_free(pk_traj *tr);

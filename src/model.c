@@ -1,0 +1,268 @@
+/* model.c -- multilayer perceptrons: spec parsing, initialisation, forward
+ * and backward passes, and the per-output deltas that tangent kernels need
+ * (MATH.md section 4). Weights are one flat vector; layer l owns
+ * W_l (dims[l+1], dims[l]) at w_off[l] and c_l (dims[l+1]) at b_off[l]. */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+static const char *const act_names[] = {"identity", "tanh", "relu", "sigmoid", "softplus", "gelu"};
+
+const char *pk_act_name(pk_act a) { return a <= PK_ACT_GELU ? act_names[a] : "?"; }
+
+pk_status pk_act_parse(const char *s, pk_act *a)
+{
+    for (int i = 0; i <= PK_ACT_GELU; i++)
+        if (!strcmp(s, act_names[i])) { *a = (pk_act)i; return PK_OK; }
+    if (!strcmp(s, "linear") || !*s) { *a = PK_ACT_IDENTITY; return PK_OK; }
+    return pk_fail(PK_ERR_INPUT, "unknown activation '%s' (use identity, tanh, relu, sigmoid, softplus or gelu)", s);
+}
+
+pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param param,
+                       double sigma_w, double sigma_b, pk_mlp *m)
+{
+    memset(m, 0, sizeof *m);
+    m->param = param;
+    m->sigma_w = sigma_w;
+    m->sigma_b = sigma_b;
+    m->act = PK_ACT_IDENTITY;
+    if (!d_in || !d_out) return pk_fail(PK_ERR_INPUT, "model needs at least one input and one output");
+    if (param == PK_PARAM_NTK && !(sigma_w > 0 && isfinite(sigma_w) && sigma_b >= 0 && isfinite(sigma_b)))
+        return pk_fail(PK_ERR_INPUT, "ntk parameterisation needs sigma_w > 0 and sigma_b >= 0");
+    size_t hidden[PK_MAX_LAYERS], nh = 0;
+    if (strcmp(spec, "linear") != 0) {
+        if (strncmp(spec, "mlp:", 4) != 0)
+            return pk_fail(PK_ERR_INPUT, "model '%s': expected mlp:H1,H2,...:ACT (e.g. mlp:64,64:tanh) or linear", spec);
+        const char *p = spec + 4;
+        const char *colon = strchr(p, ':');
+        if (!colon)
+            return pk_fail(PK_ERR_INPUT, "model '%s': missing ':ACT' after the widths (e.g. mlp:64:tanh)", spec);
+        while (p < colon) {
+            char *end;
+            if (*p < '0' || *p > '9')
+                return pk_fail(PK_ERR_INPUT, "model '%s': width at offset %zu is not a positive integer", spec, (size_t)(p - spec));
+            unsigned long long h = strtoull(p, &end, 10);
+            if (h == 0 || h > (1u << 24))
+                return pk_fail(PK_ERR_INPUT, "model '%s': width %llu out of range 1..16777216", spec, h);
+            if (nh == PK_MAX_LAYERS - 1)
+                return pk_fail(PK_ERR_INPUT, "model '%s': at most %d hidden layers", spec, PK_MAX_LAYERS - 1);
+            hidden[nh++] = (size_t)h;
+            p = end;
+            if (p < colon) {
+                if (*p != ',') return pk_fail(PK_ERR_INPUT, "model '%s': widths must be separated by ','", spec);
+                p++;
+                if (p == colon) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ',' in the widths", spec);
+            }
+        }
+        pk_status s = pk_act_parse(colon + 1, &m->act);
+        if (s) return pk_fail(s, "model '%s': %s", spec, pk_last_error());
+    }
+    m->n_layers = nh + 1;
+    m->dims[0] = d_in;
+    for (size_t i = 0; i < nh; i++) m->dims[i + 1] = hidden[i];
+    m->dims[nh + 1] = d_out;
+    size_t off = 0;
+    for (size_t l = 0; l < m->n_layers; l++) {
+        size_t wn = m->dims[l + 1] * m->dims[l];
+        if (m->dims[l] && wn / m->dims[l] != m->dims[l + 1]) return pk_fail(PK_ERR_INPUT, "model too large");
+        m->w_off[l] = off;
+        m->b_off[l] = off + wn;
+        off += wn + m->dims[l + 1];
+        if (off > ((size_t)1 << 34)) return pk_fail(PK_ERR_INPUT, "model '%s' has more than 2^34 parameters", spec);
+    }
+    m->n_params = off;
+    return PK_OK;
+}
+
+void pk_mlp_spec(const pk_mlp *m, char *buf, size_t len)
+{
+    if (m->n_layers == 1 && m->act == PK_ACT_IDENTITY) { snprintf(buf, len, "linear"); return; }
+    size_t k = (size_t)snprintf(buf, len, "mlp:");
+    for (size_t l = 1; l < m->n_layers && k < len; l++)
+        k += (size_t)snprintf(buf + k, len - k, "%s%zu", l > 1 ? "," : "", m->dims[l]);
+    if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
+}
+
+double pk_mlp_wscale(const pk_mlp *m, size_t l)
+{
+    return m->param == PK_PARAM_NTK ? m->sigma_w / sqrt((double)m->dims[l]) : 1.0;
+}
+
+double pk_mlp_bscale(const pk_mlp *m, size_t l)
+{
+    (void)l;
+    return m->param == PK_PARAM_NTK ? m->sigma_b : 1.0;
+}
+
+void pk_mlp_init(const pk_mlp *m, uint64_t seed, double *w)
+{
+    pk_rng r;
+    pk_rng_seed(&r, seed);
+    for (size_t l = 0; l < m->n_layers; l++) {
+        size_t n = m->dims[l + 1] * (m->dims[l] + 1); /* W_l then c_l, contiguous */
+        double *p = w + m->w_off[l];
+        if (m->param == PK_PARAM_NTK) {
+            for (size_t i = 0; i < n; i++) p[i] = pk_rng_normal(&r);
+        } else {
+            double bound = 1.0 / sqrt((double)m->dims[l]);
+            for (size_t i = 0; i < n; i++) p[i] = bound * (2.0 * pk_rng_uniform(&r) - 1.0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ activations */
+
+static inline double act_f(pk_act a, double z)
+{
+    switch (a) {
+    case PK_ACT_IDENTITY: return z;
+    case PK_ACT_TANH: return tanh(z);
+    case PK_ACT_RELU: return z > 0 ? z : 0.0;
+    case PK_ACT_SIGMOID: return 1.0 / (1.0 + exp(-z));
+    case PK_ACT_SOFTPLUS: return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
+    case PK_ACT_GELU: return 0.5 * z * (1.0 + erf(z * M_SQRT1_2));
+    }
+    return z;
+}
+
+/* Derivative from the pre-activation z and the activation value y = act(z). */
+static inline double act_df(pk_act a, double z, double y)
+{
+    switch (a) {
+    case PK_ACT_IDENTITY: return 1.0;
+    case PK_ACT_TANH: return 1.0 - y * y;
+    case PK_ACT_RELU: return z > 0 ? 1.0 : 0.0;
+    case PK_ACT_SIGMOID: return y * (1.0 - y);
+    case PK_ACT_SOFTPLUS: return 1.0 / (1.0 + exp(-z));
+    case PK_ACT_GELU: return 0.5 * (1.0 + erf(z * M_SQRT1_2)) + z * exp(-0.5 * z * z) * 0.3989422804014327;
+    }
+    return 1.0;
+}
+
+/* ------------------------------------------------------------------ tape */
+
+pk_tape *pk_tape_new(const pk_mlp *m, size_t cap)
+{
+    pk_tape *t = pk_calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->cap = cap;
+    size_t L = m->n_layers;
+    for (size_t l = 0; l < L; l++) {
+        size_t d = m->dims[l + 1];
+        t->z[l] = pk_alloc(cap, d * sizeof(double));
+        t->delta[l] = pk_alloc(cap, d * sizeof(double));
+        /* a[l+1] = act(z[l]); the last layer has no activation: alias. */
+        t->a[l + 1] = l + 1 < L ? pk_alloc(cap, d * sizeof(double)) : t->z[l];
+        if (!t->z[l] || !t->delta[l] || !t->a[l + 1]) { pk_tape_free(t); return NULL; }
+    }
+    return t;
+}
+
+void pk_tape_free(pk_tape *t)
+{
+    if (!t) return;
+    for (size_t l = 0; l < PK_MAX_LAYERS; l++) {
+        if (t->a[l + 1] && t->a[l + 1] != t->z[l]) free(t->a[l + 1]);
+        free(t->z[l]);
+        free(t->delta[l]);
+    }
+    free(t);
+}
+
+/* --------------------------------------------------------------- passes */
+
+void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t)
+{
+    size_t L = m->n_layers;
+    t->n = n;
+    t->a[0] = (double *)x; /* the input is borrowed, never written */
+    for (size_t l = 0; l < L; l++) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        const double *W = w + m->w_off[l], *c = w + m->b_off[l];
+        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+        double *z = t->z[l];
+        /* z (n, dout) = sw * a (n, din) W^T + sb * c */
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)dout, (int)din, sw,
+                    t->a[l], (int)din, W, (int)din, 0.0, z, (int)dout);
+        double *a = t->a[l + 1];
+        int last = l + 1 == L;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            double *zi = z + i * dout, *ai = a + i * dout;
+            for (size_t j = 0; j < dout; j++) {
+                zi[j] += sb * c[j];
+                if (!last) ai[j] = act_f(m->act, zi[j]);
+            }
+        }
+    }
+}
+
+/* g (n, dout) times W_l (dout, din) times sw into out (n, din), then the
+ * Hadamard product with act'(z_{l-1}) row by row: the backward step through
+ * layer l. `rows_per_ex` rows of g share one example's activation (1 for
+ * the loss, C for per-output deltas). */
+static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, size_t l,
+                         const double *g, size_t rows, size_t rows_per_ex, double *out)
+{
+    size_t din = m->dims[l], dout = m->dims[l + 1];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)din, (int)dout,
+                pk_mlp_wscale(m, l), g, (int)dout, w + m->w_off[l], (int)din, 0.0, out, (int)din);
+    const double *z = t->z[l - 1], *a = t->a[l];
+    #pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        size_t i = r / rows_per_ex;
+        double *o = out + r * din;
+        for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, z[i * din + j], a[i * din + j]);
+    }
+}
+
+void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double *R,
+                     double scale, double *grad)
+{
+    size_t L = m->n_layers, n = t->n;
+    memcpy(t->delta[L - 1], R, n * m->dims[L] * sizeof(double));
+    for (size_t l = L; l-- > 0;) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        const double *delta = t->delta[l];
+        if (grad) {
+            /* dW (dout, din) = scale * sw * delta^T a ; dc = scale * sb * sum_i delta_i */
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)dout, (int)din, (int)n,
+                        scale * pk_mlp_wscale(m, l), delta, (int)dout, t->a[l], (int)din, 0.0,
+                        grad + m->w_off[l], (int)din);
+            double *gc = grad + m->b_off[l], sb = scale * pk_mlp_bscale(m, l);
+            for (size_t j = 0; j < dout; j++) gc[j] = 0.0;
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = 0; j < dout; j++) gc[j] += delta[i * dout + j];
+            for (size_t j = 0; j < dout; j++) gc[j] *= sb;
+        }
+        if (l > 0) back_through(m, w, t, l, delta, n, 1, t->delta[l - 1]);
+    }
+}
+
+void pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
+                          double *const *delta_out)
+{
+    size_t L = m->n_layers, n = t->n, C = m->dims[L];
+    double *top = delta_out[L - 1]; /* (n, C, C): d f_k / d z_L = e_k */
+    memset(top, 0, n * C * C * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < C; k++) top[(i * C + k) * C + k] = 1.0;
+    for (size_t l = L - 1; l > 0; l--)
+        back_through(m, w, t, l, delta_out[l], n * C, C, delta_out[l - 1]);
+}
+
+pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f)
+{
+    size_t block = n < 1024 ? (n ? n : 1) : 1024, C = m->dims[m->n_layers];
+    pk_tape *t = pk_tape_new(m, block);
+    if (!t) return PK_ERR_NOMEM;
+    for (size_t i = 0; i < n; i += block) {
+        size_t b = n - i < block ? n - i : block;
+        pk_mlp_forward(m, w, x + i * m->dims[0], b, t);
+        memcpy(f + i * C, t->a[m->n_layers], b * C * sizeof(double));
+    }
+    pk_tape_free(t);
+    return PK_OK;
+}

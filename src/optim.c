@@ -1,0 +1,97 @@
+/* optim.c -- gd, sgd, heavy-ball momentum and Adam updates, and the
+ * learning-rate schedules. State is a flat (state_len, P) block. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char *const optim_names[] = {"gd", "sgd", "momentum", "adam"};
+static const char *const sched_names[] = {"constant", "step", "cosine"};
+
+pk_optim pk_optim_defaults(void)
+{
+    pk_optim o = {0};
+    o.kind = PK_OPTIM_GD;
+    o.lr = 0.1;
+    o.momentum = 0.9;
+    o.beta1 = 0.9;
+    o.beta2 = 0.999;
+    o.eps = 1e-8;
+    o.schedule = PK_SCHED_CONSTANT;
+    o.step_every = 100;
+    o.gamma = 0.5;
+    o.lr_min = 0.0;
+    return o;
+}
+
+const char *pk_optim_name(pk_optim_kind k) { return k <= PK_OPTIM_ADAM ? optim_names[k] : "?"; }
+const char *pk_schedule_name(pk_schedule s) { return s <= PK_SCHED_COSINE ? sched_names[s] : "?"; }
+
+pk_status pk_optim_parse(const char *s, pk_optim_kind *k)
+{
+    for (int i = 0; i <= PK_OPTIM_ADAM; i++)
+        if (!strcmp(s, optim_names[i])) { *k = (pk_optim_kind)i; return PK_OK; }
+    return pk_fail(PK_ERR_INPUT, "unknown optimiser '%s' (use gd, sgd, momentum or adam)", s);
+}
+
+pk_status pk_schedule_parse(const char *s, pk_schedule *k)
+{
+    for (int i = 0; i <= PK_SCHED_COSINE; i++)
+        if (!strcmp(s, sched_names[i])) { *k = (pk_schedule)i; return PK_OK; }
+    return pk_fail(PK_ERR_INPUT, "unknown schedule '%s' (use constant, step or cosine)", s);
+}
+
+size_t pk_optim_state_len(const pk_optim *o)
+{
+    return o->kind == PK_OPTIM_MOMENTUM ? 1 : o->kind == PK_OPTIM_ADAM ? 2 : 0;
+}
+
+double pk_optim_lr(const pk_optim *o, size_t t, size_t T)
+{
+    switch (o->schedule) {
+    case PK_SCHED_CONSTANT: return o->lr;
+    case PK_SCHED_STEP: return o->lr * pow(o->gamma, (double)(o->step_every ? t / o->step_every : 0));
+    case PK_SCHED_COSINE:
+        return o->lr_min + 0.5 * (o->lr - o->lr_min) * (1.0 + cos(M_PI * (double)t / (double)(T ? T : 1)));
+    }
+    return o->lr;
+}
+
+void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
+                   double *state, const double *G, double *D)
+{
+    switch (o->kind) {
+    case PK_OPTIM_GD:
+    case PK_OPTIM_SGD:
+        for (size_t j = 0; j < P; j++) {
+            double d = -lr * G[j];
+            w[j] += d;
+            if (D) D[j] = d;
+        }
+        break;
+    case PK_OPTIM_MOMENTUM: { /* v <- mu v + G ; D = -eta v (MATH.md section 5) */
+        double *v = state;
+        for (size_t j = 0; j < P; j++) {
+            v[j] = o->momentum * v[j] + G[j];
+            double d = -lr * v[j];
+            w[j] += d;
+            if (D) D[j] = d;
+        }
+        break;
+    }
+    case PK_OPTIM_ADAM: { /* PyTorch's Adam, step t+1, in its order of operations */
+        double *m = state, *v = state + P;
+        double b1 = o->beta1, b2 = o->beta2;
+        double bc1 = 1.0 - pow(b1, (double)(t + 1)), bc2 = sqrt(1.0 - pow(b2, (double)(t + 1)));
+        double step = lr / bc1;
+        for (size_t j = 0; j < P; j++) {
+            m[j] = b1 * m[j] + (1.0 - b1) * G[j];
+            v[j] = b2 * v[j] + (1.0 - b2) * G[j] * G[j];
+            double d = -step * (m[j] / (sqrt(v[j]) / bc2 + o->eps));
+            w[j] += d;
+            if (D) D[j] = d;
+        }
+        break;
+    }
+    }
+}
