@@ -30,5 +30,12 @@ int cmd_train(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_weights(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_kernel(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_convergence(int argc, char **argv);
+
+/* Write the explain summary as JSON (summary.json, verify --json). */
+char *cli_summary_json(const pk_explain *e);
 
 #endif

@@ -9,6 +9,10 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
     {"predict", cmd_predict, "outputs of a run's network at any recorded step"},
     {"weights", cmd_weights, "export a step's weights as W1.npy b1.npy ... (nn.Linear layout)"},
     {"info", cmd_info, "what a run is, in a few lines"},
+    {"kernel", cmd_kernel, "tangent kernel (empirical NTK) at a recorded step"},
+    {"explain", cmd_explain, "exact contribution of every training example to each query's prediction"},
+    {"verify", cmd_verify, "check that the kernel representation reproduces the predictions"},
+    {"convergence", cmd_convergence, "error of each quadrature rule as the learning rate shrinks"},
 };
 
 static void usage(FILE *f)
@@ -26,6 +30,7 @@ int main(int argc, char **argv)
     if (argc < 2) { usage(stderr); return EXIT_BAD_INPUT; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { printf("pathkernel %s\n", PK_VERSION); return 0; }
+    pk_set_threads(0); /* all cores for BLAS and our loops alike, until --threads says otherwise */
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "pathkernel: unknown command '%s'\n\n", argv[1]);

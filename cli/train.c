@@ -1,9 +1,14 @@
-/* train.c -- `pathkernel train`: load data, train, print what happened. */
+/* train.c -- `pathkernel train` and `pathkernel convergence`: the commands
+ * that train. */
+#define _XOPEN_SOURCE 700
 #include "cli.h"
 #include "internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -84,12 +89,22 @@ static void report(const char *name, pk_loss loss, const pk_mlp *m, const double
     free(f);
 }
 
-int cmd_train(int argc, char **argv)
+/* Everything train and convergence read from the command line. */
+typedef struct train_args {
+    pk_train_opts to;
+    pk_load_opts lo;
+    const char *data, *test, *query, *lrs, *rules;
+    double time;
+    int quiet;
+} train_args;
+
+/* One option table for both commands; `conv` selects which extra options
+ * are allowed (--query --time --lrs --rules for convergence; --test for train). */
+static int parse_train_args(const char *cmd, const char *help, int conv, int argc, char **argv, train_args *a)
 {
-    const char *cmd = "train";
     enum { O_DATA = 256, O_TEST, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_MODEL, O_PARAM, O_SW, O_SB, O_INIT, O_LOSS,
            O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
-           O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP };
+           O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"test", 1, 0, O_TEST}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
         {"data-seed", 1, 0, O_DSEED}, {"standardize", 0, 0, O_STD}, {"model", 1, 0, O_MODEL},
@@ -99,95 +114,121 @@ int cmd_train(int argc, char **argv)
         {"eps", 1, 0, O_EPS}, {"schedule", 1, 0, O_SCHED}, {"step-every", 1, 0, O_EVERY},
         {"gamma", 1, 0, O_GAMMA}, {"lr-min", 1, 0, O_LRMIN}, {"seed", 1, 0, O_SEED}, {"keep", 1, 0, O_KEEP},
         {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
+        {"query", 1, 0, O_QUERY}, {"time", 1, 0, O_TIME}, {"lrs", 1, 0, O_LRS}, {"rules", 1, 0, O_RULES},
         {0, 0, 0, 0}};
-    pk_train_opts to = pk_train_opts_defaults();
-    pk_load_opts lo = pk_load_opts_defaults();
-    const char *data_spec = NULL, *test_spec = NULL;
-    int quiet = 0, c;
+    memset(a, 0, sizeof *a);
+    a->to = pk_train_opts_defaults();
+    a->lo = pk_load_opts_defaults();
+    a->rules = "left,mid,gl2";
+    pk_train_opts *to = &a->to;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int c, idx;
+    while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
         int bad = 0;
+        if ((c >= O_QUERY && !conv) || ((c == O_TEST || c == O_LR || c == O_STEPS) && conv))
+            return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
         switch (c) {
-        case O_DATA: data_spec = optarg; break;
-        case O_TEST: test_spec = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &lo.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &lo.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &lo.seed); break;
-        case O_STD: to.standardize = 1; break;
-        case O_MODEL: to.model = optarg; break;
+        case O_DATA: a->data = optarg; break;
+        case O_TEST: a->test = optarg; break;
+        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &a->lo.first); break;
+        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &a->lo.random); break;
+        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &a->lo.seed); break;
+        case O_STD: to->standardize = 1; break;
+        case O_MODEL: to->model = optarg; break;
         case O_PARAM:
-            if (!strcmp(optarg, "ntk")) to.param = PK_PARAM_NTK;
-            else if (!strcmp(optarg, "standard")) to.param = PK_PARAM_STANDARD;
+            if (!strcmp(optarg, "ntk")) to->param = PK_PARAM_NTK;
+            else if (!strcmp(optarg, "standard")) to->param = PK_PARAM_STANDARD;
             else return cli_usage(cmd, "--param: '%s' is not standard or ntk", optarg);
             break;
-        case O_SW: bad = cli_double(cmd, "--sigma-w", optarg, &to.sigma_w); break;
-        case O_SB: bad = cli_double(cmd, "--sigma-b", optarg, &to.sigma_b); break;
-        case O_INIT: to.init_dir = optarg; break;
-        case O_LOSS: if (pk_loss_parse(optarg, &to.loss)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OPTIM: if (pk_optim_parse(optarg, &to.optim.kind)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_LR: bad = cli_double(cmd, "--lr", optarg, &to.optim.lr); break;
-        case O_STEPS: bad = cli_size(cmd, "--steps", optarg, &to.steps); break;
-        case O_BATCH: bad = cli_size(cmd, "--batch", optarg, &to.optim.batch); break;
-        case O_MOM: bad = cli_double(cmd, "--momentum", optarg, &to.optim.momentum); break;
-        case O_B1: bad = cli_double(cmd, "--beta1", optarg, &to.optim.beta1); break;
-        case O_B2: bad = cli_double(cmd, "--beta2", optarg, &to.optim.beta2); break;
-        case O_EPS: bad = cli_double(cmd, "--eps", optarg, &to.optim.eps); break;
-        case O_SCHED: if (pk_schedule_parse(optarg, &to.optim.schedule)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_EVERY: bad = cli_size(cmd, "--step-every", optarg, &to.optim.step_every); break;
-        case O_GAMMA: bad = cli_double(cmd, "--gamma", optarg, &to.optim.gamma); break;
-        case O_LRMIN: bad = cli_double(cmd, "--lr-min", optarg, &to.optim.lr_min); break;
-        case O_SEED: bad = cli_u64(cmd, "--seed", optarg, &to.seed); break;
-        case O_KEEP: bad = cli_size(cmd, "--keep", optarg, &to.keep); break;
-        case O_OUT: to.out_dir = optarg; break;
+        case O_SW: bad = cli_double(cmd, "--sigma-w", optarg, &to->sigma_w); break;
+        case O_SB: bad = cli_double(cmd, "--sigma-b", optarg, &to->sigma_b); break;
+        case O_INIT: to->init_dir = optarg; break;
+        case O_LOSS: if (pk_loss_parse(optarg, &to->loss)) return cli_error(cmd, PK_ERR_INPUT); break;
+        case O_OPTIM: if (pk_optim_parse(optarg, &to->optim.kind)) return cli_error(cmd, PK_ERR_INPUT); break;
+        case O_LR: bad = cli_double(cmd, "--lr", optarg, &to->optim.lr); break;
+        case O_STEPS: bad = cli_size(cmd, "--steps", optarg, &to->steps); break;
+        case O_BATCH: bad = cli_size(cmd, "--batch", optarg, &to->optim.batch); break;
+        case O_MOM: bad = cli_double(cmd, "--momentum", optarg, &to->optim.momentum); break;
+        case O_B1: bad = cli_double(cmd, "--beta1", optarg, &to->optim.beta1); break;
+        case O_B2: bad = cli_double(cmd, "--beta2", optarg, &to->optim.beta2); break;
+        case O_EPS: bad = cli_double(cmd, "--eps", optarg, &to->optim.eps); break;
+        case O_SCHED: if (pk_schedule_parse(optarg, &to->optim.schedule)) return cli_error(cmd, PK_ERR_INPUT); break;
+        case O_EVERY: bad = cli_size(cmd, "--step-every", optarg, &to->optim.step_every); break;
+        case O_GAMMA: bad = cli_double(cmd, "--gamma", optarg, &to->optim.gamma); break;
+        case O_LRMIN: bad = cli_double(cmd, "--lr-min", optarg, &to->optim.lr_min); break;
+        case O_SEED: bad = cli_u64(cmd, "--seed", optarg, &to->seed); break;
+        case O_KEEP: bad = cli_size(cmd, "--keep", optarg, &to->keep); break;
+        case O_OUT: to->out_dir = optarg; break;
         case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_QUIET: quiet = 1; break;
-        case O_HELP: fputs(train_help, stdout); return EXIT_OK;
+        case O_QUIET: a->quiet = 1; break;
+        case O_HELP: fputs(help, stdout); return -1;
+        case O_QUERY: a->query = optarg; break;
+        case O_TIME: bad = cli_double(cmd, "--time", optarg, &a->time); break;
+        case O_LRS: a->lrs = optarg; break;
+        case O_RULES: a->rules = optarg; break;
         default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
         if (bad) return EXIT_BAD_INPUT;
     }
     if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!data_spec) return cli_usage(cmd, "--data SPEC is required");
-    if (!to.out_dir) return cli_usage(cmd, "--out RUN is required");
+    if (!a->data) return cli_usage(cmd, "--data SPEC is required");
+    if (!conv && !to->out_dir) return cli_usage(cmd, "--out RUN is required");
+    return 0;
+}
 
-    pk_data train = {0}, test = {0};
-    double *mean = NULL, *sd = NULL;
-    pk_status s = pk_data_load(data_spec, &lo, &train);
-    if (!s && test_spec) s = pk_data_load(test_spec, NULL, &test);
-    if (!s && test_spec && test.d != train.d)
-        s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", test_spec, test.d, train.d);
-    if (!s && to.standardize) {
-        mean = pk_alloc(train.d, sizeof *mean);
-        sd = pk_alloc(train.d, sizeof *sd);
-        if (!mean || !sd) s = PK_ERR_NOMEM;
+/* Load the training data (and test data), standardising both with the
+ * training moments when asked; the transform goes into a->to. */
+static pk_status load_train_data(train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
+{
+    pk_status s = pk_data_load(a->data, &a->lo, train);
+    if (!s && a->test) s = pk_data_load(a->test, NULL, test);
+    if (!s && a->test && test->d != train->d)
+        s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
+    if (!s && a->to.standardize) {
+        *mean = pk_alloc(train->d, sizeof **mean);
+        *sd = pk_alloc(train->d, sizeof **sd);
+        if (!*mean || !*sd) s = PK_ERR_NOMEM;
         else {
-            pk_data_moments(&train, mean, sd);
-            pk_data_standardize(&train, mean, sd);
-            if (test_spec) pk_data_standardize(&test, mean, sd);
+            pk_data_moments(train, *mean, *sd);
+            pk_data_standardize(train, *mean, *sd);
+            if (a->test) pk_data_standardize(test, *mean, *sd);
         }
     }
-    to.data_spec = data_spec;
-    to.load = &lo;
-    to.mean = mean;
-    to.std = sd;
+    a->to.data_spec = a->data;
+    a->to.load = &a->lo;
+    a->to.mean = *mean;
+    a->to.std = *sd;
+    return s;
+}
 
-    progress pr = {isatty(2) && !quiet, now(), 0};
+int cmd_train(int argc, char **argv)
+{
+    const char *cmd = "train";
+    train_args a;
+    int rc = parse_train_args(cmd, train_help, 0, argc, argv, &a);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    pk_train_opts *to = &a.to;
+    pk_data train = {0}, test = {0};
+    double *mean = NULL, *sd = NULL;
+    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
+
+    progress pr = {isatty(2) && !a.quiet, now(), 0};
     struct sigaction sa = {0}, old_int, old_term;
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     double t0 = now();
-    if (!s) s = pk_train(&train, &to, on_step, &pr);
+    if (!s) s = pk_train(&train, to, on_step, &pr);
     double secs = now() - t0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
 
-    int rc = EXIT_OK;
+    rc = EXIT_OK;
     pk_run *run = NULL;
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
         if (s) rc = cli_error(cmd, s);
-        pk_status os = pk_run_open(to.out_dir, &run);
+        pk_status os = pk_run_open(to->out_dir, &run);
         if (os) rc = cli_error(cmd, os);
     } else {
         rc = cli_error(cmd, s);
@@ -200,16 +241,16 @@ int cmd_train(int argc, char **argv)
         size_t T = pk_run_steps(run);
         printf("trained %s (%zu parameters, %s) on %zu examples x %zu features: %s loss, %s lr %g",
                spec, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard", train.n, train.d,
-               pk_loss_name(to.loss), pk_optim_name(op->kind), op->lr);
+               pk_loss_name(to->loss), pk_optim_name(op->kind), op->lr);
         if (op->batch && op->batch < train.n) printf(" batch %zu", op->batch);
         printf(", %zu steps in %.2f s\n", T, secs);
         double *w = pk_alloc(m->n_params, sizeof *w);
         if (w && !pk_run_weights(run, T, w)) {
-            report("train", to.loss, m, w, &train);
-            if (test_spec) report("test", to.loss, m, w, &test);
+            report("train", to->loss, m, w, &train);
+            if (a.test) report("test", to->loss, m, w, &test);
         }
         free(w);
-        printf("run written to %s\n", to.out_dir);
+        printf("run written to %s\n", to->out_dir);
         pk_run_close(run);
         if (stop_requested) {
             fprintf(stderr, "pathkernel train: interrupted after step %zu; the run is valid up to there\n", T);
@@ -220,5 +261,150 @@ int cmd_train(int argc, char **argv)
     pk_data_free(&test);
     free(mean);
     free(sd);
+    return rc;
+}
+
+/* ------------------------------------------------------------ convergence */
+
+static const char *const conv_help =
+    "usage: pathkernel convergence --data SPEC --query SPEC --model SPEC --loss L --time TAU --lrs LIST [options]\n"
+    "\n"
+    "Trains once per learning rate eta in LIST for round(TAU/eta) steps (fixed eta*T), explains the\n"
+    "queries with each quadrature rule, and fits the slope of log(error) against log(eta): the\n"
+    "paper's \"exact as the learning rate goes to 0\" made measurable (MATH.md section 3: slopes\n"
+    "near 1 for left, 2 for mid, 2K for glK on smooth activations).\n"
+    "  --query SPEC    query inputs\n"
+    "  --time TAU      eta * T, the same for every run\n"
+    "  --lrs LIST      comma-separated learning rates, e.g. 0.4,0.2,0.1,0.05\n"
+    "  --rules LIST    quadrature rules [left,mid,gl2]\n"
+    "  --out DIR       keep the runs and write DIR/convergence.csv [runs in a temporary directory]\n"
+    "  and the data, model and optimiser options of train (not --lr, --steps, --test)\n";
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int cmd_convergence(int argc, char **argv)
+{
+    const char *cmd = "convergence";
+    train_args a;
+    int rc = parse_train_args(cmd, conv_help, 1, argc, argv, &a);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (!a.query || !a.lrs || !(a.time > 0)) return cli_usage(cmd, "--query, --lrs and a positive --time are required");
+    double lrs[32];
+    size_t nl = 0;
+    pk_quad rules[16];
+    size_t nr = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", a.lrs);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (nl == 32) return cli_usage(cmd, "--lrs: at most 32 learning rates");
+        if (cli_double(cmd, "--lrs", tok, &lrs[nl])) return EXIT_BAD_INPUT;
+        if (!(lrs[nl] > 0)) return cli_usage(cmd, "--lrs: learning rates must be positive");
+        nl++;
+    }
+    if (nl < 2) return cli_usage(cmd, "--lrs: give at least two learning rates to fit a slope");
+    qsort(lrs, nl, sizeof *lrs, cmp_double);
+    snprintf(buf, sizeof buf, "%s", a.rules);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (nr == 16) return cli_usage(cmd, "--rules: at most 16 rules");
+        if (pk_quad_parse(tok, &rules[nr++])) return cli_error(cmd, PK_ERR_INPUT);
+    }
+    char tmpl[] = "/tmp/pathkernel-convergence-XXXXXX";
+    const char *base = a.to.out_dir;
+    if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel convergence: mkdtemp"); return EXIT_FAIL; }
+    if (mkdir(base, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "pathkernel %s: %s: cannot create directory: %s\n", cmd, base, strerror(errno));
+        return EXIT_FAIL;
+    }
+    pk_data train = {0}, test = {0}, query = {0};
+    double *mean = NULL, *sd = NULL;
+    double err[32][16], rel[32][16];
+    size_t steps[32];
+    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
+    if (!s) {
+        s = pk_data_load(a.query, NULL, &query);
+        if (!s && query.d != train.d)
+            s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a.query, query.d, train.d);
+        if (!s && mean) pk_data_standardize(&query, mean, sd);
+    }
+    for (size_t i = 0; !s && i < nl; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "lr-%.6g", lrs[i]);
+        char *dir = pk_path_join(base, name);
+        if (!dir) { s = PK_ERR_NOMEM; break; }
+        pk_train_opts to = a.to;
+        to.optim.lr = lrs[i];
+        to.steps = steps[i] = (size_t)llround(a.time / lrs[i]);
+        if (!to.steps) s = pk_fail(PK_ERR_INPUT, "--time %g / lr %g rounds to 0 steps", a.time, lrs[i]);
+        to.out_dir = dir;
+        to.keep = to.steps; /* only the ends are needed: explain replays */
+        if (!s) s = pk_train(&train, &to, NULL, NULL);
+        pk_run *run = NULL;
+        if (!s) s = pk_run_open(dir, &run);
+        if (!s) s = pk_run_attach_data(run, &train);
+        for (size_t r = 0; !s && r < nr; r++) {
+            pk_explain_opts eo = pk_explain_opts_defaults();
+            eo.quad = rules[r];
+            eo.want_contrib = 0;
+            eo.want_kernel = 0;
+            pk_explain e;
+            s = pk_explain_run(run, query.x, query.n, &eo, &e);
+            if (!s) { err[i][r] = e.max_abs_err; rel[i][r] = e.max_rel_err; pk_explain_free(&e); }
+        }
+        pk_run_close(run);
+        free(dir);
+    }
+    if (!s) {
+        /* least-squares slope of log(err) on log(lr), over the errors above the rounding floor */
+        printf("%-10s %8s", "lr", "steps");
+        for (size_t r = 0; r < nr; r++) printf("  %12s", rules[r].name);
+        printf("   (max |pred - bias - sum contrib|)\n");
+        for (size_t i = 0; i < nl; i++) {
+            printf("%-10g %8zu", lrs[i], steps[i]);
+            for (size_t r = 0; r < nr; r++) printf("  %12.4e", err[i][r]);
+            printf("\n");
+        }
+        printf("%-19s", "slope");
+        char *csvp = pk_path_join(base, "convergence.csv");
+        pk_atomic f;
+        s = csvp ? pk_atomic_open(&f, csvp) : PK_ERR_NOMEM;
+        if (!s) {
+            fprintf(f.f, "lr,steps,rule,max_abs_err,max_rel_err\n");
+            for (size_t i = 0; i < nl; i++)
+                for (size_t r = 0; r < nr; r++)
+                    fprintf(f.f, "%.17g,%zu,%s,%.17g,%.17g\n", lrs[i], steps[i], rules[r].name, err[i][r], rel[i][r]);
+        }
+        for (size_t r = 0; r < nr; r++) {
+            double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
+            for (size_t i = 0; i < nl; i++) {
+                if (!(err[i][r] > 1e-13)) continue; /* at the floating-point floor: no information */
+                double x = log(lrs[i]), y = log(err[i][r]);
+                sx += x; sy += y; sxx += x * x; sxy += x * y; n++;
+            }
+            double slope = n >= 2 ? (n * sxy - sx * sy) / (n * sxx - sx * sx) : NAN;
+            printf("  %12.3f", slope);
+            if (!s) fprintf(f.f, "slope,,%s,%.17g,\n", rules[r].name, slope);
+        }
+        printf("\n");
+        if (!s) s = pk_atomic_commit(&f);
+        if (!s && a.to.out_dir) printf("wrote %s\n", csvp);
+        free(csvp);
+    }
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
+    if (!a.to.out_dir) { /* temporary runs: remove them */
+        if (nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+            fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    }
+    pk_data_free(&train); pk_data_free(&test); pk_data_free(&query);
+    free(mean); free(sd);
     return rc;
 }

@@ -320,6 +320,72 @@ pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_op
 pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir);
 pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w);
 
+/* ----------------------------------------------------------- tangent kernel */
+
+typedef enum pk_kmode {
+    PK_KMODE_FULL,    /* C x C blocks per pair                              */
+    PK_KMODE_TRACE    /* sum over outputs k of <J_{x,k}, J_{y,k}> per pair   */
+} pk_kmode;
+
+/* Empirical tangent kernel K^g_w(x, y) = J_x(w) J_y(w)^T (MATH.md sections 2
+ * and 4) between X (nx, d) and Y (ny, d), by the structured per-layer formula
+ * (GEMMs and Hadamard products, blocked so that the workspace stays bounded).
+ * K is (nx, ny, C, C) in full mode, (nx, ny) in trace mode (caller-allocated). */
+pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
+                            const double *Y, size_t ny, pk_kmode mode, double *K);
+
+/* -------------------------------------------------------------- path kernel */
+
+/* Quadrature rule for Jbar (MATH.md section 3): nodes s_q on [0, 1] and
+ * weights c_q summing to 1. */
+typedef struct pk_quad {
+    char name[8];          /* "left", "mid", "gl1".."gl8" */
+    size_t n;
+    double s[8], c[8];
+} pk_quad;
+
+pk_status pk_quad_parse(const char *name, pk_quad *q);
+
+typedef struct pk_explain_opts {
+    pk_quad quad;          /* default gl2                                     */
+    int want_contrib;      /* keep phi_i(x) (Q, N, C) [1]; 0: only its sum   */
+    int want_kernel;       /* compute the path kernel [1]                     */
+    pk_kmode mode;         /* kernel blocks or trace [trace]                   */
+    size_t block;          /* queries per block (0 = chosen from mem_limit)   */
+    size_t mem_limit;      /* bytes the outputs and workspace may use (0 = 3/4 of free memory) */
+} pk_explain_opts;
+
+pk_explain_opts pk_explain_opts_defaults(void);
+
+/* Everything `explain` computes for Q queries of a run with N training
+ * examples and C outputs. Free with pk_explain_free. */
+typedef struct pk_explain {
+    size_t Q, N, C;
+    pk_kmode mode;
+    double *pred;          /* (Q, C)  f(x; w_T)                                */
+    double *bias;          /* (Q, C)  b(x) = f(x; w_0)                         */
+    double *contrib;       /* (Q, N, C) phi_i(x), or NULL                      */
+    double *contrib_sum;   /* (Q, C)  sum_i phi_i(x)                           */
+    double *kernel;        /* path kernel: (Q, N) trace or C = 1; (Q, N, C, C) full; or NULL */
+    double max_abs_err;    /* max_{q,c} |pred - bias - sum_i contrib|          */
+    double max_rel_err;    /* max_abs_err / max_{q,c} |pred - bias|            */
+    double seconds;
+    size_t steps;
+    char quad[8];
+} pk_explain;
+
+/* Bytes that pk_explain_run would allocate for its outputs, and for its
+ * workspace with the chosen block size. */
+size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
+
+/* Replay the run's trajectory and compute the exact contributions of every
+ * training example to the predictions at the queries Xq (Q, d), already in
+ * the run's feature space (pk_run_load_data). The training data must be
+ * attached (pk_run_attach_data) or loadable from the recorded spec. */
+pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+                         pk_explain *out);
+void pk_explain_free(pk_explain *e);
+
 /* Predictions f (n, C) of weights w on x (n, dims[0]), in blocks. */
 pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f);
 

@@ -85,3 +85,31 @@ typedef struct pk_traj {
 pk_status pk_traj_write(const char *path, const pk_traj *tr);
 pk_status pk_traj_read(const char *path, pk_traj *tr);
 void pk_traj_free(pk_traj *tr);
+/* The run's training data: attached, or loaded once from the recorded spec. */
+pk_status pk_run_train(pk_run *run, const pk_data **train);
+
+/* ------------------------------------------------------------ kernel sides */
+
+/* One side of a structured kernel product (MATH.md section 4): layer inputs
+ * and deltas of n examples. Each example owns `rows` delta rows of length
+ * dims[l+1] * fold: rows = C, fold = 1 for per-output deltas (full blocks);
+ * rows = 1, fold = C for the same buffer read as one row (trace); rows = 1,
+ * fold = 1 for loss-weighted deltas (contributions). */
+typedef struct pk_side {
+    size_t n, rows, fold;
+    const double *a[PK_MAX_LAYERS];      /* (n, dims[l])                   */
+    const double *delta[PK_MAX_LAYERS];  /* (n * rows, dims[l+1] * fold)   */
+} pk_side;
+
+/* S (x.n * x.rows, y.n * y.rows) = sum_l (sw_l^2 A_l + sb_l^2) o D_l with
+ * A_l = a_x a_y^T (broadcast over the rows of an example) and
+ * D_l = delta_x delta_y^T. A (x.n, y.n) and D (like S) are scratch. */
+void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, double *A, double *D);
+
+/* A side from a tape after pk_mlp_output_deltas into `deltas`. */
+pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace);
+/* A side from a tape after pk_mlp_backward (loss-weighted deltas). */
+pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t);
+/* Per-output delta buffers for up to `cap` examples: deltas[l] (cap, C, dims[l+1]). */
+pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas);
+void pk_deltas_free(const pk_mlp *m, double **deltas);

@@ -577,6 +577,17 @@ pk_status pk_run_load_train(pk_run *run, pk_data *train)
     return PK_OK;
 }
 
+pk_status pk_run_train(pk_run *run, const pk_data **train)
+{
+    if (!run->train) {
+        pk_status s = pk_run_load_train(run, &run->owned_train);
+        if (s) return s;
+        run->train = &run->owned_train;
+    }
+    *train = run->train;
+    return PK_OK;
+}
+
 pk_status pk_run_weights(pk_run *run, size_t t, double *w)
 {
     if (t > run->steps) return pk_fail(PK_ERR_INPUT, "%s: step %zu out of range (the run has steps 0..%zu)", run->dir, t, run->steps);
@@ -588,10 +599,8 @@ pk_status pk_run_weights(pk_run *run, size_t t, double *w)
     pk_status s = (!state || !path) ? PK_ERR_NOMEM : pk_ckpt_read(path, c, P, w, S, state);
     free(path);
     if (!s && c < t) { /* replay the recorded steps c..t-1 exactly */
-        if (!run->train) {
-            s = pk_run_load_train(run, &run->owned_train);
-            if (!s) run->train = &run->owned_train;
-        }
+        const pk_data *train = NULL;
+        s = pk_run_train(run, &train);
         double *G = s ? NULL : pk_alloc(P, sizeof *G);
         pk_stepper st = {0};
         if (!s && !G) s = PK_ERR_NOMEM;
@@ -601,7 +610,7 @@ pk_status pk_run_weights(pk_run *run, size_t t, double *w)
             const uint32_t *idx;
             size_t nb;
             pk_run_batch(run, k, &idx, &nb);
-            pk_stepper_grad(&st, w, nb == run->n_train && idx == run->traj.iota ? NULL : idx, nb, G);
+            pk_stepper_grad(&st, w, idx, nb, G);
             pk_optim_step(&run->optim, k, run->traj.lr[k], P, w, state, G, NULL);
         }
         pk_stepper_free(&st);

@@ -33,10 +33,13 @@ pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk
     s->data = data;
     s->cap = cap;
     s->tape = pk_tape_new(m, cap);
-    s->xb = pk_alloc(cap, data->d * sizeof(double));
-    s->yb = pk_alloc(cap, data->ty * sizeof(double));
     s->R = pk_alloc(cap, m->dims[m->n_layers] * sizeof(double));
-    if (!s->tape || !s->xb || !s->yb || !s->R) { pk_stepper_free(s); return PK_ERR_NOMEM; }
+    if (cap < data->n) { /* batches smaller than the data are gathered */
+        s->xb = pk_alloc(cap, data->d * sizeof(double));
+        s->yb = pk_alloc(cap, data->ty * sizeof(double));
+        if (!s->xb || !s->yb) { pk_stepper_free(s); return PK_ERR_NOMEM; }
+    }
+    if (!s->tape || !s->R) { pk_stepper_free(s); return PK_ERR_NOMEM; }
     return PK_OK;
 }
 
@@ -53,6 +56,8 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
 {
     const pk_data *D = s->data;
     const double *x = D->x, *y = D->y;
+    /* sorted distinct indices from 0 to n-1 are the whole data set in order */
+    if (idx && nb == D->n && idx[0] == 0 && idx[nb - 1] == nb - 1) idx = NULL;
     if (idx) { /* gather the batch rows */
         for (size_t b = 0; b < nb; b++) {
             memcpy(s->xb + b * D->d, D->x + (size_t)idx[b] * D->d, D->d * sizeof(double));

@@ -1,0 +1,278 @@
+/* explain.c -- `pathkernel kernel`, `explain` and `verify`: the tangent
+ * kernel at a step, and the path-kernel representation of a run. */
+#include "cli.h"
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+
+char *cli_summary_json(const pk_explain *e)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "max_abs_err", e->max_abs_err);
+    cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
+    cJSON_AddStringToObject(r, "quad", e->quad);
+    cJSON_AddNumberToObject(r, "steps", (double)e->steps);
+    cJSON_AddNumberToObject(r, "n_train", (double)e->N);
+    cJSON_AddNumberToObject(r, "n_query", (double)e->Q);
+    cJSON_AddNumberToObject(r, "n_outputs", (double)e->C);
+    cJSON_AddStringToObject(r, "kernel_mode", e->mode == PK_KMODE_FULL ? "full" : "trace");
+    cJSON_AddNumberToObject(r, "seconds", e->seconds);
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    return text;
+}
+
+/* Options of explain and verify. */
+typedef struct explain_args {
+    const char *run, *query, *out;
+    pk_load_opts load;
+    pk_explain_opts opts;
+    double tol;
+    int json;
+} explain_args;
+
+static int parse_explain(const char *cmd, const char *help, int argc, char **argv, explain_args *a)
+{
+    enum { O_QUERY = 256, O_QUAD, O_MODE, O_NOKERNEL, O_BLOCK, O_MEM, O_OUT, O_TOL, O_JSON, O_FIRST,
+           O_RANDOM, O_DSEED, O_THREADS, O_HELP };
+    static const struct option opts[] = {
+        {"query", 1, 0, O_QUERY}, {"quad", 1, 0, O_QUAD}, {"mode", 1, 0, O_MODE}, {"no-kernel", 0, 0, O_NOKERNEL},
+        {"block", 1, 0, O_BLOCK}, {"mem", 1, 0, O_MEM}, {"out", 1, 0, O_OUT}, {"tol", 1, 0, O_TOL},
+        {"json", 0, 0, O_JSON}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
+        {"data-seed", 1, 0, O_DSEED}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->load = pk_load_opts_defaults();
+    a->opts = pk_explain_opts_defaults();
+    a->tol = 1e-8;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        size_t mib;
+        switch (c) {
+        case O_QUERY: a->query = optarg; break;
+        case O_QUAD: if (pk_quad_parse(optarg, &a->opts.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
+        case O_MODE:
+            if (!strcmp(optarg, "full")) a->opts.mode = PK_KMODE_FULL;
+            else if (!strcmp(optarg, "trace")) a->opts.mode = PK_KMODE_TRACE;
+            else return cli_usage(cmd, "--mode: '%s' is not full or trace", optarg);
+            break;
+        case O_NOKERNEL: a->opts.want_kernel = 0; break;
+        case O_BLOCK: bad = cli_size(cmd, "--block", optarg, &a->opts.block); break;
+        case O_MEM:
+            bad = cli_size(cmd, "--mem", optarg, &mib);
+            if (!bad) a->opts.mem_limit = mib << 20;
+            break;
+        case O_OUT: a->out = optarg; break;
+        case O_TOL: bad = cli_double(cmd, "--tol", optarg, &a->tol); break;
+        case O_JSON: a->json = 1; break;
+        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &a->load.first); break;
+        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &a->load.random); break;
+        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &a->load.seed); break;
+        case O_THREADS: bad = cli_threads(cmd, optarg); break;
+        case O_HELP: fputs(help, stdout); return -1;
+        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+        if (bad) return EXIT_BAD_INPUT;
+    }
+    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
+    a->run = argv[optind++];
+    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!a->query) return cli_usage(cmd, "--query SPEC is required");
+    return 0;
+}
+
+/* Open the run, load the queries, compute. */
+static int run_explain(const char *cmd, explain_args *a, pk_run **run, pk_explain *e)
+{
+    pk_status s = pk_run_open(a->run, run);
+    if (s) return cli_error(cmd, s);
+    pk_data q = {0};
+    s = pk_run_load_data(*run, a->query, &a->load, &q);
+    if (!s) s = pk_explain_run(*run, q.x, q.n, &a->opts, e);
+    pk_data_free(&q);
+    if (s) { pk_run_close(*run); *run = NULL; return cli_error(cmd, s); }
+    return 0;
+}
+
+static pk_status write_npy(const char *dir, const char *name, const double *a, size_t ndim, const size_t *shape)
+{
+    char *p = pk_path_join(dir, name);
+    pk_status s = p ? pk_npy_write(p, a, ndim, shape) : PK_ERR_NOMEM;
+    free(p);
+    return s;
+}
+
+int cmd_explain(int argc, char **argv)
+{
+    const char *cmd = "explain";
+    static const char *help =
+        "usage: pathkernel explain RUN --query SPEC --out DIR [options]\n\n"
+        "Replays the run and writes, for every query x and training example i (MATH.md section 3):\n"
+        "  pred.npy (Q, C)       f(x; w_T)            bias.npy (Q, C)   b(x) = f(x; w_0)\n"
+        "  contrib.npy (Q, N, C) phi_i(x), exact contributions: pred = bias + sum_i contrib + quadrature error\n"
+        "  kernel.npy            path kernel K^p(x, x_i): (Q, N) for one output or --mode trace, (Q, N, C, C) full\n"
+        "  coef.npy (Q, N)       a_i(x) = phi_i(x) / K^p(x, x_i) (one output only; NaN where the kernel is 0)\n"
+        "  summary.json          max_abs_err, max_rel_err, quad, steps, n_train, n_query, seconds\n\n"
+        "  --query SPEC      query inputs (the run's standardisation is applied)\n"
+        "  --first N, --random N, --data-seed S   select queries [all]\n"
+        "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
+        "  --mode M          kernel as trace over outputs or full C x C blocks [trace]\n"
+        "  --no-kernel       skip the path kernel (and coef)\n"
+        "  --block N         queries per block [chosen to fit --mem]\n"
+        "  --mem MIB         memory budget for outputs and workspace [3/4 of free memory]\n"
+        "  --threads N       threads [all cores]\n";
+    explain_args a;
+    int rc = parse_explain(cmd, help, argc, argv, &a);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (!a.out) return cli_usage(cmd, "--out DIR is required");
+    if (mkdir(a.out, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "pathkernel %s: %s: cannot create directory: %s\n", cmd, a.out, strerror(errno));
+        return EXIT_FAIL;
+    }
+    pk_run *run;
+    pk_explain e;
+    if ((rc = run_explain(cmd, &a, &run, &e))) return rc;
+    size_t Q = e.Q, N = e.N, C = e.C;
+    size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
+    pk_status s = write_npy(a.out, "pred.npy", e.pred, 2, s2);
+    if (!s) s = write_npy(a.out, "bias.npy", e.bias, 2, s2);
+    if (!s) s = write_npy(a.out, "contrib.npy", e.contrib, 3, s3);
+    if (!s && e.kernel) {
+        int full = e.mode == PK_KMODE_FULL && C > 1;
+        s = write_npy(a.out, "kernel.npy", e.kernel, full ? 4 : 2, s4);
+    }
+    if (!s && e.kernel && C == 1) {
+        double *coef = pk_alloc(Q * N, sizeof *coef);
+        if (!coef) s = PK_ERR_NOMEM;
+        for (size_t i = 0; !s && i < Q * N; i++) coef[i] = e.kernel[i] != 0.0 ? e.contrib[i] / e.kernel[i] : NAN;
+        if (!s) s = write_npy(a.out, "coef.npy", coef, 2, s3);
+        free(coef);
+    }
+    if (!s) {
+        char *text = cli_summary_json(&e), *p = pk_path_join(a.out, "summary.json");
+        s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+        free(text);
+        free(p);
+    }
+    if (!s)
+        printf("explained %zu queries by %zu training examples over %zu steps (%s) in %.2f s: "
+               "max |pred - bias - sum contrib| = %.3g (relative %.3g); wrote %s\n",
+               Q, N, e.steps, e.quad, e.seconds, e.max_abs_err, e.max_rel_err, a.out);
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
+    pk_explain_free(&e);
+    pk_run_close(run);
+    return rc;
+}
+
+int cmd_verify(int argc, char **argv)
+{
+    const char *cmd = "verify";
+    static const char *help =
+        "usage: pathkernel verify RUN --query SPEC [--quad R] [--tol X] [--json]\n\n"
+        "Computes what explain computes without writing it, prints the summary, and exits 0 when\n"
+        "max_rel_err <= tol, 1 otherwise.\n"
+        "  --quad R    left, mid, gl1..gl8 [gl2]\n"
+        "  --tol X     tolerance on max_rel_err [1e-8]\n"
+        "  --json      print the summary as JSON (the keys of summary.json)\n"
+        "  --first N, --random N, --data-seed S, --block N, --mem MIB, --threads N   as for explain\n";
+    explain_args a;
+    int rc = parse_explain(cmd, help, argc, argv, &a);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    a.opts.want_contrib = 0;
+    a.opts.want_kernel = 0;
+    pk_run *run;
+    pk_explain e;
+    if ((rc = run_explain(cmd, &a, &run, &e))) return rc;
+    int ok = e.max_rel_err <= a.tol;
+    if (a.json) {
+        char *text = cli_summary_json(&e);
+        if (text) puts(text);
+        free(text);
+    } else {
+        printf("%s: %zu queries, %zu training examples, %zu steps, %s: max_abs_err %.3g, max_rel_err %.3g "
+               "(tol %g): %s\n", a.run, e.Q, e.N, e.steps, e.quad, e.max_abs_err, e.max_rel_err, a.tol,
+               ok ? "ok" : "FAILED");
+    }
+    pk_explain_free(&e);
+    pk_run_close(run);
+    return ok ? EXIT_OK : EXIT_FAIL;
+}
+
+int cmd_kernel(int argc, char **argv)
+{
+    const char *cmd = "kernel";
+    static const char *help =
+        "usage: pathkernel kernel RUN --x SPEC [--y SPEC] [--at init|final|STEP] [--mode full|trace] --out K.npy\n\n"
+        "Tangent kernel K(x, y) = J_x(w) J_y(w)^T at the weights of one step (MATH.md sections 2, 4).\n"
+        "  --x SPEC, --y SPEC   inputs (the run's standardisation is applied) [--y: same as --x]\n"
+        "  --at S               init, final or a step number [final]\n"
+        "  --mode M             full: (N_x, N_y, C, C) blocks; trace: (N_x, N_y) sum over outputs [full]\n"
+        "  --out FILE           float64 .npy\n"
+        "  --threads N          threads [all cores]\n";
+    enum { O_X = 256, O_Y, O_AT, O_MODE, O_OUT, O_THREADS, O_HELP };
+    static const struct option opts[] = {{"x", 1, 0, O_X}, {"y", 1, 0, O_Y}, {"at", 1, 0, O_AT},
+                                         {"mode", 1, 0, O_MODE}, {"out", 1, 0, O_OUT},
+                                         {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    const char *xs = NULL, *ys = NULL, *at = "final", *out = NULL;
+    pk_kmode mode = PK_KMODE_FULL;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_X: xs = optarg; break;
+        case O_Y: ys = optarg; break;
+        case O_AT: at = optarg; break;
+        case O_MODE:
+            if (!strcmp(optarg, "full")) mode = PK_KMODE_FULL;
+            else if (!strcmp(optarg, "trace")) mode = PK_KMODE_TRACE;
+            else return cli_usage(cmd, "--mode: '%s' is not full or trace", optarg);
+            break;
+        case O_OUT: out = optarg; break;
+        case O_THREADS: if (cli_threads(cmd, optarg)) return EXIT_BAD_INPUT; break;
+        case O_HELP: fputs(help, stdout); return EXIT_OK;
+        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
+    const char *dir = argv[optind++];
+    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!xs || !out) return cli_usage(cmd, "--x SPEC and --out FILE are required");
+    pk_run *run;
+    pk_status s = pk_run_open(dir, &run);
+    if (s) return cli_error(cmd, s);
+    size_t t;
+    if (cli_step(cmd, at, pk_run_steps(run), &t)) { pk_run_close(run); return EXIT_BAD_INPUT; }
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t C = m->dims[m->n_layers];
+    pk_data X = {0}, Y = {0};
+    double *w = pk_alloc(m->n_params, sizeof *w), *K = NULL;
+    s = w ? pk_run_load_data(run, xs, NULL, &X) : PK_ERR_NOMEM;
+    if (!s && ys) s = pk_run_load_data(run, ys, NULL, &Y);
+    const pk_data *Yd = ys ? &Y : &X;
+    size_t r = mode == PK_KMODE_FULL ? C : 1;
+    if (!s) s = pk_run_weights(run, t, w);
+    if (!s) {
+        K = pk_alloc(X.n * Yd->n, r * r * sizeof *K);
+        if (!K) s = pk_fail(PK_ERR_INPUT, "a %zu x %zu kernel with %zu x %zu blocks does not fit in memory: "
+                            "use fewer inputs or --mode trace", X.n, Yd->n, r, r);
+    }
+    if (!s) s = pk_kernel_tangent(m, w, X.x, X.n, Yd->x, Yd->n, mode, K);
+    if (!s) {
+        size_t shape[4] = {X.n, Yd->n, C, C};
+        s = pk_npy_write(out, K, mode == PK_KMODE_FULL ? 4 : 2, shape);
+    }
+    if (!s) printf("wrote %s: tangent kernel at step %zu, %zu x %zu%s\n", out, t, X.n, Yd->n,
+                   mode == PK_KMODE_FULL ? " x C x C" : " (trace)");
+    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    free(w); free(K);
+    pk_data_free(&X); pk_data_free(&Y);
+    pk_run_close(run);
+    return rc;
+}

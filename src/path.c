@@ -1,0 +1,311 @@
+/* path.c -- the exact path kernel and the contribution of every training
+ * example to a prediction (MATH.md section 3), by replaying the recorded
+ * trajectory step by step. Per step the training side (a forward and a
+ * backward pass over the batch at w_t, as in training) is computed once and
+ * shared by every query block; the query side is evaluated at the quadrature
+ * nodes w_t + s_q D_t of Jbar. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------- quadrature */
+
+/* Gauss-Legendre nodes and weights on [0, 1] by Newton's method on P_K. */
+static void gauss_legendre(size_t K, double *s, double *c)
+{
+    for (size_t i = 0; i < K; i++) {
+        double x = cos(M_PI * ((double)i + 0.75) / ((double)K + 0.5)), dp = 1;
+        for (int it = 0; it < 100; it++) {
+            double p0 = 1, p1 = x;
+            for (size_t k = 2; k <= K; k++) {
+                double p2 = ((2.0 * (double)k - 1) * x * p1 - ((double)k - 1) * p0) / (double)k;
+                p0 = p1;
+                p1 = p2;
+            }
+            dp = (double)K * (x * p1 - p0) / (x * x - 1);
+            double dx = p1 / dp;
+            x -= dx;
+            if (fabs(dx) < 1e-16) break;
+        }
+        s[K - 1 - i] = 0.5 * (x + 1);
+        c[K - 1 - i] = 1.0 / ((1 - x * x) * dp * dp);  /* (2 / ((1-x^2) P'^2)) / 2 */
+    }
+}
+
+pk_status pk_quad_parse(const char *name, pk_quad *q)
+{
+    memset(q, 0, sizeof *q);
+    if (!strcmp(name, "left")) { q->n = 1; q->s[0] = 0; q->c[0] = 1; }
+    else if (!strcmp(name, "mid")) { q->n = 1; q->s[0] = 0.5; q->c[0] = 1; }
+    else if (!strncmp(name, "gl", 2) && name[2] >= '1' && name[2] <= '8' && !name[3]) {
+        q->n = (size_t)(name[2] - '0');
+        gauss_legendre(q->n, q->s, q->c);
+    } else {
+        return pk_fail(PK_ERR_INPUT, "unknown quadrature rule '%s' (use left, mid or gl1..gl8)", name);
+    }
+    snprintf(q->name, sizeof q->name, "%s", name);
+    return PK_OK;
+}
+
+pk_explain_opts pk_explain_opts_defaults(void)
+{
+    pk_explain_opts o = {0};
+    pk_quad_parse("gl2", &o.quad);
+    o.want_contrib = 1;
+    o.want_kernel = 1;
+    o.mode = PK_KMODE_TRACE;
+    return o;
+}
+
+void pk_explain_free(pk_explain *e)
+{
+    free(e->pred); free(e->bias); free(e->contrib); free(e->contrib_sum); free(e->kernel);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static size_t sum_dims(const pk_mlp *m)
+{
+    size_t s = 0;
+    for (size_t l = 0; l <= m->n_layers; l++) s += m->dims[l];
+    return s;
+}
+
+/* Kernel rows per pair and per example: C in full mode with C > 1, else 1. */
+static size_t kernel_rows(const pk_mlp *m, const pk_explain_opts *o)
+{
+    size_t C = m->dims[m->n_layers];
+    return o->mode == PK_KMODE_FULL ? C : 1;
+}
+
+static size_t output_bytes(const pk_mlp *m, size_t Q, size_t N, const pk_explain_opts *o)
+{
+    size_t C = m->dims[m->n_layers], kr = kernel_rows(m, o);
+    double b = 3.0 * (double)Q * (double)C;
+    if (o->want_contrib) b += (double)Q * (double)N * (double)C;
+    if (o->want_kernel) b += (double)Q * (double)N * (double)(kr * kr);
+    b *= sizeof(double);
+    return b > 1e18 ? (size_t)1e18 : (size_t)b;
+}
+
+static size_t work_bytes(const pk_mlp *m, size_t d, size_t B, size_t Qb, const pk_explain_opts *o)
+{
+    size_t C = m->dims[m->n_layers], kr = kernel_rows(m, o), sd = sum_dims(m);
+    double b = 4.0 * (double)m->n_params;                        /* w, w_next, wq, G */
+    b += (double)B * (double)(d + 3 * sd + C);                    /* stepper          */
+    if (o->want_kernel) b += (double)B * (double)(C * sd);         /* batch deltas     */
+    b += (double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd); /* query tape, deltas */
+    b += 2.0 * (double)Qb * (double)C * (double)B + (double)Qb * (double)B; /* S, D, A */
+    if (o->want_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
+    b *= sizeof(double);
+    return b > 1e18 ? (size_t)1e18 : (size_t)b;
+}
+
+static size_t batch_cap(const pk_run *run)
+{
+    const pk_optim *op = pk_run_optim(run);
+    size_t N = pk_run_n_train(run);
+    return op->batch && op->batch < N ? op->batch : N;
+}
+
+static size_t default_block(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t out = output_bytes(m, Q, pk_run_n_train(run), o), B = batch_cap(run);
+    size_t Qb = o->block ? o->block : (Q < 256 ? Q : 256);
+    if (!Qb) Qb = 1;
+    while (!o->block && Qb > 1 && out + work_bytes(m, m->dims[0], B, Qb, o) > limit) Qb /= 2;
+    return Qb;
+}
+
+static size_t memory_limit(const pk_explain_opts *o)
+{
+    if (o->mem_limit) return o->mem_limit;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || psz <= 0) return (size_t)1 << 32;
+    return (size_t)((double)pages * (double)psz * 0.75);
+}
+
+size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t Qb = default_block(run, Q, o, memory_limit(o));
+    return output_bytes(m, Q, pk_run_n_train(run), o) + work_bytes(m, m->dims[0], batch_cap(run), Qb, o);
+}
+
+/* Say what does not fit, and which of the user's options would make it fit. */
+static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t need, size_t limit)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t N = pk_run_n_train(run), B = batch_cap(run);
+    char hints[512] = "";
+    size_t k = 0;
+    pk_explain_opts t = *o;
+    if (o->want_kernel && o->mode == PK_KMODE_FULL) {
+        t.mode = PK_KMODE_TRACE;
+        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+            k += (size_t)snprintf(hints + k, sizeof hints - k, "; --mode trace fits");
+    }
+    t = *o;
+    if (o->want_kernel) {
+        t.want_kernel = 0;
+        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+            k += (size_t)snprintf(hints + k, sizeof hints - k, "; --no-kernel fits");
+    }
+    t = *o;
+    size_t q = Q;
+    while (q > 1 && output_bytes(m, q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) > limit) q /= 2;
+    if (q < Q && output_bytes(m, q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+        k += (size_t)snprintf(hints + k, sizeof hints - k, "; at most %zu queries fit (--first %zu)", q, q);
+    return pk_fail(PK_ERR_INPUT, "explain needs %.1f MiB for %zu queries x %zu training examples, more than the %.1f MiB allowed%s",
+                   (double)need / 1048576.0, Q, N, (double)limit / 1048576.0, k ? hints : "; use fewer queries");
+}
+
+/* ---------------------------------------------------------------- explain */
+
+static double now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
+}
+
+pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+                         pk_explain *e)
+{
+    memset(e, 0, sizeof *e);
+    double t_start = now();
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
+        return pk_fail(PK_ERR_INPUT, "%s: explain handles gd and sgd runs; this run used %s",
+                       pk_run_dir(run), pk_optim_name(op->kind));
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
+    size_t d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
+    size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
+    size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
+    if (need > limit) return too_big(run, Q, o, need, limit);
+
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+
+    e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;
+    e->steps = T;
+    snprintf(e->quad, sizeof e->quad, "%s", o->quad.name);
+    e->pred = pk_alloc(Q * C, sizeof(double));
+    e->bias = pk_alloc(Q * C, sizeof(double));
+    e->contrib_sum = pk_calloc(Q * C, sizeof(double));
+    if (o->want_contrib) e->contrib = pk_calloc(Q * N, C * sizeof(double));
+    if (o->want_kernel) e->kernel = pk_calloc(Q * N, kr * kr * sizeof(double));
+    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
+    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
+    pk_tape *qt = pk_tape_new(m, Qb);
+    double *dq[PK_MAX_LAYERS] = {0}, *dB[PK_MAX_LAYERS] = {0};
+    int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
+    double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);
+    double *A = pk_alloc(Qb, B * sizeof *A);
+    double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
+    double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
+    pk_stepper st = {0};
+    if (!e->pred || !e->bias || !e->contrib_sum || (o->want_contrib && !e->contrib) ||
+        (o->want_kernel && (!e->kernel || !have_dB || !SK || !DK)) || !w || !w_next || !wq || !G ||
+        !state || !qt || !have_dq || !S || !D || !A)
+        s = PK_ERR_NOMEM;
+    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
+    if (!s) s = pk_run_weights(run, 0, w);
+    if (!s) s = pk_predict(m, w, Xq, Q, e->bias);
+
+    for (size_t t = 0; !s && t < T; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(run, t, &idx, &nb);
+        double lr = pk_run_lr(run, t);
+        pk_stepper_grad(&st, w, idx, nb, G);
+        memcpy(w_next, w, P * sizeof *w);
+        pk_optim_step(op, t, lr, P, w_next, state, G, NULL);
+        pk_side train_loss = pk_side_loss(m, st.tape), train_out = {0};
+        if (o->want_kernel) {
+            pk_mlp_output_deltas(m, w, st.tape, dB);
+            train_out = pk_side_outputs(m, st.tape, dB, kr == 1);
+        }
+        double scale = lr / (double)nb;  /* eta_t / |B_t| */
+        for (size_t q0 = 0; q0 < Q; q0 += Qb) {
+            size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
+            for (size_t node = 0; node < o->quad.n; node++) {
+                double sn = o->quad.s[node], cq = o->quad.c[node];
+                const double *wn = w;
+                if (sn != 0.0) {
+                    for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
+                    wn = wq;
+                }
+                pk_mlp_forward(m, wn, Xq + q0 * d, nq, qt);
+                pk_mlp_output_deltas(m, wn, qt, dq);
+                /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
+                pk_side qs = pk_side_outputs(m, qt, dq, 0);
+                pk_side_product(m, &qs, &train_loss, S, A, D);
+                double f = -scale * cq;
+                #pragma omp parallel for schedule(static)
+                for (size_t x = 0; x < nq; x++) {
+                    double *sum = e->contrib_sum + (q0 + x) * C;
+                    for (size_t k = 0; k < C; k++) {
+                        const double *Sr = S + (x * C + k) * nb;
+                        double acc = 0;
+                        for (size_t j = 0; j < nb; j++) acc += Sr[j];
+                        sum[k] += f * acc;
+                        if (e->contrib) {
+                            double *ph = e->contrib + (q0 + x) * N * C + k;
+                            for (size_t j = 0; j < nb; j++) ph[(size_t)idx[j] * C] += f * Sr[j];
+                        }
+                    }
+                }
+                if (o->want_kernel) {
+                    /* K^p(x, x_i) += (eta/|B|) c_q Jbar_x J_{x_i}(w_t)^T */
+                    pk_side qk = pk_side_outputs(m, qt, dq, kr == 1);
+                    pk_side_product(m, &qk, &train_out, SK, A, DK);
+                    double fk = scale * cq;
+                    #pragma omp parallel for schedule(static)
+                    for (size_t x = 0; x < nq; x++)
+                        for (size_t k = 0; k < kr; k++) {
+                            const double *Sr = SK + (x * kr + k) * nb * kr;
+                            double *Kx = e->kernel + (q0 + x) * N * kr * kr + k * kr;
+                            for (size_t j = 0; j < nb; j++)
+                                for (size_t k2 = 0; k2 < kr; k2++)
+                                    Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
+                        }
+                }
+            }
+        }
+        double *tmp = w; w = w_next; w_next = tmp;
+    }
+    if (!s) { /* the replay must land on the stored final weights, bit for bit */
+        s = pk_run_weights(run, T, wq);
+        if (!s && memcmp(w, wq, P * sizeof *w) != 0)
+            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
+                        "(different BLAS or build?)", pk_run_dir(run));
+    }
+    if (!s) s = pk_predict(m, w, Xq, Q, e->pred);
+    if (!s) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < Q * C; i++) {
+            double moved = e->pred[i] - e->bias[i];
+            num = fmax(num, fabs(moved - e->contrib_sum[i]));
+            den = fmax(den, fabs(moved));
+        }
+        e->max_abs_err = num;
+        e->max_rel_err = den > 0 ? num / den : num;
+    }
+    pk_stepper_free(&st);
+    pk_tape_free(qt);
+    if (have_dq) pk_deltas_free(m, dq);
+    if (have_dB) pk_deltas_free(m, dB);
+    free(w); free(w_next); free(wq); free(G); free(state); free(S); free(D); free(A); free(SK); free(DK);
+    e->seconds = now() - t_start;
+    if (s) pk_explain_free(e);
+    return s;
+}
