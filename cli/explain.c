@@ -131,10 +131,8 @@ int cmd_explain(int argc, char **argv)
     int rc = parse_explain(cmd, help, argc, argv, &a);
     if (rc) return rc < 0 ? EXIT_OK : rc;
     if (!a.out) return cli_usage(cmd, "--out DIR is required");
-    if (mkdir(a.out, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "pathkernel %s: %s: cannot create directory: %s\n", cmd, a.out, strerror(errno));
-        return EXIT_FAIL;
-    }
+    pk_status ms = pk_mkdirs(a.out);
+    if (ms) return cli_error(cmd, ms);
     pk_run *run;
     pk_explain e;
     if ((rc = run_explain(cmd, &a, &run, &e))) return rc;

@@ -321,10 +321,8 @@ int cmd_convergence(int argc, char **argv)
     char tmpl[] = "/tmp/pathkernel-convergence-XXXXXX";
     const char *base = a.to.out_dir;
     if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel convergence: mkdtemp"); return EXIT_FAIL; }
-    if (mkdir(base, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "pathkernel %s: %s: cannot create directory: %s\n", cmd, base, strerror(errno));
-        return EXIT_FAIL;
-    }
+    pk_status ms = pk_mkdirs(base);
+    if (ms) return cli_error(cmd, ms);
     pk_data train = {0}, test = {0}, query = {0};
     double *mean = NULL, *sd = NULL;
     double err[32][16], rel[32][16];

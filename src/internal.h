@@ -6,6 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* Loops with fewer element operations than this run on one thread: waking
+ * a team costs more than it saves. Results never depend on it (each thread
+ * owns whole output rows). */
+#define PK_PAR_MIN ((size_t)1 << 16)
+
 /* Checked allocation of n * size bytes; NULL (with pk_last_error set) when
  * the product overflows or memory is short. */
 void *pk_alloc(size_t n, size_t size);
@@ -26,6 +31,8 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
 /* "a/b" joined into a malloc'ed string. */
 char *pk_path_join(const char *dir, const char *name);
 char *pk_strdup(const char *s);
+/* mkdir -p */
+pk_status pk_mkdirs(const char *dir);
 /* Parse a whole string as a finite double / size_t; 0 on success. */
 int pk_parse_double(const char *s, double *v);
 int pk_parse_size(const char *s, size_t *v);

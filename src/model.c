@@ -188,7 +188,7 @@ void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n,
                     t->a[l], (int)din, W, (int)din, 0.0, z, (int)dout);
         double *a = t->a[l + 1];
         int last = l + 1 == L;
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if (n * dout >= PK_PAR_MIN)
         for (size_t i = 0; i < n; i++) {
             double *zi = z + i * dout, *ai = a + i * dout;
             for (size_t j = 0; j < dout; j++) {
@@ -210,7 +210,7 @@ static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, siz
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)din, (int)dout,
                 pk_mlp_wscale(m, l), g, (int)dout, w + m->w_off[l], (int)din, 0.0, out, (int)din);
     const double *z = t->z[l - 1], *a = t->a[l];
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
     for (size_t r = 0; r < rows; r++) {
         size_t i = r / rows_per_ex;
         double *o = out + r * din;

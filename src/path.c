@@ -250,7 +250,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
                 pk_side qs = pk_side_outputs(m, qt, dq, 0);
                 pk_side_product(m, &qs, &train_loss, S, A, D);
                 double f = -scale * cq;
-                #pragma omp parallel for schedule(static)
+                #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
                 for (size_t x = 0; x < nq; x++) {
                     double *sum = e->contrib_sum + (q0 + x) * C;
                     for (size_t k = 0; k < C; k++) {
@@ -269,7 +269,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
                     pk_side qk = pk_side_outputs(m, qt, dq, kr == 1);
                     pk_side_product(m, &qk, &train_out, SK, A, DK);
                     double fk = scale * cq;
-                    #pragma omp parallel for schedule(static)
+                    #pragma omp parallel for schedule(static) if (nq * kr * nb * kr >= PK_PAR_MIN)
                     for (size_t x = 0; x < nq; x++)
                         for (size_t k = 0; k < kr; k++) {
                             const double *Sr = SK + (x * kr + k) * nb * kr;

@@ -249,10 +249,8 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
         free(js);
         return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another --out", dir);
     }
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-        free(js);
-        return pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
-    }
+    pk_status ms = pk_mkdirs(dir);
+    if (ms) { free(js); return ms; }
     char *wd = pk_path_join(dir, "weights");
     if (!wd || (mkdir(wd, 0777) != 0 && errno != EEXIST)) {
         pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", wd ? wd : dir, strerror(errno));
@@ -624,9 +622,7 @@ pk_status pk_run_weights(pk_run *run, size_t t, double *w)
 
 pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir)
 {
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-        return pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
-    pk_status s = PK_OK;
+    pk_status s = pk_mkdirs(dir);
     for (size_t l = 0; l < m->n_layers && !s; l++) {
         size_t dout = m->dims[l + 1], din = m->dims[l];
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);

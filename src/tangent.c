@@ -58,7 +58,7 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
                     x->a[l], (int)din, y->a[l], (int)din, 0.0, A, (int)ny);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(nx * rx), (int)cols, (int)len, 1.0,
                     x->delta[l], (int)len, y->delta[l], (int)len, 0.0, D, (int)cols);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
         for (size_t r = 0; r < nx * rx; r++) {
             const double *Ar = A + (r / rx) * ny, *Dr = D + r * cols;
             double *Sr = S + r * cols;
@@ -97,7 +97,7 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
             pk_side sy = pk_side_outputs(m, ty, dy, trace);
             pk_side_product(m, &sx, &sy, S, A, D);
             /* S is ((x, k), (y, k')): scatter into K (nx, ny[, C, C]) */
-            #pragma omp parallel for schedule(static)
+            #pragma omp parallel for schedule(static) if (nbx * nby * r * r >= PK_PAR_MIN)
             for (size_t i = 0; i < nbx; i++)
                 for (size_t j = 0; j < nby; j++)
                     for (size_t k = 0; k < r; k++)

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -249,4 +250,25 @@ uint64_t pk_hash_bytes(uint64_t h, const void *p, size_t n)
         h *= 0x100000001b3ULL;
     }
     return h;
+}
+
+pk_status pk_mkdirs(const char *dir)
+{
+    char *p = pk_strdup(dir);
+    if (!p) return PK_ERR_NOMEM;
+    for (char *c = p + 1; ; c++) {
+        if (*c == '/' || !*c) {
+            char keep = *c;
+            *c = 0;
+            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+                pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
+                free(p);
+                return s;
+            }
+            *c = keep;
+            if (!keep) break;
+        }
+    }
+    free(p);
+    return PK_OK;
 }
