@@ -482,7 +482,7 @@ pk_status pk_run_open(const char *dir, pk_run **out)
     pk_status s = (!run->dir || !js || !tp) ? PK_ERR_NOMEM : PK_OK;
     if (!s) {
         s = pk_read_file(js, 0, 1 << 20, &text, &len);
-        if (s == PK_ERR_IO) s = pk_fail(PK_ERR_INPUT, "%s: not a run directory (no readable run.json)", dir);
+        if (s == PK_ERR_INPUT) s = pk_fail(PK_ERR_INPUT, "%s: not a run directory (no readable run.json)", dir);
     }
     if (!s) {
         cJSON *r = cJSON_Parse((char *)text);

@@ -151,7 +151,8 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
     *len = 0;
     if (!max) max = (size_t)4 << 30;
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return pk_fail(PK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    /* an input that cannot be opened is the caller's bad input (exit 2) */
+    if (fd < 0) return pk_fail(PK_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     gzFile g = NULL;
     FILE *f = NULL;
     if (gunzip) {

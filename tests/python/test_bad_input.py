@@ -1,0 +1,335 @@
+"""Malformed data must be refused cleanly: exit status 2, one line on stderr
+that names the offending file and says where and what, no crash, no output.
+
+CASES is a module-level list of (name, maker) pairs; maker(tmp_path) writes
+the bad input and returns a Bad(spec, path, where): the data spec to load,
+the file path the message must name, and a fragment the message must contain
+(where it is, or what is wrong). The same table drives pk_data_dump and,
+once it is built, `pathkernel train --data SPEC ...`.
+"""
+import collections
+import gzip
+import io
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import BUILD_DIR
+
+Bad = collections.namedtuple("Bad", "spec path where")
+
+
+# ---------------------------------------------------------------- writers
+
+def npy_bytes(arr, version=None):
+    b = io.BytesIO()
+    np.lib.format.write_array(b, arr, version=version)
+    return b.getvalue()
+
+
+def npy_raw(header, data=b"", version=1):
+    """A .npy with a hand-written header dict (padded like numpy's)."""
+    h = header.encode("latin1")
+    pre = 10 if version == 1 else 12
+    pad = 64 - (pre + len(h) + 1) % 64
+    h = h + b" " * pad + b"\n"
+    lenfield = struct.pack("<H", len(h)) if version == 1 else struct.pack("<I", len(h))
+    return b"\x93NUMPY" + bytes([version, 0]) + lenfield + h + data
+
+
+def npy_pair(tmp, feats, targets):
+    """Write features/targets (arrays or raw bytes); return the spec and paths."""
+    f, t = tmp / "feats.npy", tmp / "targets.npy"
+    f.write_bytes(feats if isinstance(feats, bytes) else npy_bytes(feats))
+    t.write_bytes(targets if isinstance(targets, bytes) else npy_bytes(targets))
+    return f"npy:{f},{t}", f, t
+
+
+def good_x():
+    return np.arange(15, dtype=np.float64).reshape(5, 3)
+
+
+def good_y():
+    return np.arange(5, dtype=np.float64)
+
+
+def bad_npy_features(raw, where):
+    def make(tmp):
+        spec, f, _ = npy_pair(tmp, raw() if callable(raw) else raw, good_y())
+        return Bad(spec, f, where)
+    return make
+
+
+def bad_npy_targets(raw, where):
+    def make(tmp):
+        spec, _, t = npy_pair(tmp, good_x(), raw() if callable(raw) else raw)
+        return Bad(spec, t, where)
+    return make
+
+
+def text_file(name, content, where, gz=False):
+    def make(tmp):
+        p = tmp / name
+        data = content.encode("latin1") if isinstance(content, str) else content
+        p.write_bytes(gzip.compress(data) if gz else data)
+        return Bad(str(p), p, where)
+    return make
+
+
+def raw_file(name, make_bytes, where):
+    def make(tmp):
+        p = tmp / name
+        p.write_bytes(make_bytes())
+        return Bad(str(p), p, where)
+    return make
+
+
+def idx_img(n, h, w, pixels=None):
+    if pixels is None:
+        pixels = bytes(n * h * w)
+    return struct.pack(">IIII", 0x803, n, h, w) + pixels
+
+
+def idx_lab(n, data=None):
+    return struct.pack(">II", 0x801, n) + (bytes(n) if data is None else data)
+
+
+def idx_pair(images, labels, name_bad, where="byte offset"):
+    def make(tmp):
+        ip, lp = tmp / "images.idx", tmp / "labels.idx"
+        ip.write_bytes(images() if callable(images) else images)
+        lp.write_bytes(labels() if callable(labels) else labels)
+        return Bad(f"idx:{ip},{lp}", ip if name_bad == "images" else lp, where)
+    return make
+
+
+def random_pixels(n):
+    return np.random.default_rng(n).integers(0, 256, n).astype(np.uint8).tobytes()
+
+
+def corrupt_gzip():
+    z = bytearray(gzip.compress(("1,2,3\n" * 2000).encode() + b"4,5,6\n"))
+    for i in range(20, min(60, len(z) - 10)):
+        z[i] ^= 0x5A
+    return bytes(z)
+
+
+def truncated_gzip():
+    z = gzip.compress("".join(f"{i},{i * 2},{i % 3}\n" for i in range(3000)).encode())
+    return z[: len(z) // 2]
+
+
+def nonexistent(tmp):
+    p = tmp / "missing.csv"
+    return Bad(str(p), p, "cannot open")
+
+
+def nonexistent_npy_targets(tmp):
+    f = tmp / "feats.npy"
+    f.write_bytes(npy_bytes(good_x()))
+    t = tmp / "no_such_targets.npy"
+    return Bad(f"npy:{f},{t}", t, "cannot open")
+
+
+def unknown_spec(tmp):
+    p = tmp / "data.txt"
+    p.write_text("1,2,3\n")
+    return Bad(str(p), p, "npy:FEATURES.npy,TARGETS.npy")
+
+
+def npy_spec_without_targets(tmp):
+    f = tmp / "feats.npy"
+    f.write_bytes(npy_bytes(good_x()))
+    return Bad(f"npy:{f}", f"npy:{f}", "npy:FEATURES.npy,TARGETS.npy")
+
+
+def nan_in(a, i, v=np.nan):
+    a = a.copy()
+    a.flat[i] = v
+    return a
+
+
+CASES = [
+    # --- npy
+    ("npy_truncated_data", bad_npy_features(lambda: npy_bytes(good_x())[:-5], "byte offset 128")),
+    ("npy_truncated_header", bad_npy_features(lambda: npy_bytes(good_x())[:40], "byte offset 10")),
+    ("npy_only_magic", bad_npy_features(b"\x93NUMPY", "byte offset")),
+    ("npy_wrong_magic", bad_npy_features(lambda: b"\x93NUMPZ" + npy_bytes(good_x())[6:], "byte offset 0")),
+    ("npy_bad_version", bad_npy_features(lambda: npy_bytes(good_x())[:6] + b"\x04\x00" + npy_bytes(good_x())[8:], "version")),
+    ("npy_fortran_order", bad_npy_features(lambda: npy_bytes(np.asfortranarray(good_x())), "Fortran")),
+    ("npy_unsupported_dtype_i2", bad_npy_features(lambda: npy_bytes(good_x().astype("<i2")), "'<i2'")),
+    ("npy_unsupported_dtype_complex", bad_npy_features(lambda: npy_bytes(good_x().astype(np.complex128)), "dtype")),
+    ("npy_big_endian", bad_npy_features(lambda: npy_bytes(good_x().astype(">f8")), "big-endian")),
+    ("npy_structured_dtype", bad_npy_features(lambda: npy_bytes(np.zeros(5, dtype=[("a", "<f8"), ("b", "<i4")])), "structured")),
+    ("npy_garbage_header", bad_npy_features(lambda: npy_raw("{'descr': '<f8', garbage!!! ((((", bytes(40)), "byte offset")),
+    ("npy_header_not_dict", bad_npy_features(lambda: npy_raw("\x00\xff\x01 binary" * 3, bytes(40)), "byte offset 10")),
+    ("npy_unterminated_string", bad_npy_features(lambda: npy_raw("{'descr': '<f8", b""), "unterminated")),
+    ("npy_missing_shape", bad_npy_features(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, }", bytes(8)), "missing 'shape'")),
+    ("npy_nine_dims", bad_npy_features(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1), }", bytes(8)), "8 dimensions")),
+    ("npy_huge_shape", bad_npy_features(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", bytes(64)), "byte offset")),
+    ("npy_shape_overflows_digits", bad_npy_features(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999999999, 1), }", bytes(8)), "too large")),
+    ("npy_header_len_past_end", bad_npy_features(lambda: b"\x93NUMPY\x01\x00\xff\xff{'descr'", "byte offset 10")),
+    ("npy_v2_header_len_past_end", bad_npy_features(lambda: b"\x93NUMPY\x02\x00\xff\xff\xff\xff{'descr'", "byte offset 12")),
+    ("npy_trailing_bytes", bad_npy_features(lambda: npy_bytes(good_x()) + b"extra", "unexpected bytes")),
+    ("npy_nan_features", bad_npy_features(lambda: nan_in(good_x(), 7), "element 7")),
+    ("npy_inf_features_f4", bad_npy_features(lambda: nan_in(good_x().astype(np.float32), 4, np.inf), "element 4")),
+    ("npy_nan_targets", bad_npy_targets(lambda: nan_in(good_y(), 3), "element 3")),
+    ("npy_row_mismatch", bad_npy_targets(lambda: np.arange(4.0), "4 rows")),
+    ("npy_features_4d", bad_npy_features(lambda: np.zeros((5, 1, 2, 2)), "shape (5, 1, 2, 2)")),
+    ("npy_features_scalar", bad_npy_features(lambda: np.float64(3.0).reshape(()), "shape ()")),
+    ("npy_no_rows", bad_npy_features(lambda: np.zeros((0, 3)), "no examples")),
+    ("npy_targets_3d", bad_npy_targets(lambda: np.zeros((5, 1, 1)), "shape (5, 1, 1)")),
+    ("npy_empty_file", bad_npy_features(b"", "byte offset 0")),
+    ("npy_targets_nonexistent", nonexistent_npy_targets),
+    ("npy_spec_without_targets", npy_spec_without_targets),
+    # --- csv
+    ("csv_ragged", text_file("d.csv", "1,2,3\n4,5,6\n7,8\n", "line 3")),
+    ("csv_ragged_long", text_file("d.csv", "a,b,c\n1,2,3\n4,5,6,7\n", "line 3")),
+    ("csv_header_width", text_file("d.csv", "a,b\n1,2,3\n", "line 2")),
+    ("csv_non_numeric", text_file("d.csv", "1,2,3\n4,5,6\n7,x8,9\n", "line 3, column 2")),
+    ("csv_empty_field", text_file("d.csv", "1,2,3\n4,,6\n", "line 2, column 2")),
+    ("csv_trailing_comma", text_file("d.csv", "1,2,3,\n4,5,6,\n", "line 1, column 4: empty field")),
+    ("csv_nan", text_file("d.csv", "1,2,3\n4,nan,6\n", "line 2, column 2")),
+    ("csv_inf_first_line", text_file("d.csv", "1,inf,3\n4,5,6\n", "line 1, column 2")),
+    ("csv_overflow_to_inf", text_file("d.csv", "1,2,3\n4,5,1e999\n", "line 2, column 3")),
+    ("csv_empty_file", text_file("d.csv", "", "empty")),
+    ("csv_blank_only", text_file("d.csv", "\n\n  \r\n", "no examples")),
+    ("csv_header_only", text_file("d.csv", "x1,x2,y\n", "line 1")),
+    ("csv_single_column", text_file("d.csv", "1\n2\n", "line 1")),
+    ("csv_blank_line_inside", text_file("d.csv", "1,2,3\n\n4,5,6\n", "line 2")),
+    ("csv_nul_byte", text_file("d.csv", "1,2,3\n4,5\x006\n", "byte offset 9")),
+    ("csv_control_chars", text_file("d.csv", "1,2,3\n4,5,\x1b[31m\r7\n", "line 2, column 3")),
+    ("csv_gz_corrupt", raw_file("d.csv.gz", corrupt_gzip, "gzip")),
+    ("csv_gz_truncated", raw_file("d.csv.gz", truncated_gzip, "gzip")),
+    ("csv_gz_nan", text_file("d.csv.gz", "1,2,3\n4,5,NaN\n", "line 2, column 3", gz=True)),
+    ("csv_nonexistent", nonexistent),
+    # --- svmlight
+    ("svm_not_ascending", text_file("d.svm", "1 1:2 3:4\n0 2:1 2:3\n", "line 2")),
+    ("svm_descending", text_file("d.svm", "1 5:2 3:4\n", "line 1")),
+    ("svm_index_zero", text_file("d.svm", "1 0:2 3:4\n", "index 0")),
+    ("svm_negative_index", text_file("d.svm", "1 1:1\n1 -3:2\n", "line 2")),
+    ("svm_missing_colon", text_file("d.libsvm", "1 1:2\n0 2 3:1\n", "line 2")),
+    ("svm_bad_value", text_file("d.svm", "1 1:2\n0 2:abc\n", "line 2")),
+    ("svm_empty_value", text_file("d.svm", "1 1:\n", "line 1")),
+    ("svm_bad_label", text_file("d.svm", "yes 1:2\n", "line 1")),
+    ("svm_nan_label", text_file("d.svm", "1 1:2\nnan 1:3\n", "line 2")),
+    ("svm_inf_value", text_file("d.svm", "1 1:2\n1 1:-inf\n", "line 2")),
+    ("svm_huge_index", text_file("d.svm", "1 99999999999999999999:1\n", "too large")),
+    ("svm_comments_only", text_file("d.svm", "# nothing\n\n# here\n", "no examples")),
+    ("svm_no_features", text_file("d.svm", "1\n0\n", "no features")),
+    ("svm_empty_file", text_file("d.svm", "", "no examples")),
+    # --- idx
+    ("idx_wrong_magic", idx_pair(b"\x00\x00\x08\x04" + bytes(40), idx_lab(2), "images")),
+    ("idx_not_idx", idx_pair(b"PK\x03\x04 not an idx file at all", idx_lab(2), "images")),
+    ("idx_float_type", idx_pair(b"\x00\x00\x0d\x03" + bytes(40), idx_lab(2), "images")),
+    ("idx_swapped", idx_pair(idx_lab(2), idx_img(2, 2, 2), "images")),
+    ("idx_labels_wrong_magic", idx_pair(idx_img(2, 2, 2), b"\x00\x00\x08\x02" + bytes(10), "labels")),
+    ("idx_huge_dims", idx_pair(struct.pack(">IIII", 0x803, 2**31, 2**31, 2**31), idx_lab(2), "images")),
+    ("idx_huge_count", idx_pair(struct.pack(">IIII", 0x803, 2**32 - 1, 28, 28) + bytes(784), idx_lab(1), "images")),
+    ("idx_short_header", idx_pair(b"\x00\x00\x08\x03\x00\x00", idx_lab(2), "images")),
+    ("idx_truncated_pixels", idx_pair(idx_img(3, 4, 4)[:-5], idx_lab(3), "images")),
+    ("idx_count_mismatch", idx_pair(idx_img(5, 2, 2), idx_lab(4), "labels")),
+    ("idx_labels_truncated", idx_pair(idx_img(5, 2, 2), idx_lab(5)[:-1], "labels")),
+    ("idx_labels_huge_count", idx_pair(idx_img(5, 2, 2), struct.pack(">II", 0x801, 2**32 - 1), "labels")),
+    ("idx_zero_images", idx_pair(idx_img(0, 2, 2), idx_lab(0), "images")),
+    ("idx_gz_truncated", idx_pair(lambda: gzip.compress(idx_img(50, 8, 8, random_pixels(3200)))[:1600], idx_lab(50), "images", "gzip")),
+    # --- spec forms
+    ("unknown_spec", unknown_spec),
+    ("fashion_mnist_bad_split", lambda tmp: Bad("fashion-mnist:valid", "fashion-mnist:valid", "train")),
+    ("idx_spec_without_labels", lambda tmp: Bad(f"idx:{tmp / 'images.idx'}", f"idx:{tmp / 'images.idx'}", "idx:IMAGES,LABELS")),
+]
+
+IDS = [name for name, _ in CASES]
+
+
+def run(cmd):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          errors="replace", timeout=120)
+
+
+def test_table_is_large_and_unique():
+    assert len(CASES) >= 20 and len(set(IDS)) == len(IDS)
+
+
+@pytest.mark.parametrize("name,maker", CASES, ids=IDS)
+def test_data_dump_rejects(tool, tmp_path, name, maker):
+    bad = maker(tmp_path)
+    out = tmp_path / "out"
+    p = run([tool("pk_data_dump"), bad.spec, out])
+    assert p.returncode >= 0, f"crashed with signal {-p.returncode}: {p.stderr}"
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and p.stderr.endswith("\n"), f"not one line: {p.stderr!r}"
+    assert lines[0].startswith(str(bad.path)), f"does not start with {bad.path}: {lines[0]}"
+    assert bad.where in lines[0], f"{bad.where!r} not in: {lines[0]}"
+    assert len(lines[0]) < 400, lines[0]
+    assert not out.exists(), "nothing may be written for bad input"
+
+
+def cli():
+    return BUILD_DIR / "pathkernel"
+
+
+@pytest.mark.parametrize("name,maker", CASES, ids=IDS)
+def test_cli_train_rejects(tmp_path, name, maker):
+    if not cli().is_file():
+        pytest.skip(f"{cli()} is not built yet")
+    bad = maker(tmp_path)
+    run_dir = tmp_path / "TMPRUN"
+    p = run([cli(), "train", "--data", bad.spec, "--model", "linear", "--loss", "mse",
+             "--optim", "gd", "--lr", "0.1", "--steps", "1", "--out", run_dir, "--quiet"])
+    assert p.returncode >= 0, f"crashed with signal {-p.returncode}: {p.stderr}"
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert str(bad.path) in p.stderr, p.stderr
+    assert not run_dir.exists(), "a run directory was created for bad data"
+
+
+# ------------------------------------------------ mutations never crash
+
+def valid_inputs(tmp):
+    """Small valid files of every format, as (spec, [files to mutate])."""
+    rng = np.random.default_rng(0)
+    f, t = tmp / "f.npy", tmp / "t.npy"
+    f.write_bytes(npy_bytes(rng.standard_normal((4, 3)).astype(np.float32)))
+    t.write_bytes(npy_bytes(np.arange(4, dtype=np.int64)))
+    c = tmp / "d.csv"
+    c.write_text("a,b,y\n1.5,2,0\n3,4e-2,1\n-5,6,2\n")
+    g = tmp / "d.csv.gz"
+    g.write_bytes(gzip.compress(c.read_bytes()))
+    s = tmp / "d.svm"
+    s.write_text("1 1:0.5 3:2 # c\n0 2:1\n-1 1:1 2:2 3:3\n")
+    ip, lp = tmp / "i.idx", tmp / "l.idx.gz"
+    ip.write_bytes(idx_img(3, 2, 3, bytes(range(18))))
+    lp.write_bytes(gzip.compress(idx_lab(3, b"\x01\x02\x03")))
+    return [(f"npy:{f},{t}", [f, t]), (str(c), [c]), (str(g), [g]), (str(s), [s]),
+            (f"idx:{ip},{lp}", [ip, lp])]
+
+
+def test_mutations_never_crash(tool, tmp_path):
+    """Truncations and byte flips of valid files load or fail with one line;
+    never a crash (run this under the sanitizers: PK_DATA_DUMP=...)."""
+    rng = np.random.default_rng(42)
+    exe = tool("pk_data_dump")
+    failures = 0
+    for spec, files in valid_inputs(tmp_path):
+        assert run([exe, spec, tmp_path / "ok"]).returncode == 0, spec
+        for path in files:
+            orig = path.read_bytes()
+            variants = [orig[:k] for k in sorted(set(rng.integers(0, len(orig), 12)))]
+            for _ in range(25):
+                b = bytearray(orig)
+                for i in rng.integers(0, len(b), rng.integers(1, 4)):
+                    b[i] = int(rng.integers(0, 256))
+                variants.append(bytes(b))
+            for v in variants:
+                path.write_bytes(v)
+                p = run([exe, spec, tmp_path / "m"])
+                assert p.returncode in (0, 2), (spec, v, p.returncode, p.stderr)
+                if p.returncode == 2:
+                    failures += 1
+                    assert len(p.stderr.splitlines()) == 1, (v, p.stderr)
+            path.write_bytes(orig)
+    assert failures > 0

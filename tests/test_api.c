@@ -1,0 +1,138 @@
+/* The C API end to end, with nothing but the public header: train a run,
+ * reopen it, check tangent-kernel invariants (symmetry, K(x,x) = |J_x|^2,
+ * trace = sum of the diagonal of the blocks, thread-count independence) and
+ * the completeness of the path-kernel representation. */
+#include <pathkernel.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int failures = 0, passes = 0;
+
+static void check(const char *what, int ok, double value)
+{
+    printf("%-60s %.3e %s\n", what, value, ok ? "ok" : "FAIL");
+    if (ok) passes++; else failures++;
+}
+
+#define TRY(call) do { pk_status s_ = (call); if (s_) { printf("%s: %s\n", #call, pk_last_error()); return 1; } } while (0)
+
+int main(void)
+{
+    const size_t n = 40, d = 6, C = 3, Q = 5;
+    pk_rng r;
+    pk_rng_seed(&r, 3);
+    double *x = malloc(n * d * sizeof *x), *y = malloc(n * sizeof *y);
+    for (size_t i = 0; i < n * d; i++) x[i] = pk_rng_normal(&r);
+    for (size_t i = 0; i < n; i++) y[i] = (double)(i % C);
+    pk_data train = {n, d, 1, x, y, 0, 0, NULL};
+
+    char dir[] = "/tmp/pk-test-api-XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    char run_dir[64];
+    snprintf(run_dir, sizeof run_dir, "%s/run", dir);
+    pk_train_opts to = pk_train_opts_defaults();
+    to.model = "mlp:12,8:tanh";
+    to.loss = PK_LOSS_SOFTMAX;
+    to.optim.kind = PK_OPTIM_SGD;
+    to.optim.batch = 16;
+    to.optim.lr = 0.2;
+    to.steps = 30;
+    to.keep = 7;
+    to.out_dir = run_dir;
+    TRY(pk_train(&train, &to, NULL, NULL));
+
+    pk_run *run;
+    TRY(pk_run_open(run_dir, &run));
+    TRY(pk_run_attach_data(run, &train));
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t P = m->n_params;
+    double *w = malloc(P * sizeof *w);
+    TRY(pk_run_weights(run, 17, w)); /* between checkpoints: replayed */
+
+    /* tangent kernel invariants */
+    double *K = malloc(n * n * C * C * sizeof *K), *Kt = malloc(n * n * sizeof *Kt);
+    TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K));
+    TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_TRACE, Kt));
+    double sym = 0, tr = 0, scale = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            double t = 0;
+            for (size_t k = 0; k < C; k++) {
+                for (size_t k2 = 0; k2 < C; k2++) {
+                    double a = K[((i * n + j) * C + k) * C + k2], b = K[((j * n + i) * C + k2) * C + k];
+                    sym = fmax(sym, fabs(a - b));
+                    scale = fmax(scale, fabs(a));
+                }
+                t += K[((i * n + j) * C + k) * C + k];
+            }
+            tr = fmax(tr, fabs(t - Kt[i * n + j]));
+        }
+    check("tangent kernel symmetric: K(x,y)_{kk'} = K(y,x)_{k'k}", sym <= 1e-13 * scale, sym / scale);
+    check("trace mode = sum of the diagonal of the full blocks", tr <= 1e-13 * scale, tr / scale);
+
+    /* K(x,x)_{kk} = |J_{x,k}|^2, J from an independent backward pass */
+    pk_tape *t = pk_tape_new(m, 1);
+    double *J = malloc(P * sizeof *J), R[3], worst = 0;
+    for (size_t i = 0; i < n; i += 7)
+        for (size_t k = 0; k < C; k++) {
+            memset(R, 0, sizeof R);
+            R[k] = 1;
+            pk_mlp_forward(m, w, x + i * d, 1, t);
+            pk_mlp_backward(m, w, t, R, 1.0, J);
+            double nrm = 0;
+            for (size_t p = 0; p < P; p++) nrm += J[p] * J[p];
+            worst = fmax(worst, fabs(nrm - K[((i * n + i) * C + k) * C + k]) / nrm);
+        }
+    check("K(x,x)_kk = |grad_w f_k(x)|^2 (backward pass)", worst <= 1e-12, worst);
+
+    /* thread-count independence of the kernel */
+    double *K1 = malloc(n * n * C * C * sizeof *K1);
+    pk_set_threads(1);
+    TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K1));
+    pk_set_threads(2);
+    TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K));
+    check("tangent kernel bit-identical with 1 and 2 threads", !memcmp(K, K1, n * n * C * C * sizeof *K), 0);
+
+    /* completeness of the path-kernel representation, through the API */
+    pk_explain_opts eo = pk_explain_opts_defaults();
+    TRY(pk_quad_parse("gl4", &eo.quad));
+    eo.mode = PK_KMODE_FULL;
+    pk_explain e;
+    TRY(pk_explain_run(run, x, Q, &eo, &e));
+    double err = 0, den = 0, sum_err = 0;
+    for (size_t q = 0; q < Q; q++)
+        for (size_t k = 0; k < C; k++) {
+            double s = 0;
+            for (size_t i = 0; i < n; i++) s += e.contrib[(q * n + i) * C + k];
+            err = fmax(err, fabs(e.pred[q * C + k] - e.bias[q * C + k] - s));
+            den = fmax(den, fabs(e.pred[q * C + k] - e.bias[q * C + k]));
+            sum_err = fmax(sum_err, fabs(s - e.contrib_sum[q * C + k]));
+        }
+    check("pred = bias + sum_i contrib (gl4)", err <= 1e-9 * den, err / den);
+    check("contrib_sum = sum_i contrib", sum_err <= 1e-12 * den, sum_err / den);
+    /* both are at the rounding floor: they may differ by rounding alone */
+    check("summary max_rel_err agrees", fabs(e.max_rel_err - err / den) <= 1e-14, e.max_rel_err);
+    /* the path kernel of an example never in a batch would be 0; here all
+     * were: the diagonal blocks of K^p(x_i, x_i) are positive */
+    double minpos = INFINITY;
+    for (size_t q = 0; q < Q; q++)
+        for (size_t k = 0; k < C; k++) minpos = fmin(minpos, e.kernel[((q * n + q) * C + k) * C + k]);
+    check("path kernel K^p(x_i, x_i)_kk > 0", minpos > 0, minpos);
+    double *pred = malloc(Q * C * sizeof *pred);
+    TRY(pk_run_weights(run, pk_run_steps(run), w));
+    TRY(pk_predict(m, w, x, Q, pred));
+    check("explain pred = pk_predict at the final weights", !memcmp(pred, e.pred, Q * C * sizeof *pred), 0);
+    pk_explain_free(&e);
+
+    pk_tape_free(t);
+    pk_run_close(run);
+    free(x); free(y); free(w); free(K); free(Kt); free(K1); free(J); free(pred);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) return 1;
+    printf("%d passed, %d failed\n", passes, failures);
+    return failures ? 1 : 0;
+}
