@@ -11,13 +11,19 @@
  * owns whole output rows). */
 #define PK_PAR_MIN ((size_t)1 << 16)
 
+/* C (M, N) = alpha op(A) op(B) + beta C, row-major, op = transpose when
+ * trans_* is set: cblas_dgemm tiled so that the result never depends on the
+ * number of threads (gemm.c). */
+void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+             size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
+
 /* Checked allocation of n * size bytes; NULL (with pk_last_error set) when
  * the product overflows or memory is short. */
 void *pk_alloc(size_t n, size_t size);
 void *pk_calloc(size_t n, size_t size);
 
 /* Atomic output: write into "PATH.tmp.PID", then pk_atomic_commit renames
- * it over PATH (after fflush/fsync); pk_atomic_abort removes it. */
+ * it over PATH (after fflush, write errors checked); pk_atomic_abort removes it. */
 typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
 pk_status pk_atomic_open(pk_atomic *a, const char *path);
 pk_status pk_atomic_commit(pk_atomic *a);

@@ -4,7 +4,6 @@
  * W_l (dims[l+1], dims[l]) at w_off[l] and c_l (dims[l+1]) at b_off[l]. */
 #include "internal.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -127,6 +126,25 @@ static inline double act_f(pk_act a, double z)
     return z;
 }
 
+#if defined(__x86_64__) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 35)
+#include <emmintrin.h>
+/* glibc's libmvec: tanh on two doubles, within 4 ulp, 3x faster than the
+ * scalar call (measured); dispatched to the CPU at load time. */
+__m128d _ZGVbN2v_tanh(__m128d);
+#define PK_HAVE_MVEC 1
+#endif
+
+/* y = act(z) over a row of n values. */
+static void act_row(pk_act a, const double *z, double *y, size_t n)
+{
+    size_t i = 0;
+#ifdef PK_HAVE_MVEC
+    if (a == PK_ACT_TANH)
+        for (; i + 2 <= n; i += 2) _mm_storeu_pd(y + i, _ZGVbN2v_tanh(_mm_loadu_pd(z + i)));
+#endif
+    for (; i < n; i++) y[i] = act_f(a, z[i]);
+}
+
 /* Derivative from the pre-activation z and the activation value y = act(z). */
 static inline double act_df(pk_act a, double z, double y)
 {
@@ -184,17 +202,14 @@ void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n,
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
         double *z = t->z[l];
         /* z (n, dout) = sw * a (n, din) W^T + sb * c */
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)dout, (int)din, sw,
-                    t->a[l], (int)din, W, (int)din, 0.0, z, (int)dout);
+        pk_gemm(0, 1, n, dout, din, sw, t->a[l], din, W, din, 0.0, z, dout);
         double *a = t->a[l + 1];
         int last = l + 1 == L;
         #pragma omp parallel for schedule(static) if (n * dout >= PK_PAR_MIN)
         for (size_t i = 0; i < n; i++) {
-            double *zi = z + i * dout, *ai = a + i * dout;
-            for (size_t j = 0; j < dout; j++) {
-                zi[j] += sb * c[j];
-                if (!last) ai[j] = act_f(m->act, zi[j]);
-            }
+            double *zi = z + i * dout;
+            for (size_t j = 0; j < dout; j++) zi[j] += sb * c[j];
+            if (!last) act_row(m->act, zi, a + i * dout, dout);
         }
     }
 }
@@ -207,8 +222,7 @@ static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, siz
                          const double *g, size_t rows, size_t rows_per_ex, double *out)
 {
     size_t din = m->dims[l], dout = m->dims[l + 1];
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)din, (int)dout,
-                pk_mlp_wscale(m, l), g, (int)dout, w + m->w_off[l], (int)din, 0.0, out, (int)din);
+    pk_gemm(0, 0, rows, din, dout, pk_mlp_wscale(m, l), g, dout, w + m->w_off[l], din, 0.0, out, din);
     const double *z = t->z[l - 1], *a = t->a[l];
     #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
     for (size_t r = 0; r < rows; r++) {
@@ -228,9 +242,7 @@ void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double 
         const double *delta = t->delta[l];
         if (grad) {
             /* dW (dout, din) = scale * sw * delta^T a ; dc = scale * sb * sum_i delta_i */
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)dout, (int)din, (int)n,
-                        scale * pk_mlp_wscale(m, l), delta, (int)dout, t->a[l], (int)din, 0.0,
-                        grad + m->w_off[l], (int)din);
+            pk_gemm(1, 0, dout, din, n, scale * pk_mlp_wscale(m, l), delta, dout, t->a[l], din, 0.0, grad + m->w_off[l], din);
             double *gc = grad + m->b_off[l], sb = scale * pk_mlp_bscale(m, l);
             for (size_t j = 0; j < dout; j++) gc[j] = 0.0;
             for (size_t i = 0; i < n; i++)

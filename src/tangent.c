@@ -4,7 +4,6 @@
  * P-long gradient. */
 #include "internal.h"
 
-#include <cblas.h>
 #include <string.h>
 
 pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas)
@@ -54,10 +53,8 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
         double sw2 = sw * sw, sb2 = sb * sb;
         /* A (nx, ny) = a_x a_y^T ; D (nx*rx, ny*ry) = delta_x delta_y^T */
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nx, (int)ny, (int)din, 1.0,
-                    x->a[l], (int)din, y->a[l], (int)din, 0.0, A, (int)ny);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(nx * rx), (int)cols, (int)len, 1.0,
-                    x->delta[l], (int)len, y->delta[l], (int)len, 0.0, D, (int)cols);
+        pk_gemm(0, 1, nx, ny, din, 1.0, x->a[l], din, y->a[l], din, 0.0, A, ny);
+        pk_gemm(0, 1, (nx * rx), cols, len, 1.0, x->delta[l], len, y->delta[l], len, 0.0, D, cols);
         #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
         for (size_t r = 0; r < nx * rx; r++) {
             const double *Ar = A + (r / rx) * ny, *Dr = D + r * cols;

@@ -1,8 +1,8 @@
 """Shared pytest fixtures: where the build and the source are, and the helper
 programs built from tests/tools/*.c.
 
-PK_BUILD (default /work/main/build) is the CMake build directory and
-PK_SOURCE (default /work/main) the source directory. A helper program NAME
+PK_BUILD (default: build/ in the source tree) is the CMake build directory
+and PK_SOURCE (default: the tree this file is in) the source directory. A helper program NAME
 is BUILD/NAME unless the environment variable NAME.upper() (for example
 PK_DATA_DUMP) points at another binary, e.g. one built by hand; the shared
 library is BUILD/libpathkernel.so unless PK_LIBRARY names another.
@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-BUILD_DIR = pathlib.Path(os.environ.get("PK_BUILD", "/work/main/build"))
-SOURCE_DIR = pathlib.Path(os.environ.get("PK_SOURCE", "/work/main"))
+_TREE = pathlib.Path(__file__).resolve().parents[2]
+SOURCE_DIR = pathlib.Path(os.environ.get("PK_SOURCE", _TREE))
+BUILD_DIR = pathlib.Path(os.environ.get("PK_BUILD", SOURCE_DIR / "build"))
 
 # Let test modules import each other's tables (e.g. test_bad_input.CASES).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

@@ -1,0 +1,38 @@
+/* gemm.c -- every matrix product of the library goes through pk_gemm.
+ *
+ * Determinism whatever the thread count: OpenBLAS splits a threaded DGEMM
+ * differently for different thread counts, and the last bits of the result
+ * change with it (measured with Debian's OpenBLAS 0.3.21). So BLAS always
+ * runs on one thread, and we split C into pieces of a fixed size that does not
+ * depend on the thread count; OpenMP threads take whole pieces. */
+#include "internal.h"
+
+#include <cblas.h>
+
+/* Pieces of C along its longer side. Splitting the rows re-packs op(B) once
+ * per piece, splitting the columns re-packs op(A): the same M*N*K/PIECE extra
+ * copies either way, under 1% of the multiply-adds for PIECE = 256. */
+#define PIECE 256
+
+void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+             size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
+{
+    if (!M || !N) return;
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+    int by_rows = M >= N;
+    size_t len = by_rows ? M : N, pieces = (len + PIECE - 1) / PIECE;
+    /* small products: one call on one thread (waking a team costs more) */
+    if ((double)M * (double)N * (double)K < 1e6) pieces = 1;
+    #pragma omp parallel for schedule(dynamic, 1) if (pieces > 1)
+    for (size_t p = 0; p < pieces; p++) {
+        size_t o = p * PIECE, n = pieces == 1 ? len : (len - o < PIECE ? len - o : PIECE);
+        size_t r0 = by_rows ? o : 0, c0 = by_rows ? 0 : o;
+        size_t mm = by_rows ? n : M, nn = by_rows ? N : n;
+        /* row-major: op(A) rows r0.. start at A + r0*lda (no trans) or A + r0 (trans);
+         * op(B) columns c0.. start at B + c0 (no trans) or B + c0*ldb (trans) */
+        const double *a = trans_a ? A + r0 : A + r0 * lda;
+        const double *b = trans_b ? B + c0 * ldb : B + c0;
+        cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                    (int)mm, (int)nn, (int)K, alpha, a, (int)lda, b, (int)ldb, beta, C + r0 * ldc + c0, (int)ldc);
+    }
+}
