@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 /* Pieces of C along its longer side. Splitting the rows re-packs op(B) once
  * per piece, splitting the columns re-packs op(A): the same M*N*K/PIECE extra
@@ -18,11 +19,14 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
 {
     if (!M || !N) return;
-    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
     int by_rows = M >= N;
     size_t len = by_rows ? M : N, pieces = (len + PIECE - 1) / PIECE;
     /* small products: one call on one thread (waking a team costs more) */
     if ((double)M * (double)N * (double)K < 1e6) pieces = 1;
+    /* OpenBLAS's OpenMP build runs a call outside an active parallel region on
+     * omp_get_max_threads() threads: make that one while the single piece runs */
+    int nt = pieces == 1 && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    if (nt > 1) omp_set_num_threads(1);
     #pragma omp parallel for schedule(dynamic, 1) if (pieces > 1)
     for (size_t p = 0; p < pieces; p++) {
         size_t o = p * PIECE, n = pieces == 1 ? len : (len - o < PIECE ? len - o : PIECE);
@@ -35,4 +39,5 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
         cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
                     (int)mm, (int)nn, (int)K, alpha, a, (int)lda, b, (int)ldb, beta, C + r0 * ldc + c0, (int)ldc);
     }
+    if (nt > 1) omp_set_num_threads(nt);
 }

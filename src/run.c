@@ -22,38 +22,36 @@
 
 /* --------------------------------------------------------- binary helpers */
 
-/* A growable byte buffer for building a binary file before one atomic write. */
-typedef struct bytes { unsigned char *p; size_t n, cap; int oom; } bytes;
+/* A binary file written straight through to its temporary name, with the
+ * crc32 of everything written kept on the way; put_finish appends it and
+ * renames the file into place. */
+typedef struct bytes { pk_atomic a; uLong crc; pk_status s; } bytes;
+
+static pk_status put_open(bytes *b, const char *path)
+{
+    b->crc = crc32(0L, Z_NULL, 0);
+    b->s = pk_atomic_open(&b->a, path);
+    return b->s;
+}
 
 static void put(bytes *b, const void *src, size_t n)
 {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n) cap *= 2;
-        unsigned char *p = realloc(b->p, cap);
-        if (!p) { b->oom = 1; return; }
-        b->p = p;
-        b->cap = cap;
+    if (b->s) return;
+    const unsigned char *p = src;
+    for (size_t o = 0; o < n; o += 1u << 30) { /* crc32 takes 32-bit lengths */
+        size_t len = n - o < (1u << 30) ? n - o : (1u << 30);
+        b->crc = crc32(b->crc, p + o, (uInt)len);
     }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
+    if (n && fwrite(src, 1, n, b->a.f) != n) b->s = pk_fail(PK_ERR_IO, "%s: write failed: %s", b->a.path, strerror(errno));
 }
 static void put_u32(bytes *b, uint32_t v) { put(b, &v, 4); }
 static void put_u64(bytes *b, uint64_t v) { put(b, &v, 8); }
 
-static pk_status put_finish(bytes *b, const char *path)
+static pk_status put_finish(bytes *b)
 {
-    if (b->oom) { free(b->p); return pk_fail(PK_ERR_NOMEM, "%s: out of memory", path); }
-    uint32_t crc = (uint32_t)crc32(0L, b->p, (uInt)0);
-    for (size_t o = 0; o < b->n; o += 1u << 30) {
-        size_t len = b->n - o < (1u << 30) ? b->n - o : (1u << 30);
-        crc = (uint32_t)crc32(crc, b->p + o, (uInt)len);
-    }
-    put_u32(b, crc);
-    pk_status s = b->oom ? pk_fail(PK_ERR_NOMEM, "%s: out of memory", path) : pk_write_file(path, b->p, b->n);
-    free(b->p);
-    return s;
+    put_u32(b, (uint32_t)b->crc);
+    if (b->s) { pk_atomic_abort(&b->a); return b->s; }
+    return pk_atomic_commit(&b->a);
 }
 
 /* Read a whole binary file and check its magic, version and crc32. */
@@ -99,7 +97,8 @@ char *pk_ckpt_path(const char *dir, size_t t)
 
 pk_status pk_ckpt_write(const char *path, size_t step, size_t P, const double *w, size_t S, const double *state)
 {
-    bytes b = {0};
+    bytes b;
+    if (put_open(&b, path)) return b.s;
     put(&b, CKPT_MAGIC, 8);
     put_u32(&b, PK_RUN_VERSION);
     put_u32(&b, 0);
@@ -108,7 +107,7 @@ pk_status pk_ckpt_write(const char *path, size_t step, size_t P, const double *w
     put_u64(&b, S);
     put(&b, w, P * sizeof *w);
     if (S) put(&b, state, S * P * sizeof *state);
-    return put_finish(&b, path);
+    return put_finish(&b);
 }
 
 pk_status pk_ckpt_read(const char *path, size_t step, size_t P, double *w, size_t S, double *state)
@@ -135,8 +134,9 @@ pk_status pk_ckpt_read(const char *path, size_t step, size_t P, double *w, size_
 
 pk_status pk_traj_write(const char *path, const pk_traj *tr)
 {
-    bytes b = {0};
+    bytes b;
     size_t total = tr->off[tr->T];
+    if (put_open(&b, path)) return b.s;
     put(&b, TRAJ_MAGIC, 8);
     put_u32(&b, PK_RUN_VERSION);
     put_u32(&b, 0);
@@ -147,7 +147,7 @@ pk_status pk_traj_write(const char *path, const pk_traj *tr)
     put(&b, tr->loss, tr->T * sizeof(double));
     put(&b, tr->off, (tr->T + 1) * sizeof(uint64_t));
     if (total) put(&b, tr->idx, total * sizeof(uint32_t));
-    return put_finish(&b, path);
+    return put_finish(&b);
 }
 
 pk_status pk_traj_read(const char *path, pk_traj *tr)

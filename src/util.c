@@ -46,8 +46,8 @@ void pk_set_threads(int n)
 {
     if (n <= 0) n = omp_get_num_procs();
     pk_threads = n;
+    openblas_set_num_threads(1); /* BLAS runs inside our tiles: gemm.c; in OpenBLAS's OpenMP build this sets omp threads too */
     omp_set_num_threads(n);
-    openblas_set_num_threads(1); /* BLAS runs inside our tiles: gemm.c */
 }
 
 int pk_get_threads(void) { return pk_threads > 0 ? pk_threads : omp_get_max_threads(); }
