@@ -471,13 +471,30 @@ static pk_status idx_magic(const char *path, const unsigned char *b, size_t len,
                    "file (expected 0x%08x)", path, m, kind, want);
 }
 
-static pk_status load_idx(const char *ipath, const char *lpath, pk_data *d)
+/* With `first` > 0, only the first examples are read (and decompressed):
+ * the rest of the file is not looked at. */
+static pk_status load_idx(const char *ipath, const char *lpath, size_t first, pk_data *d)
 {
     unsigned char *ib = NULL, *lb = NULL;
     size_t il, ll;
     double *x = NULL, *y = NULL;
-    pk_status s = pk_read_file(ipath, 1, 0, &ib, &il);
-    if (s) return s;
+    pk_status s;
+    if (first) { /* the header says how many bytes the first examples take */
+        if ((s = pk_read_prefix(ipath, 1, 16, &ib, &il))) return s;
+        uint64_t ni = il >= 16 ? be32(ib + 4) : 0, hw = il >= 16 ? (uint64_t)be32(ib + 8) * be32(ib + 12) : 0;
+        int ok = il >= 16 && be32(ib) == IDX_UBYTE_IMAGES && first <= ni && hw && first <= (SIZE_MAX - 16) / hw;
+        free(ib);
+        ib = NULL;
+        if (!ok) first = 0; /* let the full read below say what is wrong */
+        else if ((s = pk_read_prefix(ipath, 1, 16 + first * hw, &ib, &il))) return s;
+        else if (il < 16 + first * hw) {
+            s = pk_fail(PK_ERR_INPUT, "%s: byte offset %zu: the file ends inside image %zu of the first %zu",
+                        ipath, il, (il - 16) / hw, first);
+            free(ib);
+            return s;
+        }
+    }
+    if (!first && (s = pk_read_file(ipath, 1, 0, &ib, &il))) return s;
     size_t n = 0, h = 0, w = 0;
     if ((s = idx_magic(ipath, ib, il, IDX_UBYTE_IMAGES))) goto done;
     if (il < 16) {
@@ -487,6 +504,7 @@ static pk_status load_idx(const char *ipath, const char *lpath, pk_data *d)
     }
     uint64_t ni = be32(ib + 4), hi = be32(ib + 8), wi = be32(ib + 12);
     uint64_t have = il - 16, hw = hi * wi;   /* < 2^64: both < 2^32 */
+    if (first) ni = first;
     int over = wi && hi && ni > UINT64_MAX / hw;
     if (over || ni * hw != have) {
         char decl[32];
@@ -504,7 +522,8 @@ static pk_status load_idx(const char *ipath, const char *lpath, pk_data *d)
     h = (size_t)hi;
     w = (size_t)wi;
 
-    if ((s = pk_read_file(lpath, 1, 0, &lb, &ll))) goto done;
+    if ((s = first ? pk_read_prefix(lpath, 1, 8 + first, &lb, &ll) : pk_read_file(lpath, 1, 0, &lb, &ll)))
+        goto done;
     if ((s = idx_magic(lpath, lb, ll, IDX_UBYTE_LABELS))) goto done;
     if (ll < 8) {
         s = pk_fail(PK_ERR_INPUT, "%s: byte offset %zu: truncated IDX header (8 bytes needed, the "
@@ -512,6 +531,7 @@ static pk_status load_idx(const char *ipath, const char *lpath, pk_data *d)
         goto done;
     }
     uint64_t nl = be32(lb + 4);
+    if (first && nl >= first) nl = first; /* only the first labels were read */
     if (nl != ll - 8) {
         s = pk_fail(PK_ERR_INPUT, "%s: byte offset 8: the header declares %llu labels but %zu "
                     "bytes follow the header", lpath, (unsigned long long)nl, ll - 8);
@@ -561,7 +581,7 @@ static pk_status split_pair(const char *spec, size_t skip, const char *form, cha
     return PK_OK;
 }
 
-static pk_status load_fmnist(const char *spec, pk_data *d)
+static pk_status load_fmnist(const char *spec, size_t first, pk_data *d)
 {
     const char *split = spec + strlen("fashion-mnist:");
     const char *stem = !strcmp(split, "train") ? "train" : !strcmp(split, "test") ? "t10k" : NULL;
@@ -575,7 +595,7 @@ static pk_status load_fmnist(const char *spec, pk_data *d)
     if (missing)
         return pk_fail(PK_ERR_IO, "%s: cannot read it; %s needs Debian's Fashion-MNIST: "
                        "apt-get install dataset-fashion-mnist", missing, spec);
-    return load_idx(ip, lp, d);
+    return load_idx(ip, lp, first, d);
 }
 
 /* Keep the first N, or a seeded random N in data order (partial Fisher-Yates
@@ -644,9 +664,9 @@ pk_status pk_data_load(const char *spec, const pk_load_opts *opts, pk_data *out)
             s = load_npy(a, b, &d);
     } else if (!strncmp(spec, "idx:", 4)) {
         if (!(s = split_pair(spec, 4, "idx:IMAGES,LABELS", &a, &b)))
-            s = load_idx(a, b, &d);
+            s = load_idx(a, b, o.random ? 0 : o.first, &d);
     } else if (!strncmp(spec, "fashion-mnist:", 14)) {
-        s = load_fmnist(spec, &d);
+        s = load_fmnist(spec, o.random ? 0 : o.first, &d);
     } else if (ends_with(spec, ".csv") || ends_with(spec, ".csv.gz")) {
         s = load_csv(spec, &d);
     } else if (ends_with(spec, ".svm") || ends_with(spec, ".libsvm") ||

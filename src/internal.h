@@ -34,6 +34,9 @@ pk_status pk_write_file(const char *path, const void *buf, size_t len);
  * NUL-terminated (len excludes the NUL). `max` bounds the size (0 = 4 GiB). */
 pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char **buf, size_t *len);
 
+/* The first n bytes of a file (plain or gzip), fewer when it is shorter. */
+pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char **buf, size_t *len);
+
 /* "a/b" joined into a malloc'ed string. */
 char *pk_path_join(const char *dir, const char *name);
 char *pk_strdup(const char *s);
@@ -110,6 +113,7 @@ pk_status pk_run_train(pk_run *run, const pk_data **train);
  * fold = 1 for loss-weighted deltas (contributions). */
 typedef struct pk_side {
     size_t n, rows, fold;
+    int unit;   /* per-output deltas: those of the output layer are e_k */
     const double *a[PK_MAX_LAYERS];      /* (n, dims[l])                   */
     const double *delta[PK_MAX_LAYERS];  /* (n * rows, dims[l+1] * fold)   */
 } pk_side;

@@ -25,7 +25,7 @@ void pk_deltas_free(const pk_mlp *m, double **deltas)
 pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace)
 {
     size_t C = m->dims[m->n_layers];
-    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, {0}, {0}};
+    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, {0}, {0}};
     for (size_t l = 0; l < m->n_layers; l++) {
         s.a[l] = t->a[l];
         s.delta[l] = deltas[l];
@@ -35,7 +35,7 @@ pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas
 
 pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t)
 {
-    pk_side s = {t->n, 1, 1, {0}, {0}};
+    pk_side s = {t->n, 1, 1, 0, {0}, {0}};
     for (size_t l = 0; l < m->n_layers; l++) {
         s.a[l] = t->a[l];
         s.delta[l] = t->delta[l];
@@ -45,21 +45,34 @@ pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t)
 
 void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, double *A, double *D)
 {
-    size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows;
+    size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows, L = m->n_layers;
     size_t cols = ny * ry;
     memset(S, 0, nx * rx * cols * sizeof *S);
-    for (size_t l = 0; l < m->n_layers; l++) {
+    for (size_t l = 0; l < L; l++) {
         size_t din = m->dims[l], len = m->dims[l + 1] * x->fold;
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
         double sw2 = sw * sw, sb2 = sb * sb;
-        /* A (nx, ny) = a_x a_y^T ; D (nx*rx, ny*ry) = delta_x delta_y^T */
+        /* A (nx, ny) = a_x a_y^T */
         pk_gemm(0, 1, nx, ny, din, 1.0, x->a[l], din, y->a[l], din, 0.0, A, ny);
-        pk_gemm(0, 1, (nx * rx), cols, len, 1.0, x->delta[l], len, y->delta[l], len, 0.0, D, cols);
+        /* Per-output deltas of the output layer are the unit vectors e_k:
+         * D = delta_x delta_y^T is then 1 where k = k' (fold = C: the trace, C). */
+        int unit = l + 1 == L && x->unit && y->unit;
+        if (!unit) /* D (nx*rx, ny*ry) = delta_x delta_y^T */
+            pk_gemm(0, 1, nx * rx, cols, len, 1.0, x->delta[l], len, y->delta[l], len, 0.0, D, cols);
         #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
         for (size_t r = 0; r < nx * rx; r++) {
             const double *Ar = A + (r / rx) * ny, *Dr = D + r * cols;
             double *Sr = S + r * cols;
-            for (size_t j = 0; j < cols; j++) Sr[j] += (sw2 * Ar[j / ry] + sb2) * Dr[j];
+            if (unit) {
+                size_t k = r % rx;
+                double diag = rx == 1 ? (double)x->fold : 1.0;
+                for (size_t j = 0; j < ny; j++) Sr[j * ry + k] += (sw2 * Ar[j] + sb2) * diag;
+                continue;
+            }
+            for (size_t j = 0; j < ny; j++) {
+                double c = sw2 * Ar[j] + sb2;
+                for (size_t k = 0; k < ry; k++) Sr[j * ry + k] += c * Dr[j * ry + k];
+            }
         }
     }
 }

@@ -148,7 +148,19 @@ pk_status pk_write_file(const char *path, const void *buf, size_t len)
     return pk_atomic_commit(&a);
 }
 
+static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix, unsigned char **buf, size_t *len);
+
 pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char **buf, size_t *len)
+{
+    return read_impl(path, gunzip, max, 0, buf, len);
+}
+
+pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char **buf, size_t *len)
+{
+    return read_impl(path, gunzip, n, 1, buf, len);
+}
+
+static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix, unsigned char **buf, size_t *len)
 {
     *buf = NULL;
     *len = 0;
@@ -166,12 +178,13 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
         f = fdopen(fd, "rb");
         if (!f) { close(fd); return pk_fail(PK_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); }
     }
-    size_t cap = 1 << 16, n = 0;
+    size_t cap = prefix && max < (1 << 16) ? max : 1 << 16, n = 0;
     unsigned char *b = malloc(cap + 1);
     pk_status s = PK_OK;
     if (!b) s = pk_fail(PK_ERR_NOMEM, "%s: out of memory", path);
     while (!s) {
         if (n == cap) {
+            if (prefix && n >= max) break;
             if (cap >= max) {
                 s = pk_fail(PK_ERR_INPUT, "%s: larger than the limit of %zu bytes", path, max);
                 break;

@@ -377,6 +377,33 @@ def test_idx(tool, tmp_path, gz_images, gz_labels):
     assert (meta["img_h"], meta["img_w"], meta["d"]) == ("5", "7", "35")
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_first_reads_a_prefix(tool, tmp_path, gz):
+    """--first N reads only the first N examples: they match numpy, a file cut
+    off after them still loads, one cut off inside them says where, and asking
+    for more than the header declares is an error."""
+    rng = np.random.default_rng(7)
+    imgs = rng.integers(0, 256, (20, 4, 3)).astype(np.uint8)
+    labs = rng.integers(0, 10, 20).astype(np.uint8)
+    bi, bl = idx_images(imgs), idx_labels(labs)
+    pack = gzip.compress if gz else (lambda b: b)
+    ip, lp = tmp_path / "i.idx", tmp_path / "l.idx"
+    ip.write_bytes(pack(bi))
+    lp.write_bytes(pack(bl))
+    x, y, _ = dump(tool, f"idx:{ip},{lp}", tmp_path / "a", "--first", 6)
+    assert same(x, imgs[:6].reshape(6, 12) / 255.0)
+    assert same(y, labs[:6].reshape(-1, 1).astype(np.float64))
+    cut_i, cut_l = tmp_path / "ci.idx", tmp_path / "cl.idx"
+    cut_i.write_bytes(pack(bi[:16 + 8 * 12]))        # 8 whole images of 20 declared
+    cut_l.write_bytes(pack(bl[:8 + 8]))
+    x, y, _ = dump(tool, f"idx:{cut_i},{cut_l}", tmp_path / "b", "--first", 6)
+    assert same(x, imgs[:6].reshape(6, 12) / 255.0)
+    r = subprocess.run([str(tool("pk_data_dump")), f"idx:{cut_i},{cut_l}", str(tmp_path / "c"), "--first", "10"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(str(cut_i)) and "image 8 of the first 10" in r.stderr, r.stderr
+    dump(tool, f"idx:{ip},{lp}", tmp_path / "d", "--first", 21, expect_rc=2)
+
+
 def parse_idx_gz(path):
     b = gzip.decompress(path.read_bytes())
     magic, n = struct.unpack(">II", b[:8])
