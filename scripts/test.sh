@@ -1,8 +1,14 @@
 #!/bin/sh
-# The README's second command: install what is missing, build, run every test.
+# The README's second command: install what is missing, build, and run every
+# test twice: in the release build (build/) and in a build with
+# AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
 sh scripts/build.sh
-cd build
-ctest --output-on-failure --timeout 1800
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPK_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$(nproc)"
+echo "== release build"
+(cd build && ctest --output-on-failure --timeout 1800)
+echo "== sanitizer build (ASan + UBSan)"
+(cd build-asan && ctest --output-on-failure --timeout 1800)

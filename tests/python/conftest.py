@@ -51,6 +51,9 @@ def tool():
 @pytest.fixture(scope="session")
 def libpathkernel():
     """The shared library through ctypes (declare argtypes/restype before use)."""
+    if os.environ.get("PK_SANITIZE") == "1":
+        pytest.skip("an ASan-instrumented library cannot be loaded into an uninstrumented "
+                    "Python; in the sanitizer build the same code runs through the CLI tests")
     path = pathlib.Path(os.environ.get("PK_LIBRARY", BUILD_DIR / "libpathkernel.so"))
     if not path.is_file():
         pytest.fail(f"{path} does not exist: build it first or set PK_LIBRARY")
