@@ -46,8 +46,6 @@ Environment: PK_SOURCE (default: the tree this file is in), PK_BUILD (default
 PK_SOURCE/build).
 """
 import argparse
-import ctypes
-import gzip
 import json
 import os
 import pathlib
@@ -63,44 +61,16 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from benchlib import FMNIST, load_fashion, openblas_handle  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = pathlib.Path(os.environ.get("PK_SOURCE", HERE.parent))
 BUILD = pathlib.Path(os.environ.get("PK_BUILD", SOURCE / "build"))
-FMNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 OPENBLAS_OMP = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
 DT = torch.float64
 DIMS = [784, 512, 512, 10]
 N_X = N_Y = 200
-
-
-def load_fashion(split, n):
-    pre = "train" if split == "train" else "t10k"
-    with gzip.open(FMNIST / f"{pre}-images-idx3-ubyte.gz") as f:
-        raw = f.read(16 + n * 784)
-    with gzip.open(FMNIST / f"{pre}-labels-idx1-ubyte.gz") as f:
-        lab = f.read(8 + n)
-    assert int.from_bytes(raw[:4], "big") == 2051 and int.from_bytes(lab[:4], "big") == 2049
-    x = np.frombuffer(raw, np.uint8, n * 784, 16).reshape(n, 784).astype(np.float64) / 255.0
-    y = np.frombuffer(lab, np.uint8, n, 8).astype(np.int64)
-    return x, y
-
-
-def openblas_handle():
-    """The OpenBLAS torch loaded (through libblas.so.3), to set its threads."""
-    paths = []
-    for line in open("/proc/self/maps"):
-        parts = line.split()
-        if len(parts) >= 6 and "openblas" in parts[-1] and ".so" in parts[-1] and parts[-1] not in paths:
-            paths.append(parts[-1])
-    for path in sorted(paths, key=lambda p: "libopenblas" not in p):
-        try:
-            lib = ctypes.CDLL(path)
-            lib.openblas_set_num_threads.argtypes = [ctypes.c_int]
-            lib.openblas_get_num_threads.restype = ctypes.c_int
-            return lib, path
-        except (OSError, AttributeError):
-            pass
-    return None, None
 
 
 def set_torch_threads(n, blas):

@@ -26,8 +26,6 @@ Environment: PK_BUILD (default: build/ next to bench/) locates the pathkernel
 binary; OPENBLAS_CORETYPE and the like are passed through untouched.
 """
 import argparse
-import ctypes
-import gzip
 import json
 import os
 import pathlib
@@ -42,44 +40,13 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from benchlib import FMNIST, load_fashion, openblas_handle  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
-FMNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 MODEL = "mlp:256,256:tanh"
 N_TRAIN = 2000
 LR = 0.1
-
-
-def load_fashion(n):
-    """First n training images as (n, 784) float64 in [0, 1] and labels (n,)."""
-    with gzip.open(FMNIST / "train-images-idx3-ubyte.gz") as f:
-        raw = f.read(16 + n * 784)
-    with gzip.open(FMNIST / "train-labels-idx1-ubyte.gz") as f:
-        lab = f.read(8 + n)
-    assert int.from_bytes(raw[:4], "big") == 2051 and int.from_bytes(lab[:4], "big") == 2049
-    x = np.frombuffer(raw, np.uint8, n * 784, 16).reshape(n, 784).astype(np.float64) / 255.0
-    y = np.frombuffer(lab, np.uint8, n, 8).astype(np.int64)
-    return x, y
-
-
-def openblas_handle():
-    """The OpenBLAS that torch loaded (through libblas.so.3), or None."""
-    paths = []
-    for line in open("/proc/self/maps"):
-        parts = line.split()
-        if len(parts) >= 6 and "openblas" in parts[-1] and ".so" in parts[-1] and parts[-1] not in paths:
-            paths.append(parts[-1])
-    for path in sorted(paths, key=lambda p: "libopenblas" not in p):
-        try:
-            lib = ctypes.CDLL(path)
-            lib.openblas_set_num_threads.argtypes = [ctypes.c_int]
-            lib.openblas_get_num_threads.restype = ctypes.c_int
-            return lib, path
-        except (OSError, AttributeError):
-            pass
-    return None, None
-
-
-# ------------------------------------------------------------------- runs
 
 
 def pathkernel_train(exe, workdir, threads, steps, tag, extra=(), env_extra=None):
@@ -141,7 +108,7 @@ def load_w0(wdir):
 def torch_worker(wdir, threads, steps):
     """--torch-worker: one PyTorch measurement in a fresh process (after one
     untimed warm-up step), printed as JSON."""
-    X_np, Y_np = load_fashion(N_TRAIN)
+    X_np, Y_np = load_fashion("train", N_TRAIN)
     X, Y = torch.from_numpy(X_np), torch.from_numpy(Y_np)
     blas, _ = openblas_handle()
     w0 = load_w0(wdir)
@@ -184,7 +151,7 @@ def main():
     threads = [int(t) for t in args.threads.split(",")]
     steps, R = args.steps, args.repeats
 
-    X_np, Y_np = load_fashion(N_TRAIN)
+    X_np, Y_np = load_fashion("train", N_TRAIN)
     X, Y = torch.from_numpy(X_np), torch.from_numpy(Y_np)
     blas, blas_path = openblas_handle()
     # libgomp's idle threads spin by default, which can starve OpenBLAS's own
