@@ -118,10 +118,14 @@ typedef struct pk_side {
     const double *delta[PK_MAX_LAYERS];  /* (n * rows, dims[l+1] * fold)   */
 } pk_side;
 
-/* S (x.n * x.rows, y.n * y.rows) = sum_l (sw_l^2 A_l + sb_l^2) o D_l with
- * A_l = a_x a_y^T (broadcast over the rows of an example) and
- * D_l = delta_x delta_y^T. A (x.n, y.n) and D (like S) are scratch. */
-void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, double *A, double *D);
+/* S = sum_l (sw_l^2 A_l + sb_l^2) o D_l over the pairs of the
+ * two sides, with A_l = a_x a_y^T (broadcast over the rows of an example) and
+ * D_l = delta_x delta_y^T. Layout of S: pairs = 0: ((x, kx), (y, ky)) with
+ * ldy >= y.n examples per row; pairs = 1: (x, y, kx, ky) with ldy >= y.n
+ * pairs per x (a block of a larger kernel). A (x.n, y.n) and
+ * D (x.n * x.rows, y.n * y.rows) are scratch. */
+void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, size_t ldy,
+                     int pairs, double *A, double *D);
 
 /* A side from a tape after pk_mlp_output_deltas into `deltas`. */
 pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace);

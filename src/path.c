@@ -248,7 +248,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
                 pk_mlp_output_deltas(m, wn, qt, dq);
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
                 pk_side qs = pk_side_outputs(m, qt, dq, 0);
-                pk_side_product(m, &qs, &train_loss, S, A, D);
+                pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
                 double f = -scale * cq;
                 #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
                 for (size_t x = 0; x < nq; x++) {
@@ -267,7 +267,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
                 if (o->want_kernel) {
                     /* K^p(x, x_i) += (eta/|B|) c_q Jbar_x J_{x_i}(w_t)^T */
                     pk_side qk = pk_side_outputs(m, qt, dq, kr == 1);
-                    pk_side_product(m, &qk, &train_out, SK, A, DK);
+                    pk_side_product(m, &qk, &train_out, SK, nb, 0, A, DK);
                     double fk = scale * cq;
                     #pragma omp parallel for schedule(static) if (nq * kr * nb * kr >= PK_PAR_MIN)
                     for (size_t x = 0; x < nq; x++)

@@ -43,11 +43,17 @@ pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t)
     return s;
 }
 
-void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, double *A, double *D)
+void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, size_t ldy,
+                     int pairs, double *A, double *D)
 {
     size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows, L = m->n_layers;
     size_t cols = ny * ry;
-    memset(S, 0, nx * rx * cols * sizeof *S);
+    /* where (x, kx, y, 0) lives in S */
+    #define S_AT(i, kx, j) (pairs ? S + (((i) * ldy + (j)) * rx + (kx)) * ry : S + (((i) * rx + (kx)) * ldy + (j)) * ry)
+    for (size_t i = 0; i < nx; i++)
+        for (size_t kx = 0; kx < rx; kx++)
+            if (!pairs) memset(S_AT(i, kx, 0), 0, cols * sizeof *S);
+            else for (size_t j = 0; j < ny; j++) memset(S_AT(i, kx, j), 0, ry * sizeof *S);
     for (size_t l = 0; l < L; l++) {
         size_t din = m->dims[l], len = m->dims[l + 1] * x->fold;
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
@@ -59,22 +65,20 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
         int unit = l + 1 == L && x->unit && y->unit;
         if (!unit) /* D (nx*rx, ny*ry) = delta_x delta_y^T */
             pk_gemm(0, 1, nx * rx, cols, len, 1.0, x->delta[l], len, y->delta[l], len, 0.0, D, cols);
+        double diag = rx == 1 ? (double)x->fold : 1.0;
         #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
-        for (size_t r = 0; r < nx * rx; r++) {
-            const double *Ar = A + (r / rx) * ny, *Dr = D + r * cols;
-            double *Sr = S + r * cols;
-            if (unit) {
-                size_t k = r % rx;
-                double diag = rx == 1 ? (double)x->fold : 1.0;
-                for (size_t j = 0; j < ny; j++) Sr[j * ry + k] += (sw2 * Ar[j] + sb2) * diag;
-                continue;
+        for (size_t i = 0; i < nx; i++)
+            for (size_t kx = 0; kx < rx; kx++) {
+                const double *Ai = A + i * ny, *Dr = D + (i * rx + kx) * cols;
+                for (size_t j = 0; j < ny; j++) {
+                    double c = sw2 * Ai[j] + sb2, *dst = S_AT(i, kx, j);
+                    if (unit) dst[rx == 1 ? 0 : kx] += c * diag;
+                    else
+                        for (size_t ky = 0; ky < ry; ky++) dst[ky] += c * Dr[j * ry + ky];
+                }
             }
-            for (size_t j = 0; j < ny; j++) {
-                double c = sw2 * Ar[j] + sb2;
-                for (size_t k = 0; k < ry; k++) Sr[j * ry + k] += c * Dr[j * ry + k];
-            }
-        }
     }
+    #undef S_AT
 }
 
 pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
@@ -83,7 +87,7 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
     size_t C = m->dims[m->n_layers], d = m->dims[0];
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
-    /* Blocks of B x B pairs keep S and D near 32 MiB each. */
+    /* Blocks of B x B pairs keep the scratch D near 32 MiB. */
     size_t B = 64;
     while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)32 << 20)) B *= 2;
     size_t bx = nx < B ? nx : B, by = ny < B ? ny : B;
@@ -91,10 +95,9 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
     pk_tape *tx = pk_tape_new(m, bx), *ty = pk_tape_new(m, by);
     double *dx[PK_MAX_LAYERS], *dy[PK_MAX_LAYERS];
     int okx = !pk_deltas_new(m, bx, dx), oky = !pk_deltas_new(m, by, dy);
-    double *S = pk_alloc(bx * r * by * r, sizeof *S), *D = pk_alloc(bx * r * by * r, sizeof *D);
-    double *A = pk_alloc(bx * by, sizeof *A);
+    double *D = pk_alloc(bx * r * by * r, sizeof *D), *A = pk_alloc(bx * by, sizeof *A);
     pk_status s = PK_OK;
-    if (!tx || !ty || !okx || !oky || !S || !D || !A) s = PK_ERR_NOMEM;
+    if (!tx || !ty || !okx || !oky || !D || !A) s = PK_ERR_NOMEM;
     for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
         size_t nbx = nx - x0 < bx ? nx - x0 : bx;
         pk_mlp_forward(m, w, X + x0 * d, nbx, tx);
@@ -105,20 +108,14 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
             pk_mlp_forward(m, w, Y + y0 * d, nby, ty);
             pk_mlp_output_deltas(m, w, ty, dy);
             pk_side sy = pk_side_outputs(m, ty, dy, trace);
-            pk_side_product(m, &sx, &sy, S, A, D);
-            /* S is ((x, k), (y, k')): scatter into K (nx, ny[, C, C]) */
-            #pragma omp parallel for schedule(static) if (nbx * nby * r * r >= PK_PAR_MIN)
-            for (size_t i = 0; i < nbx; i++)
-                for (size_t j = 0; j < nby; j++)
-                    for (size_t k = 0; k < r; k++)
-                        for (size_t k2 = 0; k2 < r; k2++)
-                            K[(((x0 + i) * ny + y0 + j) * r + k) * r + k2] = S[(i * r + k) * (nby * r) + j * r + k2];
+            /* straight into the block of K (nx, ny[, C, C]) at (x0, y0) */
+            pk_side_product(m, &sx, &sy, K + (x0 * ny + y0) * r * r, ny, 1, A, D);
         }
     }
     pk_tape_free(tx);
     pk_tape_free(ty);
     if (okx) pk_deltas_free(m, dx);
     if (oky) pk_deltas_free(m, dy);
-    free(S); free(D); free(A);
+    free(D); free(A);
     return s;
 }
