@@ -294,7 +294,9 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
         double num = 0, den = 0;
         for (size_t i = 0; i < Q * C; i++) {
             double moved = e->pred[i] - e->bias[i];
-            num = fmax(num, fabs(moved - e->contrib_sum[i]));
+            double gap = fabs(moved - e->contrib_sum[i]);
+            /* fmax drops NaN: a non-finite gap must make the check fail */
+            num = isnan(gap) || isnan(num) ? NAN : fmax(num, gap);
             den = fmax(den, fabs(moved));
         }
         e->max_abs_err = num;
