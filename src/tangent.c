@@ -87,9 +87,11 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
     size_t C = m->dims[m->n_layers], d = m->dims[0];
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
-    /* Blocks of B x B pairs keep the scratch D near 32 MiB. */
+    /* Blocks of B x B pairs keep the scratch D under 64 MiB: 256 x 256 pairs
+     * with 10 x 10 blocks: a 200 x 200 kernel is one block, and no side is
+     * computed twice. */
     size_t B = 64;
-    while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)32 << 20)) B *= 2;
+    while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)64 << 20)) B *= 2;
     size_t bx = nx < B ? nx : B, by = ny < B ? ny : B;
     if (!bx || !by) return PK_OK;
     pk_tape *tx = pk_tape_new(m, bx), *ty = pk_tape_new(m, by);
