@@ -34,6 +34,16 @@ int cmd_kernel(int argc, char **argv);
 int cmd_explain(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_convergence(int argc, char **argv);
+int cmd_ntk(int argc, char **argv);
+int cmd_krr(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+/* compare.c: the work of `compare` once its data are loaded. */
+int cli_compare(const char *cmd, const pk_train_opts *to, const pk_data *train, const pk_data *test,
+                const char *widths, double ridge, double svm_c, const char *base);
+int cmd_export_libsvm(int argc, char **argv);
+int cmd_attribute(int argc, char **argv);
+int cmd_selfinfluence(int argc, char **argv);
+int cmd_mislabel(int argc, char **argv);
 
 /* Write the explain summary as JSON (summary.json, verify --json). */
 char *cli_summary_json(const pk_explain *e);

@@ -14,6 +14,9 @@ char *cli_summary_json(const pk_explain *e)
     cJSON *r = cJSON_CreateObject();
     cJSON_AddNumberToObject(r, "max_abs_err", e->max_abs_err);
     cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
+    double reg = 0;
+    for (size_t i = 0; e->regularisation && i < e->Q * e->C; i++) reg = fmax(reg, fabs(e->regularisation[i]));
+    cJSON_AddNumberToObject(r, "max_abs_regularisation", reg);
     cJSON_AddStringToObject(r, "quad", e->quad);
     cJSON_AddNumberToObject(r, "steps", (double)e->steps);
     cJSON_AddNumberToObject(r, "n_train", (double)e->N);
@@ -118,7 +121,12 @@ int cmd_explain(int argc, char **argv)
         "  contrib.npy (Q, N, C) phi_i(x), exact contributions: pred = bias + sum_i contrib + quadrature error\n"
         "  kernel.npy            path kernel K^p(x, x_i): (Q, N) for one output or --mode trace, (Q, N, C, C) full\n"
         "  coef.npy (Q, N)       a_i(x) = phi_i(x) / K^p(x, x_i) (one output only; NaN where the kernel is 0)\n"
-        "  summary.json          max_abs_err, max_rel_err, quad, steps, n_train, n_query, seconds\n\n"
+        "  regularisation.npy (Q, C)  what weight decay moved, owned by no example (MATH.md section 5):\n"
+        "                        pred = bias + sum_i contrib + regularisation + quadrature error (0 without decay)\n"
+        "  summary.json          max_abs_err, max_rel_err, max_abs_regularisation, quad, steps, n_train,\n"
+        "                        n_query, seconds\n"
+        "Runs of every optimiser are exact: gd, sgd, momentum, adam, adamw, with or without weight decay\n"
+        "(momentum/adam/adamw/decay keep a dense C x P matrix per query in a backward sweep).\n\n"
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
         "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
@@ -140,6 +148,7 @@ int cmd_explain(int argc, char **argv)
     size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
     pk_status s = write_npy(a.out, "pred.npy", e.pred, 2, s2);
     if (!s) s = write_npy(a.out, "bias.npy", e.bias, 2, s2);
+    if (!s) s = write_npy(a.out, "regularisation.npy", e.regularisation, 2, s2);
     if (!s) s = write_npy(a.out, "contrib.npy", e.contrib, 3, s3);
     if (!s && e.kernel) {
         int full = e.mode == PK_KMODE_FULL && C > 1;
@@ -160,7 +169,7 @@ int cmd_explain(int argc, char **argv)
     }
     if (!s)
         printf("explained %zu queries by %zu training examples over %zu steps (%s) in %.2f s: "
-               "max |pred - bias - sum contrib| = %.3g (relative %.3g); wrote %s\n",
+               "max |pred - bias - sum contrib - regularisation| = %.3g (relative %.3g); wrote %s\n",
                Q, N, e.steps, e.quad, e.seconds, e.max_abs_err, e.max_rel_err, a.out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_explain_free(&e);

@@ -13,6 +13,13 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
     {"explain", cmd_explain, "exact contribution of every training example to each query's prediction"},
     {"verify", cmd_verify, "check that the kernel representation reproduces the predictions"},
     {"convergence", cmd_convergence, "error of each quadrature rule as the learning rate shrinks"},
+    {"ntk", cmd_ntk, "infinite-width NTK or NNGP of an architecture (relu, erf)"},
+    {"compare", cmd_compare, "the network beside kernel machines on its kernels; kernel movement by width"},
+    {"krr", cmd_krr, "kernel ridge regression on a kernel in .npy files"},
+    {"export-libsvm", cmd_export_libsvm, "a run's kernels in LIBSVM's precomputed format (svm-train -t 4)"},
+    {"attribute", cmd_attribute, "strongest proponents and opponents of each query's prediction"},
+    {"selfinfluence", cmd_selfinfluence, "exact self-influence of every training example"},
+    {"mislabel", cmd_mislabel, "flip labels, train, and rank the flips by self-influence and baselines"},
 };
 
 static void usage(FILE *f)
@@ -21,7 +28,7 @@ static void usage(FILE *f)
                "usage: pathkernel COMMAND [options]   (pathkernel COMMAND --help for its options)\n\ncommands:\n",
             PK_VERSION);
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].what);
     fprintf(f, "\nexit status: 0 success, 1 failure, 2 bad input or usage\n");
 }
 

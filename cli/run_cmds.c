@@ -142,7 +142,10 @@ int cmd_info(int argc, char **argv)
     printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));
     if (op->batch) printf(", batch %zu", op->batch);
     if (op->kind == PK_OPTIM_MOMENTUM) printf(", momentum %g", op->momentum);
-    if (op->kind == PK_OPTIM_ADAM) printf(", beta1 %g beta2 %g eps %g", op->beta1, op->beta2, op->eps);
+    if (op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW)
+        printf(", beta1 %g beta2 %g eps %g", op->beta1, op->beta2, op->eps);
+    if (op->weight_decay != 0.0)
+        printf(", weight decay %g (%s)", op->weight_decay, op->kind == PK_OPTIM_ADAMW ? "decoupled" : "L2");
     printf("\ndata      %s: %zu examples, fingerprint %016llx%s\n", pk_run_data_spec(run), pk_run_n_train(run),
            (unsigned long long)pk_run_fingerprint(run), pk_run_mean(run) ? ", standardised" : "");
     printf("steps     %zu, weights stored every %zu", T, pk_run_keep(run));

@@ -25,19 +25,21 @@ static const char *const train_help =
     "  --data-seed S       seed for --random [0]\n"
     "  --standardize       scale features by the training mean/std (recorded, applied to all later data) [off]\n"
     "model:\n"
-    "  --model SPEC        mlp:H1,H2,...:ACT (ACT: identity tanh relu sigmoid softplus gelu) or linear [mlp:64:tanh]\n"
+    "  --model SPEC        mlp:H1,H2,...:ACT (ACT: identity tanh relu sigmoid softplus gelu erf) or linear [mlp:64:tanh]\n"
     "  --param P           standard (nn.Linear init) or ntk [standard]\n"
     "  --sigma-w S         ntk weight scale [1]\n"
     "  --sigma-b S         ntk bias scale [0]\n"
     "  --init DIR          start from W1.npy b1.npy ... (nn.Linear layout) [seeded init]\n"
     "loss and optimiser:\n"
     "  --loss L            mse (half squared error), logistic (binary 0/1), softmax (classes) [softmax]\n"
-    "  --optim O           gd (full batch), sgd, momentum, adam [gd]\n"
+    "  --optim O           gd (full batch), sgd, momentum, adam, adamw [gd]\n"
     "  --lr X              learning rate [0.1]\n"
     "  --steps T           optimiser steps [100]\n"
-    "  --batch B           mini-batch size (sgd; optional for momentum/adam) [full batch]\n"
+    "  --batch B           mini-batch size (sgd; optional for momentum/adam/adamw) [full batch]\n"
     "  --momentum MU       heavy-ball momentum [0.9]\n"
-    "  --beta1 B --beta2 B --eps E   Adam [0.9, 0.999, 1e-8]\n"
+    "  --beta1 B --beta2 B --eps E   Adam and AdamW [0.9, 0.999, 1e-8]\n"
+    "  --weight-decay X    lambda: L2 (g = G + lambda w) for gd/sgd/momentum/adam, decoupled\n"
+    "                      (w -= lr lambda w) for adamw, as in PyTorch [0]\n"
     "  --schedule S        constant, step, cosine [constant]\n"
     "  --step-every K --gamma G      step schedule: lr *= G every K steps [100, 0.5]\n"
     "  --lr-min X          cosine schedule's final rate [0]\n"
@@ -93,41 +95,46 @@ static void report(const char *name, pk_loss loss, const pk_mlp *m, const double
 typedef struct train_args {
     pk_train_opts to;
     pk_load_opts lo;
-    const char *data, *test, *query, *lrs, *rules;
-    double time;
+    const char *data, *test, *query, *lrs, *rules, *widths;
+    double time, ridge, svm_c;
     int quiet;
 } train_args;
 
-/* One option table for both commands; `conv` selects which extra options
- * are allowed (--query --time --lrs --rules for convergence; --test for train). */
+/* One option table for train (conv = 0), convergence (1) and compare (2);
+ * `conv` selects which extra options are allowed. */
 static int parse_train_args(const char *cmd, const char *help, int conv, int argc, char **argv, train_args *a)
 {
     enum { O_DATA = 256, O_TEST, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_MODEL, O_PARAM, O_SW, O_SB, O_INIT, O_LOSS,
-           O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
-           O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES };
+           O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_WD, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
+           O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES, O_WIDTHS,
+           O_RIDGE, O_SVMC };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"test", 1, 0, O_TEST}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
         {"data-seed", 1, 0, O_DSEED}, {"standardize", 0, 0, O_STD}, {"model", 1, 0, O_MODEL},
         {"param", 1, 0, O_PARAM}, {"sigma-w", 1, 0, O_SW}, {"sigma-b", 1, 0, O_SB}, {"init", 1, 0, O_INIT},
         {"loss", 1, 0, O_LOSS}, {"optim", 1, 0, O_OPTIM}, {"lr", 1, 0, O_LR}, {"steps", 1, 0, O_STEPS},
         {"batch", 1, 0, O_BATCH}, {"momentum", 1, 0, O_MOM}, {"beta1", 1, 0, O_B1}, {"beta2", 1, 0, O_B2},
-        {"eps", 1, 0, O_EPS}, {"schedule", 1, 0, O_SCHED}, {"step-every", 1, 0, O_EVERY},
+        {"eps", 1, 0, O_EPS}, {"weight-decay", 1, 0, O_WD}, {"schedule", 1, 0, O_SCHED}, {"step-every", 1, 0, O_EVERY},
         {"gamma", 1, 0, O_GAMMA}, {"lr-min", 1, 0, O_LRMIN}, {"seed", 1, 0, O_SEED}, {"keep", 1, 0, O_KEEP},
         {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
         {"query", 1, 0, O_QUERY}, {"time", 1, 0, O_TIME}, {"lrs", 1, 0, O_LRS}, {"rules", 1, 0, O_RULES},
-        {0, 0, 0, 0}};
+        {"widths", 1, 0, O_WIDTHS}, {"ridge", 1, 0, O_RIDGE}, {"svm-c", 1, 0, O_SVMC}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->to = pk_train_opts_defaults();
     a->lo = pk_load_opts_defaults();
     a->rules = "left,mid,gl2";
+    a->ridge = 1e-3;
+    a->svm_c = 1.0;
     pk_train_opts *to = &a->to;
     optind = 1;
     opterr = 0;
     int c, idx;
     while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
         int bad = 0;
-        if ((c >= O_QUERY && !conv) || ((c == O_TEST || c == O_LR || c == O_STEPS) && conv))
-            return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
+        /* mode 0 train, 1 convergence, 2 compare: each has its own extra options */
+        int own = c < O_QUERY ? !(conv == 1 && (c == O_TEST || c == O_LR || c == O_STEPS))
+                              : (conv == 1 && c <= O_RULES) || (conv == 2 && c >= O_WIDTHS);
+        if (!own) return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
         switch (c) {
         case O_DATA: a->data = optarg; break;
         case O_TEST: a->test = optarg; break;
@@ -153,6 +160,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         case O_B1: bad = cli_double(cmd, "--beta1", optarg, &to->optim.beta1); break;
         case O_B2: bad = cli_double(cmd, "--beta2", optarg, &to->optim.beta2); break;
         case O_EPS: bad = cli_double(cmd, "--eps", optarg, &to->optim.eps); break;
+        case O_WD: bad = cli_double(cmd, "--weight-decay", optarg, &to->optim.weight_decay); break;
         case O_SCHED: if (pk_schedule_parse(optarg, &to->optim.schedule)) return cli_error(cmd, PK_ERR_INPUT); break;
         case O_EVERY: bad = cli_size(cmd, "--step-every", optarg, &to->optim.step_every); break;
         case O_GAMMA: bad = cli_double(cmd, "--gamma", optarg, &to->optim.gamma); break;
@@ -167,6 +175,9 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         case O_TIME: bad = cli_double(cmd, "--time", optarg, &a->time); break;
         case O_LRS: a->lrs = optarg; break;
         case O_RULES: a->rules = optarg; break;
+        case O_WIDTHS: a->widths = optarg; break;
+        case O_RIDGE: bad = cli_double(cmd, "--ridge", optarg, &a->ridge); break;
+        case O_SVMC: bad = cli_double(cmd, "--svm-c", optarg, &a->svm_c); break;
         default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
         if (bad) return EXIT_BAD_INPUT;
@@ -243,6 +254,7 @@ int cmd_train(int argc, char **argv)
                spec, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard", train.n, train.d,
                pk_loss_name(to->loss), pk_optim_name(op->kind), op->lr);
         if (op->batch && op->batch < train.n) printf(" batch %zu", op->batch);
+        if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
         printf(", %zu steps in %.2f s\n", T, secs);
         double *w = pk_alloc(m->n_params, sizeof *w);
         if (w && !pk_run_weights(run, T, w)) {
@@ -403,6 +415,47 @@ int cmd_convergence(int argc, char **argv)
             fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
     }
     pk_data_free(&train); pk_data_free(&test); pk_data_free(&query);
+    free(mean); free(sd);
+    return rc;
+}
+
+/* --------------------------------------------------------------- compare */
+
+static const char *const compare_help =
+    "usage: pathkernel compare --data SPEC --test SPEC --model SPEC --loss L --optim O --lr X --steps T [options]\n"
+    "\n"
+    "Trains the network, then puts beside its test accuracy (or mse) kernel ridge regression on the RBF\n"
+    "kernel (median heuristic), the tangent kernel at init and at the end, the path kernel and the\n"
+    "infinite-width NTK (relu/erf), and an SVM (LIBSVM, svm-train -t 4) on the path kernel; with\n"
+    "--widths, trains the same architecture at each hidden width and reports how far the tangent kernel\n"
+    "moved, |K_T - K_0|_F / |K_0|_F, and its alignment with the labels before and after (MATH.md section 7).\n"
+    "  --test SPEC     held-out data (required)\n"
+    "  --widths LIST   hidden widths for the kernel-movement table, e.g. 64,256,1024 [none]\n"
+    "  --ridge R       KRR ridge, relative to the kernel's mean diagonal [1e-3]\n"
+    "  --svm-c C       LIBSVM's C [1]\n"
+    "  --out DIR       keep the runs, compare.csv and the LIBSVM files [a temporary directory]\n"
+    "  and the data, model and optimiser options of train\n";
+
+int cmd_compare(int argc, char **argv)
+{
+    const char *cmd = "compare";
+    train_args a;
+    int rc = parse_train_args(cmd, compare_help, 2, argc, argv, &a);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (!a.test) return cli_usage(cmd, "--test SPEC is required");
+    if (!(a.ridge >= 0)) return cli_usage(cmd, "--ridge must be >= 0");
+    char tmpl[] = "/tmp/pathkernel-compare-XXXXXX";
+    const char *base = a.to.out_dir;
+    if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel compare: mkdtemp"); return EXIT_FAIL; }
+    pk_status ms = pk_mkdirs(base);
+    if (ms) return cli_error(cmd, ms);
+    pk_data train = {0}, test = {0};
+    double *mean = NULL, *sd = NULL;
+    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
+    rc = s ? cli_error(cmd, s) : cli_compare(cmd, &a.to, &train, &test, a.widths, a.ridge, a.svm_c, base);
+    if (!a.to.out_dir && nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    pk_data_free(&train); pk_data_free(&test);
     free(mean); free(sd);
     return rc;
 }

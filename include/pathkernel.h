@@ -129,7 +129,7 @@ pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const siz
 
 typedef enum pk_act {
     PK_ACT_IDENTITY, PK_ACT_TANH, PK_ACT_RELU, PK_ACT_SIGMOID,
-    PK_ACT_SOFTPLUS, PK_ACT_GELU
+    PK_ACT_SOFTPLUS, PK_ACT_GELU, PK_ACT_ERF
 } pk_act;
 
 typedef enum pk_param { PK_PARAM_STANDARD, PK_PARAM_NTK } pk_param;
@@ -211,7 +211,8 @@ double pk_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t
 
 /* --------------------------------------------------------------- optimiser */
 
-typedef enum pk_optim_kind { PK_OPTIM_GD, PK_OPTIM_SGD, PK_OPTIM_MOMENTUM, PK_OPTIM_ADAM } pk_optim_kind;
+/* PK_OPTIM_ADAMW: Adam with decoupled weight decay (torch.optim.AdamW). */
+typedef enum pk_optim_kind { PK_OPTIM_GD, PK_OPTIM_SGD, PK_OPTIM_MOMENTUM, PK_OPTIM_ADAM, PK_OPTIM_ADAMW } pk_optim_kind;
 typedef enum pk_schedule { PK_SCHED_CONSTANT, PK_SCHED_STEP, PK_SCHED_COSINE } pk_schedule;
 
 typedef struct pk_optim {
@@ -220,6 +221,9 @@ typedef struct pk_optim {
     size_t batch;          /* mini-batch size (0 = full batch; sgd needs one) */
     double momentum;       /* mu, heavy ball                               */
     double beta1, beta2, eps; /* Adam                                      */
+    double weight_decay;   /* lambda: gd/sgd/momentum/adam add lambda w to the
+                              batch gradient (L2, torch's weight_decay); adamw
+                              first does w <- w - eta lambda w (decoupled)    */
     pk_schedule schedule;
     size_t step_every;     /* PK_SCHED_STEP: multiply by gamma every k steps */
     double gamma;
@@ -231,7 +235,7 @@ const char *pk_optim_name(pk_optim_kind k);
 pk_status pk_optim_parse(const char *s, pk_optim_kind *k);
 const char *pk_schedule_name(pk_schedule s);
 pk_status pk_schedule_parse(const char *s, pk_schedule *k);
-/* Optimiser state vectors per parameter (momentum: 1, adam: 2, else 0). */
+/* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
 size_t pk_optim_state_len(const pk_optim *o);
 /* Learning rate at step t of T. */
 double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
@@ -334,6 +338,48 @@ typedef enum pk_kmode {
 pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K);
 
+/* Infinite-width kernels of the architecture m in the ntk parameterisation
+ * (MATH.md section 6; relu or erf; widths are ignored, depth and sigma_w,
+ * sigma_b count): NTK Theta (nngp = 0) or NNGP Sigma (nngp = 1) of the
+ * outputs between X (nx, d) and Y (ny, d) into K (nx, ny); the same for
+ * every output, 0 between different outputs. */
+pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const double *Y, size_t ny,
+                             int nngp, double *K);
+/* Mean prediction (nq, C) at Xq of an infinitely wide network trained by
+ * gradient flow for time t on the mean half squared error with targets
+ * Yt (n, C) (eigendecomposition of the NTK, LAPACK), from f_0 = 0. */
+pk_status pk_infinite_flow(const pk_mlp *m, const double *X, const double *Yt, size_t n, size_t C,
+                           const double *Xq, size_t nq, double t, double *pred);
+
+/* ------------------------------------------------------ fixed-kernel machines */
+
+/* Kernel ridge regression (MATH.md section 7): alpha (n, C) = (K + ridge I)^-1 Y
+ * for a symmetric K (n, n), by Cholesky (LAPACK); a K + ridge I that is not
+ * positive definite is PK_ERR_NUMERIC, with the advice to raise the ridge.
+ * Predictions are K(x, X) alpha. */
+pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha);
+/* RBF kernel exp(-|x - y|^2 / (2 h^2)) between X (nx, d) and Y (ny, d) into K (nx, ny). */
+void pk_kernel_rbf(const double *X, size_t nx, const double *Y, size_t ny, size_t d, double h, double *K);
+/* The median heuristic for h: the median distance between (up to 1,000) examples. */
+double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d);
+/* LIBSVM's precomputed-kernel text: "label 0:i 1:K(i,1) ... ncols:K(i,ncols)" per row
+ * (i 1-based), for `svm-train -t 4` and `svm-predict`; written atomically. */
+pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t ncols, const double *labels);
+
+/* The kernels a run offers between inputs X (nx, d, in the run's feature
+ * space) and its training examples, as (nx, N), traced over outputs: the
+ * path kernel (quadrature rule `quad`, NULL = gl2), the tangent kernel at
+ * init or at the end, RBF (median heuristic), and the infinite-width NTK of
+ * the run's architecture (relu/erf; sigma_w = sigma_b = 1 unless the run
+ * used the ntk parameterisation). */
+typedef enum pk_kernel_kind {
+    PK_KERNEL_PATH, PK_KERNEL_TANGENT_INIT, PK_KERNEL_TANGENT_FINAL, PK_KERNEL_RBF, PK_KERNEL_NTK
+} pk_kernel_kind;
+typedef struct pk_quad pk_quad;
+pk_status pk_kernel_kind_parse(const char *s, pk_kernel_kind *k);
+const char *pk_kernel_kind_name(pk_kernel_kind k);
+pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_t nx, const pk_quad *quad, double *K);
+
 /* -------------------------------------------------------------- path kernel */
 
 /* Quadrature rule for Jbar (MATH.md section 3): nodes s_q on [0, 1] and
@@ -367,7 +413,9 @@ typedef struct pk_explain {
     double *contrib;       /* (Q, N, C) phi_i(x), or NULL                      */
     double *contrib_sum;   /* (Q, C)  sum_i phi_i(x)                           */
     double *kernel;        /* path kernel: (Q, N) trace or C = 1; (Q, N, C, C) full; or NULL */
-    double max_abs_err;    /* max_{q,c} |pred - bias - sum_i contrib|          */
+    double *regularisation;/* (Q, C) the part of pred - bias that weight decay
+                              moved (MATH.md section 5); zeros without decay  */
+    double max_abs_err;    /* max_{q,c} |pred - bias - sum_i contrib - regularisation| */
     double max_rel_err;    /* max_abs_err / max_{q,c} |pred - bias|            */
     double seconds;
     size_t steps;
@@ -385,6 +433,40 @@ size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
 pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
                          pk_explain *out);
 void pk_explain_free(pk_explain *e);
+
+/* ------------------------------------------------------------- attribution */
+
+/* Self-influence of training example i (MATH.md section 3, "Self-influence"):
+ *   loss form    SI_i = sum_{t: i in B_t} (eta_t/|B_t|) sum_q c_q <g_i(w_t + s_q D_t), g_i(w_t)>,
+ *                the exact (quadrature-integrated) share of example i's own
+ *                gradient in the change of its own loss, with the sign flipped;
+ *   kernel form  SI_i = trace K^p(x_i, x_i), the path kernel's diagonal. */
+typedef enum pk_si_form { PK_SI_LOSS, PK_SI_KERNEL } pk_si_form;
+
+pk_status pk_si_form_parse(const char *s, pk_si_form *f);
+/* Replay a gd/sgd run and fill si (N), in data order; checks that the replay
+ * lands on the stored final weights bit for bit. Needs the training data
+ * (attached or loadable, as for pk_explain_run). */
+pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
+/* Per-example loss l(f(x_i; w), y_i) and squared gradient norm |g_i(w)|^2
+ * (either may be NULL) of every example of `data` at weights w: (n) each. */
+pk_status pk_example_stats(const pk_mlp *m, pk_loss loss, const double *w, const pk_data *data,
+                           double *loss_i, double *gnorm2);
+/* TracIn self-influence with n_ckpt evenly spaced checkpoints t_j = (j+1) T / n_ckpt
+ * (the last is the final weights): score_i = sum_j eta_{t_j} |g_i(w_{t_j})|^2,
+ * eta the learning rate of step min(t_j, T-1). score is (N). */
+pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score);
+/* Indices of the (at most) k entries v[i * stride], i < n, with sign * v > 0
+ * (sign 0: all non-NaN entries, by value), strongest first, exact ties by the
+ * smaller index; *n_out receives how many. */
+pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, size_t *idx, size_t *n_out);
+/* ROC-AUC of `score` for the examples marked positive (Mann-Whitney U, ties
+ * count 1/2); NaN when either class is empty. */
+double pk_auc(const double *score, const unsigned char *positive, size_t n);
+/* Flip round(frac * n) seeded labels (class targets 0..C-1) to a class drawn
+ * uniformly among the other C-1; flipped (n) marks them. frac in (0, 1). */
+pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
+                         size_t *n_flipped);
 
 /* Predictions f (n, C) of weights w on x (n, dims[0]), in blocks. */
 pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f);

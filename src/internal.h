@@ -17,6 +17,14 @@
 void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
 
+/* LAPACK, from the OpenBLAS the library links (Fortran interface; column-
+ * major, so a row-major symmetric matrix is passed as it is). */
+void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+             double *work, const int *lwork, int *iwork, const int *liwork, int *info);
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
+             const int *ldb, int *info);
+
 /* Checked allocation of n * size bytes; NULL (with pk_last_error set) when
  * the product overflows or memory is short. */
 void *pk_alloc(size_t n, size_t size);
@@ -134,3 +142,18 @@ pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t);
 /* Per-output delta buffers for up to `cap` examples: deltas[l] (cap, C, dims[l+1]). */
 pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas);
 void pk_deltas_free(const pk_mlp *m, double **deltas);
+
+/* ------------------------------------------- momentum, Adam, weight decay */
+
+/* Whether explain needs momentum.c's backward sweep (momentum, adam, adamw,
+ * or any weight decay) instead of path.c's forward sweep. */
+int pk_explain_needs_backward(const pk_optim *op);
+/* Memory plan of the backward sweep: queries per block and steps per
+ * segment that fit `limit` next to `out_bytes` of outputs; returns the bytes
+ * that plan needs (more than limit when even one query does not fit). */
+size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit,
+                                size_t out_bytes, size_t *Qb, size_t *seg);
+/* The backward sweep: adds to e->contrib, contrib_sum, kernel and
+ * regularisation (allocated and zeroed by the caller). */
+pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+                              size_t Qb, size_t seg, pk_explain *e);

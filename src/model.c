@@ -7,16 +7,16 @@
 #include <math.h>
 #include <string.h>
 
-static const char *const act_names[] = {"identity", "tanh", "relu", "sigmoid", "softplus", "gelu"};
+static const char *const act_names[] = {"identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "erf"};
 
-const char *pk_act_name(pk_act a) { return a <= PK_ACT_GELU ? act_names[a] : "?"; }
+const char *pk_act_name(pk_act a) { return a <= PK_ACT_ERF ? act_names[a] : "?"; }
 
 pk_status pk_act_parse(const char *s, pk_act *a)
 {
-    for (int i = 0; i <= PK_ACT_GELU; i++)
+    for (int i = 0; i <= PK_ACT_ERF; i++)
         if (!strcmp(s, act_names[i])) { *a = (pk_act)i; return PK_OK; }
     if (!strcmp(s, "linear") || !*s) { *a = PK_ACT_IDENTITY; return PK_OK; }
-    return pk_fail(PK_ERR_INPUT, "unknown activation '%s' (use identity, tanh, relu, sigmoid, softplus or gelu)", s);
+    return pk_fail(PK_ERR_INPUT, "unknown activation '%s' (use identity, tanh, relu, sigmoid, softplus, gelu or erf)", s);
 }
 
 pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param param,
@@ -122,6 +122,7 @@ static inline double act_f(pk_act a, double z)
     case PK_ACT_SIGMOID: return 1.0 / (1.0 + exp(-z));
     case PK_ACT_SOFTPLUS: return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
     case PK_ACT_GELU: return 0.5 * z * (1.0 + erf(z * M_SQRT1_2));
+    case PK_ACT_ERF: return erf(z);
     }
     return z;
 }
@@ -155,6 +156,7 @@ static inline double act_df(pk_act a, double z, double y)
     case PK_ACT_SIGMOID: return y * (1.0 - y);
     case PK_ACT_SOFTPLUS: return 1.0 / (1.0 + exp(-z));
     case PK_ACT_GELU: return 0.5 * (1.0 + erf(z * M_SQRT1_2)) + z * exp(-0.5 * z * z) * 0.3989422804014327;
+    case PK_ACT_ERF: return M_2_SQRTPI * exp(-z * z);
     }
     return 1.0;
 }

@@ -63,6 +63,7 @@ pk_explain_opts pk_explain_opts_defaults(void)
 void pk_explain_free(pk_explain *e)
 {
     free(e->pred); free(e->bias); free(e->contrib); free(e->contrib_sum); free(e->kernel);
+    free(e->regularisation);
     memset(e, 0, sizeof *e);
 }
 
@@ -85,7 +86,7 @@ static size_t kernel_rows(const pk_mlp *m, const pk_explain_opts *o)
 static size_t output_bytes(const pk_mlp *m, size_t Q, size_t N, const pk_explain_opts *o)
 {
     size_t C = m->dims[m->n_layers], kr = kernel_rows(m, o);
-    double b = 3.0 * (double)Q * (double)C;
+    double b = 4.0 * (double)Q * (double)C;
     if (o->want_contrib) b += (double)Q * (double)N * (double)C;
     if (o->want_kernel) b += (double)Q * (double)N * (double)(kr * kr);
     b *= sizeof(double);
@@ -133,6 +134,10 @@ static size_t memory_limit(const pk_explain_opts *o)
 size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
 {
     const pk_mlp *m = pk_run_mlp(run);
+    if (pk_explain_needs_backward(pk_run_optim(run))) {
+        size_t qb, seg;
+        return pk_explain_backward_plan(run, Q, o, memory_limit(o), output_bytes(m, Q, pk_run_n_train(run), o), &qb, &seg);
+    }
     size_t Qb = default_block(run, Q, o, memory_limit(o));
     return output_bytes(m, Q, pk_run_n_train(run), o) + work_bytes(m, m->dims[0], batch_cap(run), Qb, o);
 }
@@ -181,15 +186,31 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     double t_start = now();
     const pk_mlp *m = pk_run_mlp(run);
     const pk_optim *op = pk_run_optim(run);
-    if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
-        return pk_fail(PK_ERR_INPUT, "%s: explain handles gd and sgd runs; this run used %s",
-                       pk_run_dir(run), pk_optim_name(op->kind));
     if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
     size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
     size_t d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
-    size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
-    if (need > limit) return too_big(run, Q, o, need, limit);
+    /* momentum, Adam, AdamW and weight decay: the backward sweep of momentum.c */
+    int back = pk_explain_needs_backward(op);
+    size_t back_Qb = 0, back_seg = 0;
+    if (back) {
+        size_t out = output_bytes(m, Q, N, o);
+        size_t need = pk_explain_backward_plan(run, Q, o, limit, out, &back_Qb, &back_seg);
+        if (need > limit) {
+            pk_explain_opts one = *o;
+            one.block = 1;
+            size_t qb1, seg1, need1 = pk_explain_backward_plan(run, 1, &one, limit, output_bytes(m, 1, N, o), &qb1, &seg1);
+            return pk_fail(PK_ERR_INPUT, "explain of a %s run%s keeps a dense %zu x %zu matrix per query: it needs %.1f MiB "
+                           "for %zu queries (%zu per block, %zu steps per segment), more than the %.1f MiB allowed; "
+                           "one query needs %.1f MiB%s",
+                           pk_optim_name(op->kind), op->weight_decay != 0.0 ? " with weight decay" : "", C, P,
+                           (double)need / 1048576.0, Q, back_Qb, back_seg, (double)limit / 1048576.0,
+                           (double)need1 / 1048576.0, need1 <= limit ? "; use fewer queries, --no-kernel or a larger --mem" : "");
+        }
+    } else {
+        size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
+        if (need > limit) return too_big(run, Q, o, need, limit);
+    }
 
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
@@ -201,10 +222,15 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     e->pred = pk_alloc(Q * C, sizeof(double));
     e->bias = pk_alloc(Q * C, sizeof(double));
     e->contrib_sum = pk_calloc(Q * C, sizeof(double));
+    e->regularisation = pk_calloc(Q * C, sizeof(double));
     if (o->want_contrib) e->contrib = pk_calloc(Q * N, C * sizeof(double));
     if (o->want_kernel) e->kernel = pk_calloc(Q * N, kr * kr * sizeof(double));
     double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
     double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
+    if (back) { /* the forward sweep's workspace is not needed */
+        Qb = 1;
+        B = 1;
+    }
     pk_tape *qt = pk_tape_new(m, Qb);
     double *dq[PK_MAX_LAYERS] = {0}, *dB[PK_MAX_LAYERS] = {0};
     int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
@@ -213,15 +239,19 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
     double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
     pk_stepper st = {0};
-    if (!e->pred || !e->bias || !e->contrib_sum || (o->want_contrib && !e->contrib) ||
+    if (!e->pred || !e->bias || !e->contrib_sum || !e->regularisation || (o->want_contrib && !e->contrib) ||
         (o->want_kernel && (!e->kernel || !have_dB || !SK || !DK)) || !w || !w_next || !wq || !G ||
         !state || !qt || !have_dq || !S || !D || !A)
         s = PK_ERR_NOMEM;
     if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
     if (!s) s = pk_run_weights(run, 0, w);
     if (!s) s = pk_predict(m, w, Xq, Q, e->bias);
+    if (!s && back) { /* ends with its own bit-for-bit check of the replay */
+        s = pk_explain_backward(run, Xq, Q, o, back_Qb, back_seg, e);
+        if (!s) s = pk_run_weights(run, T, w);
+    }
 
-    for (size_t t = 0; !s && t < T; t++) {
+    for (size_t t = 0; !s && !back && t < T; t++) {
         const uint32_t *idx;
         size_t nb;
         pk_run_batch(run, t, &idx, &nb);
@@ -294,7 +324,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
         double num = 0, den = 0;
         for (size_t i = 0; i < Q * C; i++) {
             double moved = e->pred[i] - e->bias[i];
-            double gap = fabs(moved - e->contrib_sum[i]);
+            double gap = fabs(moved - e->contrib_sum[i] - e->regularisation[i]);
             /* fmax drops NaN: a non-finite gap must make the check fail */
             num = isnan(gap) || isnan(num) ? NAN : fmax(num, gap);
             den = fmax(den, fabs(moved));

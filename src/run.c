@@ -289,6 +289,7 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(oo, "beta1", op->beta1);
     cJSON_AddNumberToObject(oo, "beta2", op->beta2);
     cJSON_AddNumberToObject(oo, "eps", op->eps);
+    cJSON_AddNumberToObject(oo, "weight_decay", op->weight_decay);
     cJSON_AddStringToObject(oo, "schedule", pk_schedule_name(op->schedule));
     cJSON_AddNumberToObject(oo, "step_every", (double)op->step_every);
     cJSON_AddNumberToObject(oo, "gamma", op->gamma);
@@ -448,6 +449,9 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
         jnum(oo, "beta1", &op->beta1) || jnum(oo, "beta2", &op->beta2) || jnum(oo, "eps", &op->eps) ||
         jsize(oo, "step_every", &op->step_every) || jnum(oo, "gamma", &op->gamma) || jnum(oo, "lr_min", &op->lr_min))
         return BAD("optim");
+    /* runs written before weight decay existed have no key: no decay */
+    if (jget(oo, "weight_decay") && (jnum(oo, "weight_decay", &op->weight_decay) || !(op->weight_decay >= 0)))
+        return BAD("optim.weight_decay");
     const char *ds = jstr(da, "spec");
     if (!ds || jsize(da, "n", &run->n_train) || jsize(da, "d", &run->d) || jsize(da, "ty", &run->ty) ||
         jhex(da, "fingerprint", &run->fingerprint) || jsize(da, "first", &run->load.first) ||

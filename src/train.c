@@ -134,9 +134,11 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
         return pk_fail(PK_ERR_INPUT, "gd is full-batch: drop --batch or use --optim sgd");
     if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps must be at least 1");
     if (!o->keep) return pk_fail(PK_ERR_INPUT, "--keep must be at least 1");
-    if (opt->kind == PK_OPTIM_ADAM &&
+    if (!(opt->weight_decay >= 0 && isfinite(opt->weight_decay)))
+        return pk_fail(PK_ERR_INPUT, "weight decay must be a non-negative number, got %g", opt->weight_decay);
+    if ((opt->kind == PK_OPTIM_ADAM || opt->kind == PK_OPTIM_ADAMW) &&
         !(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0))
-        return pk_fail(PK_ERR_INPUT, "adam needs 0 <= beta1, beta2 < 1 and eps > 0");
+        return pk_fail(PK_ERR_INPUT, "adam and adamw need 0 <= beta1, beta2 < 1 and eps > 0");
     if (opt->kind == PK_OPTIM_MOMENTUM && !(opt->momentum >= 0 && opt->momentum < 1))
         return pk_fail(PK_ERR_INPUT, "momentum must be in [0, 1), got %g", opt->momentum);
 

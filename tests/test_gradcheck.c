@@ -46,7 +46,7 @@ int main(void)
         for (size_t k = 0; k < C; k++) ym[i * C + k] = pk_rng_normal(&r);
     }
     for (int param = 0; param < 2; param++)
-        for (int act = PK_ACT_IDENTITY; act <= PK_ACT_GELU; act++)
+        for (int act = PK_ACT_IDENTITY; act <= PK_ACT_ERF; act++)
             for (int loss = PK_LOSS_MSE; loss <= PK_LOSS_SOFTMAX; loss++) {
                 size_t out = loss == PK_LOSS_LOGISTIC ? 1 : C;
                 pk_data data = {n, d, loss == PK_LOSS_MSE ? C : 1, x,
@@ -113,6 +113,6 @@ int main(void)
                 pk_stepper_free(&st);
                 free(w); free(G); free(Gfd);
             }
-    printf("%d passed, %d failed\n", 2 * 6 * 3 + 2 * 6 - failures, failures);
+    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 - failures, failures);
     return failures ? 1 : 0;
 }

@@ -203,6 +203,8 @@ OPTIMS = {
     "momentum-batch": (["--optim", "momentum", "--momentum", "0.9", "--lr", "0.05", "--batch", "16"], 16),
     "adam": (["--optim", "adam", "--lr", "0.01"], None),
     "adam-batch": (["--optim", "adam", "--lr", "0.01", "--batch", "16"], 16),
+    "adamw": (["--optim", "adamw", "--lr", "0.01"], None),
+    "adamw-batch": (["--optim", "adamw", "--lr", "0.01", "--batch", "16"], 16),
 }
 STEPS = 25
 
@@ -257,10 +259,13 @@ class ScaledMLP(nn.Module):
                 for l, (W, c) in enumerate(zip(self.W, self.c))]
 
 
-def train_both(pk, data, tmp_path, loss, optim, extra=(), ntk=None):
+def train_both(pk, data, tmp_path, loss, optim, extra=(), ntk=None, wd=0.0):
     """Train with pathkernel, replay the recorded batches and learning rates in
-    torch from the exported step-0 weights; return what both produced."""
+    torch from the exported step-0 weights; return what both produced. `wd`:
+    --weight-decay, torch's weight_decay (L2 for SGD/Adam, decoupled for AdamW)."""
     args, B = OPTIMS[optim]
+    if wd:
+        extra = [*extra, "--weight-decay", repr(wd)]
     run = tmp_path / "run"
     param = ["--param", "ntk", "--sigma-w", str(ntk[0]), "--sigma-b", str(ntk[1])] if ntk else []
     pk("train", "--data", data["spec"][loss], "--model", "mlp:16,16:tanh", "--loss", loss, *args, *param,
@@ -280,11 +285,13 @@ def train_both(pk, data, tmp_path, loss, optim, extra=(), ntk=None):
     kind = args[1]
     lr0 = float(tr["lr"][0])
     if kind in ("gd", "sgd"):
-        opt = torch.optim.SGD(params, lr=lr0)
+        opt = torch.optim.SGD(params, lr=lr0, weight_decay=wd)
     elif kind == "momentum":
-        opt = torch.optim.SGD(params, lr=lr0, momentum=0.9)
+        opt = torch.optim.SGD(params, lr=lr0, momentum=0.9, weight_decay=wd)
+    elif kind == "adamw":  # AdamW's default weight_decay is 0.01: always pass it
+        opt = torch.optim.AdamW(params, lr=lr0, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     else:
-        opt = torch.optim.Adam(params, lr=lr0, betas=(0.9, 0.999), eps=1e-8)
+        opt = torch.optim.Adam(params, lr=lr0, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     X = torch.from_numpy(data["X"])
     Y = torch.from_numpy(data["Y"][loss])
     losses = []
@@ -325,6 +332,21 @@ def test_training_matches_torch(pk, data, tmp_path, optim, loss):
     check_agreement(run, tr, got, want, losses)
     # the path moved: a no-op optimiser would not pass by accident
     assert rel_err(got[0][0], load_weights(tmp_path / "w0")[0][0]) > 1e-4
+
+
+@pytest.mark.parametrize("loss", ["softmax", "mse"])
+@pytest.mark.parametrize("optim", list(OPTIMS))
+def test_weight_decay_matches_torch(pk, data, tmp_path, optim, loss):
+    """--weight-decay against torch's weight_decay: L2 added to the gradient for
+    SGD (gd, sgd, momentum) and Adam, decoupled w -= lr*lambda*w for AdamW."""
+    wd = 0.3
+    run, tr, got, want, losses = train_both(pk, data, tmp_path, loss, optim, wd=wd)
+    check_agreement(run, tr, got, want, losses)
+    info = pk("info", run)
+    assert "weight decay 0.3" in info, info
+    # the decay changed the path: without it the final weights differ
+    run0, _, got0, _, _ = train_both(pk, data, tmp_path / "nodecay", loss, optim)
+    assert rel_err(got[0][0], got0[0][0]) > 1e-6, "weight decay had no effect"
 
 
 @pytest.mark.parametrize("optim", ["sgd", "momentum", "adam-batch"])

@@ -1,0 +1,272 @@
+/* attribution.c -- what the attribution commands compute on top of the exact
+ * path representation (MATH.md section 3, "Self-influence"): exact
+ * self-influence by replaying the trajectory, per-example losses and
+ * gradient norms, TracIn's checkpoint self-influence, rankings, ROC-AUC and
+ * seeded label flips. Dense layers only, by the structured formula of
+ * MATH.md section 4 restricted to the diagonal: for one example,
+ * <g(w'), g(w)> = sum_l (s_w^2 a'.a + s_b^2) (delta'.delta). */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+pk_status pk_si_form_parse(const char *s, pk_si_form *f)
+{
+    if (!strcmp(s, "loss")) *f = PK_SI_LOSS;
+    else if (!strcmp(s, "kernel")) *f = PK_SI_KERNEL;
+    else return pk_fail(PK_ERR_INPUT, "unknown self-influence form '%s' (use loss or kernel)", s);
+    return PK_OK;
+}
+
+static double dot(const double *a, const double *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* out[j] = sum_l (sw_l^2 a1_j.a2_j + sb_l^2) (d1_j . d2_j) for j < n, where
+ * the deltas of example j are `fold` rows of dims[l+1] (fold = C for
+ * per-output deltas: the sum over outputs, i.e. the trace). */
+static void diag_product(const pk_mlp *m, size_t n, size_t fold, double *const *a1, double *const *d1,
+                         double *const *a2, double *const *d2, double *out)
+{
+    size_t L = m->n_layers;
+    #pragma omp parallel for schedule(static) if (n * m->n_params >= PK_PAR_MIN)
+    for (size_t j = 0; j < n; j++) {
+        double acc = 0;
+        for (size_t l = 0; l < L; l++) {
+            size_t din = m->dims[l], len = m->dims[l + 1] * fold;
+            double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+            double A = dot(a1[l] + j * din, a2[l] + j * din, din);
+            double D = dot(d1[l] + j * len, d2[l] + j * len, len);
+            acc += (sw * sw * A + sb * sb) * D;
+        }
+        out[j] = acc;
+    }
+}
+
+pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
+        return pk_fail(PK_ERR_INPUT, "%s: self-influence of %s runs is not yet supported (gd and sgd only)",
+                       pk_run_dir(run), pk_optim_name(op->kind));
+    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+    size_t N = pk_run_n_train(run), T = pk_run_steps(run), P = m->n_params, L = m->n_layers;
+    size_t C = m->dims[L], d = train->d, ty = train->ty;
+    size_t B = op->batch && op->batch < N ? op->batch : N;
+    size_t fold = form == PK_SI_KERNEL ? C : 1;
+    memset(si, 0, N * sizeof *si);
+
+    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
+    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
+    double *xb = pk_alloc(B, d * sizeof *xb), *yb = pk_alloc(B, ty * sizeof *yb);
+    double *Rn = pk_alloc(B, C * sizeof *Rn), *diag = pk_alloc(B, sizeof *diag);
+    pk_tape *nt = pk_tape_new(m, B);
+    double *dB[PK_MAX_LAYERS] = {0}, *dN[PK_MAX_LAYERS] = {0};
+    int have_d = 0;
+    if (form == PK_SI_KERNEL) {
+        have_d = !pk_deltas_new(m, B, dB);
+        if (have_d && pk_deltas_new(m, B, dN)) { pk_deltas_free(m, dB); have_d = 0; }
+    }
+    pk_stepper st = {0};
+    if (!w || !w_next || !wq || !G || !state || !xb || !yb || !Rn || !diag || !nt ||
+        (form == PK_SI_KERNEL && !have_d))
+        s = PK_ERR_NOMEM;
+    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
+    if (!s) s = pk_run_weights(run, 0, w);
+
+    for (size_t t = 0; !s && t < T; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(run, t, &idx, &nb);
+        double lr = pk_run_lr(run, t);
+        for (size_t b = 0; b < nb; b++) {
+            memcpy(xb + b * d, train->x + (size_t)idx[b] * d, d * sizeof *xb);
+            memcpy(yb + b * ty, train->y + (size_t)idx[b] * ty, ty * sizeof *yb);
+        }
+        /* the training side at w_t: activations and loss-weighted deltas, as in training */
+        pk_stepper_grad(&st, w, idx, nb, G);
+        memcpy(w_next, w, P * sizeof *w);
+        pk_optim_step(op, t, lr, P, w_next, state, G, NULL);
+        if (form == PK_SI_KERNEL) pk_mlp_output_deltas(m, w, st.tape, dB);
+        double *const *a_t = st.tape->a, *const *d_t = form == PK_SI_KERNEL ? dB : st.tape->delta;
+        double scale = lr / (double)nb;
+        for (size_t node = 0; node < q->n; node++) {
+            double sn = q->s[node], cq = q->c[node];
+            const double *wn = w;
+            if (sn != 0.0) {
+                for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
+                wn = wq;
+            }
+            pk_mlp_forward(m, wn, xb, nb, nt);
+            if (form == PK_SI_KERNEL) {
+                pk_mlp_output_deltas(m, wn, nt, dN);
+                diag_product(m, nb, fold, nt->a, dN, a_t, d_t, diag);
+            } else {
+                /* the example's own loss gradient at the node */
+                pk_loss_eval(pk_run_loss(run), nt->a[L], yb, nb, C, ty, Rn);
+                pk_mlp_backward(m, wn, nt, Rn, 1.0, NULL);
+                diag_product(m, nb, 1, nt->a, nt->delta, a_t, d_t, diag);
+            }
+            for (size_t b = 0; b < nb; b++) si[idx[b]] += scale * cq * diag[b];
+        }
+        double *tmp = w; w = w_next; w_next = tmp;
+    }
+    if (!s) { /* the replay must land on the stored final weights, bit for bit */
+        s = pk_run_weights(run, T, wq);
+        if (!s && memcmp(w, wq, P * sizeof *w) != 0)
+            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
+                        "(different BLAS or build?)", pk_run_dir(run));
+    }
+    pk_stepper_free(&st);
+    pk_tape_free(nt);
+    if (have_d) { pk_deltas_free(m, dB); pk_deltas_free(m, dN); }
+    free(w); free(w_next); free(wq); free(G); free(state); free(xb); free(yb); free(Rn); free(diag);
+    return s;
+}
+
+pk_status pk_example_stats(const pk_mlp *m, pk_loss loss, const double *w, const pk_data *data,
+                           double *loss_i, double *gnorm2)
+{
+    size_t n = data->n, L = m->n_layers, C = m->dims[L], d = data->d, ty = data->ty;
+    size_t block = n < 1024 ? (n ? n : 1) : 1024;
+    pk_tape *t = pk_tape_new(m, block);
+    double *R = pk_alloc(block, C * sizeof *R);
+    if (!t || !R) { pk_tape_free(t); free(R); return PK_ERR_NOMEM; }
+    for (size_t i0 = 0; i0 < n; i0 += block) {
+        size_t nb = n - i0 < block ? n - i0 : block;
+        pk_mlp_forward(m, w, data->x + i0 * d, nb, t);
+        for (size_t j = 0; j < nb; j++) {
+            double l = pk_loss_eval(loss, t->a[L] + j * C, data->y + (i0 + j) * ty, 1, C, ty, R + j * C);
+            if (loss_i) loss_i[i0 + j] = l;
+        }
+        if (gnorm2) {
+            pk_mlp_backward(m, w, t, R, 1.0, NULL);
+            diag_product(m, nb, 1, t->a, t->delta, t->a, t->delta, gnorm2 + i0);
+        }
+    }
+    pk_tape_free(t);
+    free(R);
+    return PK_OK;
+}
+
+pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score)
+{
+    if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint");
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+    size_t N = train->n, T = pk_run_steps(run);
+    if (!T) return pk_fail(PK_ERR_INPUT, "%s: the run has no steps", pk_run_dir(run));
+    double *w = pk_alloc(m->n_params, sizeof *w), *g2 = pk_alloc(N ? N : 1, sizeof *g2);
+    if (!w || !g2) s = PK_ERR_NOMEM;
+    memset(score, 0, N * sizeof *score);
+    for (size_t j = 0; !s && j < n_ckpt; j++) {
+        size_t t = (j + 1) * T / n_ckpt;           /* evenly spaced, the last one the final weights */
+        double lr = pk_run_lr(run, t < T ? t : T - 1);
+        s = pk_run_weights(run, t, w);
+        if (!s) s = pk_example_stats(m, pk_run_loss(run), w, train, NULL, g2);
+        for (size_t i = 0; !s && i < N; i++) score[i] += lr * g2[i];
+    }
+    free(w);
+    free(g2);
+    return s;
+}
+
+/* --------------------------------------------------------------- ranking */
+
+typedef struct rank_item { double v; size_t i; } rank_item;
+
+static int by_value_desc(const void *pa, const void *pb)
+{
+    const rank_item *a = pa, *b = pb;
+    if (a->v > b->v) return -1;
+    if (a->v < b->v) return 1;
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, size_t *idx, size_t *n_out)
+{
+    rank_item *it = pk_alloc(n ? n : 1, sizeof *it);
+    if (!it) return PK_ERR_NOMEM;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = v[i * stride];
+        if (sign > 0 ? x > 0 : sign < 0 ? x < 0 : !isnan(x)) {
+            it[m].v = sign < 0 ? -x : x;
+            it[m].i = i;
+            m++;
+        }
+    }
+    qsort(it, m, sizeof *it, by_value_desc);
+    size_t out = k < m ? k : m;
+    for (size_t j = 0; j < out; j++) idx[j] = it[j].i;
+    *n_out = out;
+    free(it);
+    return PK_OK;
+}
+
+static int by_value_asc(const void *pa, const void *pb)
+{
+    const rank_item *a = pa, *b = pb;
+    return a->v < b->v ? -1 : a->v > b->v;
+}
+
+double pk_auc(const double *score, const unsigned char *positive, size_t n)
+{
+    rank_item *it = malloc((n ? n : 1) * sizeof *it);
+    if (!it) return NAN;
+    size_t npos = 0;
+    for (size_t i = 0; i < n; i++) {
+        it[i].v = score[i];
+        it[i].i = i;
+        npos += positive[i] != 0;
+    }
+    if (!npos || npos == n) { free(it); return NAN; }
+    qsort(it, n, sizeof *it, by_value_asc);
+    double rank_sum = 0;  /* 1-based ranks, ties get the average rank */
+    for (size_t a = 0; a < n;) {
+        size_t b = a;
+        while (b + 1 < n && it[b + 1].v == it[a].v) b++;
+        double r = 0.5 * ((double)a + (double)b) + 1.0;
+        for (size_t j = a; j <= b; j++)
+            if (positive[it[j].i]) rank_sum += r;
+        a = b + 1;
+    }
+    free(it);
+    double P = (double)npos, Nn = (double)(n - npos);
+    return (rank_sum - P * (P + 1) / 2) / (P * Nn);
+}
+
+pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
+                         size_t *n_flipped)
+{
+    if (!(frac > 0 && frac < 1)) return pk_fail(PK_ERR_INPUT, "the fraction of labels to flip must be in (0, 1), got %g", frac);
+    if (C < 2) return pk_fail(PK_ERR_INPUT, "flipping labels needs at least 2 classes");
+    if (data->ty != 1) return pk_fail(PK_ERR_INPUT, "flipping labels needs one target column of class labels");
+    size_t n = data->n, k = (size_t)floor(frac * (double)n + 0.5);
+    if (!k) return pk_fail(PK_ERR_INPUT, "flipping %g of %zu examples flips none", frac, n);
+    if (n > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "too many examples");
+    uint32_t *perm = pk_alloc(n, sizeof *perm);
+    if (!perm) return PK_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
+    pk_rng r;
+    pk_rng_seed(&r, seed ^ 0x666c69706c61626cULL);
+    pk_rng_shuffle(&r, perm, n);
+    memset(flipped, 0, n);
+    for (size_t j = 0; j < k; j++) {
+        size_t i = perm[j], y = (size_t)data->y[i];
+        data->y[i] = (double)((y + 1 + pk_rng_below(&r, C - 1)) % C);  /* uniform among the others */
+        flipped[i] = 1;
+    }
+    free(perm);
+    *n_flipped = k;
+    return PK_OK;
+}

@@ -1,0 +1,147 @@
+/* machines.c -- fixed-kernel machines (MATH.md section 7): kernel ridge
+ * regression by Cholesky (LAPACK), the RBF kernel with the median
+ * heuristic, and LIBSVM's precomputed-kernel text format. */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha)
+{
+    if (n > 1u << 30 || C > 1u << 30) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: %zu examples is too many", n);
+    if (!(ridge >= 0) || !isfinite(ridge)) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge must be >= 0");
+    double *L = pk_alloc(n * n, sizeof *L), *B = pk_alloc(n * C, sizeof *B);
+    if (!L || !B) { free(L); free(B); return PK_ERR_NOMEM; }
+    memcpy(L, K, n * n * sizeof *L);
+    for (size_t i = 0; i < n; i++) L[i * n + i] += ridge;
+    /* B is Y in column-major (n, C): what dpotrs expects */
+    for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < C; c++) B[c * n + i] = Y[i * C + c];
+    int nn = (int)n, nc = (int)C, info = 0;
+    pk_status s = PK_OK;
+    dpotrf_("L", &nn, L, &nn, &info); /* symmetric: row-major K is its own column-major */
+    if (info > 0)
+        s = pk_fail(PK_ERR_NUMERIC, "kernel ridge regression: K + %g I is not positive definite (leading minor %d); "
+                    "use a larger ridge (--ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
+    else if (info < 0)
+        s = pk_fail(PK_ERR_INTERNAL, "dpotrf: argument %d invalid", -info);
+    if (!s) {
+        dpotrs_("L", &nn, &nc, L, &nn, B, &nn, &info);
+        if (info) s = pk_fail(PK_ERR_INTERNAL, "dpotrs: argument %d invalid", -info);
+    }
+    if (!s)
+        for (size_t i = 0; i < n; i++)
+            for (size_t c = 0; c < C; c++) alpha[i * C + c] = B[c * n + i];
+    free(L);
+    free(B);
+    return s;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d)
+{
+    /* median of the pairwise distances over at most 1,000 examples (evenly spaced) */
+    size_t m = n < 1000 ? n : 1000, k = 0;
+    double *dist = pk_alloc(m * (m - 1) / 2 + 1, sizeof *dist);
+    if (!dist || m < 2) { free(dist); return 1.0; }
+    for (size_t a = 0; a < m; a++)
+        for (size_t b = a + 1; b < m; b++) {
+            const double *p = X + (a * n / m) * d, *q = X + (b * n / m) * d;
+            double s = 0;
+            for (size_t j = 0; j < d; j++) s += (p[j] - q[j]) * (p[j] - q[j]);
+            dist[k++] = sqrt(s);
+        }
+    qsort(dist, k, sizeof *dist, cmp_double);
+    double med = k % 2 ? dist[k / 2] : 0.5 * (dist[k / 2 - 1] + dist[k / 2]);
+    free(dist);
+    return med > 0 ? med : 1.0;
+}
+
+void pk_kernel_rbf(const double *X, size_t nx, const double *Y, size_t ny, size_t d, double bandwidth, double *K)
+{
+    /* exp(-|x - y|^2 / (2 h^2)), |x - y|^2 = |x|^2 + |y|^2 - 2 x.y */
+    pk_gemm(0, 1, nx, ny, d, -2.0, X, d, Y, d, 0.0, K, ny);
+    double g = 1.0 / (2 * bandwidth * bandwidth);
+    #pragma omp parallel for schedule(static) if (nx * ny >= PK_PAR_MIN)
+    for (size_t i = 0; i < nx; i++) {
+        double xi = 0;
+        for (size_t j = 0; j < d; j++) xi += X[i * d + j] * X[i * d + j];
+        for (size_t k = 0; k < ny; k++) {
+            double yk = 0;
+            for (size_t j = 0; j < d; j++) yk += Y[k * d + j] * Y[k * d + j];
+            double sq = xi + yk + K[i * ny + k];
+            K[i * ny + k] = exp(-g * (sq > 0 ? sq : 0));
+        }
+    }
+}
+
+pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t ncols, const double *labels)
+{
+    pk_atomic a;
+    pk_status s = pk_atomic_open(&a, path);
+    if (s) return s;
+    for (size_t i = 0; i < n; i++) {
+        /* LIBSVM's precomputed format: label 0:ID 1:K(i,1) ... ; IDs are 1-based */
+        fprintf(a.f, "%.17g 0:%zu", labels[i], i + 1);
+        for (size_t j = 0; j < ncols; j++) fprintf(a.f, " %zu:%.17g", j + 1, K[i * ncols + j]);
+        fputc('\n', a.f);
+    }
+    return pk_atomic_commit(&a);
+}
+
+static const char *const kernel_names[] = {"path", "tangent-init", "tangent-final", "rbf", "ntk"};
+
+pk_status pk_kernel_kind_parse(const char *s, pk_kernel_kind *k)
+{
+    for (int i = 0; i <= PK_KERNEL_NTK; i++)
+        if (!strcmp(s, kernel_names[i])) { *k = (pk_kernel_kind)i; return PK_OK; }
+    return pk_fail(PK_ERR_INPUT, "unknown kernel '%s' (use path, tangent-init, tangent-final, rbf or ntk)", s);
+}
+
+const char *pk_kernel_kind_name(pk_kernel_kind k) { return k <= PK_KERNEL_NTK ? kernel_names[k] : "?"; }
+
+pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_t nx, const pk_quad *quad, double *K)
+{
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t N = train->n, d = train->d;
+    switch (kind) {
+    case PK_KERNEL_PATH: { /* trace over outputs of K^p(x, x_i) (MATH.md section 3) */
+        pk_explain_opts o = pk_explain_opts_defaults();
+        if (quad) o.quad = *quad;
+        o.want_contrib = 0;
+        o.mode = PK_KMODE_TRACE;
+        pk_explain e;
+        if ((s = pk_explain_run(run, X, nx, &o, &e))) return s;
+        memcpy(K, e.kernel, nx * N * sizeof *K);
+        pk_explain_free(&e);
+        return PK_OK;
+    }
+    case PK_KERNEL_TANGENT_INIT:
+    case PK_KERNEL_TANGENT_FINAL: {
+        double *w = pk_alloc(m->n_params, sizeof *w);
+        if (!w) return PK_ERR_NOMEM;
+        s = pk_run_weights(run, kind == PK_KERNEL_TANGENT_INIT ? 0 : pk_run_steps(run), w);
+        if (!s) s = pk_kernel_tangent(m, w, X, nx, train->x, N, PK_KMODE_TRACE, K);
+        free(w);
+        return s;
+    }
+    case PK_KERNEL_RBF:
+        pk_kernel_rbf(X, nx, train->x, N, d, pk_rbf_median_bandwidth(train->x, N, d), K);
+        return PK_OK;
+    case PK_KERNEL_NTK: {
+        pk_mlp inf = *m;
+        if (inf.param != PK_PARAM_NTK) { inf.param = PK_PARAM_NTK; inf.sigma_w = 1; inf.sigma_b = 1; }
+        return pk_kernel_infinite(&inf, X, nx, train->x, N, 0, K);
+    }
+    }
+    return pk_fail(PK_ERR_INPUT, "unknown kernel kind");
+}

@@ -1,0 +1,530 @@
+/* momentum.c -- the exact representation for optimisers with memory and for
+ * weight decay (MATH.md section 5): heavy-ball momentum, Adam, AdamW, and L2
+ * decay for any of them, gd and sgd included.
+ *
+ * The sum over steps of Jbar_x(t) D_t is regrouped by the batch gradient G_s
+ * that each update carries, backwards in time:
+ *
+ *   momentum: H_x(s) = eta_s Jbar_x(s) + mu H_x(s+1)
+ *   adam(w):  H_x(s) = c_s Jbar_x(s) P_s + beta1 H_x(s+1),
+ *             c_s = eta_s (1-beta1) / (1-beta1^(s+1)),
+ *             P_s = diag(1 / (sqrt(v_{s+1}) / sqrt(1-beta2^(s+1)) + eps))
+ *             (the same expression as optim.c's step)
+ *   gd/sgd:   H_x(s) = eta_s Jbar_x(s)                   (with L2 decay)
+ *
+ * and phi_i(x) = -sum_s (1/|B_s|) 1[i in B_s] H_x(s) g_i(s). H_x(s) is kept
+ * densely, C x P per query, in a layer-major layout: for layer l the block of
+ * W_l holds rows (q, k, o) of length d_in, so H_W g_i = s_w (H_W a_i) . deltã_i
+ * is one GEMM of the whole block by the batch's layer inputs, followed by a
+ * Hadamard product with the loss-weighted deltas; no P-long per-example
+ * gradient is ever formed. Weight decay is a term that no example owns:
+ *
+ *   L2 (decay inside G_s):   regularisation(x) = -sum_s H_x(s) (lambda w_s)
+ *   adamw (decoupled):       regularisation(x) += Jbar_x(s) (-eta_s lambda w_s)
+ *
+ * The trajectory is walked backwards in segments: each segment's weights
+ * (and Adam preconditioners) are replayed forward from the nearest stored
+ * checkpoint (weights and optimiser state), held in memory, and swept
+ * backwards; consecutive segments must meet bit for bit, and the last one
+ * must land on the stored final weights. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+int pk_explain_needs_backward(const pk_optim *op)
+{
+    return op->kind == PK_OPTIM_MOMENTUM || op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW ||
+           op->weight_decay != 0.0;
+}
+
+static int is_adam(const pk_optim *op) { return op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW; }
+
+static size_t sum_dims(const pk_mlp *m)
+{
+    size_t s = 0;
+    for (size_t l = 0; l <= m->n_layers; l++) s += m->dims[l];
+    return s;
+}
+
+static size_t max_dout(const pk_mlp *m)
+{
+    size_t s = 1;
+    for (size_t l = 0; l < m->n_layers; l++) s = m->dims[l + 1] > s ? m->dims[l + 1] : s;
+    return s;
+}
+
+/* Queries per GEMM chunk: the product of a chunk of H by the batch inputs
+ * stays near 4 Mi doubles. */
+static size_t chunk_queries(const pk_mlp *m, size_t Qb, size_t B)
+{
+    size_t C = m->dims[m->n_layers], per = C * max_dout(m) * (B ? B : 1);
+    size_t g = ((size_t)1 << 22) / (per ? per : 1);
+    if (g < 1) g = 1;
+    return g < Qb ? g : Qb;
+}
+
+/* Doubles of workspace for a block of Qb queries, without the segment store. */
+static double block_doubles(const pk_mlp *m, size_t B, size_t Qb, int kernel, size_t nodes)
+{
+    size_t C = m->dims[m->n_layers], P = m->n_params, sd = sum_dims(m), md = max_dout(m);
+    double b = (double)Qb * (double)C * (double)P;                        /* H               */
+    b += (double)nodes * ((double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd)); /* tapes, dq per node */
+    b += (double)Qb * (double)md;                                         /* adamw: U a      */
+    b += (double)chunk_queries(m, Qb, B) * (double)C * (double)md * (double)B; /* GEMM chunk  */
+    b += (double)Qb * (double)C * (double)B * (double)(kernel ? C : 1);   /* bias GEMM       */
+    return b;
+}
+
+/* Doubles that do not depend on the block: weights, state, stepper. */
+static double fixed_doubles(const pk_mlp *m, const pk_optim *op, size_t d, size_t B, int kernel)
+{
+    size_t C = m->dims[m->n_layers], P = m->n_params, sd = sum_dims(m), md = max_dout(m);
+    double b = (4.0 + (double)pk_optim_state_len(op)) * (double)P;       /* G, wq, prev, final, state */
+    b += (double)B * (double)(d + 3 * sd + C + md);                       /* stepper, deltas^T */
+    if (kernel) b += 2.0 * (double)B * (double)(C * sd);                  /* batch deltas (+^T) */
+    return b;
+}
+
+/* Doubles stored per step of a segment: w_{s+1}, and P_s for Adam. */
+static double seg_doubles_per_step(const pk_mlp *m, const pk_optim *op)
+{
+    return (double)m->n_params * (is_adam(op) ? 2.0 : 1.0);
+}
+
+size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit,
+                                size_t out_bytes, size_t *Qb_out, size_t *seg_out)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    size_t N = pk_run_n_train(run), T = pk_run_steps(run);
+    size_t B = op->batch && op->batch < N ? op->batch : N;
+    int kernel = o->want_kernel;
+    double fixed = fixed_doubles(m, op, m->dims[0], B, kernel) + (double)m->n_params; /* w_a */
+    double per = seg_doubles_per_step(m, op);
+    size_t Qb = o->block ? (o->block < Q ? o->block : Q) : Q;
+    if (!Qb) Qb = 1;
+    double avail = (double)limit / sizeof(double) - (double)out_bytes / sizeof(double);
+    /* at least a two-step segment next to the block */
+    while (!o->block && Qb > 1 && fixed + block_doubles(m, B, Qb, kernel, o->quad.n ? o->quad.n : 1) + 2 * per > avail) Qb = (Qb + 1) / 2;
+    double used = fixed + block_doubles(m, B, Qb, kernel, o->quad.n ? o->quad.n : 1);
+    double left = avail - used;
+    size_t seg = left > per ? (size_t)(left / per) : 1;
+    if (seg > T) seg = T;
+    if (!seg) seg = 1;
+    if (seg > 4096 && seg < T) seg = 4096;
+    *Qb_out = Qb;
+    *seg_out = seg;
+    double need = ((double)out_bytes / sizeof(double) + used + (double)seg * per) * sizeof(double);
+    return need > 1e18 ? (size_t)1e18 : (size_t)need;
+}
+
+/* ----------------------------------------------------------------- sweep */
+
+typedef struct sweep {
+    pk_run *run;
+    const pk_mlp *m;
+    const pk_optim *op;
+    const pk_explain_opts *o;
+    pk_explain *e;
+    size_t P, C, N, T, S, Qb, seg, kr;
+    pk_stepper st;
+    double *G, *wq, *state, *prev, *fin;
+    double *W;       /* (seg + 1, P) weights w_a .. w_b of the segment      */
+    double *Pre;     /* (seg, P) Adam preconditioners P_s, or NULL          */
+    double *H;       /* (Qb, C, P) layer-major                               */
+    pk_tape *qt[8];  /* query tapes and per-output deltas at every quadrature node */
+    double *dq[8][PK_MAX_LAYERS];
+    double *dB[PK_MAX_LAYERS];
+    double *dBT;     /* (C, dout, B) transposed batch per-output deltas      */
+    double *dtT;     /* (dout, B) transposed loss-weighted deltas            */
+    double *M;       /* GEMM chunk                                           */
+    double *Mb;      /* bias GEMM (Qb*C, B[*C])                              */
+    double *U;       /* (Qb, dout) adamw: U_l a_x                            */
+    size_t gq;       /* queries per GEMM chunk                               */
+} sweep;
+
+/* H block of layer l for a block of nq queries. */
+static double *Hw(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->w_off[l]; }
+static double *Hb(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->b_off[l]; }
+
+/* Load (w_a, state_a): the checkpoint at or before a, replayed forward. */
+static pk_status load_at(sweep *sw, size_t a, double *w)
+{
+    pk_run *run = sw->run;
+    size_t keep = pk_run_keep(run), c = a / keep * keep;
+    char *path = pk_ckpt_path(pk_run_dir(run), c);
+    if (!path) return PK_ERR_NOMEM;
+    if (sw->S) memset(sw->state, 0, sw->S * sw->P * sizeof *sw->state);
+    pk_status s = pk_ckpt_read(path, c, sw->P, w, sw->S, sw->state);
+    free(path);
+    for (size_t k = c; !s && k < a; k++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(run, k, &idx, &nb);
+        pk_stepper_grad(&sw->st, w, idx, nb, sw->G);
+        pk_optim_step(sw->op, k, pk_run_lr(run, k), sw->P, w, sw->state, sw->G, NULL);
+    }
+    return s;
+}
+
+/* Replay steps a..b-1 into the segment store (W, Pre). */
+static pk_status replay_segment(sweep *sw, size_t a, size_t b)
+{
+    pk_status s = load_at(sw, a, sw->W);
+    const pk_optim *op = sw->op;
+    size_t P = sw->P;
+    for (size_t t = a; !s && t < b; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(sw->run, t, &idx, &nb);
+        double *w = sw->W + (t - a) * P, *wn = w + P;
+        pk_stepper_grad(&sw->st, w, idx, nb, sw->G);
+        memcpy(wn, w, P * sizeof *w);
+        pk_optim_step(op, t, pk_run_lr(sw->run, t), P, wn, sw->state, sw->G, NULL);
+        if (sw->Pre) { /* P_s exactly as optim.c forms the denominator of step t */
+            const double *v = sw->state + P;
+            double bc2 = sqrt(1.0 - pow(op->beta2, (double)(t + 1)));
+            double *pr = sw->Pre + (t - a) * P;
+            for (size_t j = 0; j < P; j++) pr[j] = 1.0 / (sqrt(v[j]) / bc2 + op->eps);
+        }
+    }
+    return s;
+}
+
+/* H(s) = decay H(s+1) + coef sum_q c_q J_x(w_s + s_q D_s) [P_s], in one pass
+ * over H: every node's tape (sw->qt[n], sw->dq[n]) is ready. */
+static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_t nn, const double *pre)
+{
+    const pk_mlp *m = sw->m;
+    size_t C = sw->C, L = m->n_layers;
+    for (size_t l = 0; l < L; l++) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
+        double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
+        const double *pw = pre ? pre + m->w_off[l] : NULL, *pb = pre ? pre + m->b_off[l] : NULL;
+        size_t rows = nq * C * dout;
+        #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
+        for (size_t r = 0; r < rows; r++) {
+            size_t q = r / (C * dout), o = r % dout;
+            double f[8], fb = 0;
+            const double *a[8];
+            size_t k = 0;
+            for (size_t n = 0; n < nn; n++) {
+                double dv = sw->dq[n][l][r];
+                fb += cn[n] * dv;
+                if (dv == 0.0) continue;
+                f[k] = cn[n] * swl * dv;
+                a[k++] = sw->qt[n]->a[l] + q * din;
+            }
+            double *h = hw + r * din;
+            const double *p = pw ? pw + o * din : NULL;
+            if (k == 0) {
+                if (decay == 0.0) memset(h, 0, din * sizeof *h);
+                else if (decay != 1.0) for (size_t i = 0; i < din; i++) h[i] *= decay;
+            } else if (k == 1) {
+                const double *a0 = a[0];
+                double f0 = f[0];
+                if (p) for (size_t i = 0; i < din; i++) h[i] = decay * h[i] + f0 * a0[i] * p[i];
+                else for (size_t i = 0; i < din; i++) h[i] = decay * h[i] + f0 * a0[i];
+            } else if (k == 2) {
+                const double *a0 = a[0], *a1 = a[1];
+                double f0 = f[0], f1 = f[1];
+                if (p) for (size_t i = 0; i < din; i++) h[i] = decay * h[i] + (f0 * a0[i] + f1 * a1[i]) * p[i];
+                else for (size_t i = 0; i < din; i++) h[i] = decay * h[i] + (f0 * a0[i] + f1 * a1[i]);
+            } else {
+                for (size_t i = 0; i < din; i++) {
+                    double acc = 0;
+                    for (size_t j = 0; j < k; j++) acc += f[j] * a[j][i];
+                    h[i] = decay * h[i] + (p ? acc * p[i] : acc);
+                }
+            }
+            hb[r] = decay * hb[r] + sbl * fb * (pb ? pb[o] : 1.0);
+        }
+    }
+}
+
+/* adamw: regularisation(x)_k += reg_coef J_{x,k}(node n) . w_s, structured:
+ * s_w delta_k . (W_s,l a_x) + s_b delta_k . c_s,l per layer. */
+static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coef, const double *ws)
+{
+    const pk_mlp *m = sw->m;
+    size_t C = sw->C;
+    for (size_t l = 0; l < m->n_layers; l++) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
+        const double *dl = sw->dq[n][l], *ub = ws + m->b_off[l];
+        pk_gemm(0, 1, nq, dout, din, 1.0, sw->qt[n]->a[l], din, ws + m->w_off[l], din, 0.0, sw->U, dout);
+        for (size_t q = 0; q < nq; q++)
+            for (size_t k = 0; k < C; k++) {
+                const double *d = dl + (q * C + k) * dout, *ua = sw->U + q * dout;
+                double acc = 0;
+                for (size_t o = 0; o < dout; o++) acc += d[o] * (swl * ua[o] + sbl * ub[o]);
+                sw->e->regularisation[(q0 + q) * C + k] += reg_coef * acc;
+            }
+    }
+}
+
+/* One pass of dot products with the rows H_{x,k}(s):
+ *   regularisation(x)_k -= lambda H_{x,k}(s) . w_s   (L2 decay inside G_s), if lambda != 0
+ *   sum_i phi_i(x)_k   -= H_{x,k}(s) . G_s          (G the batch's mean data gradient), if G
+ * The second is what verify needs: sum_i of (1/|B|) H g_i is H G, no per-example work. */
+static void dot_terms(sweep *sw, size_t q0, size_t nq, double lambda, const double *ws, const double *G)
+{
+    const pk_mlp *m = sw->m;
+    size_t C = sw->C;
+    #pragma omp parallel for schedule(static) if (nq * C * sw->P >= PK_PAR_MIN)
+    for (size_t qk = 0; qk < nq * C; qk++) {
+        double accw = 0, accg = 0;
+        for (size_t l = 0; l < m->n_layers; l++) {
+            size_t din = m->dims[l], dout = m->dims[l + 1];
+            const double *hw = Hw(sw, nq, l) + qk * dout * din, *hb = Hb(sw, nq, l) + qk * dout;
+            const double *w = ws + m->w_off[l], *b = ws + m->b_off[l];
+            const double *gw = G ? G + m->w_off[l] : NULL, *gb = G ? G + m->b_off[l] : NULL;
+            double aw = 0, ab = 0, cw = 0, cb = 0;
+            if (lambda != 0.0) {
+                for (size_t i = 0; i < dout * din; i++) aw += hw[i] * w[i];
+                for (size_t o = 0; o < dout; o++) ab += hb[o] * b[o];
+            }
+            if (G) {
+                for (size_t i = 0; i < dout * din; i++) cw += hw[i] * gw[i];
+                for (size_t o = 0; o < dout; o++) cb += hb[o] * gb[o];
+            }
+            accw += aw + ab;
+            accg += cw + cb;
+        }
+        size_t at = (q0 + qk / C) * C + qk % C;
+        if (lambda != 0.0) sw->e->regularisation[at] -= lambda * accw;
+        if (G) sw->e->contrib_sum[at] -= accg;
+    }
+}
+
+/* phi_i(x) -= (1/|B|) H_x(s) g_i(s) and K^p(x, x_i) += (1/|B|) H_x(s) J_{x_i}(w_s)^T
+ * for the batch on the stepper's tape (at w_s). */
+static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx, size_t nb)
+{
+    const pk_mlp *m = sw->m;
+    size_t C = sw->C, N = sw->N, kr = sw->kr, L = m->n_layers;
+    pk_explain *e = sw->e;
+    int kernel = e->kernel != NULL;
+    double inv = 1.0 / (double)nb;
+    const pk_tape *bt = sw->st.tape;
+    for (size_t l = 0; l < L; l++) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
+        const double *dt = bt->delta[l], *aB = bt->a[l];
+        for (size_t j = 0; j < nb; j++)
+            for (size_t o = 0; o < dout; o++) sw->dtT[o * nb + j] = dt[j * dout + o];
+        if (kernel) {
+            const double *dB = sw->dB[l];
+            for (size_t j = 0; j < nb; j++)
+                for (size_t k = 0; k < C; k++)
+                    for (size_t o = 0; o < dout; o++) sw->dBT[(k * dout + o) * nb + j] = dB[(j * C + k) * dout + o];
+        }
+        double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
+        /* weights: M ((q,k,o), j) = H_W a_j, then contracted with the deltas over o */
+        for (size_t c0 = 0; c0 < nq; c0 += sw->gq) {
+            size_t nc = nq - c0 < sw->gq ? nq - c0 : sw->gq;
+            pk_gemm(0, 1, nc * C * dout, nb, din, 1.0, hw + c0 * C * dout * din, din, aB, din, 0.0, sw->M, nb);
+            #pragma omp parallel for schedule(static) if (nc * C * dout * nb >= PK_PAR_MIN)
+            for (size_t x = 0; x < nc; x++) {
+                size_t q = q0 + c0 + x;
+                double acc[256];
+                for (size_t k = 0; k < C; k++) {
+                    const double *Mk = sw->M + (x * C + k) * dout * nb;
+                    for (size_t j0 = 0; j0 < nb; j0 += 256) {
+                        size_t nj = nb - j0 < 256 ? nb - j0 : 256;
+                        /* contributions: deltã */
+                        for (size_t j = 0; j < nj; j++) acc[j] = 0;
+                        for (size_t o = 0; o < dout; o++) {
+                            const double *Mr = Mk + o * nb + j0, *d = sw->dtT + o * nb + j0;
+                            for (size_t j = 0; j < nj; j++) acc[j] += Mr[j] * d[j];
+                        }
+                        double f = -inv * swl, sum = 0;
+                        for (size_t j = 0; j < nj; j++) {
+                            sum += acc[j];
+                            if (e->contrib) e->contrib[(q * N + idx[j0 + j]) * C + k] += f * acc[j];
+                        }
+                        e->contrib_sum[q * C + k] += f * sum;
+                        if (!kernel) continue;
+                        for (size_t k2 = 0; k2 < C; k2++) {
+                            if (kr == 1 && k2 != k) continue;
+                            for (size_t j = 0; j < nj; j++) acc[j] = 0;
+                            for (size_t o = 0; o < dout; o++) {
+                                const double *Mr = Mk + o * nb + j0, *d = sw->dBT + (k2 * dout + o) * nb + j0;
+                                for (size_t j = 0; j < nj; j++) acc[j] += Mr[j] * d[j];
+                            }
+                            double fk = inv * swl;
+                            for (size_t j = 0; j < nj; j++) {
+                                size_t i = idx[j0 + j];
+                                if (kr == 1) e->kernel[q * N + i] += fk * acc[j];
+                                else e->kernel[((q * N + i) * C + k) * C + k2] += fk * acc[j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        /* biases: Mb ((q,k), j) = H_b deltã_j; kernel: ((q,k), (j,k2)) = H_b delta_{j,k2} */
+        pk_gemm(0, 1, nq * C, nb, dout, 1.0, hb, dout, dt, dout, 0.0, sw->Mb, nb);
+        #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
+        for (size_t x = 0; x < nq; x++) {
+            size_t q = q0 + x;
+            for (size_t k = 0; k < C; k++) {
+                const double *r = sw->Mb + (x * C + k) * nb;
+                double f = -inv * sbl, sum = 0;
+                for (size_t j = 0; j < nb; j++) {
+                    sum += r[j];
+                    if (e->contrib) e->contrib[(q * N + idx[j]) * C + k] += f * r[j];
+                }
+                e->contrib_sum[q * C + k] += f * sum;
+            }
+        }
+        if (kernel && sbl != 0.0) {
+            pk_gemm(0, 1, nq * C, nb * C, dout, 1.0, hb, dout, sw->dB[l], dout, 0.0, sw->Mb, nb * C);
+            double fk = inv * sbl;
+            #pragma omp parallel for schedule(static) if (nq * C * nb * C >= PK_PAR_MIN)
+            for (size_t x = 0; x < nq; x++) {
+                size_t q = q0 + x;
+                for (size_t k = 0; k < C; k++) {
+                    const double *r = sw->Mb + (x * C + k) * nb * C;
+                    for (size_t j = 0; j < nb; j++)
+                        for (size_t k2 = 0; k2 < C; k2++) {
+                            if (kr == 1 && k2 != k) continue;
+                            size_t i = idx[j];
+                            if (kr == 1) e->kernel[q * N + i] += fk * r[j * C + k2];
+                            else e->kernel[((q * N + i) * C + k) * C + k2] += fk * r[j * C + k2];
+                        }
+                }
+            }
+        }
+    }
+}
+
+/* One block of queries: the whole backward sweep. */
+static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
+{
+    const pk_mlp *m = sw->m;
+    const pk_optim *op = sw->op;
+    const pk_quad *quad = &sw->o->quad;
+    size_t P = sw->P, C = sw->C, T = sw->T, d = m->dims[0];
+    int adam = is_adam(op), adamw = op->kind == PK_OPTIM_ADAMW;
+    double lambda = op->weight_decay;
+    double decay = op->kind == PK_OPTIM_MOMENTUM ? op->momentum : adam ? op->beta1 : 0.0;
+    memset(sw->H, 0, nq * C * P * sizeof *sw->H);  /* H_x(T) = 0 */
+    (void)C;
+    pk_status s = PK_OK;
+    for (size_t b = T; !s && b > 0;) {
+        size_t a = b > sw->seg ? b - sw->seg : 0;
+        s = replay_segment(sw, a, b);
+        if (s) break;
+        /* the segments meet bit for bit; the last one ends on the stored final weights */
+        const double *want = b == T ? sw->fin : sw->prev;
+        if (memcmp(sw->W + (b - a) * P, want, P * sizeof *want) != 0) {
+            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored weights of step %zu "
+                        "(different BLAS or build?)", pk_run_dir(sw->run), b);
+            break;
+        }
+        memcpy(sw->prev, sw->W, P * sizeof *sw->W);
+        for (size_t t = b; t-- > a;) {
+            const double *ws = sw->W + (t - a) * P, *wn1 = ws + P;
+            const double *pre = adam ? sw->Pre + (t - a) * P : NULL;
+            double lr = pk_run_lr(sw->run, t);
+            double coef = adam ? lr * (1.0 - op->beta1) / (1.0 - pow(op->beta1, (double)(t + 1))) : lr;
+            /* H(s) = coef Jbar P + decay H(s+1), all nodes in one pass over H */
+            double cn[8];
+            for (size_t node = 0; node < quad->n; node++) {
+                double sn = quad->s[node], cq = quad->c[node];
+                const double *wn = ws;
+                if (sn != 0.0) {
+                    for (size_t j = 0; j < P; j++) sw->wq[j] = ws[j] + sn * (wn1[j] - ws[j]);
+                    wn = sw->wq;
+                }
+                pk_mlp_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
+                pk_mlp_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
+                cn[node] = cq * coef;
+                if (adamw && lambda != 0.0) adamw_term(sw, q0, nq, node, -cq * lr * lambda, ws);
+            }
+            update_h(sw, nq, decay, cn, quad->n, pre);
+            const uint32_t *idx;
+            size_t nb;
+            pk_run_batch(sw->run, t, &idx, &nb);
+            pk_stepper_grad(&sw->st, ws, idx, nb, sw->G);
+            /* without per-example outputs (verify) the sum over the batch is H_x(s) G_s */
+            int per_example = sw->e->contrib || sw->e->kernel;
+            double l2 = adamw ? 0.0 : lambda;
+            if (l2 != 0.0 || !per_example) dot_terms(sw, q0, nq, l2, ws, per_example ? NULL : sw->G);
+            if (per_example) {
+                if (sw->e->kernel) pk_mlp_output_deltas(m, ws, sw->st.tape, sw->dB);
+                batch_products(sw, q0, nq, idx, nb);
+            }
+        }
+        b = a;
+    }
+    return s;
+}
+
+pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+                              size_t Qb, size_t seg, pk_explain *e)
+{
+    sweep sw;
+    memset(&sw, 0, sizeof sw);
+    sw.run = run;
+    sw.m = pk_run_mlp(run);
+    sw.op = pk_run_optim(run);
+    sw.o = o;
+    sw.e = e;
+    const pk_mlp *m = sw.m;
+    sw.P = m->n_params;
+    sw.C = m->dims[m->n_layers];
+    sw.N = pk_run_n_train(run);
+    sw.T = pk_run_steps(run);
+    sw.S = pk_optim_state_len(sw.op);
+    sw.Qb = Qb;
+    sw.seg = seg;
+    sw.kr = o->mode == PK_KMODE_FULL ? sw.C : 1;
+    size_t P = sw.P, C = sw.C, N = sw.N;
+    size_t B = sw.op->batch && sw.op->batch < N ? sw.op->batch : N, md = max_dout(m);
+    sw.gq = chunk_queries(m, Qb, B);
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+    sw.G = pk_alloc(P, sizeof(double));
+    sw.wq = pk_alloc(P, sizeof(double));
+    sw.prev = pk_alloc(P, sizeof(double));
+    sw.fin = pk_alloc(P, sizeof(double));
+    sw.state = pk_calloc(sw.S * P + 1, sizeof(double));
+    sw.W = pk_alloc(seg + 1, P * sizeof(double));
+    sw.Pre = is_adam(sw.op) ? pk_alloc(seg, P * sizeof(double)) : NULL;
+    sw.H = pk_alloc(Qb * C, P * sizeof(double));
+    int have_dq = 1;
+    for (size_t n = 0; n < o->quad.n; n++) {
+        sw.qt[n] = pk_tape_new(m, Qb);
+        if (!sw.qt[n] || pk_deltas_new(m, Qb, sw.dq[n])) have_dq = 0;
+    }
+    int have_dB = e->kernel ? !pk_deltas_new(m, B, sw.dB) : 1;
+    sw.dBT = e->kernel ? pk_alloc(C * md, B * sizeof(double)) : NULL;
+    sw.dtT = pk_alloc(md, B * sizeof(double));
+    sw.M = pk_alloc(sw.gq * C * md, B * sizeof(double));
+    sw.Mb = pk_alloc(Qb * C, B * (e->kernel ? C : 1) * sizeof(double));
+    sw.U = pk_alloc(Qb, md * sizeof(double));
+    if (!sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.state || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
+        !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
+        s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
+                    "%zu steps per segment)", Qb, seg);
+    if (!s) s = pk_stepper_init(&sw.st, m, pk_run_loss(run), train, B);
+    if (!s) s = pk_run_weights(run, sw.T, sw.fin);
+    for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
+        size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
+        s = sweep_block(&sw, Xq, q0, nq);
+    }
+    pk_stepper_free(&sw.st);
+    for (size_t n = 0; n < o->quad.n; n++) {
+        pk_tape_free(sw.qt[n]);
+        if (sw.dq[n][0]) pk_deltas_free(m, sw.dq[n]);
+    }
+    if (e->kernel && have_dB) pk_deltas_free(m, sw.dB);
+    free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.state); free(sw.W); free(sw.Pre);
+    free(sw.H); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U);
+    return s;
+}
