@@ -7,7 +7,9 @@ Setup (defaults): 784-256-10 tanh MLP, softmax, Adam (lr 0.001, batch 64),
 300 steps on the first 2,000 Fashion-MNIST training images (pixels / 255);
 100 queries, the first 100 Fashion-MNIST test images; `explain` with its
 default options (gl2, contributions and the trace path kernel). Measured with
-/usr/bin/time -v (maximum resident set size, wall-clock), the whole process.
+/usr/bin/time -v (maximum resident set size, wall-clock), the whole process;
+`verify` of the same run and queries likewise (it needs no per-example
+products: the batch's share of a step is H_x(s) G_s, a dot product).
 
 The backward sweep keeps one dense C x P matrix H_x per query, so its memory
 is Q x C x P doubles (plus outputs Q x N x C and a segment of the trajectory),
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("--full-steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-verify", action="store_true", help="skip timing `verify`")
     ap.add_argument("--out", default=str(SOURCE / "bench" / "results" / "momentum_bench.json"))
     a = ap.parse_args()
     if not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
@@ -75,6 +78,10 @@ def main():
         t_ex, rss_ex, text = timed([pk, "explain", run, "--query", "fashion-mnist:test", "--first", a.queries,
                                     "--out", out, "--threads", a.threads])
         summary = json.loads((out / "summary.json").read_text())
+        t_ver = rss_ver = None
+        if not a.no_verify:  # verify: no per-example outputs, the batch sum is H G_s
+            t_ver, rss_ver, _ = timed([pk, "verify", run, "--query", "fashion-mnist:test", "--first", a.queries,
+                                       "--tol", "1", "--threads", a.threads])
     P = 784 * a.hidden + a.hidden + a.hidden * 10 + 10
     C, N, Q = 10, a.n_train, a.queries
     per_example = N * P * C * 8
@@ -90,6 +97,8 @@ def main():
         "explain_seconds_extrapolated_full": t_ex * scale if a.steps != a.full_steps else t_ex,
         "explain_internal_seconds": summary["seconds"],
         "explain_max_rss_bytes": rss_ex,
+        "verify_seconds": t_ver,
+        "verify_max_rss_bytes": rss_ver,
         "train_max_rss_bytes": rss_train,
         "dense_H_bytes": H,
         "output_bytes": outputs,
@@ -105,6 +114,8 @@ def main():
     print(f"{'':44s} {'GiB':>9s} {'seconds':>9s}")
     print(f"{'train':44s} {rss_train / gib:9.3f} {t_train:9.1f}")
     print(f"{'explain (measured, max RSS)':44s} {rss_ex / gib:9.3f} {t_ex:9.1f}")
+    if t_ver is not None:
+        print(f"{'verify (measured, max RSS)':44s} {rss_ver / gib:9.3f} {t_ver:9.1f}")
     if a.steps != a.full_steps:
         print(f"{'explain extrapolated to %d steps' % a.full_steps:44s} {'':9s} {t_ex * scale:9.1f}")
     print(f"{'  of which dense H (Q x C x P doubles)':44s} {H / gib:9.3f}")

@@ -32,7 +32,7 @@ enum { CLASS_PRED = -1, CLASS_LABEL = -2 };
 
 typedef struct query_attr {
     size_t cls, n_pro, n_opp;
-    double pred, bias, total, residual, moved;
+    double pred, bias, total, regularisation, residual, moved; /* regularisation: weight decay's share (MATH.md section 5) */
     size_t *pro, *opp;
 } query_attr;
 
@@ -84,6 +84,7 @@ static pk_status write_attr_json(const char *path, const pk_explain *e, const qu
         cJSON_AddNumberToObject(o, "pred", r->pred);
         cJSON_AddNumberToObject(o, "bias", r->bias);
         cJSON_AddNumberToObject(o, "total", r->total);
+        cJSON_AddNumberToObject(o, "regularisation", r->regularisation);
         cJSON_AddNumberToObject(o, "residual", r->residual);
         for (int kind = 0; kind < 2; kind++) {
             cJSON *list = cJSON_CreateArray();
@@ -115,8 +116,10 @@ static void print_attr_table(const pk_explain *e, const query_attr *qa, const pk
 {
     for (size_t q = 0; q < e->Q; q++) {
         const query_attr *r = &qa[q];
-        printf("query %zu  output %zu: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  "
-               "residual %.3g\n", q, r->cls, r->pred, r->bias, r->moved, r->total, r->residual);
+        printf("query %zu  output %zu: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
+               q, r->cls, r->pred, r->bias, r->moved, r->total);
+        if (r->regularisation != 0.0) printf("weight decay %.6g  ", r->regularisation);
+        printf("residual %.3g\n", r->residual);
         for (int kind = 0; kind < 2; kind++) {
             size_t n = kind ? r->n_opp : r->n_pro, *idx = kind ? r->opp : r->pro;
             printf("  %s (%zu)\n", kind ? "opponents" : "proponents", n);
@@ -138,7 +141,8 @@ int cmd_attribute(int argc, char **argv)
         "For every query x, the training examples that pushed the chosen output f_c(x) up most\n"
         "(proponents: largest phi_i(x)[c] > 0) and down most (opponents: most negative), from the exact\n"
         "contributions of `explain` (MATH.md section 3). share = phi_i(x)[c] / (pred - bias)[c];\n"
-        "residual = pred - bias - sum over all training examples of phi_i(x)[c] (the quadrature error).\n"
+        "residual = pred - bias - sum over all training examples of phi_i(x)[c] - the part weight decay\n"
+        "moved, which no example owns (the quadrature error).\n"
         "Exact ties are ranked by the smaller index.\n\n"
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
@@ -253,7 +257,8 @@ int cmd_attribute(int argc, char **argv)
         const double *phi = e.contrib + i * e.N * C + r->cls;
         for (size_t j = 0; j < e.N; j++) tot += phi[j * C];
         r->total = tot;
-        r->residual = r->moved - tot;
+        r->regularisation = e.regularisation ? e.regularisation[i * C + r->cls] : 0.0;
+        r->residual = r->moved - tot - r->regularisation;
         r->pro = pk_alloc(top, sizeof *r->pro);
         r->opp = pk_alloc(top, sizeof *r->opp);
         if (!r->pro || !r->opp) { s = PK_ERR_NOMEM; break; }

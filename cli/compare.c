@@ -149,12 +149,6 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         double used = ridge;
         pk_status ks = pk_run_kernel(run, (pk_kernel_kind)k, train->x, N, NULL, Ktr);
         if (!ks) ks = pk_run_kernel(run, (pk_kernel_kind)k, test->x, M, NULL, Kte);
-        if (!ks && k == PK_KERNEL_PATH) { /* keep it for the SVM before symmetrising */
-            Kpath_tr = pk_alloc(N, N * sizeof *Kpath_tr);
-            Kpath_te = pk_alloc(M, N * sizeof *Kpath_te);
-            if (!Kpath_tr || !Kpath_te) ks = PK_ERR_NOMEM;
-            else { memcpy(Kpath_tr, Ktr, N * N * sizeof *Ktr); memcpy(Kpath_te, Kte, M * N * sizeof *Kte); }
-        }
         if (!ks) {
             /* the discrete path kernel is not symmetric (MATH.md section 3): KRR uses (K + K^T)/2;
              * the ridge is relative to the kernel's mean diagonal */
@@ -162,10 +156,20 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
             for (size_t i = 0; i < N; i++)
                 for (size_t j = i + 1; j < N; j++) Ktr[i * N + j] = Ktr[j * N + i] = 0.5 * (Ktr[i * N + j] + Ktr[j * N + i]);
             for (size_t i = 0; i < N; i++) tr += Ktr[i * N + i];
+            if (k == PK_KERNEL_PATH) { /* the SVM gets the same symmetrised kernel */
+                Kpath_tr = pk_alloc(N, N * sizeof *Kpath_tr);
+                Kpath_te = pk_alloc(M, N * sizeof *Kpath_te);
+                if (!Kpath_tr || !Kpath_te) ks = PK_ERR_NOMEM;
+                else { memcpy(Kpath_tr, Ktr, N * N * sizeof *Ktr); memcpy(Kpath_te, Kte, M * N * sizeof *Kte); }
+            }
             /* a symmetrised path kernel need not be positive definite: raise
              * the ridge tenfold until Cholesky succeeds (at most 6 times) */
-            for (int tries = 0; tries < 7; tries++, used *= 10)
-                if ((ks = pk_krr_fit(Ktr, N, Y, C, used * tr / (double)N, alpha)) != PK_ERR_NUMERIC) break;
+            for (int tries = 0; !ks; tries++) {
+                ks = pk_krr_fit(Ktr, N, Y, C, used * tr / (double)N, alpha);
+                if (ks != PK_ERR_NUMERIC || tries == 6) break;
+                ks = PK_OK;
+                used *= 10;
+            }
         }
         if (!ks) {
             pk_gemm(0, 0, M, C, N, 1.0, Kte, N, alpha, C, 0.0, f, C);

@@ -20,6 +20,7 @@ static const char *const train_help =
     "  --data SPEC         training data: FILE.csv[.gz] | npy:X.npy,Y.npy | FILE.svm | idx:IMAGES,LABELS\n"
     "                      | fashion-mnist:train | fashion-mnist:test\n"
     "  --test SPEC         held-out data, evaluated at the end [none]\n"
+    "  --test-first N      keep the first N test examples [all]\n"
     "  --first N           keep the first N training examples [all]\n"
     "  --random N          keep a seeded random N training examples [all]\n"
     "  --data-seed S       seed for --random [0]\n"
@@ -94,7 +95,7 @@ static void report(const char *name, pk_loss loss, const pk_mlp *m, const double
 /* Everything train and convergence read from the command line. */
 typedef struct train_args {
     pk_train_opts to;
-    pk_load_opts lo;
+    pk_load_opts lo, test_lo;
     const char *data, *test, *query, *lrs, *rules, *widths;
     double time, ridge, svm_c;
     int quiet;
@@ -107,7 +108,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
     enum { O_DATA = 256, O_TEST, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_MODEL, O_PARAM, O_SW, O_SB, O_INIT, O_LOSS,
            O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_WD, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
            O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES, O_WIDTHS,
-           O_RIDGE, O_SVMC };
+           O_RIDGE, O_SVMC, O_TFIRST };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"test", 1, 0, O_TEST}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
         {"data-seed", 1, 0, O_DSEED}, {"standardize", 0, 0, O_STD}, {"model", 1, 0, O_MODEL},
@@ -118,10 +119,12 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         {"gamma", 1, 0, O_GAMMA}, {"lr-min", 1, 0, O_LRMIN}, {"seed", 1, 0, O_SEED}, {"keep", 1, 0, O_KEEP},
         {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
         {"query", 1, 0, O_QUERY}, {"time", 1, 0, O_TIME}, {"lrs", 1, 0, O_LRS}, {"rules", 1, 0, O_RULES},
-        {"widths", 1, 0, O_WIDTHS}, {"ridge", 1, 0, O_RIDGE}, {"svm-c", 1, 0, O_SVMC}, {0, 0, 0, 0}};
+        {"widths", 1, 0, O_WIDTHS}, {"ridge", 1, 0, O_RIDGE}, {"svm-c", 1, 0, O_SVMC},
+        {"test-first", 1, 0, O_TFIRST}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->to = pk_train_opts_defaults();
     a->lo = pk_load_opts_defaults();
+    a->test_lo = pk_load_opts_defaults();
     a->rules = "left,mid,gl2";
     a->ridge = 1e-3;
     a->svm_c = 1.0;
@@ -132,7 +135,8 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
     while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
         int bad = 0;
         /* mode 0 train, 1 convergence, 2 compare: each has its own extra options */
-        int own = c < O_QUERY ? !(conv == 1 && (c == O_TEST || c == O_LR || c == O_STEPS))
+        int own = c == O_TFIRST ? conv != 1
+                  : c < O_QUERY ? !(conv == 1 && (c == O_TEST || c == O_LR || c == O_STEPS))
                               : (conv == 1 && c <= O_RULES) || (conv == 2 && c >= O_WIDTHS);
         if (!own) return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
         switch (c) {
@@ -178,6 +182,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         case O_WIDTHS: a->widths = optarg; break;
         case O_RIDGE: bad = cli_double(cmd, "--ridge", optarg, &a->ridge); break;
         case O_SVMC: bad = cli_double(cmd, "--svm-c", optarg, &a->svm_c); break;
+        case O_TFIRST: bad = cli_size(cmd, "--test-first", optarg, &a->test_lo.first); break;
         default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
         if (bad) return EXIT_BAD_INPUT;
@@ -193,7 +198,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
 static pk_status load_train_data(train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
 {
     pk_status s = pk_data_load(a->data, &a->lo, train);
-    if (!s && a->test) s = pk_data_load(a->test, NULL, test);
+    if (!s && a->test) s = pk_data_load(a->test, &a->test_lo, test);
     if (!s && a->test && test->d != train->d)
         s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
     if (!s && a->to.standardize) {
@@ -429,7 +434,7 @@ static const char *const compare_help =
     "infinite-width NTK (relu/erf), and an SVM (LIBSVM, svm-train -t 4) on the path kernel; with\n"
     "--widths, trains the same architecture at each hidden width and reports how far the tangent kernel\n"
     "moved, |K_T - K_0|_F / |K_0|_F, and its alignment with the labels before and after (MATH.md section 7).\n"
-    "  --test SPEC     held-out data (required)\n"
+    "  --test SPEC     held-out data (required); --test-first N keeps its first N\n"
     "  --widths LIST   hidden widths for the kernel-movement table, e.g. 64,256,1024 [none]\n"
     "  --ridge R       KRR ridge, relative to the kernel's mean diagonal [1e-3]\n"
     "  --svm-c C       LIBSVM's C [1]\n"

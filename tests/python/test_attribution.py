@@ -217,6 +217,23 @@ def test_attribute_one_output_and_ties(tmp_path):
 # -------------------------------------------------------- 2. selfinfluence
 
 
+def test_attribute_reconciles_with_weight_decay(tmp_path):
+    """With decoupled weight decay (adamw) part of pred - bias belongs to no
+    example: attribute reports it, and total + regularisation + residual is
+    pred - bias with a residual at the quadrature error."""
+    run = tmp_path / "run"
+    pk("train", "--data", DIGITS, "--first", 200, "--standardize", "--model", "mlp:16:tanh", "--loss", "softmax",
+       "--optim", "adamw", "--weight-decay", 0.5, "--batch", 50, "--lr", 0.01, "--steps", 12, "--quiet", "--out", run)
+    pk("attribute", run, "--query", DIGITS, "--first", 5, "--quad", "gl4", "--top", 3, "--out", tmp_path / "a.json")
+    res = json.loads((tmp_path / "a.json").read_text())
+    queries = res["queries"] if isinstance(res, dict) else res
+    for q in queries:
+        moved = q["pred"] - q["bias"]
+        assert abs(q["regularisation"]) > 1e-6, q
+        assert abs(moved - q["total"] - q["regularisation"] - q["residual"]) <= 1e-12 * max(1.0, abs(moved))
+        assert abs(q["residual"]) <= 1e-8 * max(1.0, abs(moved)), q
+
+
 def test_selfinfluence_kernel_is_path_kernel_diagonal(digits_run, tmp_path):
     r = digits_run
     pk("selfinfluence", r["run"], "--form", "kernel", "--quad", "gl2", "--out", tmp_path / "si.csv", "--threads", "1")

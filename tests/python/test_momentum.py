@@ -399,3 +399,13 @@ def test_threads_identical_bytes(sets, tmp_path):
     for name in ("contrib.npy", "kernel.npy", "regularisation.npy", "pred.npy"):
         a, b = (tmp_path / "1" / name).read_bytes(), (tmp_path / "2" / name).read_bytes()
         assert a == b, f"explain --threads 1 and --threads 2 wrote different {name}"
+
+
+@pytest.mark.parametrize("case", ["momentum-l2", "adam-l2", "adamw-batch"])
+def test_exact_to_rounding(sets, tmp_path, case):
+    """With enough quadrature nodes the only error left is rounding: the
+    representation itself (H recursion, P_s, decay terms) has no error floor."""
+    optim, extra = OPTS[case]
+    run = train(sets, "softmax", tmp_path / "run", optim, *extra)
+    p = pk_run("verify", run, *query(sets, "softmax"), "--quad", "gl6", "--tol", "1e-13", "--json", expect=None)
+    assert p.returncode == 0, f"{case}: gl6 not exact to rounding: {p.stdout}"
