@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from conftest import SOURCE_DIR
-from test_kernels import load_weights, pk, pk_run, read_traj, rel_err, save_data
+from pkutil import load_weights, pk, pk_run, rel_err, save_data, traj_batches
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -254,7 +254,7 @@ GL2 = ([0.5 - 0.5 / math.sqrt(3), 0.5 + 0.5 / math.sqrt(3)], [0.5, 0.5])
 
 def torch_self_influence(run, wdir_of, X, Y, loss, act, quad):
     """sum_t (eta_t/|B_t|) sum_q c_q <g_i(w_t + s_q D_t), g_i(w_t)> by autograd."""
-    lr, batches, N = read_traj(run / "trajectory.bin")
+    lr, batches, N = traj_batches(run / "trajectory.bin")
     W = [load_weights(wdir_of(t)) for t in range(len(lr) + 1)]
     phi = {"tanh": torch.tanh, "identity": lambda z: z}[act]
 
@@ -295,7 +295,7 @@ def test_selfinfluence_loss_against_torch(tmp_path, model, act, loss):
     for t in range(8):
         pk("weights", run, "--step", t, "--out", tmp_path / f"w{t}")
     want = torch_self_influence(run, lambda t: tmp_path / f"w{t}", X, Y, loss, act, GL2)
-    _, batches, _ = read_traj(run / "trajectory.bin")
+    _, batches, _ = traj_batches(run / "trajectory.bin")
     assert len(set(np.concatenate(batches))) == 14
     pk("selfinfluence", run, "--out", tmp_path / "si.csv", "--quad", "gl2", "--threads", "1")
     got = np.array([float(x["self_influence"]) for x in read_csv(tmp_path / "si.csv")])

@@ -28,10 +28,6 @@ said otherwise.
 import csv
 import json
 import math
-import pathlib
-import struct
-import subprocess
-import zlib
 
 import numpy as np
 import pytest
@@ -40,7 +36,8 @@ torch = pytest.importorskip("torch")
 functorch = pytest.importorskip("functorch")
 from functorch import jacrev, make_functional, vmap  # noqa: E402
 
-from conftest import BUILD_DIR, SOURCE_DIR  # noqa: E402  (tests/python is on sys.path)
+from conftest import SOURCE_DIR  # noqa: E402  (tests/python is on sys.path)
+from pkutil import load_weights, pk, pk_run, rel_err, save_data, traj_batches  # noqa: E402
 
 torch.set_num_threads(1)  # tiny matrices
 DT = torch.float64
@@ -49,77 +46,6 @@ SIGMA_W, SIGMA_B = 1.5, 0.3
 DIGITS = SOURCE_DIR / "data" / "digits.csv.gz"
 
 # ------------------------------------------------------------------ helpers
-
-
-def pk_exe():
-    exe = BUILD_DIR / "pathkernel"
-    if not exe.is_file():
-        pytest.fail(f"{exe} does not exist: build it first (cmake --build {BUILD_DIR})")
-    return exe
-
-
-def pk_run(*args, expect=0):
-    """Run the CLI; fail the test (with the command line and stderr) unless it
-    exits with `expect` (None: any). Returns the CompletedProcess."""
-    cmd = [str(pk_exe())] + [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if expect is not None and p.returncode != expect:
-        pytest.fail(f"{' '.join(cmd)}\nexit {p.returncode} (expected {expect})\n"
-                    f"stdout: {p.stdout}\nstderr: {p.stderr}")
-    return p
-
-
-def pk(*args):
-    return pk_run(*args).stdout
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
-    assert np.all(np.isfinite(got)), "non-finite values"
-    scale = np.max(np.abs(want))
-    assert scale > 0, "reference is all zeros: the comparison would mean nothing"
-    return float(np.max(np.abs(got - want)) / scale)
-
-
-def save_data(d, name, x, y):
-    """npy:X,Y spec of a data set saved under d."""
-    d = pathlib.Path(d)
-    np.save(d / f"{name}_x.npy", np.ascontiguousarray(x, dtype=np.float64))
-    np.save(d / f"{name}_y.npy", np.ascontiguousarray(y))
-    return f"npy:{d / f'{name}_x.npy'},{d / f'{name}_y.npy'}"
-
-
-def load_weights(d):
-    """[(W1, b1), (W2, b2), ...] (effective weights) from `pathkernel weights`."""
-    d = pathlib.Path(d)
-    layers, l = [], 1
-    while (d / f"W{l}.npy").exists():
-        layers.append((np.load(d / f"W{l}.npy"), np.load(d / f"b{l}.npy")))
-        l += 1
-    assert layers, f"no W1.npy in {d}"
-    return layers
-
-
-def read_traj(path):
-    """trajectory.bin (format in src/internal.h): lr (T), batches [idx arrays]
-    (an empty range is the full batch 0..N-1 in order), N."""
-    buf = pathlib.Path(path).read_bytes()
-    assert buf[:8] == b"PKTRAJ\0\0", "bad magic"
-    version, zero, T, N, total = struct.unpack_from("<IIQQQ", buf, 8)
-    assert version == 1 and zero == 0
-    assert len(buf) == 40 + 16 * T + 8 * (T + 1) + 4 * total + 4, "sizes do not match the file"
-    (crc,) = struct.unpack_from("<I", buf, len(buf) - 4)
-    assert crc == zlib.crc32(buf[:-4]), "crc32 mismatch"
-    o = 40
-    lr = np.frombuffer(buf, "<f8", T, o); o += 8 * T
-    o += 8 * T  # batch losses
-    off = np.frombuffer(buf, "<u8", T + 1, o); o += 8 * (T + 1)
-    idx = np.frombuffer(buf, "<u4", total, o)
-    assert off[0] == 0 and off[-1] == total and np.all(np.diff(off.astype(np.int64)) >= 0)
-    batches = [idx[off[t]:off[t + 1]].astype(np.int64) if off[t + 1] > off[t] else np.arange(N)
-               for t in range(T)]
-    return lr.copy(), batches, N
 
 
 def make_act(name):
@@ -284,7 +210,7 @@ def test_linear_path_kernel_closed_form(linear_data, tmp_path, optim):
     extra = ["--batch", "7"] if optim == "sgd" else []
     pk("train", "--data", linear_data["train"], "--model", "linear", "--loss", "mse", "--optim", optim,
        "--lr", "0.05", "--steps", "12", "--seed", "3", "--quiet", "--threads", "1", "--out", run, *extra)
-    lr, batches, N = read_traj(run / "trajectory.bin")
+    lr, batches, N = traj_batches(run / "trajectory.bin")
     assert N == 30 and len(lr) == 12
     assert np.all(lr == 0.05)
     if optim == "sgd":  # epochs of ceil(30/7) = 5 slices of a permutation, the last one of 2
@@ -465,7 +391,7 @@ def test_coefficients_one_output(compl_data, tmp_path):
     pred, bias, contrib = check_completeness(out, 1)
     K, coef = np.load(out / "kernel.npy"), np.load(out / "coef.npy")
     assert K.shape == coef.shape == contrib.shape[:2]
-    _, batches, N = read_traj(run / "trajectory.bin")
+    _, batches, N = traj_batches(run / "trajectory.bin")
     seen = np.zeros(N, bool)
     seen[np.concatenate(batches)] = True
     assert not seen.all(), "every example was sampled: the NaN branch is not exercised"

@@ -95,7 +95,7 @@ def test_libsvm_roundtrip(run, kind):
 
 def test_compare_table(tmp_path):
     out = tmp_path / "cmp"
-    r = pk("compare", "--data", DIGITS, "--first", 300, "--test", DIGITS, "--standardize", "--model", "mlp:32:relu",
+    pk("compare", "--data", DIGITS, "--first", 300, "--test", DIGITS, "--standardize", "--model", "mlp:32:relu",
            "--loss", "softmax", "--optim", "sgd", "--batch", 50, "--lr", 0.05, "--steps", 60, "--widths", "16,256",
            "--out", out)
     lines = (out / "compare.csv").read_text().split("\n\n")

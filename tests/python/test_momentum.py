@@ -28,43 +28,18 @@ Every comparison is a max relative error max|got - want| / max|want|.
 import gzip
 import json
 import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import BUILD_DIR, SOURCE_DIR  # noqa: E402
+from conftest import SOURCE_DIR  # noqa: E402
+from pkutil import pk, pk_run, rel_err  # noqa: E402
 
 torch.set_num_threads(1)
 DT = torch.float64
 DIGITS = SOURCE_DIR / "data" / "digits.csv.gz"
-
-
-def pk_run(*args, expect=0):
-    exe = BUILD_DIR / "pathkernel"
-    if not exe.is_file():
-        pytest.fail(f"{exe} does not exist: build it first (cmake --build {BUILD_DIR})")
-    cmd = [str(exe)] + [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if expect is not None and p.returncode != expect:
-        pytest.fail(f"{' '.join(cmd)}\nexit {p.returncode} (expected {expect})\n"
-                    f"stdout: {p.stdout}\nstderr: {p.stderr}")
-    return p
-
-
-def pk(*args):
-    return pk_run(*args).stdout
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
-    assert np.all(np.isfinite(got)), "non-finite values"
-    scale = np.max(np.abs(want))
-    assert scale > 0, "reference is all zeros: the comparison would mean nothing"
-    return float(np.max(np.abs(got - want)) / scale)
 
 
 @pytest.fixture(scope="module")

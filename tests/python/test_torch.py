@@ -12,12 +12,12 @@ max|pathkernel - torch| / max|torch|; comparisons of pathkernel with itself
 """
 import csv
 import pathlib
-import struct
 import subprocess
-import zlib
 
 import numpy as np
 import pytest
+
+from pkutil import batches, load_weights, read_traj, rel_err
 
 torch = pytest.importorskip("torch", reason="needs torch: run with Debian's /usr/bin/python3")
 nn = torch.nn
@@ -48,28 +48,6 @@ def pk(build_dir):
     return run
 
 
-def rel_err(got, want):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
-    scale = np.max(np.abs(want))
-    assert scale > 0, "reference is all zeros: the comparison would mean nothing"
-    return float(np.max(np.abs(got - want)) / scale)
-
-
-def load_weights(d, n_layers=None):
-    """[(W1, b1), (W2, b2), ...] from an exported directory (W1.npy b1.npy ...)."""
-    d = pathlib.Path(d)
-    layers = []
-    l = 1
-    while (d / f"W{l}.npy").exists():
-        layers.append((np.load(d / f"W{l}.npy"), np.load(d / f"b{l}.npy")))
-        l += 1
-    assert layers, f"no W1.npy in {d}"
-    if n_layers is not None:
-        assert len(layers) == n_layers, f"{d}: {len(layers)} layers exported, expected {n_layers}"
-    return layers
-
-
 def make_act(name):
     return {
         "identity": nn.Identity,
@@ -94,34 +72,6 @@ def torch_mlp(layers, act):
         if i + 1 < len(layers):
             mods.append(make_act(act))
     return nn.Sequential(*mods)
-
-
-def read_traj(path):
-    """trajectory.bin (src/internal.h): dict with lr, loss (T), off (T+1),
-    idx (total) and N; checks magic, version, sizes and crc32."""
-    buf = pathlib.Path(path).read_bytes()
-    assert buf[:8] == b"PKTRAJ\0\0", "bad magic"
-    version, zero, T, N, total = struct.unpack_from("<IIQQQ", buf, 8)
-    assert version == 1 and zero == 0
-    assert len(buf) == 40 + 16 * T + 8 * (T + 1) + 4 * total + 4, "sizes do not match the file"
-    (crc,) = struct.unpack_from("<I", buf, len(buf) - 4)
-    assert crc == zlib.crc32(buf[:-4]), "crc32 mismatch"
-    o = 40
-    lr = np.frombuffer(buf, "<f8", T, o); o += 8 * T
-    loss = np.frombuffer(buf, "<f8", T, o); o += 8 * T
-    off = np.frombuffer(buf, "<u8", T + 1, o); o += 8 * (T + 1)
-    idx = np.frombuffer(buf, "<u4", total, o)
-    assert off[0] == 0 and off[-1] == total and np.all(np.diff(off.astype(np.int64)) >= 0)
-    return {"T": T, "N": N, "lr": lr, "loss": loss, "off": off, "idx": idx}
-
-
-def batches(tr):
-    """The example indices of every step (an empty range = all, in order)."""
-    out = []
-    for t in range(tr["T"]):
-        a, b = int(tr["off"][t]), int(tr["off"][t + 1])
-        out.append(tr["idx"][a:b].astype(np.int64) if b > a else np.arange(tr["N"]))
-    return out
 
 
 def read_steps_csv(path):
