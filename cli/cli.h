@@ -23,6 +23,25 @@ int cli_u64(const char *cmd, const char *opt, const char *arg, uint64_t *v);
 /* --threads N, applied at once. */
 int cli_threads(const char *cmd, const char *arg);
 
+/* Declarative options: each names its type and where the value goes
+ * (CLI_FLAG: an int set to 1; CLI_MIB: a size_t in bytes from MiB;
+ * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM: parsed into pk_quad,
+ * pk_loss, pk_optim_kind; CLI_KMODE: full or trace into a pk_kmode), and
+ * optionally an int `seen` set to 1 when the option is given. */
+typedef enum cli_type {
+    CLI_STR, CLI_SIZE, CLI_U64, CLI_DOUBLE, CLI_FLAG, CLI_MIB, CLI_THREADS, CLI_QUAD, CLI_LOSS, CLI_OPTIM,
+    CLI_KMODE
+} cli_type;
+typedef struct cli_opt { const char *name; cli_type type; void *dst; int *seen; } cli_opt;
+/* Parse argv against opts (ended by a NULL name; --help is implied and
+ * prints `help`) and take exactly npos positional arguments into pos.
+ * Returns 0, -1 after --help, or the exit status of a usage error. */
+int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cli_opt *opts,
+              const char **pos, int npos);
+/* --first N, --random N, --data-seed S into a pk_load_opts. */
+#define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
+                       {"data-seed", CLI_U64, &(lo).seed, NULL}
+
 /* The step a user names: "init" (0), "final" (T) or a number 0..T. */
 int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
 
@@ -44,6 +63,9 @@ int cmd_export_libsvm(int argc, char **argv);
 int cmd_attribute(int argc, char **argv);
 int cmd_selfinfluence(int argc, char **argv);
 int cmd_mislabel(int argc, char **argv);
+/* report.c: the HTML report of a run, and the demo on the embedded digits. */
+int cmd_report(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 /* Write the explain summary as JSON (summary.json, verify --json). */
 char *cli_summary_json(const pk_explain *e);

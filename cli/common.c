@@ -61,3 +61,56 @@ int cli_step(const char *cmd, const char *arg, size_t T, size_t *t)
     if (*t > T) { cli_usage(cmd, "--step %zu: the run has steps 0..%zu", *t, T); return -1; }
     return 0;
 }
+
+int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cli_opt *opts,
+              const char **pos, int npos)
+{
+    struct option lo[64];
+    size_t n = 0;
+    for (; opts[n].name; n++) {
+        if (n == 62) return cli_usage(cmd, "internal: too many options");
+        lo[n] = (struct option){opts[n].name, opts[n].type == CLI_FLAG ? 0 : 1, 0, (int)(256 + n)};
+    }
+    lo[n] = (struct option){"help", 0, 0, 255};
+    lo[n + 1] = (struct option){0, 0, 0, 0};
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (c == 255) { fputs(help, stdout); return -1; }
+        if (c < 256 || c >= (int)(256 + n)) return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        const cli_opt *o = &opts[c - 256];
+        char flag[80];
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        int bad = 0;
+        size_t mib;
+        switch (o->type) {
+        case CLI_STR: *(const char **)o->dst = optarg; break;
+        case CLI_SIZE: bad = cli_size(cmd, flag, optarg, o->dst); break;
+        case CLI_U64: bad = cli_u64(cmd, flag, optarg, o->dst); break;
+        case CLI_DOUBLE: bad = cli_double(cmd, flag, optarg, o->dst); break;
+        case CLI_FLAG: *(int *)o->dst = 1; break;
+        case CLI_MIB:
+            bad = cli_size(cmd, flag, optarg, &mib);
+            if (!bad) *(size_t *)o->dst = mib << 20;
+            break;
+        case CLI_THREADS: bad = cli_threads(cmd, optarg); break;
+        case CLI_QUAD: bad = pk_quad_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
+        case CLI_LOSS: bad = pk_loss_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
+        case CLI_OPTIM: bad = pk_optim_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
+        case CLI_KMODE:
+            if (!strcmp(optarg, "full")) *(pk_kmode *)o->dst = PK_KMODE_FULL;
+            else if (!strcmp(optarg, "trace")) *(pk_kmode *)o->dst = PK_KMODE_TRACE;
+            else bad = (cli_usage(cmd, "%s: '%s' is not full or trace", flag, optarg), 1);
+            break;
+        }
+        if (bad) return EXIT_BAD_INPUT;
+        if (o->seen) *o->seen = 1;
+    }
+    for (int i = 0; i < npos; i++) {
+        if (optind >= argc) return cli_usage(cmd, "missing argument (the run directory)");
+        pos[i] = argv[optind++];
+    }
+    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}

@@ -40,52 +40,20 @@ typedef struct explain_args {
 
 static int parse_explain(const char *cmd, const char *help, int argc, char **argv, explain_args *a)
 {
-    enum { O_QUERY = 256, O_QUAD, O_MODE, O_NOKERNEL, O_BLOCK, O_MEM, O_OUT, O_TOL, O_JSON, O_FIRST,
-           O_RANDOM, O_DSEED, O_THREADS, O_HELP };
-    static const struct option opts[] = {
-        {"query", 1, 0, O_QUERY}, {"quad", 1, 0, O_QUAD}, {"mode", 1, 0, O_MODE}, {"no-kernel", 0, 0, O_NOKERNEL},
-        {"block", 1, 0, O_BLOCK}, {"mem", 1, 0, O_MEM}, {"out", 1, 0, O_OUT}, {"tol", 1, 0, O_TOL},
-        {"json", 0, 0, O_JSON}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
-        {"data-seed", 1, 0, O_DSEED}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->load = pk_load_opts_defaults();
     a->opts = pk_explain_opts_defaults();
     a->tol = 1e-8;
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        size_t mib;
-        switch (c) {
-        case O_QUERY: a->query = optarg; break;
-        case O_QUAD: if (pk_quad_parse(optarg, &a->opts.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_MODE:
-            if (!strcmp(optarg, "full")) a->opts.mode = PK_KMODE_FULL;
-            else if (!strcmp(optarg, "trace")) a->opts.mode = PK_KMODE_TRACE;
-            else return cli_usage(cmd, "--mode: '%s' is not full or trace", optarg);
-            break;
-        case O_NOKERNEL: a->opts.want_kernel = 0; break;
-        case O_BLOCK: bad = cli_size(cmd, "--block", optarg, &a->opts.block); break;
-        case O_MEM:
-            bad = cli_size(cmd, "--mem", optarg, &mib);
-            if (!bad) a->opts.mem_limit = mib << 20;
-            break;
-        case O_OUT: a->out = optarg; break;
-        case O_TOL: bad = cli_double(cmd, "--tol", optarg, &a->tol); break;
-        case O_JSON: a->json = 1; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &a->load.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &a->load.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &a->load.seed); break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return -1;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    a->run = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    int no_kernel = 0;
+    const cli_opt opts[] = {{"query", CLI_STR, &a->query, NULL}, {"quad", CLI_QUAD, &a->opts.quad, NULL},
+                            {"mode", CLI_KMODE, &a->opts.mode, NULL}, {"no-kernel", CLI_FLAG, &no_kernel, NULL},
+                            {"block", CLI_SIZE, &a->opts.block, NULL}, {"mem", CLI_MIB, &a->opts.mem_limit, NULL},
+                            {"out", CLI_STR, &a->out, NULL}, {"tol", CLI_DOUBLE, &a->tol, NULL},
+                            {"json", CLI_FLAG, &a->json, NULL}, CLI_SELECT(a->load),
+                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
+    if (rc) return rc;
+    if (no_kernel) a->opts.want_kernel = 0;
     if (!a->query) return cli_usage(cmd, "--query SPEC is required");
     return 0;
 }
@@ -222,34 +190,13 @@ int cmd_kernel(int argc, char **argv)
         "  --mode M             full: (N_x, N_y, C, C) blocks; trace: (N_x, N_y) sum over outputs [full]\n"
         "  --out FILE           float64 .npy\n"
         "  --threads N          threads [all cores]\n";
-    enum { O_X = 256, O_Y, O_AT, O_MODE, O_OUT, O_THREADS, O_HELP };
-    static const struct option opts[] = {{"x", 1, 0, O_X}, {"y", 1, 0, O_Y}, {"at", 1, 0, O_AT},
-                                         {"mode", 1, 0, O_MODE}, {"out", 1, 0, O_OUT},
-                                         {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
-    const char *xs = NULL, *ys = NULL, *at = "final", *out = NULL;
+    const char *xs = NULL, *ys = NULL, *at = "final", *out = NULL, *dir;
     pk_kmode mode = PK_KMODE_FULL;
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case O_X: xs = optarg; break;
-        case O_Y: ys = optarg; break;
-        case O_AT: at = optarg; break;
-        case O_MODE:
-            if (!strcmp(optarg, "full")) mode = PK_KMODE_FULL;
-            else if (!strcmp(optarg, "trace")) mode = PK_KMODE_TRACE;
-            else return cli_usage(cmd, "--mode: '%s' is not full or trace", optarg);
-            break;
-        case O_OUT: out = optarg; break;
-        case O_THREADS: if (cli_threads(cmd, optarg)) return EXIT_BAD_INPUT; break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    const char *dir = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"x", CLI_STR, &xs, NULL}, {"y", CLI_STR, &ys, NULL}, {"at", CLI_STR, &at, NULL},
+                            {"mode", CLI_KMODE, &mode, NULL}, {"out", CLI_STR, &out, NULL},
+                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
     if (!xs || !out) return cli_usage(cmd, "--x SPEC and --out FILE are required");
     pk_run *run;
     pk_status s = pk_run_open(dir, &run);
@@ -277,7 +224,7 @@ int cmd_kernel(int argc, char **argv)
     }
     if (!s) printf("wrote %s: tangent kernel at step %zu, %zu x %zu%s\n", out, t, X.n, Yd->n,
                    mode == PK_KMODE_FULL ? " x C x C" : " (trace)");
-    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(w); free(K);
     pk_data_free(&X); pk_data_free(&Y);
     pk_run_close(run);

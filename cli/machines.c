@@ -16,30 +16,13 @@ int cmd_krr(int argc, char **argv)
         "  --ridge R            ridge [1e-8]\n"
         "  --query-kernel FILE  (Q, N) kernel of queries against the training set: writes pred.npy (Q, C)\n"
         "  --out DIR            alpha.npy (N, C) [, pred.npy]\n";
-    enum { O_K = 256, O_Y, O_RIDGE, O_KQ, O_OUT, O_THREADS, O_HELP };
-    static const struct option opts[] = {{"kernel", 1, 0, O_K}, {"targets", 1, 0, O_Y}, {"ridge", 1, 0, O_RIDGE},
-                                         {"query-kernel", 1, 0, O_KQ}, {"out", 1, 0, O_OUT},
-                                         {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     const char *kp = NULL, *yp = NULL, *kqp = NULL, *out = NULL;
     double ridge = 1e-8;
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_K: kp = optarg; break;
-        case O_Y: yp = optarg; break;
-        case O_RIDGE: bad = cli_double(cmd, "--ridge", optarg, &ridge); break;
-        case O_KQ: kqp = optarg; break;
-        case O_OUT: out = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"kernel", CLI_STR, &kp, NULL}, {"targets", CLI_STR, &yp, NULL},
+                            {"ridge", CLI_DOUBLE, &ridge, NULL}, {"query-kernel", CLI_STR, &kqp, NULL},
+                            {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
     if (!kp || !yp || !out) return cli_usage(cmd, "--kernel, --targets and --out are required");
     double *K = NULL, *Y = NULL, *KQ = NULL, *alpha = NULL, *pred = NULL;
     size_t kn, ks[8], yn, ys[8], qn, qs[8];
@@ -74,7 +57,7 @@ int cmd_krr(int argc, char **argv)
         }
     }
     if (!s) printf("kernel ridge regression on %zu examples, %zu outputs, ridge %g: wrote %s\n", N, C, ridge, out);
-    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(K); free(Y); free(KQ); free(alpha); free(pred);
     return rc;
 }
@@ -92,36 +75,18 @@ int cmd_export_libsvm(int argc, char **argv)
         "  --first N       use the first N queries [all]\n"
         "  --quad R        quadrature rule of the path kernel [gl2]\n"
         "  --threads N     threads [all cores]\n";
-    enum { O_KIND = 256, O_QUERY, O_FIRST, O_QUAD, O_OUT, O_THREADS, O_HELP };
-    static const struct option opts[] = {{"kernel", 1, 0, O_KIND}, {"query", 1, 0, O_QUERY}, {"first", 1, 0, O_FIRST},
-                                         {"quad", 1, 0, O_QUAD}, {"out", 1, 0, O_OUT},
-                                         {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
-    const char *query = NULL, *out = NULL;
-    pk_kernel_kind kind = PK_KERNEL_PATH;
-    int have_kind = 0;
+    const char *query = NULL, *out = NULL, *kind_name = NULL, *dir;
     pk_quad quad;
     pk_quad_parse("gl2", &quad);
     pk_load_opts lo = pk_load_opts_defaults();
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_KIND: if (pk_kernel_kind_parse(optarg, &kind)) return cli_error(cmd, PK_ERR_INPUT); have_kind = 1; break;
-        case O_QUERY: query = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &lo.first); break;
-        case O_QUAD: if (pk_quad_parse(optarg, &quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OUT: out = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    const char *dir = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"kernel", CLI_STR, &kind_name, NULL}, {"query", CLI_STR, &query, NULL},
+                            {"first", CLI_SIZE, &lo.first, NULL}, {"quad", CLI_QUAD, &quad, NULL},
+                            {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    pk_kernel_kind kind;
+    int have_kind = kind_name != NULL;
+    if (have_kind && pk_kernel_kind_parse(kind_name, &kind)) return cli_error(cmd, PK_ERR_INPUT);
     if (!have_kind || !out) return cli_usage(cmd, "--kernel and --out are required");
     pk_run *run;
     pk_status s = pk_run_open(dir, &run);
@@ -145,7 +110,7 @@ int cmd_export_libsvm(int argc, char **argv)
         free(K);
         K = NULL;
     }
-    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_data_free(&q);
     pk_run_close(run);
     return rc;

@@ -20,40 +20,17 @@ int cmd_ntk(int argc, char **argv)
         "  --get K            ntk or nngp [ntk]\n"
         "  --out FILE         (N_x, N_y) float64 .npy, the kernel of each output (outputs are independent)\n"
         "  --threads N        threads [all cores]\n";
-    enum { O_MODEL = 256, O_SW, O_SB, O_X, O_Y, O_FIRST, O_GET, O_OUT, O_THREADS, O_HELP };
-    static const struct option opts[] = {
-        {"model", 1, 0, O_MODEL}, {"sigma-w", 1, 0, O_SW}, {"sigma-b", 1, 0, O_SB}, {"x", 1, 0, O_X},
-        {"y", 1, 0, O_Y}, {"first", 1, 0, O_FIRST}, {"get", 1, 0, O_GET}, {"out", 1, 0, O_OUT},
-        {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
-    const char *model = NULL, *xs = NULL, *ys = NULL, *out = NULL;
+    const char *model = NULL, *xs = NULL, *ys = NULL, *out = NULL, *get = "ntk";
     double sw = 1.0, sb = 0.0;
-    int nngp = 0;
     pk_load_opts lo = pk_load_opts_defaults();
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_MODEL: model = optarg; break;
-        case O_SW: bad = cli_double(cmd, "--sigma-w", optarg, &sw); break;
-        case O_SB: bad = cli_double(cmd, "--sigma-b", optarg, &sb); break;
-        case O_X: xs = optarg; break;
-        case O_Y: ys = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &lo.first); break;
-        case O_GET:
-            if (!strcmp(optarg, "nngp")) nngp = 1;
-            else if (!strcmp(optarg, "ntk")) nngp = 0;
-            else return cli_usage(cmd, "--get: '%s' is not ntk or nngp", optarg);
-            break;
-        case O_OUT: out = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"model", CLI_STR, &model, NULL}, {"sigma-w", CLI_DOUBLE, &sw, NULL},
+                            {"sigma-b", CLI_DOUBLE, &sb, NULL}, {"x", CLI_STR, &xs, NULL}, {"y", CLI_STR, &ys, NULL},
+                            {"first", CLI_SIZE, &lo.first, NULL}, {"get", CLI_STR, &get, NULL},
+                            {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    int nngp = !strcmp(get, "nngp");
+    if (!nngp && strcmp(get, "ntk")) return cli_usage(cmd, "--get: '%s' is not ntk or nngp", get);
     if (!model || !xs || !out) return cli_usage(cmd, "--model, --x and --out are required");
     pk_data X = {0}, Y = {0};
     pk_mlp m;
@@ -72,7 +49,7 @@ int cmd_ntk(int argc, char **argv)
     }
     if (!s) printf("wrote %s: infinite-width %s of %s (sigma_w %g, sigma_b %g), %zu x %zu\n", out,
                    nngp ? "NNGP" : "NTK", model, sw, sb, X.n, Yd->n);
-    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(K);
     pk_data_free(&X);
     pk_data_free(&Y);

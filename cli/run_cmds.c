@@ -12,35 +12,12 @@ typedef struct run_args {
 
 static int parse_run_args(const char *cmd, const char *help, int argc, char **argv, run_args *a)
 {
-    enum { O_DATA = 256, O_OUT, O_STEP, O_FIRST, O_RANDOM, O_DSEED, O_THREADS, O_HELP };
-    static const struct option opts[] = {
-        {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"step", 1, 0, O_STEP}, {"first", 1, 0, O_FIRST},
-        {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED}, {"threads", 1, 0, O_THREADS},
-        {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->load = pk_load_opts_defaults();
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_DATA: a->data = optarg; break;
-        case O_OUT: a->out = optarg; break;
-        case O_STEP: a->step = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &a->load.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &a->load.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &a->load.seed); break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return -1;
-        default: cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]); return EXIT_BAD_INPUT;
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind >= argc) { cli_usage(cmd, "the run directory is required"); return EXIT_BAD_INPUT; }
-    a->run = argv[optind++];
-    if (optind < argc) { cli_usage(cmd, "unexpected argument '%s'", argv[optind]); return EXIT_BAD_INPUT; }
-    return 0;
+    const cli_opt opts[] = {{"data", CLI_STR, &a->data, NULL}, {"out", CLI_STR, &a->out, NULL},
+                            {"step", CLI_STR, &a->step, NULL}, CLI_SELECT(a->load),
+                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    return cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
 }
 
 /* Open the run and read the weights of the requested step (default: final). */

@@ -468,6 +468,49 @@ double pk_auc(const double *score, const unsigned char *positive, size_t n);
 pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
                          size_t *n_flipped);
 
+/* ------------------------------------------------------------------ report */
+
+/* One self-contained HTML file about a run (inline SVG figures, images as
+ * PNG data URIs; nothing is fetched): (a) the batch loss per step; (b) the
+ * representation check pred = bias + sum_i phi_i (+ regularisation) over
+ * queries x outputs, with its residual; (c) with `convergence`, the error of
+ * each quadrature rule against the learning rate (a `convergence --out`
+ * directory); (d) a heat map of the path kernel (trace) between a class-
+ * stratified sample of training examples and the queries; (e) the tangent
+ * kernel's movement |K_t - K_0|_F / |K_0|_F and its label alignment
+ * <K, YY^T> / (|K|_F |YY^T|_F) at evenly spread checkpoints; (f) for the first
+ * queries, their strongest proponents and opponents (images when the data
+ * are images: img_h x img_w, or 8 x 8 for 64 features). */
+typedef struct pk_report_opts {
+    const char *query;        /* query spec; NULL: the run's training data spec */
+    pk_load_opts load;        /* selection of the queries [first 10]            */
+    const char *convergence;  /* a `convergence --out` directory, or NULL       */
+    pk_quad quad;             /* quadrature rule of the explanation [gl4]       */
+    size_t show;              /* queries drawn with their proponents [3]        */
+    size_t top;               /* proponents and opponents of each [5]           */
+    size_t heat_train;        /* training examples in the heat map [60]         */
+    size_t heat_query;        /* queries in the heat map [60]                   */
+    size_t move_train;        /* training examples for the kernel movement [100] */
+    size_t move_steps;        /* checkpoints after step 0 for the movement [10]  */
+    size_t mem_limit;         /* explain's memory budget, bytes (0 = default)   */
+} pk_report_opts;
+
+/* What the report found, for a caller that prints a summary. */
+typedef struct pk_report_info {
+    size_t Q, N, C, steps;
+    double max_abs_err, max_rel_err; /* of the representation check            */
+    double seconds;
+} pk_report_info;
+
+pk_report_opts pk_report_opts_defaults(void);
+/* Compute everything and write the HTML file `path` atomically; info may be NULL. */
+pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info);
+/* PNG of an h x w image with 1 (grey), 3 (RGB) or 4 (RGBA) 8-bit channels,
+ * row-major, encoded by libpng into *png (malloc'ed; free() it). */
+pk_status pk_png_encode(const unsigned char *pix, size_t h, size_t w, int channels, unsigned char **png, size_t *len);
+/* Standard base64 (RFC 4648, padded) of n bytes, malloc'ed and NUL-terminated; NULL when out of memory. */
+char *pk_base64(const void *data, size_t n);
+
 /* Predictions f (n, C) of weights w on x (n, dims[0]), in blocks. */
 pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f);
 

@@ -3,7 +3,8 @@
 # Run as root (apt-get); does nothing when everything is present.
 set -eu
 PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev
-      python3 python3-numpy python3-torch python3-pytest dataset-fashion-mnist libsvm-tools"
+      python3 python3-numpy python3-torch python3-pytest dataset-fashion-mnist libsvm-tools
+      libpng-dev chromium"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,0 +1,350 @@
+/* report.c -- `pathkernel report` (one self-contained HTML file about a run)
+ * and `pathkernel demo` (the main job on the embedded 8x8 digits: train,
+ * verify, attribute, report). */
+#include "cli.h"
+#include "internal.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PK_SOURCE_DIR
+#define PK_SOURCE_DIR "."
+#endif
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cmd_report(int argc, char **argv)
+{
+    const char *cmd = "report";
+    static const char *help =
+        "usage: pathkernel report RUN --out REPORT.html [options]\n\n"
+        "Writes one self-contained HTML file (inline SVG, images as PNG data URIs; nothing is fetched):\n"
+        "  (a) the batch loss of every step; (b) the representation check: pred against bias + sum of the\n"
+        "  contributions over queries x outputs, and its residual; (c) with --convergence, the error of each\n"
+        "  quadrature rule against the learning rate (log-log, fitted slopes); (d) a heat map of the path\n"
+        "  kernel between a class-stratified sample of training examples and the queries; (e) the tangent\n"
+        "  kernel's relative movement and label alignment at evenly spread checkpoints; (f) for the first\n"
+        "  queries, their strongest proponents and opponents (as images for image data and 64 features).\n\n"
+        "  --query SPEC        query inputs [the run's training data]\n"
+        "  --first N, --random N, --data-seed S   select queries [first 10]\n"
+        "  --quad R            quadrature rule: left, mid, gl1..gl8 [gl4]\n"
+        "  --convergence DIR   a directory written by `pathkernel convergence --out DIR` [none]\n"
+        "  --show N            queries drawn with their proponents and opponents [3]\n"
+        "  --top K             proponents and opponents per query [5]\n"
+        "  --heat N            training examples and queries (each) in the heat map [60]\n"
+        "  --movement N        training examples for the kernel movement [100]\n"
+        "  --checkpoints N     checkpoints after step 0 for the kernel movement [10]\n"
+        "  --mem MIB           memory budget of the explanation [3/4 of free memory]\n"
+        "  --out FILE          the HTML file (required)\n"
+        "  --threads N         threads [all cores]\n";
+    enum { O_QUERY = 256, O_FIRST, O_RANDOM, O_DSEED, O_QUAD, O_CONV, O_SHOW, O_TOP, O_HEAT, O_MOVE, O_CKPT, O_MEM,
+           O_OUT, O_THREADS, O_HELP };
+    static const struct option opts[] = {
+        {"query", 1, 0, O_QUERY}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED},
+        {"quad", 1, 0, O_QUAD}, {"convergence", 1, 0, O_CONV}, {"show", 1, 0, O_SHOW}, {"top", 1, 0, O_TOP},
+        {"heat", 1, 0, O_HEAT}, {"movement", 1, 0, O_MOVE}, {"checkpoints", 1, 0, O_CKPT}, {"mem", 1, 0, O_MEM},
+        {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    pk_report_opts ro = pk_report_opts_defaults();
+    const char *out = NULL;
+    int sel = 0;
+    size_t first = 0, heat, mib;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case O_QUERY: ro.query = optarg; break;
+        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &first); sel = 1; break;
+        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &ro.load.random); sel = 1; break;
+        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &ro.load.seed); break;
+        case O_QUAD: if (pk_quad_parse(optarg, &ro.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
+        case O_CONV: ro.convergence = optarg; break;
+        case O_SHOW: bad = cli_size(cmd, "--show", optarg, &ro.show); break;
+        case O_TOP: bad = cli_size(cmd, "--top", optarg, &ro.top); break;
+        case O_HEAT:
+            bad = cli_size(cmd, "--heat", optarg, &heat);
+            ro.heat_train = ro.heat_query = heat;
+            break;
+        case O_MOVE: bad = cli_size(cmd, "--movement", optarg, &ro.move_train); break;
+        case O_CKPT: bad = cli_size(cmd, "--checkpoints", optarg, &ro.move_steps); break;
+        case O_MEM:
+            bad = cli_size(cmd, "--mem", optarg, &mib);
+            if (!bad) ro.mem_limit = mib << 20;
+            break;
+        case O_OUT: out = optarg; break;
+        case O_THREADS: bad = cli_threads(cmd, optarg); break;
+        case O_HELP: fputs(help, stdout); return EXIT_OK;
+        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+        if (bad) return EXIT_BAD_INPUT;
+    }
+    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
+    const char *dir = argv[optind++];
+    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!out) return cli_usage(cmd, "--out FILE.html is required");
+    if (sel) ro.load.first = first;   /* --first 0 (or --random alone): no first-N cut */
+    if (!ro.top) return cli_usage(cmd, "--top must be at least 1");
+    if (!ro.heat_train) return cli_usage(cmd, "--heat must be at least 1");
+    if (ro.move_train < 2) return cli_usage(cmd, "--movement must be at least 2");
+    if (ro.convergence) {
+        struct stat st;
+        if (stat(ro.convergence, &st) != 0 || !S_ISDIR(st.st_mode))
+            return cli_usage(cmd, "--convergence %s: not a directory (write one with pathkernel convergence --out DIR)",
+                             ro.convergence);
+    }
+    pk_run *run;
+    pk_status s = pk_run_open(dir, &run);
+    if (s) return cli_error(cmd, s);
+    pk_report_info info;
+    s = pk_report_write(run, &ro, out, &info);
+    pk_run_close(run);
+    if (s) return cli_error(cmd, s);
+    printf("wrote %s: %zu queries x %zu outputs explained by %zu training examples over %zu steps (%s); "
+           "max |pred - bias - sum contrib| = %.3g (relative %.3g); %.2f s\n",
+           out, info.Q, info.C, info.N, info.steps, ro.quad.name, info.max_abs_err, info.max_rel_err, info.seconds);
+    return EXIT_OK;
+}
+
+/* ------------------------------------------------------------------- demo */
+
+/* The embedded data: the source tree's data/digits.csv.gz, else ./data. */
+static const char *demo_data(void)
+{
+    static const char *const cand[] = {PK_SOURCE_DIR "/data/digits.csv.gz", "data/digits.csv.gz"};
+    for (size_t i = 0; i < sizeof cand / sizeof *cand; i++)
+        if (access(cand[i], R_OK) == 0) return cand[i];
+    return NULL;
+}
+
+/* Remove the files of an earlier run in dir (only the names a run writes). */
+static void clear_run(const char *dir)
+{
+    static const char *const files[] = {"run.json", "steps.csv", "trajectory.bin", "standardize.npy"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char *p = pk_path_join(dir, files[i]);
+        if (p) unlink(p);
+        free(p);
+    }
+    char *wd = pk_path_join(dir, "weights");
+    DIR *d = wd ? opendir(wd) : NULL;
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)))
+            if (!strncmp(de->d_name, "step-", 5) && strstr(de->d_name, ".pkw")) {
+                char *p = pk_path_join(wd, de->d_name);
+                if (p) unlink(p);
+                free(p);
+            }
+        closedir(d);
+    }
+    free(wd);
+}
+
+static pk_status write_npy(const char *dir, const char *name, const double *a, size_t ndim, const size_t *shape)
+{
+    char *p = pk_path_join(dir, name);
+    pk_status s = p ? pk_npy_write(p, a, ndim, shape) : PK_ERR_NOMEM;
+    free(p);
+    return s;
+}
+
+/* pred, bias, contrib, kernel (trace) and summary.json, as `explain --out DIR`. */
+static pk_status write_explain(const char *dir, const pk_explain *e)
+{
+    size_t s2[2] = {e->Q, e->C}, s3[3] = {e->Q, e->N, e->C}, sk[2] = {e->Q, e->N};
+    pk_status s = write_npy(dir, "pred.npy", e->pred, 2, s2);
+    if (!s) s = write_npy(dir, "bias.npy", e->bias, 2, s2);
+    if (!s) s = write_npy(dir, "contrib.npy", e->contrib, 3, s3);
+    if (!s && e->kernel) s = write_npy(dir, "kernel.npy", e->kernel, 2, sk);
+    if (!s) {
+        char *text = cli_summary_json(e), *p = pk_path_join(dir, "summary.json");
+        s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+        free(text);
+        free(p);
+    }
+    return s;
+}
+
+int cmd_demo(int argc, char **argv)
+{
+    const char *cmd = "demo";
+    static const char *help =
+        "usage: pathkernel demo [--out DIR] [--threads N]\n\n"
+        "The main job on the embedded data (data/digits.csv.gz: the UCI/scikit-learn 8x8 digits, 1,797\n"
+        "images, 64 pixels, 10 classes): trains mlp:64:tanh (softmax, sgd batch 64, lr 0.1, 300 steps,\n"
+        "standardised, seed 1) into DIR/run, checks the exact representation f = b + sum_i phi_i on 100\n"
+        "queries with each quadrature rule (left, mid, gl2, gl4), explains 10 queries into DIR/explain (as\n"
+        "pathkernel explain), prints the strongest proponents and opponents of the first, and writes\n"
+        "DIR/report.html (pathkernel report on the first 60 examples).\n"
+        "  --out DIR     output directory [demo-run]\n"
+        "  --threads N   threads [all cores]\n";
+    enum { O_OUT = 256, O_THREADS, O_HELP };
+    static const struct option opts[] = {{"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP},
+                                         {0, 0, 0, 0}};
+    const char *out = "demo-run";
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_OUT: out = optarg; break;
+        case O_THREADS: if (cli_threads(cmd, optarg)) return EXIT_BAD_INPUT; break;
+        case O_HELP: fputs(help, stdout); return EXIT_OK;
+        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const char *data = demo_data();
+    if (!data) {
+        fprintf(stderr, "pathkernel demo: cannot find data/digits.csv.gz (looked in %s/data and ./data)\n", PK_SOURCE_DIR);
+        return EXIT_FAIL;
+    }
+    double t_start = now();
+    char *rundir = pk_path_join(out, "run"), *html = pk_path_join(out, "report.html");
+    char *exdir = pk_path_join(out, "explain");
+    char *abs = realpath(data, NULL);
+    pk_data train = {0}, q = {0};
+    double *mean = NULL, *sd = NULL, *w = NULL, *f = NULL;
+    pk_run *run = NULL;
+    pk_explain e;
+    memset(&e, 0, sizeof e);
+    size_t *pro = NULL, *opp = NULL;
+    pk_status s = rundir && html && exdir && abs ? PK_OK : PK_ERR_NOMEM;
+    if (!s) s = pk_mkdirs(rundir);
+    if (!s) s = pk_mkdirs(exdir);
+    if (s) goto done;
+    clear_run(rundir);
+
+    /* 1. train */
+    pk_load_opts lo = pk_load_opts_defaults();
+    s = pk_data_load(abs, &lo, &train);
+    if (s) goto done;
+    printf("== train: mlp:64:tanh on %s (%zu images of 8x8 pixels, 10 classes)\n", data, train.n);
+    mean = pk_alloc(train.d, sizeof *mean);
+    sd = pk_alloc(train.d, sizeof *sd);
+    if (!mean || !sd) { s = PK_ERR_NOMEM; goto done; }
+    pk_data_moments(&train, mean, sd);
+    pk_data_standardize(&train, mean, sd);
+    pk_train_opts to = pk_train_opts_defaults();
+    to.model = "mlp:64:tanh";
+    to.loss = PK_LOSS_SOFTMAX;
+    to.optim.kind = PK_OPTIM_SGD;
+    to.optim.lr = 0.1;
+    to.optim.batch = 64;
+    to.steps = 300;
+    to.seed = 1;
+    to.out_dir = rundir;
+    to.data_spec = abs;
+    to.load = &lo;
+    to.standardize = 1;
+    to.mean = mean;
+    to.std = sd;
+    double t0 = now();
+    s = pk_train(&train, &to, NULL, NULL);
+    if (!s) s = pk_run_open(rundir, &run);
+    if (!s) s = pk_run_attach_data(run, &train);
+    if (s) goto done;
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t C = m->dims[m->n_layers];
+    w = pk_alloc(m->n_params, sizeof *w);
+    f = pk_alloc(train.n, C * sizeof *f);
+    if (!w || !f) { s = PK_ERR_NOMEM; goto done; }
+    s = pk_run_weights(run, pk_run_steps(run), w);
+    if (!s) s = pk_predict(m, w, train.x, train.n, f);
+    if (s) goto done;
+    printf("trained %zu parameters, softmax loss, sgd lr 0.1 batch 64, %zu steps in %.2f s: final train loss %.4g, "
+           "accuracy %.4f; run written to %s\n", m->n_params, pk_run_steps(run), now() - t0,
+           pk_loss_eval(PK_LOSS_SOFTMAX, f, train.y, train.n, C, train.ty, NULL),
+           pk_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
+
+    /* 2. the representation, rule by rule */
+    pk_load_opts ql = pk_load_opts_defaults();
+    ql.first = 100;
+    s = pk_run_load_data(run, abs, &ql, &q);
+    if (s) goto done;
+    printf("\n== verify: f(x; w_T) = b(x) + sum_i phi_i(x) on %zu queries x %zu outputs, %zu training examples\n",
+           q.n, C, train.n);
+    printf("%-6s %14s %14s %9s\n", "rule", "max_abs_err", "max_rel_err", "seconds");
+    static const char *const rules[] = {"left", "mid", "gl2", "gl4"};
+    for (size_t r = 0; r < 4 && !s; r++) {
+        pk_explain_opts eo = pk_explain_opts_defaults();
+        pk_quad_parse(rules[r], &eo.quad);
+        eo.want_contrib = 0;
+        eo.want_kernel = 0;
+        s = pk_explain_run(run, q.x, q.n, &eo, &e);
+        if (s) break;
+        printf("%-6s %14.3e %14.3e %9.2f\n", rules[r], e.max_abs_err, e.max_rel_err, e.seconds);
+        pk_explain_free(&e);
+    }
+    if (s) goto done;
+    printf("(left is the paper's kernel, first-order in the learning rate; Gauss-Legendre gl4 is exact to rounding)\n");
+
+    /* 3. ten queries explained (DIR/explain, as `pathkernel explain` writes it) and
+     *    the first one's proponents and opponents */
+    {
+        pk_explain_opts eo = pk_explain_opts_defaults();
+        pk_quad_parse("gl4", &eo.quad);
+        s = pk_explain_run(run, q.x, q.n < 10 ? q.n : 10, &eo, &e);
+        if (!s) s = write_explain(exdir, &e);
+        if (s) goto done;
+        printf("\n== explain: %zu queries, every training example's exact contribution to each of the %zu outputs "
+               "(gl4): max relative error %.3g; wrote %s (pred, bias, contrib, kernel .npy, summary.json)\n",
+               e.Q, C, e.max_rel_err, exdir);
+        size_t cls = 0, top = 5, np = 0, no = 0;
+        for (size_t k = 1; k < C; k++) if (e.pred[k] > e.pred[cls]) cls = k;
+        const double *phi = e.contrib + cls;
+        double tot = 0, moved = e.pred[cls] - e.bias[cls];
+        for (size_t i = 0; i < e.N; i++) tot += phi[i * C];
+        pro = pk_alloc(top, sizeof *pro);
+        opp = pk_alloc(top, sizeof *opp);
+        if (!pro || !opp) { s = PK_ERR_NOMEM; goto done; }
+        s = pk_rank(phi, e.N, C, 1, top, pro, &np);
+        if (!s) s = pk_rank(phi, e.N, C, -1, top, opp, &no);
+        if (s) goto done;
+        printf("\n== attribute: query 0 (label %g), output %zu (the predicted class)\n", q.y[0], cls);
+        printf("pred %.6g  bias %.6g  pred - bias %.6g  sum of all %zu contributions %.6g  residual %.3g\n",
+               e.pred[cls], e.bias[cls], moved, e.N, tot, moved - tot);
+        for (int kind = 0; kind < 2; kind++) {
+            size_t n = kind ? no : np, *idx = kind ? opp : pro;
+            printf("  %s (%zu)\n", kind ? "opponents" : "proponents", n);
+            if (n) printf("    %4s %8s %8s %14s %10s\n", "rank", "index", "label", "contribution", "share");
+            for (size_t j = 0; j < n; j++) {
+                double v = phi[idx[j] * C];
+                printf("    %4zu %8zu %8.6g %14.6g %10.4g\n", j + 1, idx[j], train.y[idx[j] * train.ty], v,
+                       moved != 0 ? v / moved : NAN);
+            }
+        }
+        pk_explain_free(&e);
+    }
+
+    /* 4. the report */
+    printf("\n== report\n");
+    pk_report_opts ro = pk_report_opts_defaults();
+    ro.query = abs;
+    ro.load.first = 60;   /* six or so of each class: the heat map shows the kernel's class blocks */
+    pk_report_info info;
+    s = pk_report_write(run, &ro, html, &info);
+    if (s) goto done;
+    printf("wrote %s (%zu queries, max relative error %.3g, %.2f s): open it in a browser\n", html, info.Q,
+           info.max_rel_err, info.seconds);
+    printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", now() - t_start, rundir, html);
+done:;
+    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    pk_explain_free(&e);
+    if (run) pk_run_close(run);
+    pk_data_free(&train);
+    pk_data_free(&q);
+    free(mean); free(sd); free(w); free(f); free(pro); free(opp);
+    free(rundir); free(html); free(exdir); free(abs);
+    return rc;
+}
