@@ -350,7 +350,12 @@ pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const siz
     pk_status s = pk_atomic_open(&at, path);
     if (s) return s;
     int bad = fwrite(pre, 1, sizeof pre, at.f) != sizeof pre || fwrite(hdr, 1, hl, at.f) != hl;
-    /* Data little-endian regardless of the host, in blocks. */
+    /* Data little-endian regardless of the host: as they are on a
+     * little-endian host (one write), byte-swapped in blocks elsewhere. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (!bad && count) bad = fwrite(a, 8, count, at.f) != count;
+    count = 0;
+#endif
     unsigned char blk[8 * 1024];
     for (size_t i = 0; i < count && !bad;) {
         size_t m = count - i < sizeof blk / 8 ? count - i : sizeof blk / 8;
