@@ -33,11 +33,14 @@ int cmd_report(int argc, char **argv)
         "  quadrature rule against the learning rate (log-log, fitted slopes); (d) a heat map of the path\n"
         "  kernel between a class-stratified sample of training examples and the queries; (e) the tangent\n"
         "  kernel's relative movement and label alignment at evenly spread checkpoints; (f) for the first\n"
-        "  queries, their strongest proponents and opponents (as images for image data and 64 features).\n\n"
+        "  queries, their strongest proponents and opponents (as images for image data and 64 features);\n"
+        "  (g) with --compare, the table of the network beside its kernel machines and, when the compare\n"
+        "  run had --widths, (h) the tangent kernel's change and label alignment against hidden width.\n\n"
         "  --query SPEC        query inputs [the run's training data]\n"
         "  --first N, --random N, --data-seed S   select queries [first 10]\n"
         "  --quad R            quadrature rule: left, mid, gl1..gl8 [gl4]\n"
         "  --convergence DIR   a directory written by `pathkernel convergence --out DIR` [none]\n"
+        "  --compare DIR       a directory written by `pathkernel compare --out DIR` [none]\n"
         "  --show N            queries drawn with their proponents and opponents [3]\n"
         "  --top K             proponents and opponents per query [5]\n"
         "  --heat N            training examples and queries (each) in the heat map [60]\n"
@@ -46,11 +49,12 @@ int cmd_report(int argc, char **argv)
         "  --mem MIB           memory budget of the explanation [3/4 of free memory]\n"
         "  --out FILE          the HTML file (required)\n"
         "  --threads N         threads [all cores]\n";
-    enum { O_QUERY = 256, O_FIRST, O_RANDOM, O_DSEED, O_QUAD, O_CONV, O_SHOW, O_TOP, O_HEAT, O_MOVE, O_CKPT, O_MEM,
+    enum { O_QUERY = 256, O_FIRST, O_RANDOM, O_DSEED, O_QUAD, O_CONV, O_CMP, O_SHOW, O_TOP, O_HEAT, O_MOVE, O_CKPT, O_MEM,
            O_OUT, O_THREADS, O_HELP };
     static const struct option opts[] = {
         {"query", 1, 0, O_QUERY}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED},
-        {"quad", 1, 0, O_QUAD}, {"convergence", 1, 0, O_CONV}, {"show", 1, 0, O_SHOW}, {"top", 1, 0, O_TOP},
+        {"quad", 1, 0, O_QUAD}, {"convergence", 1, 0, O_CONV}, {"compare", 1, 0, O_CMP},
+        {"show", 1, 0, O_SHOW}, {"top", 1, 0, O_TOP},
         {"heat", 1, 0, O_HEAT}, {"movement", 1, 0, O_MOVE}, {"checkpoints", 1, 0, O_CKPT}, {"mem", 1, 0, O_MEM},
         {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     pk_report_opts ro = pk_report_opts_defaults();
@@ -69,6 +73,7 @@ int cmd_report(int argc, char **argv)
         case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &ro.load.seed); break;
         case O_QUAD: if (pk_quad_parse(optarg, &ro.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
         case O_CONV: ro.convergence = optarg; break;
+        case O_CMP: ro.compare = optarg; break;
         case O_SHOW: bad = cli_size(cmd, "--show", optarg, &ro.show); break;
         case O_TOP: bad = cli_size(cmd, "--top", optarg, &ro.top); break;
         case O_HEAT:
@@ -101,6 +106,12 @@ int cmd_report(int argc, char **argv)
         if (stat(ro.convergence, &st) != 0 || !S_ISDIR(st.st_mode))
             return cli_usage(cmd, "--convergence %s: not a directory (write one with pathkernel convergence --out DIR)",
                              ro.convergence);
+    }
+    if (ro.compare) {
+        struct stat st;
+        if (stat(ro.compare, &st) != 0 || !S_ISDIR(st.st_mode))
+            return cli_usage(cmd, "--compare %s: not a directory (write one with pathkernel compare --out DIR)",
+                             ro.compare);
     }
     pk_run *run;
     pk_status s = pk_run_open(dir, &run);

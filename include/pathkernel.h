@@ -480,11 +480,14 @@ pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, un
  * kernel's movement |K_t - K_0|_F / |K_0|_F and its label alignment
  * <K, YY^T> / (|K|_F |YY^T|_F) at evenly spread checkpoints; (f) for the first
  * queries, their strongest proponents and opponents (images when the data
- * are images: img_h x img_w, or 8 x 8 for 64 features). */
+ * are images: img_h x img_w, or 8 x 8 for 64 features); (g) with `compare`,
+ * the table of a `compare --out` directory's compare.csv and, when it has a
+ * widths block, (h) the tangent kernel's change and alignment against width. */
 typedef struct pk_report_opts {
     const char *query;        /* query spec; NULL: the run's training data spec */
     pk_load_opts load;        /* selection of the queries [first 10]            */
     const char *convergence;  /* a `convergence --out` directory, or NULL       */
+    const char *compare;      /* a `compare --out` directory, or NULL           */
     pk_quad quad;             /* quadrature rule of the explanation [gl4]       */
     size_t show;              /* queries drawn with their proponents [3]        */
     size_t top;               /* proponents and opponents of each [5]           */

@@ -214,7 +214,7 @@ static void fig_loss(pk_sb *b, pk_run *run)
         }
     }
     figure_open(b, "fig-loss", "(a) Training loss", 900, 330);
-    pk_plot p = {90, 20, 780, 250, 0, 0, 0, 0, 0, logy, 0};
+    pk_plot p = {90, 20, 780, 250, 0, 0, 0, 0, 0, logy, 0, 0};
     pk_plot_range(1, (double)T, 0, &p.x0, &p.x1);
     if (!isfinite(lo)) { lo = 0; hi = 1; logy = p.logy = 0; }
     pk_plot_range(lo, hi, logy, &p.y0, &p.y1);
@@ -253,7 +253,7 @@ static void fig_representation(pk_sb *b, const pk_explain *e, const pk_quad *qua
         rmax = fmax(rmax, fabs(r[i]));
     }
     figure_open(b, "fig-representation", "(b) The kernel representation reproduces the predictions", 900, 380);
-    pk_plot p = {90, 20, 330, 290, 0, 0, 0, 0, 0, 0, 0};
+    pk_plot p = {90, 20, 330, 290, 0, 0, 0, 0, 0, 0, 0, 0};
     pk_plot_range(lo, hi, 0, &p.x0, &p.x1);
     p.y0 = p.x0; p.y1 = p.x1;
     pk_plot_axes(b, &p, "prediction f(x; w_T)", "b(x) + \u03a3\u1d62 \u03c6\u1d62(x)");
@@ -264,7 +264,7 @@ static void fig_representation(pk_sb *b, const pk_explain *e, const pk_quad *qua
     snprintf(l1, sizeof l1, "%zu queries x %zu outputs", e->Q, e->C);
     const char *cols[2] = {"#1f77b4", "#d62728"}, *labs[2] = {l1, "y = x"};
     pk_plot_legend(b, 100, 28, 2, cols, labs, 1);
-    pk_plot q = {560, 20, 320, 290, 0, 0, 0, 0, 0, 0, 0};
+    pk_plot q = {560, 20, 320, 290, 0, 0, 0, 0, 0, 0, 0, 0};
     pk_plot_range(lo, hi, 0, &q.x0, &q.x1);
     double rr = rmax > 0 ? rmax : 1e-300;
     q.y0 = -1.15 * rr; q.y1 = 1.15 * rr;
@@ -375,7 +375,7 @@ static void fig_convergence(pk_sb *b, const conv_table *c, const char *dir)
     if (!(xhi > 0)) { xlo = 0.01; xhi = 1; }
     if (!(yhi > 0)) { ylo = 1e-16; yhi = 1; }
     figure_open(b, "fig-convergence", "(c) Quadrature error against the learning rate", 900, 380);
-    pk_plot p = {90, 20, 600, 300, 0, 0, 0, 0, 1, 1, 0};
+    pk_plot p = {90, 20, 600, 300, 0, 0, 0, 0, 1, 1, 0, 0};
     pk_plot_range(xlo, xhi, 1, &p.x0, &p.x1);
     pk_plot_range(ylo, yhi, 1, &p.y0, &p.y1);
     pk_plot_axes(b, &p, "learning rate \u03b7 (\u03b7 T fixed)", "max |f - b - \u03a3 \u03c6\u1d62| (output units)");
@@ -401,6 +401,244 @@ static void fig_convergence(pk_sb *b, const conv_table *c, const char *dir)
                        "activations.", c->steps_lo == (size_t)-1 ? 0 : c->steps_lo, c->steps_hi);
     figure_close(b, cap.s ? cap.s : "");
     pk_sb_free(&cap);
+}
+
+/* ------------------------------------------- (g) kernel machines side by side */
+
+#define CMP_ROWS 32
+#define CMP_WIDTHS 64
+
+typedef struct cmp_table {
+    int mse;                                    /* test_mse rather than test_accuracy */
+    size_t nm;                                  /* rows of the first block */
+    char machine[CMP_ROWS][24], kernel[CMP_ROWS][32];
+    double metric[CMP_ROWS], seconds[CMP_ROWS];
+    size_t nw;                                  /* rows of the widths block (0: none) */
+    double width[CMP_WIDTHS], params[CMP_WIDTHS], wmetric[CMP_WIDTHS], change[CMP_WIDTHS];
+    double align0[CMP_WIDTHS], align1[CMP_WIDTHS], wsec[CMP_WIDTHS];
+} cmp_table;
+
+/* A value of compare.csv: a finite number, or empty / nan (not available: NaN). */
+static int cmp_value(const char *s, int may_be_missing, double *v)
+{
+    if (may_be_missing && (!*s || !strcmp(s, "nan") || !strcmp(s, "-nan"))) { *v = NAN; return 0; }
+    return pk_parse_double(s, v);
+}
+
+/* Split a line at commas into at most max fields; returns the number of fields
+ * (max + 1 when there are more). */
+static size_t cmp_split(char *line, char **f, size_t max)
+{
+    size_t nf = 0;
+    for (char *p = line;;) {
+        if (nf == max) return max + 1;
+        f[nf++] = p;
+        char *comma = strchr(p, ',');
+        if (!comma) return nf;
+        *comma = 0;
+        p = comma + 1;
+    }
+}
+
+static pk_status read_compare(const char *dir, cmp_table *c)
+{
+    memset(c, 0, sizeof *c);
+    char *path = pk_path_join(dir, "compare.csv");
+    if (!path) return PK_ERR_NOMEM;
+    unsigned char *buf;
+    size_t len;
+    pk_status s = pk_read_file(path, 0, 16u << 20, &buf, &len);
+    if (s) { free(path); return s; }
+    char *text = (char *)buf;   /* pk_read_file NUL-terminates */
+    int block = 0;              /* 0: header, 1: machines, 2: blank seen, 3: widths */
+    size_t lineno = 0;
+    for (char *line = text, *next; !s && line && line < text + len; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        lineno++;
+        size_t k = strlen(line);
+        if (k && line[k - 1] == '\r') line[--k] = 0;
+        char *f[8];
+        size_t nf;
+        if (block == 0) {
+            if (!strcmp(line, "machine,kernel,test_accuracy,seconds")) c->mse = 0;
+            else if (!strcmp(line, "machine,kernel,test_mse,seconds")) c->mse = 1;
+            else {
+                s = pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header machine,kernel,test_accuracy,seconds "
+                                          "(or test_mse)", path);
+                break;
+            }
+            block = 1;
+        } else if (!k) {
+            if (block == 1) {
+                if (!c->nm) s = pk_fail(PK_ERR_INPUT, "%s: line %zu: a blank line before any machine", path, lineno);
+                block = 2;
+            } else if (block == 3) {
+                block = 4;
+            }
+        } else if (block == 1) {
+            nf = cmp_split(line, f, 4);
+            if (nf != 4) { s = pk_fail(PK_ERR_INPUT, "%s: line %zu: expected 4 fields, got %s%zu", path, lineno,
+                                       nf > 4 ? "more than " : "", nf > 4 ? (size_t)4 : nf); break; }
+            if (!*f[0]) { s = pk_fail(PK_ERR_INPUT, "%s: line %zu: the machine is empty", path, lineno); break; }
+            if (c->nm == CMP_ROWS) { s = pk_fail(PK_ERR_INPUT, "%s: more than %d machines", path, CMP_ROWS); break; }
+            if (strlen(f[0]) >= sizeof c->machine[0] || strlen(f[1]) >= sizeof c->kernel[0]) {
+                s = pk_fail(PK_ERR_INPUT, "%s: line %zu: machine or kernel name too long", path, lineno);
+                break;
+            }
+            double v, sec;
+            if (cmp_value(f[2], 1, &v) || cmp_value(f[3], 0, &sec)) {
+                s = pk_fail(PK_ERR_INPUT, "%s: line %zu: %s or seconds is not a number", path, lineno,
+                            c->mse ? "test_mse" : "test_accuracy");
+                break;
+            }
+            snprintf(c->machine[c->nm], sizeof c->machine[0], "%s", f[0]);
+            snprintf(c->kernel[c->nm], sizeof c->kernel[0], "%s", f[1]);
+            c->metric[c->nm] = v;
+            c->seconds[c->nm++] = sec;
+        } else if (block == 2) {
+            const char *want = c->mse ? "width,params,test_mse,kernel_change,alignment_init,alignment_final,seconds"
+                                      : "width,params,test_accuracy,kernel_change,alignment_init,alignment_final,seconds";
+            if (strcmp(line, want)) { s = pk_fail(PK_ERR_INPUT, "%s: line %zu is not the header %s", path, lineno, want); break; }
+            block = 3;
+        } else if (block == 3) {
+            nf = cmp_split(line, f, 7);
+            if (nf != 7) { s = pk_fail(PK_ERR_INPUT, "%s: line %zu: expected 7 fields, got %s%zu", path, lineno,
+                                       nf > 7 ? "more than " : "", nf > 7 ? (size_t)7 : nf); break; }
+            if (c->nw == CMP_WIDTHS) { s = pk_fail(PK_ERR_INPUT, "%s: more than %d widths", path, CMP_WIDTHS); break; }
+            size_t wd, np;
+            double v[5];
+            if (pk_parse_size(f[0], &wd) || !wd || pk_parse_size(f[1], &np)) {
+                s = pk_fail(PK_ERR_INPUT, "%s: line %zu: width or params is not a positive integer", path, lineno);
+                break;
+            }
+            int bad = 0;
+            for (int j = 0; j < 4; j++) bad |= cmp_value(f[2 + j], 1, &v[j]);
+            bad |= cmp_value(f[6], 0, &v[4]);
+            if (bad) {
+                s = pk_fail(PK_ERR_INPUT, "%s: line %zu: a metric, kernel_change, alignment or seconds is not a number",
+                            path, lineno);
+                break;
+            }
+            size_t i = c->nw++;
+            c->width[i] = (double)wd; c->params[i] = (double)np;
+            c->wmetric[i] = v[0]; c->change[i] = v[1]; c->align0[i] = v[2]; c->align1[i] = v[3]; c->wsec[i] = v[4];
+        } else {
+            s = pk_fail(PK_ERR_INPUT, "%s: line %zu: text after the widths block", path, lineno);
+        }
+    }
+    if (!s && block == 0) s = pk_fail(PK_ERR_INPUT, "%s: empty file", path);
+    if (!s && !c->nm) s = pk_fail(PK_ERR_INPUT, "%s: no machines", path);
+    if (!s && block == 3 && !c->nw) s = pk_fail(PK_ERR_INPUT, "%s: line %zu: the widths block has no rows", path, lineno);
+    /* the widths in increasing order (compare keeps the order of --widths) */
+    for (size_t i = 1; !s && i < c->nw; i++)
+        for (size_t j = i; j > 0 && c->width[j - 1] > c->width[j]; j--) {
+            double *col[7] = {c->width, c->params, c->wmetric, c->change, c->align0, c->align1, c->wsec};
+            for (int k = 0; k < 7; k++) { double t = col[k][j]; col[k][j] = col[k][j - 1]; col[k][j - 1] = t; }
+        }
+    free(buf);
+    free(path);
+    return s;
+}
+
+static const char *cmp_machine_name(const char *m)
+{
+    if (!strcmp(m, "network")) return "network (trained)";
+    if (!strcmp(m, "krr")) return "kernel ridge regression";
+    if (!strcmp(m, "svm")) return "SVM (LIBSVM)";
+    return NULL;
+}
+
+static void fig_widths(pk_sb *b, const cmp_table *c)
+{
+    size_t n = c->nw;
+    double xlo = INFINITY, xhi = 0, lo = INFINITY, hi = -INFINITY, alo = INFINITY, ahi = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        xlo = fmin(xlo, c->width[i]); xhi = fmax(xhi, c->width[i]);
+        if (isfinite(c->change[i])) { lo = fmin(lo, c->change[i]); hi = fmax(hi, c->change[i]); }
+        if (isfinite(c->align0[i])) { alo = fmin(alo, c->align0[i]); ahi = fmax(ahi, c->align0[i]); }
+        if (isfinite(c->align1[i])) { alo = fmin(alo, c->align1[i]); ahi = fmax(ahi, c->align1[i]); }
+    }
+    if (!isfinite(lo)) { lo = 0; hi = 1; }
+    if (!isfinite(alo)) { alo = 0; ahi = 1; }
+    figure_open(b, "fig-widths", "(h) The tangent kernel against hidden width", 900, 370);
+    /* x ticks at the widths themselves (labels that would collide are left out) */
+    pk_plot p = {90, 56, 330, 250, 0, 0, 0, 0, 1, 0, 0, 1};
+    pk_plot_range(xlo, xhi, 1, &p.x0, &p.x1);
+    pk_plot q = {560, 56, 320, 250, 0, 0, 0, 0, 1, 0, 0, 1};
+    q.x0 = p.x0; q.x1 = p.x1;
+    pk_plot_range(fmin(lo, 0), hi, 0, &p.y0, &p.y1);
+    pk_plot_range(alo, ahi, 0, &q.y0, &q.y1);
+    const char *xl = "hidden width (units per hidden layer, log scale)";
+    pk_plot_axes(b, &p, xl, "|K_T - K_0|_F / |K_0|_F");
+    pk_plot_axes(b, &q, xl, "alignment <K, YY\u1d40> / (|K| |YY\u1d40|)");
+    double last = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double X = pk_plot_px(&p, c->width[i]);
+        if (X - last < 30) continue;
+        last = X;
+        char lab[32];
+        snprintf(lab, sizeof lab, "%.0f", c->width[i]);
+        pk_plot_xtick(b, &p, c->width[i], lab);
+        pk_plot_xtick(b, &q, c->width[i], lab);
+    }
+    pk_plot_line(b, &p, c->width, c->change, n, "#1f77b4", 2, NULL);
+    pk_plot_points(b, &p, c->width, c->change, n, "#1f77b4", 4, 1);
+    pk_plot_line(b, &q, c->width, c->align0, n, "#9467bd", 2, "6 4");
+    pk_plot_points(b, &q, c->width, c->align0, n, "#9467bd", 4, 1);
+    pk_plot_line(b, &q, c->width, c->align1, n, "#2ca02c", 2, NULL);
+    pk_plot_points(b, &q, c->width, c->align1, n, "#2ca02c", 4, 1);
+    const char *c1[1] = {"#1f77b4"}, *l1[1] = {"relative change of the kernel"};
+    const char *c2[2] = {"#9467bd", "#2ca02c"}, *l2[2] = {"before training (K_0)", "after training (K_T)"};
+    pk_plot_legend(b, p.x, 4, 1, c1, l1, 0);
+    pk_plot_legend(b, q.x + q.w - 190, 4, 2, c2, l2, 0);
+    pk_sb cap = {0};
+    pk_sb_printf(&cap, "The same network at %zu hidden width%s (", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++)
+        pk_sb_printf(&cap, "%s%.0f: %.0f parameters", i ? ", " : "", c->width[i], c->params[i]);
+    char v0[32] = "n/a", v1[32] = "n/a";
+    if (isfinite(c->change[0])) snprintf(v0, sizeof v0, "%.3g", c->change[0]);
+    if (isfinite(c->change[n - 1])) snprintf(v1, sizeof v1, "%.3g", c->change[n - 1]);
+    pk_sb_puts(&cap, "), each trained with the same options; the tangent kernel K = J J<sup>T</sup> on the training "
+                     "examples at initialisation (K<sub>0</sub>) and after training (K<sub>T</sub>). Left: its "
+                     "relative change (dimensionless), ");
+    if (n > 1) pk_sb_printf(&cap, "from %s at width %.0f to %s at width %.0f", v0, c->width[0], v1, c->width[n - 1]);
+    else pk_sb_printf(&cap, "%s at width %.0f", v0, c->width[0]);
+    pk_sb_puts(&cap, "; the lazy regime is where it goes to 0. Right: its alignment with the labels (cosine of the "
+                     "angle between K and YY<sup>T</sup>, dimensionless) before and after training. Log-scaled width "
+                     "axes.");
+    figure_close(b, cap.s ? cap.s : "");
+    pk_sb_free(&cap);
+}
+
+static void section_compare(pk_sb *b, const cmp_table *c, const char *dir)
+{
+    const char *metric = c->mse ? "test mse" : "test accuracy";
+    pk_sb_puts(b, "<section id=\"compare\">\n<h2>(g) Kernel machines side by side</h2>\n<table id=\"compare-table\">\n");
+    pk_sb_printf(b, "<tr><th>machine</th><th>kernel</th><th>%s</th><th>seconds</th></tr>\n", metric);
+    for (size_t i = 0; i < c->nm; i++) {
+        const char *name = cmp_machine_name(c->machine[i]);
+        pk_sb_puts(b, "<tr data-machine=\"");
+        pk_sb_esc(b, c->machine[i]);
+        pk_sb_puts(b, "\" data-kernel=\"");
+        pk_sb_esc(b, c->kernel[i]);
+        pk_sb_puts(b, "\"><td>");
+        pk_sb_esc(b, name ? name : c->machine[i]);
+        pk_sb_puts(b, "</td><td>");
+        pk_sb_esc(b, *c->kernel[i] ? c->kernel[i] : "\u2014");
+        if (isfinite(c->metric[i])) pk_sb_printf(b, "</td><td class=\"num\">%.4f", c->metric[i]);
+        else pk_sb_puts(b, "</td><td class=\"num\">n/a");
+        pk_sb_printf(b, "</td><td class=\"num\">%.2f</td></tr>\n", c->seconds[i]);
+    }
+    pk_sb_puts(b, "</table>\n<p class=\"caption\">From <code>");
+    pk_sb_esc(b, dir);
+    pk_sb_printf(b, "/compare.csv</code> (<code>pathkernel compare</code>): the trained network beside kernel ridge "
+                    "regression on its path, tangent (at initialisation and after training), RBF and infinite-width "
+                    "(ntk) kernels, and an SVM on the path kernel, all fitted to the same training examples and scored "
+                    "on the same test set (%s; n/a: the fit failed). Seconds are wall-clock time of each fit.</p>\n",
+                 c->mse ? "mean squared error, lower is better" : "fraction classified correctly, higher is better");
+    if (c->nw) fig_widths(b, c);
+    pk_sb_puts(b, "</section>\n");
 }
 
 /* -------------------------------------------------------- (d) heat map */
@@ -605,7 +843,7 @@ static pk_status fig_movement(pk_sb *b, pk_run *run, const pk_data *train, size_
     }
     if (s) goto done;
     figure_open(b, "fig-movement", "(e) How far the tangent kernel moves during training", 900, 360);
-    pk_plot p = {90, 40, 330, 260, 0, 0, 0, 0, 0, 0, 0};
+    pk_plot p = {90, 40, 330, 260, 0, 0, 0, 0, 0, 0, 0, 0};
     double lo = INFINITY, hi = -INFINITY;
     for (size_t j = 0; j < ns; j++) if (isfinite(rel[j])) { lo = fmin(lo, rel[j]); hi = fmax(hi, rel[j]); }
     if (!isfinite(lo)) { lo = 0; hi = 1; }
@@ -614,7 +852,7 @@ static pk_status fig_movement(pk_sb *b, pk_run *run, const pk_data *train, size_
     pk_plot_axes(b, &p, "step t", "|K_t - K_0|_F / |K_0|_F");
     pk_plot_line(b, &p, st, rel, ns, "#1f77b4", 2, NULL);
     pk_plot_points(b, &p, st, rel, ns, "#1f77b4", 4, 1);
-    pk_plot q = {560, 40, 320, 260, 0, 0, 0, 0, 0, 0, 0};
+    pk_plot q = {560, 40, 320, 260, 0, 0, 0, 0, 0, 0, 0, 0};
     lo = INFINITY; hi = -INFINITY;
     for (size_t j = 0; j < ns; j++) if (isfinite(al[j])) { lo = fmin(lo, al[j]); hi = fmax(hi, al[j]); }
     if (!isfinite(lo)) { lo = 0; hi = 1; }
@@ -694,7 +932,7 @@ static pk_status fig_query(pk_sb *b, size_t qi, const pk_explain *e, const pk_da
     snprintf(line, sizeof line, "\u03a3 \u03c6\u1d62 = %.4g", total);
     text(b, 20, ty + 90, "start", 12, line);
     /* the bars */
-    pk_plot p = {430, top_y, 440, (double)rows * rowh + gap, -1.3 * R, 1.3 * R, 0, 1, 0, 0, 1};
+    pk_plot p = {430, top_y, 440, (double)rows * rowh + gap, -1.3 * R, 1.3 * R, 0, 1, 0, 0, 1, 0};
     const char *xl = loss == PK_LOSS_SOFTMAX ? "contribution \u03c6\u1d62(x) to the logit of the predicted class"
                                              : "contribution \u03c6\u1d62(x) to the output (output units)";
     pk_plot_axes(b, &p, xl, NULL);
@@ -743,7 +981,9 @@ static const char *const css =
     "body{font-family:sans-serif;max-width:940px;margin:20px auto;color:#222;line-height:1.4}"
     "h1{font-size:24px}h2{font-size:17px;margin:6px 0}figure{margin:28px 0;padding:8px;border:1px solid #ddd}"
     "figcaption{font-size:13px;color:#333;margin-top:6px}table{border-collapse:collapse;font-size:13px}"
-    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}code{font-size:12px}";
+    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}td.num{text-align:right}code{font-size:12px}"
+    "section{margin:28px 0;padding:8px;border:1px solid #ddd}section figure{margin:20px 0 0;padding:0;border:none}"
+    "p.caption{font-size:13px;color:#333;margin:6px 0 0}";
 
 pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info)
 {
@@ -760,12 +1000,17 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     pk_sb b = {0};
     long *qcls = NULL;
     conv_table *conv = NULL;
+    cmp_table *cmp = NULL;
     const char *spec = o->query ? o->query : pk_run_data_spec(run);
     pk_status s = pk_run_train(run, &train);
     if (!s && !spec) s = pk_fail(PK_ERR_INPUT, "report: the run records no data spec; give the queries");
     if (!s && o->convergence) {
         conv = malloc(sizeof *conv);
         s = conv ? read_convergence(o->convergence, conv) : PK_ERR_NOMEM;
+    }
+    if (!s && o->compare) {
+        cmp = malloc(sizeof *cmp);
+        s = cmp ? read_compare(o->compare, cmp) : PK_ERR_NOMEM;
     }
     if (!s) s = pk_run_load_data(run, spec, &o->load, &q);
     if (!s && !q.n) s = pk_fail(PK_ERR_INPUT, "%s: no queries", spec);
@@ -845,6 +1090,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
                            o->heat_query ? o->heat_query : 1);
     if (!s) s = fig_movement(&b, run, train, ncls, o->move_train ? o->move_train : 2, o->move_steps);
     for (size_t i = 0; !s && i < o->show && i < e.Q; i++) s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1);
+    if (!s && cmp) section_compare(&b, cmp, o->compare);
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", now() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) s = pk_write_file(path, b.s, b.n);
@@ -860,5 +1106,6 @@ done:
     pk_data_free(&q);
     free(qcls);
     free(conv);
+    free(cmp);
     return s;
 }

@@ -253,7 +253,7 @@ void pk_plot_axes(pk_sb *b, const pk_plot *p, const char *xlabel, const char *yl
     pk_sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" stroke=\"#333\"/>\n",
                  p->x, p->y, p->w, p->h);
     /* x ticks */
-    size_t n = ticks(p->x0, p->x1, p->logx, t, 64, &dec);
+    size_t n = p->hide_x ? 0 : ticks(p->x0, p->x1, p->logx, t, 64, &dec);
     for (size_t i = 0; i < n; i++) {
         double X = p->x + (t[i] - p->x0) / (p->x1 - p->x0) * p->w;
         if (X < p->x - 0.5 || X > p->x + p->w + 0.5) continue;
@@ -297,6 +297,17 @@ void pk_plot_axes(pk_sb *b, const pk_plot *p, const char *xlabel, const char *yl
         pk_sb_esc(b, ylabel);
         pk_sb_puts(b, "</text>\n");
     }
+}
+
+void pk_plot_xtick(pk_sb *b, const pk_plot *p, double v, const char *label)
+{
+    double X = pk_plot_px(p, v);
+    if (!isfinite(X) || X < p->x - 0.5 || X > p->x + p->w + 0.5) return;
+    pk_sb_printf(b, "<path d=\"M%.1f %.1fV%.1f\" stroke=\"#ddd\"/><path d=\"M%.1f %.1fv5\" stroke=\"#333\"/>", X, p->y,
+                 p->y + p->h, X, p->y + p->h);
+    pk_sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">", X, p->y + p->h + 17);
+    pk_sb_esc(b, label);
+    pk_sb_puts(b, "</text>\n");
 }
 
 static int plot_ok(const pk_plot *p, double x, double y)

@@ -27,6 +27,7 @@ typedef struct pk_plot {
     double x0, x1, y0, y1;
     int logx, logy;
     int hide_y;   /* no y ticks or grid (bar charts with their own row labels) */
+    int hide_x;   /* no x ticks or grid (the caller draws its own, pk_plot_xtick) */
 } pk_plot;
 
 /* Set the range of one axis from data lo..hi (positive on a log axis),
@@ -37,6 +38,8 @@ double pk_plot_px(const pk_plot *p, double v);
 double pk_plot_py(const pk_plot *p, double v);
 /* Frame, grid, ticks with labels, axis labels (x below, y rotated). */
 void pk_plot_axes(pk_sb *b, const pk_plot *p, const char *xlabel, const char *ylabel);
+/* One x tick with grid line and label at data value v (for hide_x plots). */
+void pk_plot_xtick(pk_sb *b, const pk_plot *p, double v, const char *label);
 /* A polyline through n points (NaN and, on log axes, non-positive values break it). */
 void pk_plot_line(pk_sb *b, const pk_plot *p, const double *x, const double *y, size_t n, const char *color,
                   double width, const char *dash);

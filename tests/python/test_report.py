@@ -364,3 +364,112 @@ def test_non_image_data_get_bars_only(work):
     # the steps of the movement: 0, 7, ..., 35 and 40 (stored checkpoints), at most 11 of them
     caption = re.search(r"at (\d+) recorded steps from 0 to 40", figs["fig-movement"])
     assert caption and int(caption.group(1)) == 7
+
+
+# ------------------------------------------------- (iii) report --compare DIR
+
+@pytest.fixture(scope="module")
+def compare_report(work):
+    """`pathkernel compare` on 300 digits (test: the first 200) with two widths,
+    then `report` of its run with --compare."""
+    cmp = work / "cmp"
+    pk("compare", "--data", DIGITS, "--first", 300, "--test", DIGITS, "--test-first", 200, "--standardize",
+       "--model", "mlp:32:relu", "--loss", "softmax", "--optim", "sgd", "--batch", 50, "--lr", 0.05, "--steps", 60,
+       "--widths", "16,64", "--out", cmp)
+    html_path = work / "compare.html"
+    pk("report", cmp / "run", "--compare", cmp, "--show", 1, "--out", html_path)
+    return cmp, html_path.read_text(encoding="utf-8")
+
+
+def compare_blocks(cmp):
+    text = (cmp / "compare.csv").read_text()
+    first, _, second = text.partition("\n\n")
+    machines = [line.split(",") for line in first.strip().splitlines()]
+    widths = [line.split(",") for line in second.strip().splitlines()]
+    return machines, widths
+
+
+def test_compare_table_equals_the_csv(compare_report):
+    cmp, html = compare_report
+    machines, widths = compare_blocks(cmp)
+    assert machines[0] == ["machine", "kernel", "test_accuracy", "seconds"]
+    section = re.search(r'<section id="compare">(.*?)</section>', html, re.S).group(1)
+    assert "Kernel machines side by side" in section
+    table = re.search(r'<table id="compare-table">(.*?)</table>', section, re.S).group(1)
+    assert re.search(r"<th>machine</th><th>kernel</th><th>test accuracy</th><th>seconds</th>", table)
+    rows = re.findall(r'<tr data-machine="([^"]*)" data-kernel="([^"]*)"><td>[^<]+</td><td>[^<]+</td>'
+                      r'<td class="num">([^<]+)</td><td class="num">([^<]+)</td></tr>', table)
+    assert len(rows) == len(machines) - 1 == 7, rows
+    for (m, k, v, s), row in zip(rows, machines[1:]):
+        assert (m, k) == (row[0], row[1])
+        if row[2] in ("", "nan", "-nan"):
+            assert v == "n/a"
+        else:
+            assert float(v) == pytest.approx(float(row[2]), abs=5.1e-5)
+        assert float(s) == pytest.approx(float(row[3]), abs=5.1e-3)
+
+
+def test_compare_widths_figure(compare_report):
+    cmp, html = compare_report
+    _, widths = compare_blocks(cmp)
+    assert widths[0] == ["width", "params", "test_accuracy", "kernel_change", "alignment_init", "alignment_final",
+                         "seconds"]
+    rows = widths[1:]
+    assert [r[0] for r in rows] == ["16", "64"]
+    body = figures(html)["fig-widths"]
+    assert "<svg" in body and "<figcaption>" in body
+    # one point per width for the kernel change, and for alignment before and after training
+    assert body.count("<circle") == 3 * len(rows)
+    lines = re.findall(r'<path fill="none"[^>]* d="([^"]*)"', body)
+    assert len(lines) == 3 and all(p.count("M") == 1 and p.count("L") == len(rows) - 1 for p in lines), lines
+    # the points lie where the CSV puts them: x on a log axis, widths increasing left to right
+    pts = [tuple(map(float, xy)) for xy in re.findall(r'<circle cx="([0-9.]+)" cy="([0-9.]+)"', body)]
+    assert pts[0][0] < pts[1][0]
+    change = [float(r[3]) for r in rows]
+    assert (pts[0][1] < pts[1][1]) == (change[0] > change[1])   # svg y grows downwards
+    for label in ("hidden width", "|K_T - K_0|_F / |K_0|_F", "alignment", "before training (K_0)",
+                  "after training (K_T)"):
+        assert label in body, label
+    for w in ("16", "64"):
+        assert re.search(rf'font-size="11">{w}</text>', body), w   # a tick at each width
+
+
+def test_compare_without_widths_has_table_only(compare_report, work):
+    cmp, _ = compare_report
+    machines, _ = compare_blocks(cmp)
+    only = work / "cmp-nowidths"
+    only.mkdir(exist_ok=True)
+    (only / "compare.csv").write_text("\n".join(",".join(r) for r in machines) + "\n")
+    out = work / "nowidths.html"
+    pk("report", cmp / "run", "--compare", only, "--show", 0, "--out", out)
+    html = out.read_text(encoding="utf-8")
+    assert 'id="compare-table"' in html and 'id="fig-widths"' not in html
+
+
+@pytest.mark.parametrize("text,line", [
+    ("machine,kernel,accuracy,seconds\nnetwork,,0.9,0.1\n", 1),
+    ("machine,kernel,test_accuracy,seconds\nnetwork,,0.9,0.1\nkrr,path,x,0.2\n", 3),
+    ("machine,kernel,test_accuracy,seconds\nnetwork,,0.9\n", 2),
+    ("machine,kernel,test_accuracy,seconds\nnetwork,,0.9,0.1\n\nwidth,params,test_accuracy,kernel_change,"
+     "alignment_init,alignment_final,seconds\n16,1210,0.9,1.5,0.5,0.6,0.1\n64,4810,0.9,abc,0.5,0.6,0.1\n", 6),
+    ("machine,kernel,test_accuracy,seconds\nnetwork,,0.9,0.1\n\nwidth,params,oops\n", 4),
+])
+def test_compare_malformed_csv(compare_report, work, text, line):
+    cmp, _ = compare_report
+    bad = work / "badcmp"
+    bad.mkdir(exist_ok=True)
+    (bad / "compare.csv").write_text(text)
+    out = work / "badcmp.html"
+    r = subprocess.run([str(PK), "report", cmp / "run", "--compare", bad, "--out", out], capture_output=True,
+                       text=True)
+    assert r.returncode == 2, r.stderr
+    assert str(bad / "compare.csv") in r.stderr and f"line {line}" in r.stderr, r.stderr
+    assert not out.exists()
+    r = subprocess.run([str(PK), "report", cmp / "run", "--compare", work / "nope", "--out", out],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a directory" in r.stderr and not out.exists()
+
+
+def test_report_help_mentions_compare():
+    r = subprocess.run([str(PK), "report", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--compare DIR" in r.stdout
