@@ -3,7 +3,7 @@
 # Run as root (apt-get); does nothing when everything is present.
 set -eu
 PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev
-      python3 python3-numpy python3-torch python3-pytest dataset-fashion-mnist libsvm-tools
+      python3 python3-numpy python3-torch python3-pytest python3-setuptools python3-venv python3-pip dataset-fashion-mnist libsvm-tools
       libpng-dev chromium"
 missing=""
 for p in $PKGS; do

@@ -1,0 +1,551 @@
+"""pathkernel: train dense networks by gradient descent, record the whole path,
+and read the trained network as an exact kernel machine over its training
+examples -- a ctypes binding of libpathkernel.
+
+    >>> import numpy as np, pathkernel as pk
+    >>> run = pk.train(X, y, model="mlp:16:tanh", steps=50, out="run")
+    >>> run.predict(X[:3])                   # (3, C) outputs
+    >>> e = run.explain(X[:3])               # pred = bias + contrib.sum(1) + ...
+    >>> run.attribute(X[:3], top=5)          # strongest proponents / opponents
+
+The library is found through $PATHKERNEL_LIB, else the build tree
+(build/libpathkernel.so next to python/), else the linker's search path.
+Queries are given in the raw feature space: a run's standardisation (from
+`pathkernel train --standardize` or train(..., standardize=True)) is applied
+as the CLI applies it. Library failures raise ValueError (bad input) or
+RuntimeError (anything else) with the library's message.
+"""
+import ctypes
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+from . import _capi
+from ._capi import lib as _lib
+
+__all__ = ["train", "open_run", "ntk", "Run", "Explanation", "Attribution", "set_threads", "get_threads",
+           "PathkernelError", "PathkernelInputError", "__version__"]
+__version__ = "0.1.0"
+
+
+class PathkernelError(RuntimeError):
+    """A library failure other than bad input (I/O, memory, divergence, an
+    inconsistent run directory). `status` is the pk_status code."""
+
+    def __init__(self, msg, status):
+        super().__init__(msg)
+        self.status = status
+
+
+class PathkernelInputError(ValueError):
+    """A library failure caused by bad input (PK_ERR_INPUT)."""
+
+    def __init__(self, msg, status=_capi.PK_ERR_INPUT):
+        super().__init__(msg)
+        self.status = status
+
+
+def _check(status):
+    """Raise for a non-zero pk_status, with pk_last_error() as the message."""
+    if status == _capi.PK_OK:
+        return
+    L = _lib()
+    msg = (L.pk_last_error() or b"").decode("utf-8", "replace")
+    if not msg:
+        msg = (L.pk_status_str(status) or b"error").decode("utf-8", "replace")
+    if status == _capi.PK_ERR_INPUT:
+        raise PathkernelInputError(msg, status)
+    raise PathkernelError(msg, status)
+
+
+def set_threads(n):
+    """Threads used by BLAS and the library's loops (0 = all cores); results
+    never depend on it."""
+    n = int(n)
+    if n < 0 or n > 1024:
+        raise ValueError(f"threads: {n} is not in 0..1024")
+    _lib().pk_set_threads(n)
+
+
+def get_threads():
+    """Threads the library currently uses."""
+    return int(_lib().pk_get_threads())
+
+
+# ---------------------------------------------------------------- arrays
+
+def _ptr(a):
+    return a.ctypes.data_as(_capi.P_dbl)
+
+
+def _as_matrix(a, name, d=None):
+    """(n, d) float64 C-contiguous array (no copy when it already is one)."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float64 and a.flags.c_contiguous and a.ndim == 2:
+        out = a
+    else:
+        arr = np.asarray(a)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(f"{name}: expected numbers, got an array of dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"{name}: complex numbers are not supported (dtype {arr.dtype})")
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-d array (examples, features), got {arr.ndim} dimension(s) "
+                             f"with shape {arr.shape}")
+        out = np.ascontiguousarray(arr, dtype=np.float64)
+    if out.shape[0] == 0:
+        raise ValueError(f"{name}: no examples (shape {out.shape})")
+    if out.shape[1] == 0:
+        raise ValueError(f"{name}: no features (shape {out.shape})")
+    if d is not None and out.shape[1] != d:
+        raise ValueError(f"{name}: {out.shape[1]} features per example, the run has {d}")
+    if not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(f"{name}: NaN or Inf at [{bad[0]}, {bad[1]}]")
+    return out
+
+
+def _as_targets(y, n):
+    """(n, ty) float64 targets from (n,) class indices or (n, k) reals."""
+    arr = np.asarray(y)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"y: expected numbers, got an array of dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"y: complex numbers are not supported (dtype {arr.dtype})")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"y: expected (n,) class indices or (n, k) targets, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"y: {arr.shape[0]} targets for {n} examples in X")
+    if arr.ndim == 2 and arr.shape[1] == 0:
+        raise ValueError(f"y: no target columns (shape {arr.shape})")
+    out = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"y: NaN or Inf at index {np.argwhere(~np.isfinite(out))[0].tolist()}")
+    return out
+
+
+def _data(x, y=None):
+    """A pk_data viewing x (n, d) and y (n, ty) (which must stay alive)."""
+    d = _capi.pk_data()
+    d.n, d.d = x.shape
+    d.x = _ptr(x)
+    if y is not None:
+        d.ty = 1 if y.ndim == 1 else y.shape[1]
+        d.y = _ptr(y)
+    return d
+
+
+def _parse_quad(quad):
+    q = _capi.pk_quad()
+    _check(_lib().pk_quad_parse(str(quad).encode(), ctypes.byref(q)))
+    return q
+
+
+def _parse_mode(mode):
+    if mode == "full":
+        return _capi.PK_KMODE_FULL
+    if mode == "trace":
+        return _capi.PK_KMODE_TRACE
+    raise ValueError(f"mode: '{mode}' is not full or trace")
+
+
+def _size(v, name, minimum=0):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name}: {v} is less than {minimum}")
+    return int(v)
+
+
+def _real(v, name):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {v!r}") from None
+    if not np.isfinite(f):
+        raise ValueError(f"{name}: {v!r} is not finite")
+    return f
+
+
+# ------------------------------------------------------------------ results
+
+class Explanation:
+    """What Run.explain computes for Q queries, N training examples and C
+    outputs (MATH.md section 3):
+
+    pred (Q, C)            f(x; w_T)
+    bias (Q, C)            f(x; w_0)
+    contrib (Q, N, C)      phi_i(x): pred = bias + contrib.sum(1) + regularisation + quadrature error
+    kernel                 path kernel: (Q, N) in trace mode or for one output, else (Q, N, C, C)
+    coef (Q, N)            phi_i(x) / K^p(x, x_i) for one output (NaN where the kernel is 0), else None
+    regularisation (Q, C)  what weight decay moved, owned by no example (zeros without decay)
+    max_abs_err, max_rel_err   the representation's residual
+    quad, steps, seconds   the rule, the steps replayed and the time taken
+    """
+
+    def __repr__(self):
+        Q, N, C = self.contrib.shape
+        return (f"Explanation(Q={Q}, N={N}, C={C}, quad={self.quad!r}, "
+                f"max_abs_err={self.max_abs_err:.3g}, max_rel_err={self.max_rel_err:.3g})")
+
+
+class Attribution:
+    """Attribution of one query's output `cls` (Run.attribute): the training
+    examples that pushed f_cls(x) up most (proponents, strongest first) and
+    down most (opponents), with their contributions phi_i(x)[cls]; exact ties
+    are ranked by the smaller index, as `pathkernel attribute` ranks them.
+
+    query, cls, pred, bias, total (sum of all contributions), regularisation,
+    residual (pred - bias - total - regularisation), proponents and opponents
+    (int64 index arrays), proponent_contrib and opponent_contrib (float64).
+    """
+
+    def __repr__(self):
+        return (f"Attribution(query={self.query}, cls={self.cls}, proponents={self.proponents.tolist()}, "
+                f"opponents={self.opponents.tolist()})")
+
+
+# --------------------------------------------------------------------- runs
+
+class Run:
+    """An opened run directory (from train() or `pathkernel train`).
+
+    Attributes: path, steps (T), keep, n_train, n_params, dims (layer widths,
+    inputs first), n_outputs, loss, optim, model (spec string), mean and std
+    (the recorded feature standardisation, or None). Close with close() or use
+    it as a context manager; it is closed when garbage-collected too.
+    """
+
+    def __init__(self, path, _train=None):
+        self._h = None
+        L = _lib()
+        h = _capi.P_run()
+        _check(L.pk_run_open(os.fsencode(os.fspath(path)), ctypes.byref(h)))
+        self._h = h
+        self._train = None
+        m = L.pk_run_mlp(h).contents
+        self.path = pathlib.Path(os.fsdecode(L.pk_run_dir(h)))
+        self.steps = int(L.pk_run_steps(h))
+        self.keep = int(L.pk_run_keep(h))
+        self.n_train = int(L.pk_run_n_train(h))
+        self.n_params = int(m.n_params)
+        self.dims = tuple(int(m.dims[i]) for i in range(m.n_layers + 1))
+        self.n_inputs, self.n_outputs = self.dims[0], self.dims[-1]
+        self.loss = L.pk_loss_name(L.pk_run_loss(h)).decode()
+        self.optim = L.pk_optim_name(L.pk_run_optim(h).contents.kind).decode()
+        buf = ctypes.create_string_buffer(256)
+        L.pk_mlp_spec(ctypes.byref(m), buf, 256)
+        self.model = buf.value.decode()
+        mp, sp = L.pk_run_mean(h), L.pk_run_std(h)
+        d = self.n_inputs
+        self.mean = np.ctypeslib.as_array(mp, (d,)).copy() if mp else None
+        self.std = np.ctypeslib.as_array(sp, (d,)).copy() if sp else None
+        if _train is not None:
+            self._attach(*_train)
+
+    def _attach(self, x, y):
+        """Give the run its training data (already standardised like the run)."""
+        data = _data(x, y)
+        _check(_lib().pk_run_attach_data(self._handle(), ctypes.byref(data)))
+        self._train = (x, y, data)   # the library keeps a pointer: keep them alive
+
+    def _handle(self):
+        if self._h is None:
+            raise ValueError("the run is closed")
+        return self._h
+
+    def close(self):
+        """Close the run (idempotent)."""
+        if self._h is not None:
+            _lib().pk_run_close(self._h)
+            self._h = None
+            self._train = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return (f"Run({str(self.path)!r}, model={self.model!r}, loss={self.loss!r}, optim={self.optim!r}, "
+                f"steps={self.steps}, n_train={self.n_train})")
+
+    # -- helpers
+
+    def _queries(self, X, name="X"):
+        """Queries as (n, d) float64 in the run's feature space (standardised
+        by the library's own pk_data_standardize when the run records it)."""
+        x = _as_matrix(X, name, self.n_inputs)
+        if self.mean is not None:
+            x = np.array(x, dtype=np.float64, order="C", copy=True)
+            data = _data(x)
+            _lib().pk_data_standardize(ctypes.byref(data), _ptr(self.mean), _ptr(self.std))
+        return x
+
+    def _step(self, step):
+        if step is None or (isinstance(step, str) and step == "final"):
+            return self.steps
+        if isinstance(step, str) and step == "init":
+            return 0
+        t = _size(step, "step")
+        if t > self.steps:
+            raise ValueError(f"step {t}: the run has steps 0..{self.steps}")
+        return t
+
+    def weights(self, step=None):
+        """Raw parameter vector w_t (P,) after step `step` (None or "final":
+        the last, "init" or 0: the initial weights)."""
+        t = self._step(step)
+        w = np.empty(self.n_params)
+        _check(_lib().pk_run_weights(self._handle(), t, _ptr(w)))
+        return w
+
+    # -- API
+
+    def predict(self, X, step=None):
+        """Outputs f(x; w_t) (n, C) for inputs X (n, d) in the raw feature
+        space (logits for softmax/logistic); step as in weights()."""
+        x = self._queries(X)
+        w = self.weights(step)
+        L = _lib()
+        f = np.empty((x.shape[0], self.n_outputs))
+        _check(L.pk_predict(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(f)))
+        return f
+
+    def tangent_kernel(self, X, Y=None, at="final", mode="full"):
+        """Empirical tangent kernel K(x, y) = J_x(w) J_y(w)^T at the weights of
+        step `at` ("init", "final" or a step number) between X (nx, d) and Y
+        (ny, d; default X): (nx, ny, C, C) with mode="full", (nx, ny) with
+        mode="trace" (sum over outputs)."""
+        km = _parse_mode(mode)
+        x = self._queries(X, "X")
+        y = x if Y is None else self._queries(Y, "Y")
+        w = self.weights(at)
+        C = self.n_outputs
+        shape = (x.shape[0], y.shape[0], C, C) if km == _capi.PK_KMODE_FULL else (x.shape[0], y.shape[0])
+        K = np.empty(shape)
+        L = _lib()
+        _check(L.pk_kernel_tangent(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(y),
+                                   y.shape[0], km, _ptr(K)))
+        return K
+
+    def _explain(self, Xq, quad, mode, kernel):
+        x = self._queries(Xq, "Xq")
+        o = _lib().pk_explain_opts_defaults()
+        o.quad = _parse_quad(quad)
+        o.mode = _parse_mode(mode)
+        o.want_contrib = 1
+        o.want_kernel = 1 if kernel else 0
+        e = _capi.pk_explain()
+        L = _lib()
+        _check(L.pk_explain_run(self._handle(), _ptr(x), x.shape[0], ctypes.byref(o), ctypes.byref(e)))
+        try:
+            Q, N, C = int(e.Q), int(e.N), int(e.C)
+
+            def grab(p, shape):
+                if not p:
+                    return None
+                return np.ctypeslib.as_array(p, (int(np.prod(shape)),)).reshape(shape).copy()
+
+            r = Explanation()
+            r.pred = grab(e.pred, (Q, C))
+            r.bias = grab(e.bias, (Q, C))
+            r.contrib = grab(e.contrib, (Q, N, C))
+            r.regularisation = grab(e.regularisation, (Q, C))
+            if r.regularisation is None:
+                r.regularisation = np.zeros((Q, C))
+            full = e.mode == _capi.PK_KMODE_FULL and C > 1
+            r.kernel = grab(e.kernel, (Q, N, C, C) if full else (Q, N))
+            r.coef = None
+            if r.kernel is not None and C == 1:
+                k, c = r.kernel, r.contrib.reshape(Q, N)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    r.coef = np.where(k != 0.0, c / np.where(k != 0.0, k, 1.0), np.nan)
+            r.max_abs_err, r.max_rel_err = float(e.max_abs_err), float(e.max_rel_err)
+            r.seconds, r.steps = float(e.seconds), int(e.steps)
+            r.quad = e.quad.decode()
+            r.mode = "full" if e.mode == _capi.PK_KMODE_FULL else "trace"
+        finally:
+            L.pk_explain_free(ctypes.byref(e))
+        return r
+
+    def explain(self, Xq, quad="gl2", mode="trace"):
+        """Replay the run and compute the exact contribution phi_i(x) of every
+        training example i to the prediction at each query (Q, d) (raw feature
+        space): an Explanation with pred, bias, contrib, kernel, coef,
+        regularisation, max_rel_err, max_abs_err. quad: left, mid, gl1..gl8;
+        mode: the path kernel as "trace" over outputs or "full" C x C blocks.
+        Needs the training data: attached by train(), or loadable from the
+        spec a CLI run recorded."""
+        return self._explain(Xq, quad, mode, True)
+
+    def attribute(self, Xq, top=10, quad="gl2"):
+        """For every query, the `top` strongest proponents (largest phi_i(x)[c]
+        > 0) and opponents (most negative) of output c = the predicted class
+        (argmax for softmax, else output 0), ranked like `pathkernel attribute`
+        (exact ties by the smaller index). Returns a list of Attribution."""
+        top = _size(top, "top", 1)
+        e = self._explain(Xq, quad, "trace", False)
+        L = _lib()
+        Q, N, C = e.contrib.shape
+        out = []
+        idx = np.empty(top, dtype=np.uintp)
+        cnt = ctypes.c_size_t()
+        loss = self.loss
+        for q in range(Q):
+            pred = e.pred[q]
+            cls = 0
+            if loss == "softmax":
+                for k in range(1, C):
+                    if pred[k] > pred[cls]:
+                        cls = k
+            a = Attribution()
+            a.query, a.cls = q, cls
+            a.pred, a.bias = float(pred[cls]), float(e.bias[q, cls])
+            phi = np.ascontiguousarray(e.contrib[q])          # (N, C)
+            # sum in index order, as the CLI does (cumsum adds sequentially)
+            tot = float(np.cumsum(phi[:, cls])[-1]) if N else 0.0
+            a.total = tot
+            a.regularisation = float(e.regularisation[q, cls])
+            a.residual = (a.pred - a.bias) - tot - a.regularisation
+            base = ctypes.cast(phi.ctypes.data + cls * 8, _capi.P_dbl)
+            for sign, attr in ((1, "proponents"), (-1, "opponents")):
+                _check(L.pk_rank(base, N, C, sign, top, idx.ctypes.data_as(_capi.P_size), ctypes.byref(cnt)))
+                ii = idx[:cnt.value].astype(np.int64)
+                setattr(a, attr, ii)
+                setattr(a, attr[:-1] + "_contrib", phi[ii, cls].copy())
+            out.append(a)
+        return out
+
+    def self_influence(self, form="loss", quad="gl2"):
+        """Exact self-influence of every training example (N,), in data order,
+        of a gd/sgd run: form="loss" (how much example i's own gradient lowered
+        its own loss along the path) or "kernel" (trace of the path kernel's
+        diagonal); quad: left, mid, gl1..gl8."""
+        L = _lib()
+        f = ctypes.c_int()
+        _check(L.pk_si_form_parse(str(form).encode(), ctypes.byref(f)))
+        q = _parse_quad(quad)
+        si = np.empty(self.n_train)
+        _check(L.pk_self_influence(self._handle(), f.value, ctypes.byref(q), _ptr(si)))
+        return si
+
+
+def open_run(path):
+    """Open a run directory written by `pathkernel train` or train()."""
+    return Run(path)
+
+
+def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=100, batch=0, seed=0,
+          out=None, momentum=0.9, weight_decay=0.0, param="standard", sigma_w=1.0, sigma_b=0.0, keep=1,
+          standardize=False):
+    """Train a network on X (n, d) and y ((n,) class indices for softmax /
+    logistic, or (n, k) real targets for mse) and return the opened Run.
+
+    model "mlp:H1,H2,...:ACT" or "linear"; loss mse | logistic | softmax;
+    optim gd | sgd | momentum | adam | adamw; batch 0 = full batch; keep:
+    store the weights every `keep` steps; param "standard" or "ntk" (with
+    sigma_w, sigma_b); standardize: scale features by the training mean/std
+    (recorded, applied to later queries). The same settings of `pathkernel
+    train` give bit-identical weights.
+
+    out is the run directory (created; it must not hold a run yet; default: a
+    new temporary directory). The training data are saved there as
+    train_x.npy / train_y.npy and recorded as the run's data spec, so that the
+    CLI (explain, attribute, selfinfluence, ...) works on the run too.
+    """
+    x = _as_matrix(X, "X")
+    yt = _as_targets(y, x.shape[0])
+    L = _lib()
+    o = L.pk_train_opts_defaults()
+    lo = L.pk_load_opts_defaults()
+    lc = ctypes.c_int()
+    _check(L.pk_loss_parse(str(loss).encode(), ctypes.byref(lc)))
+    oc = ctypes.c_int()
+    _check(L.pk_optim_parse(str(optim).encode(), ctypes.byref(oc)))
+    if param not in ("standard", "ntk"):
+        raise ValueError(f"param: '{param}' is not standard or ntk")
+    if not isinstance(model, str):
+        raise ValueError(f"model: expected a spec string like 'mlp:64:tanh', got {model!r}")
+    model_b = model.encode()
+    o.model = model_b
+    o.param = _capi.PK_PARAM_NTK if param == "ntk" else _capi.PK_PARAM_STANDARD
+    o.sigma_w, o.sigma_b = _real(sigma_w, "sigma_w"), _real(sigma_b, "sigma_b")
+    o.loss = lc.value
+    o.optim.kind = oc.value
+    o.optim.lr = _real(lr, "lr")
+    o.optim.batch = _size(batch, "batch")
+    o.optim.momentum = _real(momentum, "momentum")
+    o.optim.weight_decay = _real(weight_decay, "weight_decay")
+    o.steps = _size(steps, "steps")
+    o.seed = _size(seed, "seed")
+    if o.seed >= 1 << 64:
+        raise ValueError(f"seed: {seed} does not fit in 64 bits")
+    o.keep = _size(keep, "keep", 1)
+    if out is None:
+        out = tempfile.mkdtemp(prefix="pathkernel-run-")
+    outp = pathlib.Path(out)
+    if (outp / "run.json").exists():
+        raise ValueError(f"{outp} already holds a run: remove it or choose another out")
+    created = not outp.exists()
+    outp.mkdir(parents=True, exist_ok=True)
+    xp, yp = outp / "train_x.npy", outp / "train_y.npy"
+    np.save(xp, x)
+    np.save(yp, yt)
+    spec = f"npy:{xp.resolve()},{yp.resolve()}".encode()
+    out_b = os.fsencode(os.fspath(outp))
+    o.out_dir = out_b
+    o.data_spec = spec
+    o.load = ctypes.pointer(lo)
+    xt = x
+    if standardize:
+        d = x.shape[1]
+        mean, std = np.empty(d), np.empty(d)
+        xt = x.copy()
+        data = _data(xt, yt)
+        L.pk_data_moments(ctypes.byref(data), _ptr(mean), _ptr(std))
+        L.pk_data_standardize(ctypes.byref(data), _ptr(mean), _ptr(std))
+        o.standardize, o.mean, o.std = 1, _ptr(mean), _ptr(std)
+    data = _data(xt, yt)
+    try:
+        _check(L.pk_train(ctypes.byref(data), ctypes.byref(o), None, None))
+    except PathkernelInputError:
+        # refused before training: leave no half-made run behind
+        if not (outp / "run.json").exists():
+            if created:
+                shutil.rmtree(outp, ignore_errors=True)
+            else:
+                xp.unlink(missing_ok=True)
+                yp.unlink(missing_ok=True)
+        raise
+    return Run(outp, _train=(xt, yt))
+
+
+def ntk(X, Y=None, model="mlp:512:relu", sigma_w=1.0, sigma_b=0.0, get="ntk"):
+    """Infinite-width kernel (nx, ny) of a fully connected network in the ntk
+    parameterisation between X (nx, d) and Y (ny, d; default X), as `pathkernel
+    ntk`: model "mlp:H1,...:relu" or ":erf" (widths ignored, depth counts),
+    get "ntk" (Theta) or "nngp" (Sigma). Inputs are used as given."""
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get: '{get}' is not ntk or nngp")
+    if not isinstance(model, str):
+        raise ValueError(f"model: expected a spec string like 'mlp:512:relu', got {model!r}")
+    x = _as_matrix(X, "X")
+    y = x if Y is None else _as_matrix(Y, "Y", x.shape[1])
+    L = _lib()
+    m = _capi.pk_mlp()
+    _check(L.pk_mlp_parse(model.encode(), x.shape[1], 1, _capi.PK_PARAM_NTK, _real(sigma_w, "sigma_w"),
+                          _real(sigma_b, "sigma_b"), ctypes.byref(m)))
+    K = np.empty((x.shape[0], y.shape[0]))
+    _check(L.pk_kernel_infinite(ctypes.byref(m), _ptr(x), x.shape[0], _ptr(y), y.shape[0],
+                                1 if get == "nngp" else 0, _ptr(K)))
+    return K

@@ -1,0 +1,156 @@
+"""ctypes mirror of include/pathkernel.h: the structs (field order and types
+exactly as in the header) and the prototypes of the functions the package
+calls. Private: use the functions of the `pathkernel` package."""
+import ctypes
+import ctypes.util
+import os
+import pathlib
+
+c_size = ctypes.c_size_t
+c_dbl = ctypes.c_double
+c_int = ctypes.c_int          # C enums (pk_status, pk_act, pk_param, ...) are int
+P_dbl = ctypes.POINTER(ctypes.c_double)
+P_size = ctypes.POINTER(ctypes.c_size_t)
+
+PK_OK, PK_ERR_INPUT = 0, 2
+PK_MAX_LAYERS = 16
+PK_PARAM_STANDARD, PK_PARAM_NTK = 0, 1
+PK_KMODE_FULL, PK_KMODE_TRACE = 0, 1
+PK_SI_LOSS, PK_SI_KERNEL = 0, 1
+
+
+class pk_data(ctypes.Structure):
+    """struct pk_data."""
+    _fields_ = [("n", c_size), ("d", c_size), ("ty", c_size), ("x", P_dbl), ("y", P_dbl),
+                ("img_h", c_size), ("img_w", c_size), ("source", ctypes.c_char_p)]
+
+
+class pk_load_opts(ctypes.Structure):
+    """struct pk_load_opts."""
+    _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64)]
+
+
+class pk_mlp(ctypes.Structure):
+    """struct pk_mlp."""
+    _fields_ = [("n_layers", c_size), ("dims", c_size * (PK_MAX_LAYERS + 1)), ("act", c_int),
+                ("param", c_int), ("sigma_w", c_dbl), ("sigma_b", c_dbl), ("n_params", c_size),
+                ("w_off", c_size * PK_MAX_LAYERS), ("b_off", c_size * PK_MAX_LAYERS)]
+
+
+class pk_optim(ctypes.Structure):
+    """struct pk_optim."""
+    _fields_ = [("kind", c_int), ("lr", c_dbl), ("batch", c_size), ("momentum", c_dbl),
+                ("beta1", c_dbl), ("beta2", c_dbl), ("eps", c_dbl), ("weight_decay", c_dbl),
+                ("schedule", c_int), ("step_every", c_size), ("gamma", c_dbl), ("lr_min", c_dbl)]
+
+
+class pk_train_opts(ctypes.Structure):
+    """struct pk_train_opts."""
+    _fields_ = [("model", ctypes.c_char_p), ("param", c_int), ("sigma_w", c_dbl), ("sigma_b", c_dbl),
+                ("loss", c_int), ("optim", pk_optim), ("steps", c_size), ("seed", ctypes.c_uint64),
+                ("keep", c_size), ("init_dir", ctypes.c_char_p), ("out_dir", ctypes.c_char_p),
+                ("data_spec", ctypes.c_char_p), ("load", ctypes.POINTER(pk_load_opts)),
+                ("standardize", c_int), ("mean", P_dbl), ("std", P_dbl)]
+
+
+class pk_quad(ctypes.Structure):
+    """struct pk_quad."""
+    _fields_ = [("name", ctypes.c_char * 8), ("n", c_size), ("s", c_dbl * 8), ("c", c_dbl * 8)]
+
+
+class pk_explain_opts(ctypes.Structure):
+    """struct pk_explain_opts."""
+    _fields_ = [("quad", pk_quad), ("want_contrib", c_int), ("want_kernel", c_int), ("mode", c_int),
+                ("block", c_size), ("mem_limit", c_size)]
+
+
+class pk_explain(ctypes.Structure):
+    """struct pk_explain."""
+    _fields_ = [("Q", c_size), ("N", c_size), ("C", c_size), ("mode", c_int),
+                ("pred", P_dbl), ("bias", P_dbl), ("contrib", P_dbl), ("contrib_sum", P_dbl),
+                ("kernel", P_dbl), ("regularisation", P_dbl), ("max_abs_err", c_dbl),
+                ("max_rel_err", c_dbl), ("seconds", c_dbl), ("steps", c_size), ("quad", ctypes.c_char * 8)]
+
+
+STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_mlp": pk_mlp, "pk_optim": pk_optim,
+           "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
+           "pk_explain": pk_explain}
+
+P_run = ctypes.c_void_p
+
+_PROTOS = {
+    # name: (restype, argtypes)
+    "pk_last_error": (ctypes.c_char_p, []),
+    "pk_status_str": (ctypes.c_char_p, [c_int]),
+    "pk_set_threads": (None, [c_int]),
+    "pk_get_threads": (c_int, []),
+    "pk_data_standardize": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
+    "pk_data_moments": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
+    "pk_mlp_parse": (c_int, [ctypes.c_char_p, c_size, c_size, c_int, c_dbl, c_dbl, ctypes.POINTER(pk_mlp)]),
+    "pk_mlp_spec": (None, [ctypes.POINTER(pk_mlp), ctypes.c_char_p, c_size]),
+    "pk_loss_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
+    "pk_loss_name": (ctypes.c_char_p, [c_int]),
+    "pk_optim_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
+    "pk_optim_name": (ctypes.c_char_p, [c_int]),
+    "pk_train_opts_defaults": (pk_train_opts, []),
+    "pk_load_opts_defaults": (pk_load_opts, []),
+    "pk_train": (c_int, [ctypes.POINTER(pk_data), ctypes.POINTER(pk_train_opts), ctypes.c_void_p, ctypes.c_void_p]),
+    "pk_run_open": (c_int, [ctypes.c_char_p, ctypes.POINTER(P_run)]),
+    "pk_run_close": (None, [P_run]),
+    "pk_run_mlp": (ctypes.POINTER(pk_mlp), [P_run]),
+    "pk_run_loss": (c_int, [P_run]),
+    "pk_run_optim": (ctypes.POINTER(pk_optim), [P_run]),
+    "pk_run_steps": (c_size, [P_run]),
+    "pk_run_keep": (c_size, [P_run]),
+    "pk_run_dir": (ctypes.c_char_p, [P_run]),
+    "pk_run_n_train": (c_size, [P_run]),
+    "pk_run_data_spec": (ctypes.c_char_p, [P_run]),
+    "pk_run_mean": (P_dbl, [P_run]),
+    "pk_run_std": (P_dbl, [P_run]),
+    "pk_run_weights": (c_int, [P_run, c_size, P_dbl]),
+    "pk_run_attach_data": (c_int, [P_run, ctypes.POINTER(pk_data)]),
+    "pk_predict": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, P_dbl, c_size, P_dbl]),
+    "pk_kernel_tangent": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
+    "pk_kernel_infinite": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
+    "pk_quad_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_quad)]),
+    "pk_explain_opts_defaults": (pk_explain_opts, []),
+    "pk_explain_run": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),
+    "pk_explain_free": (None, [ctypes.POINTER(pk_explain)]),
+    "pk_si_form_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
+    "pk_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
+    "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),
+}
+
+_LIB = None
+
+
+def library_path():
+    """Where the shared library is looked for: $PATHKERNEL_LIB, else the build
+    tree (../../build/libpathkernel.so from the package), else the system's
+    linker path (ctypes.util.find_library). None when nothing is found."""
+    env = os.environ.get("PATHKERNEL_LIB")
+    if env:
+        return env
+    tree = pathlib.Path(__file__).resolve().parents[2] / "build" / "libpathkernel.so"
+    if tree.is_file():
+        return str(tree)
+    return ctypes.util.find_library("pathkernel")
+
+
+def lib():
+    """The loaded libpathkernel with its prototypes declared (loaded once)."""
+    global _LIB
+    if _LIB is None:
+        path = library_path()
+        if not path:
+            raise OSError("libpathkernel.so not found: set PATHKERNEL_LIB to its path, build the tree "
+                          "(cmake --build build) or install the library where the linker finds it")
+        try:
+            h = ctypes.CDLL(path)
+        except OSError as e:
+            raise OSError(f"cannot load libpathkernel from {path}: {e}") from None
+        for name, (res, args) in _PROTOS.items():
+            f = getattr(h, name)
+            f.restype, f.argtypes = res, args
+        _LIB = h
+    return _LIB
