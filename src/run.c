@@ -184,7 +184,14 @@ pk_status pk_traj_read(const char *path, pk_traj *tr)
     for (size_t t = 0; t < T; t++)
         if (tr->off[t + 1] < tr->off[t] || tr->off[t + 1] > total) { pk_traj_free(tr); return pk_fail(PK_ERR_STATE, "%s: batch offsets out of order at step %zu", path, t); }
     for (size_t k = 0; k < total; k++)
-        if (tr->idx[k] >= N) { pk_traj_free(tr); return pk_fail(PK_ERR_STATE, "%s: batch index %u out of range", path, tr->idx[k]); }
+        if (tr->idx[k] >= N) {
+            /* Fuzzing (fuzz_traj) found: the message read tr->idx[k] after
+             * pk_traj_free had set tr->idx to NULL (a crash on any trajectory
+             * with an out-of-range batch index). Keep the value first. */
+            uint32_t bad = tr->idx[k];
+            pk_traj_free(tr);
+            return pk_fail(PK_ERR_STATE, "%s: batch index %u out of range", path, bad);
+        }
     return PK_OK;
 }
 

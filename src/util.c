@@ -65,8 +65,15 @@ void *pk_alloc(size_t n, size_t size)
 
 void *pk_calloc(size_t n, size_t size)
 {
-    void *p = pk_alloc(n, size);
-    if (p) memset(p, 0, n * size);
+    /* calloc, not malloc + memset: large zeroed blocks come from fresh pages
+     * and are not touched until used (a huge size declared by a file costs
+     * nothing until the file is found short) */
+    if (size && n > SIZE_MAX / size) {
+        pk_fail(PK_ERR_NOMEM, "allocation of %zu x %zu bytes overflows", n, size);
+        return NULL;
+    }
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) pk_fail(PK_ERR_NOMEM, "out of memory allocating %.3g MiB", (double)n * size / 1048576.0);
     return p;
 }
 

@@ -1,0 +1,87 @@
+/* fuzz_common.h -- helpers shared by the libFuzzer targets of fuzz/: a
+ * per-process scratch directory (in /dev/shm when there is one) and writing
+ * the fuzzer's bytes into files there, for parsers that only read files. */
+#ifndef PK_FUZZ_COMMON_H
+#define PK_FUZZ_COMMON_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* The scratch directory, created on first use; removed at exit by
+ * fuzz_cleanup (files named by the targets are unlinked there). */
+static char fuzz_dir_buf[256];
+static const char *fuzz_names[16];
+static int fuzz_n_names;
+
+static inline void fuzz_cleanup(void)
+{
+    char p[512];
+    for (int i = 0; i < fuzz_n_names; i++) {
+        snprintf(p, sizeof p, "%s/%s", fuzz_dir_buf, fuzz_names[i]);
+        unlink(p);
+    }
+    if (fuzz_dir_buf[0]) rmdir(fuzz_dir_buf);
+}
+
+static inline const char *fuzz_dir(void)
+{
+    if (!fuzz_dir_buf[0]) {
+        const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+        snprintf(fuzz_dir_buf, sizeof fuzz_dir_buf, "%s/pkfuzz.XXXXXX", base);
+        if (!mkdtemp(fuzz_dir_buf)) { perror("mkdtemp"); abort(); }
+        atexit(fuzz_cleanup);
+    }
+    return fuzz_dir_buf;
+}
+
+/* Write buf[0 .. len) to DIR/name; the path goes to out (cap bytes). */
+static inline void fuzz_write(const char *name, const void *buf, size_t len, char *out, size_t cap)
+{
+    int known = 0;
+    for (int i = 0; i < fuzz_n_names; i++) known |= !strcmp(fuzz_names[i], name);
+    if (!known && fuzz_n_names < 16) fuzz_names[fuzz_n_names++] = name;
+    snprintf(out, cap, "%s/%s", fuzz_dir(), name);
+    FILE *f = fopen(out, "wb");
+    if (!f) { perror(out); abort(); }
+    if (len && fwrite(buf, 1, len, f) != len) { perror(out); abort(); }
+    if (fclose(f)) { perror(out); abort(); }
+}
+
+/* Gzip buf[0 .. len) into a malloc'ed buffer (*out_len bytes). */
+static inline unsigned char *fuzz_gzip(const uint8_t *buf, size_t len, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) abort();
+    size_t cap = deflateBound(&z, (uLong)len) + 64;
+    unsigned char *o = malloc(cap);
+    if (!o) abort();
+    z.next_in = (Bytef *)buf;
+    z.avail_in = (uInt)len;
+    z.next_out = o;
+    z.avail_out = (uInt)cap;
+    if (deflate(&z, Z_FINISH) != Z_STREAM_END) abort();
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    return o;
+}
+
+/* buf[0 .. len) followed by its little-endian crc32 (the trailer of the run
+ * directory's binary files), malloc'ed, len + 4 bytes: without it nearly
+ * every mutated input would stop at the checksum. */
+static inline unsigned char *fuzz_with_crc(const uint8_t *buf, size_t len)
+{
+    unsigned char *o = malloc(len + 4);
+    if (!o) abort();
+    if (len) memcpy(o, buf, len);
+    uint32_t c = (uint32_t)crc32(0L, NULL, 0);
+    c = (uint32_t)crc32(c, buf, (uInt)len);
+    memcpy(o + len, &c, 4);   /* x86-64: little-endian */
+    return o;
+}
+
+#endif
