@@ -65,6 +65,11 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, pk_explai
     if (s) return cli_error(cmd, s);
     pk_data q = {0};
     s = pk_run_load_data(*run, a->query, &a->load, &q);
+    if (!s && !a->json) /* the plan, before the work (too large a plan is refused by pk_explain_run) */
+        printf("%s: %s run, %zu queries x %zu training examples: planned memory %.1f MiB\n", cmd,
+               pk_optim_name(pk_run_optim(*run)->kind), q.n, pk_run_n_train(*run),
+               (double)pk_explain_bytes(*run, q.n, &a->opts) / 1048576.0);
+    fflush(stdout);
     if (!s) s = pk_explain_run(*run, q.x, q.n, &a->opts, e);
     pk_data_free(&q);
     if (s) { pk_run_close(*run); *run = NULL; return cli_error(cmd, s); }
