@@ -84,4 +84,30 @@ static inline unsigned char *fuzz_with_crc(const uint8_t *buf, size_t len)
     return o;
 }
 
+/* A text-format reader of pk_data_load fed the input as `plain` (e.g.
+ * "in.csv") and, gzipped, as `gzipped` ("in.csv.gz", with a random
+ * selection): the CSV and svmlight targets. The names must be string
+ * literals: fuzz_write keeps them to clean up. */
+#include <pathkernel.h>
+static int fuzz_text_format(const char *plain, const char *gzipped, const uint8_t *data, size_t size)
+{
+    char path[512];
+    pk_data d;
+    fuzz_write(plain, data, size, path, sizeof path);
+    if (pk_data_load(path, NULL, &d) == PK_OK) {
+        size_t C;
+        (void)pk_data_classes(&d, &C);
+        pk_data_free(&d);
+    }
+    size_t glen;
+    unsigned char *gz = fuzz_gzip(data, size, &glen);
+    fuzz_write(gzipped, gz, glen, path, sizeof path);
+    free(gz);
+    pk_load_opts lo = pk_load_opts_defaults();
+    lo.random = 2;
+    lo.seed = size;
+    if (pk_data_load(path, &lo, &d) == PK_OK) pk_data_free(&d);
+    return 0;
+}
+
 #endif

@@ -133,7 +133,7 @@ static inline double act_f(pk_act a, double z)
  * 3x and 5x faster than the scalar call (measured); the AVX2 one when the
  * CPU has it (one choice per machine, so results stay reproducible there). */
 __m128d _ZGVbN2v_tanh(__m128d);
-__m256d _ZGVdN4v_tanh(__m256d);
+__attribute__((target("avx2"))) __m256d _ZGVdN4v_tanh(__m256d);
 #define PK_HAVE_MVEC 1
 
 __attribute__((target("avx2"))) static size_t tanh_avx2(const double *z, double *y, size_t n)
