@@ -107,6 +107,11 @@ typedef struct pk_traj {
 } pk_traj;
 
 pk_status pk_traj_write(const char *path, const pk_traj *tr);
+/* A new run directory (run.json with status "running", standardize.npy);
+ * refuses a directory that already holds a run. */
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m);
+/* The end of training: trajectory.bin, steps.csv, and run.json's status and steps. */
+pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, const char *status);
 pk_status pk_traj_read(const char *path, pk_traj *tr);
 void pk_traj_free(pk_traj *tr);
 /* The run's training data: attached, or loaded once from the recorded spec. */

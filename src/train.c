@@ -116,9 +116,6 @@ static int all_finite(const double *v, size_t n)
     return 1;
 }
 
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o,
-                        const pk_mlp *m);
-pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, const char *status);
 
 pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn progress, void *ctx)
 {
