@@ -154,52 +154,24 @@ int cmd_attribute(int argc, char **argv)
         "                    without it, a table on stdout\n"
         "  --block N, --mem MIB   as for explain\n"
         "  --threads N       threads [all cores]\n";
-    enum { O_QUERY = 256, O_TOP, O_CLASS, O_QUAD, O_OUT, O_FIRST, O_RANDOM, O_DSEED, O_BLOCK, O_MEM, O_THREADS, O_HELP };
-    static const struct option opts[] = {
-        {"query", 1, 0, O_QUERY}, {"top", 1, 0, O_TOP}, {"class", 1, 0, O_CLASS}, {"quad", 1, 0, O_QUAD},
-        {"out", 1, 0, O_OUT}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED},
-        {"block", 1, 0, O_BLOCK}, {"mem", 1, 0, O_MEM}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
-    const char *query = NULL, *out = NULL;
-    size_t top = 10, cls_num = 0, mib;
+    const char *query = NULL, *out = NULL, *cls = "pred", *dir;
+    size_t top = 10, cls_num = 0;
     int cls_mode = CLASS_PRED;
     pk_load_opts lo = pk_load_opts_defaults();
     pk_explain_opts eo = pk_explain_opts_defaults();
     eo.want_kernel = 0;
     eo.want_contrib = 1;
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_QUERY: query = optarg; break;
-        case O_TOP: bad = cli_size(cmd, "--top", optarg, &top); break;
-        case O_CLASS:
-            if (!strcmp(optarg, "pred")) cls_mode = CLASS_PRED;
-            else if (!strcmp(optarg, "label")) cls_mode = CLASS_LABEL;
-            else if (!pk_parse_size(optarg, &cls_num)) cls_mode = 0;
-            else return cli_usage(cmd, "--class: '%s' is not pred, label or an output index", optarg);
-            break;
-        case O_QUAD: if (pk_quad_parse(optarg, &eo.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OUT: out = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &lo.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &lo.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &lo.seed); break;
-        case O_BLOCK: bad = cli_size(cmd, "--block", optarg, &eo.block); break;
-        case O_MEM:
-            bad = cli_size(cmd, "--mem", optarg, &mib);
-            if (!bad) eo.mem_limit = mib << 20;
-            break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    const char *dir = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"query", CLI_STR, &query, NULL}, {"top", CLI_SIZE, &top, NULL},
+                            {"class", CLI_STR, &cls, NULL}, {"quad", CLI_QUAD, &eo.quad, NULL},
+                            {"out", CLI_STR, &out, NULL}, CLI_SELECT(lo), {"block", CLI_SIZE, &eo.block, NULL},
+                            {"mem", CLI_MIB, &eo.mem_limit, NULL}, {"threads", CLI_THREADS, NULL, NULL},
+                            {NULL, 0, NULL, NULL}};
+    int prc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    if (prc) return prc < 0 ? EXIT_OK : prc;
+    if (!strcmp(cls, "pred")) cls_mode = CLASS_PRED;
+    else if (!strcmp(cls, "label")) cls_mode = CLASS_LABEL;
+    else if (!pk_parse_size(cls, &cls_num)) cls_mode = 0;
+    else return cli_usage(cmd, "--class: '%s' is not pred, label or an output index", cls);
     if (!query) return cli_usage(cmd, "--query SPEC is required");
     if (!top) return cli_usage(cmd, "--top must be at least 1");
     if (out && !ends_with(out, ".csv") && !ends_with(out, ".json"))
@@ -316,29 +288,16 @@ int cmd_selfinfluence(int argc, char **argv)
         "  --form kernel   SI_i = trace K^p(x_i, x_i), the path kernel's diagonal\n"
         "  --quad R        left, mid, gl1..gl8 [gl2]\n"
         "  --threads N     threads [all cores]\n";
-    enum { O_OUT = 256, O_FORM, O_QUAD, O_THREADS, O_HELP };
-    static const struct option opts[] = {{"out", 1, 0, O_OUT}, {"form", 1, 0, O_FORM}, {"quad", 1, 0, O_QUAD},
-                                         {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
-    const char *out = NULL;
-    pk_si_form form = PK_SI_LOSS;
+    const char *out = NULL, *form_name = "loss", *dir;
+    pk_si_form form;
     pk_quad quad;
     pk_quad_parse("gl2", &quad);
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case O_OUT: out = optarg; break;
-        case O_FORM: if (pk_si_form_parse(optarg, &form)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_QUAD: if (pk_quad_parse(optarg, &quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_THREADS: if (cli_threads(cmd, optarg)) return EXIT_BAD_INPUT; break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    const char *dir = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"out", CLI_STR, &out, NULL}, {"form", CLI_STR, &form_name, NULL},
+                            {"quad", CLI_QUAD, &quad, NULL}, {"threads", CLI_THREADS, NULL, NULL},
+                            {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (pk_si_form_parse(form_name, &form)) return cli_error(cmd, PK_ERR_INPUT);
     if (!out) return cli_usage(cmd, "--out FILE is required");
     pk_run *run;
     pk_status s = pk_run_open(dir, &run);
@@ -351,7 +310,7 @@ int cmd_selfinfluence(int argc, char **argv)
     if (!s) s = write_si_csv(out, train, si);
     if (!s) printf("wrote %s: %s self-influence of %zu training examples over %zu steps (%s)\n", out,
                    form == PK_SI_LOSS ? "loss-form" : "kernel-form", N, pk_run_steps(run), quad.name);
-    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(si);
     pk_run_close(run);
     return rc;
