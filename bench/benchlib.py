@@ -2,6 +2,7 @@
 and the OpenBLAS that torch loaded (to set its thread count)."""
 import ctypes
 import gzip
+import json
 import pathlib
 
 import numpy as np
@@ -40,3 +41,11 @@ def openblas_handle():
         except (OSError, AttributeError):
             pass
     return None, None
+
+
+def write_results(path, doc):
+    """Write a benchmark's results as indented JSON (creating the folder)."""
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from benchlib import FMNIST, load_fashion, openblas_handle  # noqa: E402
+from benchlib import FMNIST, load_fashion, openblas_handle, write_results  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 MODEL = "mlp:256,256:tanh"
@@ -294,10 +294,7 @@ def main():
                  "threads otherwise compete with OpenBLAS's threads in torch), one untimed warm-up step first.",
         "results": summary,
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, doc)
 
 
 if __name__ == "__main__":
