@@ -359,14 +359,6 @@ int cmd_mislabel(int argc, char **argv)
         "                      DIR/mislabel.csv and DIR/mislabel.json [a temporary directory, removed]\n"
         "  --threads N         threads [all cores]\n"
         "  --quiet             no progress lines\n";
-    enum { O_DATA = 256, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_FLIP, O_FSEED, O_MODEL, O_LOSS, O_OPTIM, O_LR,
-           O_STEPS, O_BATCH, O_SEED, O_KEEP, O_QUAD, O_OUT, O_THREADS, O_QUIET, O_HELP };
-    static const struct option opts[] = {
-        {"data", 1, 0, O_DATA}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED},
-        {"standardize", 0, 0, O_STD}, {"flip", 1, 0, O_FLIP}, {"flip-seed", 1, 0, O_FSEED}, {"model", 1, 0, O_MODEL},
-        {"loss", 1, 0, O_LOSS}, {"optim", 1, 0, O_OPTIM}, {"lr", 1, 0, O_LR}, {"steps", 1, 0, O_STEPS},
-        {"batch", 1, 0, O_BATCH}, {"seed", 1, 0, O_SEED}, {"keep", 1, 0, O_KEEP}, {"quad", 1, 0, O_QUAD}, {"out", 1, 0, O_OUT},
-        {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     const char *data_spec = NULL, *outdir = NULL;
     double flip = NAN;
     uint64_t flip_seed = 0;
@@ -377,37 +369,16 @@ int cmd_mislabel(int argc, char **argv)
     to.optim.batch = 64;
     pk_quad quad;
     pk_quad_parse("gl2", &quad);
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_DATA: data_spec = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &lo.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &lo.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &lo.seed); break;
-        case O_STD: to.standardize = 1; break;
-        case O_FLIP: bad = cli_double(cmd, "--flip", optarg, &flip); break;
-        case O_FSEED: bad = cli_u64(cmd, "--flip-seed", optarg, &flip_seed); break;
-        case O_MODEL: to.model = optarg; break;
-        case O_LOSS: if (pk_loss_parse(optarg, &to.loss)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OPTIM: if (pk_optim_parse(optarg, &to.optim.kind)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_LR: bad = cli_double(cmd, "--lr", optarg, &to.optim.lr); break;
-        case O_STEPS: bad = cli_size(cmd, "--steps", optarg, &to.steps); break;
-        case O_BATCH: bad = cli_size(cmd, "--batch", optarg, &to.optim.batch); have_batch = 1; break;
-        case O_SEED: bad = cli_u64(cmd, "--seed", optarg, &to.seed); break;
-        case O_KEEP: bad = cli_size(cmd, "--keep", optarg, &to.keep); have_keep = 1; break;
-        case O_QUAD: if (pk_quad_parse(optarg, &quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OUT: outdir = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_QUIET: quiet = 1; break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {
+        {"data", CLI_STR, &data_spec, NULL}, CLI_SELECT(lo), {"standardize", CLI_FLAG, &to.standardize, NULL},
+        {"flip", CLI_DOUBLE, &flip, NULL}, {"flip-seed", CLI_U64, &flip_seed, NULL}, {"model", CLI_STR, &to.model, NULL},
+        {"loss", CLI_LOSS, &to.loss, NULL}, {"optim", CLI_OPTIM, &to.optim.kind, NULL},
+        {"lr", CLI_DOUBLE, &to.optim.lr, NULL}, {"steps", CLI_SIZE, &to.steps, NULL},
+        {"batch", CLI_SIZE, &to.optim.batch, &have_batch}, {"seed", CLI_U64, &to.seed, NULL},
+        {"keep", CLI_SIZE, &to.keep, &have_keep}, {"quad", CLI_QUAD, &quad, NULL}, {"out", CLI_STR, &outdir, NULL},
+        {"threads", CLI_THREADS, NULL, NULL}, {"quiet", CLI_FLAG, &quiet, NULL}, {NULL, 0, NULL, NULL}};
+    int prc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
+    if (prc) return prc < 0 ? EXIT_OK : prc;
     if (!data_spec) return cli_usage(cmd, "--data SPEC is required");
     if (isnan(flip)) return cli_usage(cmd, "--flip FRAC is required");
     if (!(flip > 0 && flip < 1)) return cli_usage(cmd, "--flip %g: the fraction must be in (0, 1)", flip);
