@@ -49,69 +49,32 @@ int cmd_report(int argc, char **argv)
         "  --mem MIB           memory budget of the explanation [3/4 of free memory]\n"
         "  --out FILE          the HTML file (required)\n"
         "  --threads N         threads [all cores]\n";
-    enum { O_QUERY = 256, O_FIRST, O_RANDOM, O_DSEED, O_QUAD, O_CONV, O_CMP, O_SHOW, O_TOP, O_HEAT, O_MOVE, O_CKPT, O_MEM,
-           O_OUT, O_THREADS, O_HELP };
-    static const struct option opts[] = {
-        {"query", 1, 0, O_QUERY}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM}, {"data-seed", 1, 0, O_DSEED},
-        {"quad", 1, 0, O_QUAD}, {"convergence", 1, 0, O_CONV}, {"compare", 1, 0, O_CMP},
-        {"show", 1, 0, O_SHOW}, {"top", 1, 0, O_TOP},
-        {"heat", 1, 0, O_HEAT}, {"movement", 1, 0, O_MOVE}, {"checkpoints", 1, 0, O_CKPT}, {"mem", 1, 0, O_MEM},
-        {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     pk_report_opts ro = pk_report_opts_defaults();
-    const char *out = NULL;
-    int sel = 0;
-    size_t first = 0, heat, mib;
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (c) {
-        case O_QUERY: ro.query = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &first); sel = 1; break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &ro.load.random); sel = 1; break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &ro.load.seed); break;
-        case O_QUAD: if (pk_quad_parse(optarg, &ro.quad)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_CONV: ro.convergence = optarg; break;
-        case O_CMP: ro.compare = optarg; break;
-        case O_SHOW: bad = cli_size(cmd, "--show", optarg, &ro.show); break;
-        case O_TOP: bad = cli_size(cmd, "--top", optarg, &ro.top); break;
-        case O_HEAT:
-            bad = cli_size(cmd, "--heat", optarg, &heat);
-            ro.heat_train = ro.heat_query = heat;
-            break;
-        case O_MOVE: bad = cli_size(cmd, "--movement", optarg, &ro.move_train); break;
-        case O_CKPT: bad = cli_size(cmd, "--checkpoints", optarg, &ro.move_steps); break;
-        case O_MEM:
-            bad = cli_size(cmd, "--mem", optarg, &mib);
-            if (!bad) ro.mem_limit = mib << 20;
-            break;
-        case O_OUT: out = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind >= argc) return cli_usage(cmd, "the run directory is required");
-    const char *dir = argv[optind++];
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const char *out = NULL, *dir;
+    int sel = 0, have_heat = 0;
+    size_t first = 0, heat = 0;
+    const cli_opt opts[] = {
+        {"query", CLI_STR, &ro.query, NULL}, {"first", CLI_SIZE, &first, &sel},
+        {"random", CLI_SIZE, &ro.load.random, &sel}, {"data-seed", CLI_U64, &ro.load.seed, NULL},
+        {"quad", CLI_QUAD, &ro.quad, NULL}, {"convergence", CLI_STR, &ro.convergence, NULL},
+        {"compare", CLI_STR, &ro.compare, NULL}, {"show", CLI_SIZE, &ro.show, NULL}, {"top", CLI_SIZE, &ro.top, NULL},
+        {"heat", CLI_SIZE, &heat, &have_heat}, {"movement", CLI_SIZE, &ro.move_train, NULL},
+        {"checkpoints", CLI_SIZE, &ro.move_steps, NULL}, {"mem", CLI_MIB, &ro.mem_limit, NULL},
+        {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int prc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    if (prc) return prc < 0 ? EXIT_OK : prc;
+    if (have_heat) ro.heat_train = ro.heat_query = heat;
     if (!out) return cli_usage(cmd, "--out FILE.html is required");
     if (sel) ro.load.first = first;   /* --first 0 (or --random alone): no first-N cut */
     if (!ro.top) return cli_usage(cmd, "--top must be at least 1");
     if (!ro.heat_train) return cli_usage(cmd, "--heat must be at least 1");
     if (ro.move_train < 2) return cli_usage(cmd, "--movement must be at least 2");
-    if (ro.convergence) {
+    const char *dirs[2][2] = {{"convergence", ro.convergence}, {"compare", ro.compare}};
+    for (int i = 0; i < 2; i++) {
         struct stat st;
-        if (stat(ro.convergence, &st) != 0 || !S_ISDIR(st.st_mode))
-            return cli_usage(cmd, "--convergence %s: not a directory (write one with pathkernel convergence --out DIR)",
-                             ro.convergence);
-    }
-    if (ro.compare) {
-        struct stat st;
-        if (stat(ro.compare, &st) != 0 || !S_ISDIR(st.st_mode))
-            return cli_usage(cmd, "--compare %s: not a directory (write one with pathkernel compare --out DIR)",
-                             ro.compare);
+        if (dirs[i][1] && (stat(dirs[i][1], &st) != 0 || !S_ISDIR(st.st_mode)))
+            return cli_usage(cmd, "--%s %s: not a directory (write one with pathkernel %s --out DIR)", dirs[i][0],
+                             dirs[i][1], dirs[i][0]);
     }
     pk_run *run;
     pk_status s = pk_run_open(dir, &run);
