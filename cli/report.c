@@ -162,22 +162,10 @@ int cmd_demo(int argc, char **argv)
         "DIR/report.html (pathkernel report on the first 60 examples).\n"
         "  --out DIR     output directory [demo-run]\n"
         "  --threads N   threads [all cores]\n";
-    enum { O_OUT = 256, O_THREADS, O_HELP };
-    static const struct option opts[] = {{"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP},
-                                         {0, 0, 0, 0}};
     const char *out = "demo-run";
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case O_OUT: out = optarg; break;
-        case O_THREADS: if (cli_threads(cmd, optarg)) return EXIT_BAD_INPUT; break;
-        case O_HELP: fputs(help, stdout); return EXIT_OK;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    const cli_opt opts[] = {{"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    int prc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
+    if (prc) return prc < 0 ? EXIT_OK : prc;
     const char *data = demo_data();
     if (!data) {
         fprintf(stderr, "pathkernel demo: cannot find data/digits.csv.gz (looked in %s/data and ./data)\n", PK_SOURCE_DIR);
