@@ -26,9 +26,15 @@
     All results are checked against pathkernel's (max relative difference).
     DGEMM peak: best of REPEATS 2000 x 2000 float64 products, both with torch
     (torch's OpenBLAS) and in kernel_timer (the OpenBLAS pathkernel links),
-    same thread count. Achieved GFLOP/s of pathkernel = structured-formula GEMM
-    flops (activation and delta Grams of every layer, plus the forward and
-    delta-backprop GEMMs of both sides, each side counted once) / pk compute time.
+    same thread count. Achieved GFLOP/s of pathkernel = the GEMM flops
+    pk_kernel_tangent does (structured_flops below: activation Grams, delta
+    Grams of the hidden layers -- the last one over its C (C + 1) / 2
+    symmetric output pairs only --, forward and delta-backprop GEMMs of both
+    sides, each side once) / pk compute time; also reported against the flops
+    of the plain formula (every output pair of every layer's delta Gram,
+    "all pairs"), the count used before pathkernel skipped the redundant ones.
+    CPU seconds (user + system, all threads) are reported next to wall-clock
+    seconds for pathkernel: they are less sensitive to other jobs.
 
 (ii) explain for a whole run: 784-256-10 tanh MLP, softmax, sgd batch 100, lr
     0.05, 200 steps on the first 1,000 Fashion-MNIST training images; 100
@@ -51,6 +57,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -80,11 +87,14 @@ def set_torch_threads(n, blas):
 
 
 def run(cmd, **kw):
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         sys.exit(f"kernel_bench: {' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    p.cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)  # user + system of the child
     return p, wall
 
 
@@ -102,13 +112,31 @@ def med(xs):
 
 
 def structured_flops(nx, ny, dims):
+    """GEMM flops of pk_kernel_tangent (full C x C blocks, x and y distinct,
+    one block), counting a multiply-add as 2. Layer l = 0..L-1 maps dims[l]
+    to dims[l+1]; C = dims[L].
+      activation Grams   sum_l 2 nx ny dims[l]                     (every layer)
+      delta Grams        sum_{l <= L-3} 2 (nx C) (ny C) dims[l+1]  (hidden layers but the last)
+                         + 2 nx ny (C (C + 1) / 2) dims[L-1]       (last hidden layer: its deltas are
+                           sw W_L[c,:] o act'(z), so its Gram is sum_j W_L[c,j] W_L[c',j] s_x,j s_y,j,
+                           symmetric in (c, c'): one GEMM over the C (C + 1) / 2 pairs)
+                         + 0                                       (output layer: deltas e_k, Gram = identity)
+      forward            sum_l 2 (nx + ny) dims[l] dims[l+1]
+      backprop           sum_{l=1}^{L-1} 2 (nx + ny) C dims[l+1] dims[l]   (per-output deltas, only for L >= 3)
+    "all_pairs_total" is the plain formula the count was before: a delta Gram
+    over all C^2 output pairs for every layer, the output layer's included."""
     C, L = dims[-1], len(dims) - 1
     gram_a = sum(2 * nx * ny * dims[l] for l in range(L))
-    gram_d = sum(2 * (nx * C) * (ny * C) * dims[l + 1] for l in range(L))
+    gram_d = sum(2 * (nx * C) * (ny * C) * dims[l + 1] for l in range(L - 2))
+    if L >= 2:
+        gram_d += 2 * nx * ny * (C * (C + 1) // 2) * dims[L - 1]
     fwd = sum(2 * (nx + ny) * dims[l] * dims[l + 1] for l in range(L))
-    back = sum(2 * (nx + ny) * C * dims[l + 1] * dims[l] for l in range(1, L))
+    back = sum(2 * (nx + ny) * C * dims[l + 1] * dims[l] for l in range(1, L)) if L >= 3 else 0
+    gram_d_all = sum(2 * (nx * C) * (ny * C) * dims[l + 1] for l in range(L))
+    back_all = sum(2 * (nx + ny) * C * dims[l + 1] * dims[l] for l in range(1, L))
     return {"gram_activations": gram_a, "gram_deltas": gram_d, "forward": fwd, "backprop": back,
-            "total": gram_a + gram_d + fwd + back}
+            "total": gram_a + gram_d + fwd + back,
+            "all_pairs_gram_deltas": gram_d_all, "all_pairs_total": gram_a + gram_d_all + fwd + back_all}
 
 
 # ------------------------------------------------------- torch methods
@@ -296,7 +324,9 @@ def main():
             cmd = [exe, "kernel", krun, "--x", xs, "--y", ys, "--at", "final", "--mode", "full", "--out", kout,
                    "--threads", n]
             run(cmd)
-            r["pathkernel_process_s"] = [run(cmd)[1] for _ in range(R)]
+            procs = [run(cmd) for _ in range(R)]
+            r["pathkernel_process_s"] = [wall for _, wall in procs]
+            r["pathkernel_process_cpu_s"] = [p.cpu_s for p, _ in procs]
             K_pk = np.load(kout)
             if K_ref is None:
                 K_ref = K_pk
@@ -305,6 +335,7 @@ def main():
             p, _ = run([timer, krun, work / "x.npy", work / "y.npy", n, R, work / "K-timer.npy"])
             kt = json.loads(p.stdout)
             r["pathkernel_compute_s"] = kt["kernel_s"]
+            r["pathkernel_compute_cpu_s"] = kt["kernel_cpu_s"]
             r["pk_openblas_dgemm_2000_gflops"] = kt["dgemm_gflops"]
             r["omp_threads_after_pk_kernel_tangent"] = kt["omp_threads_after_kernel"]
             r["timer_max_rel_diff"] = rel_diff(np.load(work / "K-timer.npy"), K_pk)
@@ -330,9 +361,12 @@ def main():
                     print(f"  {name}: {med(times):.1f} s", flush=True)
             # summary
             pk_proc, pk_comp, hw_s = med(r["pathkernel_process_s"]), med(r["pathkernel_compute_s"]), med(r["handwritten_s"])
-            r["median"] = {"pathkernel_process_s": pk_proc, "pathkernel_compute_s": pk_comp, "handwritten_s": hw_s}
+            r["median"] = {"pathkernel_process_s": pk_proc, "pathkernel_compute_s": pk_comp, "handwritten_s": hw_s,
+                           "pathkernel_process_cpu_s": med(r["pathkernel_process_cpu_s"]),
+                           "pathkernel_compute_cpu_s": med(r["pathkernel_compute_cpu_s"])}
             r["handwritten_over_pathkernel"] = hw_s / pk_proc
             r["pathkernel_gflops"] = flops["total"] / pk_comp * 1e-9
+            r["pathkernel_gflops_all_pairs"] = flops["all_pairs_total"] / pk_comp * 1e-9
             peak = max(r["pk_openblas_dgemm_2000_gflops"], r["torch_dgemm_2000_gflops"])
             r["dgemm_peak_gflops"] = peak
             r["pathkernel_fraction_of_peak"] = r["pathkernel_gflops"] / peak
@@ -373,9 +407,10 @@ def main():
     # ------------------------------------------------------------ report
     print(f"\nkernel_bench: tangent kernel of 784-512-512-10 tanh, {N_X} x {N_Y} Fashion-MNIST, full 10x10 blocks, "
           f"float64; medians of {R} (functorch: {args.ft_repeats})")
-    print(f"structured-formula flops: {flops['total'] / 1e9:.2f} GFLOP "
+    print(f"flops pathkernel does: {flops['total'] / 1e9:.2f} GFLOP "
           f"(delta Grams {flops['gram_deltas'] / 1e9:.2f}, activation Grams {flops['gram_activations'] / 1e9:.2f}, "
-          f"forward {flops['forward'] / 1e9:.2f}, backprop {flops['backprop'] / 1e9:.2f})")
+          f"forward {flops['forward'] / 1e9:.2f}, backprop {flops['backprop'] / 1e9:.2f}); plain formula over all "
+          f"output pairs: {flops['all_pairs_total'] / 1e9:.2f} GFLOP")
     fmt = "{:>7} | {:>12} | {:>12} | {:>12} | {:>12} | {:>12} | {:>9} | {:>9} | {:>10} | {:>10}"
     hdr = ("threads", "pk process", "pk compute", "handwritten", "ft jac", "ft ntk-vps", "ft/pk", "hw/pk",
            "pk GFLOP/s", "DGEMM peak")
@@ -395,6 +430,10 @@ def main():
             print(f"  WARNING [{n} threads]: after pk_kernel_tangent the library runs on "
                   f"{r['omp_threads_after_pk_kernel_tangent']} OpenMP thread(s), not {n}")
         diffs = {k: f"{v:.1e}" for k, v in r.items() if k.endswith("max_rel_diff")}
+        m = r["median"]
+        print(f"  [{n} threads] CPU seconds (user + system) of pathkernel: process {m['pathkernel_process_cpu_s']:.3f}, "
+              f"compute {m['pathkernel_compute_cpu_s']:.3f}; GFLOP/s counting the all-pairs formula's flops: "
+              f"{r['pathkernel_gflops_all_pairs']:.1f}")
         print(f"  [{n} threads] DGEMM 2000: pk's OpenBLAS {r['pk_openblas_dgemm_2000_gflops']:.1f}, torch "
               f"{r['torch_dgemm_2000_gflops']:.1f} GFLOP/s; pathkernel at {100 * r['pathkernel_fraction_of_peak']:.0f}% "
               f"of peak; max rel diff vs pathkernel: {diffs}")
@@ -435,8 +474,10 @@ def main():
         "notes": "Seconds are wall-clock. pathkernel_process_s: the whole `pathkernel kernel` process; "
                  "pathkernel_compute_s: pk_kernel_tangent alone (bench/kernel_timer.c). handwritten_s: compute + "
                  "np.save. functorch_*: compute only (weights and inputs already in memory). Ratios are other / "
-                 "pathkernel process time (above 1: pathkernel is faster). pathkernel_gflops: structured-formula "
-                 "flops / pathkernel_compute_s.",
+                 "pathkernel process time (above 1: pathkernel is faster). pathkernel_gflops: the GEMM flops "
+                 "pk_kernel_tangent does (task.kernel.flops.total, see structured_flops) / pathkernel_compute_s; "
+                 "pathkernel_gflops_all_pairs: the plain formula's flops (all_pairs_total) / the same time. "
+                 "*_cpu_s: CPU seconds (user + system, all threads) of the same runs.",
         "results": res,
     }
     write_results(args.out, doc)

@@ -42,6 +42,34 @@ int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cl
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}
 
+/* SIGINT/SIGTERM set a flag (the second one kills as usual) that long
+ * commands poll between steps to stop cleanly. */
+void cli_catch_stop(void);
+int cli_stop_requested(void);
+
+/* Progress of a long replay on stderr: groups of queries, each a replay of
+ * T steps. cli_progress_step is a pk_progress_fn: it polls the stop flag
+ * (cli_catch_stop) and redraws steps done, queries done, rate and ETA every
+ * second on a terminal (a line every 10 s otherwise) when `show` is set. */
+typedef struct cli_progress {
+    const char *cmd;
+    size_t groups, groups_done, Q, queries_done;
+    double t0, last, steps_done;
+    int show, tty;
+} cli_progress;
+cli_progress cli_progress_start(const char *cmd);
+int cli_progress_step(void *ctx, size_t step, size_t steps, double loss);
+void cli_progress_group_done(cli_progress *p, size_t queries);
+void cli_progress_end(cli_progress *p);
+double cli_progress_seconds(const cli_progress *p);
+
+/* MPI (mpi.c): started only under mpirun; else rank 0 of 1. cli_mpi_end
+ * aborts the other ranks when rc != 0. Send/recv return non-zero on failure. */
+void cli_mpi_start(int *argc, char ***argv, int *rank, int *size);
+void cli_mpi_end(int rc);
+int cli_mpi_send(const double *buf, size_t n, int tag);
+int cli_mpi_recv(double *buf, size_t n, int from, int tag);
+
 /* The step a user names: "init" (0), "final" (T) or a number 0..T. */
 int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
 
@@ -67,7 +95,10 @@ int cmd_mislabel(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 
-/* Write the explain summary as JSON (summary.json, verify --json). */
-char *cli_summary_json(const pk_explain *e);
+/* Write the explain summary as JSON (summary.json, verify --json); max_reg:
+ * the largest |regularisation|. */
+char *cli_summary_json(const pk_explain *e, double max_reg);
+/* max_i |v_i| (NaN when any is NaN; 0 for v = NULL). */
+double cli_max_abs(const double *v, size_t n);
 
 #endif

@@ -2,9 +2,12 @@
 #include "cli.h"
 #include "internal.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 int cli_error(const char *cmd, pk_status s)
 {
@@ -114,3 +117,70 @@ int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cl
     if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
     return 0;
 }
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_stop(int sig)
+{
+    stop_flag = 1;
+    signal(sig, SIG_DFL); /* a second signal ends the process at once */
+}
+
+void cli_catch_stop(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_stop;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int cli_stop_requested(void) { return stop_flag != 0; }
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+cli_progress cli_progress_start(const char *cmd)
+{
+    cli_progress p = {0};
+    p.cmd = cmd;
+    p.t0 = mono_now();
+    p.tty = isatty(2);
+    p.groups = 1;
+    return p;
+}
+
+int cli_progress_step(void *ctx, size_t step, size_t steps, double loss)
+{
+    (void)loss;
+    cli_progress *p = ctx;
+    p->steps_done += 1;
+    if (cli_stop_requested()) return 1;
+    double t = mono_now();
+    if (!p->show || (step < steps && t - p->last < (p->tty ? 1.0 : 10.0))) return 0;
+    p->last = t;
+    double rate = p->steps_done / (t - p->t0 + 1e-9);
+    double left = (double)(p->groups - p->groups_done) * (double)steps - (double)step;
+    double eta = left > 0 ? left / rate : 0;
+    fprintf(stderr, "%s%s: group %zu/%zu, step %zu/%zu, %zu/%zu queries done, %.1f steps/s, ETA %dm%02ds%s",
+            p->tty ? "\r" : "", p->cmd, p->groups_done + 1, p->groups, step, steps, p->queries_done, p->Q, rate,
+            (int)(eta / 60), (int)eta % 60, p->tty ? "   " : "\n");
+    fflush(stderr);
+    return 0;
+}
+
+void cli_progress_group_done(cli_progress *p, size_t queries)
+{
+    p->groups_done++;
+    p->queries_done += queries;
+}
+
+void cli_progress_end(cli_progress *p)
+{
+    if (p->show && p->tty && p->last > 0) fputc('\n', stderr);
+}
+
+double cli_progress_seconds(const cli_progress *p) { return mono_now() - p->t0; }

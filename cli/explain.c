@@ -8,15 +8,21 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-char *cli_summary_json(const pk_explain *e)
+double cli_max_abs(const double *v, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; v && i < n; i++) m = isnan(v[i]) || isnan(m) ? NAN : fmax(m, fabs(v[i]));
+    return m;
+}
+
+char *cli_summary_json(const pk_explain *e, double max_reg)
 {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddNumberToObject(r, "max_abs_err", e->max_abs_err);
     cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
-    double reg = 0;
-    for (size_t i = 0; e->regularisation && i < e->Q * e->C; i++) reg = fmax(reg, fabs(e->regularisation[i]));
-    cJSON_AddNumberToObject(r, "max_abs_regularisation", reg);
+    cJSON_AddNumberToObject(r, "max_abs_regularisation", max_reg);
     cJSON_AddStringToObject(r, "quad", e->quad);
     cJSON_AddNumberToObject(r, "steps", (double)e->steps);
     cJSON_AddNumberToObject(r, "n_train", (double)e->N);
@@ -58,30 +64,128 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
     return 0;
 }
 
-/* Open the run, load the queries, compute. */
-static int run_explain(const char *cmd, explain_args *a, pk_run **run, pk_explain *e)
+/* explain's outputs, written group after group into .npy files. */
+typedef struct explain_files {
+    const char *dir;
+    pk_npy_stream f[6];   /* pred, bias, regularisation, contrib, kernel, coef */
+    int open[6];
+} explain_files;
+
+static const char *const explain_names[6] = {"pred.npy", "bias.npy", "regularisation.npy", "contrib.npy", "kernel.npy", "coef.npy"};
+
+static pk_status explain_files_open(explain_files *w, const char *dir, pk_run *run, size_t Q, const pk_explain_opts *o)
 {
+    memset(w, 0, sizeof *w);
+    w->dir = dir;
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers];
+    int full = o->want_kernel && o->mode == PK_KMODE_FULL && C > 1;
+    size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
+    const size_t *shape[6] = {s2, s2, s2, s3, full ? s4 : s3, s3};
+    size_t ndim[6] = {2, 2, 2, 3, full ? 4 : 2, 2};
+    int want[6] = {1, 1, 1, o->want_contrib, o->want_kernel, o->want_kernel && o->want_contrib && C == 1};
+    pk_status s = PK_OK;
+    for (int k = 0; k < 6 && !s; k++) {
+        if (!want[k]) continue;
+        char *p = pk_path_join(dir, explain_names[k]);
+        s = p ? pk_npy_stream_open(&w->f[k], p, 0, ndim[k], shape[k]) : PK_ERR_NOMEM;
+        free(p);
+        w->open[k] = !s;
+    }
+    return s;
+}
+
+static pk_status explain_files_write(explain_files *w, const pk_explain *e)
+{
+    size_t Q = e->Q, N = e->N, C = e->C, kr = e->mode == PK_KMODE_FULL && C > 1 ? C : 1;
+    const double *rows[5] = {e->pred, e->bias, e->regularisation, e->contrib, e->kernel};
+    size_t len[5] = {Q * C, Q * C, Q * C, Q * N * C, Q * N * kr * kr};
+    for (int k = 0; k < 5; k++)
+        if (w->open[k]) pk_npy_stream_write(&w->f[k], rows[k], len[k]);
+    if (w->open[5]) {
+        double *coef = pk_alloc(Q * N, sizeof *coef);
+        if (!coef) return PK_ERR_NOMEM;
+        for (size_t i = 0; i < Q * N; i++) coef[i] = e->kernel[i] != 0.0 ? e->contrib[i] / e->kernel[i] : NAN;
+        pk_npy_stream_write(&w->f[5], coef, Q * N);
+        free(coef);
+    }
+    return PK_OK;
+}
+
+/* Commit every file, or (on failure, or when one fails) abort the rest. */
+static pk_status explain_files_close(explain_files *w, pk_status s)
+{
+    for (int k = 0; k < 6; k++) {
+        if (!w->open[k]) continue;
+        if (!s) s = pk_npy_stream_commit(&w->f[k]);
+        else pk_npy_stream_abort(&w->f[k]);
+        w->open[k] = 0;
+    }
+    return s;
+}
+
+/* Open the run, load the queries, and compute in groups of queries small
+ * enough for the memory budget (one group when everything fits): each group
+ * is one replay of the trajectory, its rows written to the files `w` (explain;
+ * NULL for verify) and freed. *sum gets the totals (no arrays), *max_reg the
+ * largest |regularisation|. */
+static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_files *w, pk_explain *sum,
+                       double *max_reg)
+{
+    memset(sum, 0, sizeof *sum);
+    if (w) memset(w, 0, sizeof *w);
+    *max_reg = 0;
     pk_status s = pk_run_open(a->run, run);
     if (s) return cli_error(cmd, s);
     pk_data q = {0};
+    cli_progress pr = cli_progress_start(cmd);
     s = pk_run_load_data(*run, a->query, &a->load, &q);
-    if (!s && !a->json) /* the plan, before the work (too large a plan is refused by pk_explain_run) */
-        printf("%s: %s run, %zu queries x %zu training examples: planned memory %.1f MiB\n", cmd,
+    size_t group = q.n ? q.n : 1, limit = pk_memory_budget(a->opts.mem_limit);
+    while (!s && group > 1 && pk_explain_bytes(*run, group, &a->opts) > limit) group = (group + 1) / 2;
+    if (!s && !a->json) { /* the plan, before the work (too large a plan is refused by pk_explain_run) */
+        printf("%s: %s run, %zu queries x %zu training examples: planned memory %.1f MiB", cmd,
                pk_optim_name(pk_run_optim(*run)->kind), q.n, pk_run_n_train(*run),
-               (double)pk_explain_bytes(*run, q.n, &a->opts) / 1048576.0);
+               (double)pk_explain_bytes(*run, group, &a->opts) / 1048576.0);
+        if (group < q.n) printf(" in %zu groups of %zu queries, each a replay of the run, written as they finish",
+                                (q.n + group - 1) / group, group);
+        printf("\n");
+    }
     fflush(stdout);
-    if (!s) s = pk_explain_run(*run, q.x, q.n, &a->opts, e);
+    if (!s && w) s = explain_files_open(w, a->out, *run, q.n, &a->opts);
+    pr.Q = q.n;
+    pr.groups = (q.n + group - 1) / group;
+    pr.show = !a->json && isatty(2);
+    a->opts.progress = cli_progress_step;
+    a->opts.ctx = &pr;
+    cli_catch_stop();
+    double den = 0;
+    for (size_t q0 = 0; !s && q0 < q.n; q0 += group) {
+        size_t n = q.n - q0 < group ? q.n - q0 : group;
+        pk_explain e;
+        s = pk_explain_run(*run, q.x + q0 * q.d, n, &a->opts, &e);
+        if (s) break;
+        if (w) s = explain_files_write(w, &e);
+        for (size_t i = 0; i < n * e.C; i++) den = fmax(den, fabs(e.pred[i] - e.bias[i]));
+        sum->max_abs_err = isnan(e.max_abs_err) || isnan(sum->max_abs_err) ? NAN : fmax(sum->max_abs_err, e.max_abs_err);
+        *max_reg = fmax(*max_reg, cli_max_abs(e.regularisation, n * e.C));
+        sum->N = e.N; sum->C = e.C; sum->mode = e.mode; sum->steps = e.steps;
+        memcpy(sum->quad, e.quad, sizeof sum->quad);
+        pk_explain_free(&e);
+        cli_progress_group_done(&pr, n);
+    }
+    cli_progress_end(&pr);
+    sum->Q = q.n;
+    sum->max_rel_err = den > 0 ? sum->max_abs_err / den : sum->max_abs_err;
+    sum->seconds = cli_progress_seconds(&pr);
     pk_data_free(&q);
+    if (w) s = explain_files_close(w, s);
+    if (s == PK_ERR_STOPPED) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", pk_last_error());
+        s = pk_fail(s, "%s; nothing was written", why);
+    }
     if (s) { pk_run_close(*run); *run = NULL; return cli_error(cmd, s); }
     return 0;
-}
-
-static pk_status write_npy(const char *dir, const char *name, const double *a, size_t ndim, const size_t *shape)
-{
-    char *p = pk_path_join(dir, name);
-    pk_status s = p ? pk_npy_write(p, a, ndim, shape) : PK_ERR_NOMEM;
-    free(p);
-    return s;
 }
 
 int cmd_explain(int argc, char **argv)
@@ -116,36 +220,23 @@ int cmd_explain(int argc, char **argv)
     if (ms) return cli_error(cmd, ms);
     pk_run *run;
     pk_explain e;
-    if ((rc = run_explain(cmd, &a, &run, &e))) return rc;
-    size_t Q = e.Q, N = e.N, C = e.C;
-    size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
-    pk_status s = write_npy(a.out, "pred.npy", e.pred, 2, s2);
-    if (!s) s = write_npy(a.out, "bias.npy", e.bias, 2, s2);
-    if (!s) s = write_npy(a.out, "regularisation.npy", e.regularisation, 2, s2);
-    if (!s) s = write_npy(a.out, "contrib.npy", e.contrib, 3, s3);
-    if (!s && e.kernel) {
-        int full = e.mode == PK_KMODE_FULL && C > 1;
-        s = write_npy(a.out, "kernel.npy", e.kernel, full ? 4 : 2, s4);
-    }
-    if (!s && e.kernel && C == 1) {
-        double *coef = pk_alloc(Q * N, sizeof *coef);
-        if (!coef) s = PK_ERR_NOMEM;
-        for (size_t i = 0; !s && i < Q * N; i++) coef[i] = e.kernel[i] != 0.0 ? e.contrib[i] / e.kernel[i] : NAN;
-        if (!s) s = write_npy(a.out, "coef.npy", coef, 2, s3);
-        free(coef);
-    }
+    double max_reg;
+    explain_files w;
+    pk_group_begin(); /* every file or none: all are renamed into place after summary.json */
+    if ((rc = run_explain(cmd, &a, &run, &w, &e, &max_reg))) { pk_group_end(PK_ERR_IO); return rc; }
+    pk_status s = PK_OK;
     if (!s) {
-        char *text = cli_summary_json(&e), *p = pk_path_join(a.out, "summary.json");
+        char *text = cli_summary_json(&e, max_reg), *p = pk_path_join(a.out, "summary.json");
         s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
         free(p);
     }
+    s = pk_group_end(s);
     if (!s)
         printf("explained %zu queries by %zu training examples over %zu steps (%s) in %.2f s: "
                "max |pred - bias - sum contrib - regularisation| = %.3g (relative %.3g); wrote %s\n",
-               Q, N, e.steps, e.quad, e.seconds, e.max_abs_err, e.max_rel_err, a.out);
+               e.Q, e.N, e.steps, e.quad, e.seconds, e.max_abs_err, e.max_rel_err, a.out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
-    pk_explain_free(&e);
     pk_run_close(run);
     return rc;
 }
@@ -168,10 +259,11 @@ int cmd_verify(int argc, char **argv)
     a.opts.want_kernel = 0;
     pk_run *run;
     pk_explain e;
-    if ((rc = run_explain(cmd, &a, &run, &e))) return rc;
+    double max_reg;
+    if ((rc = run_explain(cmd, &a, &run, NULL, &e, &max_reg))) return rc;
     int ok = e.max_rel_err <= a.tol;
     if (a.json) {
-        char *text = cli_summary_json(&e);
+        char *text = cli_summary_json(&e, max_reg);
         if (text) puts(text);
         free(text);
     } else {
@@ -179,7 +271,6 @@ int cmd_verify(int argc, char **argv)
                "(tol %g): %s\n", a.run, e.Q, e.N, e.steps, e.quad, e.max_abs_err, e.max_rel_err, a.tol,
                ok ? "ok" : "FAILED");
     }
-    pk_explain_free(&e);
     pk_run_close(run);
     return ok ? EXIT_OK : EXIT_FAIL;
 }
@@ -194,12 +285,15 @@ int cmd_kernel(int argc, char **argv)
         "  --at S               init, final or a step number [final]\n"
         "  --mode M             full: (N_x, N_y, C, C) blocks; trace: (N_x, N_y) sum over outputs [full]\n"
         "  --out FILE           float64 .npy\n"
+        "  --mem MIB            memory budget for the kernel [3/4 of free memory]\n"
         "  --threads N          threads [all cores]\n";
     const char *xs = NULL, *ys = NULL, *at = "final", *out = NULL, *dir;
+    size_t mem = 0;
     pk_kmode mode = PK_KMODE_FULL;
     const cli_opt opts[] = {{"x", CLI_STR, &xs, NULL}, {"y", CLI_STR, &ys, NULL}, {"at", CLI_STR, &at, NULL},
                             {"mode", CLI_KMODE, &mode, NULL}, {"out", CLI_STR, &out, NULL},
-                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+                            {"mem", CLI_MIB, &mem, NULL}, {"threads", CLI_THREADS, NULL, NULL},
+                            {NULL, 0, NULL, NULL}};
     int rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
     if (rc) return rc < 0 ? EXIT_OK : rc;
     if (!xs || !out) return cli_usage(cmd, "--x SPEC and --out FILE are required");
@@ -211,14 +305,29 @@ int cmd_kernel(int argc, char **argv)
     const pk_mlp *m = pk_run_mlp(run);
     size_t C = m->dims[m->n_layers];
     pk_data X = {0}, Y = {0};
-    double *w = pk_alloc(m->n_params, sizeof *w), *K = NULL;
+    double *w = pk_alloc_big(m->n_params, sizeof *w), *K = NULL;
     s = w ? pk_run_load_data(run, xs, NULL, &X) : PK_ERR_NOMEM;
     if (!s && ys) s = pk_run_load_data(run, ys, NULL, &Y);
     const pk_data *Yd = ys ? &Y : &X;
     size_t r = mode == PK_KMODE_FULL ? C : 1;
+    if (!s) { /* the output against the budget before any work */
+        size_t budget = pk_memory_budget(mem);
+        double cells = (double)X.n * (double)Yd->n, need = cells * (double)(r * r) * sizeof *K;
+        if (need > (double)budget) {
+            double mib = 1048576.0;
+            size_t fit_x = (size_t)((double)budget / ((double)Yd->n * (double)(r * r) * sizeof *K));
+            char trace[96] = "", blocks[64] = "";
+            if (r > 1) snprintf(trace, sizeof trace, "--mode trace (%.1f MiB), ", cells * sizeof *K / mib);
+            if (r > 1) snprintf(blocks, sizeof blocks, " of %zu x %zu blocks", r, r);
+            s = pk_fail(PK_ERR_INPUT, "a %zu x %zu kernel%s needs %.1f MiB, more than the %.1f MiB memory budget "
+                        "(--mem; default 3/4 of free memory): use %sat most %zu --x inputs against these --y, "
+                        "or a larger --mem", X.n, Yd->n, blocks, need / mib,
+                        (double)budget / mib, trace, fit_x);
+        }
+    }
     if (!s) s = pk_run_weights(run, t, w);
     if (!s) {
-        K = pk_alloc(X.n * Yd->n, r * r * sizeof *K);
+        K = pk_alloc_big(X.n * Yd->n, r * r * sizeof *K);
         if (!K) s = pk_fail(PK_ERR_INPUT, "a %zu x %zu kernel with %zu x %zu blocks does not fit in memory: "
                             "use fewer inputs or --mode trace", X.n, Yd->n, r, r);
     }

@@ -39,6 +39,7 @@ int cmd_krr(int argc, char **argv)
     if (!s && !(alpha = pk_alloc(N, C * sizeof *alpha))) s = PK_ERR_NOMEM;
     if (!s) s = pk_krr_fit(K, N, Y, C, ridge, alpha);
     if (!s) s = pk_mkdirs(out);
+    pk_group_begin(); /* alpha.npy and pred.npy, or neither */
     if (!s) {
         char *p = pk_path_join(out, "alpha.npy");
         size_t shape[2] = {N, C};
@@ -56,6 +57,7 @@ int cmd_krr(int argc, char **argv)
             free(p);
         }
     }
+    s = pk_group_end(s);
     if (!s) printf("kernel ridge regression on %zu examples, %zu outputs, ridge %g: wrote %s\n", N, C, ridge, out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(K); free(Y); free(KQ); free(alpha); free(pred);
@@ -97,6 +99,7 @@ int cmd_export_libsvm(int argc, char **argv)
     s = pk_run_train(run, &train);
     if (!s && train->ty != 1) s = pk_fail(PK_ERR_INPUT, "%s: LIBSVM needs one target column, the run has %zu", dir, train->ty);
     if (!s) s = pk_mkdirs(out);
+    pk_group_begin(); /* train.svm and query.svm, or neither */
     size_t N = train ? train->n : 0;
     for (int part = 0; !s && part < (query ? 2 : 1); part++) {
         if (part) s = pk_run_load_data(run, query, &lo, &q);
@@ -110,6 +113,7 @@ int cmd_export_libsvm(int argc, char **argv)
         free(K);
         K = NULL;
     }
+    s = pk_group_end(s);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_data_free(&q);
     pk_run_close(run);

@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <errno.h>
 #include <string.h>
 
 static const struct { const char *name; int (*fn)(int, char **); const char *what; } commands[] = {
@@ -41,7 +42,17 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "--version")) { printf("pathkernel %s\n", PK_VERSION); return 0; }
     pk_set_threads(0); /* all cores for BLAS and our loops alike, until --threads says otherwise */
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) {
+            int rc = commands[i].fn(argc - 1, argv + 1);
+            /* what went to stdout (a table, JSON) is output too: a full disk must not pass as success */
+            errno = 0;
+            if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "pathkernel %s: writing standard output failed: %s\n", argv[1],
+                        strerror(errno ? errno : EIO));
+                return rc ? rc : EXIT_FAIL;
+            }
+            return rc;
+        }
     fprintf(stderr, "pathkernel: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return EXIT_BAD_INPUT;

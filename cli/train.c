@@ -49,7 +49,17 @@ static const char *const train_help =
     "  --keep K            store the weights every K steps, replay the rest exactly [1]\n"
     "  --out RUN           run directory to create (required)\n"
     "  --threads N         threads [all cores]; results do not depend on it\n"
-    "  --quiet             no progress bar\n";
+    "  --quiet             no progress bar\n"
+    "\n"
+    "usage: pathkernel train --resume RUN [--threads N] [--quiet]\n"
+    "\n"
+    "  --resume RUN        finish a run that was interrupted (killed, even by SIGKILL, or stopped by\n"
+    "                      Ctrl-C/SIGTERM) with the options and data recorded in RUN/run.json (no other\n"
+    "                      training option may be given): training continues from the last checkpoint\n"
+    "                      that RUN/journal.bin's complete records reach, and RUN ends up byte for byte\n"
+    "                      as an uninterrupted run would have left it. A complete RUN is left alone\n"
+    "                      (exit 0); a diverged or damaged one is refused (exit 2). --test is not recorded:\n"
+    "                      evaluate held-out data afterwards with `pathkernel predict`.\n";
 
 static volatile sig_atomic_t stop_requested = 0;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
@@ -61,16 +71,17 @@ static double now(void)
     return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
 }
 
-typedef struct progress { int bar; double t0, last; } progress;
+typedef struct progress { int bar; double t0, last; size_t first; /* step of the first callback */ } progress;
 
 static int on_step(void *ctx, size_t step, size_t steps, double loss)
 {
     progress *p = ctx;
     if (p->bar) {
         double t = now();
+        if (!p->first) p->first = step; /* a resumed run starts past 1 */
         if (t - p->last > 0.1 || step == steps) {
             p->last = t;
-            double eta = (t - p->t0) / (double)step * (double)(steps - step);
+            double eta = (t - p->t0) / (double)(step - p->first + 1) * (double)(steps - step);
             int width = 30, fill = (int)((double)width * (double)step / (double)steps);
             fprintf(stderr, "\r  step %zu/%zu [%.*s%*s] loss %.5g  ETA %.0fs   ", step, steps, fill,
                     "==============================", width - fill, "", loss, eta);
@@ -97,6 +108,7 @@ typedef struct train_args {
     pk_train_opts to;
     pk_load_opts lo, test_lo;
     const char *data, *test, *query, *lrs, *rules, *widths;
+    const char *resume;       /* train --resume RUN */
     double time, ridge, svm_c;
     int quiet;
 } train_args;
@@ -108,7 +120,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
     enum { O_DATA = 256, O_TEST, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_MODEL, O_PARAM, O_SW, O_SB, O_INIT, O_LOSS,
            O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_WD, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
            O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES, O_WIDTHS,
-           O_RIDGE, O_SVMC, O_TFIRST };
+           O_RIDGE, O_SVMC, O_TFIRST, O_RESUME };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"test", 1, 0, O_TEST}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
         {"data-seed", 1, 0, O_DSEED}, {"standardize", 0, 0, O_STD}, {"model", 1, 0, O_MODEL},
@@ -120,7 +132,7 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
         {"query", 1, 0, O_QUERY}, {"time", 1, 0, O_TIME}, {"lrs", 1, 0, O_LRS}, {"rules", 1, 0, O_RULES},
         {"widths", 1, 0, O_WIDTHS}, {"ridge", 1, 0, O_RIDGE}, {"svm-c", 1, 0, O_SVMC},
-        {"test-first", 1, 0, O_TFIRST}, {0, 0, 0, 0}};
+        {"test-first", 1, 0, O_TFIRST}, {"resume", 1, 0, O_RESUME}, {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->to = pk_train_opts_defaults();
     a->lo = pk_load_opts_defaults();
@@ -132,13 +144,17 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
     optind = 1;
     opterr = 0;
     int c, idx;
+    const char *training = NULL; /* the first option --resume cannot be combined with */
     while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
         int bad = 0;
         /* mode 0 train, 1 convergence, 2 compare: each has its own extra options */
-        int own = c == O_TFIRST ? conv != 1
+        int own = c == O_RESUME ? conv == 0
+                  : c == O_TFIRST ? conv != 1
                   : c < O_QUERY ? !(conv == 1 && (c == O_TEST || c == O_LR || c == O_STEPS))
                               : (conv == 1 && c <= O_RULES) || (conv == 2 && c >= O_WIDTHS);
-        if (!own) return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
+        if (c != '?' && !own) return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
+        if (c != '?' && c != O_RESUME && c != O_THREADS && c != O_QUIET && c != O_HELP && !training)
+            training = opts[idx].name;
         switch (c) {
         case O_DATA: a->data = optarg; break;
         case O_TEST: a->test = optarg; break;
@@ -183,11 +199,15 @@ static int parse_train_args(const char *cmd, const char *help, int conv, int arg
         case O_RIDGE: bad = cli_double(cmd, "--ridge", optarg, &a->ridge); break;
         case O_SVMC: bad = cli_double(cmd, "--svm-c", optarg, &a->svm_c); break;
         case O_TFIRST: bad = cli_size(cmd, "--test-first", optarg, &a->test_lo.first); break;
+        case O_RESUME: a->resume = optarg; break;
         default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
         if (bad) return EXIT_BAD_INPUT;
     }
     if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    if (a->resume && training)
+        return cli_usage(cmd, "--resume RUN takes every training option from RUN/run.json: drop --%s", training);
+    if (a->resume) return 0;
     if (!a->data) return cli_usage(cmd, "--data SPEC is required");
     if (!conv && !to->out_dir) return cli_usage(cmd, "--out RUN is required");
     return 0;
@@ -218,61 +238,112 @@ static pk_status load_train_data(train_args *a, pk_data *train, pk_data *test, d
     return s;
 }
 
+/* SIGINT and SIGTERM stop training after the current step (on_step). */
+static void catch_stop(struct sigaction old[2])
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, &old[0]);
+    sigaction(SIGTERM, &sa, &old[1]);
+}
+
+static void release_stop(const struct sigaction old[2])
+{
+    sigaction(SIGINT, &old[0], NULL);
+    sigaction(SIGTERM, &old[1], NULL);
+}
+
+/* What train prints once the run is written: the run, the final losses on
+ * the training data (train; NULL: the run's own, loaded) and on test. */
+static int summarise(const char *cmd, const char *dir, const pk_data *train, const pk_data *test, double secs)
+{
+    pk_run *run = NULL;
+    pk_status s = pk_run_open(dir, &run);
+    pk_data own = {0};
+    if (!s && !train) {
+        s = pk_run_load_train(run, &own);
+        train = &own;
+    }
+    if (s) { pk_run_close(run); return cli_error(cmd, s); }
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    char spec[256];
+    pk_mlp_spec(m, spec, sizeof spec);
+    size_t T = pk_run_steps(run);
+    printf("trained %s (%zu parameters, %s) on %zu examples x %zu features: %s loss, %s lr %g",
+           spec, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard", train->n, train->d,
+           pk_loss_name(pk_run_loss(run)), pk_optim_name(op->kind), op->lr);
+    if (op->batch && op->batch < train->n) printf(" batch %zu", op->batch);
+    if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
+    printf(", %zu steps in %.2f s\n", T, secs);
+    double *w = pk_alloc(m->n_params, sizeof *w);
+    if (w && !pk_run_weights(run, T, w)) {
+        report("train", pk_run_loss(run), m, w, train);
+        if (test) report("test", pk_run_loss(run), m, w, test);
+    }
+    free(w);
+    printf("run written to %s\n", dir);
+    pk_run_close(run);
+    pk_data_free(&own);
+    if (stop_requested) {
+        fprintf(stderr, "pathkernel train: interrupted after step %zu; the run is valid up to there "
+                "(continue it with `pathkernel train --resume %s`)\n", T, dir);
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+/* train --resume RUN */
+static int train_resume(const char *cmd, const train_args *a)
+{
+    progress pr = {isatty(2) && !a->quiet, now(), 0, 0};
+    struct sigaction old[2];
+    catch_stop(old);
+    pk_resume_info info;
+    double t0 = now();
+    pk_status s = pk_train_resume(a->resume, on_step, &pr, &info);
+    double secs = now() - t0;
+    release_stop(old);
+    if (!s && info.complete) {
+        printf("%s is already complete (%zu steps): nothing to resume\n", a->resume, info.journaled);
+        return EXIT_OK;
+    }
+    if (s && s != PK_ERR_NUMERIC) return cli_error(cmd, s);
+    printf("resumed %s at step %zu of %zu (its journal held %zu complete steps", a->resume, info.from, info.steps,
+           info.journaled);
+    if (info.ignored) printf("; %zu bytes of a torn or damaged record after them were dropped", info.ignored);
+    printf(")\n");
+    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    int rs = summarise(cmd, a->resume, NULL, NULL, secs);
+    return rc ? rc : rs;
+}
+
 int cmd_train(int argc, char **argv)
 {
     const char *cmd = "train";
     train_args a;
     int rc = parse_train_args(cmd, train_help, 0, argc, argv, &a);
     if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (a.resume) return train_resume(cmd, &a);
     pk_train_opts *to = &a.to;
     pk_data train = {0}, test = {0};
     double *mean = NULL, *sd = NULL;
     pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
 
-    progress pr = {isatty(2) && !a.quiet, now(), 0};
-    struct sigaction sa = {0}, old_int, old_term;
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
+    progress pr = {isatty(2) && !a.quiet, now(), 0, 0};
+    struct sigaction old[2];
+    catch_stop(old);
     double t0 = now();
     if (!s) s = pk_train(&train, to, on_step, &pr);
     double secs = now() - t0;
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    release_stop(old);
 
-    rc = EXIT_OK;
-    pk_run *run = NULL;
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
-        if (s) rc = cli_error(cmd, s);
-        pk_status os = pk_run_open(to->out_dir, &run);
-        if (os) rc = cli_error(cmd, os);
+        rc = s ? cli_error(cmd, s) : EXIT_OK;
+        int rs = summarise(cmd, to->out_dir, &train, a.test ? &test : NULL, secs);
+        if (!rc) rc = rs;
     } else {
         rc = cli_error(cmd, s);
-    }
-    if (run) {
-        const pk_mlp *m = pk_run_mlp(run);
-        const pk_optim *op = pk_run_optim(run);
-        char spec[256];
-        pk_mlp_spec(m, spec, sizeof spec);
-        size_t T = pk_run_steps(run);
-        printf("trained %s (%zu parameters, %s) on %zu examples x %zu features: %s loss, %s lr %g",
-               spec, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard", train.n, train.d,
-               pk_loss_name(to->loss), pk_optim_name(op->kind), op->lr);
-        if (op->batch && op->batch < train.n) printf(" batch %zu", op->batch);
-        if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
-        printf(", %zu steps in %.2f s\n", T, secs);
-        double *w = pk_alloc(m->n_params, sizeof *w);
-        if (w && !pk_run_weights(run, T, w)) {
-            report("train", to->loss, m, w, &train);
-            if (a.test) report("test", to->loss, m, w, &test);
-        }
-        free(w);
-        printf("run written to %s\n", to->out_dir);
-        pk_run_close(run);
-        if (stop_requested) {
-            fprintf(stderr, "pathkernel train: interrupted after step %zu; the run is valid up to there\n", T);
-            rc = EXIT_FAIL;
-        }
     }
     pk_data_free(&train);
     pk_data_free(&test);

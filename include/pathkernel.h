@@ -55,7 +55,8 @@ typedef enum pk_status {
     PK_ERR_NOMEM,       /* allocation failed or request too large              */
     PK_ERR_NUMERIC,     /* NaN/Inf appeared (divergence)                       */
     PK_ERR_STATE,       /* run directory inconsistent, checksum mismatch, ...  */
-    PK_ERR_INTERNAL
+    PK_ERR_INTERNAL,
+    PK_ERR_STOPPED      /* a progress callback asked to stop (CLI exit 1)      */
 } pk_status;
 
 const char *pk_status_str(pk_status s);
@@ -182,6 +183,10 @@ void pk_tape_free(pk_tape *t);
 /* f = model(x) for n <= cap examples; leaves activations on the tape.
  * x is (n, dims[0]); the outputs are in tape->a[L] (n, dims[L]). */
 void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t);
+/* The rest of a forward pass when tape->z[0] (n, dims[1]) already holds the
+ * first layer's pre-activation (bias included) and tape->a[0], tape->n are
+ * set: activations of layer 1 on, as pk_mlp_forward would. */
+void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t);
 /* After a forward pass: given R (n, C), the per-example dl/df, fill
  * tape->delta and, if grad is not NULL, set grad (P) = sum_i J_i^T R_i
  * scaled by `scale` (use 1/|B| for a mean loss). */
@@ -284,6 +289,24 @@ typedef int (*pk_progress_fn)(void *ctx, size_t step, size_t steps, double loss)
  * already be standardised if opts->standardize (the transform is recorded). */
 pk_status pk_train(const pk_data *train, const pk_train_opts *opts,
                    pk_progress_fn progress, void *ctx);
+
+/* What pk_train_resume found and did. */
+typedef struct pk_resume_info {
+    size_t steps;        /* steps the run asked for (T)                        */
+    size_t journaled;    /* complete steps in the journal                      */
+    size_t ignored;      /* bytes after them dropped (a torn or damaged tail)  */
+    size_t from;         /* the checkpoint training continued from             */
+    int complete;        /* the run was already complete: nothing was done     */
+} pk_resume_info;
+
+/* Continue the interrupted run in `dir` (killed, even by SIGKILL, or
+ * stopped) with the options in its run.json and the training data it
+ * records, from the last checkpoint that its journal's complete records
+ * reach, and finish it: the directory ends up as an uninterrupted run would
+ * have left it, byte for byte. A complete run is left alone (info->complete);
+ * a run that is not resumable (not a run, damaged, diverged, data changed)
+ * is PK_ERR_INPUT. info may be NULL. */
+pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, pk_resume_info *info);
 
 /* ---------------------------------------------------------- run directory */
 
@@ -399,6 +422,8 @@ typedef struct pk_explain_opts {
     pk_kmode mode;         /* kernel blocks or trace [trace]                   */
     size_t block;          /* queries per block (0 = chosen from mem_limit)   */
     size_t mem_limit;      /* bytes the outputs and workspace may use (0 = 3/4 of free memory) */
+    pk_progress_fn progress; /* after every replayed step; non-zero stops (PK_ERR_STOPPED) */
+    void *ctx;
 } pk_explain_opts;
 
 pk_explain_opts pk_explain_opts_defaults(void);
@@ -460,6 +485,43 @@ pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score);
  * (sign 0: all non-NaN entries, by value), strongest first, exact ties by the
  * smaller index; *n_out receives how many. */
 pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, size_t *idx, size_t *n_out);
+/* Streaming top-k attribution (topk.c): for each of n queries, the K training
+ * examples with the largest positive and the K with the most negative exact
+ * contribution phi_i(x)[c] to one output c (MATH.md section 3), exact ties by
+ * the smaller index, and the sum over all examples -- without a dense
+ * queries x examples array. gd/sgd runs are replayed batch by batch (the
+ * per-step work is queries x batch, and a contribution is ranked as soon as
+ * its example's last step is done); momentum/adam/weight-decay runs go
+ * through pk_explain_run for the group. */
+typedef struct pk_topk_opts {
+    pk_quad quad;            /* default gl2                                     */
+    size_t top;              /* K, proponents and opponents per query [10]      */
+    size_t block;            /* queries per block of products (0 = 256)         */
+    size_t mem_limit;        /* bytes (0 = 3/4 of free memory)                  */
+    pk_progress_fn progress; /* after every replayed step; non-zero stops (PK_ERR_STOPPED) */
+    void *ctx;
+} pk_topk_opts;
+
+pk_topk_opts pk_topk_opts_defaults(void);
+
+/* Rows for n queries, allocated by the caller. */
+typedef struct pk_topk {
+    double *pred, *bias;     /* (n) f_c(x; w_T), f_c(x; w_0)                    */
+    double *total;           /* (n) sum over all training examples of phi_i(x)[c] */
+    double *regularisation;  /* (n) weight decay's share (MATH.md section 5)    */
+    int64_t *pro_idx;        /* (n, K) strongest first; -1 after the last        */
+    double *pro_val;         /* (n, K) phi_i(x)[c] > 0; NaN after the last       */
+    int64_t *opp_idx;        /* (n, K) most negative first; -1 after the last    */
+    double *opp_val;         /* (n, K) phi_i(x)[c] < 0; NaN after the last       */
+} pk_topk;
+
+/* Queries that one pass over the trajectory can take within the memory
+ * budget (at most Q), and the bytes that pass needs. */
+size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes);
+/* One pass: the queries Xq (n, d) in the run's feature space, attributed
+ * output cls (n). Checks that the replay lands on the stored final weights. */
+pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                      pk_topk *out);
 /* ROC-AUC of `score` for the examples marked positive (Mann-Whitney U, ties
  * count 1/2); NaN when either class is empty. */
 double pk_auc(const double *score, const unsigned char *positive, size_t n);

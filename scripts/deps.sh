@@ -4,7 +4,7 @@
 set -eu
 PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev
       python3 python3-numpy python3-torch python3-pytest python3-setuptools python3-venv python3-pip dataset-fashion-mnist libsvm-tools
-      libpng-dev chromium"
+      libpng-dev chromium openmpi-bin libopenmpi-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -84,16 +84,12 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
     for (size_t t = 0; !s && t < T; t++) {
         const uint32_t *idx;
         size_t nb;
-        pk_run_batch(run, t, &idx, &nb);
-        double lr = pk_run_lr(run, t);
+        /* the training side at w_t: activations and loss-weighted deltas, as in training */
+        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
         for (size_t b = 0; b < nb; b++) {
             memcpy(xb + b * d, train->x + (size_t)idx[b] * d, d * sizeof *xb);
             memcpy(yb + b * ty, train->y + (size_t)idx[b] * ty, ty * sizeof *yb);
         }
-        /* the training side at w_t: activations and loss-weighted deltas, as in training */
-        pk_stepper_grad(&st, w, idx, nb, G);
-        memcpy(w_next, w, P * sizeof *w);
-        pk_optim_step(op, t, lr, P, w_next, state, G, NULL);
         if (form == PK_SI_KERNEL) pk_mlp_output_deltas(m, w, st.tape, dB);
         double *const *a_t = st.tape->a, *const *d_t = form == PK_SI_KERNEL ? dB : st.tape->delta;
         double scale = lr / (double)nb;
@@ -118,12 +114,7 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
         }
         double *tmp = w; w = w_next; w_next = tmp;
     }
-    if (!s) { /* the replay must land on the stored final weights, bit for bit */
-        s = pk_run_weights(run, T, wq);
-        if (!s && memcmp(w, wq, P * sizeof *w) != 0)
-            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
-                        "(different BLAS or build?)", pk_run_dir(run));
-    }
+    if (!s) s = pk_replay_landed(run, w, wq);
     pk_stepper_free(&st);
     pk_tape_free(nt);
     if (have_d) { pk_deltas_free(m, dB); pk_deltas_free(m, dN); }

@@ -187,8 +187,8 @@ static pk_status load_csv(const char *path, pk_data *d)
     text t;
     pk_status s = text_open(path, &t);
     if (s) return s;
-    size_t max_rows = 1;
-    for (size_t i = t.pos; i < t.len; i++) max_rows += t.buf[i] == '\n';
+    size_t max_lines = 1;
+    for (size_t i = t.pos; i < t.len; i++) max_lines += t.buf[i] == '\n';
 
     size_t cols = 0, first_data = 0, header = 0, header_cols = 0, blank_at = 0, n = 0;
     double *x = NULL, *y = NULL;
@@ -225,6 +225,11 @@ static pk_status load_csv(const char *path, pk_data *d)
                             "then the target in the last column", path, t.lineno);
                 break;
             }
+            /* a row of `cols` fields takes at least cols bytes (the commas and a
+             * newline): the rows left are bounded by the bytes left, so the
+             * arrays are at most 8x the file however many lines it has */
+            size_t max_rows = (t.len - (size_t)(ln - t.buf)) / cols + 1;
+            if (max_rows > max_lines) max_rows = max_lines;
             x = alloc_for(path, max_rows, (cols - 1) * sizeof(double), 0);
             y = alloc_for(path, max_rows, sizeof(double), 0);
             if (!x || !y) { s = PK_ERR_NOMEM; break; }
@@ -278,11 +283,11 @@ static pk_status load_csv(const char *path, pk_data *d)
 /* -------------------------------------------------------------- svmlight */
 
 /* One pass over the file: validate and count (x == NULL), or fill x (n, d),
- * zeroed, and y (n). */
-static pk_status svm_pass(const char *path, text *t, size_t *n_out, size_t *d_out, double *x,
-                          double *y, size_t d)
+ * zeroed, and y (n). *d_line is the line of the largest index. */
+static pk_status svm_pass(const char *path, text *t, size_t *n_out, size_t *d_out, size_t *d_line,
+                          double *x, double *y, size_t d)
 {
-    size_t n = 0, dmax = 0;
+    size_t n = 0, dmax = 0, dline = 0;
     char *ln;
     size_t lnn;
     while (text_line(t, &ln, &lnn)) {
@@ -340,13 +345,14 @@ static pk_status svm_pass(const char *path, text *t, size_t *n_out, size_t *d_ou
                 return pk_fail(PK_ERR_INPUT, "%s: line %zu, token %zu: value in '%s' is %s", path,
                                t->lineno, tok_no, tok, r < 0 ? "not a number"
                                : "not finite (NaN/Inf values are not allowed)");
-            if (idx > dmax) dmax = idx;
+            if (idx > dmax) { dmax = idx; dline = t->lineno; }
             if (x) x[n * d + idx - 1] = v;
         }
         if (tok_no) n++;   /* blank and comment-only lines are skipped */
     }
     *n_out = n;
     *d_out = dmax;
+    *d_line = dline;
     return PK_OK;
 }
 
@@ -355,16 +361,23 @@ static pk_status load_svm(const char *path, pk_data *d)
     text t;
     pk_status s = text_open(path, &t);
     if (s) return s;
-    size_t start = t.pos, n = 0, dim = 0;
-    s = svm_pass(path, &t, &n, &dim, NULL, NULL, 0);
+    size_t start = t.pos, n = 0, dim = 0, dline = 0;
+    s = svm_pass(path, &t, &n, &dim, &dline, NULL, NULL, 0);
     if (!s && !n) s = pk_fail(PK_ERR_INPUT, "%s: byte offset 0: no examples (empty file)", path);
     if (!s && !dim)
         s = pk_fail(PK_ERR_INPUT, "%s: no features: no line has an index:value pair", path);
     double *x = NULL, *y = NULL;
     if (!s) {
-        if (dim > SIZE_MAX / sizeof(double) / n) {
-            s = pk_fail(PK_ERR_INPUT, "%s: %zu examples x %zu features is too large to hold "
-                        "densely", path, n, dim);
+        /* the examples are held densely: (n, largest index) doubles, which a
+         * single large index in a small file can make enormous */
+        size_t budget = pk_memory_budget(0);
+        double bytes = (double)n * (double)dim * sizeof(double);
+        if (dim > SIZE_MAX / sizeof(double) / n || bytes > (double)budget) {
+            s = pk_fail(PK_ERR_INPUT, "%s: line %zu: feature index %zu makes the dense data %zu "
+                        "examples x %zu features = %.3g GiB, more than the %.3g GiB memory budget "
+                        "(3/4 of free memory); number the features 1..d without gaps "
+                        "(no option makes it fit)", path, dline, dim, n, dim,
+                        bytes / 1073741824.0, (double)budget / 1073741824.0);
         } else {
             x = alloc_for(path, n * dim, sizeof(double), 1);   /* (n, d), zero where absent */
             y = alloc_for(path, n, sizeof(double), 0);
@@ -374,8 +387,8 @@ static pk_status load_svm(const char *path, pk_data *d)
     if (!s) {
         t.pos = start;
         t.lineno = 0;
-        size_t n2, d2;
-        s = svm_pass(path, &t, &n2, &d2, x, y, dim);
+        size_t n2, d2, l2;
+        s = svm_pass(path, &t, &n2, &d2, &l2, x, y, dim);
     }
     free(t.buf);
     if (s) { free(x); free(y); return s; }

@@ -16,6 +16,13 @@
  * number of threads (gemm.c). */
 void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
+/* C (M, N) = op(A) op(B) in one BLAS call on the calling thread, for callers
+ * that split their work into pieces of a fixed size themselves (tangent.c). */
+void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, const double *A, size_t lda,
+                  const double *B, size_t ldb, double *C, size_t ldc);
+/* pk_alloc for large matrices, on transparent huge pages where the system
+ * allows (gemm.c); free() releases it. */
+void *pk_alloc_big(size_t n, size_t size);
 
 /* LAPACK, from the OpenBLAS the library links (Fortran interface; column-
  * major, so a row-major symmetric matrix is passed as it is). */
@@ -29,6 +36,9 @@ void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, c
  * the product overflows or memory is short. */
 void *pk_alloc(size_t n, size_t size);
 void *pk_calloc(size_t n, size_t size);
+/* Bytes an operation may use: `limit` (a --mem option, bytes) if non-zero,
+ * else 3/4 of the memory now available. */
+size_t pk_memory_budget(size_t limit);
 
 /* Atomic output: write into "PATH.tmp.PID", then pk_atomic_commit renames
  * it over PATH (after fflush, write errors checked); pk_atomic_abort removes it. */
@@ -36,6 +46,15 @@ typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
 pk_status pk_atomic_open(pk_atomic *a, const char *path);
 pk_status pk_atomic_commit(pk_atomic *a);
 void pk_atomic_abort(pk_atomic *a);
+/* A group of outputs written as one: between pk_group_begin() and
+ * pk_group_end(s), committed files keep their temporary names; pk_group_end
+ * renames them all into place when s is PK_OK (returning the first rename
+ * error), else removes them, and returns the resulting status. Nests. */
+void pk_group_begin(void);
+pk_status pk_group_end(pk_status s);
+/* "PATH: write failed: <strerror(err)> (nothing was written under that name;
+ * what to do)", PK_ERR_IO; err 0 counts as EIO. */
+pk_status pk_write_error(const char *path, int err);
 /* Write a whole buffer atomically. */
 pk_status pk_write_file(const char *path, const void *buf, size_t len);
 /* Read a whole file (plain or gzip) into memory; *buf is malloc'ed and
@@ -44,6 +63,18 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
 
 /* The first n bytes of a file (plain or gzip), fewer when it is shorter. */
 pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char **buf, size_t *len);
+
+/* A .npy file written in pieces (float64 or int64, C order), atomically:
+ * open with the whole shape, write the elements in order (any number per
+ * call), commit (renames; refuses if elements are missing) or abort. Write
+ * errors are kept and reported by commit. */
+typedef struct pk_npy_stream { pk_atomic at; size_t left; int bad, err; } pk_npy_stream;
+pk_status pk_npy_stream_open(pk_npy_stream *w, const char *path, int int64, size_t ndim, const size_t *shape);
+pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count);
+pk_status pk_npy_stream_commit(pk_npy_stream *w);
+void pk_npy_stream_abort(pk_npy_stream *w);
+/* int64 C-order .npy, atomically (pk_npy_write's twin). */
+pk_status pk_npy_write_i64(const char *path, const int64_t *a, size_t ndim, const size_t *shape);
 
 /* "a/b" joined into a malloc'ed string. */
 char *pk_path_join(const char *dir, const char *name);
@@ -103,15 +134,60 @@ typedef struct pk_traj {
     double *loss;    /* (T) */
     uint64_t *off;   /* (T+1) */
     uint32_t *idx;   /* (off[T]) */
-    uint32_t *iota;  /* (N) 0..N-1, for full batches */
+    uint32_t *iota;  /* (N) 0..N-1, for full batches; NULL when no step used one */
 } pk_traj;
 
 pk_status pk_traj_write(const char *path, const pk_traj *tr);
-/* A new run directory (run.json with status "running", standardize.npy);
- * refuses a directory that already holds a run. */
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m);
-/* The end of training: trajectory.bin, steps.csv, and run.json's status and steps. */
+
+/* The journal, RUN/journal.bin: what makes a killed run resumable. Header
+ * "PKJOURNL" u32 version u32 0 u64 T N P S keep, then crc32 (u32) of those
+ * 56 bytes (written atomically); then one record per finished step t =
+ * 1, 2, ...: u64 t, f64 lr, f64 batch loss, u64 batch hash (FNV-1a of u64
+ * range length, then the u32 indices), crc32 (u32) of those 32 bytes, each
+ * appended by one write(2) after the step's checkpoint (if any) is renamed
+ * into place. Little-endian. No fsync: it survives the process being
+ * killed at any instant, as the checkpoints do, not power loss. */
+#define PK_JOURNAL_HDR 60
+#define PK_JOURNAL_REC 36
+typedef struct pk_journal {
+    int fd;              /* -1 when closed */
+    char *path;
+    size_t T, N, P, S, keep;   /* the sizes the header holds: set before create/open */
+} pk_journal;
+char *pk_journal_path(const char *dir);
+pk_status pk_journal_create(pk_journal *j, const char *dir);
+pk_status pk_journal_append(pk_journal *j, size_t step, double lr, double loss, uint64_t batch);
+/* Check the header against j's sizes (PK_ERR_STATE when damaged or
+ * different) and read the complete records from the start up to the first
+ * one that is short, fails its crc32 or is out of order: their count *k,
+ * lr, loss and batch hash (T each, caller's), and *ignored, the bytes after
+ * them. Leaves the journal open for appending. */
+pk_status pk_journal_open(pk_journal *j, const char *dir, size_t *k, size_t *ignored, double *lr, double *loss,
+                          uint64_t *batch);
+/* Keep the first k records only. */
+pk_status pk_journal_truncate(pk_journal *j, size_t k);
+void pk_journal_close(pk_journal *j);
+
+/* A new run directory: standardize.npy, weights/step-0 (w (P) and the
+ * zero optimiser state (S, P)), the journal (j's sizes set; left open)
+ * and, last, run.json with status "running"; refuses a directory that
+ * already holds a run. */
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m,
+                        const double *w, const double *state, pk_journal *j);
+/* The end of training: trajectory.bin, steps.csv, and run.json's status and
+ * steps; a complete run's journal is removed. */
 pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, const char *status);
+/* Rewrite run.json's status and steps (atomically). */
+pk_status pk_run_set_status(const char *dir, const char *status, size_t steps);
+/* Remove what an uninterrupted run would not hold at step `from`:
+ * trajectory.bin and steps.csv, temporary files of killed writes, and the
+ * checkpoints after `from` or off the every-keep-th-and-T grid (a stop's). */
+pk_status pk_run_prune(const char *dir, size_t from, size_t T, size_t keep);
+/* run.json alone (any status, no trajectory): what train --resume reads. */
+pk_status pk_run_open_config(const char *dir, pk_run **out);
+size_t pk_run_steps_requested(const pk_run *run);
+uint64_t pk_run_seed(const pk_run *run);
+const char *pk_run_status(const pk_run *run);
 pk_status pk_traj_read(const char *path, pk_traj *tr);
 void pk_traj_free(pk_traj *tr);
 /* The run's training data: attached, or loaded once from the recorded spec. */
@@ -140,6 +216,8 @@ typedef struct pk_side {
 void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, size_t ldy,
                      int pairs, double *A, double *D);
 
+/* out (n, dims[l+1]) = act'(z_l) for the n examples on the tape (model.c). */
+void pk_mlp_act_grad(const pk_mlp *m, const pk_tape *t, size_t l, double *out);
 /* A side from a tape after pk_mlp_output_deltas into `deltas`. */
 pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace);
 /* A side from a tape after pk_mlp_backward (loss-weighted deltas). */
@@ -149,6 +227,18 @@ pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas);
 void pk_deltas_free(const pk_mlp *m, double **deltas);
 
 /* ------------------------------------------- momentum, Adam, weight decay */
+
+/* Replayed step t of a gd/sgd run: the batch (*idx, *nb), the training side
+ * on st->tape and the batch gradient G at w, w_next = w after the optimiser
+ * step (state updated). Returns the step's learning rate. */
+double pk_replay_step(pk_run *run, pk_stepper *st, size_t t, const double *w, double *w_next, double *state,
+                      double *G, const uint32_t **idx, size_t *nb);
+/* The end of a forward replay (path.c, topk.c, attribution.c): w must equal
+ * the stored final weights bit for bit (scratch: P doubles). */
+pk_status pk_replay_landed(pk_run *run, const double *w, double *scratch);
+/* After replayed step t: the caller's progress callback; PK_ERR_STOPPED
+ * (with a message) when it asks to stop. */
+pk_status pk_replay_progress(pk_run *run, size_t t, pk_progress_fn progress, void *ctx);
 
 /* Whether explain needs momentum.c's backward sweep (momentum, adam, adamw,
  * or any weight decay) instead of path.c's forward sweep. */

@@ -204,27 +204,44 @@ void pk_tape_free(pk_tape *t)
 
 /* --------------------------------------------------------------- passes */
 
+/* z[l] += sb * c_l when c is given (z[l] holds the product with W_l), then
+ * a[l+1] = act(z[l]) (the output layer has none). */
+static void finish_layer(const pk_mlp *m, const double *c, pk_tape *t, size_t l)
+{
+    size_t n = t->n, dout = m->dims[l + 1];
+    double sb = pk_mlp_bscale(m, l), *z = t->z[l], *a = t->a[l + 1];
+    int last = l + 1 == m->n_layers;
+    #pragma omp parallel for schedule(static) if (n * dout >= PK_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        double *zi = z + i * dout;
+        if (c)
+            for (size_t j = 0; j < dout; j++) zi[j] += sb * c[j];
+        if (!last) act_row(m->act, zi, a + i * dout, dout);
+    }
+}
+
+/* Layers from..L-1, with a[from] in place. */
+static void forward_layers(const pk_mlp *m, const double *w, pk_tape *t, size_t from)
+{
+    for (size_t l = from; l < m->n_layers; l++) {
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        /* z (n, dout) = sw * a (n, din) W^T + sb * c */
+        pk_gemm(0, 1, t->n, dout, din, pk_mlp_wscale(m, l), t->a[l], din, w + m->w_off[l], din, 0.0, t->z[l], dout);
+        finish_layer(m, w + m->b_off[l], t, l);
+    }
+}
+
 void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t)
 {
-    size_t L = m->n_layers;
     t->n = n;
     t->a[0] = (double *)x; /* the input is borrowed, never written */
-    for (size_t l = 0; l < L; l++) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        const double *W = w + m->w_off[l], *c = w + m->b_off[l];
-        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
-        double *z = t->z[l];
-        /* z (n, dout) = sw * a (n, din) W^T + sb * c */
-        pk_gemm(0, 1, n, dout, din, sw, t->a[l], din, W, din, 0.0, z, dout);
-        double *a = t->a[l + 1];
-        int last = l + 1 == L;
-        #pragma omp parallel for schedule(static) if (n * dout >= PK_PAR_MIN)
-        for (size_t i = 0; i < n; i++) {
-            double *zi = z + i * dout;
-            for (size_t j = 0; j < dout; j++) zi[j] += sb * c[j];
-            if (!last) act_row(m->act, zi, a + i * dout, dout);
-        }
-    }
+    forward_layers(m, w, t, 0);
+}
+
+void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t)
+{
+    finish_layer(m, NULL, t, 0);
+    forward_layers(m, w, t, 1);
 }
 
 /* g (n, dout) times W_l (dout, din) times sw into out (n, din), then the
@@ -264,6 +281,12 @@ void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double 
         }
         if (l > 0) back_through(m, w, t, l, delta, n, 1, t->delta[l - 1]);
     }
+}
+
+void pk_mlp_act_grad(const pk_mlp *m, const pk_tape *t, size_t l, double *out)
+{
+    size_t n = t->n * m->dims[l + 1];
+    for (size_t i = 0; i < n; i++) out[i] = act_df(m->act, t->z[l][i], t->a[l + 1][i]);
 }
 
 void pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,

@@ -458,6 +458,11 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
                 if (sw->e->kernel) pk_mlp_output_deltas(m, ws, sw->st.tape, sw->dB);
                 batch_products(sw, q0, nq, idx, nb);
             }
+            /* the sweep runs backward: T - t steps of this block are done */
+            if (sw->o->progress && sw->o->progress(sw->o->ctx, T - t, T, pk_run_batch_loss(sw->run, t))) {
+                s = pk_fail(PK_ERR_STOPPED, "stopped with %zu of %zu steps of the backward sweep done", T - t, T);
+                break;
+            }
         }
         b = a;
     }

@@ -125,10 +125,7 @@ static size_t default_block(const pk_run *run, size_t Q, const pk_explain_opts *
 
 static size_t memory_limit(const pk_explain_opts *o)
 {
-    if (o->mem_limit) return o->mem_limit;
-    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    if (pages <= 0 || psz <= 0) return (size_t)1 << 32;
-    return (size_t)((double)pages * (double)psz * 0.75);
+    return pk_memory_budget(o->mem_limit);
 }
 
 size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
@@ -171,6 +168,37 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
 }
 
 /* ---------------------------------------------------------------- explain */
+
+double pk_replay_step(pk_run *run, pk_stepper *st, size_t t, const double *w, double *w_next, double *state,
+                      double *G, const uint32_t **idx, size_t *nb)
+{
+    size_t P = pk_run_mlp(run)->n_params;
+    double lr = pk_run_lr(run, t);
+    pk_run_batch(run, t, idx, nb);
+    pk_stepper_grad(st, w, *idx, *nb, G);
+    memcpy(w_next, w, P * sizeof *w);
+    pk_optim_step(pk_run_optim(run), t, lr, P, w_next, state, G, NULL);
+    return lr;
+}
+
+pk_status pk_replay_landed(pk_run *run, const double *w, double *scratch)
+{
+    size_t P = pk_run_mlp(run)->n_params;
+    pk_status s = pk_run_weights(run, pk_run_steps(run), scratch);
+    if (!s && memcmp(w, scratch, P * sizeof *w) != 0)
+        s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
+                    "(different BLAS or build?)", pk_run_dir(run));
+    return s;
+}
+
+pk_status pk_replay_progress(pk_run *run, size_t t, pk_progress_fn progress, void *ctx)
+{
+    size_t T = pk_run_steps(run);
+    if (progress && progress(ctx, t + 1, T, pk_run_batch_loss(run, t)))
+        return pk_fail(PK_ERR_STOPPED, "stopped after step %zu of %zu", t + 1, T);
+    return PK_OK;
+}
+
 
 static double now(void)
 {
@@ -254,11 +282,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     for (size_t t = 0; !s && !back && t < T; t++) {
         const uint32_t *idx;
         size_t nb;
-        pk_run_batch(run, t, &idx, &nb);
-        double lr = pk_run_lr(run, t);
-        pk_stepper_grad(&st, w, idx, nb, G);
-        memcpy(w_next, w, P * sizeof *w);
-        pk_optim_step(op, t, lr, P, w_next, state, G, NULL);
+        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
         pk_side train_loss = pk_side_loss(m, st.tape), train_out = {0};
         if (o->want_kernel) {
             pk_mlp_output_deltas(m, w, st.tape, dB);
@@ -312,13 +336,9 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
             }
         }
         double *tmp = w; w = w_next; w_next = tmp;
+        if (!s) s = pk_replay_progress(run, t, o->progress, o->ctx);
     }
-    if (!s) { /* the replay must land on the stored final weights, bit for bit */
-        s = pk_run_weights(run, T, wq);
-        if (!s && memcmp(w, wq, P * sizeof *w) != 0)
-            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
-                        "(different BLAS or build?)", pk_run_dir(run));
-    }
+    if (!s) s = pk_replay_landed(run, w, wq);
     if (!s) s = pk_predict(m, w, Xq, Q, e->pred);
     if (!s) {
         double num = 0, den = 0;

@@ -6,9 +6,12 @@
  *   RUN/steps.csv           the same, for people: step,lr,batch_size,loss
  *   RUN/standardize.npy     (2, d) feature mean and std, when standardised
  *   RUN/weights/step-T.pkw  weights and optimiser state after step T
+ *   RUN/journal.bin         one checksummed record per finished step, appended
+ *                           while training (removed when the run completes)
  *
- * Binary files carry a magic, a version and a crc32; every file is written
- * atomically (temporary name, then rename). */
+ * Binary files carry a magic, a version and a crc32; every file but the
+ * journal is written atomically (temporary name, then rename). The journal
+ * is what makes a killed run resumable (train.c, pk_train_resume). */
 #include "internal.h"
 
 #include <cjson/cJSON.h>
@@ -16,6 +19,8 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -42,7 +47,7 @@ static void put(bytes *b, const void *src, size_t n)
         size_t len = n - o < (1u << 30) ? n - o : (1u << 30);
         b->crc = crc32(b->crc, p + o, (uInt)len);
     }
-    if (n && fwrite(src, 1, n, b->a.f) != n) b->s = pk_fail(PK_ERR_IO, "%s: write failed: %s", b->a.path, strerror(errno));
+    if (n && fwrite(src, 1, n, b->a.f) != n) b->s = pk_write_error(b->a.path, errno);
 }
 static void put_u32(bytes *b, uint32_t v) { put(b, &v, 4); }
 static void put_u64(bytes *b, uint64_t v) { put(b, &v, 8); }
@@ -150,7 +155,11 @@ pk_status pk_traj_write(const char *path, const pk_traj *tr)
     return put_finish(&b);
 }
 
-pk_status pk_traj_read(const char *path, pk_traj *tr)
+/* The trajectory reader. With `expect` (T and N from run.json), the header
+ * must declare exactly those sizes; in every case they must fit the file's
+ * length before anything is allocated, and iota (N) is allocated only when a
+ * step used the full batch. */
+static pk_status traj_read(const char *path, const size_t *expect, pk_traj *tr)
 {
     memset(tr, 0, sizeof *tr);
     unsigned char *buf;
@@ -161,6 +170,11 @@ pk_status pk_traj_read(const char *path, pk_traj *tr)
     if (len < 40) { free(buf); return pk_fail(PK_ERR_STATE, "%s: truncated header", path); }
     memcpy(h, buf + 16, 24);
     uint64_t T = h[0], N = h[1], total = h[2];
+    if (expect && (T != expect[0] || N != expect[1])) {
+        free(buf);
+        return pk_fail(PK_ERR_STATE, "%s: records %llu steps of %llu examples, run.json says %zu and %zu", path,
+                       (unsigned long long)T, (unsigned long long)N, expect[0], expect[1]);
+    }
     if (T > (len / 24) || total > len / 4 || N > UINT32_MAX ||
         len != 40 + T * 16 + (T + 1) * 8 + total * 4) {
         free(buf);
@@ -172,17 +186,18 @@ pk_status pk_traj_read(const char *path, pk_traj *tr)
     tr->loss = pk_alloc(T + 1, sizeof(double));
     tr->off = pk_alloc(T + 1, sizeof(uint64_t));
     tr->idx = pk_alloc(total + 1, sizeof(uint32_t));
-    tr->iota = pk_alloc(N + 1, sizeof(uint32_t));
-    if (!tr->lr || !tr->loss || !tr->off || !tr->idx || !tr->iota) { free(buf); pk_traj_free(tr); return PK_ERR_NOMEM; }
+    if (!tr->lr || !tr->loss || !tr->off || !tr->idx) { free(buf); pk_traj_free(tr); return PK_ERR_NOMEM; }
     const unsigned char *p = buf + 40;
     memcpy(tr->lr, p, T * 8); p += T * 8;
     memcpy(tr->loss, p, T * 8); p += T * 8;
     memcpy(tr->off, p, (T + 1) * 8); p += (T + 1) * 8;
     memcpy(tr->idx, p, total * 4);
     free(buf);
-    for (size_t i = 0; i < N; i++) tr->iota[i] = (uint32_t)i;
-    for (size_t t = 0; t < T; t++)
+    int full = 0;
+    for (size_t t = 0; t < T; t++) {
         if (tr->off[t + 1] < tr->off[t] || tr->off[t + 1] > total) { pk_traj_free(tr); return pk_fail(PK_ERR_STATE, "%s: batch offsets out of order at step %zu", path, t); }
+        full |= tr->off[t + 1] == tr->off[t];
+    }
     for (size_t k = 0; k < total; k++)
         if (tr->idx[k] >= N) {
             /* Fuzzing (fuzz_traj) found: the message read tr->idx[k] after
@@ -192,13 +207,134 @@ pk_status pk_traj_read(const char *path, pk_traj *tr)
             pk_traj_free(tr);
             return pk_fail(PK_ERR_STATE, "%s: batch index %u out of range", path, bad);
         }
+    if (full) { /* only full-batch steps read iota: N of them */
+        tr->iota = pk_alloc(N + 1, sizeof(uint32_t));
+        if (!tr->iota) { pk_traj_free(tr); return PK_ERR_NOMEM; }
+        for (size_t i = 0; i < N; i++) tr->iota[i] = (uint32_t)i;
+    }
     return PK_OK;
 }
+
+pk_status pk_traj_read(const char *path, pk_traj *tr) { return traj_read(path, NULL, tr); }
 
 void pk_traj_free(pk_traj *tr)
 {
     free(tr->lr); free(tr->loss); free(tr->off); free(tr->idx); free(tr->iota);
     memset(tr, 0, sizeof *tr);
+}
+
+/* ---------------------------------------------------------------- journal */
+
+static const char JOURNAL_MAGIC[8] = {'P', 'K', 'J', 'O', 'U', 'R', 'N', 'L'};
+
+char *pk_journal_path(const char *dir) { return pk_path_join(dir, "journal.bin"); }
+
+pk_status pk_journal_create(pk_journal *j, const char *dir)
+{
+    j->fd = -1;
+    j->path = pk_journal_path(dir);
+    if (!j->path) return PK_ERR_NOMEM;
+    bytes b; /* the header, written atomically: a journal never lacks one */
+    if (put_open(&b, j->path)) return b.s;
+    put(&b, JOURNAL_MAGIC, 8);
+    put_u32(&b, PK_RUN_VERSION);
+    put_u32(&b, 0);
+    uint64_t sizes[5] = {j->T, j->N, j->P, j->S, j->keep};
+    put(&b, sizes, sizeof sizes);
+    pk_status s = put_finish(&b);
+    if (s) return s;
+    j->fd = open(j->path, O_WRONLY | O_APPEND);
+    if (j->fd < 0) return pk_fail(PK_ERR_IO, "%s: cannot open for appending: %s", j->path, strerror(errno));
+    return PK_OK;
+}
+
+/* write(2) all n bytes, through signals and short writes. */
+static pk_status write_all(int fd, const char *path, const unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return pk_fail(PK_ERR_IO, "%s: write failed: %s", path, strerror(w < 0 ? errno : EIO));
+        p += w;
+        n -= (size_t)w;
+    }
+    return PK_OK;
+}
+
+pk_status pk_journal_append(pk_journal *j, size_t step, double lr, double loss, uint64_t batch)
+{
+    unsigned char rec[PK_JOURNAL_REC]; /* step, lr, loss, batch hash, crc32 */
+    uint64_t st = step;
+    memcpy(rec, &st, 8);
+    memcpy(rec + 8, &lr, 8);
+    memcpy(rec + 16, &loss, 8);
+    memcpy(rec + 24, &batch, 8);
+    uint32_t crc = (uint32_t)crc32(0L, rec, PK_JOURNAL_REC - 4);
+    memcpy(rec + 32, &crc, 4);
+    return write_all(j->fd, j->path, rec, sizeof rec); /* one write: in the kernel's hands once it returns */
+}
+
+pk_status pk_journal_open(pk_journal *j, const char *dir, size_t *k, size_t *ignored, double *lr, double *loss,
+                          uint64_t *batch)
+{
+    j->fd = -1;
+    *k = *ignored = 0;
+    j->path = pk_journal_path(dir);
+    if (!j->path) return PK_ERR_NOMEM;
+    const size_t H = PK_JOURNAL_HDR, R = PK_JOURNAL_REC;
+    size_t want = j->T < (SIZE_MAX - H) / R ? H + j->T * R : SIZE_MAX; /* no more than T records are read */
+    unsigned char *buf;
+    size_t len;
+    pk_status s = pk_read_prefix(j->path, 0, want, &buf, &len);
+    if (s) return s;
+    uint64_t sizes[5], mine[5] = {j->T, j->N, j->P, j->S, j->keep};
+    uint32_t ver, crc;
+    if (len >= H) { memcpy(&ver, buf + 8, 4); memcpy(sizes, buf + 16, 40); memcpy(&crc, buf + H - 4, 4); }
+    if (len < H || memcmp(buf, JOURNAL_MAGIC, 8) != 0 || crc != (uint32_t)crc32(0L, buf, (uInt)(H - 4))) {
+        free(buf);
+        return pk_fail(PK_ERR_STATE, "%s: not a journal or its header (bytes 0..%zu) is damaged", j->path, H - 1);
+    }
+    if (ver != PK_RUN_VERSION || memcmp(sizes, mine, sizeof mine) != 0) {
+        free(buf);
+        return pk_fail(PK_ERR_STATE, "%s: header (version %u, %llu steps, %llu examples, %llu parameters) does not "
+                       "match run.json (version %d, %zu steps, %zu examples, %zu parameters)", j->path, ver,
+                       (unsigned long long)sizes[0], (unsigned long long)sizes[1], (unsigned long long)sizes[2],
+                       PK_RUN_VERSION, j->T, j->N, j->P);
+    }
+    /* the complete records: each whole, its crc32 right and its step next in order */
+    size_t n = 0;
+    for (size_t o = H; o + R <= len; o += R, n++) {
+        const unsigned char *rec = buf + o;
+        uint64_t st;
+        memcpy(&st, rec, 8);
+        memcpy(&crc, rec + 32, 4);
+        if (crc != (uint32_t)crc32(0L, rec, (uInt)(R - 4)) || st != n + 1) break;
+        memcpy(&lr[n], rec + 8, 8);
+        memcpy(&loss[n], rec + 16, 8);
+        memcpy(&batch[n], rec + 24, 8);
+    }
+    struct stat sb;
+    *k = n;
+    *ignored = stat(j->path, &sb) == 0 && (size_t)sb.st_size > H + n * R ? (size_t)sb.st_size - H - n * R : 0;
+    free(buf);
+    j->fd = open(j->path, O_WRONLY | O_APPEND);
+    if (j->fd < 0) return pk_fail(PK_ERR_IO, "%s: cannot open for appending: %s", j->path, strerror(errno));
+    return PK_OK;
+}
+
+pk_status pk_journal_truncate(pk_journal *j, size_t k)
+{
+    if (ftruncate(j->fd, (off_t)(PK_JOURNAL_HDR + k * PK_JOURNAL_REC)) != 0)
+        return pk_fail(PK_ERR_IO, "%s: cannot truncate: %s", j->path, strerror(errno));
+    return PK_OK;
+}
+
+void pk_journal_close(pk_journal *j)
+{
+    if (j->fd >= 0) close(j->fd);
+    j->fd = -1;
+    free(j->path);
+    j->path = NULL;
 }
 
 /* ----------------------------------------------------------------- run.json */
@@ -248,13 +384,15 @@ static char *hex64(char buf[17], uint64_t v)
     return buf;
 }
 
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m)
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m,
+                        const double *w, const double *state, pk_journal *j)
 {
     char *js = pk_path_join(dir, "run.json");
     if (!js) return PK_ERR_NOMEM;
     if (access(js, F_OK) == 0) {
         free(js);
-        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another --out", dir);
+        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another --out "
+                       "(an interrupted run continues with `pathkernel train --resume %s`)", dir, dir);
     }
     pk_status ms = pk_mkdirs(dir);
     if (ms) { free(js); return ms; }
@@ -331,8 +469,35 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
         free(ms);
         free(p);
     }
+    /* step 0 and the journal before run.json: a directory with run.json
+     * always holds what a resume starts from */
+    char *cp = s ? NULL : pk_ckpt_path(dir, 0);
+    if (!s) s = cp ? pk_ckpt_write(cp, 0, m->n_params, w, pk_optim_state_len(op), state) : PK_ERR_NOMEM;
+    free(cp);
+    if (!s) s = pk_journal_create(j, dir);
     if (!s) s = json_write(js, r);
     cJSON_Delete(r);
+    free(js);
+    return s;
+}
+
+pk_status pk_run_set_status(const char *dir, const char *status, size_t steps)
+{
+    char *js = pk_path_join(dir, "run.json");
+    unsigned char *text;
+    size_t len;
+    pk_status s = js ? pk_read_file(js, 0, 1 << 20, &text, &len) : PK_ERR_NOMEM;
+    if (!s) {
+        cJSON *r = cJSON_Parse((char *)text);
+        free(text);
+        if (!r) s = pk_fail(PK_ERR_STATE, "%s: not valid JSON", js);
+        else {
+            cJSON_ReplaceItemInObject(r, "status", cJSON_CreateString(status));
+            cJSON_ReplaceItemInObject(r, "steps", cJSON_CreateNumber((double)steps));
+            s = json_write(js, r);
+            cJSON_Delete(r);
+        }
+    }
     free(js);
     return s;
 }
@@ -342,8 +507,7 @@ pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, c
     pk_traj done = *tr;
     done.T = steps_done;
     char *tp = pk_path_join(dir, "trajectory.bin"), *cp = pk_path_join(dir, "steps.csv");
-    char *js = pk_path_join(dir, "run.json");
-    pk_status s = (!tp || !cp || !js) ? PK_ERR_NOMEM : pk_traj_write(tp, &done);
+    pk_status s = (!tp || !cp) ? PK_ERR_NOMEM : pk_traj_write(tp, &done);
     if (!s) { /* steps.csv: %.17g round-trips every double */
         pk_atomic a;
         s = pk_atomic_open(&a, cp);
@@ -356,23 +520,65 @@ pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, c
             s = pk_atomic_commit(&a);
         }
     }
-    if (!s) {
-        unsigned char *text;
-        size_t len;
-        s = pk_read_file(js, 0, 1 << 20, &text, &len);
-        if (!s) {
-            cJSON *r = cJSON_Parse((char *)text);
-            free(text);
-            if (!r) s = pk_fail(PK_ERR_STATE, "%s: not valid JSON", js);
-            else {
-                cJSON_ReplaceItemInObject(r, "status", cJSON_CreateString(status));
-                cJSON_ReplaceItemInObject(r, "steps", cJSON_CreateNumber((double)steps_done));
-                s = json_write(js, r);
-                cJSON_Delete(r);
-            }
-        }
+    if (!s) s = pk_run_set_status(dir, status, steps_done);
+    if (!s && !strcmp(status, "complete")) { /* nothing left to resume: the journal goes */
+        char *jp = pk_journal_path(dir);
+        if (!jp) s = PK_ERR_NOMEM;
+        else if (unlink(jp) != 0 && errno != ENOENT) s = pk_fail(PK_ERR_IO, "%s: cannot remove: %s", jp, strerror(errno));
+        free(jp);
     }
-    free(tp); free(cp); free(js);
+    free(tp); free(cp);
+    return s;
+}
+
+/* unlink(2) where a missing file is no failure. */
+static pk_status remove_file(const char *dir, const char *name)
+{
+    char *p = pk_path_join(dir, name);
+    if (!p) return PK_ERR_NOMEM;
+    pk_status s = unlink(p) != 0 && errno != ENOENT ? pk_fail(PK_ERR_IO, "%s: cannot remove: %s", p, strerror(errno)) : PK_OK;
+    free(p);
+    return s;
+}
+
+/* Step number of a checkpoint's name "step-N.pkw"; -1 for other names. */
+static int ckpt_step(const char *name, size_t *t)
+{
+    if (strncmp(name, "step-", 5) != 0 || name[5] < '0' || name[5] > '9') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(name + 5, &end, 10);
+    if (errno || strcmp(end, ".pkw") != 0) return -1;
+    *t = (size_t)v;
+    return 0;
+}
+
+/* Remove, in dir, the temporary files of killed atomic writes and (with
+ * keep) the checkpoints that pk_run_prune names. */
+static pk_status prune_dir(const char *dir, size_t from, size_t T, size_t keep)
+{
+    DIR *d = opendir(dir);
+    if (!d) return pk_fail(PK_ERR_IO, "%s: cannot list: %s", dir, strerror(errno));
+    pk_status s = PK_OK;
+    struct dirent *de;
+    while (!s && (de = readdir(d))) {
+        size_t t;
+        int stale = strstr(de->d_name, ".tmp.") != NULL ||
+                    (keep && ckpt_step(de->d_name, &t) == 0 && (t > from || (t % keep != 0 && t != T)));
+        if (stale) s = remove_file(dir, de->d_name);
+    }
+    closedir(d);
+    return s;
+}
+
+pk_status pk_run_prune(const char *dir, size_t from, size_t T, size_t keep)
+{
+    pk_status s = remove_file(dir, "trajectory.bin");
+    if (!s) s = remove_file(dir, "steps.csv");
+    if (!s) s = prune_dir(dir, from, T, 0);
+    char *wd = s ? NULL : pk_path_join(dir, "weights");
+    if (!s) s = wd ? prune_dir(wd, from, T, keep) : PK_ERR_NOMEM;
+    free(wd);
     return s;
 }
 
@@ -384,6 +590,9 @@ struct pk_run {
     pk_loss loss;
     pk_optim optim;
     size_t steps, keep, n_train, d, ty;
+    size_t steps_requested;  /* 0 when run.json does not say (older runs) */
+    uint64_t seed;
+    char status[16];         /* "" when run.json does not say */
     uint64_t fingerprint;
     char *data_spec;
     pk_load_opts load;
@@ -435,6 +644,11 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
     if (jnum(r, "version", &ver) || ver != PK_RUN_VERSION) return pk_fail(PK_ERR_STATE, "%s: unsupported run version", path);
     if (jsize(r, "steps", &run->steps)) return BAD("steps");
     if (jsize(r, "keep", &run->keep) || !run->keep) return BAD("keep");
+    /* what train --resume needs besides (optional for reading a finished run) */
+    const char *st = jstr(r, "status");
+    if (st) snprintf(run->status, sizeof run->status, "%s", st);
+    if (jget(r, "steps_requested") && jsize(r, "steps_requested", &run->steps_requested)) return BAD("steps_requested");
+    if (jget(r, "seed") && jhex(r, "seed", &run->seed)) return BAD("seed");
     const cJSON *mo = jget(r, "model"), *oo = jget(r, "optim"), *da = jget(r, "data");
     if (!cJSON_IsObject(mo) || !cJSON_IsObject(oo) || !cJSON_IsObject(da)) return BAD("model/optim/data");
     const char *spec = jstr(mo, "spec"), *param = jstr(mo, "param");
@@ -481,16 +695,16 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
 #undef BAD
 }
 
-pk_status pk_run_open(const char *dir, pk_run **out)
+pk_status pk_run_open_config(const char *dir, pk_run **out)
 {
     *out = NULL;
     pk_run *run = pk_calloc(1, sizeof *run);
     if (!run) return PK_ERR_NOMEM;
     run->dir = pk_strdup(dir);
-    char *js = pk_path_join(dir, "run.json"), *tp = pk_path_join(dir, "trajectory.bin");
+    char *js = pk_path_join(dir, "run.json");
     unsigned char *text = NULL;
     size_t len;
-    pk_status s = (!run->dir || !js || !tp) ? PK_ERR_NOMEM : PK_OK;
+    pk_status s = (!run->dir || !js) ? PK_ERR_NOMEM : PK_OK;
     if (!s) {
         s = pk_read_file(js, 0, 1 << 20, &text, &len);
         if (s == PK_ERR_INPUT) s = pk_fail(PK_ERR_INPUT, "%s: not a run directory (no readable run.json)", dir);
@@ -504,13 +718,27 @@ pk_status pk_run_open(const char *dir, pk_run **out)
             cJSON_Delete(r);
         }
     }
-    if (!s) {
-        s = pk_traj_read(tp, &run->traj);
-        if (!s && (run->traj.T != run->steps || run->traj.N != run->n_train))
-            s = pk_fail(PK_ERR_STATE, "%s: records %zu steps of %zu examples, run.json says %zu and %zu",
-                        tp, run->traj.T, run->traj.N, run->steps, run->n_train);
+    free(text); free(js);
+    if (s) { pk_run_close(run); return s; }
+    *out = run;
+    return PK_OK;
+}
+
+pk_status pk_run_open(const char *dir, pk_run **out)
+{
+    pk_run *run;
+    pk_status s = pk_run_open_config(dir, &run);
+    if (s) return s;
+    if (!strcmp(run->status, "running")) { /* killed, or still training: no trajectory yet */
+        s = pk_fail(PK_ERR_INPUT, "%s: training has not finished (run.json says \"running\": it was killed, or is "
+                    "still training); run `pathkernel train --resume %s` to finish it", dir, dir);
+        pk_run_close(run);
+        return s;
     }
-    free(text); free(js); free(tp);
+    char *tp = pk_path_join(dir, "trajectory.bin");
+    size_t expect[2] = {run->steps, run->n_train};
+    s = tp ? traj_read(tp, expect, &run->traj) : PK_ERR_NOMEM;
+    free(tp);
     if (s) { pk_run_close(run); return s; }
     *out = run;
     return PK_OK;
@@ -536,6 +764,9 @@ size_t pk_run_n_train(const pk_run *run) { return run->n_train; }
 uint64_t pk_run_fingerprint(const pk_run *run) { return run->fingerprint; }
 const char *pk_run_data_spec(const pk_run *run) { return run->data_spec; }
 const char *pk_run_dir(const pk_run *run) { return run->dir; }
+size_t pk_run_steps_requested(const pk_run *run) { return run->steps_requested; }
+uint64_t pk_run_seed(const pk_run *run) { return run->seed; }
+const char *pk_run_status(const pk_run *run) { return run->status; }
 const double *pk_run_mean(const pk_run *run) { return run->mean; }
 const double *pk_run_std(const pk_run *run) { return run->std; }
 

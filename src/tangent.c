@@ -1,7 +1,8 @@
 /* tangent.c -- the empirical tangent kernel by the structured per-layer
  * formula of MATH.md section 4: per layer, a Gram matrix of layer inputs and
  * one of deltas (two GEMMs) joined by a Hadamard product. Never forms a
- * P-long gradient. */
+ * P-long gradient. pk_side_* serve path.c; pk_kernel_tangent has its own
+ * fused, tiled version (below). */
 #include "internal.h"
 
 #include <string.h>
@@ -81,43 +82,241 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
     #undef S_AT
 }
 
+/* One side of a block of pk_kernel_tangent: the tape, the per-output deltas
+ * (for layers 0..L-3 only; the last hidden layer's come from s, the output
+ * layer's are e_k) and s = act'(z_{L-2}). */
+typedef struct kside {
+    pk_tape *t;
+    double *d[PK_MAX_LAYERS];
+    double *s;
+} kside;
+
+static void kside_free(const pk_mlp *m, kside *k)
+{
+    pk_tape_free(k->t);
+    pk_deltas_free(m, k->d);
+    free(k->s);
+}
+
+static pk_status kside_new(const pk_mlp *m, size_t cap, kside *k)
+{
+    size_t L = m->n_layers;
+    memset(k, 0, sizeof *k);
+    k->t = pk_tape_new(m, cap);
+    int ok = k->t != NULL;
+    for (size_t l = 0; ok && L >= 3 && l < L; l++) /* as pk_deltas_new */
+        ok = (k->d[l] = pk_alloc_big(cap * m->dims[L], m->dims[l + 1] * sizeof(double))) != NULL;
+    if (ok && L >= 2) ok = (k->s = pk_alloc(cap, m->dims[L - 1] * sizeof(double))) != NULL;
+    if (!ok) { kside_free(m, k); memset(k, 0, sizeof *k); return PK_ERR_NOMEM; }
+    return PK_OK;
+}
+
+static void kside_compute(const pk_mlp *m, const double *w, const double *X, size_t n, kside *k)
+{
+    size_t L = m->n_layers;
+    pk_mlp_forward(m, w, X, n, k->t);
+    if (L >= 3) pk_mlp_output_deltas(m, w, k->t, k->d);
+    if (L >= 2) pk_mlp_act_grad(m, k->t, L - 2, k->s);
+}
+
+/* What the tiles of a block share. Layers: 0..nr-1 regular (a delta Gram
+ * per layer), nr = L-2 the last hidden layer (if L >= 2), L-1 the output. */
+typedef struct kblock {
+    const pk_mlp *m;
+    size_t C, P, nr, nbx, nby, ldy;
+    const kside *x, *y;
+    const double *coef;   /* (L, nbx, nby): sw_l^2 a_x.a_y + sb_l^2 */
+    const double *Wp;     /* (P, d): sw^2 W[c,:] W[c',:] for c <= c' (last hidden layer) */
+    const size_t *pair;   /* (C, C): index of {c, c'} in Wp */
+    double *K;            /* K at (x0, y0): element (i, j, c, c') at ((i * ldy + j) * C + c) * C + c' */
+} kblock;
+
+/* Examples of x per tile: at most PIECE_ROWS delta rows (gemm.c's piece size),
+ * a fixed number, so that the bits never depend on the thread count. */
+#define PIECE_ROWS 256
+
+/* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, kt*P), Ex (es*P, d). */
+static size_t tile_scratch(const kblock *b, size_t kt, size_t es)
+{
+    size_t L = b->m->n_layers, d = L >= 2 ? b->m->dims[L - 1] : 0;
+    return b->nr * kt * b->C * b->nby * b->C + (L >= 2 ? b->nby * kt * b->P + es * b->P * d : 0);
+}
+
+/* K for the x examples i0..i0+kt of the block against all its y, every
+ * element written once:
+ *   K(i, j, c, c') = sum_{l < nr} coef_l(i, j) delta_x^l(i, c) . delta_y^l(j, c')
+ *                  + coef_nr(i, j) sum_k Wp({c, c'}, k) s_x(i, k) s_y(j, k)
+ *                  + coef_{L-1}(i, j) [c == c']
+ * (MATH.md section 4; the last hidden layer's deltas are sw W_L[c,:] o s,
+ * so its Gram is symmetric in (c, c'): P = C (C + 1) / 2 products, not C^2). */
+static void kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double *scratch)
+{
+    const pk_mlp *m = b->m;
+    size_t L = m->n_layers, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
+    size_t nxy = b->nbx * nby, d = L >= 2 ? m->dims[L - 1] : 0;
+    double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + nby * kt * P;
+    for (size_t l = 0; l < nr; l++) {
+        size_t len = m->dims[l + 1];
+        pk_gemm_tile(0, 1, kt * C, cols, len, b->x->d[l] + i0 * C * len, len, b->y->d[l], len,
+                     Dt + l * kt * C * cols, cols);
+    }
+    if (L >= 2)
+        for (size_t e0 = 0; e0 < kt; e0 += es) {
+            size_t ne = kt - e0 < es ? kt - e0 : es;
+            for (size_t e = 0; e < ne; e++) {
+                const double *sx = b->x->s + (i0 + e0 + e) * d;
+                for (size_t p = 0; p < P; p++) {
+                    const double *wp = b->Wp + p * d;
+                    double *ex = Ex + (e * P + p) * d;
+                    for (size_t k = 0; k < d; k++) ex[k] = wp[k] * sx[k];
+                }
+            }
+            /* Et (nby, kt*P) at column e0*P: s_y Ex^T */
+            pk_gemm_tile(0, 1, nby, ne * P, d, b->y->s, d, Ex, d, Et + e0 * P, kt * P);
+        }
+    for (size_t i = 0; i < kt; i++)
+        for (size_t j = 0; j < nby; j++) {
+            double *dst = b->K + ((i0 + i) * b->ldy + j) * C * C;
+            const double *cf = b->coef + (i0 + i) * nby + j;
+            const double *et = Et + j * kt * P + i * P;
+            double cs = L >= 2 ? cf[(L - 2) * nxy] : 0.0, cu = cf[(L - 1) * nxy];
+            /* the sum in layer order, as pk_side_product adds it up */
+            for (size_t kx = 0; kx < C; kx++) {
+                double *o = dst + kx * C;
+                const size_t *pr = b->pair + kx * C;
+                for (size_t ky = 0; ky < C; ky++) o[ky] = 0.0;
+                for (size_t l = 0; l < nr; l++) {
+                    const double *dl = Dt + l * kt * C * cols + (i * C + kx) * cols + j * C;
+                    double c = cf[l * nxy];
+                    for (size_t ky = 0; ky < C; ky++) o[ky] += c * dl[ky];
+                }
+                if (L >= 2)
+                    for (size_t ky = 0; ky < C; ky++) o[ky] += cs * et[pr[ky]];
+                o[kx] += cu;
+            }
+        }
+}
+
+/* The full (nbx, nby, C, C) block at K, in tiles over the threads. */
+static pk_status kernel_block_full(const kblock *b)
+{
+    size_t C = b->C, kt = PIECE_ROWS / C ? PIECE_ROWS / C : 1;
+    if (kt > b->nbx) kt = b->nbx;
+    size_t es = b->P && PIECE_ROWS / b->P ? PIECE_ROWS / b->P : 1;
+    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b, kt, es);
+    int fail = 0;
+    #pragma omp parallel if (tiles > 1)
+    {
+        double *scratch = pk_alloc_big(per ? per : 1, sizeof(double));
+        if (!scratch) {
+            #pragma omp atomic write
+            fail = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < tiles; t++) {
+            size_t i0 = t * kt, n = b->nbx - i0 < kt ? b->nbx - i0 : kt;
+            if (scratch) kernel_tile(b, i0, n, es, scratch);
+        }
+        free(scratch);
+    }
+    return fail ? PK_ERR_NOMEM : PK_OK;
+}
+
+/* The trace (nbx, nby) block at K (row stride ldy), layer by layer:
+ * K = sum_l coef_l o G_l with G_l = sum_c delta_x^l(., c) . delta_y^l(., c)
+ * (one GEMM over the C delta rows read as one), the last hidden layer's
+ * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C. */
+static void kernel_block_trace(const kblock *b, const double *q, double *G, double *Ex)
+{
+    const pk_mlp *m = b->m;
+    size_t L = m->n_layers, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
+    for (size_t i = 0; i < nbx; i++) memset(b->K + i * b->ldy, 0, nby * sizeof *b->K);
+    for (size_t l = 0; l < L; l++) {
+        if (l < b->nr) {
+            size_t len = m->dims[l + 1] * C;
+            pk_gemm(0, 1, nbx, nby, len, 1.0, b->x->d[l], len, b->y->d[l], len, 0.0, G, nby);
+        } else if (l + 2 == L) {
+            size_t d = m->dims[l + 1];
+            for (size_t i = 0; i < nbx; i++)
+                for (size_t k = 0; k < d; k++) Ex[i * d + k] = q[k] * b->x->s[i * d + k];
+            pk_gemm(0, 1, nbx, nby, d, 1.0, Ex, d, b->y->s, d, 0.0, G, nby);
+        }
+        const double *cf = b->coef + l * nxy;
+        #pragma omp parallel for schedule(static) if (nxy >= PK_PAR_MIN)
+        for (size_t i = 0; i < nbx; i++)
+            for (size_t j = 0; j < nby; j++)
+                b->K[i * b->ldy + j] += cf[i * nby + j] * (l + 1 == L ? (double)C : G[i * nby + j]);
+    }
+}
+
 pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K)
 {
-    size_t C = m->dims[m->n_layers], d = m->dims[0];
+    size_t L = m->n_layers, C = m->dims[L], d = m->dims[0], dh = L >= 2 ? m->dims[L - 1] : 0;
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
-    /* Blocks of B x B pairs keep the scratch D under 64 MiB: 256 x 256 pairs
-     * with 10 x 10 blocks: a 200 x 200 kernel is one block, and no side is
-     * computed twice. */
+    /* Blocks of B x B pairs (B^2 r^2 doubles under 64 MiB: 256 with 10 x 10
+     * blocks, one block for a 200 x 200 kernel): the sides of a block are
+     * computed once each, and once only when Y is X. */
     size_t B = 64;
     while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)64 << 20)) B *= 2;
     size_t bx = nx < B ? nx : B, by = ny < B ? ny : B;
     if (!bx || !by) return PK_OK;
-    pk_tape *tx = pk_tape_new(m, bx), *ty = pk_tape_new(m, by);
-    double *dx[PK_MAX_LAYERS], *dy[PK_MAX_LAYERS];
-    int okx = !pk_deltas_new(m, bx, dx), oky = !pk_deltas_new(m, by, dy);
-    double *D = pk_alloc(bx * r * by * r, sizeof *D), *A = pk_alloc(bx * by, sizeof *A);
-    pk_status s = PK_OK;
-    if (!tx || !ty || !okx || !oky || !D || !A) s = PK_ERR_NOMEM;
-    for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
-        size_t nbx = nx - x0 < bx ? nx - x0 : bx;
-        pk_mlp_forward(m, w, X + x0 * d, nbx, tx);
-        pk_mlp_output_deltas(m, w, tx, dx);
-        pk_side sx = pk_side_outputs(m, tx, dx, trace);
-        for (size_t y0 = 0; y0 < ny; y0 += by) {
-            size_t nby = ny - y0 < by ? ny - y0 : by;
-            pk_mlp_forward(m, w, Y + y0 * d, nby, ty);
-            pk_mlp_output_deltas(m, w, ty, dy);
-            pk_side sy = pk_side_outputs(m, ty, dy, trace);
-            /* straight into the block of K (nx, ny[, C, C]) at (x0, y0) */
-            pk_side_product(m, &sx, &sy, K + (x0 * ny + y0) * r * r, ny, 1, A, D);
+    int same = X == Y && nx == ny;
+    kside sx, sy;
+    memset(&sy, 0, sizeof sy);
+    pk_status s = kside_new(m, bx, &sx);
+    if (!s && !same) s = kside_new(m, by, &sy);
+    size_t P = C * (C + 1) / 2;
+    double *coef = pk_alloc(L * bx, by * sizeof(double));
+    /* last hidden layer: Wp (P, dh) for blocks, q (dh) for the trace */
+    double *Wp = L >= 2 ? pk_alloc(trace ? 1 : P, dh * sizeof(double)) : NULL;
+    size_t *pair = pk_alloc(C * C, sizeof *pair);
+    double *G = trace ? pk_alloc(bx, by * sizeof(double)) : NULL;
+    double *Ex = trace && L >= 2 ? pk_alloc(bx, dh * sizeof(double)) : NULL;
+    if (!s && (!coef || (L >= 2 && !Wp) || !pair || (trace && (!G || (L >= 2 && !Ex))))) s = PK_ERR_NOMEM;
+    if (!s && L >= 2) {
+        const double *W = w + m->w_off[L - 1];
+        double sw = pk_mlp_wscale(m, L - 1), sw2 = sw * sw;
+        for (size_t c = 0, p = 0; c < C; c++)
+            for (size_t c2 = c; c2 < C; c2++, p++) {
+                pair[c * C + c2] = pair[c2 * C + c] = p;
+                for (size_t k = 0; !trace && k < dh; k++) Wp[p * dh + k] = sw2 * (W[c * dh + k] * W[c2 * dh + k]);
+            }
+        for (size_t k = 0; trace && k < dh; k++) {
+            double v = 0.0;
+            for (size_t c = 0; c < C; c++) v += W[c * dh + k] * W[c * dh + k];
+            Wp[k] = sw2 * v;
         }
     }
-    pk_tape_free(tx);
-    pk_tape_free(ty);
-    if (okx) pk_deltas_free(m, dx);
-    if (oky) pk_deltas_free(m, dy);
-    free(D); free(A);
+    size_t y_held = (size_t)-1; /* the block of Y that sy holds */
+    for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
+        size_t nbx = nx - x0 < bx ? nx - x0 : bx;
+        kside_compute(m, w, X + x0 * d, nbx, &sx);
+        for (size_t y0 = 0; !s && y0 < ny; y0 += by) {
+            size_t nby = ny - y0 < by ? ny - y0 : by;
+            const kside *py = &sy;
+            if (same && y0 == x0) py = &sx;
+            else if (y_held != y0) {
+                if (!sy.t && (s = kside_new(m, by, &sy))) break; /* Y is X: off-diagonal blocks */
+                kside_compute(m, w, Y + y0 * d, nby, &sy);
+                y_held = y0;
+            }
+            for (size_t l = 0; l < L; l++) {
+                size_t din = m->dims[l];
+                double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l), sw2 = sw * sw, sb2 = sb * sb;
+                double *A = coef + l * nbx * nby;
+                pk_gemm(0, 1, nbx, nby, din, 1.0, sx.t->a[l], din, py->t->a[l], din, 0.0, A, nby);
+                for (size_t k = 0; k < nbx * nby; k++) A[k] = sw2 * A[k] + sb2;
+            }
+            kblock b = {m, C, P, L >= 2 ? L - 2 : 0, nbx, nby, ny, &sx, py, coef, Wp, pair,
+                        K + (x0 * ny + y0) * r * r};
+            if (trace) kernel_block_trace(&b, Wp, G, Ex);
+            else s = kernel_block_full(&b);
+        }
+    }
+    kside_free(m, &sx);
+    kside_free(m, &sy);
+    free(coef); free(Wp); free(pair); free(G); free(Ex);
     return s;
 }

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 pk_train_opts pk_train_opts_defaults(void)
 {
@@ -116,6 +117,126 @@ static int all_finite(const double *v, size_t n)
     return 1;
 }
 
+/* FNV-1a of step t's batch as the journal records it: the range length
+ * (u64), then the indices (u32 each). */
+static uint64_t batch_hash(const pk_traj *tr, size_t t)
+{
+    uint64_t nb = tr->off[t + 1] - tr->off[t];
+    uint64_t h = pk_hash_bytes(PK_HASH_INIT, &nb, sizeof nb);
+    return nb ? pk_hash_bytes(h, tr->idx + tr->off[t], nb * sizeof *tr->idx) : h;
+}
+
+/* One training session, fresh or resumed: what the loop reads and writes. */
+typedef struct trainer {
+    const pk_mlp *m;
+    pk_loss loss;
+    const pk_optim *opt;
+    const pk_data *data;
+    const char *dir;
+    size_t T, N, P, S, keep;
+    pk_traj tr;          /* lr, loss (T); the batch schedule off (T+1), idx */
+    pk_stepper st;
+    pk_journal j;
+    double *w, *G, *w_prev;      /* (P) each                                 */
+    double *state, *state_prev;  /* (S, P) each, one spare entry when S = 0   */
+} trainer;
+
+static void trainer_free(trainer *k)
+{
+    pk_journal_close(&k->j);
+    pk_stepper_free(&k->st);
+    pk_traj_free(&k->tr);
+    free(k->w); free(k->G); free(k->w_prev); free(k->state); free(k->state_prev);
+}
+
+static pk_status trainer_init(trainer *k, const pk_mlp *m, pk_loss loss, const pk_optim *opt, const pk_data *data,
+                              size_t T, size_t keep, uint64_t seed, const char *dir)
+{
+    size_t S = pk_optim_state_len(opt);
+    *k = (trainer){.m = m, .loss = loss, .opt = opt, .data = data, .dir = dir, .T = T, .N = data->n,
+                   .P = m->n_params, .S = S, .keep = keep, .j = {-1, NULL, T, data->n, m->n_params, S, keep}};
+    size_t P = k->P, SP = k->S * P + 1, N = k->N;
+    size_t B = opt->batch && opt->batch < N ? opt->batch : N;
+    k->w = pk_alloc(P, sizeof *k->w);
+    k->G = pk_alloc(P, sizeof *k->G);
+    k->w_prev = pk_alloc(P, sizeof *k->w_prev);
+    k->state = pk_calloc(SP, sizeof *k->state);
+    k->state_prev = pk_alloc(SP, sizeof *k->state_prev);
+    k->tr.T = T;
+    k->tr.N = N;
+    k->tr.lr = pk_alloc(T, sizeof(double));
+    k->tr.loss = pk_alloc(T, sizeof(double));
+    pk_status s = PK_OK;
+    if (!k->w || !k->G || !k->w_prev || !k->state || !k->state_prev || !k->tr.lr || !k->tr.loss) s = PK_ERR_NOMEM;
+    if (!s) s = make_schedule(&k->tr, N, T, opt->batch, seed);
+    if (!s) s = pk_stepper_init(&k->st, m, loss, data, B);
+    if (s) trainer_free(k);
+    return s;
+}
+
+static pk_status write_ckpt(const trainer *k, size_t t)
+{
+    char *path = pk_ckpt_path(k->dir, t);
+    pk_status s = path ? pk_ckpt_write(path, t, k->P, k->w, k->S, k->state) : PK_ERR_NOMEM;
+    free(path);
+    return s;
+}
+
+/* Steps t0..T-1 from w_t0 and its optimiser state, then the end of the run.
+ * Each finished step is checkpointed (every keep-th and the last), then
+ * journaled. Steps before `journaled` were recorded by an earlier session:
+ * their loss (in tr.loss) must come out again, bit for bit. */
+static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progress_fn progress, void *ctx)
+{
+    const pk_optim *opt = k->opt;
+    size_t T = k->T, P = k->P, SP = k->S * P;
+    double *w = k->w, *state = k->state;
+    pk_status s = PK_OK;
+    size_t t = t0;
+    const char *status = "complete";
+    for (; t < T; t++) {
+        size_t nb = k->tr.off[t + 1] - k->tr.off[t];
+        const uint32_t *idx = nb ? k->tr.idx + k->tr.off[t] : NULL;
+        if (!nb) nb = k->N;
+        double lr = pk_optim_lr(opt, t, T);
+        double loss = pk_stepper_grad(&k->st, w, idx, nb, k->G);
+        memcpy(k->w_prev, w, P * sizeof *w);
+        memcpy(k->state_prev, state, SP * sizeof *state);
+        pk_optim_step(opt, t, lr, P, w, state, k->G, NULL);
+        if (!isfinite(loss) || !all_finite(w, P)) {
+            memcpy(w, k->w_prev, P * sizeof *w);
+            memcpy(state, k->state_prev, SP * sizeof *state);
+            status = "diverged";
+            s = pk_fail(PK_ERR_NUMERIC,
+                        "training diverged at step %zu (the %s became NaN/Inf with learning rate %g); "
+                        "the run keeps steps 0..%zu: try a smaller --lr, e.g. %g",
+                        t + 1, isfinite(loss) ? "weights" : "loss", lr, t, lr / 10);
+            break;
+        }
+        if (t < journaled && memcmp(&loss, &k->tr.loss[t], sizeof loss) != 0) {
+            status = "failed";
+            s = pk_fail(PK_ERR_STATE, "%s: step %zu gave batch loss %.17g, the journal recorded %.17g: this build "
+                        "does not reproduce the run (was pathkernel or its BLAS changed since it started?)",
+                        k->j.path, t + 1, loss, k->tr.loss[t]);
+            break;
+        }
+        k->tr.lr[t] = lr;
+        k->tr.loss[t] = loss;
+        pk_status ws = (t + 1) % k->keep == 0 || t + 1 == T ? write_ckpt(k, t + 1) : PK_OK;
+        if (!ws) ws = pk_journal_append(&k->j, t + 1, lr, loss, batch_hash(&k->tr, t));
+        if (ws) { s = ws; status = "failed"; break; }
+        if (progress && progress(ctx, t + 1, T, loss)) { t++; status = "stopped"; break; }
+    }
+    if (t < T && t % k->keep != 0 && strcmp(status, "failed") != 0) {
+        /* stopped between stored checkpoints: store the last good weights */
+        pk_status ws = write_ckpt(k, t);
+        if (ws && !s) s = ws;
+    }
+    pk_journal_close(&k->j);
+    pk_status fs = pk_run_finish(k->dir, &k->tr, t, status);
+    if (fs && !s) s = fs;
+    return s;
+}
 
 pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn progress, void *ctx)
 {
@@ -145,75 +266,105 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     pk_mlp m;
     s = pk_mlp_parse(o->model, train->d, C, o->param, o->sigma_w, o->sigma_b, &m);
     if (s) return s;
+    trainer k;
+    if ((s = trainer_init(&k, &m, o->loss, opt, train, o->steps, o->keep, o->seed, o->out_dir))) return s;
+    if (o->init_dir) s = pk_weights_import(&m, o->init_dir, k.w);
+    else pk_mlp_init(&m, o->seed, k.w);
+    if (!s) s = pk_run_create(o->out_dir, train, o, &m, k.w, k.state, &k.j);
+    if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
+    trainer_free(&k);
+    return s;
+}
 
-    size_t P = m.n_params, S = pk_optim_state_len(opt), T = o->steps, N = train->n;
-    size_t B = opt->batch && opt->batch < N ? opt->batch : N;
-    double *w = pk_alloc(P, sizeof *w), *G = pk_alloc(P, sizeof *G);
-    double *w_prev = pk_alloc(P, sizeof *w), *state = pk_calloc(S * P + 1, sizeof *state);
-    double *state_prev = pk_alloc(S * P + 1, sizeof *state);
-    pk_traj tr = {0};
-    pk_stepper st = {0};
-    tr.T = T;
-    tr.N = N;
-    tr.lr = pk_alloc(T, sizeof(double));
-    tr.loss = pk_alloc(T, sizeof(double));
-    if (!w || !G || !w_prev || !state || !state_prev || !tr.lr || !tr.loss) { s = PK_ERR_NOMEM; goto done; }
-    if ((s = make_schedule(&tr, N, T, opt->batch, o->seed))) goto done;
-    if ((s = pk_stepper_init(&st, &m, o->loss, train, B))) goto done;
-    if (o->init_dir) {
-        if ((s = pk_weights_import(&m, o->init_dir, w))) goto done;
-    } else {
-        pk_mlp_init(&m, o->seed, w);
-    }
-    if ((s = pk_run_create(o->out_dir, train, o, &m))) goto done;
-    char *path = pk_ckpt_path(o->out_dir, 0);
-    s = path ? pk_ckpt_write(path, 0, P, w, S, state) : PK_ERR_NOMEM;
-    free(path);
-    if (s) goto done;
+/* ------------------------------------------------------------------ resume */
 
-    size_t t = 0;
-    const char *status = "complete";
-    for (; t < T; t++) {
-        size_t nb = tr.off[t + 1] - tr.off[t];
-        const uint32_t *idx = nb ? tr.idx + tr.off[t] : NULL;
-        if (!nb) nb = N;
-        double lr = pk_optim_lr(opt, t, T);
-        double loss = pk_stepper_grad(&st, w, idx, nb, G);
-        memcpy(w_prev, w, P * sizeof *w);
-        memcpy(state_prev, state, S * P * sizeof *state);
-        pk_optim_step(opt, t, lr, P, w, state, G, NULL);
-        if (!isfinite(loss) || !all_finite(w, P)) {
-            memcpy(w, w_prev, P * sizeof *w);
-            memcpy(state, state_prev, S * P * sizeof *state);
-            status = "diverged";
-            s = pk_fail(PK_ERR_NUMERIC,
-                        "training diverged at step %zu (the %s became NaN/Inf with learning rate %g); "
-                        "the run keeps steps 0..%zu: try a smaller --lr, e.g. %g",
-                        t + 1, isfinite(loss) ? "weights" : "loss", lr, t, lr / 10);
-            break;
-        }
-        tr.lr[t] = lr;
-        tr.loss[t] = loss;
-        if ((t + 1) % o->keep == 0 || t + 1 == T) {
-            path = pk_ckpt_path(o->out_dir, t + 1);
-            pk_status ws = path ? pk_ckpt_write(path, t + 1, P, w, S, state) : PK_ERR_NOMEM;
-            free(path);
-            if (ws) { s = ws; status = "failed"; break; }
-        }
-        if (progress && progress(ctx, t + 1, T, loss)) { t++; status = "stopped"; break; }
-    }
-    if (t < T && t % o->keep != 0 && strcmp(status, "failed") != 0) {
-        /* stopped between stored checkpoints: store the last good weights */
-        path = pk_ckpt_path(o->out_dir, t);
-        pk_status ws = path ? pk_ckpt_write(path, t, P, w, S, state) : PK_ERR_NOMEM;
+/* The newest checkpoint at or before step n that reads back whole (n itself
+ * when a stop left one there, then every keep-th down to 0) into k->w and
+ * k->state; SIZE_MAX when none does. */
+static size_t last_checkpoint(trainer *k, size_t n)
+{
+    for (size_t c = n;;) {
+        char *path = pk_ckpt_path(k->dir, c);
+        pk_status s = path ? pk_ckpt_read(path, c, k->P, k->w, k->S, k->state) : PK_ERR_NOMEM;
         free(path);
-        if (ws && !s) s = ws;
+        if (!s) return c;
+        if (!c) return SIZE_MAX;
+        c = c % k->keep ? c / k->keep * k->keep : c - k->keep;
     }
-    pk_status fs = pk_run_finish(o->out_dir, &tr, t, status);
-    if (fs && !s) s = fs;
-done:
-    pk_stepper_free(&st);
-    pk_traj_free(&tr);
-    free(w); free(G); free(w_prev); free(state); free(state_prev);
+}
+
+/* Check the run and its journal, load the checkpoint to continue from and
+ * put the directory back in the state an uninterrupted run had at that step. */
+static pk_status resume_prepare(trainer *k, pk_resume_info *info)
+{
+    const char *dir = k->dir;
+    uint64_t *hash = pk_alloc(k->T, sizeof *hash);   /* (T) batch hash of each journaled step */
+    if (!hash) return PK_ERR_NOMEM;
+    pk_status s = pk_journal_open(&k->j, dir, &info->journaled, &info->ignored, k->tr.lr, k->tr.loss, hash);
+    for (size_t t = 0; !s && t < info->journaled; t++) {
+        double lr = pk_optim_lr(k->opt, t, k->T);
+        if (memcmp(&lr, &k->tr.lr[t], sizeof lr) != 0 || hash[t] != batch_hash(&k->tr, t))
+            s = pk_fail(PK_ERR_STATE, "%s: the record of step %zu (byte %zu) does not follow from run.json (another "
+                        "learning rate or batch): run.json or the journal was changed, the run cannot be resumed",
+                        k->j.path, t + 1, (size_t)PK_JOURNAL_HDR + t * PK_JOURNAL_REC);
+    }
+    free(hash);
+    if (s) return s;
+    size_t c = last_checkpoint(k, info->journaled);
+    if (c == SIZE_MAX)
+        return pk_fail(PK_ERR_STATE, "%s: no checkpoint at or before step %zu reads back whole (last: %s): the run "
+                       "cannot be resumed", dir, info->journaled, pk_last_error());
+    info->from = c;
+    /* run.json first: until the run finishes again nothing reads a half state */
+    s = pk_run_set_status(dir, "running", 0);
+    if (!s) s = pk_journal_truncate(&k->j, c);
+    if (!s) s = pk_run_prune(dir, c, k->T, k->keep);
+    return s;
+}
+
+pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, pk_resume_info *info)
+{
+    pk_resume_info mine;
+    if (!info) info = &mine;
+    memset(info, 0, sizeof *info);
+    pk_run *run = NULL;
+    pk_status s = pk_run_open_config(dir, &run);
+    const char *st = s ? "" : pk_run_status(run);
+    if (!s) info->steps = pk_run_steps_requested(run);
+    if (s) {
+        /* reported below as bad input */
+    } else if (!strcmp(st, "complete")) {
+        info->complete = 1;
+        info->journaled = info->from = pk_run_steps(run);
+        char *jp = pk_journal_path(dir); /* a kill between finishing and removing it */
+        if (jp) unlink(jp);
+        free(jp);
+        pk_run_close(run);
+        return PK_OK;
+    } else if (!strcmp(st, "diverged")) {
+        s = pk_fail(PK_ERR_INPUT, "%s: the run diverged after step %zu; resuming would diverge again: train anew "
+                    "with a smaller --lr", dir, pk_run_steps(run));
+    } else if (strcmp(st, "running") && strcmp(st, "stopped") && strcmp(st, "failed")) {
+        s = pk_fail(PK_ERR_INPUT, "%s/run.json: status \"%s\" is not one that train --resume continues "
+                    "(running, stopped or failed)", dir, st);
+    } else if (!info->steps) {
+        s = pk_fail(PK_ERR_INPUT, "%s/run.json: no steps_requested: the run was written before --resume existed",
+                    dir);
+    }
+    const pk_data *train = NULL;
+    if (!s) s = pk_run_train(run, &train);
+    trainer k;
+    int ready = 0;
+    if (!s) {
+        s = trainer_init(&k, pk_run_mlp(run), pk_run_loss(run), pk_run_optim(run), train, info->steps,
+                         pk_run_keep(run), pk_run_seed(run), dir);
+        ready = !s;
+    }
+    if (!s) s = resume_prepare(&k, info);
+    /* everything up to here is about the directory the caller named */
+    if (s == PK_ERR_STATE) s = PK_ERR_INPUT;
+    if (!s) s = trainer_run(&k, info->from, info->journaled, progress, ctx);
+    if (ready) trainer_free(&k);
+    pk_run_close(run);
     return s;
 }

@@ -36,6 +36,7 @@ const char *pk_status_str(pk_status s)
     case PK_ERR_NUMERIC: return "numerical failure";
     case PK_ERR_STATE: return "inconsistent run";
     case PK_ERR_INTERNAL: return "internal error";
+    case PK_ERR_STOPPED: return "stopped";
     }
     return "unknown status";
 }
@@ -77,6 +78,33 @@ void *pk_calloc(size_t n, size_t size)
     return p;
 }
 
+/* A number from a one-line file (a cgroup's memory limit or usage), or -1. */
+static double read_number_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    unsigned long long v;
+    int ok = fscanf(f, "%llu", &v) == 1;
+    fclose(f);
+    return ok ? (double)v : -1;
+}
+
+size_t pk_memory_budget(size_t limit)
+{
+    if (limit) return limit;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    double free_bytes = pages > 0 && psz > 0 ? (double)pages * (double)psz : (double)((size_t)1 << 32) / 0.75;
+    /* in a container the cgroup's limit may be far below the host's free memory */
+    static const char *const cg[2][2] = {{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                                         {"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                          "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+    for (int i = 0; i < 2; i++) {
+        double max = read_number_file(cg[i][0]), used = read_number_file(cg[i][1]);
+        if (max > 0 && used >= 0 && max - used < free_bytes) free_bytes = max > used ? max - used : 0;
+    }
+    return (size_t)(free_bytes * 0.75);
+}
+
 char *pk_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;
@@ -96,6 +124,40 @@ char *pk_path_join(const char *dir, const char *name)
     return p;
 }
 
+/* What to do about a failed write, by errno. */
+static const char *write_hint(int err)
+{
+    switch (err) {
+    case ENOSPC:
+#ifdef EDQUOT
+    case EDQUOT:
+#endif
+        return "free some space or write elsewhere";
+    case EACCES: case EPERM: case EROFS:
+        return "write it somewhere writable";
+    case EFBIG:
+        return "the file size limit (ulimit -f) is too small for it";
+    case EISDIR:
+        return "that name is a directory: give a file name";
+    case ENOENT: case ENOTDIR:
+        return "a directory on that path does not exist";
+    default:
+        return "check the disk and write it again";
+    }
+}
+
+pk_status pk_write_error(const char *path, int err)
+{
+    if (!err) err = EIO;
+    return pk_fail(PK_ERR_IO, "%s: write failed: %s (nothing was written under that name; %s)", path,
+                   strerror(err), write_hint(err));
+}
+
+static pk_status create_error(const char *path, const char *what, int err)
+{
+    return pk_fail(PK_ERR_IO, "%s: cannot create %s: %s (%s)", path, what, strerror(err), write_hint(err));
+}
+
 pk_status pk_atomic_open(pk_atomic *a, const char *path)
 {
     memset(a, 0, sizeof *a);
@@ -105,11 +167,59 @@ pk_status pk_atomic_open(pk_atomic *a, const char *path)
     sprintf(a->tmp, "%s.tmp.%ld", path, (long)getpid());
     a->f = fopen(a->tmp, "wb");
     if (!a->f) {
-        pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        pk_status s = create_error(path, "the file", errno);
         free(a->path); free(a->tmp);
         a->path = a->tmp = NULL;
         return s;
     }
+    return PK_OK;
+}
+
+/* Output groups (pk_group_begin/end): files committed inside a group are
+ * flushed and closed but keep their temporary names until pk_group_end,
+ * which renames them all when everything was written, or removes them all.
+ * A full disk in the middle of a directory of outputs then leaves the
+ * previous outputs as they were, not a mix of old and new files. */
+typedef struct pk_pending { char *tmp, *path; } pk_pending;
+static _Thread_local struct { int depth; size_t n, cap; pk_pending *v; } pk_group;
+
+void pk_group_begin(void) { pk_group.depth++; }
+
+pk_status pk_group_end(pk_status s)
+{
+    if (pk_group.depth > 1) { pk_group.depth--; return s; }
+    for (size_t i = 0; i < pk_group.n; i++) {
+        pk_pending *p = &pk_group.v[i];
+        if (!s && rename(p->tmp, p->path) != 0)
+            s = pk_fail(PK_ERR_IO, "%s: cannot rename %s into place: %s", p->path, p->tmp, strerror(errno));
+        if (s) unlink(p->tmp);  /* no-op for the ones renamed */
+        free(p->tmp); free(p->path);
+    }
+    free(pk_group.v);
+    memset(&pk_group, 0, sizeof pk_group);
+    return s;
+}
+
+/* Keep a closed temporary file for pk_group_end; on failure remove it. */
+static pk_status group_defer(pk_atomic *a)
+{
+    if (pk_group.n == pk_group.cap) {
+        size_t cap = pk_group.cap ? 2 * pk_group.cap : 8;
+        pk_pending *v = realloc(pk_group.v, cap * sizeof *v);
+        if (!v) {
+            pk_status s = pk_fail(PK_ERR_NOMEM, "%s: out of memory", a->path);
+            unlink(a->tmp);
+            free(a->tmp); free(a->path);
+            a->tmp = a->path = NULL;
+            return s;
+        }
+        pk_group.v = v;
+        pk_group.cap = cap;
+    }
+    pk_group.v[pk_group.n].tmp = a->tmp;
+    pk_group.v[pk_group.n].path = a->path;
+    pk_group.n++;
+    a->tmp = a->path = NULL;
     return PK_OK;
 }
 
@@ -118,15 +228,22 @@ pk_status pk_atomic_commit(pk_atomic *a)
     /* No fsync: rename is atomic, so a killed process never leaves a half
      * file under the final name; surviving power loss is not promised (an
      * fsync per checkpoint cost 15% of training time). */
-    int bad = ferror(a->f) || fflush(a->f) != 0;
+    /* A failed fwrite/fprintf of the caller leaves the stream's error flag
+     * and (usually) errno; fflush retries the buffered rest and sets errno
+     * again (ENOSPC, EFBIG, EIO, ...). */
+    int before = errno;
+    errno = 0;
+    int bad = fflush(a->f) != 0;
     int err = errno;
+    if (ferror(a->f)) { bad = 1; if (!err) err = before; }
+    errno = 0;
     if (fclose(a->f) != 0 && !bad) { bad = 1; err = errno; }
     a->f = NULL;
+    if (!bad && pk_group.depth) return group_defer(a);
     if (!bad && rename(a->tmp, a->path) != 0) { bad = 1; err = errno; }
     pk_status s = PK_OK;
     if (bad) {
-        s = pk_fail(PK_ERR_IO, "%s: write failed: %s (nothing was written under that name)",
-                    a->path, strerror(err ? err : EIO));
+        s = pk_write_error(a->path, err);
         unlink(a->tmp);
     }
     free(a->path); free(a->tmp);
@@ -148,7 +265,7 @@ pk_status pk_write_file(const char *path, const void *buf, size_t len)
     pk_status s = pk_atomic_open(&a, path);
     if (s) return s;
     if (len && fwrite(buf, 1, len, a.f) != len) {
-        s = pk_fail(PK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        s = pk_write_error(path, errno);
         pk_atomic_abort(&a);
         return s;
     }
@@ -165,6 +282,21 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
 pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char **buf, size_t *len)
 {
     return read_impl(path, gunzip, n, 1, buf, len);
+}
+
+/* zlib's message without the "<fd:3>: " that gzdopen puts in front. */
+static const char *gz_message(gzFile g)
+{
+    int zerr;
+    const char *msg = gzerror(g, &zerr);
+    const char *colon = msg && msg[0] == '<' ? strstr(msg, ">: ") : NULL;
+    return colon ? colon + 3 : msg ? msg : "";
+}
+
+static pk_status gz_corrupt(const char *path, size_t n, gzFile g)
+{
+    return pk_fail(PK_ERR_INPUT, "%s: corrupt gzip data after uncompressed byte %zu: %s (the file is damaged: "
+                   "copy or compress it again)", path, n, gz_message(g));
 }
 
 static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix, unsigned char **buf, size_t *len)
@@ -207,16 +339,14 @@ static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix,
         if (g) {
             int r = gzread(g, b + n, (unsigned)want);
             if (r < 0) {
-                int zerr;
-                const char *msg = gzerror(g, &zerr);
-                s = pk_fail(PK_ERR_INPUT, "%s: corrupt gzip data near uncompressed byte %zu: %s", path, n, msg);
+                s = gz_corrupt(path, n, g);
                 break;
             }
             if (r == 0) {
                 int zerr;
-                const char *msg = gzerror(g, &zerr);
+                gzerror(g, &zerr);
                 if (zerr != Z_OK && zerr != Z_STREAM_END)
-                    s = pk_fail(PK_ERR_INPUT, "%s: corrupt gzip data near uncompressed byte %zu: %s", path, n, msg);
+                    s = gz_corrupt(path, n, g);
                 else if (!gzeof(g))
                     s = pk_fail(PK_ERR_INPUT, "%s: truncated gzip data after %zu uncompressed bytes", path, n);
                 break;
@@ -285,7 +415,7 @@ pk_status pk_mkdirs(const char *dir)
             char keep = *c;
             *c = 0;
             if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-                pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
+                pk_status s = create_error(p, "directory", errno);
                 free(p);
                 return s;
             }

@@ -394,35 +394,44 @@ class Run:
         (argmax for softmax, else output 0), ranked like `pathkernel attribute`
         (exact ties by the smaller index). Returns a list of Attribution."""
         top = _size(top, "top", 1)
-        e = self._explain(Xq, quad, "trace", False)
+        x = self._queries(Xq, "Xq")
+        Q = x.shape[0]
         L = _lib()
-        Q, N, C = e.contrib.shape
-        out = []
-        idx = np.empty(top, dtype=np.uintp)
-        cnt = ctypes.c_size_t()
-        loss = self.loss
-        for q in range(Q):
-            pred = e.pred[q]
-            cls = 0
-            if loss == "softmax":
+        # the attributed output: the prediction's class (softmax), else output 0
+        C = self.dims[-1]
+        cls = np.zeros(Q, dtype=np.uintp)
+        if self.loss == "softmax" and Q:
+            w = self.weights()
+            f = np.empty((Q, C))
+            _check(L.pk_predict(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), Q, _ptr(f)))
+            for q in range(Q):          # the first maximum, as the CLI picks it
+                c = 0
                 for k in range(1, C):
-                    if pred[k] > pred[cls]:
-                        cls = k
+                    if f[q, k] > f[q, c]:
+                        c = k
+                cls[q] = c
+        o = L.pk_topk_opts_defaults()
+        o.quad = _parse_quad(quad)
+        o.top = top
+        col = {k: np.zeros(Q) for k in ("pred", "bias", "total", "regularisation")}
+        idx = {k: np.zeros((Q, top), dtype=np.int64) for k in ("pro_idx", "opp_idx")}
+        val = {k: np.zeros((Q, top)) for k in ("pro_val", "opp_val")}
+        r = _capi.pk_topk(*(_ptr(col[k]) for k in ("pred", "bias", "total", "regularisation")),
+                          idx["pro_idx"].ctypes.data_as(_capi.P_i64), _ptr(val["pro_val"]),
+                          idx["opp_idx"].ctypes.data_as(_capi.P_i64), _ptr(val["opp_val"]))
+        _check(L.pk_topk_run(self._handle(), _ptr(x), Q, cls.ctypes.data_as(_capi.P_size), ctypes.byref(o),
+                             ctypes.byref(r)))
+        out = []
+        for q in range(Q):
             a = Attribution()
-            a.query, a.cls = q, cls
-            a.pred, a.bias = float(pred[cls]), float(e.bias[q, cls])
-            phi = np.ascontiguousarray(e.contrib[q])          # (N, C)
-            # sum in index order, as the CLI does (cumsum adds sequentially)
-            tot = float(np.cumsum(phi[:, cls])[-1]) if N else 0.0
-            a.total = tot
-            a.regularisation = float(e.regularisation[q, cls])
-            a.residual = (a.pred - a.bias) - tot - a.regularisation
-            base = ctypes.cast(phi.ctypes.data + cls * 8, _capi.P_dbl)
-            for sign, attr in ((1, "proponents"), (-1, "opponents")):
-                _check(L.pk_rank(base, N, C, sign, top, idx.ctypes.data_as(_capi.P_size), ctypes.byref(cnt)))
-                ii = idx[:cnt.value].astype(np.int64)
-                setattr(a, attr, ii)
-                setattr(a, attr[:-1] + "_contrib", phi[ii, cls].copy())
+            a.query, a.cls = q, int(cls[q])
+            a.pred, a.bias = float(col["pred"][q]), float(col["bias"][q])
+            a.total, a.regularisation = float(col["total"][q]), float(col["regularisation"][q])
+            a.residual = (a.pred - a.bias) - a.total - a.regularisation
+            for kind, i, v in (("proponents", "pro_idx", "pro_val"), ("opponents", "opp_idx", "opp_val")):
+                keep = idx[i][q] >= 0
+                setattr(a, kind, idx[i][q][keep].copy())
+                setattr(a, kind[:-1] + "_contrib", val[v][q][keep].copy())
             out.append(a)
         return out
 

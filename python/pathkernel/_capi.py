@@ -61,7 +61,22 @@ class pk_quad(ctypes.Structure):
 class pk_explain_opts(ctypes.Structure):
     """struct pk_explain_opts."""
     _fields_ = [("quad", pk_quad), ("want_contrib", c_int), ("want_kernel", c_int), ("mode", c_int),
-                ("block", c_size), ("mem_limit", c_size)]
+                ("block", c_size), ("mem_limit", c_size), ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+
+
+class pk_topk_opts(ctypes.Structure):
+    """struct pk_topk_opts."""
+    _fields_ = [("quad", pk_quad), ("top", c_size), ("block", c_size), ("mem_limit", c_size),
+                ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+
+
+P_i64 = ctypes.POINTER(ctypes.c_int64)
+
+
+class pk_topk(ctypes.Structure):
+    """struct pk_topk (rows for n queries, caller-allocated)."""
+    _fields_ = [("pred", P_dbl), ("bias", P_dbl), ("total", P_dbl), ("regularisation", P_dbl),
+                ("pro_idx", P_i64), ("pro_val", P_dbl), ("opp_idx", P_i64), ("opp_val", P_dbl)]
 
 
 class pk_explain(ctypes.Structure):
@@ -74,7 +89,7 @@ class pk_explain(ctypes.Structure):
 
 STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_mlp": pk_mlp, "pk_optim": pk_optim,
            "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
-           "pk_explain": pk_explain}
+           "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk}
 
 P_run = ctypes.c_void_p
 
@@ -119,6 +134,8 @@ _PROTOS = {
     "pk_si_form_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
     "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),
+    "pk_topk_opts_defaults": (pk_topk_opts, []),
+    "pk_topk_run": (c_int, [P_run, P_dbl, c_size, P_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(pk_topk)]),
 }
 
 _LIB = None

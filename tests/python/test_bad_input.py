@@ -10,6 +10,8 @@ once it is built, `pathkernel train --data SPEC ...`.
 import collections
 import gzip
 import io
+import os
+import resource
 import struct
 import subprocess
 
@@ -145,6 +147,13 @@ def npy_spec_without_targets(tmp):
     return Bad(f"npy:{f}", f"npy:{f}", "npy:FEATURES.npy,TARGETS.npy")
 
 
+def gzip_forged_isize():
+    """A gzip member whose trailer claims 4 GiB - 1 uncompressed bytes."""
+    z = bytearray(gzip.compress(b"1,2,3\n4,5,6\n"))
+    z[-4:] = struct.pack("<I", 0xFFFFFFFF)
+    return bytes(z)
+
+
 def nan_in(a, i, v=np.nan):
     a = a.copy()
     a.flat[i] = v
@@ -184,6 +193,9 @@ CASES = [
     ("npy_empty_file", bad_npy_features(b"", "byte offset 0")),
     ("npy_targets_nonexistent", nonexistent_npy_targets),
     ("npy_spec_without_targets", npy_spec_without_targets),
+    # declared sizes are checked against the file before anything is allocated
+    ("npy_declares_80_gb", bad_npy_features(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }", bytes(64)), "the shape declares 80000000000 bytes but the file has 64")),
+    ("npy_targets_declare_8_gb", bad_npy_targets(lambda: npy_raw("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000,), }", bytes(40)), "declares 8000000000 bytes but the file has 40")),
     # --- csv
     ("csv_ragged", text_file("d.csv", "1,2,3\n4,5,6\n7,8\n", "line 3")),
     ("csv_ragged_long", text_file("d.csv", "a,b,c\n1,2,3\n4,5,6,7\n", "line 3")),
@@ -205,6 +217,8 @@ CASES = [
     ("csv_gz_truncated", raw_file("d.csv.gz", truncated_gzip, "gzip")),
     ("csv_gz_nan", text_file("d.csv.gz", "1,2,3\n4,5,NaN\n", "line 2, column 3", gz=True)),
     ("csv_nonexistent", nonexistent),
+    ("csv_wide_line_then_blank_lines", text_file("d.csv", "1," * 20000 + "1\n" + "\n" * 200000 + "1,2\n", "line 2: empty line inside the data")),
+    ("csv_gz_forged_size", raw_file("d.csv.gz", gzip_forged_isize, "gzip")),
     # --- svmlight
     ("svm_not_ascending", text_file("d.svm", "1 1:2 3:4\n0 2:1 2:3\n", "line 2")),
     ("svm_descending", text_file("d.svm", "1 5:2 3:4\n", "line 1")),
@@ -217,6 +231,8 @@ CASES = [
     ("svm_nan_label", text_file("d.svm", "1 1:2\nnan 1:3\n", "line 2")),
     ("svm_inf_value", text_file("d.svm", "1 1:2\n1 1:-inf\n", "line 2")),
     ("svm_huge_index", text_file("d.svm", "1 99999999999999999999:1\n", "too large")),
+    ("svm_dense_over_memory_budget", text_file("d.svm", "1 4000000000:1\n" * 1000, "line 1: feature index 4000000000 makes the dense data 1000 examples x 4000000000 features")),
+    ("svm_gz_dense_over_memory_budget", text_file("d.svm.gz", "1 1:1\n" * 100 + "0 3999999999:2\n", "line 101: feature index 3999999999", gz=True)),
     ("svm_comments_only", text_file("d.svm", "# nothing\n\n# here\n", "no examples")),
     ("svm_no_features", text_file("d.svm", "1\n0\n", "no features")),
     ("svm_empty_file", text_file("d.svm", "", "no examples")),
@@ -233,6 +249,8 @@ CASES = [
     ("idx_count_mismatch", idx_pair(idx_img(5, 2, 2), idx_lab(4), "labels")),
     ("idx_labels_truncated", idx_pair(idx_img(5, 2, 2), idx_lab(5)[:-1], "labels")),
     ("idx_labels_huge_count", idx_pair(idx_img(5, 2, 2), struct.pack(">II", 0x801, 2**32 - 1), "labels")),
+    ("idx_declares_10_gb", idx_pair(struct.pack(">IIII", 0x803, 1000000, 100, 100) + bytes(100), idx_lab(1000000, b""), "images", "(10000000000 bytes) but 100 bytes follow")),
+    ("idx_labels_declare_4_gb", idx_pair(idx_img(2, 2, 2), struct.pack(">II", 0x801, 4000000000) + bytes(2), "labels", "declares 4000000000 labels but 2 bytes follow")),
     ("idx_zero_images", idx_pair(idx_img(0, 2, 2), idx_lab(0), "images")),
     ("idx_gz_truncated", idx_pair(lambda: gzip.compress(idx_img(50, 8, 8, random_pixels(3200)))[:1600], idx_lab(50), "images", "gzip")),
     # --- spec forms
@@ -333,3 +351,69 @@ def test_mutations_never_crash(tool, tmp_path):
                     assert len(p.stderr.splitlines()) == 1, (v, p.stderr)
             path.write_bytes(orig)
     assert failures > 0
+
+
+# ------------------------------------------ sizes checked before allocating
+
+def test_csv_rows_bounded_by_the_file_not_its_line_count(tool, tmp_path):
+    """A 20001-column first line and 200000 trailing blank lines (0.2 MB) used
+    to reserve 200002 x 20000 doubles (32 GB) before reading row 2; the rows a
+    file can hold are bounded by its bytes, so it loads in a 1 GiB address space."""
+    if os.environ.get("PK_SANITIZE") == "1":
+        pytest.skip("ASan reserves terabytes of address space: RLIMIT_AS cannot be applied")
+    p = tmp_path / "wide.csv"
+    p.write_text("1," * 20000 + "1\n" + "\n" * 200000)
+    lim = 1 << 30
+    r = subprocess.run([str(tool("pk_data_dump")), str(p), str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (lim, lim)))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A 3-class run on 2 features, for kernel's memory-budget checks."""
+    if not cli().is_file():
+        pytest.skip(f"{cli()} is not built yet")
+    d = tmp_path_factory.mktemp("kernel_budget")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((30, 2))
+    np.savetxt(d / "train.csv", np.c_[x, (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)], delimiter=",", fmt="%.5f")
+    p = run([cli(), "train", "--data", d / "train.csv", "--model", "mlp:4:tanh", "--loss", "softmax",
+             "--optim", "gd", "--lr", "0.1", "--steps", "3", "--out", d / "run", "--quiet"])
+    assert p.returncode == 0, p.stderr
+    return d
+
+
+def test_kernel_refuses_an_output_over_mem(small_run):
+    """200 x 200 x 3 x 3 doubles are 2.7 MiB: over --mem 1, refused before
+    any work with the numbers and what fits (--mode trace: 0.3 MiB)."""
+    d = small_run
+    x = np.random.default_rng(4).standard_normal((200, 2))
+    np.savetxt(d / "x.csv", np.c_[x, np.zeros(200)], delimiter=",", fmt="%.5f")
+    out = d / "K.npy"
+    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--out", out])
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert ("a 200 x 200 kernel of 3 x 3 blocks needs 2.7 MiB, more than the 1.0 MiB memory budget" in lines[0]
+            and "--mode trace (0.3 MiB)" in lines[0] and "at most 72 --x inputs" in lines[0]), lines[0]
+    assert not out.exists()
+    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--mode", "trace", "--out", out])
+    assert p.returncode == 0, p.stderr
+    assert np.load(out).shape == (200, 200)
+
+
+def test_kernel_refuses_terabytes_by_default(small_run):
+    """100000 inputs: a (100000, 100000, 3, 3) kernel is 670 GiB; without --mem
+    the budget is 3/4 of free memory, and the refusal comes at once."""
+    if os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.75 > 7.2e11:
+        pytest.skip("this machine could hold the 670 GiB kernel")
+    d = small_run
+    x = np.random.default_rng(5).standard_normal((100000, 2))
+    np.savetxt(d / "big.csv", np.c_[x, np.zeros(len(x))], delimiter=",", fmt="%.3f")
+    out = d / "Kbig.npy"
+    p = run([cli(), "kernel", d / "run", "--x", d / "big.csv", "--out", out])
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "a 100000 x 100000 kernel of 3 x 3 blocks needs 686645.5 MiB" in p.stderr, p.stderr
+    assert "--mode trace (76293.9 MiB)" in p.stderr and "--x inputs" in p.stderr, p.stderr
+    assert not out.exists()

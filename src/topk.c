@@ -1,0 +1,343 @@
+/* topk.c -- streaming attribution: for every query, the K training examples
+ * with the largest positive and the K with the most negative exact
+ * contribution phi_i(x)[c] (MATH.md section 3), and the sum over all
+ * examples, without a dense queries x examples array.
+ *
+ * gd/sgd runs are replayed forward as in path.c, but the contraction of a
+ * step touches only its batch, and an example's running contribution lives
+ * in a slot only from the first step that uses it to the last one: then it
+ * is final and goes into the query's two bounded heaps. One epoch of sgd
+ * keeps a batch's worth of slots per query; gd keeps N. Runs that need the
+ * backward sweep (momentum, Adam, weight decay: momentum.c) are computed by
+ * pk_explain_run for the group and ranked from its rows. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+pk_topk_opts pk_topk_opts_defaults(void)
+{
+    pk_topk_opts o = {0};
+    pk_quad_parse("gl2", &o.quad);
+    o.top = 10;
+    return o;
+}
+
+/* ------------------------------------------------------------------ heaps */
+
+/* One candidate: its strength (phi for proponents, -phi for opponents) and
+ * the example. a is better than b when stronger, or as strong with the
+ * smaller index (pk_rank's order). */
+typedef struct cand { double v; uint32_t i; } cand;
+
+static int better(cand a, cand b) { return a.v > b.v || (a.v == b.v && a.i < b.i); }
+
+/* A min-heap of at most k candidates whose root is the worst kept. */
+static void heap_push(cand *h, size_t *n, size_t k, cand c)
+{
+    size_t j;
+    if (*n < k) {
+        j = (*n)++;
+        while (j > 0 && better(h[(j - 1) / 2], c)) { h[j] = h[(j - 1) / 2]; j = (j - 1) / 2; }
+        h[j] = c;
+        return;
+    }
+    if (!better(c, h[0])) return;
+    j = 0;
+    for (;;) { /* sift c down from the root */
+        size_t l = 2 * j + 1, w = j;
+        cand worst = c;
+        if (l < *n && better(worst, h[l])) { w = l; worst = h[l]; }
+        if (l + 1 < *n && better(worst, h[l + 1])) w = l + 1;
+        if (w == j) break;
+        h[j] = h[w];
+        j = w;
+    }
+    h[j] = c;
+}
+
+static int by_better(const void *pa, const void *pb)
+{
+    const cand *a = pa, *b = pb;
+    return better(*a, *b) ? -1 : better(*b, *a);
+}
+
+/* Per query: proponents (phi > 0) and opponents (phi < 0) kept so far. */
+typedef struct query_heaps { cand *pro, *opp; size_t n_pro, n_opp; } query_heaps;
+
+static void offer(query_heaps *q, size_t k, double phi, uint32_t i)
+{
+    if (phi > 0) heap_push(q->pro, &q->n_pro, k, (cand){phi, i});
+    else if (phi < 0) heap_push(q->opp, &q->n_opp, k, (cand){-phi, i});
+}
+
+/* Sorted strongest first into (k) rows, padded with -1 / NaN. */
+static void emit(cand *h, size_t n, size_t k, int sign, int64_t *idx, double *val)
+{
+    qsort(h, n, sizeof *h, by_better);
+    for (size_t j = 0; j < k; j++) {
+        idx[j] = j < n ? (int64_t)h[j].i : -1;
+        val[j] = j < n ? sign * h[j].v : NAN;
+    }
+}
+
+/* --------------------------------------------------------------- the plan */
+
+/* last[i]: the last step whose batch holds example i (SIZE_MAX: none);
+ * returns the most examples open at once (used and to be used again, plus
+ * the current batch). */
+static size_t open_plan(const pk_run *run, size_t *last)
+{
+    size_t N = pk_run_n_train(run), T = pk_run_steps(run), open = 0, most = 0;
+    for (size_t i = 0; i < N; i++) last[i] = SIZE_MAX;
+    for (size_t t = 0; t < T; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(run, t, &idx, &nb);
+        for (size_t j = 0; j < nb; j++) last[idx[j]] = t;
+    }
+    unsigned char *seen = pk_calloc(N ? N : 1, 1);
+    if (!seen) return SIZE_MAX;
+    for (size_t t = 0; t < T; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        pk_run_batch(run, t, &idx, &nb);
+        for (size_t j = 0; j < nb; j++)
+            if (!seen[idx[j]]) { seen[idx[j]] = 1; open++; }
+        if (open > most) most = open;
+        for (size_t j = 0; j < nb; j++)
+            if (seen[idx[j]] == 1 && last[idx[j]] == t) { seen[idx[j]] = 2; open--; }
+    }
+    free(seen);
+    return most;
+}
+
+static size_t batch_cap(const pk_run *run)
+{
+    size_t N = pk_run_n_train(run), B = pk_run_optim(run)->batch;
+    return B && B < N ? B : N;
+}
+
+static size_t block_of(const pk_topk_opts *o, size_t n)
+{
+    size_t b = o->block ? o->block : 256;
+    return b < n ? b : (n ? n : 1);
+}
+
+/* Bytes of the forward method for n queries: fixed workspace + per query. */
+static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_topk_opts *o)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t C = m->dims[m->n_layers], B = batch_cap(run), Qb = block_of(o, n), sd = 0;
+    for (size_t l = 0; l <= m->n_layers; l++) sd += m->dims[l];
+    double b = 5.0 * (double)m->n_params + (double)pk_run_n_train(run);        /* w's, G, state; last */
+    b += (double)B * (double)(m->dims[0] + 3 * sd + C);                           /* stepper          */
+    b += (double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B;       /* tape, R, S, D, A */
+    b += (double)Qb * (double)m->dims[1];                                         /* dZ1              */
+    b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->dims[1]); /* slots, heaps, Z1 */
+    return b * sizeof(double);
+}
+
+size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes)
+{
+    size_t limit = pk_memory_budget(o->mem_limit), n = Q ? Q : 1;
+    if (pk_explain_needs_backward(pk_run_optim(run))) {
+        pk_explain_opts eo = pk_explain_opts_defaults();
+        eo.quad = o->quad;
+        eo.want_kernel = 0;
+        eo.mem_limit = o->mem_limit;
+        while (n > 1 && pk_explain_bytes(run, n, &eo) > limit) n = (n + 1) / 2;
+        *bytes = pk_explain_bytes(run, n, &eo);
+        return n;
+    }
+    size_t N = pk_run_n_train(run), *last = pk_alloc(N ? N : 1, sizeof *last);
+    size_t slots = last ? open_plan(run, last) : SIZE_MAX;
+    free(last);
+    if (slots == SIZE_MAX) slots = N;
+    while (n > 1 && forward_bytes(run, n, slots, o) > (double)limit) n = (n + 1) / 2;
+    double b = forward_bytes(run, n, slots, o);
+    *bytes = b > 1e18 ? (size_t)1e18 : (size_t)b;
+    return n;
+}
+
+/* ------------------------------------------------------ backward optimisers */
+
+static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                            query_heaps *qh, pk_topk *out)
+{
+    pk_explain_opts eo = pk_explain_opts_defaults();
+    eo.quad = o->quad;
+    eo.want_kernel = 0;
+    eo.block = o->block;
+    eo.mem_limit = o->mem_limit;
+    eo.progress = o->progress;
+    eo.ctx = o->ctx;
+    pk_explain e;
+    pk_status s = pk_explain_run(run, Xq, n, &eo, &e);
+    if (s) return s;
+    size_t N = e.N, C = e.C;
+    for (size_t x = 0; x < n; x++) {
+        size_t c = cls[x];
+        for (size_t i = 0; i < N; i++) offer(&qh[x], o->top, e.contrib[(x * N + i) * C + c], (uint32_t)i);
+        out->pred[x] = e.pred[x * C + c];
+        out->bias[x] = e.bias[x * C + c];
+        out->total[x] = e.contrib_sum[x * C + c];
+        out->regularisation[x] = e.regularisation[x * C + c];
+    }
+    pk_explain_free(&e);
+    return PK_OK;
+}
+
+/* ------------------------------------------------------ gd and sgd, forward */
+
+static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                              query_heaps *qh, pk_topk *out)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
+    size_t d = m->dims[0], B = batch_cap(run), Qb = block_of(o, n), K = o->top;
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+    size_t *last = pk_alloc(N ? N : 1, sizeof *last);
+    size_t n_slots = last ? open_plan(run, last) : SIZE_MAX;
+    if (n_slots == SIZE_MAX) { free(last); return PK_ERR_NOMEM; }
+    if (!n_slots) n_slots = 1;
+    int32_t *slot_of = pk_alloc(N ? N : 1, sizeof *slot_of);  /* (N) slot of an open example, -1 */
+    int32_t *free_slots = pk_alloc(n_slots, sizeof *free_slots);
+    size_t n_free = n_slots;
+    double *acc = pk_calloc(n, n_slots * sizeof *acc);         /* (n, slots) running phi_i(x)[c] */
+    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
+    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
+    double *R = pk_calloc(Qb, C * sizeof *R);                   /* (Qb, C) e_c: the attributed output */
+    double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
+    double *S = pk_alloc(Qb, B * sizeof *S), *D = pk_alloc(Qb, B * sizeof *D), *A = pk_alloc(Qb, B * sizeof *A);
+    size_t d1 = m->dims[1];
+    double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
+    double *dZ1 = pk_alloc(Qb, d1 * sizeof *dZ1); /* (Qb, d1) their change over the step       */
+    pk_tape *qt = pk_tape_new(m, Qb);
+    pk_stepper st = {0};
+    if (!slot_of || !free_slots || !acc || !w || !w_next || !wq || !G || !state || !R || !F || !S || !D || !A ||
+        !Z1 || !dZ1 || !qt)
+        s = PK_ERR_NOMEM;
+    for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
+    for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
+    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
+    if (!s) s = pk_run_weights(run, 0, w);
+    if (!s) s = pk_predict(m, w, Xq, n, F);
+    for (size_t q0 = 0; !s && q0 < n; q0 += Qb) {
+        size_t nq = n - q0 < Qb ? n - q0 : Qb;
+        pk_mlp_forward(m, w, Xq + q0 * d, nq, qt);
+        memcpy(Z1 + q0 * d1, qt->z[0], nq * d1 * sizeof *Z1);
+    }
+    for (size_t x = 0; !s && x < n; x++) {
+        out->bias[x] = F[x * C + cls[x]];
+        out->total[x] = 0;
+        out->regularisation[x] = 0;
+    }
+
+    for (size_t t = 0; !s && t < T; t++) {
+        const uint32_t *idx;
+        size_t nb;
+        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
+        pk_side train_loss = pk_side_loss(m, st.tape);
+        for (size_t j = 0; j < nb; j++) /* open the batch's new examples */
+            if (slot_of[idx[j]] < 0) {
+                int32_t k = free_slots[--n_free];
+                slot_of[idx[j]] = k;
+                for (size_t x = 0; x < n; x++) acc[x * n_slots + (size_t)k] = 0;
+            }
+        double scale = lr / (double)nb;  /* eta_t / |B_t| */
+        for (size_t q0 = 0; q0 < n; q0 += Qb) {
+            size_t nq = n - q0 < Qb ? n - q0 : Qb;
+            memset(R, 0, nq * C * sizeof *R);
+            for (size_t x = 0; x < nq; x++) R[x * C + cls[q0 + x]] = 1.0;
+            /* A gd/sgd step moves the first layer by a rank-|B| update, so its
+             * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
+             * summed over the batch (MATH.md section 4's layer-1 term): an
+             * nq x |B| x d1 product instead of nq x d x d1 per node. */
+            double *Zb = Z1 + q0 * d1, sw = pk_mlp_wscale(m, 0), sb = pk_mlp_bscale(m, 0);
+            pk_gemm(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, st.tape->a[0], d, 0.0, A, nb);
+            for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
+            pk_gemm(0, 0, nq, d1, nb, -scale, A, nb, st.tape->delta[0], d1, 0.0, dZ1, d1);
+            for (size_t node = 0; node < o->quad.n; node++) {
+                double sn = o->quad.s[node], f = -scale * o->quad.c[node];
+                const double *wn = w;
+                if (sn != 0.0) {
+                    for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
+                    wn = wq;
+                }
+                /* the forward pass at the node from z1 = Z1 + s dZ1, then the
+                 * deltas of f_c: a backward pass seeded with e_c */
+                qt->n = nq;
+                qt->a[0] = (double *)(Xq + q0 * d);
+                for (size_t k = 0; k < nq * d1; k++) qt->z[0][k] = Zb[k] + sn * dZ1[k];
+                pk_mlp_forward_after_first(m, wn, qt);
+                pk_mlp_backward(m, wn, qt, R, 1.0, NULL);
+                pk_side qs = pk_side_loss(m, qt);
+                /* S (nq, nb): <J_{x,c}(w_t + s D_t), g_i(w_t)> */
+                pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
+                #pragma omp parallel for schedule(static) if (nq * nb >= PK_PAR_MIN)
+                for (size_t x = 0; x < nq; x++) {
+                    const double *Sr = S + x * nb;
+                    double *ax = acc + (q0 + x) * n_slots, sum = 0;
+                    for (size_t j = 0; j < nb; j++) sum += Sr[j];
+                    out->total[q0 + x] += f * sum;
+                    for (size_t j = 0; j < nb; j++) ax[slot_of[idx[j]]] += f * Sr[j];
+                }
+            }
+            for (size_t k = 0; k < nq * d1; k++) Zb[k] += dZ1[k];
+        }
+        /* close the examples this step used for the last time: their phi is final */
+        #pragma omp parallel for schedule(static) if (n * nb >= PK_PAR_MIN)
+        for (size_t x = 0; x < n; x++)
+            for (size_t j = 0; j < nb; j++) {
+                uint32_t i = idx[j];
+                if (last[i] == t && slot_of[i] >= 0) offer(&qh[x], K, acc[x * n_slots + (size_t)slot_of[i]], i);
+            }
+        for (size_t j = 0; j < nb; j++)
+            if (last[idx[j]] == t && slot_of[idx[j]] >= 0) {
+                free_slots[n_free++] = slot_of[idx[j]];
+                slot_of[idx[j]] = -1;
+            }
+        double *tmp = w; w = w_next; w_next = tmp;
+        if (!s) s = pk_replay_progress(run, t, o->progress, o->ctx);
+    }
+    if (!s) s = pk_replay_landed(run, w, wq);
+    if (!s) s = pk_predict(m, w, Xq, n, F);
+    for (size_t x = 0; !s && x < n; x++) out->pred[x] = F[x * C + cls[x]];
+    pk_stepper_free(&st);
+    pk_tape_free(qt);
+    free(last); free(slot_of); free(free_slots); free(acc);
+    free(w); free(w_next); free(wq); free(G); free(state); free(R); free(F); free(Z1); free(dZ1); free(S); free(D); free(A);
+    return s;
+}
+
+pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                      pk_topk *out)
+{
+    const pk_mlp *m = pk_run_mlp(run);
+    size_t C = m->dims[m->n_layers], K = o->top;
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs k >= 1");
+    if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
+    for (size_t x = 0; x < n; x++)
+        if (cls[x] >= C) return pk_fail(PK_ERR_INPUT, "query %zu: output %zu does not exist (0..%zu)", x, cls[x], C - 1);
+    query_heaps *qh = pk_calloc(n ? n : 1, sizeof *qh);
+    cand *pool = pk_alloc(n ? n : 1, 2 * K * sizeof *pool);  /* (n, 2K) heap storage */
+    pk_status s = qh && pool ? PK_OK : PK_ERR_NOMEM;
+    for (size_t x = 0; !s && x < n; x++) {
+        qh[x].pro = pool + x * 2 * K;
+        qh[x].opp = qh[x].pro + K;
+    }
+    if (!s) s = pk_explain_needs_backward(pk_run_optim(run)) ? topk_dense(run, Xq, n, cls, o, qh, out)
+                                                              : topk_forward(run, Xq, n, cls, o, qh, out);
+    for (size_t x = 0; !s && x < n; x++) {
+        emit(qh[x].pro, qh[x].n_pro, K, 1, out->pro_idx + x * K, out->pro_val + x * K);
+        emit(qh[x].opp, qh[x].n_opp, K, -1, out->opp_idx + x * K, out->opp_val + x * K);
+    }
+    free(qh);
+    free(pool);
+    return s;
+}
