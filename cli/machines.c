@@ -100,7 +100,7 @@ int cmd_export_libsvm(int argc, char **argv)
     if (!s && train->ty != 1) s = pk_fail(PK_ERR_INPUT, "%s: LIBSVM needs one target column, the run has %zu", dir, train->ty);
     if (!s) s = pk_mkdirs(out);
     pk_group_begin(); /* train.svm and query.svm, or neither */
-    size_t N = train ? train->n : 0;
+    size_t N = train ? train->n : 0, rows[2] = {0, 0};
     for (int part = 0; !s && part < (query ? 2 : 1); part++) {
         if (part) s = pk_run_load_data(run, query, &lo, &q);
         const pk_data *X = part ? &q : train;
@@ -108,12 +108,15 @@ int cmd_export_libsvm(int argc, char **argv)
         if (!s) s = pk_run_kernel(run, kind, X->x, X->n, &quad, K);
         char *p = s ? NULL : pk_path_join(out, part ? "query.svm" : "train.svm");
         if (!s) s = p ? pk_libsvm_write(p, K, X->n, N, X->y) : PK_ERR_NOMEM;
-        if (!s) printf("wrote %s: %s kernel, %zu x %zu\n", p, pk_kernel_kind_name(kind), X->n, N);
+        if (!s) rows[part] = X->n;
         free(p);
         free(K);
         K = NULL;
     }
     s = pk_group_end(s);
+    for (int part = 0; !s && part < (query ? 2 : 1); part++) /* once both are in place */
+        printf("wrote %s/%s: %s kernel, %zu x %zu\n", out, part ? "query.svm" : "train.svm", pk_kernel_kind_name(kind),
+               rows[part], N);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_data_free(&q);
     pk_run_close(run);
