@@ -450,8 +450,11 @@ int cmd_attribute(int argc, char **argv)
     if (rc) { cli_mpi_end(rc); return rc; }
     int to_dir = out && !ends_with(out, ".csv") && !ends_with(out, ".json");
     const char *base = out ? strrchr(out, '/') : NULL;
+    struct stat st;
     if (to_dir && strchr(base ? base + 1 : out, '.'))
         rc = cli_usage(cmd, "--out %s: name FILE.csv, FILE.json, or a directory (a name without an extension)", out);
+    else if (to_dir && !stat(out, &st) && !S_ISDIR(st.st_mode))
+        rc = cli_usage(cmd, "--out %s: that is a file, not a directory: name a directory (or FILE.csv, FILE.json)", out);
     if (rc) { cli_mpi_end(rc); return rc; }
     to.top = top;
 

@@ -341,3 +341,17 @@ def test_mpi_two_ranks_equal_one_process(slow_run):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "2 MPI ranks" in p.stdout, "the binary was built without MPI (cmake found no libopenmpi-dev?)"
     same_results(out, slow_run["ref"])
+
+
+def test_bad_options_are_refused_before_any_work(slow_run, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    base = ["attribute", slow_run["run"], "--query", slow_run["query"]]
+    for extra, want in ((["--group", "0"], "--group"), (["--out", afile], "not a directory"),
+                        (["--out", tmp_path / "x.txt"], "FILE.csv"), (["--top", "0"], "--top")):
+        p = pk_run(*base, *extra, expect=2)
+        assert want in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert afile.read_text() == "keep me" and not (tmp_path / "x.txt").exists()
+    # a job too large for the memory budget says so, with the numbers
+    p = pk_run(*base, "--mem", "1", "--out", tmp_path / "m", expect=2)
+    assert "MiB" in p.stderr and "--mem" in p.stderr
