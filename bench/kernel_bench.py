@@ -42,7 +42,7 @@
     trace path kernel). Seconds of the explain process and the training
     process, and their ratio.
 
-Medians of REPEATS (default 3) except functorch (FT_REPEATS, default 1: it
+Medians of REPEATS (default 7) except functorch (FT_REPEATS, default 1: it
 takes minutes). Threads: every method with the same count (default 2, then 1
 for the quick methods; --ft-threads1 also runs functorch with 1 thread).
 Writes bench/results/kernel_bench.json.
@@ -261,7 +261,7 @@ def _timed(fn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--ft-repeats", type=int, default=1, help="functorch repeats [1]")
     ap.add_argument("--threads", default="2,1", help="thread counts; functorch runs with the first only [2,1]")
     ap.add_argument("--ft-threads1", action="store_true", help="run functorch with every thread count")
@@ -323,11 +323,20 @@ def main():
             kout = work / f"K-pk-{n}.npy"
             cmd = [exe, "kernel", krun, "--x", xs, "--y", ys, "--at", "final", "--mode", "full", "--out", kout,
                    "--threads", n]
+            # the two whole-run timings interleaved (pk, handwritten, pk, ...),
+            # each after one warm-up call, so that a slow phase of the machine
+            # falls on both alike
             run(cmd)
-            procs = [run(cmd) for _ in range(R)]
+            handwritten(layers, X, Y, work / "K-hw.npy")
+            procs, hw = [], []
+            for _ in range(R):
+                procs.append(run(cmd))
+                hw.append(handwritten(layers, X, Y, work / "K-hw.npy")[0])
             r["pathkernel_process_s"] = [wall for _, wall in procs]
             r["pathkernel_process_cpu_s"] = [p.cpu_s for p, _ in procs]
+            r["handwritten_s"] = hw
             K_pk = np.load(kout)
+            r["handwritten_max_rel_diff"] = rel_diff(np.load(work / "K-hw.npy"), K_pk)
             if K_ref is None:
                 K_ref = K_pk
             r["pathkernel_threads_max_rel_diff"] = rel_diff(K_pk, K_ref)
@@ -339,12 +348,6 @@ def main():
             r["pk_openblas_dgemm_2000_gflops"] = kt["dgemm_gflops"]
             r["omp_threads_after_pk_kernel_tangent"] = kt["omp_threads_after_kernel"]
             r["timer_max_rel_diff"] = rel_diff(np.load(work / "K-timer.npy"), K_pk)
-            # handwritten structured formula in PyTorch (one warm-up call)
-            handwritten(layers, X, Y, work / "K-hw.npy")
-            hw = [handwritten(layers, X, Y, work / "K-hw.npy") for _ in range(R)]
-            r["handwritten_s"] = [t for t, _ in hw]
-            r["handwritten_max_rel_diff"] = rel_diff(hw[0][1], K_pk)
-            del hw
             tbest, tgf = torch_dgemm_peak(2000, max(R, 5))
             r["torch_dgemm_2000_gflops"] = tgf
             if not args.skip_functorch and (ti == 0 or args.ft_threads1):
