@@ -498,6 +498,7 @@ int cmd_attribute(int argc, char **argv)
         if (ranks > 1 && rank == 0 && !quiet && out) printf("%s: %d MPI ranks\n", cmd, ranks);
         fflush(stdout);
     }
+    int existed = to_dir && cli_dir_exists(out);
     if (!s && to_dir) {
         s = pk_mkdirs(out);
         if (!s && !(parts = pk_path_join(out, ".parts"))) s = PK_ERR_NOMEM;
@@ -552,6 +553,10 @@ int cmd_attribute(int argc, char **argv)
         }
     }
     rc = s ? cli_error(cmd, s) : EXIT_OK;
+    if (s && to_dir && rank == 0) { /* a failed job leaves what it finished, or nothing */
+        cli_drop_new_dir(parts, 0);
+        cli_drop_new_dir(out, existed);
+    }
     cli_mpi_end(rc);
     free(parts);
     attribution_free(&a);

@@ -63,6 +63,12 @@ void cli_progress_group_done(cli_progress *p, size_t queries);
 void cli_progress_end(cli_progress *p);
 double cli_progress_seconds(const cli_progress *p);
 
+/* An --out directory a command makes: note whether it existed before
+ * (cli_dir_exists), and after a failure cli_drop_new_dir removes it again
+ * when it is new and still empty, so that a failed command leaves nothing. */
+int cli_dir_exists(const char *dir);
+void cli_drop_new_dir(const char *dir, int existed);
+
 /* MPI (mpi.c): started only under mpirun; else rank 0 of 1. cli_mpi_end
  * aborts the other ranks when rc != 0. Send/recv return non-zero on failure. */
 void cli_mpi_start(int *argc, char ***argv, int *rank, int *size);

@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -184,3 +185,14 @@ void cli_progress_end(cli_progress *p)
 }
 
 double cli_progress_seconds(const cli_progress *p) { return mono_now() - p->t0; }
+
+int cli_dir_exists(const char *dir)
+{
+    struct stat st;
+    return dir && !stat(dir, &st) && S_ISDIR(st.st_mode);
+}
+
+void cli_drop_new_dir(const char *dir, int existed)
+{
+    if (dir && !existed) rmdir(dir); /* only when empty: nothing of a user's is removed */
+}

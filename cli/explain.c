@@ -216,6 +216,7 @@ int cmd_explain(int argc, char **argv)
     int rc = parse_explain(cmd, help, argc, argv, &a);
     if (rc) return rc < 0 ? EXIT_OK : rc;
     if (!a.out) return cli_usage(cmd, "--out DIR is required");
+    int existed = cli_dir_exists(a.out);
     pk_status ms = pk_mkdirs(a.out);
     if (ms) return cli_error(cmd, ms);
     pk_run *run;
@@ -223,15 +224,17 @@ int cmd_explain(int argc, char **argv)
     double max_reg;
     explain_files w;
     pk_group_begin(); /* every file or none: all are renamed into place after summary.json */
-    if ((rc = run_explain(cmd, &a, &run, &w, &e, &max_reg))) { pk_group_end(PK_ERR_IO); return rc; }
-    pk_status s = PK_OK;
-    if (!s) {
-        char *text = cli_summary_json(&e, max_reg), *p = pk_path_join(a.out, "summary.json");
-        s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
-        free(text);
-        free(p);
+    if ((rc = run_explain(cmd, &a, &run, &w, &e, &max_reg))) {
+        pk_group_end(PK_ERR_IO);
+        cli_drop_new_dir(a.out, existed);
+        return rc;
     }
+    char *text = cli_summary_json(&e, max_reg), *p = pk_path_join(a.out, "summary.json");
+    pk_status s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+    free(text);
+    free(p);
     s = pk_group_end(s);
+    if (s) cli_drop_new_dir(a.out, existed);
     if (!s)
         printf("explained %zu queries by %zu training examples over %zu steps (%s) in %.2f s: "
                "max |pred - bias - sum contrib - regularisation| = %.3g (relative %.3g); wrote %s\n",

@@ -38,6 +38,7 @@ int cmd_krr(int argc, char **argv)
     }
     if (!s && !(alpha = pk_alloc(N, C * sizeof *alpha))) s = PK_ERR_NOMEM;
     if (!s) s = pk_krr_fit(K, N, Y, C, ridge, alpha);
+    int existed = cli_dir_exists(out);
     if (!s) s = pk_mkdirs(out);
     pk_group_begin(); /* alpha.npy and pred.npy, or neither */
     if (!s) {
@@ -58,6 +59,7 @@ int cmd_krr(int argc, char **argv)
         }
     }
     s = pk_group_end(s);
+    if (s) cli_drop_new_dir(out, existed);
     if (!s) printf("kernel ridge regression on %zu examples, %zu outputs, ridge %g: wrote %s\n", N, C, ridge, out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(K); free(Y); free(KQ); free(alpha); free(pred);
@@ -98,6 +100,7 @@ int cmd_export_libsvm(int argc, char **argv)
     double *K = NULL;
     s = pk_run_train(run, &train);
     if (!s && train->ty != 1) s = pk_fail(PK_ERR_INPUT, "%s: LIBSVM needs one target column, the run has %zu", dir, train->ty);
+    int existed = cli_dir_exists(out);
     if (!s) s = pk_mkdirs(out);
     pk_group_begin(); /* train.svm and query.svm, or neither */
     size_t N = train ? train->n : 0, rows[2] = {0, 0};
@@ -114,6 +117,7 @@ int cmd_export_libsvm(int argc, char **argv)
         K = NULL;
     }
     s = pk_group_end(s);
+    if (s) cli_drop_new_dir(out, existed);
     for (int part = 0; !s && part < (query ? 2 : 1); part++) /* once both are in place */
         printf("wrote %s/%s: %s kernel, %zu x %zu\n", out, part ? "query.svm" : "train.svm", pk_kernel_kind_name(kind),
                rows[part], N);

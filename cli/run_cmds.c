@@ -88,8 +88,10 @@ int cmd_weights(int argc, char **argv)
     size_t t;
     if ((rc = open_weights(cmd, &a, &run, &w, &t))) return rc;
     const pk_mlp *m = pk_run_mlp(run);
+    int existed = cli_dir_exists(a.out);
     pk_group_begin(); /* all layers or none */
     pk_status s = pk_group_end(pk_weights_export(m, w, a.out));
+    if (s) cli_drop_new_dir(a.out, existed);
     if (!s) printf("wrote %zu layers of step %zu to %s\n", m->n_layers, t, a.out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(w);
