@@ -493,8 +493,8 @@ int cmd_attribute(int argc, char **argv)
                         (double)bytes / 1048576.0, (double)pk_memory_budget(to.mem_limit) / 1048576.0);
         else if (rank == 0 && !quiet && out) /* without --out, stdout is the table alone */
             printf("%s: %zu queries x %zu training examples, %zu steps, top %zu: %zu group%s of %zu queries, "
-                   "%.1f MiB per process%s\n", cmd, q.n, a.N, a.steps, top, j.n_groups, j.n_groups == 1 ? "" : "s",
-                   j.group, (double)bytes / 1048576.0, ranks > 1 ? "" : "");
+                   "%.1f MiB per process\n", cmd, q.n, a.N, a.steps, top, j.n_groups, j.n_groups == 1 ? "" : "s",
+                   j.group, (double)bytes / 1048576.0);
         if (ranks > 1 && rank == 0 && !quiet && out) printf("%s: %d MPI ranks\n", cmd, ranks);
         fflush(stdout);
     }

@@ -66,7 +66,6 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
 
 /* explain's outputs, written group after group into .npy files. */
 typedef struct explain_files {
-    const char *dir;
     pk_npy_stream f[6];   /* pred, bias, regularisation, contrib, kernel, coef */
     int open[6];
 } explain_files;
@@ -76,7 +75,6 @@ static const char *const explain_names[6] = {"pred.npy", "bias.npy", "regularisa
 static pk_status explain_files_open(explain_files *w, const char *dir, pk_run *run, size_t Q, const pk_explain_opts *o)
 {
     memset(w, 0, sizeof *w);
-    w->dir = dir;
     const pk_mlp *m = pk_run_mlp(run);
     size_t N = pk_run_n_train(run), C = m->dims[m->n_layers];
     int full = o->want_kernel && o->mode == PK_KMODE_FULL && C > 1;
