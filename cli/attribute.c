@@ -426,7 +426,8 @@ int cmd_attribute(int argc, char **argv)
         "  --quiet           no progress\n"
         "  --threads N       threads [all cores]\n";
     int rank, ranks;
-    cli_mpi_start(&argc, &argv, &rank, &ranks);
+    int rc = cli_mpi_start(cmd, &argc, &argv, &rank, &ranks);
+    if (rc) return rc;
     const char *query = NULL, *out = NULL, *cls_spec = "pred", *dir;
     size_t top = 10, cls_num = 0, group_opt = 1024;
     int cls_mode = CLASS_PRED, want_progress = 0, quiet = 0;
@@ -438,7 +439,7 @@ int cmd_attribute(int argc, char **argv)
                             {"block", CLI_SIZE, &to.block, NULL}, {"mem", CLI_MIB, &to.mem_limit, NULL},
                             {"progress", CLI_FLAG, &want_progress, NULL}, {"quiet", CLI_FLAG, &quiet, NULL},
                             {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
-    int rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
+    rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
     if (rc) { cli_mpi_end(0); return rc < 0 ? EXIT_OK : rc; }
     if (!strcmp(cls_spec, "pred")) cls_mode = CLASS_PRED;
     else if (!strcmp(cls_spec, "label")) cls_mode = CLASS_LABEL;

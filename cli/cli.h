@@ -67,11 +67,17 @@ double cli_progress_seconds(const cli_progress *p);
  * (cli_dir_exists), and after a failure cli_drop_new_dir removes it again
  * when it is new and still empty, so that a failed command leaves nothing. */
 int cli_dir_exists(const char *dir);
+/* Bytes free to this user on the file system where `path` would be
+ * created, or -1 when unknown. */
+double cli_disk_free(const char *path);
 void cli_drop_new_dir(const char *dir, int existed);
 
-/* MPI (mpi.c): started only under mpirun; else rank 0 of 1. cli_mpi_end
- * aborts the other ranks when rc != 0. Send/recv return non-zero on failure. */
-void cli_mpi_start(int *argc, char ***argv, int *rank, int *size);
+/* MPI (mpi.c): started only under mpirun, through the module
+ * libpathkernel-mpi.so loaded then; else rank 0 of 1. cli_mpi_start returns
+ * an exit status, non-zero (after one line on stderr) when launched by
+ * mpirun without the module. cli_mpi_end aborts the other ranks when
+ * rc != 0. Send/recv return non-zero on failure. */
+int cli_mpi_start(const char *cmd, int *argc, char ***argv, int *rank, int *size);
 void cli_mpi_end(int rc);
 int cli_mpi_send(const double *buf, size_t n, int tag);
 int cli_mpi_recv(double *buf, size_t n, int from, int tag);

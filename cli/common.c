@@ -4,6 +4,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -195,4 +196,18 @@ int cli_dir_exists(const char *dir)
 void cli_drop_new_dir(const char *dir, int existed)
 {
     if (dir && !existed) rmdir(dir); /* only when empty: nothing of a user's is removed */
+}
+
+double cli_disk_free(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    if (n >= sizeof dir) return -1.0;
+    if (slash && n == 0) n = 1; /* "/file": the root */
+    memcpy(dir, slash ? path : ".", slash ? n : 1);
+    dir[slash ? n : 1] = 0;
+    struct statvfs v;
+    if (statvfs(dir, &v) != 0) return -1.0;
+    return (double)v.f_bavail * (double)v.f_frsize;
 }

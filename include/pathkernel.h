@@ -193,10 +193,13 @@ void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t);
 void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double *R,
                      double scale, double *grad);
 /* After a forward pass: per-output deltas d f_k / d z for every layer:
- * delta_out[l] is (n, C, dims[l+1]) row-major (caller-allocated).
- * Used by tangent kernels (MATH.md section 4). */
-void pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
-                          double *const *delta_out);
+ * delta_out[l] is (n, C, dims[l+1]) row-major (caller-allocated); the last
+ * hidden layer's (l = L-2) and the output layer's may be NULL: not kept.
+ * Used by tangent kernels (MATH.md section 4). Fails (PK_ERR_NOMEM) only
+ * when delta_out[L-2] is NULL and the scratch that then stands in for it
+ * (a piece of about 256 of its rows per thread) cannot be had. */
+pk_status pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
+                               double *const *delta_out);
 
 /* -------------------------------------------------------------------- loss */
 
@@ -360,6 +363,14 @@ typedef enum pk_kmode {
  * K is (nx, ny, C, C) in full mode, (nx, ny) in trace mode (caller-allocated). */
 pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K);
+/* The same kernel streamed: sink(ctx, i, j0, n, k) receives K(i, j0..j0+n)
+ * as n C^2 doubles (n in trace mode) once the row segment is computed, from
+ * any of the threads, several at once, in no particular order; it returns
+ * PK_OK to go on, anything else stops the computation and is returned. No
+ * nx x ny array is ever held: memory stays that of the blocks. */
+typedef pk_status (*pk_kernel_sink)(void *ctx, size_t i, size_t j0, size_t n, const double *k);
+pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
+                                 const double *Y, size_t ny, pk_kmode mode, pk_kernel_sink sink, void *ctx);
 
 /* Infinite-width kernels of the architecture m in the ntk parameterisation
  * (MATH.md section 6; relu or erf; widths are ignored, depth and sigma_w,

@@ -14,7 +14,7 @@
 /* Pieces of C along its longer side. Splitting the rows re-packs op(B) once
  * per piece, splitting the columns re-packs op(A): the same M*N*K/PIECE extra
  * copies either way, under 1% of the multiply-adds for PIECE = 256. */
-#define PIECE 256
+#define PIECE PK_PIECE_ROWS
 
 void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
@@ -43,15 +43,15 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
     if (nt > 1) omp_set_num_threads(nt);
 }
 
-void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, const double *A, size_t lda,
-                  const double *B, size_t ldb, double *C, size_t ldc)
+void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+                  size_t lda, const double *B, size_t ldb, double *C, size_t ldc)
 {
     if (!M || !N) return;
     /* one BLAS thread, also outside an active parallel region (as above) */
     int nt = !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (nt > 1) omp_set_num_threads(1);
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
-                (int)N, (int)K, 1.0, A, (int)lda, B, (int)ldb, 0.0, C, (int)ldc);
+                (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, 0.0, C, (int)ldc);
     if (nt > 1) omp_set_num_threads(nt);
 }
 

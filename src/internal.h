@@ -18,8 +18,15 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
 /* C (M, N) = op(A) op(B) in one BLAS call on the calling thread, for callers
  * that split their work into pieces of a fixed size themselves (tangent.c). */
-void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, const double *A, size_t lda,
-                  const double *B, size_t ldb, double *C, size_t ldc);
+void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+                  size_t lda, const double *B, size_t ldb, double *C, size_t ldc);
+/* Bytes pk_kernel_tangent(_rows) allocates for X (nx) against Y (ny) with
+ * the current thread count, K itself not counted (an upper bound). */
+size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode);
+/* The fixed piece size, in rows, of work split over threads (gemm.c,
+ * pk_mlp_output_deltas, pk_kernel_tangent): never the thread count, so that
+ * results are bit-identical whatever the number of threads. */
+#define PK_PIECE_ROWS 256
 /* pk_alloc for large matrices, on transparent huge pages where the system
  * allows (gemm.c); free() releases it. */
 void *pk_alloc_big(size_t n, size_t size);
@@ -68,9 +75,12 @@ pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char *
  * open with the whole shape, write the elements in order (any number per
  * call), commit (renames; refuses if elements are missing) or abort. Write
  * errors are kept and reported by commit. */
-typedef struct pk_npy_stream { pk_atomic at; size_t left; int bad, err; } pk_npy_stream;
+typedef struct pk_npy_stream { pk_atomic at; size_t left, data; int bad, err; } pk_npy_stream;
 pk_status pk_npy_stream_open(pk_npy_stream *w, const char *path, int int64, size_t ndim, const size_t *shape);
 pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count);
+/* count elements at element `at` of the data, from any thread, in any order
+ * (pwrite); every element must be written once before the commit. */
+void pk_npy_stream_write_at(pk_npy_stream *w, size_t at, const void *a, size_t count);
 pk_status pk_npy_stream_commit(pk_npy_stream *w);
 void pk_npy_stream_abort(pk_npy_stream *w);
 /* int64 C-order .npy, atomically (pk_npy_write's twin). */

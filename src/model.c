@@ -246,19 +246,17 @@ void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t)
 
 /* g (n, dout) times W_l (dout, din) times sw into out (n, din), then the
  * Hadamard product with act'(z_{l-1}) row by row: the backward step through
- * layer l. `rows_per_ex` rows of g share one example's activation (1 for
- * the loss, C for per-output deltas). */
+ * layer l. */
 static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, size_t l,
-                         const double *g, size_t rows, size_t rows_per_ex, double *out)
+                         const double *g, size_t rows, double *out)
 {
     size_t din = m->dims[l], dout = m->dims[l + 1];
     pk_gemm(0, 0, rows, din, dout, pk_mlp_wscale(m, l), g, dout, w + m->w_off[l], din, 0.0, out, din);
     const double *z = t->z[l - 1], *a = t->a[l];
     #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
     for (size_t r = 0; r < rows; r++) {
-        size_t i = r / rows_per_ex;
         double *o = out + r * din;
-        for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, z[i * din + j], a[i * din + j]);
+        for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, z[r * din + j], a[r * din + j]);
     }
 }
 
@@ -279,7 +277,7 @@ void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double 
                 for (size_t j = 0; j < dout; j++) gc[j] += delta[i * dout + j];
             for (size_t j = 0; j < dout; j++) gc[j] *= sb;
         }
-        if (l > 0) back_through(m, w, t, l, delta, n, 1, t->delta[l - 1]);
+        if (l > 0) back_through(m, w, t, l, delta, n, t->delta[l - 1]);
     }
 }
 
@@ -289,16 +287,63 @@ void pk_mlp_act_grad(const pk_mlp *m, const pk_tape *t, size_t l, double *out)
     for (size_t i = 0; i < n; i++) out[i] = act_df(m->act, t->z[l][i], t->a[l + 1][i]);
 }
 
-void pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
-                          double *const *delta_out)
+/* Per-output deltas of examples i0..i0+ne: layer L-2's from the output
+ * weights and act'(z_{L-2}), then down through the layers, each GEMM on the
+ * calling thread while the piece's rows are in cache. g (ne C, dims[L-1])
+ * holds layer L-2's when delta_out does not keep them. */
+static void output_deltas_piece(const pk_mlp *m, const double *w, const pk_tape *t, double *const *delta_out,
+                                size_t i0, size_t ne, double *g)
+{
+    size_t L = m->n_layers, C = m->dims[L], rows = ne * C, d = m->dims[L - 1];
+    const double *W = w + m->w_off[L - 1], *z = t->z[L - 2] + i0 * d, *a = t->a[L - 1] + i0 * d;
+    double sw = pk_mlp_wscale(m, L - 1), *cur = delta_out[L - 2] ? delta_out[L - 2] + i0 * C * d : g;
+    /* d f_c / d z_{L-2} = sw W_L[c,:] o act'(z_{L-2}) */
+    for (size_t i = 0; i < ne; i++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t k = 0; k < d; k++)
+                cur[(i * C + c) * d + k] = (sw * W[c * d + k]) * act_df(m->act, z[i * d + k], a[i * d + k]);
+    for (size_t l = L - 2; l > 0; l--) { /* layer l-1's rows: (cur W_l) sw o act'(z_{l-1}) */
+        size_t din = m->dims[l], dout = m->dims[l + 1];
+        double *next = delta_out[l - 1] + i0 * C * din;
+        pk_gemm_tile(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, next, din);
+        const double *zl = t->z[l - 1] + i0 * din, *al = t->a[l] + i0 * din;
+        for (size_t r = 0; r < rows; r++) {
+            size_t i = r / C;
+            double *o = next + r * din;
+            for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, zl[i * din + j], al[i * din + j]);
+        }
+        cur = next;
+    }
+}
+
+pk_status pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t, double *const *delta_out)
 {
     size_t L = m->n_layers, n = t->n, C = m->dims[L];
     double *top = delta_out[L - 1]; /* (n, C, C): d f_k / d z_L = e_k */
-    memset(top, 0, n * C * C * sizeof(double));
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < C; k++) top[(i * C + k) * C + k] = 1.0;
-    for (size_t l = L - 1; l > 0; l--)
-        back_through(m, w, t, l, delta_out[l], n * C, C, delta_out[l - 1]);
+    if (top) {
+        memset(top, 0, n * C * C * sizeof(double));
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < C; k++) top[(i * C + k) * C + k] = 1.0;
+    }
+    if (L < 2 || !n) return PK_OK;
+    /* pieces of a fixed number of examples (never of the thread count) */
+    size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, wmax = 0;
+    for (size_t l = 1; l < L; l++) wmax = m->dims[l] > wmax ? m->dims[l] : wmax;
+    size_t g_len = delta_out[L - 2] ? 0 : E * C * m->dims[L - 1];
+    int fail = 0;
+    #pragma omp parallel if (pieces > 1 && n * C * wmax >= PK_PAR_MIN)
+    {
+        double *g = g_len ? pk_alloc(g_len, sizeof(double)) : NULL;
+        if (g_len && !g) {
+            #pragma omp atomic write
+            fail = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (size_t p = 0; p < pieces; p++)
+            if (g || !g_len) output_deltas_piece(m, w, t, delta_out, p * E, n - p * E < E ? n - p * E : E, g);
+        free(g);
+    }
+    return fail ? PK_ERR_NOMEM : PK_OK;
 }
 
 pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f)

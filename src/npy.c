@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAGIC_LEN 6
@@ -260,6 +261,10 @@ pk_status pk_npy_parse(const char *path, const unsigned char *buf, size_t len,
     const unsigned char *p = buf + doff;
     switch (npy_dtypes[ti].t) {
     case NPY_F8:
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(out, p, count * 8); /* the file's bytes are the doubles */
+        break;
+#endif
         for (size_t i = 0; i < count; i++) {
             uint64_t u = le64(p + 8 * i);
             memcpy(&out[i], &u, 8);
@@ -360,7 +365,54 @@ pk_status pk_npy_stream_open(pk_npy_stream *w, const char *path, int int64, size
      * them when the rename replaces an older file (10-20 ms for 32 MB) */
     long at = ftell(w->at.f);
     if (!w->bad && count >= ((size_t)1 << 17) && at > 0) (void)posix_fallocate(fileno(w->at.f), at, (off_t)(count * 8));
+    w->data = at > 0 ? (size_t)at : 0;
+    if (!w->bad) w->bad = fflush(w->at.f) != 0; /* the header on disk before any positioned write */
+    if (w->bad) w->err = errno ? errno : EIO;
     return PK_OK;
+}
+
+/* n bytes at off, whole (pwrite may write less); the first error is kept. */
+static void pwrite_all(pk_npy_stream *w, const unsigned char *p, size_t n, size_t off)
+{
+    int fd = fileno(w->at.f), bad;
+    while (n) {
+        #pragma omp atomic read
+        bad = w->bad;
+        if (bad) return;
+        ssize_t r = pwrite(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            #pragma omp critical(pk_npy_stream_error)
+            if (!w->bad) {
+                w->err = e;
+                #pragma omp atomic write
+                w->bad = 1;
+            }
+            return;
+        }
+        p += r;
+        off += (size_t)r;
+        n -= (size_t)r;
+    }
+}
+
+void pk_npy_stream_write_at(pk_npy_stream *w, size_t at, const void *a, size_t count)
+{
+    #pragma omp atomic
+    w->left -= count;
+    size_t off = w->data + 8 * at;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    pwrite_all(w, a, 8 * count, off);
+#else
+    const unsigned char *p = a; /* big-endian host: swapped in blocks */
+    unsigned char blk[8 * 1024];
+    for (size_t i = 0; i < count; i += sizeof blk / 8) {
+        size_t m = count - i < sizeof blk / 8 ? count - i : sizeof blk / 8;
+        for (size_t j = 0; j < 8 * m; j++) blk[j] = p[8 * i + (j & ~(size_t)7) + 7 - (j & 7)];
+        pwrite_all(w, blk, 8 * m, off + 8 * i);
+    }
+#endif
 }
 
 pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count)

@@ -83,12 +83,12 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
 }
 
 /* One side of a block of pk_kernel_tangent: the tape, the per-output deltas
- * (for layers 0..L-3 only; the last hidden layer's come from s, the output
- * layer's are e_k) and s = act'(z_{L-2}). */
+ * of layers 0..L-3 (the last hidden layer's come from s and the output
+ * weights, the output layer's are e_k) and s = act'(z_{L-2}). */
 typedef struct kside {
     pk_tape *t;
-    double *d[PK_MAX_LAYERS];
-    double *s;
+    double *d[PK_MAX_LAYERS];   /* d[l] (cap, C, dims[l+1]) for l <= L-3, else NULL */
+    double *s;                  /* (cap, dims[L-1]) */
 } kside;
 
 static void kside_free(const pk_mlp *m, kside *k)
@@ -104,42 +104,84 @@ static pk_status kside_new(const pk_mlp *m, size_t cap, kside *k)
     memset(k, 0, sizeof *k);
     k->t = pk_tape_new(m, cap);
     int ok = k->t != NULL;
-    for (size_t l = 0; ok && L >= 3 && l < L; l++) /* as pk_deltas_new */
+    for (size_t l = 0; ok && l + 3 <= L; l++)
         ok = (k->d[l] = pk_alloc_big(cap * m->dims[L], m->dims[l + 1] * sizeof(double))) != NULL;
     if (ok && L >= 2) ok = (k->s = pk_alloc(cap, m->dims[L - 1] * sizeof(double))) != NULL;
     if (!ok) { kside_free(m, k); memset(k, 0, sizeof *k); return PK_ERR_NOMEM; }
     return PK_OK;
 }
 
-static void kside_compute(const pk_mlp *m, const double *w, const double *X, size_t n, kside *k)
+static pk_status kside_compute(const pk_mlp *m, const double *w, const double *X, size_t n, kside *k)
 {
     size_t L = m->n_layers;
     pk_mlp_forward(m, w, X, n, k->t);
-    if (L >= 3) pk_mlp_output_deltas(m, w, k->t, k->d);
     if (L >= 2) pk_mlp_act_grad(m, k->t, L - 2, k->s);
+    return L >= 3 ? pk_mlp_output_deltas(m, w, k->t, k->d) : PK_OK;
 }
 
 /* What the tiles of a block share. Layers: 0..nr-1 regular (a delta Gram
  * per layer), nr = L-2 the last hidden layer (if L >= 2), L-1 the output. */
 typedef struct kblock {
     const pk_mlp *m;
-    size_t C, P, nr, nbx, nby, ldy;
+    size_t C, P, nr, x0, y0, nbx, nby, ldy;
     const kside *x, *y;
-    const double *coef;   /* (L, nbx, nby): sw_l^2 a_x.a_y + sb_l^2 */
     const double *Wp;     /* (P, d): sw^2 W[c,:] W[c',:] for c <= c' (last hidden layer) */
     const size_t *pair;   /* (C, C): index of {c, c'} in Wp */
-    double *K;            /* K at (x0, y0): element (i, j, c, c') at ((i * ldy + j) * C + c) * C + c' */
+    double *K;            /* K at (x0, y0), row stride ldy pairs; NULL: rows go to sink */
+    pk_kernel_sink sink;
+    void *ctx;
 } kblock;
 
-/* Examples of x per tile: at most PIECE_ROWS delta rows (gemm.c's piece size),
- * a fixed number, so that the bits never depend on the thread count. */
-#define PIECE_ROWS 256
-
-/* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, kt*P), Ex (es*P, d). */
-static size_t tile_scratch(const kblock *b, size_t kt, size_t es)
+/* coef (L, n, nby) = sw_l^2 a_x . a_y + sb_l^2 for the x examples i0..i0+n
+ * of the block against its y. */
+static void coef_rows(const kblock *b, size_t i0, size_t n, double *coef)
 {
-    size_t L = b->m->n_layers, d = L >= 2 ? b->m->dims[L - 1] : 0;
-    return b->nr * kt * b->C * b->nby * b->C + (L >= 2 ? b->nby * kt * b->P + es * b->P * d : 0);
+    const pk_mlp *m = b->m;
+    for (size_t l = 0; l < m->n_layers; l++) {
+        size_t din = m->dims[l];
+        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l), sw2 = sw * sw, sb2 = sb * sb;
+        double *A = coef + l * n * b->nby;
+        pk_gemm(0, 1, n, b->nby, din, 1.0, b->x->t->a[l] + i0 * din, din, b->y->t->a[l], din, 0.0, A, b->nby);
+        for (size_t k = 0; k < n * b->nby; k++) A[k] = sw2 * A[k] + sb2;
+    }
+}
+
+/* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, kt*P), Ex (es*P, d),
+ * coef (L, kt, nby), one row of K (nby, C, C) when rows go to a sink. */
+static size_t tile_scratch(const pk_mlp *m, size_t nby, size_t kt, size_t es, int to_sink)
+{
+    size_t L = m->n_layers, C = m->dims[L], P = C * (C + 1) / 2, d = L >= 2 ? m->dims[L - 1] : 0;
+    size_t nr = L >= 2 ? L - 2 : 0;
+    return nr * kt * C * nby * C + (L >= 2 ? nby * kt * P + es * P * d : 0) + L * kt * nby +
+           (to_sink ? nby * C * C : 0);
+}
+
+/* x examples per tile, and per GEMM of the last hidden layer's Gram: a
+ * fixed number of rows (PK_PIECE_ROWS), never the thread count */
+static size_t tile_examples(size_t C) { return PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1; }
+static size_t tile_pairs(size_t C) { size_t P = C * (C + 1) / 2; return PK_PIECE_ROWS / P ? PK_PIECE_ROWS / P : 1; }
+
+/* Blocks of B x B pairs (B^2 r^2 doubles under 64 MiB: 256 with 10 x 10
+ * blocks, one block for a 200 x 200 kernel): the sides of a block are
+ * computed once each, and once only when Y is X. */
+static size_t block_size(size_t r)
+{
+    size_t B = 64;
+    while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)64 << 20)) B *= 2;
+    return B;
+}
+
+size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode)
+{
+    size_t L = m->n_layers, C = m->dims[L], dh = L >= 2 ? m->dims[L - 1] : 0;
+    int trace = mode == PK_KMODE_TRACE;
+    size_t B = block_size(trace ? 1 : C), bx = nx < B ? nx : B, by = ny < B ? ny : B;
+    size_t per_ex = dh, threads = (size_t)pk_get_threads(), kt = tile_examples(C);
+    for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * m->dims[l + 1] + (l + 3 <= L ? C * m->dims[l + 1] : 0);
+    size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
+    if (trace) doubles += bx * (L + 2) * by + bx * dh;
+    else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1);
+    return doubles * sizeof(double);
 }
 
 /* K for the x examples i0..i0+kt of the block against all its y, every
@@ -149,15 +191,17 @@ static size_t tile_scratch(const kblock *b, size_t kt, size_t es)
  *                  + coef_{L-1}(i, j) [c == c']
  * (MATH.md section 4; the last hidden layer's deltas are sw W_L[c,:] o s,
  * so its Gram is symmetric in (c, c'): P = C (C + 1) / 2 products, not C^2). */
-static void kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double *scratch)
+static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double *scratch)
 {
     const pk_mlp *m = b->m;
     size_t L = m->n_layers, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
-    size_t nxy = b->nbx * nby, d = L >= 2 ? m->dims[L - 1] : 0;
-    double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + nby * kt * P;
+    size_t d = L >= 2 ? m->dims[L - 1] : 0;
+    double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * kt * P : 0);
+    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby;
+    coef_rows(b, i0, kt, cf);
     for (size_t l = 0; l < nr; l++) {
         size_t len = m->dims[l + 1];
-        pk_gemm_tile(0, 1, kt * C, cols, len, b->x->d[l] + i0 * C * len, len, b->y->d[l], len,
+        pk_gemm_tile(0, 1, kt * C, cols, len, 1.0, b->x->d[l] + i0 * C * len, len, b->y->d[l], len,
                      Dt + l * kt * C * cols, cols);
     }
     if (L >= 2)
@@ -172,14 +216,14 @@ static void kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double
                 }
             }
             /* Et (nby, kt*P) at column e0*P: s_y Ex^T */
-            pk_gemm_tile(0, 1, nby, ne * P, d, b->y->s, d, Ex, d, Et + e0 * P, kt * P);
+            pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, Et + e0 * P, kt * P);
         }
-    for (size_t i = 0; i < kt; i++)
+    for (size_t i = 0; i < kt; i++) {
+        double *out = b->K ? b->K + (i0 + i) * b->ldy * C * C : row;
         for (size_t j = 0; j < nby; j++) {
-            double *dst = b->K + ((i0 + i) * b->ldy + j) * C * C;
-            const double *cf = b->coef + (i0 + i) * nby + j;
-            const double *et = Et + j * kt * P + i * P;
-            double cs = L >= 2 ? cf[(L - 2) * nxy] : 0.0, cu = cf[(L - 1) * nxy];
+            double *dst = out + j * C * C;
+            const double *c_ij = cf + i * nby + j, *et = Et + j * kt * P + i * P;
+            double cs = L >= 2 ? c_ij[(L - 2) * kt * nby] : 0.0, cu = c_ij[(L - 1) * kt * nby];
             /* the sum in layer order, as pk_side_product adds it up */
             for (size_t kx = 0; kx < C; kx++) {
                 double *o = dst + kx * C;
@@ -187,7 +231,7 @@ static void kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double
                 for (size_t ky = 0; ky < C; ky++) o[ky] = 0.0;
                 for (size_t l = 0; l < nr; l++) {
                     const double *dl = Dt + l * kt * C * cols + (i * C + kx) * cols + j * C;
-                    double c = cf[l * nxy];
+                    double c = c_ij[l * kt * nby];
                     for (size_t ky = 0; ky < C; ky++) o[ky] += c * dl[ky];
                 }
                 if (L >= 2)
@@ -195,42 +239,59 @@ static void kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double
                 o[kx] += cu;
             }
         }
+        pk_status s = b->K ? PK_OK : b->sink(b->ctx, b->x0 + i0 + i, b->y0, nby, row);
+        if (s) return s;
+    }
+    return PK_OK;
 }
 
-/* The full (nbx, nby, C, C) block at K, in tiles over the threads. */
+/* The full (nbx, nby, C, C) block, in tiles of PK_PIECE_ROWS delta rows
+ * (a fixed number of x examples) over the threads. */
 static pk_status kernel_block_full(const kblock *b)
 {
-    size_t C = b->C, kt = PIECE_ROWS / C ? PIECE_ROWS / C : 1;
+    size_t kt = tile_examples(b->C), es = tile_pairs(b->C);
     if (kt > b->nbx) kt = b->nbx;
-    size_t es = b->P && PIECE_ROWS / b->P ? PIECE_ROWS / b->P : 1;
-    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b, kt, es);
-    int fail = 0;
+    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->K);
+    pk_status fail = PK_OK;
     #pragma omp parallel if (tiles > 1)
     {
-        double *scratch = pk_alloc_big(per ? per : 1, sizeof(double));
+        double *scratch = pk_alloc_big(per, sizeof(double));
         if (!scratch) {
             #pragma omp atomic write
-            fail = 1;
+            fail = PK_ERR_NOMEM;
         }
         #pragma omp for schedule(dynamic, 1)
         for (size_t t = 0; t < tiles; t++) {
-            size_t i0 = t * kt, n = b->nbx - i0 < kt ? b->nbx - i0 : kt;
-            if (scratch) kernel_tile(b, i0, n, es, scratch);
+            pk_status f;
+            #pragma omp atomic read
+            f = fail;
+            if (f || !scratch) continue; /* a failed tile stops the rest */
+            size_t i0 = t * kt;
+            f = kernel_tile(b, i0, b->nbx - i0 < kt ? b->nbx - i0 : kt, es, scratch);
+            if (f) {
+                #pragma omp atomic write
+                fail = f;
+            }
         }
         free(scratch);
     }
-    return fail ? PK_ERR_NOMEM : PK_OK;
+    return fail;
 }
 
-/* The trace (nbx, nby) block at K (row stride ldy), layer by layer:
+/* The trace (nbx, nby) block, layer by layer:
  * K = sum_l coef_l o G_l with G_l = sum_c delta_x^l(., c) . delta_y^l(., c)
  * (one GEMM over the C delta rows read as one), the last hidden layer's
- * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C. */
-static void kernel_block_trace(const kblock *b, const double *q, double *G, double *Ex)
+ * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C.
+ * Into b->K, or into out (nbx, nby) and then row by row to the sink. */
+static pk_status kernel_block_trace(const kblock *b, const double *q, double *coef, double *G, double *Ex,
+                                    double *out)
 {
     const pk_mlp *m = b->m;
     size_t L = m->n_layers, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
-    for (size_t i = 0; i < nbx; i++) memset(b->K + i * b->ldy, 0, nby * sizeof *b->K);
+    size_t ld = b->K ? b->ldy : nby;
+    double *K = b->K ? b->K : out;
+    coef_rows(b, 0, nbx, coef);
+    for (size_t i = 0; i < nbx; i++) memset(K + i * ld, 0, nby * sizeof *K);
     for (size_t l = 0; l < L; l++) {
         if (l < b->nr) {
             size_t len = m->dims[l + 1] * C;
@@ -241,26 +302,26 @@ static void kernel_block_trace(const kblock *b, const double *q, double *G, doub
                 for (size_t k = 0; k < d; k++) Ex[i * d + k] = q[k] * b->x->s[i * d + k];
             pk_gemm(0, 1, nbx, nby, d, 1.0, Ex, d, b->y->s, d, 0.0, G, nby);
         }
-        const double *cf = b->coef + l * nxy;
+        const double *cf = coef + l * nxy;
         #pragma omp parallel for schedule(static) if (nxy >= PK_PAR_MIN)
         for (size_t i = 0; i < nbx; i++)
             for (size_t j = 0; j < nby; j++)
-                b->K[i * b->ldy + j] += cf[i * nby + j] * (l + 1 == L ? (double)C : G[i * nby + j]);
+                K[i * ld + j] += cf[i * nby + j] * (l + 1 == L ? (double)C : G[i * nby + j]);
     }
+    pk_status s = PK_OK;
+    for (size_t i = 0; !b->K && !s && i < nbx; i++) s = b->sink(b->ctx, b->x0 + i, b->y0, nby, out + i * nby);
+    return s;
 }
 
-pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
-                            const double *Y, size_t ny, pk_kmode mode, double *K)
+/* pk_kernel_tangent and pk_kernel_tangent_rows: the kernel into K, or (K
+ * NULL) row segments to sink. */
+static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx, const double *Y,
+                                size_t ny, pk_kmode mode, double *K, pk_kernel_sink sink, void *ctx)
 {
     size_t L = m->n_layers, C = m->dims[L], d = m->dims[0], dh = L >= 2 ? m->dims[L - 1] : 0;
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
-    /* Blocks of B x B pairs (B^2 r^2 doubles under 64 MiB: 256 with 10 x 10
-     * blocks, one block for a 200 x 200 kernel): the sides of a block are
-     * computed once each, and once only when Y is X. */
-    size_t B = 64;
-    while (B < 4096 && (2 * B) * (2 * B) * r * r * sizeof(double) <= ((size_t)64 << 20)) B *= 2;
-    size_t bx = nx < B ? nx : B, by = ny < B ? ny : B;
+    size_t B = block_size(r), bx = nx < B ? nx : B, by = ny < B ? ny : B;
     if (!bx || !by) return PK_OK;
     int same = X == Y && nx == ny;
     kside sx, sy;
@@ -268,13 +329,12 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
     pk_status s = kside_new(m, bx, &sx);
     if (!s && !same) s = kside_new(m, by, &sy);
     size_t P = C * (C + 1) / 2;
-    double *coef = pk_alloc(L * bx, by * sizeof(double));
     /* last hidden layer: Wp (P, dh) for blocks, q (dh) for the trace */
     double *Wp = L >= 2 ? pk_alloc(trace ? 1 : P, dh * sizeof(double)) : NULL;
     size_t *pair = pk_alloc(C * C, sizeof *pair);
-    double *G = trace ? pk_alloc(bx, by * sizeof(double)) : NULL;
-    double *Ex = trace && L >= 2 ? pk_alloc(bx, dh * sizeof(double)) : NULL;
-    if (!s && (!coef || (L >= 2 && !Wp) || !pair || (trace && (!G || (L >= 2 && !Ex))))) s = PK_ERR_NOMEM;
+    /* the trace: coef (L, bx, by), G (bx, by), Ex (bx, dh), out (bx, by) */
+    double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh, sizeof(double)) : NULL;
+    if (!s && ((L >= 2 && !Wp) || !pair || (trace && !tr))) s = PK_ERR_NOMEM;
     if (!s && L >= 2) {
         const double *W = w + m->w_off[L - 1];
         double sw = pk_mlp_wscale(m, L - 1), sw2 = sw * sw;
@@ -292,31 +352,37 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
     size_t y_held = (size_t)-1; /* the block of Y that sy holds */
     for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
         size_t nbx = nx - x0 < bx ? nx - x0 : bx;
-        kside_compute(m, w, X + x0 * d, nbx, &sx);
+        s = kside_compute(m, w, X + x0 * d, nbx, &sx);
         for (size_t y0 = 0; !s && y0 < ny; y0 += by) {
             size_t nby = ny - y0 < by ? ny - y0 : by;
             const kside *py = &sy;
             if (same && y0 == x0) py = &sx;
             else if (y_held != y0) {
                 if (!sy.t && (s = kside_new(m, by, &sy))) break; /* Y is X: off-diagonal blocks */
-                kside_compute(m, w, Y + y0 * d, nby, &sy);
+                if ((s = kside_compute(m, w, Y + y0 * d, nby, &sy))) break;
                 y_held = y0;
             }
-            for (size_t l = 0; l < L; l++) {
-                size_t din = m->dims[l];
-                double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l), sw2 = sw * sw, sb2 = sb * sb;
-                double *A = coef + l * nbx * nby;
-                pk_gemm(0, 1, nbx, nby, din, 1.0, sx.t->a[l], din, py->t->a[l], din, 0.0, A, nby);
-                for (size_t k = 0; k < nbx * nby; k++) A[k] = sw2 * A[k] + sb2;
-            }
-            kblock b = {m, C, P, L >= 2 ? L - 2 : 0, nbx, nby, ny, &sx, py, coef, Wp, pair,
-                        K + (x0 * ny + y0) * r * r};
-            if (trace) kernel_block_trace(&b, Wp, G, Ex);
+            kblock b = {m, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, ny, &sx, py, Wp, pair,
+                        K ? K + (x0 * ny + y0) * r * r : NULL, sink, ctx};
+            if (trace) s = kernel_block_trace(&b, Wp, tr, tr + L * bx * by, tr + (L + 1) * bx * by,
+                                              tr + (L + 1) * bx * by + bx * dh);
             else s = kernel_block_full(&b);
         }
     }
     kside_free(m, &sx);
     kside_free(m, &sy);
-    free(coef); free(Wp); free(pair); free(G); free(Ex);
+    free(Wp); free(pair); free(tr);
     return s;
+}
+
+pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
+                            const double *Y, size_t ny, pk_kmode mode, double *K)
+{
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, K, NULL, NULL);
+}
+
+pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
+                                 const double *Y, size_t ny, pk_kmode mode, pk_kernel_sink sink, void *ctx)
+{
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, NULL, sink, ctx);
 }

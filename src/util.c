@@ -318,6 +318,12 @@ static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix,
         if (!f) { close(fd); return pk_fail(PK_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); }
     }
     size_t cap = prefix && max < (1 << 16) ? max : 1 << 16, n = 0;
+    /* a regular file is read in one piece: its size plus one byte, so that
+     * the first short read is the end (a file that grows meanwhile is still
+     * read whole, by the doubling below) */
+    struct stat st;
+    if (f && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+        cap = ((size_t)st.st_size < max ? (size_t)st.st_size : max) + (prefix && (size_t)st.st_size >= max ? 0 : 1);
     unsigned char *b = malloc(cap + 1);
     pk_status s = PK_OK;
     if (!b) s = pk_fail(PK_ERR_NOMEM, "%s: out of memory", path);

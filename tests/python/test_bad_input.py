@@ -384,36 +384,76 @@ def small_run(tmp_path_factory):
     return d
 
 
-def test_kernel_refuses_an_output_over_mem(small_run):
-    """200 x 200 x 3 x 3 doubles are 2.7 MiB: over --mem 1, refused before
-    any work with the numbers and what fits (--mode trace: 0.3 MiB)."""
+def test_kernel_refuses_working_memory_over_mem(small_run):
+    """200 x 200 x 3 x 3 with two threads needs 2.2 MiB of working memory
+    (the tiles of the kernel, not the kernel itself): over --mem 1, refused
+    before any work with the numbers and the --mem that fits."""
     d = small_run
     x = np.random.default_rng(4).standard_normal((200, 2))
     np.savetxt(d / "x.csv", np.c_[x, np.zeros(200)], delimiter=",", fmt="%.5f")
     out = d / "K.npy"
-    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--out", out])
+    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--threads", "2", "--out", out])
     assert p.returncode == 2, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr
-    assert ("a 200 x 200 kernel of 3 x 3 blocks needs 2.7 MiB, more than the 1.0 MiB memory budget" in lines[0]
-            and "--mode trace (0.3 MiB)" in lines[0] and "at most 72 --x inputs" in lines[0]), lines[0]
+    assert ("computing the kernel takes 2.2 MiB of memory, more than the 1.0 MiB budget" in lines[0]
+            and "use --mem 3 or more" in lines[0]), lines[0]
     assert not out.exists()
-    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--mode", "trace", "--out", out])
-    assert p.returncode == 0, p.stderr
-    assert np.load(out).shape == (200, 200)
 
 
-def test_kernel_refuses_terabytes_by_default(small_run):
-    """100000 inputs: a (100000, 100000, 3, 3) kernel is 670 GiB; without --mem
-    the budget is 3/4 of free memory, and the refusal comes at once."""
-    if os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.75 > 7.2e11:
-        pytest.skip("this machine could hold the 670 GiB kernel")
+def peak_rss(cmd):
+    """(exit status, stderr, peak RSS in bytes) of cmd, from wait4. The fork
+    carries this process's own RSS into the number: compare two runs."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode()
+    proc.stdout.close(); proc.stderr.close()
+    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss * 1024
+
+
+def test_kernel_streams_an_output_larger_than_mem(small_run):
+    """1200 x 1200 x 3 x 3 doubles are 98.9 MiB: with --mem 8 the kernel is
+    written as it is computed and the process never holds it (its peak RSS
+    exceeds that of a 100 x 100 kernel by less than 40 MiB), and the file
+    equals the one written without --mem, for 1 and 2 threads alike."""
     d = small_run
+    x = np.random.default_rng(6).standard_normal((1200, 2))
+    np.savetxt(d / "x1200.csv", np.c_[x, np.zeros(1200)], delimiter=",", fmt="%.5f")
+    np.savetxt(d / "x100.csv", np.c_[x[:100], np.zeros(100)], delimiter=",", fmt="%.5f")
+    rss, files = {}, {}
+    for data, mem, threads in (("x100", "8", "2"), ("x1200", "8", "2"), ("x1200", None, "1"), ("x1200", None, "2")):
+        out = d / f"K-{data}-{mem}-{threads}.npy"
+        cmd = [cli(), "kernel", d / "run", "--x", d / f"{data}.csv", "--threads", threads, "--out", out]
+        code, err, rss[data, mem, threads] = peak_rss(cmd + (["--mem", mem] if mem else []))
+        assert code == 0, err
+        files[data, mem, threads] = np.load(out)
+    K = files["x1200", "8", "2"]
+    assert K.shape == (1200, 1200, 3, 3) and K.nbytes > 98 * 2**20
+    if os.environ.get("PK_SANITIZE") != "1":  # ASan's shadow memory is not ours
+        grew = rss["x1200", "8", "2"] - rss["x100", "8", "2"]
+        assert grew < 40 * 2**20, (grew, rss)
+    assert np.array_equal(K, files["x1200", None, "2"]) and np.array_equal(K, files["x1200", None, "1"])
+    assert np.allclose(K[:100, :100], files["x100", "8", "2"], rtol=1e-13, atol=1e-13)
+    # Y is X: K(x, y) = K(y, x)^T
+    assert np.allclose(K, K.transpose(1, 0, 3, 2), rtol=1e-12, atol=1e-13 * np.abs(K).max())
+    assert np.all(np.isfinite(K)) and np.all(np.einsum("iikk->ik", K) > 0)
+
+
+def test_kernel_refuses_more_than_the_disk_holds(small_run):
+    """100000 inputs: a (100000, 100000, 3, 3) kernel is 670 GiB, streamed
+    to its file; more than the file system holds fails at once (exit 1, the
+    system's ENOSPC text), with what would fit."""
+    import shutil
+    d = small_run
+    if shutil.disk_usage(d).free > 7.2e11:
+        pytest.skip("this file system could hold the 670 GiB kernel")
     x = np.random.default_rng(5).standard_normal((100000, 2))
     np.savetxt(d / "big.csv", np.c_[x, np.zeros(len(x))], delimiter=",", fmt="%.3f")
     out = d / "Kbig.npy"
     p = run([cli(), "kernel", d / "run", "--x", d / "big.csv", "--out", out])
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    assert "a 100000 x 100000 kernel of 3 x 3 blocks needs 686645.5 MiB" in p.stderr, p.stderr
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert f"{out}: No space left on device: a 100000 x 100000 kernel of 3 x 3 blocks is 686645.5 MiB" in p.stderr
+    assert "MiB are free there" in p.stderr, p.stderr
     assert "--mode trace (76293.9 MiB)" in p.stderr and "--x inputs" in p.stderr, p.stderr
     assert not out.exists()

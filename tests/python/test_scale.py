@@ -2,6 +2,7 @@
 resume, MPI) and explain's out-of-core outputs, checked against the dense
 contributions of `explain` and against single-process runs."""
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -341,6 +342,40 @@ def test_mpi_two_ranks_equal_one_process(slow_run):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "2 MPI ranks" in p.stdout, "the binary was built without MPI (cmake found no libopenmpi-dev?)"
     same_results(out, slow_run["ref"])
+
+
+def test_executable_does_not_link_mpi():
+    """MPI is the module libpathkernel-mpi.so, dlopened under mpirun only:
+    libmpi and its dependencies would cost every process start ~2.6 ms."""
+    ldd = shutil.which("ldd")
+    if not ldd:
+        pytest.skip("ldd is not installed")
+    p = subprocess.run([ldd, str(pk_exe())], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    libs = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+    assert libs, p.stdout
+    mpi = [lib for lib in libs if lib.startswith(("libmpi", "libopen-rte", "libopen-pal", "libhwloc"))]
+    assert not mpi, f"{pk_exe()} links {mpi}"
+
+
+def test_mpirun_without_the_module_says_so(tmp_path):
+    """Launched by mpirun (as OpenMPI's environment says) with no module to
+    load: one line naming the module looked for, exit 2, no crash."""
+    cache = pk_exe().parent / "CMakeCache.txt"
+    prefix = [ln.split("=", 1)[1] for ln in cache.read_text().splitlines()
+              if ln.startswith("CMAKE_INSTALL_PREFIX:")] if cache.is_file() else []
+    if prefix and list(pathlib.Path(prefix[0]).glob("lib*/pathkernel/libpathkernel-mpi.so")):
+        pytest.skip(f"the MPI module is installed under {prefix[0]}")
+    exe = tmp_path / "pathkernel"
+    shutil.copy(pk_exe(), exe)
+    env = dict(os.environ, OMPI_COMM_WORLD_SIZE="1", ASAN_OPTIONS="detect_leaks=0")
+    p = subprocess.run([str(exe), "attribute", str(tmp_path / "norun"), "--query", "x"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr.count("\n") == 1 and p.stdout == "", p.stdout + p.stderr
+    assert "launched by mpirun, but MPI support is not available" in p.stderr, p.stderr
+    assert str(tmp_path / "libpathkernel-mpi.so") in p.stderr, p.stderr
+    assert "not a run directory" not in p.stderr
 
 
 def test_bad_options_are_refused_before_any_work(slow_run, tmp_path):
