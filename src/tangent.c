@@ -84,7 +84,8 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
 
 /* One side of a block of pk_kernel_tangent: the tape, the per-output deltas
  * of layers 0..L-3 (the last hidden layer's come from s and the output
- * weights, the output layer's are e_k) and s = act'(z_{L-2}). */
+ * weights, the output layer's are e_k; the x side may keep none, each tile
+ * then computes its own) and s = act'(z_{L-2}). */
 typedef struct kside {
     pk_tape *t;
     double *d[PK_MAX_LAYERS];   /* d[l] (cap, C, dims[l+1]) for l <= L-3, else NULL */
@@ -98,13 +99,13 @@ static void kside_free(const pk_mlp *m, kside *k)
     free(k->s);
 }
 
-static pk_status kside_new(const pk_mlp *m, size_t cap, kside *k)
+static pk_status kside_new(const pk_mlp *m, size_t cap, int keep_deltas, kside *k)
 {
     size_t L = m->n_layers;
     memset(k, 0, sizeof *k);
     k->t = pk_tape_new(m, cap);
     int ok = k->t != NULL;
-    for (size_t l = 0; ok && l + 3 <= L; l++)
+    for (size_t l = 0; ok && keep_deltas && l + 3 <= L; l++)
         ok = (k->d[l] = pk_alloc_big(cap * m->dims[L], m->dims[l + 1] * sizeof(double))) != NULL;
     if (ok && L >= 2) ok = (k->s = pk_alloc(cap, m->dims[L - 1] * sizeof(double))) != NULL;
     if (!ok) { kside_free(m, k); memset(k, 0, sizeof *k); return PK_ERR_NOMEM; }
@@ -116,13 +117,14 @@ static pk_status kside_compute(const pk_mlp *m, const double *w, const double *X
     size_t L = m->n_layers;
     pk_mlp_forward(m, w, X, n, k->t);
     if (L >= 2) pk_mlp_act_grad(m, k->t, L - 2, k->s);
-    return L >= 3 ? pk_mlp_output_deltas(m, w, k->t, k->d) : PK_OK;
+    return L >= 3 && k->d[0] ? pk_mlp_output_deltas(m, w, k->t, k->d) : PK_OK;
 }
 
 /* What the tiles of a block share. Layers: 0..nr-1 regular (a delta Gram
  * per layer), nr = L-2 the last hidden layer (if L >= 2), L-1 the output. */
 typedef struct kblock {
     const pk_mlp *m;
+    const double *w;
     size_t C, P, nr, x0, y0, nbx, nby, ldy;
     const kside *x, *y;
     const double *Wp;     /* (P, d): sw^2 W[c,:] W[c',:] for c <= c' (last hidden layer) */
@@ -146,14 +148,16 @@ static void coef_rows(const kblock *b, size_t i0, size_t n, double *coef)
     }
 }
 
-/* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, kt*P), Ex (es*P, d),
- * coef (L, kt, nby), one row of K (nby, C, C) when rows go to a sink. */
-static size_t tile_scratch(const pk_mlp *m, size_t nby, size_t kt, size_t es, int to_sink)
+/* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, es*P), Ex (es*P, d),
+ * coef (L, kt, nby), one row of K (nby, C, C) when rows go to a sink, the
+ * tile's own x deltas (kt*C, dims[l+1]) for l < nr when x keeps none. */
+static size_t tile_scratch(const pk_mlp *m, size_t nby, size_t kt, size_t es, int to_sink, int x_local)
 {
     size_t L = m->n_layers, C = m->dims[L], P = C * (C + 1) / 2, d = L >= 2 ? m->dims[L - 1] : 0;
-    size_t nr = L >= 2 ? L - 2 : 0;
-    return nr * kt * C * nby * C + (L >= 2 ? nby * kt * P + es * P * d : 0) + L * kt * nby +
-           (to_sink ? nby * C * C : 0);
+    size_t nr = L >= 2 ? L - 2 : 0, own = 0;
+    for (size_t l = 0; x_local && l < nr; l++) own += kt * C * m->dims[l + 1];
+    return nr * kt * C * nby * C + (L >= 2 ? nby * es * P + es * P * d : 0) + L * kt * nby +
+           (to_sink ? nby * C * C : 0) + own;
 }
 
 /* x examples per tile, and per GEMM of the last hidden layer's Gram: a
@@ -180,7 +184,7 @@ size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode 
     for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * m->dims[l + 1] + (l + 3 <= L ? C * m->dims[l + 1] : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
     if (trace) doubles += bx * (L + 2) * by + bx * dh;
-    else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1);
+    else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1, 1);
     return doubles * sizeof(double);
 }
 
@@ -196,17 +200,32 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
     const pk_mlp *m = b->m;
     size_t L = m->n_layers, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
     size_t d = L >= 2 ? m->dims[L - 1] : 0;
-    double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * kt * P : 0);
-    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby;
+    double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * es * P : 0);
+    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *own = row + (b->K ? 0 : nby * C * C);
     coef_rows(b, i0, kt, cf);
+    const double *dx[PK_MAX_LAYERS] = {0}; /* the tile's x deltas of layer l: (kt*C, dims[l+1]) */
+    if (nr && !b->x->d[0]) { /* x keeps none: computed here, from the tile's rows of the x tape */
+        pk_tape rows = *b->x->t;
+        double *keep[PK_MAX_LAYERS] = {0};
+        rows.n = kt;
+        for (size_t l = 0; l <= L; l++) rows.a[l] += i0 * m->dims[l];
+        for (size_t l = 0; l < L; l++) rows.z[l] += i0 * m->dims[l + 1];
+        for (size_t l = 0; l < nr; l++) {
+            dx[l] = keep[l] = own;
+            own += kt * C * m->dims[l + 1];
+        }
+        pk_status s = pk_mlp_output_deltas(m, b->w, &rows, keep);
+        if (s) return s;
+    } else
+        for (size_t l = 0; l < nr; l++) dx[l] = b->x->d[l] + i0 * C * m->dims[l + 1];
     for (size_t l = 0; l < nr; l++) {
         size_t len = m->dims[l + 1];
-        pk_gemm_tile(0, 1, kt * C, cols, len, 1.0, b->x->d[l] + i0 * C * len, len, b->y->d[l], len,
-                     Dt + l * kt * C * cols, cols);
+        pk_gemm_tile(0, 1, kt * C, cols, len, 1.0, dx[l], len, b->y->d[l], len, Dt + l * kt * C * cols, cols);
     }
-    if (L >= 2)
-        for (size_t e0 = 0; e0 < kt; e0 += es) {
-            size_t ne = kt - e0 < es ? kt - e0 : es;
+    /* groups of es examples: the last hidden layer's Gram, then their rows */
+    for (size_t e0 = 0; e0 < kt; e0 += es) {
+        size_t ne = kt - e0 < es ? kt - e0 : es;
+        if (L >= 2) {
             for (size_t e = 0; e < ne; e++) {
                 const double *sx = b->x->s + (i0 + e0 + e) * d;
                 for (size_t p = 0; p < P; p++) {
@@ -215,32 +234,33 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
                     for (size_t k = 0; k < d; k++) ex[k] = wp[k] * sx[k];
                 }
             }
-            /* Et (nby, kt*P) at column e0*P: s_y Ex^T */
-            pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, Et + e0 * P, kt * P);
+            /* Et (nby, ne*P) = s_y Ex^T */
+            pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, Et, ne * P);
         }
-    for (size_t i = 0; i < kt; i++) {
-        double *out = b->K ? b->K + (i0 + i) * b->ldy * C * C : row;
-        for (size_t j = 0; j < nby; j++) {
-            double *dst = out + j * C * C;
-            const double *c_ij = cf + i * nby + j, *et = Et + j * kt * P + i * P;
-            double cs = L >= 2 ? c_ij[(L - 2) * kt * nby] : 0.0, cu = c_ij[(L - 1) * kt * nby];
-            /* the sum in layer order, as pk_side_product adds it up */
-            for (size_t kx = 0; kx < C; kx++) {
-                double *o = dst + kx * C;
-                const size_t *pr = b->pair + kx * C;
-                for (size_t ky = 0; ky < C; ky++) o[ky] = 0.0;
-                for (size_t l = 0; l < nr; l++) {
-                    const double *dl = Dt + l * kt * C * cols + (i * C + kx) * cols + j * C;
-                    double c = c_ij[l * kt * nby];
-                    for (size_t ky = 0; ky < C; ky++) o[ky] += c * dl[ky];
+        for (size_t i = e0; i < e0 + ne; i++) {
+            double *out = b->K ? b->K + (i0 + i) * b->ldy * C * C : row;
+            for (size_t j = 0; j < nby; j++) {
+                double *dst = out + j * C * C;
+                const double *c_ij = cf + i * nby + j, *et = Et + (j * ne + i - e0) * P;
+                double cs = L >= 2 ? c_ij[(L - 2) * kt * nby] : 0.0, cu = c_ij[(L - 1) * kt * nby];
+                /* the sum in layer order, as pk_side_product adds it up */
+                for (size_t kx = 0; kx < C; kx++) {
+                    double *o = dst + kx * C;
+                    const size_t *pr = b->pair + kx * C;
+                    for (size_t ky = 0; ky < C; ky++) o[ky] = 0.0;
+                    for (size_t l = 0; l < nr; l++) {
+                        const double *dl = Dt + l * kt * C * cols + (i * C + kx) * cols + j * C;
+                        double c = c_ij[l * kt * nby];
+                        for (size_t ky = 0; ky < C; ky++) o[ky] += c * dl[ky];
+                    }
+                    if (L >= 2)
+                        for (size_t ky = 0; ky < C; ky++) o[ky] += cs * et[pr[ky]];
+                    o[kx] += cu;
                 }
-                if (L >= 2)
-                    for (size_t ky = 0; ky < C; ky++) o[ky] += cs * et[pr[ky]];
-                o[kx] += cu;
             }
+            pk_status s = b->K ? PK_OK : b->sink(b->ctx, b->x0 + i0 + i, b->y0, nby, row);
+            if (s) return s;
         }
-        pk_status s = b->K ? PK_OK : b->sink(b->ctx, b->x0 + i0 + i, b->y0, nby, row);
-        if (s) return s;
     }
     return PK_OK;
 }
@@ -251,7 +271,7 @@ static pk_status kernel_block_full(const kblock *b)
 {
     size_t kt = tile_examples(b->C), es = tile_pairs(b->C);
     if (kt > b->nbx) kt = b->nbx;
-    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->K);
+    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->K, !b->x->d[0]);
     pk_status fail = PK_OK;
     #pragma omp parallel if (tiles > 1)
     {
@@ -326,8 +346,11 @@ static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *
     int same = X == Y && nx == ny;
     kside sx, sy;
     memset(&sy, 0, sizeof sy);
-    pk_status s = kside_new(m, bx, &sx);
-    if (!s && !same) s = kside_new(m, by, &sy);
+    /* the x side keeps its deltas when they serve as y's too, when several
+     * y blocks would make the tiles compute them again, and for the trace;
+     * else each tile computes its own, in cache */
+    pk_status s = kside_new(m, bx, same || trace || ny > by, &sx);
+    if (!s && !same) s = kside_new(m, by, 1, &sy);
     size_t P = C * (C + 1) / 2;
     /* last hidden layer: Wp (P, dh) for blocks, q (dh) for the trace */
     double *Wp = L >= 2 ? pk_alloc(trace ? 1 : P, dh * sizeof(double)) : NULL;
@@ -358,11 +381,11 @@ static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *
             const kside *py = &sy;
             if (same && y0 == x0) py = &sx;
             else if (y_held != y0) {
-                if (!sy.t && (s = kside_new(m, by, &sy))) break; /* Y is X: off-diagonal blocks */
+                if (!sy.t && (s = kside_new(m, by, 1, &sy))) break; /* Y is X: off-diagonal blocks */
                 if ((s = kside_compute(m, w, Y + y0 * d, nby, &sy))) break;
                 y_held = y0;
             }
-            kblock b = {m, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, ny, &sx, py, Wp, pair,
+            kblock b = {m, w, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, ny, &sx, py, Wp, pair,
                         K ? K + (x0 * ny + y0) * r * r : NULL, sink, ctx};
             if (trace) s = kernel_block_trace(&b, Wp, tr, tr + L * bx * by, tr + (L + 1) * bx * by,
                                               tr + (L + 1) * bx * by + bx * dh);

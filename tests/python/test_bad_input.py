@@ -385,20 +385,31 @@ def small_run(tmp_path_factory):
 
 
 def test_kernel_refuses_working_memory_over_mem(small_run):
-    """200 x 200 x 3 x 3 with two threads needs 2.2 MiB of working memory
+    """200 x 200 x 3 x 3 with two threads needs over 1 MiB of working memory
     (the tiles of the kernel, not the kernel itself): over --mem 1, refused
-    before any work with the numbers and the --mem that fits."""
+    before any work with the need and the --mem that fits, which then works
+    (and one MiB less is refused)."""
+    import re
     d = small_run
     x = np.random.default_rng(4).standard_normal((200, 2))
     np.savetxt(d / "x.csv", np.c_[x, np.zeros(200)], delimiter=",", fmt="%.5f")
     out = d / "K.npy"
-    p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", "--mem", "1", "--threads", "2", "--out", out])
+    base = [cli(), "kernel", d / "run", "--x", d / "x.csv", "--threads", "2", "--out", out]
+    p = run(base + ["--mem", "1"])
     assert p.returncode == 2, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr
-    assert ("computing the kernel takes 2.2 MiB of memory, more than the 1.0 MiB budget" in lines[0]
-            and "use --mem 3 or more" in lines[0]), lines[0]
+    m = re.search(r"computing the kernel takes ([0-9.]+) MiB of memory, more than the 1\.0 MiB budget "
+                  r"\(--mem; default 3/4 of free memory\): use --mem (\d+) or more", lines[0])
+    assert m, lines[0]
+    need, fits = float(m.group(1)), int(m.group(2))
+    assert 1 < need <= fits < need + 1, (need, fits)
     assert not out.exists()
+    if fits > 2:
+        assert run(base + ["--mem", str(fits - 1)]).returncode == 2
+    p = run(base + ["--mem", str(fits)])
+    assert p.returncode == 0, p.stderr
+    assert np.load(out).shape == (200, 200, 3, 3)
 
 
 def peak_rss(cmd):
