@@ -295,7 +295,7 @@ def main():
         timer = work / "kernel_timer"
         run(["gcc", "-O2", "-std=c11", f"-I{SOURCE / 'include'}", "-I/usr/include/x86_64-linux-gnu/openblas-openmp",
              HERE / "kernel_timer.c", lib, f"-L{OPENBLAS_OMP}", f"-Wl,-rpath,{OPENBLAS_OMP}", "-lopenblas",
-             "-lcjson", "-lz", "-fopenmp", "-lm", "-o", timer])
+             "-lcjson", "-lisal", "-lz", "-fopenmp", "-lm", "-o", timer])
 
         # ---------------------------------------------------- (i) data, run
         Xn, _ = load_fashion("train", N_X)

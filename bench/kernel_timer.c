@@ -13,7 +13,7 @@
  * Build (kernel_bench.py does this):
  *   gcc -O2 -Iinclude -I/usr/include/x86_64-linux-gnu/openblas-openmp bench/kernel_timer.c \
  *       build/libpathkernel.a -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
- *       -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lz -fopenmp -lm
+ *       -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lisal -lz -fopenmp -lm
  */
 #include <pathkernel.h>
 

@@ -13,7 +13,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -299,7 +298,7 @@ static pk_status save_group(const attr_job *j, const attribution *a, size_t g)
         memcpy(buf, "PKTOPKG1", 8);
         memcpy(buf + 8, head, sizeof head);
         pack(a, g * j->group, n, (double *)(void *)(buf + 32));
-        uint32_t crc = (uint32_t)crc32(0L, buf, (uInt)(32 + 8 * len));
+        uint32_t crc = pk_crc32(0, buf, 32 + 8 * len);
         memcpy(buf + 32 + 8 * len, &crc, 4);
         s = pk_write_file(p, buf, 32 + 8 * len + 4);
     }
@@ -321,7 +320,7 @@ static int load_group(const attr_job *j, attribution *a, size_t g)
         memcpy(head, buf + 8, sizeof head);
         memcpy(&crc, buf + 32 + 8 * len, 4);
         ok = !memcmp(buf, "PKTOPKG1", 8) && head[0] == j->fingerprint && head[1] == g && head[2] == len &&
-             crc == (uint32_t)crc32(0L, buf, (uInt)(32 + 8 * len));
+             crc == pk_crc32(0, buf, 32 + 8 * len);
         if (ok) unpack(a, g * j->group, n, (const double *)(const void *)(buf + 32));
     }
     free(buf);

@@ -2,7 +2,7 @@
 # Install the Debian 12 packages pathkernel needs, when any is missing.
 # Run as root (apt-get); does nothing when everything is present.
 set -eu
-PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev
+PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev libisal-dev
       python3 python3-numpy python3-torch python3-pytest python3-setuptools python3-venv python3-pip dataset-fashion-mnist libsvm-tools
       libpng-dev chromium openmpi-bin libopenmpi-dev"
 missing=""

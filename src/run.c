@@ -23,18 +23,17 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 /* --------------------------------------------------------- binary helpers */
 
 /* A binary file written straight through to its temporary name, with the
  * crc32 of everything written kept on the way; put_finish appends it and
  * renames the file into place. */
-typedef struct bytes { pk_atomic a; uLong crc; pk_status s; } bytes;
+typedef struct bytes { pk_atomic a; uint32_t crc; pk_status s; } bytes;
 
 static pk_status put_open(bytes *b, const char *path)
 {
-    b->crc = crc32(0L, Z_NULL, 0);
+    b->crc = 0;
     b->s = pk_atomic_open(&b->a, path);
     return b->s;
 }
@@ -42,11 +41,7 @@ static pk_status put_open(bytes *b, const char *path)
 static void put(bytes *b, const void *src, size_t n)
 {
     if (b->s) return;
-    const unsigned char *p = src;
-    for (size_t o = 0; o < n; o += 1u << 30) { /* crc32 takes 32-bit lengths */
-        size_t len = n - o < (1u << 30) ? n - o : (1u << 30);
-        b->crc = crc32(b->crc, p + o, (uInt)len);
-    }
+    b->crc = pk_crc32(b->crc, src, n);
     if (n && fwrite(src, 1, n, b->a.f) != n) b->s = pk_write_error(b->a.path, errno);
 }
 static void put_u32(bytes *b, uint32_t v) { put(b, &v, 4); }
@@ -54,7 +49,7 @@ static void put_u64(bytes *b, uint64_t v) { put(b, &v, 8); }
 
 static pk_status put_finish(bytes *b)
 {
-    put_u32(b, (uint32_t)b->crc);
+    put_u32(b, b->crc);
     if (b->s) { pk_atomic_abort(&b->a); return b->s; }
     return pk_atomic_commit(&b->a);
 }
@@ -75,11 +70,7 @@ static pk_status get_checked(const char *path, const char magic[8], unsigned cha
         return pk_fail(PK_ERR_STATE, "%s: format version %u, this build reads version %d", path, ver, PK_RUN_VERSION);
     }
     memcpy(&want, *buf + *len - 4, 4);
-    crc = (uint32_t)crc32(0L, NULL, 0);
-    for (size_t o = 0; o < *len - 4; o += 1u << 30) {
-        size_t n = *len - 4 - o < (1u << 30) ? *len - 4 - o : (1u << 30);
-        crc = (uint32_t)crc32(crc, *buf + o, (uInt)n);
-    }
+    crc = pk_crc32(0, *buf, *len - 4);
     if (crc != want) {
         free(*buf);
         return pk_fail(PK_ERR_STATE, "%s: checksum mismatch (file damaged or truncated)", path);
@@ -117,7 +108,7 @@ pk_status pk_ckpt_write(const char *path, size_t step, size_t P, const double *w
 
 /* Read exactly n bytes of fd into dst (NULL: read and drop them), adding
  * them to *crc. Returns 0, or -1 with errno set (0 for a short file). */
-static int read_crc(int fd, void *dst, size_t n, uLong *crc)
+static int read_crc(int fd, void *dst, size_t n, uint32_t *crc)
 {
     unsigned char drop[1 << 16], *p = dst;
     while (n) {
@@ -125,7 +116,7 @@ static int read_crc(int fd, void *dst, size_t n, uLong *crc)
         ssize_t r = read(fd, p ? p : drop, want);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) { if (r == 0) errno = 0; return -1; }
-        *crc = crc32(*crc, p ? p : drop, (uInt)r);
+        *crc = pk_crc32(*crc, p ? p : drop, (size_t)r);
         if (p) p += r;
         n -= (size_t)r;
     }
@@ -147,17 +138,17 @@ static int ckpt_read_direct(const char *path, size_t step, size_t P, double *w, 
     memcpy((char *)want_hdr + 8, &ver, 4);
     memcpy((char *)want_hdr + 12, &zero, 4);
     want_hdr[2] = step; want_hdr[3] = P; want_hdr[4] = S;
-    uLong crc = crc32(0L, Z_NULL, 0);
+    uint32_t crc = 0;
     int slow = fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
                (uint64_t)st.st_size != sizeof hdr + (P + S * P) * sizeof(double) + 4 ||
                read_crc(fd, hdr, sizeof hdr, &crc) || memcmp(hdr, want_hdr, sizeof hdr) != 0;
     if (!slow) {
-        uLong none = 0;
+        uint32_t none = 0;
         if (read_crc(fd, w, P * sizeof *w, &crc) || read_crc(fd, state, S * P * sizeof *state, &crc) ||
             read_crc(fd, &want, 4, &none))
             *s = errno ? pk_fail(PK_ERR_IO, "%s: read error: %s", path, strerror(errno))
                        : pk_fail(PK_ERR_STATE, "%s: truncated while reading", path);
-        else if ((uint32_t)crc != want)
+        else if (crc != want)
             *s = pk_fail(PK_ERR_STATE, "%s: checksum mismatch (file damaged or truncated)", path);
         else *s = PK_OK;
     }
@@ -321,7 +312,7 @@ pk_status pk_journal_append(pk_journal *j, size_t step, double lr, double loss, 
     memcpy(rec + 8, &lr, 8);
     memcpy(rec + 16, &loss, 8);
     memcpy(rec + 24, &batch, 8);
-    uint32_t crc = (uint32_t)crc32(0L, rec, PK_JOURNAL_REC - 4);
+    uint32_t crc = pk_crc32(0, rec, PK_JOURNAL_REC - 4);
     memcpy(rec + 32, &crc, 4);
     return write_all(j->fd, j->path, rec, sizeof rec); /* one write: in the kernel's hands once it returns */
 }
@@ -342,7 +333,7 @@ pk_status pk_journal_open(pk_journal *j, const char *dir, size_t *k, size_t *ign
     uint64_t sizes[5], mine[5] = {j->T, j->N, j->P, j->S, j->keep};
     uint32_t ver, crc;
     if (len >= H) { memcpy(&ver, buf + 8, 4); memcpy(sizes, buf + 16, 40); memcpy(&crc, buf + H - 4, 4); }
-    if (len < H || memcmp(buf, JOURNAL_MAGIC, 8) != 0 || crc != (uint32_t)crc32(0L, buf, (uInt)(H - 4))) {
+    if (len < H || memcmp(buf, JOURNAL_MAGIC, 8) != 0 || crc != pk_crc32(0, buf, H - 4)) {
         free(buf);
         return pk_fail(PK_ERR_STATE, "%s: not a journal or its header (bytes 0..%zu) is damaged", j->path, H - 1);
     }
@@ -360,7 +351,7 @@ pk_status pk_journal_open(pk_journal *j, const char *dir, size_t *k, size_t *ign
         uint64_t st;
         memcpy(&st, rec, 8);
         memcpy(&crc, rec + 32, 4);
-        if (crc != (uint32_t)crc32(0L, rec, (uInt)(R - 4)) || st != n + 1) break;
+        if (crc != pk_crc32(0, rec, R - 4) || st != n + 1) break;
         memcpy(&lr[n], rec + 8, 8);
         memcpy(&loss[n], rec + 16, 8);
         memcpy(&batch[n], rec + 24, 8);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <isa-l/crc.h>
 #include <cblas.h>
 #include <omp.h>
 
@@ -273,6 +274,11 @@ pk_status pk_write_file(const char *path, const void *buf, size_t len)
 }
 
 static pk_status read_impl(const char *path, int gunzip, size_t max, int prefix, unsigned char **buf, size_t *len);
+
+uint32_t pk_crc32(uint32_t crc, const void *p, size_t n)
+{
+    return n ? crc32_gzip_refl(crc, (const unsigned char *)p, (uint64_t)n) : crc;
+}
 
 pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char **buf, size_t *len)
 {
