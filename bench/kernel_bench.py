@@ -42,8 +42,10 @@
     trace path kernel). Seconds of the explain process and the training
     process, and their ratio.
 
-Medians of REPEATS (default 7) except functorch (FT_REPEATS, default 1: it
-takes minutes). Threads: every method with the same count (default 2, then 1
+Medians of REPEATS (default 15: the machine's own noise moves single runs of
+this 0.13 s process by 20-30%, and the ratio of medians of 7 between 1.44 and
+1.65) except explain (EXPLAIN_REPEATS, default 5) and functorch
+(FT_REPEATS, default 1: it takes minutes). Threads: every method with the same count (default 2, then 1
 for the quick methods; --ft-threads1 also runs functorch with 1 thread).
 Writes bench/results/kernel_bench.json.
 
@@ -261,7 +263,8 @@ def _timed(fn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15, help="tangent kernel repeats, interleaved [15]")
+    ap.add_argument("--explain-repeats", type=int, default=5, help="explain and train repeats [5]")
     ap.add_argument("--ft-repeats", type=int, default=1, help="functorch repeats [1]")
     ap.add_argument("--threads", default="2,1", help="thread counts; functorch runs with the first only [2,1]")
     ap.add_argument("--ft-threads1", action="store_true", help="run functorch with every thread count")
@@ -385,7 +388,7 @@ def main():
             for n in threads:
                 print(f"[explain, {n} thread(s)]", flush=True)
                 e = {"train_process_s": [], "train_loop_s": [], "explain_process_s": [], "explain_internal_s": []}
-                for rep in range(R):
+                for rep in range(args.explain_repeats):
                     erun, eout = work / f"erun-{n}-{rep}", work / f"eout-{n}-{rep}"
                     p, wall = run([exe, "train", "--data", "fashion-mnist:train", "--first", "1000",
                                    "--model", "mlp:256:tanh", "--loss", "softmax", "--optim", "sgd", "--batch", "100",
@@ -409,7 +412,7 @@ def main():
 
     # ------------------------------------------------------------ report
     print(f"\nkernel_bench: tangent kernel of 784-512-512-10 tanh, {N_X} x {N_Y} Fashion-MNIST, full 10x10 blocks, "
-          f"float64; medians of {R} (functorch: {args.ft_repeats})")
+          f"float64; medians of {R} (explain: {args.explain_repeats}, functorch: {args.ft_repeats})")
     print(f"flops pathkernel does: {flops['total'] / 1e9:.2f} GFLOP "
           f"(delta Grams {flops['gram_deltas'] / 1e9:.2f}, activation Grams {flops['gram_activations'] / 1e9:.2f}, "
           f"forward {flops['forward'] / 1e9:.2f}, backprop {flops['backprop'] / 1e9:.2f}); plain formula over all "
@@ -464,7 +467,7 @@ def main():
                        "dtype": "float64", "flops": flops},
             "explain": {"layers": [784, 256, 10], "activation": "tanh", "loss": "softmax", "optim": "sgd",
                         "batch": 100, "lr": 0.05, "steps": 200, "n_train": 1000, "n_query": 100, "quad": "gl2"},
-            "repeats": R, "functorch_repeats": args.ft_repeats,
+            "repeats": R, "explain_repeats": args.explain_repeats, "functorch_repeats": args.ft_repeats,
             "jac_chunk": args.jac_chunk, "vps_chunk": args.vps_chunk,
         },
         "environment": {
