@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <ftw.h>
 #include <sys/stat.h>
 #include <string.h>
@@ -61,8 +60,6 @@ static const char *const train_help =
     "                      (exit 0); a diverged or damaged one is refused (exit 2). --test is not recorded:\n"
     "                      evaluate held-out data afterwards with `pathkernel predict`.\n";
 
-static volatile sig_atomic_t stop_requested = 0;
-static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
 static double now(void)
 {
@@ -88,7 +85,7 @@ static int on_step(void *ctx, size_t step, size_t steps, double loss)
             if (step == steps) fputc('\n', stderr);
         }
     }
-    return stop_requested;
+    return cli_stop_requested(); /* SIGINT, SIGTERM: stop after this step (cli_catch_stop) */
 }
 
 static void report(const char *name, pk_loss loss, const pk_mlp *m, const double *w, const pk_data *d)
@@ -238,21 +235,6 @@ static pk_status load_train_data(train_args *a, pk_data *train, pk_data *test, d
     return s;
 }
 
-/* SIGINT and SIGTERM stop training after the current step (on_step). */
-static void catch_stop(struct sigaction old[2])
-{
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, &old[0]);
-    sigaction(SIGTERM, &sa, &old[1]);
-}
-
-static void release_stop(const struct sigaction old[2])
-{
-    sigaction(SIGINT, &old[0], NULL);
-    sigaction(SIGTERM, &old[1], NULL);
-}
-
 /* What train prints once the run is written: the run, the final losses on
  * the training data (train; NULL: the run's own, loaded) and on test. */
 static int summarise(const char *cmd, const char *dir, const pk_data *train, const pk_data *test, double secs)
@@ -285,7 +267,7 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
     printf("run written to %s\n", dir);
     pk_run_close(run);
     pk_data_free(&own);
-    if (stop_requested) {
+    if (cli_stop_requested()) {
         fprintf(stderr, "pathkernel train: interrupted after step %zu; the run is valid up to there "
                 "(continue it with `pathkernel train --resume %s`)\n", T, dir);
         return EXIT_FAIL;
@@ -297,13 +279,11 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
 static int train_resume(const char *cmd, const train_args *a)
 {
     progress pr = {isatty(2) && !a->quiet, now(), 0, 0};
-    struct sigaction old[2];
-    catch_stop(old);
+    cli_catch_stop();
     pk_resume_info info;
     double t0 = now();
     pk_status s = pk_train_resume(a->resume, on_step, &pr, &info);
     double secs = now() - t0;
-    release_stop(old);
     if (!s && info.complete) {
         printf("%s is already complete (%zu steps): nothing to resume\n", a->resume, info.journaled);
         return EXIT_OK;
@@ -331,12 +311,10 @@ int cmd_train(int argc, char **argv)
     pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
 
     progress pr = {isatty(2) && !a.quiet, now(), 0, 0};
-    struct sigaction old[2];
-    catch_stop(old);
+    cli_catch_stop();
     double t0 = now();
     if (!s) s = pk_train(&train, to, on_step, &pr);
     double secs = now() - t0;
-    release_stop(old);
 
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
         rc = s ? cli_error(cmd, s) : EXIT_OK;
