@@ -7,7 +7,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -625,12 +624,6 @@ int cmd_selfinfluence(int argc, char **argv)
 
 /* ----------------------------------------------------------------- mislabel */
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 /* Fraction of the positives among the first k of the ranking by score (descending, ties by index). */
 static double found_in_top(const double *score, const unsigned char *pos, size_t n, size_t n_pos, double frac,
                            size_t *scratch)
@@ -640,6 +633,18 @@ static double found_in_top(const double *score, const unsigned char *pos, size_t
     size_t hit = 0;
     for (size_t j = 0; j < got; j++) hit += pos[scratch[j]] != 0;
     return (double)hit / (double)n_pos;
+}
+
+/* Write a .npy file now and commit it later (pk_npy_stream_commit): the
+ * flipped data, raw, before standardisation and training. A write error
+ * already met (the buffer is flushed) stops the command before training. */
+static pk_status stream_npy(pk_npy_stream *w, const char *path, const double *a, size_t ndim, const size_t *shape)
+{
+    pk_status s = pk_npy_stream_open(w, path, 0, ndim, shape);
+    if (!s) s = pk_npy_stream_write(w, a, w->left);
+    if (!s && !w->bad && fflush(w->at.f) != 0) { w->bad = 1; w->err = errno ? errno : EIO; }
+    if (!s && w->bad) s = pk_write_error(path, w->err);
+    return s;
 }
 
 int cmd_mislabel(int argc, char **argv)
@@ -697,15 +702,22 @@ int cmd_mislabel(int argc, char **argv)
     /* store the weights at TracIn's checkpoints j T / 5 (when 5 divides T), replay the rest */
     if (!have_keep) to.keep = to.steps >= 5 ? to.steps / 5 : 1;
 
+    /* The run is trained into DIR/run first (a run's files are placed as
+     * training goes); then data_x.npy, data_y.npy, mislabel.csv and
+     * mislabel.json are written as one group. A failure removes DIR/run when
+     * this command created it, and DIR when it created DIR; whatever DIR held
+     * before is left as it was. */
     char tmpl[] = "/tmp/pk-mislabel-XXXXXX";
     const char *base = outdir;
     pk_status s = PK_OK;
+    int existed = cli_dir_exists(outdir);
     if (outdir) s = pk_mkdirs(outdir);
     else if (!(base = mkdtemp(tmpl))) s = pk_fail(PK_ERR_IO, "cannot create a temporary directory: %s", strerror(errno));
     if (s) return cli_error(cmd, s);
     char *run_dir = pk_path_join(base, "run"), *xp = pk_path_join(base, "data_x.npy");
     char *yp = pk_path_join(base, "data_y.npy"), *csvp = pk_path_join(base, "mislabel.csv");
     char *jsonp = pk_path_join(base, "mislabel.json"), *spec = NULL;
+    int run_existed = cli_dir_exists(run_dir);
     pk_data data = {0};
     pk_run *run = NULL;
     size_t C = 0, n_flip = 0, N = 0;
@@ -713,6 +725,7 @@ int cmd_mislabel(int argc, char **argv)
     double *orig = NULL, *mean = NULL, *sd = NULL, *scores[4] = {0}, *w = NULL;
     size_t *scratch = NULL;
     double acc = NAN, train_loss = NAN;
+    pk_npy_stream xs = {0}, ys = {0};
     if (!run_dir || !xp || !yp || !csvp || !jsonp) s = PK_ERR_NOMEM;
     if (!s) s = pk_data_load(data_spec, &lo, &data);
     if (!s) s = pk_data_classes(&data, &C);
@@ -731,18 +744,17 @@ int cmd_mislabel(int argc, char **argv)
         memcpy(orig, data.y, N * sizeof *orig);
         s = pk_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
     }
-    if (!s) { /* the flipped data, raw, so that the run can be reopened alone */
-        size_t sx[2] = {N, data.d}, sy[1] = {N};
-        s = pk_npy_write(xp, data.x, 2, sx);
-        if (!s) s = pk_npy_write(yp, data.y, 1, sy);
-        size_t len = strlen(xp) + strlen(yp) + 8;
-        if (!s && !(spec = malloc(len))) s = PK_ERR_NOMEM;
-        if (!s) snprintf(spec, len, "npy:%s,%s", xp, yp);
-    }
     if (!s) {
         size_t C2;
         s = pk_data_classes(&data, &C2);
         if (!s && C2 != C) s = pk_fail(PK_ERR_INPUT, "%s: after the flips no example has class %zu: use more data", data_spec, C - 1);
+    }
+    if (!s) { /* the run's data: the flipped data, raw, written now and committed with the results */
+        size_t sx[2] = {N, data.d}, sy[1] = {N}, len = strlen(xp) + strlen(yp) + 8;
+        s = stream_npy(&xs, xp, data.x, 2, sx);
+        if (!s) s = stream_npy(&ys, yp, data.y, 1, sy);
+        if (!s && !(spec = malloc(len))) s = PK_ERR_NOMEM;
+        if (!s) snprintf(spec, len, "npy:%s,%s", xp, yp);
     }
     if (!s && to.standardize) {
         mean = pk_alloc(data.d, sizeof *mean);
@@ -787,6 +799,9 @@ int cmd_mislabel(int argc, char **argv)
     static const char *const names[4] = {"self_influence", "final_loss", "grad_norm2", "tracin5"};
     static const double tops[3] = {0.05, 0.10, 0.20};
     double auc[4], found[4][3];
+    pk_group_begin(); /* the flipped data and the results, or none of them */
+    if (!s) s = pk_npy_stream_commit(&xs);
+    if (!s) s = pk_npy_stream_commit(&ys);
     if (!s) {
         for (int k = 0; k < 4; k++) {
             auc[k] = pk_auc(scores[k], flipped, N);
@@ -829,6 +844,9 @@ int cmd_mislabel(int argc, char **argv)
         s = text ? pk_write_file(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
     }
+    s = pk_group_end(s);
+    pk_npy_stream_abort(&xs); /* no-ops once committed */
+    pk_npy_stream_abort(&ys);
     if (!s) {
         printf("%zu examples, %zu flipped (%.3g), train accuracy %.4f on the flipped labels, %zu steps\n",
                N, n_flip, flip, acc, to.steps);
@@ -839,7 +857,11 @@ int cmd_mislabel(int argc, char **argv)
     }
     int rc = s ? cli_error(cmd, s) : EXIT_OK;
     if (run) pk_run_close(run);
-    if (!outdir && base) nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (!outdir && base) cli_remove_tree(base);
+    else if (s) {
+        if (!run_existed) cli_remove_tree(run_dir);
+        cli_drop_new_dir(outdir, existed);
+    }
     pk_data_free(&data);
     free(run_dir); free(xp); free(yp); free(csvp); free(jsonp); free(spec);
     free(flipped); free(orig); free(mean); free(sd); free(scratch); free(w);

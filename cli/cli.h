@@ -71,6 +71,10 @@ int cli_dir_exists(const char *dir);
  * created, or -1 when unknown. */
 double cli_disk_free(const char *path);
 void cli_drop_new_dir(const char *dir, int existed);
+/* Remove a directory tree the command made itself (a temporary directory, or
+ * a run it trained into a directory that did not exist before, after a
+ * failure): 0, or -1 when something could not be removed. */
+int cli_remove_tree(const char *dir);
 
 /* MPI (mpi.c): started only under mpirun, through the module
  * libpathkernel-mpi.so loaded then; else rank 0 of 1. cli_mpi_start returns

@@ -1,7 +1,9 @@
 /* common.c -- error reporting and strict argument parsing for the CLI. */
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
 #include "internal.h"
 
+#include <ftw.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -196,6 +198,17 @@ int cli_dir_exists(const char *dir)
 void cli_drop_new_dir(const char *dir, int existed)
 {
     if (dir && !existed) rmdir(dir); /* only when empty: nothing of a user's is removed */
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+int cli_remove_tree(const char *dir)
+{
+    return dir && nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 ? -1 : 0;
 }
 
 double cli_disk_free(const char *path)

@@ -5,11 +5,13 @@
 #include "cli.h"
 #include "internal.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <string.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 extern char **environ;
 
@@ -68,38 +70,74 @@ static double alignment(const double *K, const double *Y, size_t n, size_t C)
     return kyy / sqrt(kk * yy);
 }
 
-/* svm-train -t 4 and svm-predict on precomputed kernels; accuracy, or NaN
- * (with *why set) when LIBSVM is missing or fails. */
-static double libsvm_accuracy(const char *dir, const double *Ktr, const pk_data *train, const double *Kte,
-                              const pk_data *test, double cost, const char **why)
+/* Run svm-train or svm-predict with stdout and stderr on /dev/null (a
+ * failure shows as n/a in the table; a failed command's stderr stays its one
+ * line); 1 when it ran and exited 0. */
+static int run_libsvm(char *const argv[])
+{
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int st = -1, ok = 0;
+    if (posix_spawn_file_actions_init(&fa)) return 0;
+    if (!posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0) &&
+        !posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0) &&
+        posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) == 0)
+        ok = waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    posix_spawn_file_actions_destroy(&fa);
+    return ok;
+}
+
+/* The name a file committed inside an output group keeps until pk_group_end
+ * ("PATH.tmp.PID", internal.h): where svm-train finds the kernels. */
+static char *pending_name(const char *path)
+{
+    char *p = pk_alloc(strlen(path) + 32, 1);
+    if (p) sprintf(p, "%s.tmp.%ld", path, (long)getpid());
+    return p;
+}
+
+/* svm-train -t 4 and svm-predict on precomputed kernels, inside the caller's
+ * output group: DIR/path-train.svm, path-test.svm, path.model and path.pred
+ * appear with compare.csv or not at all. Returns the status of the command's
+ * own writes (a failure of the command); *acc is NaN, with *why set, when
+ * LIBSVM is missing or fails (the row is n/a). */
+static pk_status libsvm_accuracy(const char *dir, const double *Ktr, const pk_data *train, const double *Kte,
+                                 const pk_data *test, double cost, double *acc, const char **why)
 {
     char *trp = pk_path_join(dir, "path-train.svm"), *tep = pk_path_join(dir, "path-test.svm");
     char *mp = pk_path_join(dir, "path.model"), *pp = pk_path_join(dir, "path.pred");
-    double acc = NAN;
+    char *trt = trp ? pending_name(trp) : NULL, *tet = tep ? pending_name(tep) : NULL;
+    pk_atomic model = {0}, pred = {0};
     char cbuf[32];
     snprintf(cbuf, sizeof cbuf, "%g", cost);
-    *why = "could not write the LIBSVM files";
-    if (trp && tep && mp && pp && !pk_libsvm_write(trp, Ktr, train->n, train->n, train->y) &&
-        !pk_libsvm_write(tep, Kte, test->n, train->n, test->y)) {
-        char *targv[] = {"svm-train", "-q", "-t", "4", "-c", cbuf, trp, mp, NULL};
-        char *pargv[] = {"svm-predict", "-q", tep, mp, pp, NULL};
-        pid_t pid;
-        int st = -1;
-        *why = "svm-train/svm-predict not found or failed: apt-get install libsvm-tools";
-        if (posix_spawnp(&pid, "svm-train", NULL, NULL, targv, environ) == 0 && waitpid(pid, &st, 0) == pid &&
-            WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
-            posix_spawnp(&pid, "svm-predict", NULL, NULL, pargv, environ) == 0 && waitpid(pid, &st, 0) == pid &&
-            WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-            FILE *f = fopen(pp, "r");
+    *acc = NAN;
+    *why = "svm-train/svm-predict not found or failed: apt-get install libsvm-tools";
+    pk_status s = trp && tep && mp && pp && trt && tet ? PK_OK : PK_ERR_NOMEM;
+    if (!s) s = pk_libsvm_write(trp, Ktr, train->n, train->n, train->y);
+    if (!s) s = pk_libsvm_write(tep, Kte, test->n, train->n, test->y);
+    /* svm-train and svm-predict write the model and the predictions into the
+     * temporary files of pk_atomic_open (nothing goes through model.f and
+     * pred.f), and the commits put them into the group with the rest */
+    if (!s) s = pk_atomic_open(&model, mp);
+    if (!s) s = pk_atomic_open(&pred, pp);
+    if (!s) {
+        char *targv[] = {"svm-train", "-q", "-t", "4", "-c", cbuf, trt, model.tmp, NULL};
+        char *pargv[] = {"svm-predict", "-q", tet, model.tmp, pred.tmp, NULL};
+        if (run_libsvm(targv) && run_libsvm(pargv)) {
+            FILE *f = fopen(pred.tmp, "r");
             size_t hit = 0, n = 0;
             double v;
             while (f && n < test->n && fscanf(f, "%lf", &v) == 1) hit += v == test->y[n++];
             if (f) fclose(f);
-            if (n == test->n) { acc = (double)hit / (double)n; *why = NULL; }
+            if (n == test->n) { *acc = (double)hit / (double)n; *why = NULL; }
         }
+        if (!*why) s = pk_atomic_commit(&model);
+        if (!*why && !s) s = pk_atomic_commit(&pred);
     }
-    free(trp); free(tep); free(mp); free(pp);
-    return acc;
+    pk_atomic_abort(&model); /* no-ops once committed */
+    pk_atomic_abort(&pred);
+    free(trp); free(tep); free(mp); free(pp); free(trt); free(tet);
+    return s;
 }
 
 /* The architecture of m with every hidden width replaced by `width`. */
@@ -110,38 +148,81 @@ static void widen(const pk_mlp *m, size_t width, char *buf, size_t len)
     if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
 }
 
+/* pk_train into to->out_dir, noted in made[] when this creates it; the
+ * training time in *secs. */
+static pk_status train_run(const pk_data *train, const pk_train_opts *to, char **made, size_t *nmade, double *secs)
+{
+    double t0 = now();
+    if (!cli_dir_exists(to->out_dir)) {
+        if (!(made[*nmade] = pk_strdup(to->out_dir))) return PK_ERR_NOMEM;
+        (*nmade)++;
+    }
+    pk_status s = pk_train(train, to, NULL, NULL);
+    *secs = now() - t0;
+    return s;
+}
+
 int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *train, const pk_data *test,
                 const char *widths, double ridge, double svm_c, const char *base)
 {
+    /* The runs (base/run, base/width-W) are trained first: a run's files are
+     * placed as training goes, so they cannot join an output group. Then
+     * compare.csv and the LIBSVM files are written as one group. A failure
+     * removes the run directories this command created; whatever base held
+     * before is left as it was. */
+    enum { MAXW = 64 };
     pk_train_opts to = *to_in;
     char *rundir = pk_path_join(base, "run"), *csvp = pk_path_join(base, "compare.csv");
+    char *made[MAXW + 1];
+    size_t nmade = 0, wl[MAXW], nw = 0, N = train->n, M = test->n;
+    double net_secs = 0, wsecs[MAXW];
     pk_run *run = NULL;
     pk_status s = (!rundir || !csvp) ? PK_ERR_NOMEM : PK_OK;
-    size_t N = train->n, M = test->n;
-    double t0 = now();
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", widths ? widths : "");
+    for (char *tok = strtok(buf, ","); tok && !s; tok = strtok(NULL, ",")) {
+        if (nw == MAXW) s = pk_fail(PK_ERR_INPUT, "--widths: at most %d widths", MAXW);
+        else if (pk_parse_size(tok, &wl[nw]) || !wl[nw]) s = pk_fail(PK_ERR_INPUT, "--widths: '%s' is not a positive integer", tok);
+        else nw++;
+    }
     to.out_dir = rundir;
-    if (!s) s = pk_train(train, &to, NULL, NULL);
+    if (!s) s = train_run(train, &to, made, &nmade, &net_secs);
     if (!s) s = pk_run_open(rundir, &run);
     if (!s) s = pk_run_attach_data(run, train);
-    if (s) { free(rundir); free(csvp); pk_run_close(run); return cli_error(cmd, s); }
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_mlp *m = s ? NULL : pk_run_mlp(run);
+    for (size_t k = 0; !s && k < nw; k++) {
+        char spec[128], name[64];
+        widen(m, wl[k], spec, sizeof spec);
+        snprintf(name, sizeof name, "width-%zu", wl[k]);
+        char *wd = pk_path_join(base, name);
+        pk_train_opts tw = to;
+        tw.model = spec;
+        tw.out_dir = wd;
+        tw.keep = to.steps;
+        s = wd ? train_run(train, &tw, made, &nmade, &wsecs[k]) : PK_ERR_NOMEM;
+        free(wd);
+    }
+    if (s) goto done;
     size_t C = m->dims[m->n_layers];
     pk_loss loss = pk_run_loss(run);
     const char *mname = loss == PK_LOSS_MSE ? "test mse" : "test accuracy";
     double *w = pk_alloc(m->n_params, sizeof *w), *f = pk_alloc(M, C * sizeof *f);
     double *Ktr = pk_alloc(N, N * sizeof *Ktr), *Kte = pk_alloc(M, N * sizeof *Kte);
     double *Y = krr_targets(loss, train, C), *alpha = pk_alloc(N, C * sizeof *alpha);
-    double *Kpath_tr = NULL, *Kpath_te = NULL;
-    pk_atomic csv;
+    double *Kpath_tr = NULL, *Kpath_te = NULL, *KT = NULL;
+    pk_atomic csv = {0};
+    pk_group_begin(); /* compare.csv and the LIBSVM files, or none of them */
+    double t0 = now();
     if (!w || !f || !Ktr || !Kte || !Y || !alpha) s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_predict(m, w, test->x, M, f);
     if (!s) s = pk_atomic_open(&csv, csvp);
-    if (s) goto done;
+    if (s) goto free_all;
+    net_secs += now() - t0;
     fprintf(csv.f, "machine,kernel,%s,seconds\n", loss == PK_LOSS_MSE ? "test_mse" : "test_accuracy");
     printf("%-34s %14s %10s\n", "machine", mname, "seconds");
-    printf("%-34s %14.4f %10.2f\n", "network (trained)", metric(loss, f, test, C, 1), now() - t0);
-    fprintf(csv.f, "network,,%.17g,%.6g\n", metric(loss, f, test, C, 1), now() - t0);
+    printf("%-34s %14.4f %10.2f\n", "network (trained)", metric(loss, f, test, C, 1), net_secs);
+    fprintf(csv.f, "network,,%.17g,%.6g\n", metric(loss, f, test, C, 1), net_secs);
     for (int k = PK_KERNEL_PATH; k <= PK_KERNEL_NTK; k++) {
         double t1 = now();
         char name[64];
@@ -184,69 +265,67 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         }
     }
     if (loss != PK_LOSS_MSE && Kpath_tr) {
-        double t1 = now();
+        double t1 = now(), acc;
         const char *why;
-        double acc = libsvm_accuracy(base, Kpath_tr, train, Kpath_te, test, svm_c, &why);
+        s = libsvm_accuracy(base, Kpath_tr, train, Kpath_te, test, svm_c, &acc, &why);
+        if (s) goto free_all;
         if (why) printf("%-34s %14s %10.2f   (%s)\n", "SVM (LIBSVM) on path kernel", "n/a", now() - t1, why);
         else printf("%-34s %14.4f %10.2f\n", "SVM (LIBSVM) on path kernel", acc, now() - t1);
         fprintf(csv.f, "svm,path,%.17g,%.6g\n", acc, now() - t1);
     }
     /* the lazy regime: how far the tangent kernel moves, by width */
-    if (widths && *widths) {
+    if (nw) {
         printf("\n%8s %10s %14s %14s %12s %12s %10s\n", "width", "params", mname, "|K_T-K_0|/|K_0|",
                "align K_0", "align K_T", "seconds");
         fprintf(csv.f, "\nwidth,params,%s,kernel_change,alignment_init,alignment_final,seconds\n",
                 loss == PK_LOSS_MSE ? "test_mse" : "test_accuracy");
-        double *KT = pk_alloc(N, N * sizeof *KT);  /* (N, N) tangent kernel at the end */
+        KT = pk_alloc(N, N * sizeof *KT);  /* (N, N) tangent kernel at the end */
         if (!KT) s = PK_ERR_NOMEM;
-        char buf[256];
-        snprintf(buf, sizeof buf, "%s", widths);
-        for (char *tok = strtok(buf, ","); tok && !s; tok = strtok(NULL, ",")) {
-            double t1 = now();
-            size_t width;
-            if (pk_parse_size(tok, &width) || !width) { s = pk_fail(PK_ERR_INPUT, "--widths: '%s' is not a positive integer", tok); break; }
-            char spec[128], name[64];
-            widen(m, width, spec, sizeof spec);
-            snprintf(name, sizeof name, "width-%zu", width);
-            char *wd = pk_path_join(base, name);
-            pk_train_opts tw = to;
-            tw.model = spec;
-            tw.out_dir = wd;
-            tw.keep = to.steps;
-            pk_run *rw = NULL;
-            s = wd ? pk_train(train, &tw, NULL, NULL) : PK_ERR_NOMEM;
-            if (!s) s = pk_run_open(wd, &rw);
-            if (!s) s = pk_run_attach_data(rw, train);
-            double *ww = s ? NULL : pk_alloc(pk_run_mlp(rw)->n_params, sizeof *ww);
-            if (!s && !ww) s = PK_ERR_NOMEM;
-            if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_INIT, train->x, N, NULL, Ktr);
-            if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_FINAL, train->x, N, NULL, KT);
-            if (!s) s = pk_run_weights(rw, pk_run_steps(rw), ww);
-            if (!s) s = pk_predict(pk_run_mlp(rw), ww, test->x, M, f);
-            if (!s) {
-                double dn = 0, n0 = 0;
-                for (size_t i = 0; i < N * N; i++) {
-                    dn += (KT[i] - Ktr[i]) * (KT[i] - Ktr[i]);
-                    n0 += Ktr[i] * Ktr[i];
-                }
-                double v = metric(loss, f, test, C, 1), a0 = alignment(Ktr, Y, N, C), a1 = alignment(KT, Y, N, C);
-                printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", width, pk_run_mlp(rw)->n_params, v,
-                       sqrt(dn / n0), a0, a1, now() - t1);
-                fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", width, pk_run_mlp(rw)->n_params, v,
-                        sqrt(dn / n0), a0, a1, now() - t1);
+    }
+    for (size_t k = 0; !s && k < nw; k++) {
+        double t1 = now();
+        char name[64];
+        snprintf(name, sizeof name, "width-%zu", wl[k]);
+        char *wd = pk_path_join(base, name);
+        pk_run *rw = NULL;
+        s = wd ? pk_run_open(wd, &rw) : PK_ERR_NOMEM;
+        if (!s) s = pk_run_attach_data(rw, train);
+        double *ww = s ? NULL : pk_alloc(pk_run_mlp(rw)->n_params, sizeof *ww);
+        if (!s && !ww) s = PK_ERR_NOMEM;
+        if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_INIT, train->x, N, NULL, Ktr);
+        if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_FINAL, train->x, N, NULL, KT);
+        if (!s) s = pk_run_weights(rw, pk_run_steps(rw), ww);
+        if (!s) s = pk_predict(pk_run_mlp(rw), ww, test->x, M, f);
+        if (!s) {
+            double dn = 0, n0 = 0;
+            for (size_t i = 0; i < N * N; i++) {
+                dn += (KT[i] - Ktr[i]) * (KT[i] - Ktr[i]);
+                n0 += Ktr[i] * Ktr[i];
             }
-            free(ww);
-            pk_run_close(rw);
-            free(wd);
+            double v = metric(loss, f, test, C, 1), a0 = alignment(Ktr, Y, N, C), a1 = alignment(KT, Y, N, C);
+            double secs = wsecs[k] + now() - t1; /* training included */
+            printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", wl[k], pk_run_mlp(rw)->n_params, v,
+                   sqrt(dn / n0), a0, a1, secs);
+            fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", wl[k], pk_run_mlp(rw)->n_params, v,
+                    sqrt(dn / n0), a0, a1, secs);
         }
-        free(KT);
+        free(ww);
+        pk_run_close(rw);
+        free(wd);
     }
     if (!s) s = pk_atomic_commit(&csv);
-    else pk_atomic_abort(&csv);
+free_all:
+    pk_atomic_abort(&csv); /* a no-op once committed */
+    s = pk_group_end(s);
     if (!s) printf("wrote %s\n", csvp);
-done:
-    free(w); free(f); free(Ktr); free(Kte); free(Y); free(alpha); free(Kpath_tr); free(Kpath_te);
-    free(rundir); free(csvp);
+    free(w); free(f); free(Ktr); free(Kte); free(Y); free(alpha); free(Kpath_tr); free(Kpath_te); free(KT);
+done:;
+    int rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_run_close(run);
-    return s ? cli_error(cmd, s) : EXIT_OK;
+    for (size_t i = 0; i < nmade; i++) {
+        if (s) cli_remove_tree(made[i]);
+        free(made[i]);
+    }
+    free(rundir); free(csvp);
+    return rc;
 }

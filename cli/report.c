@@ -5,7 +5,9 @@
 #include "internal.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -100,28 +102,44 @@ static const char *demo_data(void)
     return NULL;
 }
 
-/* Remove the files of an earlier run in dir (only the names a run writes). */
-static void clear_run(const char *dir)
+/* Move one file of a run from one directory to another, or remove it when
+ * `to` is NULL; a file that is not there is fine (standardize.npy). */
+static pk_status run_file(const char *from, const char *to, const char *name)
+{
+    char *p = pk_path_join(from, name), *q = to ? pk_path_join(to, name) : NULL;
+    pk_status s = !p || (to && !q) ? PK_ERR_NOMEM : PK_OK;
+    if (!s && (to ? rename(p, q) : unlink(p)) != 0 && errno != ENOENT)
+        s = pk_fail(PK_ERR_IO, "%s: cannot %s: %s", p, to ? "move it" : "remove it", strerror(errno));
+    free(p);
+    free(q);
+    return s;
+}
+
+/* The files of a run in `from` (only the names a run writes): moved into
+ * `to` (made when missing), or removed when `to` is NULL; then `from` and
+ * its weights/ are removed when that leaves them empty. Renames only:
+ * nothing is copied, nothing needs disk space. */
+static pk_status run_files(const char *from, const char *to)
 {
     static const char *const files[] = {"run.json", "steps.csv", "trajectory.bin", "standardize.npy"};
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        char *p = pk_path_join(dir, files[i]);
-        if (p) unlink(p);
-        free(p);
+    char *wf = pk_path_join(from, "weights"), *wt = to ? pk_path_join(to, "weights") : NULL;
+    pk_status s = wf && (wt || !to) ? PK_OK : PK_ERR_NOMEM;
+    if (!s && to) s = pk_mkdirs(to);
+    for (size_t i = 0; !s && i < sizeof files / sizeof *files; i++) s = run_file(from, to, files[i]);
+    DIR *d = s ? NULL : opendir(wf);
+    struct dirent *de;
+    int made = 0;
+    while (d && !s && (de = readdir(d))) {
+        if (strncmp(de->d_name, "step-", 5) || !strstr(de->d_name, ".pkw")) continue;
+        if (to && !made++) s = pk_mkdirs(wt);
+        if (!s) s = run_file(wf, wt, de->d_name);
     }
-    char *wd = pk_path_join(dir, "weights");
-    DIR *d = wd ? opendir(wd) : NULL;
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)))
-            if (!strncmp(de->d_name, "step-", 5) && strstr(de->d_name, ".pkw")) {
-                char *p = pk_path_join(wd, de->d_name);
-                if (p) unlink(p);
-                free(p);
-            }
-        closedir(d);
-    }
-    free(wd);
+    if (d) closedir(d);
+    if (wf) rmdir(wf);
+    rmdir(from);
+    free(wf);
+    free(wt);
+    return s;
 }
 
 static pk_status write_npy(const char *dir, const char *name, const double *a, size_t ndim, const size_t *shape)
@@ -172,20 +190,29 @@ int cmd_demo(int argc, char **argv)
         return EXIT_FAIL;
     }
     double t_start = now();
+    /* The run is trained under a temporary name beside DIR/run and takes its
+     * place just before the report, the files of an earlier run put aside
+     * until the end; explain/ and report.html are one output group. A
+     * failure puts the earlier run back, keeps no new file and removes the
+     * directories the demo made: an earlier demo in DIR stays as it was. */
+    char tmpname[2][64];
+    snprintf(tmpname[0], sizeof tmpname[0], "run.tmp.%ld", (long)getpid());
+    snprintf(tmpname[1], sizeof tmpname[1], "run.old.tmp.%ld", (long)getpid());
     char *rundir = pk_path_join(out, "run"), *html = pk_path_join(out, "report.html");
-    char *exdir = pk_path_join(out, "explain");
+    char *exdir = pk_path_join(out, "explain"), *stage = pk_path_join(out, tmpname[0]);
+    char *aside = pk_path_join(out, tmpname[1]);
     char *abs = realpath(data, NULL);
     pk_data train = {0}, q = {0};
     double *mean = NULL, *sd = NULL, *w = NULL, *f = NULL;
     pk_run *run = NULL;
     pk_explain e;
     memset(&e, 0, sizeof e);
+    pk_report_info info;
     size_t *pro = NULL, *opp = NULL;
-    pk_status s = rundir && html && exdir && abs ? PK_OK : PK_ERR_NOMEM;
-    if (!s) s = pk_mkdirs(rundir);
+    int existed = cli_dir_exists(out), ex_existed = cli_dir_exists(exdir), grouped = 0, moved_old = 0, moved_new = 0;
+    pk_status s = rundir && html && exdir && stage && aside && abs ? PK_OK : PK_ERR_NOMEM;
     if (!s) s = pk_mkdirs(exdir);
     if (s) goto done;
-    clear_run(rundir);
 
     /* 1. train */
     pk_load_opts lo = pk_load_opts_defaults();
@@ -205,7 +232,7 @@ int cmd_demo(int argc, char **argv)
     to.optim.batch = 64;
     to.steps = 300;
     to.seed = 1;
-    to.out_dir = rundir;
+    to.out_dir = stage;
     to.data_spec = abs;
     to.load = &lo;
     to.standardize = 1;
@@ -213,7 +240,7 @@ int cmd_demo(int argc, char **argv)
     to.std = sd;
     double t0 = now();
     s = pk_train(&train, &to, NULL, NULL);
-    if (!s) s = pk_run_open(rundir, &run);
+    if (!s) s = pk_run_open(stage, &run);
     if (!s) s = pk_run_attach_data(run, &train);
     if (s) goto done;
     const pk_mlp *m = pk_run_mlp(run);
@@ -257,6 +284,8 @@ int cmd_demo(int argc, char **argv)
         pk_explain_opts eo = pk_explain_opts_defaults();
         pk_quad_parse("gl4", &eo.quad);
         s = pk_explain_run(run, q.x, q.n < 10 ? q.n : 10, &eo, &e);
+        pk_group_begin(); /* explain/ and report.html, or none of them */
+        grouped = 1;
         if (!s) s = write_explain(exdir, &e);
         if (s) goto done;
         printf("\n== explain: %zu queries, every training example's exact contribution to each of the %zu outputs "
@@ -289,24 +318,40 @@ int cmd_demo(int argc, char **argv)
         pk_explain_free(&e);
     }
 
-    /* 4. the report */
+    /* 4. the new run in DIR/run (the report names it), then the report */
+    pk_run_close(run);
+    run = NULL;
+    if (cli_dir_exists(rundir)) { moved_old = 1; s = run_files(rundir, aside); }
+    if (!s) { moved_new = 1; s = run_files(stage, rundir); }
+    if (!s) s = pk_run_open(rundir, &run);
+    if (!s) s = pk_run_attach_data(run, &train);
+    if (s) goto done;
     printf("\n== report\n");
     pk_report_opts ro = pk_report_opts_defaults();
     ro.query = abs;
     ro.load.first = 60;   /* six or so of each class: the heat map shows the kernel's class blocks */
-    pk_report_info info;
     s = pk_report_write(run, &ro, html, &info);
     if (s) goto done;
     printf("wrote %s (%zu queries, max relative error %.3g, %.2f s): open it in a browser\n", html, info.Q,
            info.max_rel_err, info.seconds);
-    printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", now() - t_start, rundir, html);
-done:;
+done:
+    if (grouped) s = pk_group_end(s);
+    if (!s) printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", now() - t_start, rundir, html);
     int rc = s ? cli_error(cmd, s) : EXIT_OK;
-    pk_explain_free(&e);
     if (run) pk_run_close(run);
+    if (s) { /* the new run out, the earlier one back, the directories the demo made removed */
+        if (moved_new) run_files(rundir, NULL);
+        if (moved_old) run_files(aside, rundir);
+        cli_remove_tree(stage);
+        cli_drop_new_dir(exdir, ex_existed);
+        cli_drop_new_dir(out, existed);
+    } else if (moved_old) {
+        run_files(aside, NULL);
+    }
+    pk_explain_free(&e);
     pk_data_free(&train);
     pk_data_free(&q);
     free(mean); free(sd); free(w); free(f); free(pro); free(opp);
-    free(rundir); free(html); free(exdir); free(abs);
+    free(rundir); free(html); free(exdir); free(stage); free(aside); free(abs);
     return rc;
 }

@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <sys/time.h>
@@ -346,12 +345,6 @@ static const char *const conv_help =
     "  --out DIR       keep the runs and write DIR/convergence.csv [runs in a temporary directory]\n"
     "  and the data, model and optimiser options of train (not --lr, --steps, --test)\n";
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -387,12 +380,17 @@ int cmd_convergence(int argc, char **argv)
     char tmpl[] = "/tmp/pathkernel-convergence-XXXXXX";
     const char *base = a.to.out_dir;
     if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel convergence: mkdtemp"); return EXIT_FAIL; }
+    /* A failure keeps nothing this command made in --out DIR: the run
+     * directories it created are removed, and DIR too when it created DIR;
+     * what was there before (an lr-* directory included) is left alone. */
+    int existed = cli_dir_exists(base), made[32] = {0};
     pk_status ms = pk_mkdirs(base);
     if (ms) return cli_error(cmd, ms);
     pk_data train = {0}, test = {0}, query = {0};
     double *mean = NULL, *sd = NULL;
     double err[32][16], rel[32][16];
     size_t steps[32];
+    char name[32][64];
     pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
     if (!s) {
         s = pk_data_load(a.query, NULL, &query);
@@ -401,10 +399,10 @@ int cmd_convergence(int argc, char **argv)
         if (!s && mean) pk_data_standardize(&query, mean, sd);
     }
     for (size_t i = 0; !s && i < nl; i++) {
-        char name[64];
-        snprintf(name, sizeof name, "lr-%.6g", lrs[i]);
-        char *dir = pk_path_join(base, name);
+        snprintf(name[i], sizeof name[i], "lr-%.6g", lrs[i]);
+        char *dir = pk_path_join(base, name[i]);
         if (!dir) { s = PK_ERR_NOMEM; break; }
+        made[i] = !cli_dir_exists(dir);
         pk_train_opts to = a.to;
         to.optim.lr = lrs[i];
         to.steps = steps[i] = (size_t)llround(a.time / lrs[i]);
@@ -465,8 +463,14 @@ int cmd_convergence(int argc, char **argv)
     }
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     if (!a.to.out_dir) { /* temporary runs: remove them */
-        if (nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
-            fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+        if (cli_remove_tree(base) != 0) fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    } else if (s) {
+        for (size_t i = 0; i < nl; i++) {
+            char *dir = made[i] ? pk_path_join(base, name[i]) : NULL;
+            if (dir) cli_remove_tree(dir);
+            free(dir);
+        }
+        cli_drop_new_dir(base, existed);
     }
     pk_data_free(&train); pk_data_free(&test); pk_data_free(&query);
     free(mean); free(sd);
@@ -501,14 +505,18 @@ int cmd_compare(int argc, char **argv)
     char tmpl[] = "/tmp/pathkernel-compare-XXXXXX";
     const char *base = a.to.out_dir;
     if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel compare: mkdtemp"); return EXIT_FAIL; }
+    int existed = cli_dir_exists(base);
     pk_status ms = pk_mkdirs(base);
     if (ms) return cli_error(cmd, ms);
     pk_data train = {0}, test = {0};
     double *mean = NULL, *sd = NULL;
     pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
     rc = s ? cli_error(cmd, s) : cli_compare(cmd, &a.to, &train, &test, a.widths, a.ridge, a.svm_c, base);
-    if (!a.to.out_dir && nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
-        fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    if (!a.to.out_dir) {
+        if (cli_remove_tree(base) != 0) fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    } else if (rc) {
+        cli_drop_new_dir(base, existed); /* cli_compare removed what it made in it */
+    }
     pk_data_free(&train); pk_data_free(&test);
     free(mean); free(sd);
     return rc;

@@ -71,8 +71,14 @@ def train_args(w, out):
             "sgd", "--batch", "16", "--lr", "0.1", "--steps", "40", "--keep", "10", "--out", out, "--quiet"]
 
 
+SMALL_NET = ["--model", "mlp:8:tanh", "--loss", "softmax", "--optim", "sgd", "--batch", "16", "--lr", "0.1",
+             "--steps", "40"]
+
 # (name, kind, argv(world, out)): kind "file" or "dir" is what --out names;
-# "run" is train's run directory.
+# "run" is train's run directory. demo, compare, mislabel and convergence
+# write a directory that holds runs (placed file by file as training goes):
+# a failure removes the runs and the --out directory they made, and leaves
+# whatever the directory held before as it was.
 COMMANDS = [
     ("train", "run", train_args),
     ("explain", "dir", lambda w, o: ["explain", w / "run", "--query", w / "query.csv", "--mode", "full", "--out", o]),
@@ -87,6 +93,16 @@ COMMANDS = [
     ("ntk", "file", lambda w, o: ["ntk", "--model", "mlp:16:relu", "--x", w / "data.csv", "--out", o]),
     ("krr", "dir", lambda w, o: ["krr", "--kernel", w / "K.npy", "--targets", w / "Y.npy",
                                  "--query-kernel", w / "KQ.npy", "--out", o]),
+    ("demo", "dir", lambda w, o: ["demo", "--out", o]),  # the embedded digits, about 2 s
+    ("compare", "dir", lambda w, o: ["compare", "--data", w / "data.csv", "--test", w / "query.csv", *SMALL_NET,
+                                     "--widths", "4,16", "--out", o]),
+    ("mislabel", "dir", lambda w, o: ["mislabel", "--data", w / "data.csv", "--flip", "0.1", *SMALL_NET, "--quiet",
+                                      "--out", o]),
+    # six rules: convergence.csv is the largest file, so that EFBIG hits it after the runs
+    ("convergence", "dir", lambda w, o: ["convergence", "--data", w / "data.csv", "--query", w / "query.csv",
+                                         "--model", "mlp:8:tanh", "--loss", "softmax", "--optim", "gd", "--time", "1",
+                                         "--lrs", "0.4,0.3,0.2,0.1", "--rules", "left,mid,gl1,gl2,gl3,gl4",
+                                         "--out", o]),
 ]
 OUT_NAME = {"kernel": "K.npy", "ntk": "ntk.npy", "attribute": "attr.csv", "report": "report.html", "predict": "pred.npy",
             "selfinfluence": "si.csv"}
@@ -311,6 +327,35 @@ def check_run_not_trusted(world, run):
         assert p.returncode in (1, 2), (argv, p.returncode, p.stdout, p.stderr)
         assert str(run) in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
     assert not (world / "never.npy").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "compare", "mislabel", "convergence"])
+def test_over_an_earlier_output_of_its_own(world, reference, name):
+    """--out DIR holding an earlier output of the same command. demo runs
+    again into the same DIR: made to fail after training (EFBIG at
+    explain/contrib.npy), it puts the earlier run back. compare, mislabel and
+    convergence refuse a run directory that holds a run (exit 2) and must not
+    have written anything before (mislabel wrote data_x/data_y.npy first)."""
+    argv = {c[0]: c[2] for c in COMMANDS}[name]
+    f = Fault(errno.EFBIG, world, reference[name])
+    try:
+        out = f.loc / "out"
+        p = subprocess.run([str(pk_exe())] + [str(a) for a in argv(world, out)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        if name == "demo":  # the demo is deterministic: mark the earlier run, so that a rewritten one shows
+            (out / "run" / "steps.csv").write_bytes(SENTINEL)
+        before = digest(out)
+        if name == "demo":
+            check_failure(f.run(argv(world, out)), errno.EFBIG, out)
+        else:
+            again = argv(world, out) + (["--flip-seed", "5"] if name == "mislabel" else [])  # other labels
+            p = subprocess.run([str(pk_exe())] + [str(a) for a in again], capture_output=True, text=True)
+            assert p.returncode == 2, (p.returncode, p.stderr)
+            assert len(p.stderr.splitlines()) == 1 and "already holds a run" in p.stderr, p.stderr
+        assert digest(out) == before, "the earlier output was changed"
+        assert temp_files(f.loc) == []
+    finally:
+        f.cleanup()
 
 
 @pytest.mark.parametrize("err", FAULTS)
