@@ -300,10 +300,11 @@ int cmd_kernel(int argc, char **argv)
         "  --at S               init, final or a step number [final]\n"
         "  --mode M             full: (N_x, N_y, C, C) blocks; trace: (N_x, N_y) sum over outputs [full]\n"
         "  --out FILE           float64 .npy\n"
-        "  --mem MIB            memory budget for the computation [3/4 of free memory]\n"
+        "  --mem MIB            memory budget for the computation: smaller blocks under a smaller one\n"
+        "                       [3/4 of free memory]\n"
         "  --threads N          threads [all cores]\n";
     const char *xs = NULL, *ys = NULL, *at = "final", *out = NULL, *dir;
-    size_t mem = 0;
+    size_t mem = 0, budget = 0;
     pk_kmode mode = PK_KMODE_FULL;
     const cli_opt opts[] = {{"x", CLI_STR, &xs, NULL}, {"y", CLI_STR, &ys, NULL}, {"at", CLI_STR, &at, NULL},
                             {"mode", CLI_KMODE, &mode, NULL}, {"out", CLI_STR, &out, NULL},
@@ -327,15 +328,16 @@ int cmd_kernel(int argc, char **argv)
     size_t r = mode == PK_KMODE_FULL ? C : 1;
     if (!s) { /* memory and disk against what the job needs, before any work */
         double mib = 1048576.0, cells = (double)X.n * (double)Yd->n, need = cells * (double)(r * r) * 8.0;
-        size_t budget = pk_memory_budget(mem), work = pk_kernel_tangent_memory(m, X.n, Yd->n, mode);
+        budget = pk_memory_budget(mem);
+        size_t work = pk_kernel_tangent_memory(m, X.n, Yd->n, mode, budget);
         double room = cli_disk_free(out);
         char trace[96] = "", blocks[64] = "";
         if (r > 1) snprintf(trace, sizeof trace, "--mode trace (%.1f MiB), ", cells * 8.0 / mib);
         if (r > 1) snprintf(blocks, sizeof blocks, " of %zu x %zu blocks", r, r);
         if (work > budget)
-            s = pk_fail(PK_ERR_INPUT, "computing the kernel takes %.1f MiB of memory, more than the %.1f MiB budget "
-                        "(--mem; default 3/4 of free memory): use --mem %.0f or more", work / mib, budget / mib,
-                        ceil(work / mib));
+            s = pk_fail(PK_ERR_INPUT, "computing the kernel takes at least %.1f MiB of memory (its smallest blocks), "
+                        "more than the %.1f MiB budget (--mem; default 3/4 of free memory): use --mem %.0f or more",
+                        work / mib, budget / mib, ceil(work / mib));
         else if (room >= 0 && need > room) /* ENOSPC now, not after the work */
             s = pk_fail(PK_ERR_IO, "%s: %s: a %zu x %zu kernel%s is %.1f MiB, and %.1f MiB are free there "
                         "(nothing was written): use %sat most %.0f --x inputs against these --y, or another --out",
@@ -347,7 +349,7 @@ int cmd_kernel(int argc, char **argv)
     size_t shape[4] = {X.n, Yd->n, C, C};
     if (!s) s = pk_npy_stream_open(&ko.f, out, 0, mode == PK_KMODE_FULL ? 4 : 2, shape);
     if (!s) {
-        s = pk_kernel_tangent_rows(m, w, X.x, X.n, Yd->x, Yd->n, mode, kernel_sink, &ko);
+        s = pk_kernel_tangent_rows(m, w, X.x, X.n, Yd->x, Yd->n, mode, budget, kernel_sink, &ko);
         if (!s || ko.f.bad) s = pk_npy_stream_commit(&ko.f); /* reports a failed write, and removes the file */
         else pk_npy_stream_abort(&ko.f);
     }

@@ -367,10 +367,16 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
  * as n C^2 doubles (n in trace mode) once the row segment is computed, from
  * any of the threads, several at once, in no particular order; it returns
  * PK_OK to go on, anything else stops the computation and is returned. No
- * nx x ny array is ever held: memory stays that of the blocks. */
+ * nx x ny array is ever held: memory stays that of the blocks, which shrink
+ * to keep it under `mem` bytes where they can (0: the default blocks; see
+ * pk_kernel_tangent_memory). */
 typedef pk_status (*pk_kernel_sink)(void *ctx, size_t i, size_t j0, size_t n, const double *k);
 pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
-                                 const double *Y, size_t ny, pk_kmode mode, pk_kernel_sink sink, void *ctx);
+                                 const double *Y, size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink,
+                                 void *ctx);
+/* Bytes pk_kernel_tangent_rows allocates under `mem` with the current thread
+ * count (an upper bound): above mem when even its smallest blocks need more. */
+size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode, size_t mem);
 
 /* Infinite-width kernels of the architecture m in the ntk parameterisation
  * (MATH.md section 6; relu or erf; widths are ignored, depth and sigma_w,

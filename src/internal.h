@@ -20,9 +20,6 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
  * that split their work into pieces of a fixed size themselves (tangent.c). */
 void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
                   size_t lda, const double *B, size_t ldb, double *C, size_t ldc);
-/* Bytes pk_kernel_tangent(_rows) allocates for X (nx) against Y (ny) with
- * the current thread count, K itself not counted (an upper bound). */
-size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode);
 /* CRC-32 (zlib's and gzip's) of n bytes, continuing from crc (0 to
  * start), by ISA-L (util.c). */
 uint32_t pk_crc32(uint32_t crc, const void *p, size_t n);

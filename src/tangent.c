@@ -175,17 +175,37 @@ static size_t block_size(size_t r)
     return B;
 }
 
-size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode)
+/* Bytes kernel_tangent allocates for blocks of bx x by examples (an upper
+ * bound: both sides keep their deltas, rows go to a sink). */
+static size_t block_bytes(const pk_mlp *m, size_t bx, size_t by, int trace)
 {
     size_t L = m->n_layers, C = m->dims[L], dh = L >= 2 ? m->dims[L - 1] : 0;
-    int trace = mode == PK_KMODE_TRACE;
-    size_t B = block_size(trace ? 1 : C), bx = nx < B ? nx : B, by = ny < B ? ny : B;
     size_t per_ex = dh, threads = (size_t)pk_get_threads(), kt = tile_examples(C);
     for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * m->dims[l + 1] + (l + 3 <= L ? C * m->dims[l + 1] : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
     if (trace) doubles += bx * (L + 2) * by + bx * dh;
     else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1, 1);
     return doubles * sizeof(double);
+}
+
+/* The smallest blocks a memory budget may bring: below, the sides would be
+ * computed again for too few pairs to be worth it. */
+#define MIN_BLOCK 16
+
+/* The block size: the default, halved while it needs more than mem bytes
+ * (mem 0: no limit), down to MIN_BLOCK. */
+static size_t choose_block(const pk_mlp *m, size_t nx, size_t ny, int trace, size_t mem)
+{
+    size_t B = block_size(trace ? 1 : m->dims[m->n_layers]);
+    while (mem && B > MIN_BLOCK && block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace) > mem) B /= 2;
+    return B;
+}
+
+size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode, size_t mem)
+{
+    int trace = mode == PK_KMODE_TRACE;
+    size_t B = choose_block(m, nx, ny, trace, mem);
+    return block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace);
 }
 
 /* K for the x examples i0..i0+kt of the block against all its y, every
@@ -336,12 +356,12 @@ static pk_status kernel_block_trace(const kblock *b, const double *q, double *co
 /* pk_kernel_tangent and pk_kernel_tangent_rows: the kernel into K, or (K
  * NULL) row segments to sink. */
 static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx, const double *Y,
-                                size_t ny, pk_kmode mode, double *K, pk_kernel_sink sink, void *ctx)
+                                size_t ny, pk_kmode mode, size_t mem, double *K, pk_kernel_sink sink, void *ctx)
 {
     size_t L = m->n_layers, C = m->dims[L], d = m->dims[0], dh = L >= 2 ? m->dims[L - 1] : 0;
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
-    size_t B = block_size(r), bx = nx < B ? nx : B, by = ny < B ? ny : B;
+    size_t B = choose_block(m, nx, ny, trace, mem), bx = nx < B ? nx : B, by = ny < B ? ny : B;
     if (!bx || !by) return PK_OK;
     int same = X == Y && nx == ny;
     kside sx, sy;
@@ -401,11 +421,12 @@ static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *
 pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K)
 {
-    return kernel_tangent(m, w, X, nx, Y, ny, mode, K, NULL, NULL);
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, 0, K, NULL, NULL);
 }
 
 pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
-                                 const double *Y, size_t ny, pk_kmode mode, pk_kernel_sink sink, void *ctx)
+                                 const double *Y, size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink,
+                                 void *ctx)
 {
-    return kernel_tangent(m, w, X, nx, Y, ny, mode, NULL, sink, ctx);
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
 }

@@ -369,38 +369,68 @@ def test_csv_rows_bounded_by_the_file_not_its_line_count(tool, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A 3-class run on 2 features, for kernel's memory-budget checks."""
+def three_class_run(d, model, seed, steps):
+    """A 3-class run of `model` on 30 examples of 2 features, in d/run."""
     if not cli().is_file():
         pytest.skip(f"{cli()} is not built yet")
-    d = tmp_path_factory.mktemp("kernel_budget")
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((30, 2))
+    x = np.random.default_rng(seed).standard_normal((30, 2))
     np.savetxt(d / "train.csv", np.c_[x, (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)], delimiter=",", fmt="%.5f")
-    p = run([cli(), "train", "--data", d / "train.csv", "--model", "mlp:4:tanh", "--loss", "softmax",
-             "--optim", "gd", "--lr", "0.1", "--steps", "3", "--out", d / "run", "--quiet"])
+    p = run([cli(), "train", "--data", d / "train.csv", "--model", model, "--loss", "softmax",
+             "--optim", "gd", "--lr", "0.1", "--steps", str(steps), "--out", d / "run", "--quiet"])
     assert p.returncode == 0, p.stderr
     return d
 
 
-def test_kernel_refuses_working_memory_over_mem(small_run):
-    """200 x 200 x 3 x 3 with two threads needs over 1 MiB of working memory
-    (the tiles of the kernel, not the kernel itself): over --mem 1, refused
-    before any work with the need and the --mem that fits, which then works
-    (and one MiB less is refused)."""
-    import re
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A small 3-class run, for kernel's memory-budget checks."""
+    return three_class_run(tmp_path_factory.mktemp("kernel_budget"), "mlp:4:tanh", 3, 3)
+
+
+def test_kernel_blocks_shrink_under_mem(small_run):
+    """200 x 200 x 3 x 3 in one block takes 1.4 MiB of working memory with
+    two threads: under --mem 1 the kernel is computed in smaller blocks (the
+    x side kept for several y blocks, the y side recomputed per block) and
+    equals the one-block result, full and trace."""
     d = small_run
     x = np.random.default_rng(4).standard_normal((200, 2))
     np.savetxt(d / "x.csv", np.c_[x, np.zeros(200)], delimiter=",", fmt="%.5f")
+    y = np.random.default_rng(8).standard_normal((150, 2))
+    np.savetxt(d / "y.csv", np.c_[y, np.zeros(150)], delimiter=",", fmt="%.5f")
+    for mode in ("full", "trace"):
+        for ys in ([], ["--y", d / "y.csv"]):
+            got = {}
+            for mem in ([], ["--mem", "1"]):
+                out = d / f"K-{mode}-{len(ys)}-{len(mem)}.npy"
+                p = run([cli(), "kernel", d / "run", "--x", d / "x.csv", *ys, "--mode", mode, "--threads", "2",
+                         "--out", out, *mem])
+                assert p.returncode == 0, p.stderr
+                got[len(mem)] = np.load(out)
+            a, b = got[0], got[2]
+            assert a.shape == b.shape == ((200, 150 if ys else 200) + ((3, 3) if mode == "full" else ()))
+            assert np.allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(a).max()), (mode, ys, np.abs(a - b).max())
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """mlp:1024,1024 on 2 features: its smallest blocks need more than 1 MiB."""
+    return three_class_run(tmp_path_factory.mktemp("kernel_wide"), "mlp:1024,1024:tanh", 11, 2)
+
+
+def test_kernel_refuses_working_memory_over_mem(wide_run):
+    """When even the smallest blocks need more than --mem, the kernel is
+    refused before any work with the need and the --mem that fits, which
+    then works (and one MiB less is refused)."""
+    import re
+    d = wide_run
     out = d / "K.npy"
-    base = [cli(), "kernel", d / "run", "--x", d / "x.csv", "--threads", "2", "--out", out]
+    base = [cli(), "kernel", d / "run", "--x", d / "train.csv", "--threads", "2", "--out", out]
     p = run(base + ["--mem", "1"])
     assert p.returncode == 2, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr
-    m = re.search(r"computing the kernel takes ([0-9.]+) MiB of memory, more than the 1\.0 MiB budget "
-                  r"\(--mem; default 3/4 of free memory\): use --mem (\d+) or more", lines[0])
+    m = re.search(r"computing the kernel takes at least ([0-9.]+) MiB of memory \(its smallest blocks\), more than "
+                  r"the 1\.0 MiB budget \(--mem; default 3/4 of free memory\): use --mem (\d+) or more", lines[0])
     assert m, lines[0]
     need, fits = float(m.group(1)), int(m.group(2))
     assert 1 < need <= fits < need + 1, (need, fits)
@@ -409,7 +439,7 @@ def test_kernel_refuses_working_memory_over_mem(small_run):
         assert run(base + ["--mem", str(fits - 1)]).returncode == 2
     p = run(base + ["--mem", str(fits)])
     assert p.returncode == 0, p.stderr
-    assert np.load(out).shape == (200, 200, 3, 3)
+    assert np.load(out).shape == (30, 30, 3, 3)
 
 
 def peak_rss(cmd):
