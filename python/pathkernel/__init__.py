@@ -388,12 +388,16 @@ class Run:
         spec a CLI run recorded."""
         return self._explain(Xq, quad, mode, True)
 
-    def attribute(self, Xq, top=10, quad="gl2"):
+    def attribute(self, Xq, top=10, quad="gl2", group=None):
         """For every query, the `top` strongest proponents (largest phi_i(x)[c]
         > 0) and opponents (most negative) of output c = the predicted class
         (argmax for softmax, else output 0), ranked like `pathkernel attribute`
-        (exact ties by the smaller index). Returns a list of Attribution."""
+        (exact ties by the smaller index). Returns a list of Attribution.
+        The queries go in groups, one replay of the trajectory each: `group`
+        queries, or (None) as many as one replay can take within 3/4 of the
+        free memory, as the CLI plans them."""
         top = _size(top, "top", 1)
+        group = None if group is None else _size(group, "group", 1)
         x = self._queries(Xq, "Xq")
         Q = x.shape[0]
         L = _lib()
@@ -416,11 +420,15 @@ class Run:
         col = {k: np.zeros(Q) for k in ("pred", "bias", "total", "regularisation")}
         idx = {k: np.zeros((Q, top), dtype=np.int64) for k in ("pro_idx", "opp_idx")}
         val = {k: np.zeros((Q, top)) for k in ("pro_val", "opp_val")}
-        r = _capi.pk_topk(*(_ptr(col[k]) for k in ("pred", "bias", "total", "regularisation")),
-                          idx["pro_idx"].ctypes.data_as(_capi.P_i64), _ptr(val["pro_val"]),
-                          idx["opp_idx"].ctypes.data_as(_capi.P_i64), _ptr(val["opp_val"]))
-        _check(L.pk_topk_run(self._handle(), _ptr(x), Q, cls.ctypes.data_as(_capi.P_size), ctypes.byref(o),
-                             ctypes.byref(r)))
+        if group is None:
+            group = L.pk_topk_group(self._handle(), Q, ctypes.byref(o), ctypes.byref(_capi.c_size(0))) or 1
+        for q0 in range(0, Q, group):
+            q1 = min(Q, q0 + group)
+            r = _capi.pk_topk(*(_ptr(col[k][q0:q1]) for k in ("pred", "bias", "total", "regularisation")),
+                              idx["pro_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["pro_val"][q0:q1]),
+                              idx["opp_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["opp_val"][q0:q1]))
+            _check(L.pk_topk_run(self._handle(), _ptr(x[q0:q1]), q1 - q0, cls[q0:q1].ctypes.data_as(_capi.P_size),
+                                 ctypes.byref(o), ctypes.byref(r)))
         out = []
         for q in range(Q):
             a = Attribution()

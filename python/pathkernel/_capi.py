@@ -136,6 +136,7 @@ _PROTOS = {
     "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),
     "pk_topk_opts_defaults": (pk_topk_opts, []),
     "pk_topk_run": (c_int, [P_run, P_dbl, c_size, P_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(pk_topk)]),
+    "pk_topk_group": (c_size, [P_run, c_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(c_size)]),
 }
 
 _LIB = None

@@ -145,6 +145,23 @@ def test_attribute_equals_cli(data, cli_run, tmp_path):
             assert np.isclose(getattr(a, k), j[k], rtol=1e-14, atol=1e-300), k
 
 
+def test_attribute_in_groups_equals_one_group(data, cli_run):
+    """Groups of 1, 2 and 3 queries (one replay each) give exactly what one
+    replay of all of them gives."""
+    run = pkg.open_run(cli_run)
+    whole = run.attribute(data["Xq"], top=5, group=len(data["Xq"]))
+    for g in (1, 2, 3):
+        got = run.attribute(data["Xq"], top=5, group=g)
+        for a, b in zip(got, whole):
+            assert (a.cls, a.pred, a.bias, a.total, a.regularisation) == (b.cls, b.pred, b.bias, b.total,
+                                                                        b.regularisation)
+            assert a.proponents.tolist() == b.proponents.tolist() and a.opponents.tolist() == b.opponents.tolist()
+            assert a.proponent_contrib.tolist() == b.proponent_contrib.tolist()
+            assert a.opponent_contrib.tolist() == b.opponent_contrib.tolist()
+    with pytest.raises(ValueError):
+        run.attribute(data["Xq"], group=0)
+
+
 def test_attribute_ties_by_smaller_index():
     """An example duplicated in the training set contributes exactly the same:
     the copies are ranked by index, as the CLI's pk_rank does."""
