@@ -59,7 +59,6 @@ static const char *const train_help =
     "                      (exit 0); a diverged or damaged one is refused (exit 2). --test is not recorded:\n"
     "                      evaluate held-out data afterwards with `pathkernel predict`.\n";
 
-
 static double now(void)
 {
     struct timeval tv;
