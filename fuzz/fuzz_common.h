@@ -84,12 +84,39 @@ static inline unsigned char *fuzz_with_crc(const uint8_t *buf, size_t len)
     return o;
 }
 
+/* A float64 .npy (version 1.0) with header dict `dict` and the n values v
+ * into out (room for 128 + 8 n bytes); returns its length. */
+static inline size_t npy_image(unsigned char *out, const char *dict, const double *v, size_t n)
+{
+    size_t hl = strlen(dict);
+    size_t total = 10 + hl + 1;
+    size_t pad = (64 - total % 64) % 64;
+    memcpy(out, "\x93NUMPY\x01\x00", 8);
+    uint16_t h = (uint16_t)(hl + pad + 1);
+    memcpy(out + 8, &h, 2);
+    memcpy(out + 10, dict, hl);
+    memset(out + 10 + hl, ' ', pad);
+    out[10 + hl + pad] = '\n';
+    memcpy(out + total + pad, v, n * sizeof *v);
+    return total + pad + n * sizeof *v;
+}
+
+/* The input as a NUL-terminated string, malloc'ed. */
+static inline char *fuzz_cstr(const uint8_t *data, size_t size)
+{
+    char *s = malloc(size + 1);
+    if (!s) abort();
+    memcpy(s, data, size);
+    s[size] = 0;
+    return s;
+}
+
 /* A text-format reader of pk_data_load fed the input as `plain` (e.g.
  * "in.csv") and, gzipped, as `gzipped` ("in.csv.gz", with a random
  * selection): the CSV and svmlight targets. The names must be string
  * literals: fuzz_write keeps them to clean up. */
 #include <pathkernel.h>
-static int fuzz_text_format(const char *plain, const char *gzipped, const uint8_t *data, size_t size)
+static inline int fuzz_text_format(const char *plain, const char *gzipped, const uint8_t *data, size_t size)
 {
     char path[512];
     pk_data d;

@@ -6,22 +6,6 @@
 #include <pathkernel.h>
 #include "npy_internal.h"
 
-/* A float64 C-order .npy of the given header dict and values. */
-static size_t npy_image(unsigned char *out, const char *dict, const double *v, size_t n)
-{
-    size_t hl = strlen(dict);
-    size_t total = 10 + hl + 1;
-    size_t pad = (64 - total % 64) % 64;
-    memcpy(out, "\x93NUMPY\x01\x00", 8);
-    uint16_t h = (uint16_t)(hl + pad + 1);
-    memcpy(out + 8, &h, 2);
-    memcpy(out + 10, dict, hl);
-    memset(out + 10 + hl, ' ', pad);
-    out[10 + hl + pad] = '\n';
-    memcpy(out + total + pad, v, n * sizeof *v);
-    return total + pad + n * sizeof *v;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     double *a = NULL;

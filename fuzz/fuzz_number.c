@@ -2,15 +2,11 @@
  * (src/internal.h) on a NUL-terminated copy of the input. */
 #include "internal.h"
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *s = malloc(size + 1);
-    if (!s) abort();
-    memcpy(s, data, size);
-    s[size] = 0;
+    char *s = fuzz_cstr(data, size);
     double v;
     size_t n;
     if (pk_parse_double(s, &v) == 0 && !isfinite(v)) abort();   /* documented: finite */

@@ -25,17 +25,9 @@ static void setup(void)
     char path[512];
     /* standardize.npy: (2, 2) float64, mean row then std row */
     unsigned char npy[256];
-    const char *dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
-    size_t hl = strlen(dict), pad = (64 - (10 + hl + 1) % 64) % 64;
-    memcpy(npy, "\x93NUMPY\x01\x00", 8);
-    uint16_t h = (uint16_t)(hl + pad + 1);
-    memcpy(npy + 8, &h, 2);
-    memcpy(npy + 10, dict, hl);
-    memset(npy + 10 + hl, ' ', pad);
-    npy[10 + hl + pad] = '\n';
     double ms[4] = { 0, 0, 1, 1 };
-    memcpy(npy + 11 + hl + pad, ms, sizeof ms);
-    fuzz_write("standardize.npy", npy, 11 + hl + pad + sizeof ms, path, sizeof path);
+    size_t n = npy_image(npy, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }", ms, 4);
+    fuzz_write("standardize.npy", npy, n, path, sizeof path);
 }
 
 /* A valid trajectory: T 2, N 3, batches {0} and {2}. */

@@ -4,15 +4,11 @@
  * input; pk_mlp_spec prints back what pk_mlp_parse accepted. */
 #include <pathkernel.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *s = malloc(size + 1);
-    if (!s) abort();
-    memcpy(s, data, size);
-    s[size] = 0;
+    char *s = fuzz_cstr(data, size);
     pk_mlp m;
     char back[256];
     for (int p = 0; p < 2; p++)
