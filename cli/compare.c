@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 extern char **environ;
 
@@ -87,15 +86,6 @@ static int run_libsvm(char *const argv[])
     return ok;
 }
 
-/* The name a file committed inside an output group keeps until pk_group_end
- * ("PATH.tmp.PID", internal.h): where svm-train finds the kernels. */
-static char *pending_name(const char *path)
-{
-    char *p = pk_alloc(strlen(path) + 32, 1);
-    if (p) sprintf(p, "%s.tmp.%ld", path, (long)getpid());
-    return p;
-}
-
 /* svm-train -t 4 and svm-predict on precomputed kernels, inside the caller's
  * output group: DIR/path-train.svm, path-test.svm, path.model and path.pred
  * appear with compare.csv or not at all. Returns the status of the command's
@@ -106,23 +96,25 @@ static pk_status libsvm_accuracy(const char *dir, const double *Ktr, const pk_da
 {
     char *trp = pk_path_join(dir, "path-train.svm"), *tep = pk_path_join(dir, "path-test.svm");
     char *mp = pk_path_join(dir, "path.model"), *pp = pk_path_join(dir, "path.pred");
-    char *trt = trp ? pending_name(trp) : NULL, *tet = tep ? pending_name(tep) : NULL;
     pk_atomic model = {0}, pred = {0};
     char cbuf[32];
     snprintf(cbuf, sizeof cbuf, "%g", cost);
     *acc = NAN;
     *why = "svm-train/svm-predict not found or failed: apt-get install libsvm-tools";
-    pk_status s = trp && tep && mp && pp && trt && tet ? PK_OK : PK_ERR_NOMEM;
+    pk_status s = trp && tep && mp && pp ? PK_OK : PK_ERR_NOMEM;
     if (!s) s = pk_libsvm_write(trp, Ktr, train->n, train->n, train->y);
     if (!s) s = pk_libsvm_write(tep, Kte, test->n, train->n, test->y);
+    /* the kernels wait under their temporary names until the group ends */
+    const char *trt = s ? NULL : pk_group_pending(trp), *tet = s ? NULL : pk_group_pending(tep);
+    if (!s && (!trt || !tet)) s = pk_fail(PK_ERR_INTERNAL, "%s: the LIBSVM files are not in an output group", dir);
     /* svm-train and svm-predict write the model and the predictions into the
      * temporary files of pk_atomic_open (nothing goes through model.f and
      * pred.f), and the commits put them into the group with the rest */
     if (!s) s = pk_atomic_open(&model, mp);
     if (!s) s = pk_atomic_open(&pred, pp);
     if (!s) {
-        char *targv[] = {"svm-train", "-q", "-t", "4", "-c", cbuf, trt, model.tmp, NULL};
-        char *pargv[] = {"svm-predict", "-q", tet, model.tmp, pred.tmp, NULL};
+        char *targv[] = {"svm-train", "-q", "-t", "4", "-c", cbuf, (char *)trt, model.tmp, NULL};
+        char *pargv[] = {"svm-predict", "-q", (char *)tet, model.tmp, pred.tmp, NULL};
         if (run_libsvm(targv) && run_libsvm(pargv)) {
             FILE *f = fopen(pred.tmp, "r");
             size_t hit = 0, n = 0;
@@ -136,7 +128,7 @@ static pk_status libsvm_accuracy(const char *dir, const double *Ktr, const pk_da
     }
     pk_atomic_abort(&model); /* no-ops once committed */
     pk_atomic_abort(&pred);
-    free(trp); free(tep); free(mp); free(pp); free(trt); free(tet);
+    free(trp); free(tep); free(mp); free(pp);
     return s;
 }
 

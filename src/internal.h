@@ -59,6 +59,9 @@ void pk_atomic_abort(pk_atomic *a);
  * error), else removes them, and returns the resulting status. Nests. */
 void pk_group_begin(void);
 pk_status pk_group_end(pk_status s);
+/* Where a file committed in the open group waits for pk_group_end (its
+ * temporary name), for a program that must read it before; NULL if none. */
+const char *pk_group_pending(const char *path);
 /* "PATH: write failed: <strerror(err)> (nothing was written under that name;
  * what to do)", PK_ERR_IO; err 0 counts as EIO. */
 pk_status pk_write_error(const char *path, int err);

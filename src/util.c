@@ -201,6 +201,13 @@ pk_status pk_group_end(pk_status s)
     return s;
 }
 
+const char *pk_group_pending(const char *path)
+{
+    for (size_t i = pk_group.n; i-- > 0;)
+        if (!strcmp(pk_group.v[i].path, path)) return pk_group.v[i].tmp;
+    return NULL;
+}
+
 /* Keep a closed temporary file for pk_group_end; on failure remove it. */
 static pk_status group_defer(pk_atomic *a)
 {
