@@ -43,7 +43,7 @@
     process, and their ratio.
 
 Medians of REPEATS (default 15: the machine's own noise moves single runs of
-this 0.13 s process by 20-30%, and the ratio of medians of 7 between 1.44 and
+this 0.13 s process by 20-30%, and the ratio of medians of 7 between 1.43 and
 1.65) except explain (EXPLAIN_REPEATS, default 5) and functorch
 (FT_REPEATS, default 1: it takes minutes). Threads: every method with the same count (default 2, then 1
 for the quick methods; --ft-threads1 also runs functorch with 1 thread).
