@@ -175,6 +175,8 @@ typedef struct pk_tape {
     double *a[PK_MAX_LAYERS + 1];        /* a[l]: (n, dims[l]) input of layer l; a[L] = output f */
     double *z[PK_MAX_LAYERS];            /* z[l]: (n, dims[l+1]) pre-activation */
     double *delta[PK_MAX_LAYERS];        /* delta[l]: (n, dims[l+1]) dl/dz of the loss (after pk_mlp_backward) */
+    int queries;  /* rows are independent queries: a row's results never depend on the
+                     others on the tape (fixed-shape products); 0 for a training batch */
 } pk_tape;
 
 pk_tape *pk_tape_new(const pk_mlp *m, size_t cap);

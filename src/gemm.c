@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <string.h>
 #include <sys/mman.h>
 
 /* Pieces of C along its longer side. Splitting the rows re-packs op(B) once
@@ -52,6 +53,52 @@ void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double
     if (nt > 1) omp_set_num_threads(1);
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
                 (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, 0.0, C, (int)ldc);
+    if (nt > 1) omp_set_num_threads(nt);
+}
+
+/* Row tiles of a fixed shape. A BLAS kernel computes a row of C differently
+ * depending on the call's shape: Haswell's treats the rows past the last
+ * multiple of 4 apart, SkylakeX's switches to its small-matrix kernel below
+ * M N K = 1e6 and, above, a row's bits depend on its place in a tile of 16
+ * (all measured with Debian's OpenBLAS 0.3.21). Calls of exactly 8 rows
+ * give every row the same bits wherever it sits, on every kernel measured
+ * (Haswell, SkylakeX, Cooperlake, Zen, Sandybridge, Nehalem, Core2,
+ * Prescott, Atom): so a query's result never depends on which others share
+ * its call. */
+#define ROW_TILE 8
+
+void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+                  size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
+{
+    if (!M || !N) return;
+    size_t tiles = (M + ROW_TILE - 1) / ROW_TILE;
+    int par = tiles > 1 && !omp_in_parallel() && (double)M * (double)N * (double)K >= 1e6;
+    int nt = !par && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    if (nt > 1) omp_set_num_threads(1); /* one BLAS thread per call, as in pk_gemm */
+    CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    #pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (size_t p = 0; p < tiles; p++) {
+        size_t r0 = p * ROW_TILE, r = M - r0 < ROW_TILE ? M - r0 : ROW_TILE;
+        const double *a = trans_a ? A + r0 : A + r0 * lda;
+        double *c = C + r0 * ldc;
+        /* the last, short tile through zero-padded copies of its rows */
+        double *ap = r < ROW_TILE ? calloc(ROW_TILE * K + ROW_TILE * N, sizeof(double)) : NULL;
+        if (!ap) { /* a whole tile, or (out of memory) the short one as it is */
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)r, (int)N, (int)K, alpha, a, (int)lda, B, (int)ldb, beta, c,
+                        (int)ldc);
+            continue;
+        }
+        double *cp = ap + ROW_TILE * K; /* (ROW_TILE, N) */
+        for (size_t i = 0; i < r; i++) {
+            for (size_t k = 0; k < K; k++) /* op(A)'s row i: (ROW_TILE, K), or (K, ROW_TILE) transposed */
+                ap[trans_a ? k * ROW_TILE + i : i * K + k] = trans_a ? a[k * lda + i] : a[i * lda + k];
+            if (beta != 0.0) memcpy(cp + i * N, c + i * ldc, N * sizeof *cp);
+        }
+        cblas_dgemm(CblasRowMajor, ta, tb, ROW_TILE, (int)N, (int)K, alpha, ap, trans_a ? ROW_TILE : (int)K, B,
+                    (int)ldb, beta, cp, (int)N);
+        for (size_t i = 0; i < r; i++) memcpy(c + i * ldc, cp + i * N, N * sizeof *cp);
+        free(ap);
+    }
     if (nt > 1) omp_set_num_threads(nt);
 }
 

@@ -20,6 +20,12 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
  * that split their work into pieces of a fixed size themselves (tangent.c). */
 void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
                   size_t lda, const double *B, size_t ldb, double *C, size_t ldc);
+/* pk_gemm for products whose rows are independent items (queries): every
+ * BLAS call has the same shape (tiles of a fixed number of rows, the last
+ * one padded), so that a row's bits never depend on how many rows share the
+ * call, on any OpenBLAS kernel (gemm.c). */
+void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
+                  size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
 /* CRC-32 (zlib's and gzip's) of n bytes, continuing from crc (0 to
  * start), by ISA-L (util.c). */
 uint32_t pk_crc32(uint32_t crc, const void *p, size_t n);
@@ -216,6 +222,7 @@ pk_status pk_run_train(pk_run *run, const pk_data **train);
 typedef struct pk_side {
     size_t n, rows, fold;
     int unit;   /* per-output deltas: those of the output layer are e_k */
+    int queries; /* the examples are queries (pk_tape.queries): fixed-shape products */
     const double *a[PK_MAX_LAYERS];      /* (n, dims[l])                   */
     const double *delta[PK_MAX_LAYERS];  /* (n * rows, dims[l+1] * fold)   */
 } pk_side;

@@ -226,7 +226,8 @@ static void forward_layers(const pk_mlp *m, const double *w, pk_tape *t, size_t 
     for (size_t l = from; l < m->n_layers; l++) {
         size_t din = m->dims[l], dout = m->dims[l + 1];
         /* z (n, dout) = sw * a (n, din) W^T + sb * c */
-        pk_gemm(0, 1, t->n, dout, din, pk_mlp_wscale(m, l), t->a[l], din, w + m->w_off[l], din, 0.0, t->z[l], dout);
+        (t->queries ? pk_gemm_rows : pk_gemm)(0, 1, t->n, dout, din, pk_mlp_wscale(m, l), t->a[l], din,
+                                              w + m->w_off[l], din, 0.0, t->z[l], dout);
         finish_layer(m, w + m->b_off[l], t, l);
     }
 }
@@ -251,7 +252,8 @@ static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, siz
                          const double *g, size_t rows, double *out)
 {
     size_t din = m->dims[l], dout = m->dims[l + 1];
-    pk_gemm(0, 0, rows, din, dout, pk_mlp_wscale(m, l), g, dout, w + m->w_off[l], din, 0.0, out, din);
+    (t->queries ? pk_gemm_rows : pk_gemm)(0, 0, rows, din, dout, pk_mlp_wscale(m, l), g, dout, w + m->w_off[l],
+                                          din, 0.0, out, din);
     const double *z = t->z[l - 1], *a = t->a[l];
     #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
     for (size_t r = 0; r < rows; r++) {
@@ -305,7 +307,10 @@ static void output_deltas_piece(const pk_mlp *m, const double *w, const pk_tape 
     for (size_t l = L - 2; l > 0; l--) { /* layer l-1's rows: (cur W_l) sw o act'(z_{l-1}) */
         size_t din = m->dims[l], dout = m->dims[l + 1];
         double *next = delta_out[l - 1] + i0 * C * din;
-        pk_gemm_tile(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, next, din);
+        if (t->queries)
+            pk_gemm_rows(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, 0.0, next, din);
+        else
+            pk_gemm_tile(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, next, din);
         const double *zl = t->z[l - 1] + i0 * din, *al = t->a[l] + i0 * din;
         for (size_t r = 0; r < rows; r++) {
             size_t i = r / C;
@@ -351,6 +356,7 @@ pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n
     size_t block = n < 1024 ? (n ? n : 1) : 1024, C = m->dims[m->n_layers];
     pk_tape *t = pk_tape_new(m, block);
     if (!t) return PK_ERR_NOMEM;
+    t->queries = 1; /* a prediction never depends on the block it is in */
     for (size_t i = 0; i < n; i += block) {
         size_t b = n - i < block ? n - i : block;
         pk_mlp_forward(m, w, x + i * m->dims[0], b, t);

@@ -254,7 +254,7 @@ static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coe
         size_t din = m->dims[l], dout = m->dims[l + 1];
         double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
         const double *dl = sw->dq[n][l], *ub = ws + m->b_off[l];
-        pk_gemm(0, 1, nq, dout, din, 1.0, sw->qt[n]->a[l], din, ws + m->w_off[l], din, 0.0, sw->U, dout);
+        pk_gemm_rows(0, 1, nq, dout, din, 1.0, sw->qt[n]->a[l], din, ws + m->w_off[l], din, 0.0, sw->U, dout);
         for (size_t q = 0; q < nq; q++)
             for (size_t k = 0; k < C; k++) {
                 const double *d = dl + (q * C + k) * dout, *ua = sw->U + q * dout;
@@ -325,7 +325,7 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
         /* weights: M ((q,k,o), j) = H_W a_j, then contracted with the deltas over o */
         for (size_t c0 = 0; c0 < nq; c0 += sw->gq) {
             size_t nc = nq - c0 < sw->gq ? nq - c0 : sw->gq;
-            pk_gemm(0, 1, nc * C * dout, nb, din, 1.0, hw + c0 * C * dout * din, din, aB, din, 0.0, sw->M, nb);
+            pk_gemm_rows(0, 1, nc * C * dout, nb, din, 1.0, hw + c0 * C * dout * din, din, aB, din, 0.0, sw->M, nb);
             #pragma omp parallel for schedule(static) if (nc * C * dout * nb >= PK_PAR_MIN)
             for (size_t x = 0; x < nc; x++) {
                 size_t q = q0 + c0 + x;
@@ -366,7 +366,7 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
             }
         }
         /* biases: Mb ((q,k), j) = H_b deltã_j; kernel: ((q,k), (j,k2)) = H_b delta_{j,k2} */
-        pk_gemm(0, 1, nq * C, nb, dout, 1.0, hb, dout, dt, dout, 0.0, sw->Mb, nb);
+        pk_gemm_rows(0, 1, nq * C, nb, dout, 1.0, hb, dout, dt, dout, 0.0, sw->Mb, nb);
         #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
         for (size_t x = 0; x < nq; x++) {
             size_t q = q0 + x;
@@ -381,7 +381,7 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
             }
         }
         if (kernel && sbl != 0.0) {
-            pk_gemm(0, 1, nq * C, nb * C, dout, 1.0, hb, dout, sw->dB[l], dout, 0.0, sw->Mb, nb * C);
+            pk_gemm_rows(0, 1, nq * C, nb * C, dout, 1.0, hb, dout, sw->dB[l], dout, 0.0, sw->Mb, nb * C);
             double fk = inv * sbl;
             #pragma omp parallel for schedule(static) if (nq * C * nb * C >= PK_PAR_MIN)
             for (size_t x = 0; x < nq; x++) {
@@ -505,6 +505,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     int have_dq = 1;
     for (size_t n = 0; n < o->quad.n; n++) {
         sw.qt[n] = pk_tape_new(m, Qb);
+        if (sw.qt[n]) sw.qt[n]->queries = 1;
         if (!sw.qt[n] || pk_deltas_new(m, Qb, sw.dq[n])) have_dq = 0;
     }
     int have_dB = e->kernel ? !pk_deltas_new(m, B, sw.dB) : 1;

@@ -260,6 +260,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
         B = 1;
     }
     pk_tape *qt = pk_tape_new(m, Qb);
+    if (qt) qt->queries = 1;
     double *dq[PK_MAX_LAYERS] = {0}, *dB[PK_MAX_LAYERS] = {0};
     int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
     double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);

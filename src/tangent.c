@@ -26,7 +26,7 @@ void pk_deltas_free(const pk_mlp *m, double **deltas)
 pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace)
 {
     size_t C = m->dims[m->n_layers];
-    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, {0}, {0}};
+    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}};
     for (size_t l = 0; l < m->n_layers; l++) {
         s.a[l] = t->a[l];
         s.delta[l] = deltas[l];
@@ -36,7 +36,7 @@ pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas
 
 pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t)
 {
-    pk_side s = {t->n, 1, 1, 0, {0}, {0}};
+    pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}};
     for (size_t l = 0; l < m->n_layers; l++) {
         s.a[l] = t->a[l];
         s.delta[l] = t->delta[l];
@@ -60,12 +60,13 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
         double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
         double sw2 = sw * sw, sb2 = sb * sb;
         /* A (nx, ny) = a_x a_y^T */
-        pk_gemm(0, 1, nx, ny, din, 1.0, x->a[l], din, y->a[l], din, 0.0, A, ny);
+        (x->queries ? pk_gemm_rows : pk_gemm)(0, 1, nx, ny, din, 1.0, x->a[l], din, y->a[l], din, 0.0, A, ny);
         /* Per-output deltas of the output layer are the unit vectors e_k:
          * D = delta_x delta_y^T is then 1 where k = k' (fold = C: the trace, C). */
         int unit = l + 1 == L && x->unit && y->unit;
         if (!unit) /* D (nx*rx, ny*ry) = delta_x delta_y^T */
-            pk_gemm(0, 1, nx * rx, cols, len, 1.0, x->delta[l], len, y->delta[l], len, 0.0, D, cols);
+            (x->queries ? pk_gemm_rows : pk_gemm)(0, 1, nx * rx, cols, len, 1.0, x->delta[l], len, y->delta[l], len,
+                                                  0.0, D, cols);
         double diag = rx == 1 ? (double)x->fold : 1.0;
         #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
         for (size_t i = 0; i < nx; i++)

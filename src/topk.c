@@ -217,6 +217,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
     double *dZ1 = pk_alloc(Qb, d1 * sizeof *dZ1); /* (Qb, d1) their change over the step       */
     pk_tape *qt = pk_tape_new(m, Qb);
+    if (qt) qt->queries = 1;
     pk_stepper st = {0};
     if (!slot_of || !free_slots || !acc || !w || !w_next || !wq || !G || !state || !R || !F || !S || !D || !A ||
         !Z1 || !dZ1 || !qt)
@@ -258,9 +259,9 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
              * summed over the batch (MATH.md section 4's layer-1 term): an
              * nq x |B| x d1 product instead of nq x d x d1 per node. */
             double *Zb = Z1 + q0 * d1, sw = pk_mlp_wscale(m, 0), sb = pk_mlp_bscale(m, 0);
-            pk_gemm(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, st.tape->a[0], d, 0.0, A, nb);
+            pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, st.tape->a[0], d, 0.0, A, nb);
             for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
-            pk_gemm(0, 0, nq, d1, nb, -scale, A, nb, st.tape->delta[0], d1, 0.0, dZ1, d1);
+            pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, st.tape->delta[0], d1, 0.0, dZ1, d1);
             for (size_t node = 0; node < o->quad.n; node++) {
                 double sn = o->quad.s[node], f = -scale * o->quad.c[node];
                 const double *wn = w;
