@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """explain for an Adam run: peak memory and time of the backward sweep
-(src/momentum.c, MATH.md section 5) beside the memory that per-example
+(src/kernel/backward.c, MATH.md section 5) beside the memory that per-example
 optimiser buffers would need.
 
 Setup (defaults): 784-256-10 tanh MLP, softmax, Adam (lr 0.001, batch 64),

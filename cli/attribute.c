@@ -3,7 +3,7 @@
  * section 3) and the self-influence ranking of mislabelled examples. */
 #define _XOPEN_SOURCE 700
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

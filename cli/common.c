@@ -1,7 +1,7 @@
 /* common.c -- error reporting and strict argument parsing for the CLI. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <ftw.h>
 #include <signal.h>

@@ -3,7 +3,7 @@
  * kernel moves during training as the width grows. */
 #define _XOPEN_SOURCE 700
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <fcntl.h>
 #include <math.h>

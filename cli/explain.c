@@ -1,7 +1,7 @@
 /* explain.c -- `pathkernel kernel`, `explain` and `verify`: the tangent
  * kernel at a step, and the path-kernel representation of a run. */
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,7 +1,7 @@
 /* machines.c -- `pathkernel krr` and `pathkernel export-libsvm`: the
  * fixed-kernel machines of MATH.md section 7. */
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <string.h>
 

@@ -2,7 +2,7 @@
  * and `pathkernel demo` (the main job on the embedded 8x8 digits: train,
  * verify, attribute, report). */
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <dirent.h>
 #include <errno.h>

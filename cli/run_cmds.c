@@ -1,6 +1,6 @@
 /* run_cmds.c -- commands that read a run: predict, weights, info. */
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <string.h>
 

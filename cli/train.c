@@ -2,7 +2,7 @@
  * that train. */
 #define _XOPEN_SOURCE 700
 #include "cli.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <errno.h>
 #include <math.h>

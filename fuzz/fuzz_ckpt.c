@@ -1,10 +1,10 @@
-/* fuzz_ckpt -- the weights checkpoint reader pk_ckpt_read (src/run.c). The
+/* fuzz_ckpt -- the weights checkpoint reader pk_ckpt_read (src/run/checkpoint.c). The
  * input gets a valid crc32 trailer appended (else nearly every input would
  * stop at the checksum) and is also read as is. It is read with a fixed
  * expectation (step 3, P 4, S 1) and with the step, P and S its own header
  * claims, when they are small enough to allocate. */
 #include "fuzz_common.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 static void read_one(const char *path, const uint8_t *data, size_t size)
 {

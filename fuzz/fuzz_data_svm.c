@@ -1,4 +1,4 @@
-/* fuzz_data_svm -- the svmlight reader of pk_data_load (src/data.c), fed the
+/* fuzz_data_svm -- the svmlight reader of pk_data_load (src/io/data.c), fed the
  * input as PATH.svm and, gzipped, as PATH.svm.gz (the reader only reads files). */
 #include "fuzz_common.h"
 

@@ -1,7 +1,7 @@
-/* fuzz_gzip -- pk_read_file (src/util.c) with gunzip on (and off, and with a
+/* fuzz_gzip -- pk_read_file (src/base/util.c) with gunzip on (and off, and with a
  * small size bound) on the input as a file; pk_read_prefix too. */
 #include "fuzz_common.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

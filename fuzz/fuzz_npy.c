@@ -1,10 +1,10 @@
-/* fuzz_npy -- the .npy parser: pk_npy_parse (src/npy_internal.h) on the
+/* fuzz_npy -- the .npy parser: pk_npy_parse (src/io/io.h) on the
  * bytes in memory, then the npy: data spec of pk_data_load (which reads
  * files) with the input as the features and a fixed valid targets file, and
  * as the targets with fixed valid features. */
 #include "fuzz_common.h"
 #include <pathkernel.h>
-#include "npy_internal.h"
+#include "io/io.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,6 +1,6 @@
 /* fuzz_number -- the CLI's number parsers pk_parse_double / pk_parse_size
- * (src/internal.h) on a NUL-terminated copy of the input. */
-#include "internal.h"
+ * (src/base/base.h) on a NUL-terminated copy of the input. */
+#include "kernel/kernel.h"
 #include <math.h>
 #include "fuzz_common.h"
 

@@ -1,10 +1,10 @@
-/* fuzz_run_json -- pk_run_open (src/run.c) on a run directory: the input as
+/* fuzz_run_json -- pk_run_open (src/run/run.c) on a run directory: the input as
  * run.json next to a valid trajectory.bin (2 steps of 3 examples) and
  * standardize.npy, then as trajectory.bin (with a valid crc32 trailer
  * appended) next to a valid run.json. */
 #include "fuzz_common.h"
 #include <pathkernel.h>
-#include "internal.h"
+#include "kernel/kernel.h"
 
 static const char RUN_JSON[] =
     "{\"format\":\"pathkernel-run\",\"version\":1,\"status\":\"complete\",\"steps\":2,"

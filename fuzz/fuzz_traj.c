@@ -1,7 +1,7 @@
-/* fuzz_traj -- the trajectory reader pk_traj_read (src/run.c), the input
+/* fuzz_traj -- the trajectory reader pk_traj_read (src/run/trajectory.c), the input
  * with a valid crc32 trailer appended and as is. */
 #include "fuzz_common.h"
-#include "internal.h"
+#include "kernel/kernel.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -504,7 +504,7 @@ pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score);
  * (sign 0: all non-NaN entries, by value), strongest first, exact ties by the
  * smaller index; *n_out receives how many. */
 pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, size_t *idx, size_t *n_out);
-/* Streaming top-k attribution (topk.c): for each of n queries, the K training
+/* Streaming top-k attribution (src/attribution/topk.c): for each of n queries, the K training
  * examples with the largest positive and the K with the most negative exact
  * contribution phi_i(x)[c] to one output c (MATH.md section 3), exact ties by
  * the smaller index, and the sum over all examples -- without a dense

@@ -1,7 +1,7 @@
 /* Finite-difference checks of the backward pass: every activation x every
  * loss x both parameterisations, and of the per-output deltas that tangent
  * kernels use. Fails (exit 1) when any relative error exceeds 1e-7. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>

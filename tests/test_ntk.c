@@ -2,7 +2,7 @@
  * integration of its differential equation, and the analytic kernels
  * against their own definition: symmetric, NNGP diagonal by the recursion
  * done by hand, one hidden layer. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>

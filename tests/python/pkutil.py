@@ -1,5 +1,5 @@
 """What the Python tests share: running the CLI, comparing arrays, reading a
-run directory's files (formats in src/internal.h) and exported weights."""
+run directory's files (formats in src/run/run.h) and exported weights."""
 import pathlib
 import struct
 import subprocess

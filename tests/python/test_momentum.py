@@ -1,5 +1,5 @@
 """The exact representation for momentum, Adam, AdamW and weight decay
-(MATH.md section 5; src/momentum.c) against independent computations.
+(MATH.md section 5; src/kernel/backward.c) against independent computations.
 
 Run:  /usr/bin/python3 -m pytest -q tests/python/test_momentum.py
 Needs Debian's python3-torch and python3-numpy and a built tree (PK_BUILD and
@@ -11,7 +11,7 @@ PK_SOURCE as in conftest.py; data/digits.csv.gz is read from PK_SOURCE).
      fails at the same tolerance (the check can fail).
   2. momentum with --momentum 0 gives the contributions and kernel of the
      same run trained with sgd (two different code paths: the backward
-     sweep and path.c's forward sweep).
+     sweep and kernel/path.c's forward sweep).
   3. Adam runs truncated at T = 1, 2, 3: the change of the prediction between
      T-1 and T equals the change of sum_i contrib; pred.npy equals a numpy
      forward pass of the exported weights of every step.

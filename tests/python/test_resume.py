@@ -4,7 +4,7 @@ the last checkpoint its journal's complete records reach, and the finished
 directory is byte for byte the one an uninterrupted run leaves.
 
 The kills land at seeded random points: the test waits until the journal
-(RUN/journal.bin, format in src/internal.h) holds a random number of steps,
+(RUN/journal.bin, format in src/run/run.h) holds a random number of steps,
 then a random fraction of a step longer, and signals. Every kill is checked to
 have landed mid-run (the process died of it or stopped early, and the journal
 held fewer steps than requested). A damaged journal or checkpoint must be
@@ -168,7 +168,7 @@ def fnv1a(b):
 
 
 def journal_bytes(tr, keep, P, S):
-    """journal.bin of a whole trajectory, built from the format in src/internal.h."""
+    """journal.bin of a whole trajectory, built from the format in src/run/run.h."""
     head = b"PKJOURNL" + struct.pack("<II5Q", 1, 0, tr["T"], tr["N"], P, S, keep)
     out = [head + struct.pack("<I", zlib.crc32(head))]
     for t in range(tr["T"]):

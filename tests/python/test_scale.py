@@ -92,7 +92,7 @@ RUNS = {
     "sgd_epoch1": ["--optim", "sgd", "--batch", "32", "--lr", "0.1", "--steps", "7"],
     # full batch: all examples open throughout
     "gd": ["--optim", "gd", "--lr", "0.2", "--steps", "12"],
-    # the backward sweep (momentum.c), ranked from the group's dense rows
+    # the backward sweep (src/kernel/backward.c), ranked from the group's dense rows
     "momentum": ["--optim", "momentum", "--batch", "50", "--lr", "0.05", "--steps", "9"],
     "sgd_decay": ["--optim", "sgd", "--batch", "55", "--lr", "0.1", "--steps", "8", "--weight-decay", "0.01"],
 }

@@ -1,7 +1,7 @@
 /* svg.c -- text buffer, SVG plot pieces and PNG data URIs for the HTML report
  * (report.c). The PNGs are encoded by libpng into memory, base64 is our own. */
-#include "svg.h"
-#include "internal.h"
+#include "report/svg.h"
+#include "base/base.h"
 
 #include <math.h>
 #include <png.h>

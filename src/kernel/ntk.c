@@ -3,7 +3,7 @@
  * activations, by the layer recursion with closed-form Gaussian expectations,
  * and the mean prediction of an infinitely wide network trained by gradient
  * flow on the mean half squared error. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>

@@ -5,7 +5,7 @@
  * change with it (measured with Debian's OpenBLAS 0.3.21). So BLAS always
  * runs on one thread, and we split C into pieces of a fixed size that does not
  * depend on the thread count; OpenMP threads take whole pieces. */
-#include "internal.h"
+#include "base/base.h"
 
 #include <cblas.h>
 #include <omp.h>

@@ -1,5 +1,7 @@
 /* util.c -- errors, checked allocation, atomic files, number parsing, hashing. */
-#include "internal.h"
+#include "base/base.h"
+
+#include <time.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -444,4 +446,17 @@ pk_status pk_mkdirs(const char *dir)
     }
     free(p);
     return PK_OK;
+}
+
+double pk_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int pk_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }

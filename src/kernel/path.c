@@ -4,7 +4,7 @@
  * backward pass over the batch at w_t, as in training) is computed once and
  * shared by every query block; the query side is evaluated at the quadrature
  * nodes w_t + s_q D_t of Jbar. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>
@@ -106,12 +106,7 @@ static size_t work_bytes(const pk_mlp *m, size_t d, size_t B, size_t Qb, const p
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
-static size_t batch_cap(const pk_run *run)
-{
-    const pk_optim *op = pk_run_optim(run);
-    size_t N = pk_run_n_train(run);
-    return op->batch && op->batch < N ? op->batch : N;
-}
+static size_t batch_cap(const pk_run *run) { return pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)); }
 
 static size_t default_block(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit)
 {
@@ -169,96 +164,15 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
 
 /* ---------------------------------------------------------------- explain */
 
-double pk_replay_step(pk_run *run, pk_stepper *st, size_t t, const double *w, double *w_next, double *state,
-                      double *G, const uint32_t **idx, size_t *nb)
+/* The forward sweep of gd and sgd runs (MATH.md section 3): the replay's
+ * training side at w_t, shared by every block of Qb queries, against the
+ * query side at each quadrature node. Adds to e's contributions, sums and
+ * kernel (allocated and zeroed by the caller). */
+static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o, size_t Qb,
+                                 pk_explain *e)
 {
-    size_t P = pk_run_mlp(run)->n_params;
-    double lr = pk_run_lr(run, t);
-    pk_run_batch(run, t, idx, nb);
-    pk_stepper_grad(st, w, *idx, *nb, G);
-    memcpy(w_next, w, P * sizeof *w);
-    pk_optim_step(pk_run_optim(run), t, lr, P, w_next, state, G, NULL);
-    return lr;
-}
-
-pk_status pk_replay_landed(pk_run *run, const double *w, double *scratch)
-{
-    size_t P = pk_run_mlp(run)->n_params;
-    pk_status s = pk_run_weights(run, pk_run_steps(run), scratch);
-    if (!s && memcmp(w, scratch, P * sizeof *w) != 0)
-        s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored final weights "
-                    "(different BLAS or build?)", pk_run_dir(run));
-    return s;
-}
-
-pk_status pk_replay_progress(pk_run *run, size_t t, pk_progress_fn progress, void *ctx)
-{
-    size_t T = pk_run_steps(run);
-    if (progress && progress(ctx, t + 1, T, pk_run_batch_loss(run, t)))
-        return pk_fail(PK_ERR_STOPPED, "stopped after step %zu of %zu", t + 1, T);
-    return PK_OK;
-}
-
-
-static double now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
-}
-
-pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
-                         pk_explain *e)
-{
-    memset(e, 0, sizeof *e);
-    double t_start = now();
     const pk_mlp *m = pk_run_mlp(run);
-    const pk_optim *op = pk_run_optim(run);
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
-    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
-    size_t d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
-    size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
-    /* momentum, Adam, AdamW and weight decay: the backward sweep of momentum.c */
-    int back = pk_explain_needs_backward(op);
-    size_t back_Qb = 0, back_seg = 0;
-    if (back) {
-        size_t out = output_bytes(m, Q, N, o);
-        size_t need = pk_explain_backward_plan(run, Q, o, limit, out, &back_Qb, &back_seg);
-        if (need > limit) {
-            pk_explain_opts one = *o;
-            one.block = 1;
-            size_t qb1, seg1, need1 = pk_explain_backward_plan(run, 1, &one, limit, output_bytes(m, 1, N, o), &qb1, &seg1);
-            return pk_fail(PK_ERR_INPUT, "explain of a %s run%s keeps a dense %zu x %zu matrix per query: it needs %.1f MiB "
-                           "for %zu queries (%zu per block, %zu steps per segment), more than the %.1f MiB allowed; "
-                           "one query needs %.1f MiB%s",
-                           pk_optim_name(op->kind), op->weight_decay != 0.0 ? " with weight decay" : "", C, P,
-                           (double)need / 1048576.0, Q, back_Qb, back_seg, (double)limit / 1048576.0,
-                           (double)need1 / 1048576.0, need1 <= limit ? "; use fewer queries, --no-kernel or a larger --mem" : "");
-        }
-    } else {
-        size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
-        if (need > limit) return too_big(run, Q, o, need, limit);
-    }
-
-    const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
-    if (s) return s;
-
-    e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;
-    e->steps = T;
-    snprintf(e->quad, sizeof e->quad, "%s", o->quad.name);
-    e->pred = pk_alloc(Q * C, sizeof(double));
-    e->bias = pk_alloc(Q * C, sizeof(double));
-    e->contrib_sum = pk_calloc(Q * C, sizeof(double));
-    e->regularisation = pk_calloc(Q * C, sizeof(double));
-    if (o->want_contrib) e->contrib = pk_calloc(Q * N, C * sizeof(double));
-    if (o->want_kernel) e->kernel = pk_calloc(Q * N, kr * kr * sizeof(double));
-    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
-    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
-    if (back) { /* the forward sweep's workspace is not needed */
-        Qb = 1;
-        B = 1;
-    }
+    size_t N = e->N, C = e->C, d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
     pk_tape *qt = pk_tape_new(m, Qb);
     if (qt) qt->queries = 1;
     double *dq[PK_MAX_LAYERS] = {0}, *dB[PK_MAX_LAYERS] = {0};
@@ -267,38 +181,24 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     double *A = pk_alloc(Qb, B * sizeof *A);
     double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
     double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
-    pk_stepper st = {0};
-    if (!e->pred || !e->bias || !e->contrib_sum || !e->regularisation || (o->want_contrib && !e->contrib) ||
-        (o->want_kernel && (!e->kernel || !have_dB || !SK || !DK)) || !w || !w_next || !wq || !G ||
-        !state || !qt || !have_dq || !S || !D || !A)
-        s = PK_ERR_NOMEM;
-    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
-    if (!s) s = pk_run_weights(run, 0, w);
-    if (!s) s = pk_predict(m, w, Xq, Q, e->bias);
-    if (!s && back) { /* ends with its own bit-for-bit check of the replay */
-        s = pk_explain_backward(run, Xq, Q, o, back_Qb, back_seg, e);
-        if (!s) s = pk_run_weights(run, T, w);
-    }
-
-    for (size_t t = 0; !s && !back && t < T; t++) {
-        const uint32_t *idx;
-        size_t nb;
-        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
-        pk_side train_loss = pk_side_loss(m, st.tape), train_out = {0};
+    pk_status s = PK_OK;
+    if ((o->want_kernel && (!have_dB || !SK || !DK)) || !qt || !have_dq || !S || !D || !A) s = PK_ERR_NOMEM;
+    pk_replay r = {0};
+    if (!s) s = pk_replay_begin(&r, run, 0, o->progress, o->ctx);
+    while (!s && pk_replay_next(&r)) {
+        const uint32_t *idx = r.idx;
+        size_t nb = r.nb;
+        pk_side train_loss = pk_side_loss(m, r.st.tape), train_out = {0};
         if (o->want_kernel) {
-            pk_mlp_output_deltas(m, w, st.tape, dB);
-            train_out = pk_side_outputs(m, st.tape, dB, kr == 1);
+            pk_mlp_output_deltas(m, r.w, r.st.tape, dB);
+            train_out = pk_side_outputs(m, r.st.tape, dB, kr == 1);
         }
-        double scale = lr / (double)nb;  /* eta_t / |B_t| */
+        double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         for (size_t q0 = 0; q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
             for (size_t node = 0; node < o->quad.n; node++) {
-                double sn = o->quad.s[node], cq = o->quad.c[node];
-                const double *wn = w;
-                if (sn != 0.0) {
-                    for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
-                    wn = wq;
-                }
+                double cq = o->quad.c[node];
+                const double *wn = pk_replay_node(&r, o->quad.s[node]);
                 pk_mlp_forward(m, wn, Xq + q0 * d, nq, qt);
                 pk_mlp_output_deltas(m, wn, qt, dq);
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
@@ -336,10 +236,70 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
                 }
             }
         }
-        double *tmp = w; w = w_next; w_next = tmp;
-        if (!s) s = pk_replay_progress(run, t, o->progress, o->ctx);
     }
-    if (!s) s = pk_replay_landed(run, w, wq);
+    s = pk_replay_end(&r, s);
+    pk_tape_free(qt);
+    if (have_dq) pk_deltas_free(m, dq);
+    if (have_dB) pk_deltas_free(m, dB);
+    free(S); free(D); free(A); free(SK); free(DK);
+    return s;
+}
+
+pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+                         pk_explain *e)
+{
+    memset(e, 0, sizeof *e);
+    double t_start = pk_seconds();
+    const pk_mlp *m = pk_run_mlp(run);
+    const pk_optim *op = pk_run_optim(run);
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
+    size_t d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
+    size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
+    /* momentum, Adam, AdamW and weight decay: the backward sweep of backward.c */
+    int back = pk_explain_needs_backward(op);
+    size_t back_Qb = 0, back_seg = 0;
+    if (back) {
+        size_t out = output_bytes(m, Q, N, o);
+        size_t need = pk_explain_backward_plan(run, Q, o, limit, out, &back_Qb, &back_seg);
+        if (need > limit) {
+            pk_explain_opts one = *o;
+            one.block = 1;
+            size_t qb1, seg1, need1 = pk_explain_backward_plan(run, 1, &one, limit, output_bytes(m, 1, N, o), &qb1, &seg1);
+            return pk_fail(PK_ERR_INPUT, "explain of a %s run%s keeps a dense %zu x %zu matrix per query: it needs %.1f MiB "
+                           "for %zu queries (%zu per block, %zu steps per segment), more than the %.1f MiB allowed; "
+                           "one query needs %.1f MiB%s",
+                           pk_optim_name(op->kind), op->weight_decay != 0.0 ? " with weight decay" : "", C, P,
+                           (double)need / 1048576.0, Q, back_Qb, back_seg, (double)limit / 1048576.0,
+                           (double)need1 / 1048576.0, need1 <= limit ? "; use fewer queries, --no-kernel or a larger --mem" : "");
+        }
+    } else {
+        size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
+        if (need > limit) return too_big(run, Q, o, need, limit);
+    }
+
+    const pk_data *train;
+    pk_status s = pk_run_train(run, &train);
+    if (s) return s;
+
+    e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;
+    e->steps = T;
+    snprintf(e->quad, sizeof e->quad, "%s", o->quad.name);
+    e->pred = pk_alloc(Q * C, sizeof(double));
+    e->bias = pk_alloc(Q * C, sizeof(double));
+    e->contrib_sum = pk_calloc(Q * C, sizeof(double));
+    e->regularisation = pk_calloc(Q * C, sizeof(double));
+    if (o->want_contrib) e->contrib = pk_calloc(Q * N, C * sizeof(double));
+    if (o->want_kernel) e->kernel = pk_calloc(Q * N, kr * kr * sizeof(double));
+    double *w = pk_alloc(P, sizeof *w);
+    if (!e->pred || !e->bias || !e->contrib_sum || !e->regularisation || (o->want_contrib && !e->contrib) ||
+        (o->want_kernel && !e->kernel) || !w)
+        s = PK_ERR_NOMEM;
+    if (!s) s = pk_run_weights(run, 0, w);
+    if (!s) s = pk_predict(m, w, Xq, Q, e->bias);
+    /* each sweep ends with its own bit-for-bit check of the replay */
+    if (!s) s = back ? pk_explain_backward(run, Xq, Q, o, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, o, Qb, e);
+    if (!s) s = pk_run_weights(run, T, w);
     if (!s) s = pk_predict(m, w, Xq, Q, e->pred);
     if (!s) {
         double num = 0, den = 0;
@@ -353,12 +313,8 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
         e->max_abs_err = num;
         e->max_rel_err = den > 0 ? num / den : num;
     }
-    pk_stepper_free(&st);
-    pk_tape_free(qt);
-    if (have_dq) pk_deltas_free(m, dq);
-    if (have_dB) pk_deltas_free(m, dB);
-    free(w); free(w_next); free(wq); free(G); free(state); free(S); free(D); free(A); free(SK); free(DK);
-    e->seconds = now() - t_start;
+    free(w);
+    e->seconds = pk_seconds() - t_start;
     if (s) pk_explain_free(e);
     return s;
 }

@@ -1,7 +1,7 @@
 /* machines.c -- fixed-kernel machines (MATH.md section 7): kernel ridge
  * regression by Cholesky (LAPACK), the RBF kernel with the median
  * heuristic, and LIBSVM's precomputed-kernel text format. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <errno.h>
 #include <math.h>
@@ -38,12 +38,6 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     return s;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d)
 {
     /* median of the pairwise distances over at most 1,000 examples (evenly spaced) */
@@ -57,7 +51,7 @@ double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d)
             for (size_t j = 0; j < d; j++) s += (p[j] - q[j]) * (p[j] - q[j]);
             dist[k++] = sqrt(s);
         }
-    qsort(dist, k, sizeof *dist, cmp_double);
+    qsort(dist, k, sizeof *dist, pk_cmp_double);
     double med = k % 2 ? dist[k / 2] : 0.5 * (dist[k / 2 - 1] + dist[k / 2]);
     free(dist);
     return med > 0 ? med : 1.0;

@@ -6,8 +6,7 @@
  * padded with spaces and a newline, then the raw data in C order.
  * The parser below is bounded by the buffer length everywhere: a garbage or
  * truncated file gives an error naming the byte offset, never an over-read. */
-#include "internal.h"
-#include "npy_internal.h"
+#include "io/io.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-/* momentum.c -- the exact representation for optimisers with memory and for
+/* backward.c -- the exact representation for optimisers with memory and for
  * weight decay (MATH.md section 5): heavy-ball momentum, Adam, AdamW, and L2
  * decay for any of them, gd and sgd included.
  *
@@ -27,7 +27,7 @@
  * checkpoint (weights and optimiser state), held in memory, and swept
  * backwards; consecutive segments must meet bit for bit, and the last one
  * must land on the stored final weights. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>
@@ -98,7 +98,7 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
     const pk_mlp *m = pk_run_mlp(run);
     const pk_optim *op = pk_run_optim(run);
     size_t N = pk_run_n_train(run), T = pk_run_steps(run);
-    size_t B = op->batch && op->batch < N ? op->batch : N;
+    size_t B = pk_optim_batch(op, N);
     int kernel = o->want_kernel;
     double fixed = fixed_doubles(m, op, m->dims[0], B, kernel) + (double)m->n_params; /* w_a */
     double per = seg_doubles_per_step(m, op);
@@ -129,7 +129,7 @@ typedef struct sweep {
     pk_explain *e;
     size_t P, C, N, T, S, Qb, seg, kr;
     pk_stepper st;
-    double *G, *wq, *state, *prev, *fin;
+    double *G, *wq, *prev, *fin;
     double *W;       /* (seg + 1, P) weights w_a .. w_b of the segment      */
     double *Pre;     /* (seg, P) Adam preconditioners P_s, or NULL          */
     double *H;       /* (Qb, C, P) layer-major                               */
@@ -148,48 +148,26 @@ typedef struct sweep {
 static double *Hw(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->w_off[l]; }
 static double *Hb(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->b_off[l]; }
 
-/* Load (w_a, state_a): the checkpoint at or before a, replayed forward. */
-static pk_status load_at(sweep *sw, size_t a, double *w)
-{
-    pk_run *run = sw->run;
-    size_t keep = pk_run_keep(run), c = a / keep * keep;
-    char *path = pk_ckpt_path(pk_run_dir(run), c);
-    if (!path) return PK_ERR_NOMEM;
-    if (sw->S) memset(sw->state, 0, sw->S * sw->P * sizeof *sw->state);
-    pk_status s = pk_ckpt_read(path, c, sw->P, w, sw->S, sw->state);
-    free(path);
-    for (size_t k = c; !s && k < a; k++) {
-        const uint32_t *idx;
-        size_t nb;
-        pk_run_batch(run, k, &idx, &nb);
-        pk_stepper_grad(&sw->st, w, idx, nb, sw->G);
-        pk_optim_step(sw->op, k, pk_run_lr(run, k), sw->P, w, sw->state, sw->G, NULL);
-    }
-    return s;
-}
-
 /* Replay steps a..b-1 into the segment store (W, Pre). */
 static pk_status replay_segment(sweep *sw, size_t a, size_t b)
 {
-    pk_status s = load_at(sw, a, sw->W);
     const pk_optim *op = sw->op;
     size_t P = sw->P;
-    for (size_t t = a; !s && t < b; t++) {
-        const uint32_t *idx;
-        size_t nb;
-        pk_run_batch(sw->run, t, &idx, &nb);
-        double *w = sw->W + (t - a) * P, *wn = w + P;
-        pk_stepper_grad(&sw->st, w, idx, nb, sw->G);
-        memcpy(wn, w, P * sizeof *w);
-        pk_optim_step(op, t, pk_run_lr(sw->run, t), P, wn, sw->state, sw->G, NULL);
+    pk_replay r = {0};
+    pk_status s = pk_replay_begin(&r, sw->run, a, NULL, NULL);
+    r.end = b;
+    if (!s) memcpy(sw->W, r.w, P * sizeof *r.w);
+    while (!s && pk_replay_next(&r)) {
+        size_t t = r.t;
+        memcpy(sw->W + (t - a + 1) * P, r.w_next, P * sizeof *r.w_next);
         if (sw->Pre) { /* P_s exactly as optim.c forms the denominator of step t */
-            const double *v = sw->state + P;
+            const double *v = r.state + P;
             double bc2 = sqrt(1.0 - pow(op->beta2, (double)(t + 1)));
             double *pr = sw->Pre + (t - a) * P;
             for (size_t j = 0; j < P; j++) pr[j] = 1.0 / (sqrt(v[j]) / bc2 + op->eps);
         }
     }
-    return s;
+    return pk_replay_end(&r, s);
 }
 
 /* H(s) = decay H(s+1) + coef sum_q c_q J_x(w_s + s_q D_s) [P_s], in one pass
@@ -421,8 +399,7 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
         /* the segments meet bit for bit; the last one ends on the stored final weights */
         const double *want = b == T ? sw->fin : sw->prev;
         if (memcmp(sw->W + (b - a) * P, want, P * sizeof *want) != 0) {
-            s = pk_fail(PK_ERR_STATE, "%s: replaying the trajectory did not reproduce the stored weights of step %zu "
-                        "(different BLAS or build?)", pk_run_dir(sw->run), b);
+            s = pk_replay_mismatch(sw->run, b);
             break;
         }
         memcpy(sw->prev, sw->W, P * sizeof *sw->W);
@@ -434,12 +411,8 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             /* H(s) = coef Jbar P + decay H(s+1), all nodes in one pass over H */
             double cn[8];
             for (size_t node = 0; node < quad->n; node++) {
-                double sn = quad->s[node], cq = quad->c[node];
-                const double *wn = ws;
-                if (sn != 0.0) {
-                    for (size_t j = 0; j < P; j++) sw->wq[j] = ws[j] + sn * (wn1[j] - ws[j]);
-                    wn = sw->wq;
-                }
+                double cq = quad->c[node];
+                const double *wn = pk_node_weights(ws, wn1, P, quad->s[node], sw->wq);
                 pk_mlp_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
                 pk_mlp_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
                 cn[node] = cq * coef;
@@ -489,7 +462,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.seg = seg;
     sw.kr = o->mode == PK_KMODE_FULL ? sw.C : 1;
     size_t P = sw.P, C = sw.C, N = sw.N;
-    size_t B = sw.op->batch && sw.op->batch < N ? sw.op->batch : N, md = max_dout(m);
+    size_t B = pk_optim_batch(sw.op, N), md = max_dout(m);
     sw.gq = chunk_queries(m, Qb, B);
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
@@ -498,7 +471,6 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.wq = pk_alloc(P, sizeof(double));
     sw.prev = pk_alloc(P, sizeof(double));
     sw.fin = pk_alloc(P, sizeof(double));
-    sw.state = pk_calloc(sw.S * P + 1, sizeof(double));
     sw.W = pk_alloc(seg + 1, P * sizeof(double));
     sw.Pre = is_adam(sw.op) ? pk_alloc(seg, P * sizeof(double)) : NULL;
     sw.H = pk_alloc(Qb * C, P * sizeof(double));
@@ -514,7 +486,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.M = pk_alloc(sw.gq * C * md, B * sizeof(double));
     sw.Mb = pk_alloc(Qb * C, B * (e->kernel ? C : 1) * sizeof(double));
     sw.U = pk_alloc(Qb, md * sizeof(double));
-    if (!sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.state || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
+    if (!sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
         s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
                     "%zu steps per segment)", Qb, seg);
@@ -530,7 +502,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
         if (sw.dq[n][0]) pk_deltas_free(m, sw.dq[n]);
     }
     if (e->kernel && have_dB) pk_deltas_free(m, sw.dB);
-    free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.state); free(sw.W); free(sw.Pre);
+    free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.W); free(sw.Pre);
     free(sw.H); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U);
     return s;
 }

@@ -1,6 +1,6 @@
 /* rng.c -- the library's own seeded generator: xoshiro256** seeded by
  * splitmix64, so that a seed means the same numbers on every machine. */
-#include "pathkernel.h"
+#include "base/base.h"
 #include <math.h>
 
 static uint64_t splitmix64(uint64_t *x)

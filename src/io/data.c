@@ -5,8 +5,7 @@
  * it completely, and only then fills a pk_data; an error message starts with
  * the file path and says where (line, column, byte offset, element) and what
  * is wrong. On failure `out` is left zeroed. */
-#include "internal.h"
-#include "npy_internal.h"
+#include "io/io.h"
 
 #include <ctype.h>
 #include <math.h>

@@ -3,14 +3,14 @@
  * contribution phi_i(x)[c] (MATH.md section 3), and the sum over all
  * examples, without a dense queries x examples array.
  *
- * gd/sgd runs are replayed forward as in path.c, but the contraction of a
+ * gd/sgd runs are replayed forward as in kernel/path.c, but the contraction of a
  * step touches only its batch, and an example's running contribution lives
  * in a slot only from the first step that uses it to the last one: then it
  * is final and goes into the query's two bounded heaps. One epoch of sgd
  * keeps a batch's worth of slots per query; gd keeps N. Runs that need the
- * backward sweep (momentum, Adam, weight decay: momentum.c) are computed by
+ * backward sweep (momentum, Adam, weight decay: kernel/backward.c) are computed by
  * pk_explain_run for the group and ranked from its rows. */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>
@@ -112,11 +112,7 @@ static size_t open_plan(const pk_run *run, size_t *last)
     return most;
 }
 
-static size_t batch_cap(const pk_run *run)
-{
-    size_t N = pk_run_n_train(run), B = pk_run_optim(run)->batch;
-    return B && B < N ? B : N;
-}
+static size_t batch_cap(const pk_run *run) { return pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)); }
 
 static size_t block_of(const pk_topk_opts *o, size_t n)
 {
@@ -194,12 +190,9 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                               query_heaps *qh, pk_topk *out)
 {
     const pk_mlp *m = pk_run_mlp(run);
-    const pk_optim *op = pk_run_optim(run);
-    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
+    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], P = m->n_params;
     size_t d = m->dims[0], B = batch_cap(run), Qb = block_of(o, n), K = o->top;
-    const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
-    if (s) return s;
+    pk_status s = PK_OK;
     size_t *last = pk_alloc(N ? N : 1, sizeof *last);
     size_t n_slots = last ? open_plan(run, last) : SIZE_MAX;
     if (n_slots == SIZE_MAX) { free(last); return PK_ERR_NOMEM; }
@@ -208,8 +201,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     int32_t *free_slots = pk_alloc(n_slots, sizeof *free_slots);
     size_t n_free = n_slots;
     double *acc = pk_calloc(n, n_slots * sizeof *acc);         /* (n, slots) running phi_i(x)[c] */
-    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
-    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
+    double *w = pk_alloc(P, sizeof *w);                         /* (P) w_0, then w_T */
     double *R = pk_calloc(Qb, C * sizeof *R);                   /* (Qb, C) e_c: the attributed output */
     double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
     double *S = pk_alloc(Qb, B * sizeof *S), *D = pk_alloc(Qb, B * sizeof *D), *A = pk_alloc(Qb, B * sizeof *A);
@@ -218,13 +210,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     double *dZ1 = pk_alloc(Qb, d1 * sizeof *dZ1); /* (Qb, d1) their change over the step       */
     pk_tape *qt = pk_tape_new(m, Qb);
     if (qt) qt->queries = 1;
-    pk_stepper st = {0};
-    if (!slot_of || !free_slots || !acc || !w || !w_next || !wq || !G || !state || !R || !F || !S || !D || !A ||
-        !Z1 || !dZ1 || !qt)
+    if (!slot_of || !free_slots || !acc || !w || !R || !F || !S || !D || !A || !Z1 || !dZ1 || !qt)
         s = PK_ERR_NOMEM;
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
     for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
-    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
     if (!s) s = pk_run_weights(run, 0, w);
     if (!s) s = pk_predict(m, w, Xq, n, F);
     for (size_t q0 = 0; !s && q0 < n; q0 += Qb) {
@@ -238,18 +227,20 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         out->regularisation[x] = 0;
     }
 
-    for (size_t t = 0; !s && t < T; t++) {
-        const uint32_t *idx;
-        size_t nb;
-        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
-        pk_side train_loss = pk_side_loss(m, st.tape);
+    pk_replay r = {0};
+    if (!s) s = pk_replay_begin(&r, run, 0, o->progress, o->ctx);
+    while (!s && pk_replay_next(&r)) {
+        const uint32_t *idx = r.idx;
+        size_t nb = r.nb, t = r.t;
+        pk_tape *bt = r.st.tape;
+        pk_side train_loss = pk_side_loss(m, bt);
         for (size_t j = 0; j < nb; j++) /* open the batch's new examples */
             if (slot_of[idx[j]] < 0) {
                 int32_t k = free_slots[--n_free];
                 slot_of[idx[j]] = k;
                 for (size_t x = 0; x < n; x++) acc[x * n_slots + (size_t)k] = 0;
             }
-        double scale = lr / (double)nb;  /* eta_t / |B_t| */
+        double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         for (size_t q0 = 0; q0 < n; q0 += Qb) {
             size_t nq = n - q0 < Qb ? n - q0 : Qb;
             memset(R, 0, nq * C * sizeof *R);
@@ -259,16 +250,12 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
              * summed over the batch (MATH.md section 4's layer-1 term): an
              * nq x |B| x d1 product instead of nq x d x d1 per node. */
             double *Zb = Z1 + q0 * d1, sw = pk_mlp_wscale(m, 0), sb = pk_mlp_bscale(m, 0);
-            pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, st.tape->a[0], d, 0.0, A, nb);
+            pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->a[0], d, 0.0, A, nb);
             for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
-            pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, st.tape->delta[0], d1, 0.0, dZ1, d1);
+            pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, bt->delta[0], d1, 0.0, dZ1, d1);
             for (size_t node = 0; node < o->quad.n; node++) {
                 double sn = o->quad.s[node], f = -scale * o->quad.c[node];
-                const double *wn = w;
-                if (sn != 0.0) {
-                    for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
-                    wn = wq;
-                }
+                const double *wn = pk_replay_node(&r, sn);
                 /* the forward pass at the node from z1 = Z1 + s dZ1, then the
                  * deltas of f_c: a backward pass seeded with e_c */
                 qt->n = nq;
@@ -302,16 +289,14 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 free_slots[n_free++] = slot_of[idx[j]];
                 slot_of[idx[j]] = -1;
             }
-        double *tmp = w; w = w_next; w_next = tmp;
-        if (!s) s = pk_replay_progress(run, t, o->progress, o->ctx);
     }
-    if (!s) s = pk_replay_landed(run, w, wq);
+    s = pk_replay_end(&r, s);
+    if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_predict(m, w, Xq, n, F);
     for (size_t x = 0; !s && x < n; x++) out->pred[x] = F[x * C + cls[x]];
-    pk_stepper_free(&st);
     pk_tape_free(qt);
     free(last); free(slot_of); free(free_slots); free(acc);
-    free(w); free(w_next); free(wq); free(G); free(state); free(R); free(F); free(Z1); free(dZ1); free(S); free(D); free(A);
+    free(w); free(R); free(F); free(Z1); free(dZ1); free(S); free(D); free(A);
     return s;
 }
 

@@ -5,7 +5,7 @@
  * seeded label flips. Dense layers only, by the structured formula of
  * MATH.md section 4 restricted to the diagonal: for one example,
  * <g(w'), g(w)> = sum_l (s_w^2 a'.a + s_b^2) (delta'.delta). */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>
@@ -57,15 +57,11 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
     if (s) return s;
-    size_t N = pk_run_n_train(run), T = pk_run_steps(run), P = m->n_params, L = m->n_layers;
-    size_t C = m->dims[L], d = train->d, ty = train->ty;
-    size_t B = op->batch && op->batch < N ? op->batch : N;
+    size_t N = pk_run_n_train(run), L = m->n_layers, C = m->dims[L], ty = train->ty;
+    size_t B = pk_optim_batch(op, N);
     size_t fold = form == PK_SI_KERNEL ? C : 1;
     memset(si, 0, N * sizeof *si);
 
-    double *w = pk_alloc(P, sizeof *w), *w_next = pk_alloc(P, sizeof *w), *wq = pk_alloc(P, sizeof *w);
-    double *G = pk_alloc(P, sizeof *G), *state = pk_calloc(pk_optim_state_len(op) * P + 1, sizeof *state);
-    double *xb = pk_alloc(B, d * sizeof *xb), *yb = pk_alloc(B, ty * sizeof *yb);
     double *Rn = pk_alloc(B, C * sizeof *Rn), *diag = pk_alloc(B, sizeof *diag);
     pk_tape *nt = pk_tape_new(m, B);
     double *dB[PK_MAX_LAYERS] = {0}, *dN[PK_MAX_LAYERS] = {0};
@@ -74,32 +70,20 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
         have_d = !pk_deltas_new(m, B, dB);
         if (have_d && pk_deltas_new(m, B, dN)) { pk_deltas_free(m, dB); have_d = 0; }
     }
-    pk_stepper st = {0};
-    if (!w || !w_next || !wq || !G || !state || !xb || !yb || !Rn || !diag || !nt ||
-        (form == PK_SI_KERNEL && !have_d))
-        s = PK_ERR_NOMEM;
-    if (!s) s = pk_stepper_init(&st, m, pk_run_loss(run), train, B);
-    if (!s) s = pk_run_weights(run, 0, w);
-
-    for (size_t t = 0; !s && t < T; t++) {
-        const uint32_t *idx;
-        size_t nb;
+    if (!Rn || !diag || !nt || (form == PK_SI_KERNEL && !have_d)) s = PK_ERR_NOMEM;
+    pk_replay r = {0};
+    if (!s) s = pk_replay_begin(&r, run, 0, NULL, NULL);
+    while (!s && pk_replay_next(&r)) {
+        const uint32_t *idx = r.idx;
+        size_t nb = r.nb;
         /* the training side at w_t: activations and loss-weighted deltas, as in training */
-        double lr = pk_replay_step(run, &st, t, w, w_next, state, G, &idx, &nb);
-        for (size_t b = 0; b < nb; b++) {
-            memcpy(xb + b * d, train->x + (size_t)idx[b] * d, d * sizeof *xb);
-            memcpy(yb + b * ty, train->y + (size_t)idx[b] * ty, ty * sizeof *yb);
-        }
-        if (form == PK_SI_KERNEL) pk_mlp_output_deltas(m, w, st.tape, dB);
-        double *const *a_t = st.tape->a, *const *d_t = form == PK_SI_KERNEL ? dB : st.tape->delta;
-        double scale = lr / (double)nb;
+        const double *xb = r.st.tape->a[0], *yb = r.st.y;
+        if (form == PK_SI_KERNEL) pk_mlp_output_deltas(m, r.w, r.st.tape, dB);
+        double *const *a_t = r.st.tape->a, *const *d_t = form == PK_SI_KERNEL ? dB : r.st.tape->delta;
+        double scale = r.lr / (double)nb;
         for (size_t node = 0; node < q->n; node++) {
-            double sn = q->s[node], cq = q->c[node];
-            const double *wn = w;
-            if (sn != 0.0) {
-                for (size_t j = 0; j < P; j++) wq[j] = w[j] + sn * (w_next[j] - w[j]);
-                wn = wq;
-            }
+            double cq = q->c[node];
+            const double *wn = pk_replay_node(&r, q->s[node]);
             pk_mlp_forward(m, wn, xb, nb, nt);
             if (form == PK_SI_KERNEL) {
                 pk_mlp_output_deltas(m, wn, nt, dN);
@@ -112,13 +96,11 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
             }
             for (size_t b = 0; b < nb; b++) si[idx[b]] += scale * cq * diag[b];
         }
-        double *tmp = w; w = w_next; w_next = tmp;
     }
-    if (!s) s = pk_replay_landed(run, w, wq);
-    pk_stepper_free(&st);
+    s = pk_replay_end(&r, s);
     pk_tape_free(nt);
     if (have_d) { pk_deltas_free(m, dB); pk_deltas_free(m, dN); }
-    free(w); free(w_next); free(wq); free(G); free(state); free(xb); free(yb); free(Rn); free(diag);
+    free(Rn); free(diag);
     return s;
 }
 

@@ -1,6 +1,6 @@
 /* loss.c -- mean losses over a batch and their per-example residuals
  * r_i = dl/df (MATH.md section 1). */
-#include "internal.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <string.h>

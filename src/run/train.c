@@ -1,7 +1,7 @@
 /* train.c -- the training loop: seeded initialisation, the batch schedule,
  * one gradient evaluation per step (pk_stepper), the optimiser update, and
- * the record of every step in the run directory (run.c). */
-#include "internal.h"
+ * the record of every step in the run directory (run/). */
+#include "run/run.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,57 +22,6 @@ pk_train_opts pk_train_opts_defaults(void)
     o.seed = 0;
     o.keep = 1;
     return o;
-}
-
-/* ----------------------------------------------------------------- stepper */
-
-pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk_data *data, size_t cap)
-{
-    memset(s, 0, sizeof *s);
-    s->m = m;
-    s->loss = loss;
-    s->data = data;
-    s->cap = cap;
-    s->tape = pk_tape_new(m, cap);
-    s->R = pk_alloc(cap, m->dims[m->n_layers] * sizeof(double));
-    if (cap < data->n) { /* batches smaller than the data are gathered */
-        s->xb = pk_alloc(cap, data->d * sizeof(double));
-        s->yb = pk_alloc(cap, data->ty * sizeof(double));
-        if (!s->xb || !s->yb) { pk_stepper_free(s); return PK_ERR_NOMEM; }
-    }
-    if (!s->tape || !s->R) { pk_stepper_free(s); return PK_ERR_NOMEM; }
-    return PK_OK;
-}
-
-void pk_stepper_free(pk_stepper *s)
-{
-    pk_tape_free(s->tape);
-    free(s->xb);
-    free(s->yb);
-    free(s->R);
-    memset(s, 0, sizeof *s);
-}
-
-double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G)
-{
-    const pk_data *D = s->data;
-    const double *x = D->x, *y = D->y;
-    /* sorted distinct indices from 0 to n-1 are the whole data set in order */
-    if (idx && nb == D->n && idx[0] == 0 && idx[nb - 1] == nb - 1) idx = NULL;
-    if (idx) { /* gather the batch rows */
-        for (size_t b = 0; b < nb; b++) {
-            memcpy(s->xb + b * D->d, D->x + (size_t)idx[b] * D->d, D->d * sizeof(double));
-            memcpy(s->yb + b * D->ty, D->y + (size_t)idx[b] * D->ty, D->ty * sizeof(double));
-        }
-        x = s->xb;
-        y = s->yb;
-    }
-    const pk_mlp *m = s->m;
-    size_t C = m->dims[m->n_layers];
-    pk_mlp_forward(m, w, x, nb, s->tape);
-    double loss = pk_loss_eval(s->loss, s->tape->a[m->n_layers], y, nb, C, D->ty, s->R);
-    pk_mlp_backward(m, w, s->tape, s->R, 1.0 / (double)nb, G);
-    return loss;
 }
 
 /* ---------------------------------------------------------- batch schedule */
@@ -156,7 +105,7 @@ static pk_status trainer_init(trainer *k, const pk_mlp *m, pk_loss loss, const p
     *k = (trainer){.m = m, .loss = loss, .opt = opt, .data = data, .dir = dir, .T = T, .N = data->n,
                    .P = m->n_params, .S = S, .keep = keep, .j = {-1, NULL, T, data->n, m->n_params, S, keep}};
     size_t P = k->P, SP = k->S * P + 1, N = k->N;
-    size_t B = opt->batch && opt->batch < N ? opt->batch : N;
+    size_t B = pk_optim_batch(opt, N);
     k->w = pk_alloc(P, sizeof *k->w);
     k->G = pk_alloc(P, sizeof *k->G);
     k->w_prev = pk_alloc(P, sizeof *k->w_prev);
@@ -199,10 +148,9 @@ static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progres
         const uint32_t *idx = nb ? k->tr.idx + k->tr.off[t] : NULL;
         if (!nb) nb = k->N;
         double lr = pk_optim_lr(opt, t, T);
-        double loss = pk_stepper_grad(&k->st, w, idx, nb, k->G);
         memcpy(k->w_prev, w, P * sizeof *w);
         memcpy(k->state_prev, state, SP * sizeof *state);
-        pk_optim_step(opt, t, lr, P, w, state, k->G, NULL);
+        double loss = pk_stepper_step(&k->st, opt, t, lr, idx, nb, w, state, k->G);
         if (!isfinite(loss) || !all_finite(w, P)) {
             memcpy(w, k->w_prev, P * sizeof *w);
             memcpy(state, k->state_prev, SP * sizeof *state);

@@ -2,7 +2,7 @@
  * and backward passes, and the per-output deltas that tangent kernels need
  * (MATH.md section 4). Weights are one flat vector; layer l owns
  * W_l (dims[l+1], dims[l]) at w_off[l] and c_l (dims[l+1]) at b_off[l]. */
-#include "internal.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <string.h>

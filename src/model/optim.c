@@ -1,7 +1,7 @@
 /* optim.c -- gd, sgd, heavy-ball momentum, Adam and AdamW updates (with
  * PyTorch's weight decay), and the
  * learning-rate schedules. State is a flat (state_len, P) block. */
-#include "internal.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <string.h>
@@ -106,3 +106,5 @@ void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
     }
     }
 }
+
+size_t pk_optim_batch(const pk_optim *o, size_t n) { return o->batch && o->batch < n ? o->batch : n; }

@@ -1,9 +1,9 @@
 /* tangent.c -- the empirical tangent kernel by the structured per-layer
  * formula of MATH.md section 4: per layer, a Gram matrix of layer inputs and
  * one of deltas (two GEMMs) joined by a Hadamard product. Never forms a
- * P-long gradient. pk_side_* serve path.c; pk_kernel_tangent has its own
+ * P-long gradient. pk_side_* serve path.c, backward.c and attribution/; pk_kernel_tangent has its own
  * fused, tiled version (below). */
-#include "internal.h"
+#include "kernel/kernel.h"
 
 #include <string.h>
 

@@ -1,8 +1,8 @@
 /* report.c -- pk_report_write: one self-contained HTML file about a run, with
  * inline SVG figures and PNG data URIs (svg.c); nothing in it is fetched. */
 #define _POSIX_C_SOURCE 200809L
-#include "internal.h"
-#include "svg.h"
+#include "kernel/kernel.h"
+#include "report/svg.h"
 
 #include <math.h>
 #include <string.h>
@@ -22,13 +22,6 @@ pk_report_opts pk_report_opts_defaults(void)
     o.move_train = 100;
     o.move_steps = 10;
     return o;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ----------------------------------------------------------------- helpers */
@@ -643,12 +636,6 @@ static void section_compare(pk_sb *b, const cmp_table *c, const char *dir)
 
 /* -------------------------------------------------------- (d) heat map */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void diverging(double t, unsigned char *rgb)
 {
     static const double anchor[5][3] = {{33, 102, 172}, {146, 197, 222}, {247, 247, 247}, {244, 165, 130}, {178, 24, 43}};
@@ -715,7 +702,7 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
         if (!v) { s = PK_ERR_NOMEM; goto done; }
         for (size_t r = 0; r < nr; r++)
             for (size_t c = 0; c < nc; c++) v[r * nc + c] = fabs(e->kernel[ci[c] * N + ri[r]]);
-        qsort(v, nr * nc, sizeof *v, cmp_double);
+        qsort(v, nr * nc, sizeof *v, pk_cmp_double);
         kmax = v[nr * nc - 1];
         m = v[(size_t)floor(0.99 * (double)(nr * nc - 1))];
         free(v);
@@ -987,7 +974,7 @@ static const char *const css =
 
 pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info)
 {
-    double t0 = now();
+    double t0 = pk_seconds();
     pk_report_opts def = pk_report_opts_defaults();
     if (!o) o = &def;
     const pk_mlp *m = pk_run_mlp(run);
@@ -1091,14 +1078,14 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     if (!s) s = fig_movement(&b, run, train, ncls, o->move_train ? o->move_train : 2, o->move_steps);
     for (size_t i = 0; !s && i < o->show && i < e.Q; i++) s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1);
     if (!s && cmp) section_compare(&b, cmp, o->compare);
-    pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", now() - t0);
+    pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) s = pk_write_file(path, b.s, b.n);
     if (!s && info) {
         info->Q = e.Q; info->N = e.N; info->C = e.C; info->steps = e.steps;
         info->max_abs_err = e.max_abs_err;
         info->max_rel_err = e.max_rel_err;
-        info->seconds = now() - t0;
+        info->seconds = pk_seconds() - t0;
     }
 done:
     pk_sb_free(&b);

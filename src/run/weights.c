@@ -1,0 +1,80 @@
+/* weights.c -- weights in and out as .npy files in nn.Linear's layout. */
+#include "run/run.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir)
+{
+    pk_status s = pk_mkdirs(dir);
+    for (size_t l = 0; l < m->n_layers && !s; l++) {
+        size_t dout = m->dims[l + 1], din = m->dims[l];
+        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+        double *buf = pk_alloc(dout * din, sizeof *buf);
+        if (!buf) return PK_ERR_NOMEM;
+        char name[32];
+        for (int part = 0; part < 2 && !s; part++) {
+            size_t n = part ? dout : dout * din;
+            const double *src = w + (part ? m->b_off[l] : m->w_off[l]);
+            double sc = part ? sb : sw;
+            for (size_t i = 0; i < n; i++) buf[i] = sc * src[i];
+            snprintf(name, sizeof name, "%c%zu.npy", part ? 'b' : 'W', l + 1);
+            char *p = pk_path_join(dir, name);
+            size_t shape[2] = {dout, din};
+            s = p ? pk_npy_write(p, buf, part ? 1 : 2, shape) : PK_ERR_NOMEM;
+            free(p);
+        }
+        free(buf);
+    }
+    return s;
+}
+
+pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w)
+{
+    for (size_t l = 0; l < m->n_layers; l++) {
+        size_t dout = m->dims[l + 1], din = m->dims[l];
+        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+        for (int part = 0; part < 2; part++) {
+            char name[32];
+            snprintf(name, sizeof name, "%c%zu.npy", part ? 'b' : 'W', l + 1);
+            char *p = pk_path_join(dir, name);
+            if (!p) return PK_ERR_NOMEM;
+            double *a;
+            size_t nd, shape[8];
+            pk_status s = pk_npy_read(p, &a, &nd, shape);
+            if (s) { free(p); return s; }
+            int ok = part ? (nd == 1 && shape[0] == dout) : (nd == 2 && shape[0] == dout && shape[1] == din);
+            if (!ok) {
+                if (!part) s = pk_fail(PK_ERR_INPUT, "%s: expected shape (%zu, %zu), as nn.Linear(%zu, %zu).weight", p, dout, din, din, dout);
+                else s = pk_fail(PK_ERR_INPUT, "%s: expected shape (%zu,), as nn.Linear(%zu, %zu).bias", p, dout, din, dout);
+                free(a); free(p);
+                return s;
+            }
+            size_t n = part ? dout : dout * din;
+            double sc = part ? sb : sw;
+            double *dst = w + (part ? m->b_off[l] : m->w_off[l]);
+            for (size_t i = 0; i < n; i++) {
+                if (!isfinite(a[i])) {
+                    s = pk_fail(PK_ERR_INPUT, "%s: element %zu is not finite", p, i);
+                    free(a); free(p);
+                    return s;
+                }
+                if (sc == 0.0 && a[i] != 0.0) {
+                    s = pk_fail(PK_ERR_INPUT, "%s: sigma_b is 0, so the biases must be 0", p);
+                    free(a); free(p);
+                    return s;
+                }
+                dst[i] = sc == 0.0 ? 0.0 : a[i] / sc;
+            }
+            free(a); free(p);
+        }
+    }
+    return PK_OK;
+}
