@@ -51,16 +51,16 @@ int main(int argc, char **argv)
     pk_run *run;
     if (pk_run_open(argv[1], &run)) return die(argv[1]);
     if (pk_run_mean(run)) { fprintf(stderr, "kernel_timer: the run is standardised; not supported\n"); return 2; }
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers];
-    double *w = malloc(m->n_params * sizeof *w);
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m);
+    double *w = malloc(pk_model_n_params(m) * sizeof *w);
     if (!w || pk_run_weights(run, pk_run_steps(run), w)) return die("weights");
     double *X, *Y;
     size_t ndx, ndy, sx[8], sy[8];
     if (pk_npy_read(argv[2], &X, &ndx, sx)) return die(argv[2]);
     if (pk_npy_read(argv[3], &Y, &ndy, sy)) return die(argv[3]);
-    if (ndx != 2 || ndy != 2 || sx[1] != m->dims[0] || sy[1] != m->dims[0]) {
-        fprintf(stderr, "kernel_timer: inputs must be (n, %zu)\n", m->dims[0]);
+    if (ndx != 2 || ndy != 2 || sx[1] != pk_model_n_inputs(m) || sy[1] != pk_model_n_inputs(m)) {
+        fprintf(stderr, "kernel_timer: inputs must be (n, %zu)\n", pk_model_n_inputs(m));
         return 2;
     }
     size_t nx = sx[0], ny = sy[0];

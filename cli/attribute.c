@@ -342,8 +342,8 @@ static uint64_t job_fingerprint(pk_run *run, const pk_data *q, const attribution
 /* The classes of every query: the prediction's, the label's or a fixed one. */
 static pk_status choose_classes(pk_run *run, const pk_data *q, int mode, size_t fixed, const char *spec, size_t *cls)
 {
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers];
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m);
     pk_loss loss = pk_run_loss(run);
     if (mode >= 0 || (mode == CLASS_PRED && loss != PK_LOSS_SOFTMAX) || (mode == CLASS_LABEL && C == 1)) {
         for (size_t i = 0; i < q->n; i++) cls[i] = mode >= 0 ? fixed : 0;
@@ -359,9 +359,9 @@ static pk_status choose_classes(pk_run *run, const pk_data *q, int mode, size_t 
         }
         return PK_OK;
     }
-    double *w = pk_alloc(m->n_params, sizeof *w), *f = pk_alloc(q->n ? q->n : 1, C * sizeof *f);
+    double *w = pk_alloc(pk_model_n_params(m), sizeof *w), *f = pk_alloc(q->n ? q->n : 1, C * sizeof *f);
     pk_status s = w && f ? pk_run_weights(run, pk_run_steps(run), w) : PK_ERR_NOMEM;
-    if (!s) s = pk_predict(m, w, q->x, q->n, f);
+    if (!s) s = pk_model_predict(m, w, q->x, q->n, f);
     for (size_t i = 0; !s && i < q->n; i++) {
         cls[i] = 0;
         for (size_t k = 1; k < C; k++) if (f[i * C + k] > f[i * C + cls[i]]) cls[i] = k;
@@ -465,8 +465,8 @@ int cmd_attribute(int argc, char **argv)
     char *parts = NULL;
     const pk_data *train = NULL;
     pk_status s = pk_run_open(dir, &run);
-    const pk_mlp *m = s ? NULL : pk_run_mlp(run);
-    size_t C = m ? m->dims[m->n_layers] : 0;
+    const pk_model *m = s ? NULL : pk_run_model(run);
+    size_t C = m ? pk_model_n_outputs(m) : 0;
     if (!s && cls_mode == 0 && cls_num >= C)
         s = pk_fail(PK_ERR_INPUT, "--class %zu: the run's network has outputs 0..%zu", cls_num, C - 1);
     if (!s && cls_mode == CLASS_LABEL && pk_run_loss(run) == PK_LOSS_MSE && C > 1)
@@ -778,13 +778,13 @@ int cmd_mislabel(int argc, char **argv)
     if (!s) s = pk_run_open(run_dir, &run);
     if (!s) s = pk_run_attach_data(run, &data);
     if (!s) {
-        const pk_mlp *m = pk_run_mlp(run);
-        size_t Cm = m->dims[m->n_layers];
-        w = pk_alloc(m->n_params, sizeof *w);
+        const pk_model *m = pk_run_model(run);
+        size_t Cm = pk_model_n_outputs(m);
+        w = pk_alloc(pk_model_n_params(m), sizeof *w);
         double *f = pk_alloc(N, Cm * sizeof *f);
         if (!w || !f) s = PK_ERR_NOMEM;
         if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
-        if (!s) s = pk_predict(m, w, data.x, N, f);
+        if (!s) s = pk_model_predict(m, w, data.x, N, f);
         if (!s) {
             acc = pk_accuracy(to.loss, f, data.y, N, Cm);
             train_loss = pk_loss_eval(to.loss, f, data.y, N, Cm, 1, NULL);

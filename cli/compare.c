@@ -132,12 +132,17 @@ static pk_status libsvm_accuracy(const char *dir, const double *Ktr, const pk_da
     return s;
 }
 
-/* The architecture of m with every hidden width replaced by `width`. */
-static void widen(const pk_mlp *m, size_t width, char *buf, size_t len)
+/* The architecture of m with every hidden width replaced by `width`:
+ * mlp:64,32:tanh becomes mlp:W,W:tanh. */
+static void widen(const pk_model *m, size_t width, char *buf, size_t len)
 {
+    char spec[256];
+    pk_model_spec(m, spec, sizeof spec);
+    const char *widths = !strncmp(spec, "mlp:", 4) ? spec + 4 : "", *act = strchr(widths, ':');
     size_t k = (size_t)snprintf(buf, len, "mlp:");
-    for (size_t l = 1; l < m->n_layers && k < len; l++) k += (size_t)snprintf(buf + k, len - k, "%s%zu", l > 1 ? "," : "", width);
-    if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
+    for (const char *p = widths; act && p < act && k < len; p = strchr(p, ',') ? strchr(p, ',') + 1 : act)
+        k += (size_t)snprintf(buf + k, len - k, "%s%zu", p > widths ? "," : "", width);
+    if (k < len) snprintf(buf + k, len - k, ":%s", act ? act + 1 : "identity");
 }
 
 /* pk_train into to->out_dir, noted in made[] when this creates it; the
@@ -181,7 +186,7 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
     if (!s) s = train_run(train, &to, made, &nmade, &net_secs);
     if (!s) s = pk_run_open(rundir, &run);
     if (!s) s = pk_run_attach_data(run, train);
-    const pk_mlp *m = s ? NULL : pk_run_mlp(run);
+    const pk_model *m = s ? NULL : pk_run_model(run);
     for (size_t k = 0; !s && k < nw; k++) {
         char spec[128], name[64];
         widen(m, wl[k], spec, sizeof spec);
@@ -195,10 +200,10 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         free(wd);
     }
     if (s) goto done;
-    size_t C = m->dims[m->n_layers];
+    size_t C = pk_model_n_outputs(m);
     pk_loss loss = pk_run_loss(run);
     const char *mname = loss == PK_LOSS_MSE ? "test mse" : "test accuracy";
-    double *w = pk_alloc(m->n_params, sizeof *w), *f = pk_alloc(M, C * sizeof *f);
+    double *w = pk_alloc(pk_model_n_params(m), sizeof *w), *f = pk_alloc(M, C * sizeof *f);
     double *Ktr = pk_alloc(N, N * sizeof *Ktr), *Kte = pk_alloc(M, N * sizeof *Kte);
     double *Y = krr_targets(loss, train, C), *alpha = pk_alloc(N, C * sizeof *alpha);
     double *Kpath_tr = NULL, *Kpath_te = NULL, *KT = NULL;
@@ -207,7 +212,7 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
     double t0 = now();
     if (!w || !f || !Ktr || !Kte || !Y || !alpha) s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
-    if (!s) s = pk_predict(m, w, test->x, M, f);
+    if (!s) s = pk_model_predict(m, w, test->x, M, f);
     if (!s) s = pk_atomic_open(&csv, csvp);
     if (s) goto free_all;
     net_secs += now() - t0;
@@ -282,12 +287,12 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         pk_run *rw = NULL;
         s = wd ? pk_run_open(wd, &rw) : PK_ERR_NOMEM;
         if (!s) s = pk_run_attach_data(rw, train);
-        double *ww = s ? NULL : pk_alloc(pk_run_mlp(rw)->n_params, sizeof *ww);
+        double *ww = s ? NULL : pk_alloc(pk_model_n_params(pk_run_model(rw)), sizeof *ww);
         if (!s && !ww) s = PK_ERR_NOMEM;
         if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_INIT, train->x, N, NULL, Ktr);
         if (!s) s = pk_run_kernel(rw, PK_KERNEL_TANGENT_FINAL, train->x, N, NULL, KT);
         if (!s) s = pk_run_weights(rw, pk_run_steps(rw), ww);
-        if (!s) s = pk_predict(pk_run_mlp(rw), ww, test->x, M, f);
+        if (!s) s = pk_model_predict(pk_run_model(rw), ww, test->x, M, f);
         if (!s) {
             double dn = 0, n0 = 0;
             for (size_t i = 0; i < N * N; i++) {
@@ -296,9 +301,9 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
             }
             double v = metric(loss, f, test, C, 1), a0 = alignment(Ktr, Y, N, C), a1 = alignment(KT, Y, N, C);
             double secs = wsecs[k] + now() - t1; /* training included */
-            printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", wl[k], pk_run_mlp(rw)->n_params, v,
+            printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,
                    sqrt(dn / n0), a0, a1, secs);
-            fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", wl[k], pk_run_mlp(rw)->n_params, v,
+            fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,
                     sqrt(dn / n0), a0, a1, secs);
         }
         free(ww);

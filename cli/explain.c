@@ -75,8 +75,8 @@ static const char *const explain_names[6] = {"pred.npy", "bias.npy", "regularisa
 static pk_status explain_files_open(explain_files *w, const char *dir, pk_run *run, size_t Q, const pk_explain_opts *o)
 {
     memset(w, 0, sizeof *w);
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers];
+    const pk_model *m = pk_run_model(run);
+    size_t N = pk_run_n_train(run), C = pk_model_n_outputs(m);
     int full = o->want_kernel && o->mode == PK_KMODE_FULL && C > 1;
     size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
     const size_t *shape[6] = {s2, s2, s2, s3, full ? s4 : s3, s3};
@@ -318,10 +318,10 @@ int cmd_kernel(int argc, char **argv)
     if (s) return cli_error(cmd, s);
     size_t t;
     if (cli_step(cmd, at, pk_run_steps(run), &t)) { pk_run_close(run); return EXIT_BAD_INPUT; }
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers];
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m);
     pk_data X = {0}, Y = {0};
-    double *w = pk_alloc_big(m->n_params, sizeof *w);
+    double *w = pk_alloc_big(pk_model_n_params(m), sizeof *w);
     s = w ? pk_run_load_data(run, xs, NULL, &X) : PK_ERR_NOMEM;
     if (!s && ys) s = pk_run_load_data(run, ys, NULL, &Y);
     const pk_data *Yd = ys ? &Y : &X;

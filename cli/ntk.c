@@ -33,16 +33,16 @@ int cmd_ntk(int argc, char **argv)
     if (!nngp && strcmp(get, "ntk")) return cli_usage(cmd, "--get: '%s' is not ntk or nngp", get);
     if (!model || !xs || !out) return cli_usage(cmd, "--model, --x and --out are required");
     pk_data X = {0}, Y = {0};
-    pk_mlp m;
+    pk_model *m = NULL;
     double *K = NULL;
     pk_status s = pk_data_load(xs, &lo, &X);
     if (!s && ys) s = pk_data_load(ys, &lo, &Y);
     const pk_data *Yd = ys ? &Y : &X;
     if (!s && Yd->d != X.d) s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, --x has %zu", ys, Yd->d, X.d);
-    if (!s) s = pk_mlp_parse(model, X.d, 1, PK_PARAM_NTK, sw, sb, &m);
+    if (!s) s = pk_model_new(model, X.d, 1, PK_PARAM_NTK, sw, sb, &m);
     if (!s && !(K = pk_alloc(X.n * Yd->n, sizeof *K)))
         s = pk_fail(PK_ERR_INPUT, "a %zu x %zu kernel does not fit in memory: use fewer inputs (--first N)", X.n, Yd->n);
-    if (!s) s = pk_kernel_infinite(&m, X.x, X.n, Yd->x, Yd->n, nngp, K);
+    if (!s) s = pk_kernel_infinite(m, X.x, X.n, Yd->x, Yd->n, nngp, K);
     if (!s) {
         size_t shape[2] = {X.n, Yd->n};
         s = pk_npy_write(out, K, 2, shape);
@@ -51,6 +51,7 @@ int cmd_ntk(int argc, char **argv)
                    nngp ? "NNGP" : "NTK", model, sw, sb, X.n, Yd->n);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(K);
+    pk_model_free(m);
     pk_data_free(&X);
     pk_data_free(&Y);
     return rc;

@@ -243,16 +243,16 @@ int cmd_demo(int argc, char **argv)
     if (!s) s = pk_run_open(stage, &run);
     if (!s) s = pk_run_attach_data(run, &train);
     if (s) goto done;
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers];
-    w = pk_alloc(m->n_params, sizeof *w);
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m);
+    w = pk_alloc(pk_model_n_params(m), sizeof *w);
     f = pk_alloc(train.n, C * sizeof *f);
     if (!w || !f) { s = PK_ERR_NOMEM; goto done; }
     s = pk_run_weights(run, pk_run_steps(run), w);
-    if (!s) s = pk_predict(m, w, train.x, train.n, f);
+    if (!s) s = pk_model_predict(m, w, train.x, train.n, f);
     if (s) goto done;
     printf("trained %zu parameters, softmax loss, sgd lr 0.1 batch 64, %zu steps in %.2f s: final train loss %.4g, "
-           "accuracy %.4f; run written to %s\n", m->n_params, pk_run_steps(run), now() - t0,
+           "accuracy %.4f; run written to %s\n", pk_model_n_params(m), pk_run_steps(run), now() - t0,
            pk_loss_eval(PK_LOSS_SOFTMAX, f, train.y, train.n, C, train.ty, NULL),
            pk_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
 

@@ -27,7 +27,7 @@ static int open_weights(const char *cmd, const run_args *a, pk_run **run, double
     if (s) return cli_error(cmd, s);
     *t = pk_run_steps(*run);
     if (a->step && cli_step(cmd, a->step, pk_run_steps(*run), t)) { pk_run_close(*run); return EXIT_BAD_INPUT; }
-    *w = pk_alloc(pk_run_mlp(*run)->n_params, sizeof **w);
+    *w = pk_alloc(pk_run_model(*run)->n_params, sizeof **w);
     s = *w ? pk_run_weights(*run, *t, *w) : PK_ERR_NOMEM;
     if (s) { free(*w); pk_run_close(*run); return cli_error(cmd, s); }
     return 0;
@@ -53,11 +53,11 @@ int cmd_predict(int argc, char **argv)
     if ((rc = open_weights(cmd, &a, &run, &w, &t))) return rc;
     pk_data d = {0};
     pk_status s = pk_run_load_data(run, a.data, &a.load, &d);
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers];
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m);
     double *f = s ? NULL : pk_alloc(d.n, C * sizeof *f);
     if (!s && !f) s = PK_ERR_NOMEM;
-    if (!s) s = pk_predict(m, w, d.x, d.n, f);
+    if (!s) s = pk_model_predict(m, w, d.x, d.n, f);
     if (!s) {
         size_t shape[2] = {d.n, C};
         s = pk_npy_write(a.out, f, 2, shape);
@@ -87,7 +87,7 @@ int cmd_weights(int argc, char **argv)
     double *w;
     size_t t;
     if ((rc = open_weights(cmd, &a, &run, &w, &t))) return rc;
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     int existed = cli_dir_exists(a.out);
     pk_group_begin(); /* all layers or none */
     pk_status s = pk_group_end(pk_weights_export(m, w, a.out));
@@ -109,14 +109,14 @@ int cmd_info(int argc, char **argv)
     pk_run *run;
     pk_status s = pk_run_open(a.run, &run);
     if (s) return cli_error(cmd, s);
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     char spec[256];
-    pk_mlp_spec(m, spec, sizeof spec);
+    pk_model_spec(m, spec, sizeof spec);
     size_t T = pk_run_steps(run);
     printf("run       %s\n", a.run);
-    printf("model     %s, %zu -> %zu, %zu parameters, %s parameterisation", spec, m->dims[0],
-           m->dims[m->n_layers], m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard");
+    printf("model     %s, %zu -> %zu, %zu parameters, %s parameterisation", spec, pk_model_n_inputs(m),
+           pk_model_n_outputs(m), pk_model_n_params(m), pk_model_param(m) == PK_PARAM_NTK ? "ntk" : "standard");
     if (m->param == PK_PARAM_NTK) printf(" (sigma_w %g, sigma_b %g)", m->sigma_w, m->sigma_b);
     printf("\nloss      %s\n", pk_loss_name(pk_run_loss(run)));
     printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));

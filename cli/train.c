@@ -86,11 +86,11 @@ static int on_step(void *ctx, size_t step, size_t steps, double loss)
     return cli_stop_requested(); /* SIGINT, SIGTERM: stop after this step (cli_catch_stop) */
 }
 
-static void report(const char *name, pk_loss loss, const pk_mlp *m, const double *w, const pk_data *d)
+static void report(const char *name, pk_loss loss, const pk_model *m, const double *w, const pk_data *d)
 {
-    size_t C = m->dims[m->n_layers];
+    size_t C = pk_model_n_outputs(m);
     double *f = pk_alloc(d->n, C * sizeof *f);
-    if (!f || pk_predict(m, w, d->x, d->n, f)) { free(f); return; }
+    if (!f || pk_model_predict(m, w, d->x, d->n, f)) { free(f); return; }
     double l = pk_loss_eval(loss, f, d->y, d->n, C, d->ty, NULL);
     double acc = pk_accuracy(loss, f, d->y, d->n, C);
     if (isnan(acc)) printf("final %-5s loss %.6g (%zu examples)\n", name, l, d->n);
@@ -245,18 +245,18 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
         train = &own;
     }
     if (s) { pk_run_close(run); return cli_error(cmd, s); }
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     char spec[256];
-    pk_mlp_spec(m, spec, sizeof spec);
+    pk_model_spec(m, spec, sizeof spec);
     size_t T = pk_run_steps(run);
     printf("trained %s (%zu parameters, %s) on %zu examples x %zu features: %s loss, %s lr %g",
-           spec, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard", train->n, train->d,
+           spec, pk_model_n_params(m), pk_model_param(m) == PK_PARAM_NTK ? "ntk" : "standard", train->n, train->d,
            pk_loss_name(pk_run_loss(run)), pk_optim_name(op->kind), op->lr);
     if (op->batch && op->batch < train->n) printf(" batch %zu", op->batch);
     if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
     printf(", %zu steps in %.2f s\n", T, secs);
-    double *w = pk_alloc(m->n_params, sizeof *w);
+    double *w = pk_alloc(pk_model_n_params(m), sizeof *w);
     if (w && !pk_run_weights(run, T, w)) {
         report("train", pk_run_loss(run), m, w, train);
         if (test) report("test", pk_run_loss(run), m, w, test);

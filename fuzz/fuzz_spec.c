@@ -1,7 +1,7 @@
-/* fuzz_spec -- the spec-string parsers (pk_mlp_parse, pk_act_parse,
+/* fuzz_spec -- the spec-string parsers (pk_model_new, pk_act_parse,
  * pk_loss_parse, pk_optim_parse, pk_schedule_parse, pk_quad_parse,
  * pk_kernel_kind_parse, pk_si_form_parse) on a NUL-terminated copy of the
- * input; pk_mlp_spec prints back what pk_mlp_parse accepted. */
+ * input; pk_model_spec prints back what pk_model_new accepted. */
 #include <pathkernel.h>
 #include <stdint.h>
 #include "fuzz_common.h"
@@ -9,12 +9,14 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *s = fuzz_cstr(data, size);
-    pk_mlp m;
+    pk_model *m;
     char back[256];
     for (int p = 0; p < 2; p++)
-        if (pk_mlp_parse(s, 3 + (size % 5), 1 + (size % 3), p ? PK_PARAM_NTK : PK_PARAM_STANDARD,
-                         1.0, 0.5, &m) == PK_OK)
-            pk_mlp_spec(&m, back, sizeof back);
+        if (pk_model_new(s, 3 + (size % 5), 1 + (size % 3), p ? PK_PARAM_NTK : PK_PARAM_STANDARD, 1.0, 0.5, &m) ==
+            PK_OK) {
+            pk_model_spec(m, back, sizeof back);
+            pk_model_free(m);
+        }
     pk_act a; pk_loss l; pk_optim_kind o; pk_schedule sc; pk_quad q; pk_kernel_kind k; pk_si_form f;
     (void)pk_act_parse(s, &a);
     (void)pk_loss_parse(s, &l);

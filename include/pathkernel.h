@@ -126,8 +126,6 @@ pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const siz
 
 /* ------------------------------------------------------------------- model */
 
-#define PK_MAX_LAYERS 16
-
 typedef enum pk_act {
     PK_ACT_IDENTITY, PK_ACT_TANH, PK_ACT_RELU, PK_ACT_SIGMOID,
     PK_ACT_SOFTPLUS, PK_ACT_GELU, PK_ACT_ERF
@@ -135,73 +133,37 @@ typedef enum pk_act {
 
 typedef enum pk_param { PK_PARAM_STANDARD, PK_PARAM_NTK } pk_param;
 
-/* A multilayer perceptron: architecture only (weights live in a flat
- * double vector of n_params owned by the caller). Layer l (0-based) maps
- * dims[l] -> dims[l+1] by z = s_w W a + s_b c, then the activation on every
- * layer but the last. W is (dims[l+1], dims[l]) row-major (nn.Linear layout),
- * followed by c (dims[l+1]). s_w = s_b = 1 in the standard parameterisation,
- * s_w = sigma_w / sqrt(dims[l]), s_b = sigma_b in the ntk one. */
-typedef struct pk_mlp {
-    size_t n_layers;                  /* dense layers L >= 1                */
-    size_t dims[PK_MAX_LAYERS + 1];   /* dims[0] = inputs, dims[L] = outputs */
-    pk_act act;
-    pk_param param;
-    double sigma_w, sigma_b;
-    size_t n_params;                  /* P                                  */
-    size_t w_off[PK_MAX_LAYERS];      /* offset of W_l in the vector        */
-    size_t b_off[PK_MAX_LAYERS];      /* offset of c_l in the vector        */
-} pk_mlp;
-
-/* Parse "mlp:H1,H2,...:ACT", "mlp::" / "linear" and build the architecture
- * for d_in inputs and d_out outputs. */
-pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param param,
-                       double sigma_w, double sigma_b, pk_mlp *out);
-/* The spec string back ("mlp:64,64:tanh"); writes at most len bytes. */
-void pk_mlp_spec(const pk_mlp *m, char *buf, size_t len);
 const char *pk_act_name(pk_act a);
 pk_status pk_act_parse(const char *s, pk_act *a);
-/* Forward scale s_w and bias scale s_b of layer l. */
-double pk_mlp_wscale(const pk_mlp *m, size_t l);
-double pk_mlp_bscale(const pk_mlp *m, size_t l);
 
-/* Seeded initialisation: standard = PyTorch nn.Linear's default,
- * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and c; ntk = N(0, 1). */
-void pk_mlp_init(const pk_mlp *m, uint64_t seed, double *w /* (P) */);
+/* A network: a sequence of layers, and the layout of its parameters in one
+ * flat vector of pk_model_n_params doubles (owned by the caller). Opaque;
+ * pk_model_new makes one, pk_model_free frees it. */
+typedef struct pk_model pk_model;
 
-/* Activations kept by a forward pass, for backward passes and kernels.
- * Plain data, allocated for up to `cap` examples by pk_tape_new. */
-typedef struct pk_tape {
-    size_t cap, n;                       /* capacity, examples in use      */
-    double *a[PK_MAX_LAYERS + 1];        /* a[l]: (n, dims[l]) input of layer l; a[L] = output f */
-    double *z[PK_MAX_LAYERS];            /* z[l]: (n, dims[l+1]) pre-activation */
-    double *delta[PK_MAX_LAYERS];        /* delta[l]: (n, dims[l+1]) dl/dz of the loss (after pk_mlp_backward) */
-    int queries;  /* rows are independent queries: a row's results never depend on the
-                     others on the tape (fixed-shape products); 0 for a training batch */
-} pk_tape;
-
-pk_tape *pk_tape_new(const pk_mlp *m, size_t cap);
-void pk_tape_free(pk_tape *t);
-
-/* f = model(x) for n <= cap examples; leaves activations on the tape.
- * x is (n, dims[0]); the outputs are in tape->a[L] (n, dims[L]). */
-void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t);
-/* The rest of a forward pass when tape->z[0] (n, dims[1]) already holds the
- * first layer's pre-activation (bias included) and tape->a[0], tape->n are
- * set: activations of layer 1 on, as pk_mlp_forward would. */
-void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t);
-/* After a forward pass: given R (n, C), the per-example dl/df, fill
- * tape->delta and, if grad is not NULL, set grad (P) = sum_i J_i^T R_i
- * scaled by `scale` (use 1/|B| for a mean loss). */
-void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double *R,
-                     double scale, double *grad);
-/* After a forward pass: per-output deltas d f_k / d z for every layer:
- * delta_out[l] is (n, C, dims[l+1]) row-major (caller-allocated); the last
- * hidden layer's (l = L-2) and the output layer's may be NULL: not kept.
- * Used by tangent kernels (MATH.md section 4). Fails (PK_ERR_NOMEM) only
- * when delta_out[L-2] is NULL and the scratch that then stands in for it
- * (a piece of about 256 of its rows per thread) cannot be had. */
-pk_status pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t,
-                               double *const *delta_out);
+/* The model a spec describes, for d_in inputs and d_out outputs:
+ *   mlp:H1,H2,...:ACT   dense layers of widths H1, H2, ..., each followed by
+ *                       the activation ACT, then a dense output layer
+ *   linear (or mlp::)   one dense layer
+ * A dense layer computes z = s_w W a + s_b c with W (out, in) row-major (the
+ * nn.Linear layout) and then c (out) in the vector; s_w = s_b = 1 in the
+ * standard parameterisation, s_w = sigma_w / sqrt(in) and s_b = sigma_b in
+ * the ntk one. */
+pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param param, double sigma_w, double sigma_b,
+                       pk_model **out);
+void pk_model_free(pk_model *m);
+size_t pk_model_n_params(const pk_model *m);  /* P */
+size_t pk_model_n_inputs(const pk_model *m);
+size_t pk_model_n_outputs(const pk_model *m); /* C */
+pk_param pk_model_param(const pk_model *m);
+/* The spec string back ("mlp:64,64:tanh"); writes at most len bytes. */
+void pk_model_spec(const pk_model *m, char *buf, size_t len);
+/* Seeded initialisation of w (P): PyTorch's default for nn.Linear,
+ * U(-1/sqrt(fan_in), 1/sqrt(fan_in)), in the standard parameterisation;
+ * N(0, 1) in the ntk one. */
+void pk_model_init(const pk_model *m, uint64_t seed, double *w);
+/* Outputs f (n, C) of weights w (P) on x (n, inputs). */
+pk_status pk_model_predict(const pk_model *m, const double *w, const double *x, size_t n, double *f);
 
 /* -------------------------------------------------------------------- loss */
 
@@ -319,7 +281,7 @@ typedef struct pk_run pk_run;   /* opaque: an opened run directory */
 
 pk_status pk_run_open(const char *dir, pk_run **out);
 void pk_run_close(pk_run *run);
-const pk_mlp *pk_run_mlp(const pk_run *run);
+const pk_model *pk_run_model(const pk_run *run);
 pk_loss pk_run_loss(const pk_run *run);
 const pk_optim *pk_run_optim(const pk_run *run);
 size_t pk_run_steps(const pk_run *run);       /* T: steps completed        */
@@ -349,8 +311,8 @@ pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_op
 
 /* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
  * layout) into dir; read the same layout back into raw parameters. */
-pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir);
-pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w);
+pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir);
+pk_status pk_weights_import(const pk_model *m, const char *dir, double *w);
 
 /* ----------------------------------------------------------- tangent kernel */
 
@@ -363,7 +325,7 @@ typedef enum pk_kmode {
  * and 4) between X (nx, d) and Y (ny, d), by the structured per-layer formula
  * (GEMMs and Hadamard products, blocked so that the workspace stays bounded).
  * K is (nx, ny, C, C) in full mode, (nx, ny) in trace mode (caller-allocated). */
-pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
+pk_status pk_kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K);
 /* The same kernel streamed: sink(ctx, i, j0, n, k) receives K(i, j0..j0+n)
  * as n C^2 doubles (n in trace mode) once the row segment is computed, from
@@ -373,24 +335,24 @@ pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, s
  * to keep it under `mem` bytes where they can (0: the default blocks; see
  * pk_kernel_tangent_memory). */
 typedef pk_status (*pk_kernel_sink)(void *ctx, size_t i, size_t j0, size_t n, const double *k);
-pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
+pk_status pk_kernel_tangent_rows(const pk_model *m, const double *w, const double *X, size_t nx,
                                  const double *Y, size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink,
                                  void *ctx);
 /* Bytes pk_kernel_tangent_rows allocates under `mem` with the current thread
  * count (an upper bound): above mem when even its smallest blocks need more. */
-size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode, size_t mem);
+size_t pk_kernel_tangent_memory(const pk_model *m, size_t nx, size_t ny, pk_kmode mode, size_t mem);
 
 /* Infinite-width kernels of the architecture m in the ntk parameterisation
  * (MATH.md section 6; relu or erf; widths are ignored, depth and sigma_w,
  * sigma_b count): NTK Theta (nngp = 0) or NNGP Sigma (nngp = 1) of the
  * outputs between X (nx, d) and Y (ny, d) into K (nx, ny); the same for
  * every output, 0 between different outputs. */
-pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const double *Y, size_t ny,
+pk_status pk_kernel_infinite(const pk_model *m, const double *X, size_t nx, const double *Y, size_t ny,
                              int nngp, double *K);
 /* Mean prediction (nq, C) at Xq of an infinitely wide network trained by
  * gradient flow for time t on the mean half squared error with targets
  * Yt (n, C) (eigendecomposition of the NTK, LAPACK), from f_0 = 0. */
-pk_status pk_infinite_flow(const pk_mlp *m, const double *X, const double *Yt, size_t n, size_t C,
+pk_status pk_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
                            const double *Xq, size_t nq, double t, double *pred);
 
 /* ------------------------------------------------------ fixed-kernel machines */
@@ -494,7 +456,7 @@ pk_status pk_si_form_parse(const char *s, pk_si_form *f);
 pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
 /* Per-example loss l(f(x_i; w), y_i) and squared gradient norm |g_i(w)|^2
  * (either may be NULL) of every example of `data` at weights w: (n) each. */
-pk_status pk_example_stats(const pk_mlp *m, pk_loss loss, const double *w, const pk_data *data,
+pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
                            double *loss_i, double *gnorm2);
 /* TracIn self-influence with n_ckpt evenly spaced checkpoints t_j = (j+1) T / n_ckpt
  * (the last is the final weights): score_i = sum_j eta_{t_j} |g_i(w_{t_j})|^2,
@@ -594,9 +556,6 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
 pk_status pk_png_encode(const unsigned char *pix, size_t h, size_t w, int channels, unsigned char **png, size_t *len);
 /* Standard base64 (RFC 4648, padded) of n bytes, malloc'ed and NUL-terminated; NULL when out of memory. */
 char *pk_base64(const void *data, size_t n);
-
-/* Predictions f (n, C) of weights w on x (n, dims[0]), in blocks. */
-pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
 /* Finite-difference checks of the backward pass: every activation x every
  * loss x both parameterisations, and of the per-output deltas that tangent
- * kernels use. Fails (exit 1) when any relative error exceeds 1e-7. */
+ * kernels use (relative error 1e-7); the tangent kernel's diagonal against
+ * the squared norm of backward-pass gradients, and the fused tangent kernel
+ * against the layer-by-layer one (1e-12). Fails (exit 1) on any miss. */
 #include "kernel/kernel.h"
 
 #include <math.h>
@@ -28,9 +30,42 @@ static double rel_err(const double *a, const double *b, size_t n)
 
 static double mean_loss(pk_stepper *st, const double *w, size_t n)
 {
-    const pk_mlp *m = st->m;
-    pk_mlp_forward(m, w, st->data->x, n, st->tape);
-    return pk_loss_eval(st->loss, st->tape->a[m->n_layers], st->data->y, n, m->dims[m->n_layers], st->data->ty, NULL);
+    const pk_model *m = st->m;
+    pk_model_forward(m, w, st->data->x, n, st->tape);
+    return pk_loss_eval(st->loss, pk_tape_out(m, st->tape), st->data->y, n, m->n_out, st->data->ty, NULL);
+}
+
+/* K(x, x)_kk = |J_{x,k}|^2 with J from a backward pass seeded with e_k, and
+ * the fused tangent kernel = the layer-by-layer one, full and trace. */
+static void kernel_checks(const pk_model *m, const double *w, const double *x, size_t n, const char *name)
+{
+    size_t C = m->n_out, P = m->n_params;
+    double *K = malloc(n * n * C * C * sizeof *K), *Kg = malloc(n * n * C * C * sizeof *K);
+    double *J = malloc(P * sizeof *J), *R = calloc(C, sizeof *R), worst = 0;
+    pk_tape *t = pk_tape_new(m, 1);
+    char what[128];
+    if (pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K)) { puts(pk_last_error()); failures++; return; }
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < C; k++) {
+            for (size_t c = 0; c < C; c++) R[c] = c == k;
+            pk_model_forward(m, w, x + i * m->n_in, 1, t);
+            pk_model_backward(m, w, t, R, 1.0, J);
+            double nrm = 0;
+            for (size_t p = 0; p < P; p++) nrm += J[p] * J[p];
+            worst = fmax(worst, fabs(nrm - K[((i * n + i) * C + k) * C + k]) / nrm);
+        }
+    snprintf(what, sizeof what, "K(x,x)_kk = |grad f_k|^2 %s", name);
+    check(what, worst, 1e-12);
+    for (int trace = 0; trace < 2; trace++) {
+        pk_kmode mode = trace ? PK_KMODE_TRACE : PK_KMODE_FULL;
+        size_t len = n * n * (trace ? 1 : C * C);
+        if (pk_kernel_tangent(m, w, x, n, x, n, mode, K) ||
+            pk_kernel_tangent_generic(m, w, x, n, x, n, mode, Kg, NULL, NULL)) { puts(pk_last_error()); failures++; return; }
+        snprintf(what, sizeof what, "fused = layer-by-layer kernel, %s %s", trace ? "trace" : "full", name);
+        check(what, rel_err(K, Kg, len), 1e-12);
+    }
+    pk_tape_free(t);
+    free(K); free(Kg); free(J); free(R);
 }
 
 int main(void)
@@ -53,13 +88,13 @@ int main(void)
                                 loss == PK_LOSS_MSE ? ym : loss == PK_LOSS_LOGISTIC ? yb : yc, 0, 0, NULL};
                 char spec[64];
                 snprintf(spec, sizeof spec, "mlp:6,4:%s", pk_act_name((pk_act)act));
-                pk_mlp m;
-                if (pk_mlp_parse(spec, d, out, (pk_param)param, 1.3, 0.4, &m)) { puts(pk_last_error()); return 1; }
-                size_t P = m.n_params;
+                pk_model *m;
+                if (pk_model_new(spec, d, out, (pk_param)param, 1.3, 0.4, &m)) { puts(pk_last_error()); return 1; }
+                size_t P = m->n_params;
                 double *w = malloc(P * sizeof *w), *G = malloc(P * sizeof *G), *Gfd = malloc(P * sizeof *G);
-                pk_mlp_init(&m, 7 + (uint64_t)act, w);
+                pk_model_init(m, 7 + (uint64_t)act, w);
                 pk_stepper st;
-                pk_stepper_init(&st, &m, (pk_loss)loss, &data, n);
+                pk_stepper_init(&st, m, (pk_loss)loss, &data, n);
                 pk_stepper_grad(&st, w, NULL, n, G);
                 const double h = 1e-6;
                 for (size_t j = 0; j < P; j++) {
@@ -80,39 +115,52 @@ int main(void)
                  * structured form (MATH.md section 4), against central differences
                  * of f_k. */
                 if (loss == PK_LOSS_MSE) {
-                    double *dl[PK_MAX_LAYERS];
-                    for (size_t l = 0; l < m.n_layers; l++) dl[l] = malloc(n * C * m.dims[l + 1] * sizeof(double));
-                    pk_mlp_forward(&m, w, x, n, st.tape);
-                    pk_mlp_output_deltas(&m, w, st.tape, dl);
+                    double *dl[PK_MAX_MODEL_LAYERS];
+                    if (pk_deltas_new(m, n, dl)) { puts(pk_last_error()); return 1; }
+                    pk_model_forward(m, w, x, n, st.tape);
+                    pk_model_output_deltas(m, w, st.tape, dl);
                     double *J = malloc(P * sizeof *J), *Jfd = malloc(P * sizeof *J);
                     size_t i = 3, k = 1;
-                    for (size_t l = 0; l < m.n_layers; l++) {
-                        size_t din = m.dims[l], dout = m.dims[l + 1];
-                        const double *del = dl[l] + (i * C + k) * dout, *a = st.tape->a[l] + i * din;
+                    for (size_t l = 0; l < m->n_weight; l++) {
+                        const pk_layer *lw = pk_model_weight(m, l);
+                        size_t din = lw->in, dout = lw->out;
+                        const double *del = dl[l] + (i * C + k) * dout, *a = pk_tape_in(st.tape, m->weight[l]) + i * din;
                         for (size_t o = 0; o < dout; o++) {
-                            for (size_t q = 0; q < din; q++)
-                                J[m.w_off[l] + o * din + q] = pk_mlp_wscale(&m, l) * del[o] * a[q];
-                            J[m.b_off[l] + o] = pk_mlp_bscale(&m, l) * del[o];
+                            for (size_t q = 0; q < din; q++) J[lw->w_off + o * din + q] = lw->sw * del[o] * a[q];
+                            J[lw->b_off + o] = lw->sb * del[o];
                         }
                     }
                     for (size_t j = 0; j < P; j++) {
                         double w0 = w[j], f[2];
                         for (int s = 0; s < 2; s++) {
                             w[j] = w0 + (s ? -h : h);
-                            pk_mlp_forward(&m, w, x, n, st.tape);
-                            f[s] = st.tape->a[m.n_layers][i * C + k];
+                            pk_model_forward(m, w, x, n, st.tape);
+                            f[s] = pk_tape_out(m, st.tape)[i * C + k];
                         }
                         w[j] = w0;
                         Jfd[j] = (f[0] - f[1]) / (2 * h);
                     }
                     snprintf(what, sizeof what, "output Jacobian %-9s %s", pk_act_name((pk_act)act), param ? "ntk" : "standard");
                     check(what, rel_err(J, Jfd, P), 1e-7);
-                    for (size_t l = 0; l < m.n_layers; l++) free(dl[l]);
+                    pk_deltas_free(m, dl);
                     free(J); free(Jfd);
+                    snprintf(what, sizeof what, "%-9s %s", pk_act_name((pk_act)act), param ? "ntk" : "standard");
+                    kernel_checks(m, w, x, n, what);
                 }
                 pk_stepper_free(&st);
+                pk_model_free(m);
                 free(w); free(G); free(Gfd);
             }
-    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 - failures, failures);
+    /* one and three layers: the fused kernel's edge cases */
+    for (int depth = 0; depth < 2; depth++) {
+        pk_model *m;
+        if (pk_model_new(depth ? "mlp:6,5,4:tanh" : "linear", d, C, PK_PARAM_STANDARD, 1, 0, &m)) return 1;
+        double *w = malloc(m->n_params * sizeof *w);
+        pk_model_init(m, 11, w);
+        kernel_checks(m, w, x, n, depth ? "mlp:6,5,4:tanh" : "linear");
+        pk_model_free(m);
+        free(w);
+    }
+    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 * 4 + 2 * 3 - failures, failures);
     return failures ? 1 : 0;
 }

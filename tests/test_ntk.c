@@ -24,13 +24,14 @@ int main(void)
     for (size_t i = 0; i < n * d; i++) X[i] = pk_rng_normal(&r);
     for (size_t i = 0; i < n * C; i++) Y[i] = pk_rng_normal(&r);
     for (int act = 0; act < 2; act++) {
-        pk_mlp m;
-        if (pk_mlp_parse(act ? "mlp:8,8:erf" : "mlp:8,8:relu", d, C, PK_PARAM_NTK, 1.4, 0.3, &m)) {
+        pk_model *m, *m1;
+        if (pk_model_new(act ? "mlp:8,8:erf" : "mlp:8,8:relu", d, C, PK_PARAM_NTK, 1.4, 0.3, &m) ||
+            pk_model_new(act ? "mlp:8:erf" : "mlp:8:relu", d, 1, PK_PARAM_NTK, 1.4, 0.3, &m1)) {
             puts(pk_last_error());
             return 1;
         }
         double K[144], S1[144];
-        pk_kernel_infinite(&m, X, n, X, n, 0, K);
+        pk_kernel_infinite(m, X, n, X, n, 0, K);
         double asym = 0;
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < n; j++) asym = fmax(asym, fabs(K[i * n + j] - K[j * n + i]));
@@ -55,16 +56,14 @@ int main(void)
             }
             for (size_t i = 0; i < n * C; i++) f[i] += h / 6 * (k1[i] + 2 * k2[i] + 2 * k3[i] + k4[i]);
         }
-        if (pk_infinite_flow(&m, X, Y, n, C, X, n, t, pred)) { puts(pk_last_error()); return 1; }
+        if (pk_infinite_flow(m, X, Y, n, C, X, n, t, pred)) { puts(pk_last_error()); return 1; }
         double err = 0, scale = 0;
         for (size_t i = 0; i < n * C; i++) { err = fmax(err, fabs(pred[i] - f[i])); scale = fmax(scale, fabs(f[i])); }
         check(act ? "erf flow closed form = RK4 integration" : "relu flow closed form = RK4 integration",
               err < 1e-9 * scale, err / scale);
 
         /* NNGP with one hidden layer by hand: Sigma^2 = sw^2 E[phi phi] + sb^2 */
-        pk_mlp m1;
-        pk_mlp_parse(act ? "mlp:8:erf" : "mlp:8:relu", d, 1, PK_PARAM_NTK, 1.4, 0.3, &m1);
-        pk_kernel_infinite(&m1, X, n, X, n, 1, S1);
+        pk_kernel_infinite(m1, X, n, X, n, 1, S1);
         double worst = 0;
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < n; j++) {
@@ -83,11 +82,14 @@ int main(void)
                 worst = fmax(worst, fabs(S1[i * n + j] - (1.96 * e + 0.09)));
             }
         check(act ? "erf NNGP, one hidden layer, by hand" : "relu NNGP, one hidden layer, by hand", worst < 1e-13, worst);
+        pk_model_free(m);
+        pk_model_free(m1);
     }
-    pk_mlp mt;
-    pk_mlp_parse("mlp:8:tanh", d, 1, PK_PARAM_NTK, 1, 0, &mt);
+    pk_model *mt;
+    if (pk_model_new("mlp:8:tanh", d, 1, PK_PARAM_NTK, 1, 0, &mt)) return 1;
     double K1[144];
-    check("tanh has no closed form: refused with PK_ERR_INPUT", pk_kernel_infinite(&mt, X, n, X, n, 0, K1) == PK_ERR_INPUT, 0);
+    check("tanh has no closed form: refused with PK_ERR_INPUT", pk_kernel_infinite(mt, X, n, X, n, 0, K1) == PK_ERR_INPUT, 0);
+    pk_model_free(mt);
     printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
 }

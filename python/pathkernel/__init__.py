@@ -225,19 +225,21 @@ class Run:
         _check(L.pk_run_open(os.fsencode(os.fspath(path)), ctypes.byref(h)))
         self._h = h
         self._train = None
-        m = L.pk_run_mlp(h).contents
+        m = L.pk_run_model(h)
         self.path = pathlib.Path(os.fsdecode(L.pk_run_dir(h)))
         self.steps = int(L.pk_run_steps(h))
         self.keep = int(L.pk_run_keep(h))
         self.n_train = int(L.pk_run_n_train(h))
-        self.n_params = int(m.n_params)
-        self.dims = tuple(int(m.dims[i]) for i in range(m.n_layers + 1))
-        self.n_inputs, self.n_outputs = self.dims[0], self.dims[-1]
+        self.n_params = int(L.pk_model_n_params(m))
+        self.n_inputs, self.n_outputs = int(L.pk_model_n_inputs(m)), int(L.pk_model_n_outputs(m))
         self.loss = L.pk_loss_name(L.pk_run_loss(h)).decode()
         self.optim = L.pk_optim_name(L.pk_run_optim(h).contents.kind).decode()
         buf = ctypes.create_string_buffer(256)
-        L.pk_mlp_spec(ctypes.byref(m), buf, 256)
+        L.pk_model_spec(m, buf, 256)
         self.model = buf.value.decode()
+        # mlp:H1,H2,...:ACT: the widths from inputs to outputs
+        hidden = self.model.split(":")[1] if self.model.startswith("mlp:") else ""
+        self.dims = (self.n_inputs, *(int(h) for h in hidden.split(",") if h), self.n_outputs)
         mp, sp = L.pk_run_mean(h), L.pk_run_std(h)
         d = self.n_inputs
         self.mean = np.ctypeslib.as_array(mp, (d,)).copy() if mp else None
@@ -318,7 +320,7 @@ class Run:
         w = self.weights(step)
         L = _lib()
         f = np.empty((x.shape[0], self.n_outputs))
-        _check(L.pk_predict(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(f)))
+        _check(L.pk_model_predict(L.pk_run_model(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(f)))
         return f
 
     def tangent_kernel(self, X, Y=None, at="final", mode="full"):
@@ -334,7 +336,7 @@ class Run:
         shape = (x.shape[0], y.shape[0], C, C) if km == _capi.PK_KMODE_FULL else (x.shape[0], y.shape[0])
         K = np.empty(shape)
         L = _lib()
-        _check(L.pk_kernel_tangent(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(y),
+        _check(L.pk_kernel_tangent(L.pk_run_model(self._handle()), _ptr(w), _ptr(x), x.shape[0], _ptr(y),
                                    y.shape[0], km, _ptr(K)))
         return K
 
@@ -407,7 +409,7 @@ class Run:
         if self.loss == "softmax" and Q:
             w = self.weights()
             f = np.empty((Q, C))
-            _check(L.pk_predict(L.pk_run_mlp(self._handle()), _ptr(w), _ptr(x), Q, _ptr(f)))
+            _check(L.pk_model_predict(L.pk_run_model(self._handle()), _ptr(w), _ptr(x), Q, _ptr(f)))
             for q in range(Q):          # the first maximum, as the CLI picks it
                 c = 0
                 for k in range(1, C):
@@ -559,10 +561,13 @@ def ntk(X, Y=None, model="mlp:512:relu", sigma_w=1.0, sigma_b=0.0, get="ntk"):
     x = _as_matrix(X, "X")
     y = x if Y is None else _as_matrix(Y, "Y", x.shape[1])
     L = _lib()
-    m = _capi.pk_mlp()
-    _check(L.pk_mlp_parse(model.encode(), x.shape[1], 1, _capi.PK_PARAM_NTK, _real(sigma_w, "sigma_w"),
+    m = _capi.P_model()
+    _check(L.pk_model_new(model.encode(), x.shape[1], 1, _capi.PK_PARAM_NTK, _real(sigma_w, "sigma_w"),
                           _real(sigma_b, "sigma_b"), ctypes.byref(m)))
-    K = np.empty((x.shape[0], y.shape[0]))
-    _check(L.pk_kernel_infinite(ctypes.byref(m), _ptr(x), x.shape[0], _ptr(y), y.shape[0],
-                                1 if get == "nngp" else 0, _ptr(K)))
+    try:
+        K = np.empty((x.shape[0], y.shape[0]))
+        _check(L.pk_kernel_infinite(m, _ptr(x), x.shape[0], _ptr(y), y.shape[0], 1 if get == "nngp" else 0,
+                                    _ptr(K)))
+    finally:
+        L.pk_model_free(m)
     return K

@@ -13,7 +13,6 @@ P_dbl = ctypes.POINTER(ctypes.c_double)
 P_size = ctypes.POINTER(ctypes.c_size_t)
 
 PK_OK, PK_ERR_INPUT = 0, 2
-PK_MAX_LAYERS = 16
 PK_PARAM_STANDARD, PK_PARAM_NTK = 0, 1
 PK_KMODE_FULL, PK_KMODE_TRACE = 0, 1
 PK_SI_LOSS, PK_SI_KERNEL = 0, 1
@@ -28,13 +27,6 @@ class pk_data(ctypes.Structure):
 class pk_load_opts(ctypes.Structure):
     """struct pk_load_opts."""
     _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64)]
-
-
-class pk_mlp(ctypes.Structure):
-    """struct pk_mlp."""
-    _fields_ = [("n_layers", c_size), ("dims", c_size * (PK_MAX_LAYERS + 1)), ("act", c_int),
-                ("param", c_int), ("sigma_w", c_dbl), ("sigma_b", c_dbl), ("n_params", c_size),
-                ("w_off", c_size * PK_MAX_LAYERS), ("b_off", c_size * PK_MAX_LAYERS)]
 
 
 class pk_optim(ctypes.Structure):
@@ -87,11 +79,12 @@ class pk_explain(ctypes.Structure):
                 ("max_rel_err", c_dbl), ("seconds", c_dbl), ("steps", c_size), ("quad", ctypes.c_char * 8)]
 
 
-STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_mlp": pk_mlp, "pk_optim": pk_optim,
+STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
            "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
            "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk}
 
 P_run = ctypes.c_void_p
+P_model = ctypes.c_void_p
 
 _PROTOS = {
     # name: (restype, argtypes)
@@ -101,8 +94,13 @@ _PROTOS = {
     "pk_get_threads": (c_int, []),
     "pk_data_standardize": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
     "pk_data_moments": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
-    "pk_mlp_parse": (c_int, [ctypes.c_char_p, c_size, c_size, c_int, c_dbl, c_dbl, ctypes.POINTER(pk_mlp)]),
-    "pk_mlp_spec": (None, [ctypes.POINTER(pk_mlp), ctypes.c_char_p, c_size]),
+    "pk_model_new": (c_int, [ctypes.c_char_p, c_size, c_size, c_int, c_dbl, c_dbl, ctypes.POINTER(P_model)]),
+    "pk_model_free": (None, [P_model]),
+    "pk_model_spec": (None, [P_model, ctypes.c_char_p, c_size]),
+    "pk_model_n_params": (c_size, [P_model]),
+    "pk_model_n_inputs": (c_size, [P_model]),
+    "pk_model_n_outputs": (c_size, [P_model]),
+    "pk_model_predict": (c_int, [P_model, P_dbl, P_dbl, c_size, P_dbl]),
     "pk_loss_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_loss_name": (ctypes.c_char_p, [c_int]),
     "pk_optim_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
@@ -112,7 +110,7 @@ _PROTOS = {
     "pk_train": (c_int, [ctypes.POINTER(pk_data), ctypes.POINTER(pk_train_opts), ctypes.c_void_p, ctypes.c_void_p]),
     "pk_run_open": (c_int, [ctypes.c_char_p, ctypes.POINTER(P_run)]),
     "pk_run_close": (None, [P_run]),
-    "pk_run_mlp": (ctypes.POINTER(pk_mlp), [P_run]),
+    "pk_run_model": (P_model, [P_run]),
     "pk_run_loss": (c_int, [P_run]),
     "pk_run_optim": (ctypes.POINTER(pk_optim), [P_run]),
     "pk_run_steps": (c_size, [P_run]),
@@ -124,9 +122,8 @@ _PROTOS = {
     "pk_run_std": (P_dbl, [P_run]),
     "pk_run_weights": (c_int, [P_run, c_size, P_dbl]),
     "pk_run_attach_data": (c_int, [P_run, ctypes.POINTER(pk_data)]),
-    "pk_predict": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, P_dbl, c_size, P_dbl]),
-    "pk_kernel_tangent": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
-    "pk_kernel_infinite": (c_int, [ctypes.POINTER(pk_mlp), P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
+    "pk_kernel_tangent": (c_int, [P_model, P_dbl, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
+    "pk_kernel_infinite": (c_int, [P_model, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
     "pk_quad_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_quad)]),
     "pk_explain_opts_defaults": (pk_explain_opts, []),
     "pk_explain_run": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),

@@ -2,9 +2,10 @@
  * path representation (MATH.md section 3, "Self-influence"): exact
  * self-influence by replaying the trajectory, per-example losses and
  * gradient norms, TracIn's checkpoint self-influence, rankings, ROC-AUC and
- * seeded label flips. Dense layers only, by the structured formula of
- * MATH.md section 4 restricted to the diagonal: for one example,
- * <g(w'), g(w)> = sum_l (s_w^2 a'.a + s_b^2) (delta'.delta). */
+ * seeded label flips. The inner products of one example's gradients at two
+ * weights are the layers' shares restricted to the diagonal
+ * (pk_side_diagonal; for a dense layer MATH.md section 4's
+ * (s_w^2 a'.a + s_b^2) (delta'.delta)). */
 #include "kernel/kernel.h"
 
 #include <math.h>
@@ -18,37 +19,9 @@ pk_status pk_si_form_parse(const char *s, pk_si_form *f)
     return PK_OK;
 }
 
-static double dot(const double *a, const double *b, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* out[j] = sum_l (sw_l^2 a1_j.a2_j + sb_l^2) (d1_j . d2_j) for j < n, where
- * the deltas of example j are `fold` rows of dims[l+1] (fold = C for
- * per-output deltas: the sum over outputs, i.e. the trace). */
-static void diag_product(const pk_mlp *m, size_t n, size_t fold, double *const *a1, double *const *d1,
-                         double *const *a2, double *const *d2, double *out)
-{
-    size_t L = m->n_layers;
-    #pragma omp parallel for schedule(static) if (n * m->n_params >= PK_PAR_MIN)
-    for (size_t j = 0; j < n; j++) {
-        double acc = 0;
-        for (size_t l = 0; l < L; l++) {
-            size_t din = m->dims[l], len = m->dims[l + 1] * fold;
-            double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
-            double A = dot(a1[l] + j * din, a2[l] + j * din, din);
-            double D = dot(d1[l] + j * len, d2[l] + j * len, len);
-            acc += (sw * sw * A + sb * sb) * D;
-        }
-        out[j] = acc;
-    }
-}
-
 pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
         return pk_fail(PK_ERR_INPUT, "%s: self-influence of %s runs is not yet supported (gd and sgd only)",
@@ -57,14 +30,13 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
     if (s) return s;
-    size_t N = pk_run_n_train(run), L = m->n_layers, C = m->dims[L], ty = train->ty;
+    size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty;
     size_t B = pk_optim_batch(op, N);
-    size_t fold = form == PK_SI_KERNEL ? C : 1;
     memset(si, 0, N * sizeof *si);
 
     double *Rn = pk_alloc(B, C * sizeof *Rn), *diag = pk_alloc(B, sizeof *diag);
     pk_tape *nt = pk_tape_new(m, B);
-    double *dB[PK_MAX_LAYERS] = {0}, *dN[PK_MAX_LAYERS] = {0};
+    double *dB[PK_MAX_MODEL_LAYERS] = {0}, *dN[PK_MAX_MODEL_LAYERS] = {0};
     int have_d = 0;
     if (form == PK_SI_KERNEL) {
         have_d = !pk_deltas_new(m, B, dB);
@@ -77,22 +49,24 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
         const uint32_t *idx = r.idx;
         size_t nb = r.nb;
         /* the training side at w_t: activations and loss-weighted deltas, as in training */
-        const double *xb = r.st.tape->a[0], *yb = r.st.y;
-        if (form == PK_SI_KERNEL) pk_mlp_output_deltas(m, r.w, r.st.tape, dB);
-        double *const *a_t = r.st.tape->a, *const *d_t = form == PK_SI_KERNEL ? dB : r.st.tape->delta;
+        const double *xb = r.st.tape->x, *yb = r.st.y;
+        if (form == PK_SI_KERNEL) pk_model_output_deltas(m, r.w, r.st.tape, dB);
+        pk_side at_t = form == PK_SI_KERNEL ? pk_side_outputs(m, r.st.tape, dB, 1) : pk_side_loss(m, r.st.tape);
         double scale = r.lr / (double)nb;
         for (size_t node = 0; node < q->n; node++) {
             double cq = q->c[node];
             const double *wn = pk_replay_node(&r, q->s[node]);
-            pk_mlp_forward(m, wn, xb, nb, nt);
+            pk_model_forward(m, wn, xb, nb, nt);
             if (form == PK_SI_KERNEL) {
-                pk_mlp_output_deltas(m, wn, nt, dN);
-                diag_product(m, nb, fold, nt->a, dN, a_t, d_t, diag);
+                pk_model_output_deltas(m, wn, nt, dN);
+                pk_side at_node = pk_side_outputs(m, nt, dN, 1);
+                pk_side_diagonal(m, &at_node, &at_t, diag);
             } else {
                 /* the example's own loss gradient at the node */
-                pk_loss_eval(pk_run_loss(run), nt->a[L], yb, nb, C, ty, Rn);
-                pk_mlp_backward(m, wn, nt, Rn, 1.0, NULL);
-                diag_product(m, nb, 1, nt->a, nt->delta, a_t, d_t, diag);
+                pk_loss_eval(pk_run_loss(run), pk_tape_out(m, nt), yb, nb, C, ty, Rn);
+                pk_model_backward(m, wn, nt, Rn, 1.0, NULL);
+                pk_side at_node = pk_side_loss(m, nt);
+                pk_side_diagonal(m, &at_node, &at_t, diag);
             }
             for (size_t b = 0; b < nb; b++) si[idx[b]] += scale * cq * diag[b];
         }
@@ -104,24 +78,25 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
     return s;
 }
 
-pk_status pk_example_stats(const pk_mlp *m, pk_loss loss, const double *w, const pk_data *data,
+pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
                            double *loss_i, double *gnorm2)
 {
-    size_t n = data->n, L = m->n_layers, C = m->dims[L], d = data->d, ty = data->ty;
+    size_t n = data->n, C = m->n_out, d = data->d, ty = data->ty;
     size_t block = n < 1024 ? (n ? n : 1) : 1024;
     pk_tape *t = pk_tape_new(m, block);
     double *R = pk_alloc(block, C * sizeof *R);
     if (!t || !R) { pk_tape_free(t); free(R); return PK_ERR_NOMEM; }
     for (size_t i0 = 0; i0 < n; i0 += block) {
         size_t nb = n - i0 < block ? n - i0 : block;
-        pk_mlp_forward(m, w, data->x + i0 * d, nb, t);
+        pk_model_forward(m, w, data->x + i0 * d, nb, t);
         for (size_t j = 0; j < nb; j++) {
-            double l = pk_loss_eval(loss, t->a[L] + j * C, data->y + (i0 + j) * ty, 1, C, ty, R + j * C);
+            double l = pk_loss_eval(loss, pk_tape_out(m, t) + j * C, data->y + (i0 + j) * ty, 1, C, ty, R + j * C);
             if (loss_i) loss_i[i0 + j] = l;
         }
         if (gnorm2) {
-            pk_mlp_backward(m, w, t, R, 1.0, NULL);
-            diag_product(m, nb, 1, t->a, t->delta, t->a, t->delta, gnorm2 + i0);
+            pk_model_backward(m, w, t, R, 1.0, NULL);
+            pk_side at = pk_side_loss(m, t);
+            pk_side_diagonal(m, &at, &at, gnorm2 + i0);
         }
     }
     pk_tape_free(t);
@@ -132,7 +107,7 @@ pk_status pk_example_stats(const pk_mlp *m, pk_loss loss, const double *w, const
 pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score)
 {
     if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint");
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
     if (s) return s;

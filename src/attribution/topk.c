@@ -123,14 +123,13 @@ static size_t block_of(const pk_topk_opts *o, size_t n)
 /* Bytes of the forward method for n queries: fixed workspace + per query. */
 static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_topk_opts *o)
 {
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers], B = batch_cap(run), Qb = block_of(o, n), sd = 0;
-    for (size_t l = 0; l <= m->n_layers; l++) sd += m->dims[l];
+    const pk_model *m = pk_run_model(run);
+    size_t C = m->n_out, B = batch_cap(run), Qb = block_of(o, n), sd = pk_model_widths(m);
     double b = 5.0 * (double)m->n_params + (double)pk_run_n_train(run);        /* w's, G, state; last */
-    b += (double)B * (double)(m->dims[0] + 3 * sd + C);                           /* stepper          */
+    b += (double)B * (double)(m->n_in + 3 * sd + C);                           /* stepper          */
     b += (double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B;       /* tape, R, S, D, A */
-    b += (double)Qb * (double)m->dims[1];                                         /* dZ1              */
-    b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->dims[1]); /* slots, heaps, Z1 */
+    b += (double)Qb * (double)m->layer[0].out;                                         /* dZ1              */
+    b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
     return b * sizeof(double);
 }
 
@@ -189,9 +188,9 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
                               query_heaps *qh, pk_topk *out)
 {
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], P = m->n_params;
-    size_t d = m->dims[0], B = batch_cap(run), Qb = block_of(o, n), K = o->top;
+    const pk_model *m = pk_run_model(run);
+    size_t N = pk_run_n_train(run), C = m->n_out, P = m->n_params;
+    size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), K = o->top;
     pk_status s = PK_OK;
     size_t *last = pk_alloc(N ? N : 1, sizeof *last);
     size_t n_slots = last ? open_plan(run, last) : SIZE_MAX;
@@ -205,7 +204,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     double *R = pk_calloc(Qb, C * sizeof *R);                   /* (Qb, C) e_c: the attributed output */
     double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
     double *S = pk_alloc(Qb, B * sizeof *S), *D = pk_alloc(Qb, B * sizeof *D), *A = pk_alloc(Qb, B * sizeof *A);
-    size_t d1 = m->dims[1];
+    /* a dense first layer moves its pre-activations by a rank-|B| update
+     * (below); any other is evaluated at every node */
+    int dense1 = m->layer[0].ops == &pk_dense_ops;
+    size_t d1 = m->layer[0].out;
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
     double *dZ1 = pk_alloc(Qb, d1 * sizeof *dZ1); /* (Qb, d1) their change over the step       */
     pk_tape *qt = pk_tape_new(m, Qb);
@@ -215,11 +217,11 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
     for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
     if (!s) s = pk_run_weights(run, 0, w);
-    if (!s) s = pk_predict(m, w, Xq, n, F);
+    if (!s) s = pk_model_predict(m, w, Xq, n, F);
     for (size_t q0 = 0; !s && q0 < n; q0 += Qb) {
         size_t nq = n - q0 < Qb ? n - q0 : Qb;
-        pk_mlp_forward(m, w, Xq + q0 * d, nq, qt);
-        memcpy(Z1 + q0 * d1, qt->z[0], nq * d1 * sizeof *Z1);
+        pk_model_forward(m, w, Xq + q0 * d, nq, qt);
+        memcpy(Z1 + q0 * d1, qt->y[0], nq * d1 * sizeof *Z1);
     }
     for (size_t x = 0; !s && x < n; x++) {
         out->bias[x] = F[x * C + cls[x]];
@@ -249,20 +251,25 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
              * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
              * summed over the batch (MATH.md section 4's layer-1 term): an
              * nq x |B| x d1 product instead of nq x d x d1 per node. */
-            double *Zb = Z1 + q0 * d1, sw = pk_mlp_wscale(m, 0), sb = pk_mlp_bscale(m, 0);
-            pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->a[0], d, 0.0, A, nb);
-            for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
-            pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, bt->delta[0], d1, 0.0, dZ1, d1);
+            double *Zb = Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
+            if (dense1) {
+                pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, A, nb);
+                for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
+                pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, bt->g[0], d1, 0.0, dZ1, d1);
+            }
             for (size_t node = 0; node < o->quad.n; node++) {
                 double sn = o->quad.s[node], f = -scale * o->quad.c[node];
                 const double *wn = pk_replay_node(&r, sn);
                 /* the forward pass at the node from z1 = Z1 + s dZ1, then the
                  * deltas of f_c: a backward pass seeded with e_c */
-                qt->n = nq;
-                qt->a[0] = (double *)(Xq + q0 * d);
-                for (size_t k = 0; k < nq * d1; k++) qt->z[0][k] = Zb[k] + sn * dZ1[k];
-                pk_mlp_forward_after_first(m, wn, qt);
-                pk_mlp_backward(m, wn, qt, R, 1.0, NULL);
+                if (dense1) {
+                    qt->n = nq;
+                    qt->x = Xq + q0 * d;
+                    for (size_t k = 0; k < nq * d1; k++) qt->y[0][k] = Zb[k] + sn * dZ1[k];
+                    pk_model_forward_from(m, wn, qt, 1);
+                } else
+                    pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
+                pk_model_backward(m, wn, qt, R, 1.0, NULL);
                 pk_side qs = pk_side_loss(m, qt);
                 /* S (nq, nb): <J_{x,c}(w_t + s D_t), g_i(w_t)> */
                 pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
@@ -275,7 +282,8 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                     for (size_t j = 0; j < nb; j++) ax[slot_of[idx[j]]] += f * Sr[j];
                 }
             }
-            for (size_t k = 0; k < nq * d1; k++) Zb[k] += dZ1[k];
+            if (dense1)
+                for (size_t k = 0; k < nq * d1; k++) Zb[k] += dZ1[k];
         }
         /* close the examples this step used for the last time: their phi is final */
         #pragma omp parallel for schedule(static) if (n * nb >= PK_PAR_MIN)
@@ -292,7 +300,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     }
     s = pk_replay_end(&r, s);
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
-    if (!s) s = pk_predict(m, w, Xq, n, F);
+    if (!s) s = pk_model_predict(m, w, Xq, n, F);
     for (size_t x = 0; !s && x < n; x++) out->pred[x] = F[x * C + cls[x]];
     pk_tape_free(qt);
     free(last); free(slot_of); free(free_slots); free(acc);
@@ -303,8 +311,8 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
 pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
                       pk_topk *out)
 {
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers], K = o->top;
+    const pk_model *m = pk_run_model(run);
+    size_t C = m->n_out, K = o->top;
     if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
     if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs k >= 1");
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");

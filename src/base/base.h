@@ -17,16 +17,23 @@
  * number of threads (gemm.c). */
 void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
              size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
-/* C (M, N) = op(A) op(B) in one BLAS call on the calling thread, for callers
+/* C (M, N) = alpha op(A) op(B) + beta C in one BLAS call on the calling thread, for callers
  * that split their work into pieces of a fixed size themselves (tangent.c). */
 void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
-                  size_t lda, const double *B, size_t ldb, double *C, size_t ldc);
+                  size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
 /* pk_gemm for products whose rows are independent items (queries): every
  * BLAS call has the same shape (tiles of a fixed number of rows, the last
  * one padded), so that a row's bits never depend on how many rows share the
  * call, on any OpenBLAS kernel (gemm.c). */
 void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
                   size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
+/* How a pass multiplies (pk_gemm_by): SPLIT, pk_gemm (the library splits
+ * the product over threads); ROWS, pk_gemm_rows (rows are independent
+ * queries); ONE, one BLAS call on the calling thread (the caller splits its
+ * work into pieces of a fixed size itself). */
+typedef enum pk_gemm_mode { PK_GEMM_SPLIT, PK_GEMM_ROWS, PK_GEMM_ONE } pk_gemm_mode;
+void pk_gemm_by(pk_gemm_mode mode, int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha,
+                const double *A, size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc);
 /* CRC-32 (zlib's and gzip's) of n bytes, continuing from crc (0 to
  * start), by ISA-L (util.c). */
 uint32_t pk_crc32(uint32_t crc, const void *p, size_t n);

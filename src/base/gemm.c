@@ -45,14 +45,14 @@ void pk_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alph
 }
 
 void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
-                  size_t lda, const double *B, size_t ldb, double *C, size_t ldc)
+                  size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
 {
     if (!M || !N) return;
     /* one BLAS thread, also outside an active parallel region (as above) */
     int nt = !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (nt > 1) omp_set_num_threads(1);
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
-                (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, 0.0, C, (int)ldc);
+                (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
     if (nt > 1) omp_set_num_threads(nt);
 }
 
@@ -100,6 +100,14 @@ void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double
         free(ap);
     }
     if (nt > 1) omp_set_num_threads(nt);
+}
+
+void pk_gemm_by(pk_gemm_mode mode, int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha,
+                const double *A, size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
+{
+    if (mode == PK_GEMM_ROWS) pk_gemm_rows(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (mode == PK_GEMM_SPLIT) pk_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else pk_gemm_tile(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* Transparent huge pages (2 MiB) for large matrices: a 32 MB kernel takes

@@ -40,34 +40,28 @@ int pk_explain_needs_backward(const pk_optim *op)
 
 static int is_adam(const pk_optim *op) { return op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW; }
 
-static size_t sum_dims(const pk_mlp *m)
-{
-    size_t s = 0;
-    for (size_t l = 0; l <= m->n_layers; l++) s += m->dims[l];
-    return s;
-}
 
-static size_t max_dout(const pk_mlp *m)
+static size_t max_dout(const pk_model *m)
 {
     size_t s = 1;
-    for (size_t l = 0; l < m->n_layers; l++) s = m->dims[l + 1] > s ? m->dims[l + 1] : s;
+    for (size_t l = 0; l < m->n_weight; l++) s = pk_model_weight(m, l)->out > s ? pk_model_weight(m, l)->out : s;
     return s;
 }
 
 /* Queries per GEMM chunk: the product of a chunk of H by the batch inputs
  * stays near 4 Mi doubles. */
-static size_t chunk_queries(const pk_mlp *m, size_t Qb, size_t B)
+static size_t chunk_queries(const pk_model *m, size_t Qb, size_t B)
 {
-    size_t C = m->dims[m->n_layers], per = C * max_dout(m) * (B ? B : 1);
+    size_t C = m->n_out, per = C * max_dout(m) * (B ? B : 1);
     size_t g = ((size_t)1 << 22) / (per ? per : 1);
     if (g < 1) g = 1;
     return g < Qb ? g : Qb;
 }
 
 /* Doubles of workspace for a block of Qb queries, without the segment store. */
-static double block_doubles(const pk_mlp *m, size_t B, size_t Qb, int kernel, size_t nodes)
+static double block_doubles(const pk_model *m, size_t B, size_t Qb, int kernel, size_t nodes)
 {
-    size_t C = m->dims[m->n_layers], P = m->n_params, sd = sum_dims(m), md = max_dout(m);
+    size_t C = m->n_out, P = m->n_params, sd = pk_model_widths(m), md = max_dout(m);
     double b = (double)Qb * (double)C * (double)P;                        /* H               */
     b += (double)nodes * ((double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd)); /* tapes, dq per node */
     b += (double)Qb * (double)md;                                         /* adamw: U a      */
@@ -77,9 +71,9 @@ static double block_doubles(const pk_mlp *m, size_t B, size_t Qb, int kernel, si
 }
 
 /* Doubles that do not depend on the block: weights, state, stepper. */
-static double fixed_doubles(const pk_mlp *m, const pk_optim *op, size_t d, size_t B, int kernel)
+static double fixed_doubles(const pk_model *m, const pk_optim *op, size_t d, size_t B, int kernel)
 {
-    size_t C = m->dims[m->n_layers], P = m->n_params, sd = sum_dims(m), md = max_dout(m);
+    size_t C = m->n_out, P = m->n_params, sd = pk_model_widths(m), md = max_dout(m);
     double b = (4.0 + (double)pk_optim_state_len(op)) * (double)P;       /* G, wq, prev, final, state */
     b += (double)B * (double)(d + 3 * sd + C + md);                       /* stepper, deltas^T */
     if (kernel) b += 2.0 * (double)B * (double)(C * sd);                  /* batch deltas (+^T) */
@@ -87,7 +81,7 @@ static double fixed_doubles(const pk_mlp *m, const pk_optim *op, size_t d, size_
 }
 
 /* Doubles stored per step of a segment: w_{s+1}, and P_s for Adam. */
-static double seg_doubles_per_step(const pk_mlp *m, const pk_optim *op)
+static double seg_doubles_per_step(const pk_model *m, const pk_optim *op)
 {
     return (double)m->n_params * (is_adam(op) ? 2.0 : 1.0);
 }
@@ -95,12 +89,12 @@ static double seg_doubles_per_step(const pk_mlp *m, const pk_optim *op)
 size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit,
                                 size_t out_bytes, size_t *Qb_out, size_t *seg_out)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     size_t N = pk_run_n_train(run), T = pk_run_steps(run);
     size_t B = pk_optim_batch(op, N);
     int kernel = o->want_kernel;
-    double fixed = fixed_doubles(m, op, m->dims[0], B, kernel) + (double)m->n_params; /* w_a */
+    double fixed = fixed_doubles(m, op, m->n_in, B, kernel) + (double)m->n_params; /* w_a */
     double per = seg_doubles_per_step(m, op);
     size_t Qb = o->block ? (o->block < Q ? o->block : Q) : Q;
     if (!Qb) Qb = 1;
@@ -123,7 +117,7 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
 
 typedef struct sweep {
     pk_run *run;
-    const pk_mlp *m;
+    const pk_model *m;
     const pk_optim *op;
     const pk_explain_opts *o;
     pk_explain *e;
@@ -134,8 +128,8 @@ typedef struct sweep {
     double *Pre;     /* (seg, P) Adam preconditioners P_s, or NULL          */
     double *H;       /* (Qb, C, P) layer-major                               */
     pk_tape *qt[8];  /* query tapes and per-output deltas at every quadrature node */
-    double *dq[8][PK_MAX_LAYERS];
-    double *dB[PK_MAX_LAYERS];
+    double *dq[8][PK_MAX_MODEL_LAYERS];
+    double *dB[PK_MAX_MODEL_LAYERS];
     double *dBT;     /* (C, dout, B) transposed batch per-output deltas      */
     double *dtT;     /* (dout, B) transposed loss-weighted deltas            */
     double *M;       /* GEMM chunk                                           */
@@ -145,8 +139,8 @@ typedef struct sweep {
 } sweep;
 
 /* H block of layer l for a block of nq queries. */
-static double *Hw(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->w_off[l]; }
-static double *Hb(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * sw->m->b_off[l]; }
+static double *Hw(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * pk_model_weight(sw->m, l)->w_off; }
+static double *Hb(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * pk_model_weight(sw->m, l)->b_off; }
 
 /* Replay steps a..b-1 into the segment store (W, Pre). */
 static pk_status replay_segment(sweep *sw, size_t a, size_t b)
@@ -174,13 +168,14 @@ static pk_status replay_segment(sweep *sw, size_t a, size_t b)
  * over H: every node's tape (sw->qt[n], sw->dq[n]) is ready. */
 static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_t nn, const double *pre)
 {
-    const pk_mlp *m = sw->m;
-    size_t C = sw->C, L = m->n_layers;
+    const pk_model *m = sw->m;
+    size_t C = sw->C, L = m->n_weight;
     for (size_t l = 0; l < L; l++) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t din = lw->in, dout = lw->out;
+        double swl = lw->sw, sbl = lw->sb;
         double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
-        const double *pw = pre ? pre + m->w_off[l] : NULL, *pb = pre ? pre + m->b_off[l] : NULL;
+        const double *pw = pre ? pre + lw->w_off : NULL, *pb = pre ? pre + lw->b_off : NULL;
         size_t rows = nq * C * dout;
         #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
         for (size_t r = 0; r < rows; r++) {
@@ -193,7 +188,7 @@ static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_
                 fb += cn[n] * dv;
                 if (dv == 0.0) continue;
                 f[k] = cn[n] * swl * dv;
-                a[k++] = sw->qt[n]->a[l] + q * din;
+                a[k++] = pk_tape_in(sw->qt[n], m->weight[l]) + q * din;
             }
             double *h = hw + r * din;
             const double *p = pw ? pw + o * din : NULL;
@@ -226,13 +221,14 @@ static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_
  * s_w delta_k . (W_s,l a_x) + s_b delta_k . c_s,l per layer. */
 static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coef, const double *ws)
 {
-    const pk_mlp *m = sw->m;
+    const pk_model *m = sw->m;
     size_t C = sw->C;
-    for (size_t l = 0; l < m->n_layers; l++) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
-        const double *dl = sw->dq[n][l], *ub = ws + m->b_off[l];
-        pk_gemm_rows(0, 1, nq, dout, din, 1.0, sw->qt[n]->a[l], din, ws + m->w_off[l], din, 0.0, sw->U, dout);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t din = lw->in, dout = lw->out;
+        double swl = lw->sw, sbl = lw->sb;
+        const double *dl = sw->dq[n][l], *ub = ws + lw->b_off;
+        pk_gemm_rows(0, 1, nq, dout, din, 1.0, pk_tape_in(sw->qt[n], m->weight[l]), din, ws + lw->w_off, din, 0.0, sw->U, dout);
         for (size_t q = 0; q < nq; q++)
             for (size_t k = 0; k < C; k++) {
                 const double *d = dl + (q * C + k) * dout, *ua = sw->U + q * dout;
@@ -249,16 +245,17 @@ static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coe
  * The second is what verify needs: sum_i of (1/|B|) H g_i is H G, no per-example work. */
 static void dot_terms(sweep *sw, size_t q0, size_t nq, double lambda, const double *ws, const double *G)
 {
-    const pk_mlp *m = sw->m;
+    const pk_model *m = sw->m;
     size_t C = sw->C;
     #pragma omp parallel for schedule(static) if (nq * C * sw->P >= PK_PAR_MIN)
     for (size_t qk = 0; qk < nq * C; qk++) {
         double accw = 0, accg = 0;
-        for (size_t l = 0; l < m->n_layers; l++) {
-            size_t din = m->dims[l], dout = m->dims[l + 1];
+        for (size_t l = 0; l < m->n_weight; l++) {
+            const pk_layer *lw = pk_model_weight(m, l);
+        size_t din = lw->in, dout = lw->out;
             const double *hw = Hw(sw, nq, l) + qk * dout * din, *hb = Hb(sw, nq, l) + qk * dout;
-            const double *w = ws + m->w_off[l], *b = ws + m->b_off[l];
-            const double *gw = G ? G + m->w_off[l] : NULL, *gb = G ? G + m->b_off[l] : NULL;
+            const double *w = ws + lw->w_off, *b = ws + lw->b_off;
+            const double *gw = G ? G + lw->w_off : NULL, *gb = G ? G + lw->b_off : NULL;
             double aw = 0, ab = 0, cw = 0, cb = 0;
             if (lambda != 0.0) {
                 for (size_t i = 0; i < dout * din; i++) aw += hw[i] * w[i];
@@ -281,16 +278,17 @@ static void dot_terms(sweep *sw, size_t q0, size_t nq, double lambda, const doub
  * for the batch on the stepper's tape (at w_s). */
 static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx, size_t nb)
 {
-    const pk_mlp *m = sw->m;
-    size_t C = sw->C, N = sw->N, kr = sw->kr, L = m->n_layers;
+    const pk_model *m = sw->m;
+    size_t C = sw->C, N = sw->N, kr = sw->kr, L = m->n_weight;
     pk_explain *e = sw->e;
     int kernel = e->kernel != NULL;
     double inv = 1.0 / (double)nb;
     const pk_tape *bt = sw->st.tape;
     for (size_t l = 0; l < L; l++) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        double swl = pk_mlp_wscale(m, l), sbl = pk_mlp_bscale(m, l);
-        const double *dt = bt->delta[l], *aB = bt->a[l];
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t din = lw->in, dout = lw->out;
+        double swl = lw->sw, sbl = lw->sb;
+        const double *dt = bt->g[m->weight[l]], *aB = pk_tape_in(bt, m->weight[l]);
         for (size_t j = 0; j < nb; j++)
             for (size_t o = 0; o < dout; o++) sw->dtT[o * nb + j] = dt[j * dout + o];
         if (kernel) {
@@ -382,10 +380,10 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
 /* One block of queries: the whole backward sweep. */
 static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
 {
-    const pk_mlp *m = sw->m;
+    const pk_model *m = sw->m;
     const pk_optim *op = sw->op;
     const pk_quad *quad = &sw->o->quad;
-    size_t P = sw->P, C = sw->C, T = sw->T, d = m->dims[0];
+    size_t P = sw->P, C = sw->C, T = sw->T, d = m->n_in;
     int adam = is_adam(op), adamw = op->kind == PK_OPTIM_ADAMW;
     double lambda = op->weight_decay;
     double decay = op->kind == PK_OPTIM_MOMENTUM ? op->momentum : adam ? op->beta1 : 0.0;
@@ -413,8 +411,8 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             for (size_t node = 0; node < quad->n; node++) {
                 double cq = quad->c[node];
                 const double *wn = pk_node_weights(ws, wn1, P, quad->s[node], sw->wq);
-                pk_mlp_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
-                pk_mlp_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
+                pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
+                pk_model_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
                 cn[node] = cq * coef;
                 if (adamw && lambda != 0.0) adamw_term(sw, q0, nq, node, -cq * lr * lambda, ws);
             }
@@ -428,7 +426,7 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             double l2 = adamw ? 0.0 : lambda;
             if (l2 != 0.0 || !per_example) dot_terms(sw, q0, nq, l2, ws, per_example ? NULL : sw->G);
             if (per_example) {
-                if (sw->e->kernel) pk_mlp_output_deltas(m, ws, sw->st.tape, sw->dB);
+                if (sw->e->kernel) pk_model_output_deltas(m, ws, sw->st.tape, sw->dB);
                 batch_products(sw, q0, nq, idx, nb);
             }
             /* the sweep runs backward: T - t steps of this block are done */
@@ -448,13 +446,13 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sweep sw;
     memset(&sw, 0, sizeof sw);
     sw.run = run;
-    sw.m = pk_run_mlp(run);
+    sw.m = pk_run_model(run);
     sw.op = pk_run_optim(run);
     sw.o = o;
     sw.e = e;
-    const pk_mlp *m = sw.m;
+    const pk_model *m = sw.m;
     sw.P = m->n_params;
-    sw.C = m->dims[m->n_layers];
+    sw.C = m->n_out;
     sw.N = pk_run_n_train(run);
     sw.T = pk_run_steps(run);
     sw.S = pk_optim_state_len(sw.op);

@@ -4,35 +4,45 @@
 
 #include "run/run.h"
 
-/* One side of a structured kernel product (MATH.md section 4): layer inputs
- * and deltas of n examples. Each example owns `rows` delta rows of length
- * dims[l+1] * fold: rows = C, fold = 1 for per-output deltas (full blocks);
+/* One side of a structured kernel product (MATH.md section 4): the inputs
+ * and output deltas of the layers with parameters (index l: the l-th such
+ * layer) for n examples. Each example owns `rows` delta rows of length
+ * out_l * fold: rows = C, fold = 1 for per-output deltas (full blocks);
  * rows = 1, fold = C for the same buffer read as one row (trace); rows = 1,
  * fold = 1 for loss-weighted deltas (contributions). */
 typedef struct pk_side {
     size_t n, rows, fold;
-    int unit;   /* per-output deltas: those of the output layer are e_k */
+    int unit;    /* per-output deltas: those of the output layer are e_k */
     int queries; /* the examples are queries (pk_tape.queries): fixed-shape products */
-    const double *a[PK_MAX_LAYERS];      /* (n, dims[l])                   */
-    const double *delta[PK_MAX_LAYERS];  /* (n * rows, dims[l+1] * fold)   */
+    const double *a[PK_MAX_MODEL_LAYERS];      /* (n, in_l)                */
+    const double *delta[PK_MAX_MODEL_LAYERS];  /* (n * rows, out_l * fold) */
 } pk_side;
 
-/* S = sum_l (sw_l^2 A_l + sb_l^2) o D_l over the pairs of the
- * two sides, with A_l = a_x a_y^T (broadcast over the rows of an example) and
- * D_l = delta_x delta_y^T. Layout of S: pairs = 0: ((x, kx), (y, ky)) with
- * ldy >= y.n examples per row; pairs = 1: (x, y, kx, ky) with ldy >= y.n
- * pairs per x (a block of a larger kernel). A (x.n, y.n) and
+/* S = sum over the layers with parameters of their shares of the
+ * per-example gradient inner products (pk_layer_ops.gram; for a dense layer
+ * (sw^2 A + sb^2) o D with A = a_x a_y^T broadcast over the rows of an
+ * example and D = delta_x delta_y^T). Layout of S: pairs = 0: ((x, kx), (y,
+ * ky)) with ldy >= y.n examples per row; pairs = 1: (x, y, kx, ky) with ldy
+ * >= y.n pairs per x (a block of a larger kernel). A (x.n, y.n) and
  * D (x.n * x.rows, y.n * y.rows) are scratch. */
-void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, size_t ldy,
-                     int pairs, double *A, double *D);
+void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, double *S, size_t ldy, int pairs,
+                     double *A, double *D);
+/* out[j] = <J_j, J'_j> for the n examples the two sides share (the same
+ * rows: x.n = y.n, x.rows = y.rows = 1), summed over the layers (their
+ * shares, MATH.md section 4). */
+void pk_side_diagonal(const pk_model *m, const pk_side *x, const pk_side *y, double *out);
 
-/* A side from a tape after pk_mlp_output_deltas into `deltas`. */
-pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace);
-/* A side from a tape after pk_mlp_backward (loss-weighted deltas). */
-pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t);
-/* Per-output delta buffers for up to `cap` examples: deltas[l] (cap, C, dims[l+1]). */
-pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas);
-void pk_deltas_free(const pk_mlp *m, double **deltas);
+/* The tangent kernel of any model by pk_side_product, block by block (K
+ * (nx, ny, C, C) or (nx, ny), or row segments to sink when K is NULL):
+ * what pk_kernel_tangent computes for models that are not multilayer
+ * perceptrons; the same sum as its fused path, which tests compare. */
+pk_status pk_kernel_tangent_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
+                                    size_t ny, pk_kmode mode, double *K, pk_kernel_sink sink, void *ctx);
+
+/* A side from a tape after pk_model_output_deltas into `deltas`. */
+pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *deltas, int trace);
+/* A side from a tape after pk_model_backward (loss-weighted deltas). */
+pk_side pk_side_loss(const pk_model *m, const pk_tape *t);
 
 /* Whether explain needs backward.c's sweep (momentum, adam, adamw,
  * or any weight decay) instead of path.c's forward sweep. */

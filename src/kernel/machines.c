@@ -105,7 +105,7 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
     if (s) return s;
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     size_t N = train->n, d = train->d;
     switch (kind) {
     case PK_KERNEL_PATH: { /* trace over outputs of K^p(x, x_i) (MATH.md section 3) */
@@ -132,9 +132,15 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
         pk_kernel_rbf(X, nx, train->x, N, d, pk_rbf_median_bandwidth(train->x, N, d), K);
         return PK_OK;
     case PK_KERNEL_NTK: {
-        pk_mlp inf = *m;
-        if (inf.param != PK_PARAM_NTK) { inf.param = PK_PARAM_NTK; inf.sigma_w = 1; inf.sigma_b = 1; }
-        return pk_kernel_infinite(&inf, X, nx, train->x, N, 0, K);
+        pk_model *inf = NULL; /* the run's architecture in the ntk parameterisation */
+        if (m->param != PK_PARAM_NTK) {
+            char spec[256];
+            pk_model_spec(m, spec, sizeof spec);
+            if ((s = pk_model_new(spec, m->n_in, m->n_out, PK_PARAM_NTK, 1, 1, &inf))) return s;
+        }
+        s = pk_kernel_infinite(inf ? inf : m, X, nx, train->x, N, 0, K);
+        pk_model_free(inf);
+        return s;
     }
     }
     return pk_fail(PK_ERR_INPUT, "unknown kernel kind");

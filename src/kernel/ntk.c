@@ -26,13 +26,16 @@ static void gauss_moments(pk_act act, double a, double b, double c, double *e, d
     }
 }
 
-pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const double *Y, size_t ny,
+pk_status pk_kernel_infinite(const pk_model *m, const double *X, size_t nx, const double *Y, size_t ny,
                              int nngp, double *K)
 {
-    if (m->act != PK_ACT_RELU && m->act != PK_ACT_ERF)
+    int mlp = pk_model_mlp_act(m);
+    if (mlp < 0) return pk_fail(PK_ERR_INPUT, "infinite-width kernels are those of multilayer perceptrons (mlp:...)");
+    pk_act act = (pk_act)mlp;
+    if (act != PK_ACT_RELU && act != PK_ACT_ERF)
         return pk_fail(PK_ERR_INPUT, "infinite-width kernels have closed forms for relu and erf only, not %s",
-                       pk_act_name(m->act));
-    size_t d = m->dims[0], H = m->n_layers - 1; /* hidden layers */
+                       pk_act_name(act));
+    size_t d = m->n_in, H = m->n_weight - 1; /* hidden layers */
     double sw2 = m->sigma_w * m->sigma_w, sb2 = m->sigma_b * m->sigma_b;
     /* Diagonal recursions: Sigma^l(x, x) of every input, for every layer. */
     double *dx = pk_alloc(nx * (H + 1), sizeof *dx), *dy = pk_alloc(ny * (H + 1), sizeof *dy);
@@ -47,7 +50,7 @@ pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const 
             dg[i * (H + 1)] = sw2 * q / (double)d + sb2;
             for (size_t l = 0; l < H; l++) {
                 double s = dg[i * (H + 1) + l], e, edot;
-                gauss_moments(m->act, s, s, s, &e, &edot);
+                gauss_moments(act, s, s, s, &e, &edot);
                 dg[i * (H + 1) + l + 1] = sw2 * e + sb2;
             }
         }
@@ -60,7 +63,7 @@ pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const 
             double sig = K[i * ny + j] + sb2, theta = sig;
             for (size_t l = 0; l < H; l++) {
                 double e, edot;
-                gauss_moments(m->act, dx[i * (H + 1) + l], dy[j * (H + 1) + l], sig, &e, &edot);
+                gauss_moments(act, dx[i * (H + 1) + l], dy[j * (H + 1) + l], sig, &e, &edot);
                 sig = sw2 * e + sb2;                 /* Sigma^{l+1}              */
                 theta = theta * sw2 * edot + sig;    /* Theta^l Sigmadot^{l+1} + Sigma^{l+1} */
             }
@@ -71,7 +74,7 @@ pk_status pk_kernel_infinite(const pk_mlp *m, const double *X, size_t nx, const 
     return PK_OK;
 }
 
-pk_status pk_infinite_flow(const pk_mlp *m, const double *X, const double *Yt, size_t n, size_t C,
+pk_status pk_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
                            const double *Xq, size_t nq, double t, double *pred)
 {
     double *K = pk_alloc(n * n, sizeof *K), *Kq = pk_alloc(nq * n, sizeof *Kq);

@@ -69,23 +69,17 @@ void pk_explain_free(pk_explain *e)
 
 /* ---------------------------------------------------------------- memory */
 
-static size_t sum_dims(const pk_mlp *m)
-{
-    size_t s = 0;
-    for (size_t l = 0; l <= m->n_layers; l++) s += m->dims[l];
-    return s;
-}
 
 /* Kernel rows per pair and per example: C in full mode with C > 1, else 1. */
-static size_t kernel_rows(const pk_mlp *m, const pk_explain_opts *o)
+static size_t kernel_rows(const pk_model *m, const pk_explain_opts *o)
 {
-    size_t C = m->dims[m->n_layers];
+    size_t C = m->n_out;
     return o->mode == PK_KMODE_FULL ? C : 1;
 }
 
-static size_t output_bytes(const pk_mlp *m, size_t Q, size_t N, const pk_explain_opts *o)
+static size_t output_bytes(const pk_model *m, size_t Q, size_t N, const pk_explain_opts *o)
 {
-    size_t C = m->dims[m->n_layers], kr = kernel_rows(m, o);
+    size_t C = m->n_out, kr = kernel_rows(m, o);
     double b = 4.0 * (double)Q * (double)C;
     if (o->want_contrib) b += (double)Q * (double)N * (double)C;
     if (o->want_kernel) b += (double)Q * (double)N * (double)(kr * kr);
@@ -93,9 +87,9 @@ static size_t output_bytes(const pk_mlp *m, size_t Q, size_t N, const pk_explain
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
-static size_t work_bytes(const pk_mlp *m, size_t d, size_t B, size_t Qb, const pk_explain_opts *o)
+static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const pk_explain_opts *o)
 {
-    size_t C = m->dims[m->n_layers], kr = kernel_rows(m, o), sd = sum_dims(m);
+    size_t C = m->n_out, kr = kernel_rows(m, o), sd = pk_model_widths(m);
     double b = 4.0 * (double)m->n_params;                        /* w, w_next, wq, G */
     b += (double)B * (double)(d + 3 * sd + C);                    /* stepper          */
     if (o->want_kernel) b += (double)B * (double)(C * sd);         /* batch deltas     */
@@ -110,11 +104,11 @@ static size_t batch_cap(const pk_run *run) { return pk_optim_batch(pk_run_optim(
 
 static size_t default_block(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     size_t out = output_bytes(m, Q, pk_run_n_train(run), o), B = batch_cap(run);
     size_t Qb = o->block ? o->block : (Q < 256 ? Q : 256);
     if (!Qb) Qb = 1;
-    while (!o->block && Qb > 1 && out + work_bytes(m, m->dims[0], B, Qb, o) > limit) Qb /= 2;
+    while (!o->block && Qb > 1 && out + work_bytes(m, m->n_in, B, Qb, o) > limit) Qb /= 2;
     return Qb;
 }
 
@@ -125,38 +119,38 @@ static size_t memory_limit(const pk_explain_opts *o)
 
 size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     if (pk_explain_needs_backward(pk_run_optim(run))) {
         size_t qb, seg;
         return pk_explain_backward_plan(run, Q, o, memory_limit(o), output_bytes(m, Q, pk_run_n_train(run), o), &qb, &seg);
     }
     size_t Qb = default_block(run, Q, o, memory_limit(o));
-    return output_bytes(m, Q, pk_run_n_train(run), o) + work_bytes(m, m->dims[0], batch_cap(run), Qb, o);
+    return output_bytes(m, Q, pk_run_n_train(run), o) + work_bytes(m, m->n_in, batch_cap(run), Qb, o);
 }
 
 /* Say what does not fit, and which of the user's options would make it fit. */
 static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t need, size_t limit)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     size_t N = pk_run_n_train(run), B = batch_cap(run);
     char hints[512] = "";
     size_t k = 0;
     pk_explain_opts t = *o;
     if (o->want_kernel && o->mode == PK_KMODE_FULL) {
         t.mode = PK_KMODE_TRACE;
-        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
             k += (size_t)snprintf(hints + k, sizeof hints - k, "; --mode trace fits");
     }
     t = *o;
     if (o->want_kernel) {
         t.want_kernel = 0;
-        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+        if (output_bytes(m, Q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
             k += (size_t)snprintf(hints + k, sizeof hints - k, "; --no-kernel fits");
     }
     t = *o;
     size_t q = Q;
-    while (q > 1 && output_bytes(m, q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) > limit) q /= 2;
-    if (q < Q && output_bytes(m, q, N, &t) + work_bytes(m, m->dims[0], B, 1, &t) <= limit)
+    while (q > 1 && output_bytes(m, q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) > limit) q /= 2;
+    if (q < Q && output_bytes(m, q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
         k += (size_t)snprintf(hints + k, sizeof hints - k, "; at most %zu queries fit (--first %zu)", q, q);
     return pk_fail(PK_ERR_INPUT, "explain needs %.1f MiB for %zu queries x %zu training examples, more than the %.1f MiB allowed%s",
                    (double)need / 1048576.0, Q, N, (double)limit / 1048576.0, k ? hints : "; use fewer queries");
@@ -171,11 +165,11 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
 static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o, size_t Qb,
                                  pk_explain *e)
 {
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t N = e->N, C = e->C, d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
+    const pk_model *m = pk_run_model(run);
+    size_t N = e->N, C = e->C, d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     pk_tape *qt = pk_tape_new(m, Qb);
     if (qt) qt->queries = 1;
-    double *dq[PK_MAX_LAYERS] = {0}, *dB[PK_MAX_LAYERS] = {0};
+    double *dq[PK_MAX_MODEL_LAYERS] = {0}, *dB[PK_MAX_MODEL_LAYERS] = {0};
     int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
     double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);
     double *A = pk_alloc(Qb, B * sizeof *A);
@@ -190,7 +184,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         size_t nb = r.nb;
         pk_side train_loss = pk_side_loss(m, r.st.tape), train_out = {0};
         if (o->want_kernel) {
-            pk_mlp_output_deltas(m, r.w, r.st.tape, dB);
+            pk_model_output_deltas(m, r.w, r.st.tape, dB);
             train_out = pk_side_outputs(m, r.st.tape, dB, kr == 1);
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
@@ -199,8 +193,8 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
             for (size_t node = 0; node < o->quad.n; node++) {
                 double cq = o->quad.c[node];
                 const double *wn = pk_replay_node(&r, o->quad.s[node]);
-                pk_mlp_forward(m, wn, Xq + q0 * d, nq, qt);
-                pk_mlp_output_deltas(m, wn, qt, dq);
+                pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
+                pk_model_output_deltas(m, wn, qt, dq);
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
                 pk_side qs = pk_side_outputs(m, qt, dq, 0);
                 pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
@@ -250,11 +244,11 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
 {
     memset(e, 0, sizeof *e);
     double t_start = pk_seconds();
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
-    size_t N = pk_run_n_train(run), C = m->dims[m->n_layers], T = pk_run_steps(run), P = m->n_params;
-    size_t d = m->dims[0], B = batch_cap(run), kr = kernel_rows(m, o);
+    size_t N = pk_run_n_train(run), C = m->n_out, T = pk_run_steps(run), P = m->n_params;
+    size_t d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
     /* momentum, Adam, AdamW and weight decay: the backward sweep of backward.c */
     int back = pk_explain_needs_backward(op);
@@ -296,11 +290,11 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
         (o->want_kernel && !e->kernel) || !w)
         s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, 0, w);
-    if (!s) s = pk_predict(m, w, Xq, Q, e->bias);
+    if (!s) s = pk_model_predict(m, w, Xq, Q, e->bias);
     /* each sweep ends with its own bit-for-bit check of the replay */
     if (!s) s = back ? pk_explain_backward(run, Xq, Q, o, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, o, Qb, e);
     if (!s) s = pk_run_weights(run, T, w);
-    if (!s) s = pk_predict(m, w, Xq, Q, e->pred);
+    if (!s) s = pk_model_predict(m, w, Xq, Q, e->pred);
     if (!s) {
         double num = 0, den = 0;
         for (size_t i = 0; i < Q * C; i++) {

@@ -7,80 +7,65 @@
 
 #include <string.h>
 
-pk_status pk_deltas_new(const pk_mlp *m, size_t cap, double **deltas)
+pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *deltas, int trace)
 {
-    size_t C = m->dims[m->n_layers];
-    memset(deltas, 0, PK_MAX_LAYERS * sizeof *deltas);
-    for (size_t l = 0; l < m->n_layers; l++) {
-        deltas[l] = pk_alloc(cap * C, m->dims[l + 1] * sizeof(double));
-        if (!deltas[l]) { pk_deltas_free(m, deltas); return PK_ERR_NOMEM; }
-    }
-    return PK_OK;
-}
-
-void pk_deltas_free(const pk_mlp *m, double **deltas)
-{
-    for (size_t l = 0; l < m->n_layers; l++) { free(deltas[l]); deltas[l] = NULL; }
-}
-
-pk_side pk_side_outputs(const pk_mlp *m, const pk_tape *t, double *const *deltas, int trace)
-{
-    size_t C = m->dims[m->n_layers];
+    size_t C = m->n_out;
     pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}};
-    for (size_t l = 0; l < m->n_layers; l++) {
-        s.a[l] = t->a[l];
+    for (size_t l = 0; l < m->n_weight; l++) {
+        s.a[l] = pk_tape_in(t, m->weight[l]);
         s.delta[l] = deltas[l];
     }
     return s;
 }
 
-pk_side pk_side_loss(const pk_mlp *m, const pk_tape *t)
+pk_side pk_side_loss(const pk_model *m, const pk_tape *t)
 {
     pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}};
-    for (size_t l = 0; l < m->n_layers; l++) {
-        s.a[l] = t->a[l];
-        s.delta[l] = t->delta[l];
+    for (size_t l = 0; l < m->n_weight; l++) {
+        s.a[l] = pk_tape_in(t, m->weight[l]);
+        s.delta[l] = t->g[m->weight[l]];
     }
     return s;
 }
 
-void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double *S, size_t ldy,
-                     int pairs, double *A, double *D)
+void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, double *S, size_t ldy, int pairs,
+                     double *A, double *D)
 {
-    size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows, L = m->n_layers;
-    size_t cols = ny * ry;
-    /* where (x, kx, y, 0) lives in S */
-    #define S_AT(i, kx, j) (pairs ? S + (((i) * ldy + (j)) * rx + (kx)) * ry : S + (((i) * rx + (kx)) * ldy + (j)) * ry)
+    size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows, L = m->n_weight, cols = ny * ry;
     for (size_t i = 0; i < nx; i++)
         for (size_t kx = 0; kx < rx; kx++)
-            if (!pairs) memset(S_AT(i, kx, 0), 0, cols * sizeof *S);
-            else for (size_t j = 0; j < ny; j++) memset(S_AT(i, kx, j), 0, ry * sizeof *S);
+            if (!pairs) memset(S + ((i * rx + kx) * ldy) * ry, 0, cols * sizeof *S);
+            else
+                for (size_t j = 0; j < ny; j++) memset(S + ((i * ldy + j) * rx + kx) * ry, 0, ry * sizeof *S);
+    pk_gemm_mode mode = x->queries ? PK_GEMM_ROWS : PK_GEMM_SPLIT;
     for (size_t l = 0; l < L; l++) {
-        size_t din = m->dims[l], len = m->dims[l + 1] * x->fold;
-        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
-        double sw2 = sw * sw, sb2 = sb * sb;
-        /* A (nx, ny) = a_x a_y^T */
-        (x->queries ? pk_gemm_rows : pk_gemm)(0, 1, nx, ny, din, 1.0, x->a[l], din, y->a[l], din, 0.0, A, ny);
-        /* Per-output deltas of the output layer are the unit vectors e_k:
-         * D = delta_x delta_y^T is then 1 where k = k' (fold = C: the trace, C). */
+        const pk_layer *lw = pk_model_weight(m, l);
+        /* the output layer's per-output deltas are the unit vectors e_k */
         int unit = l + 1 == L && x->unit && y->unit;
-        if (!unit) /* D (nx*rx, ny*ry) = delta_x delta_y^T */
-            (x->queries ? pk_gemm_rows : pk_gemm)(0, 1, nx * rx, cols, len, 1.0, x->delta[l], len, y->delta[l], len,
-                                                  0.0, D, cols);
-        double diag = rx == 1 ? (double)x->fold : 1.0;
-        #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
-        for (size_t i = 0; i < nx; i++)
-            for (size_t kx = 0; kx < rx; kx++) {
-                const double *Ai = A + i * ny, *Dr = D + (i * rx + kx) * cols;
-                for (size_t j = 0; j < ny; j++) {
-                    double c = sw2 * Ai[j] + sb2, *dst = S_AT(i, kx, j);
-                    if (unit) dst[rx == 1 ? 0 : kx] += c * diag;
-                    else
-                        for (size_t ky = 0; ky < ry; ky++) dst[ky] += c * Dr[j * ry + ky];
-                }
-            }
+        lw->ops->gram(lw, nx, rx, x->a[l], x->delta[l], ny, ry, y->a[l], y->delta[l], x->fold, unit, mode, A, D, S,
+                      ldy, pairs);
     }
-    #undef S_AT
+}
+
+void pk_side_diagonal(const pk_model *m, const pk_side *x, const pk_side *y, double *out)
+{
+    memset(out, 0, x->n * sizeof *out);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        lw->ops->gram_diag(lw, x->n, x->fold, x->a[l], x->delta[l], y->a[l], y->delta[l], out);
+    }
+}
+
+/* The fused path is for multilayer perceptrons (pk_model_mlp_act >= 0):
+ * L dense layers; layer l maps dim(l) to dim(l + 1) values (dim(L) = C). */
+static size_t dim(const pk_model *m, size_t l) { return l < m->n_weight ? pk_model_weight(m, l)->in : m->n_out; }
+/* The input of dense layer l on a tape. */
+static const double *tape_a(const pk_model *m, const pk_tape *t, size_t l) { return pk_tape_in(t, m->weight[l]); }
+/* out (n, dim(l + 1)) = act'(z_l), z_l the output of dense layer l. */
+static void act_grad(const pk_model *m, const pk_tape *t, size_t l, double *out)
+{
+    size_t k = m->weight[l] + 1; /* its activation */
+    pk_act_grad(&m->layer[k], t->y[k - 1], t->y[k], t->n, out);
 }
 
 /* One side of a block of pk_kernel_tangent: the tape, the per-output deltas
@@ -89,42 +74,42 @@ void pk_side_product(const pk_mlp *m, const pk_side *x, const pk_side *y, double
  * then computes its own) and s = act'(z_{L-2}). */
 typedef struct kside {
     pk_tape *t;
-    double *d[PK_MAX_LAYERS];   /* d[l] (cap, C, dims[l+1]) for l <= L-3, else NULL */
-    double *s;                  /* (cap, dims[L-1]) */
+    double *d[PK_MAX_MODEL_LAYERS];   /* d[l] (cap, C, dim(l + 1)) for l <= L-3, else NULL */
+    double *s;                  /* (cap, dim(L - 1)) */
 } kside;
 
-static void kside_free(const pk_mlp *m, kside *k)
+static void kside_free(const pk_model *m, kside *k)
 {
     pk_tape_free(k->t);
     pk_deltas_free(m, k->d);
     free(k->s);
 }
 
-static pk_status kside_new(const pk_mlp *m, size_t cap, int keep_deltas, kside *k)
+static pk_status kside_new(const pk_model *m, size_t cap, int keep_deltas, kside *k)
 {
-    size_t L = m->n_layers;
+    size_t L = m->n_weight;
     memset(k, 0, sizeof *k);
     k->t = pk_tape_new(m, cap);
     int ok = k->t != NULL;
     for (size_t l = 0; ok && keep_deltas && l + 3 <= L; l++)
-        ok = (k->d[l] = pk_alloc_big(cap * m->dims[L], m->dims[l + 1] * sizeof(double))) != NULL;
-    if (ok && L >= 2) ok = (k->s = pk_alloc(cap, m->dims[L - 1] * sizeof(double))) != NULL;
+        ok = (k->d[l] = pk_alloc_big(cap * dim(m, L), dim(m, l + 1) * sizeof(double))) != NULL;
+    if (ok && L >= 2) ok = (k->s = pk_alloc(cap, dim(m, L - 1) * sizeof(double))) != NULL;
     if (!ok) { kside_free(m, k); memset(k, 0, sizeof *k); return PK_ERR_NOMEM; }
     return PK_OK;
 }
 
-static pk_status kside_compute(const pk_mlp *m, const double *w, const double *X, size_t n, kside *k)
+static pk_status kside_compute(const pk_model *m, const double *w, const double *X, size_t n, kside *k)
 {
-    size_t L = m->n_layers;
-    pk_mlp_forward(m, w, X, n, k->t);
-    if (L >= 2) pk_mlp_act_grad(m, k->t, L - 2, k->s);
-    return L >= 3 && k->d[0] ? pk_mlp_output_deltas(m, w, k->t, k->d) : PK_OK;
+    size_t L = m->n_weight;
+    pk_model_forward(m, w, X, n, k->t);
+    if (L >= 2) act_grad(m, k->t, L - 2, k->s);
+    return L >= 3 && k->d[0] ? pk_model_output_deltas(m, w, k->t, k->d) : PK_OK;
 }
 
 /* What the tiles of a block share. Layers: 0..nr-1 regular (a delta Gram
  * per layer), nr = L-2 the last hidden layer (if L >= 2), L-1 the output. */
 typedef struct kblock {
-    const pk_mlp *m;
+    const pk_model *m;
     const double *w;
     size_t C, P, nr, x0, y0, nbx, nby, ldy;
     const kside *x, *y;
@@ -139,24 +124,24 @@ typedef struct kblock {
  * of the block against its y. */
 static void coef_rows(const kblock *b, size_t i0, size_t n, double *coef)
 {
-    const pk_mlp *m = b->m;
-    for (size_t l = 0; l < m->n_layers; l++) {
-        size_t din = m->dims[l];
-        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l), sw2 = sw * sw, sb2 = sb * sb;
+    const pk_model *m = b->m;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        size_t din = dim(m, l);
+        double sw = pk_model_weight(m, l)->sw, sb = pk_model_weight(m, l)->sb, sw2 = sw * sw, sb2 = sb * sb;
         double *A = coef + l * n * b->nby;
-        pk_gemm(0, 1, n, b->nby, din, 1.0, b->x->t->a[l] + i0 * din, din, b->y->t->a[l], din, 0.0, A, b->nby);
+        pk_gemm(0, 1, n, b->nby, din, 1.0, tape_a(m, b->x->t, l) + i0 * din, din, tape_a(m, b->y->t, l), din, 0.0, A, b->nby);
         for (size_t k = 0; k < n * b->nby; k++) A[k] = sw2 * A[k] + sb2;
     }
 }
 
 /* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, es*P), Ex (es*P, d),
  * coef (L, kt, nby), one row of K (nby, C, C) when rows go to a sink, the
- * tile's own x deltas (kt*C, dims[l+1]) for l < nr when x keeps none. */
-static size_t tile_scratch(const pk_mlp *m, size_t nby, size_t kt, size_t es, int to_sink, int x_local)
+ * tile's own x deltas (kt*C, dim(l + 1)) for l < nr when x keeps none. */
+static size_t tile_scratch(const pk_model *m, size_t nby, size_t kt, size_t es, int to_sink, int x_local)
 {
-    size_t L = m->n_layers, C = m->dims[L], P = C * (C + 1) / 2, d = L >= 2 ? m->dims[L - 1] : 0;
+    size_t L = m->n_weight, C = dim(m, L), P = C * (C + 1) / 2, d = L >= 2 ? dim(m, L - 1) : 0;
     size_t nr = L >= 2 ? L - 2 : 0, own = 0;
-    for (size_t l = 0; x_local && l < nr; l++) own += kt * C * m->dims[l + 1];
+    for (size_t l = 0; x_local && l < nr; l++) own += kt * C * dim(m, l + 1);
     return nr * kt * C * nby * C + (L >= 2 ? nby * es * P + es * P * d : 0) + L * kt * nby +
            (to_sink ? nby * C * C : 0) + own;
 }
@@ -178,11 +163,11 @@ static size_t block_size(size_t r)
 
 /* Bytes kernel_tangent allocates for blocks of bx x by examples (an upper
  * bound: both sides keep their deltas, rows go to a sink). */
-static size_t block_bytes(const pk_mlp *m, size_t bx, size_t by, int trace)
+static size_t block_bytes(const pk_model *m, size_t bx, size_t by, int trace)
 {
-    size_t L = m->n_layers, C = m->dims[L], dh = L >= 2 ? m->dims[L - 1] : 0;
+    size_t L = m->n_weight, C = dim(m, L), dh = L >= 2 ? dim(m, L - 1) : 0;
     size_t per_ex = dh, threads = (size_t)pk_get_threads(), kt = tile_examples(C);
-    for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * m->dims[l + 1] + (l + 3 <= L ? C * m->dims[l + 1] : 0);
+    for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * dim(m, l + 1) + (l + 3 <= L ? C * dim(m, l + 1) : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
     if (trace) doubles += bx * (L + 2) * by + bx * dh;
     else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1, 1);
@@ -195,14 +180,14 @@ static size_t block_bytes(const pk_mlp *m, size_t bx, size_t by, int trace)
 
 /* The block size: the default, halved while it needs more than mem bytes
  * (mem 0: no limit), down to MIN_BLOCK. */
-static size_t choose_block(const pk_mlp *m, size_t nx, size_t ny, int trace, size_t mem)
+static size_t choose_block(const pk_model *m, size_t nx, size_t ny, int trace, size_t mem)
 {
-    size_t B = block_size(trace ? 1 : m->dims[m->n_layers]);
+    size_t B = block_size(trace ? 1 : dim(m, m->n_weight));
     while (mem && B > MIN_BLOCK && block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace) > mem) B /= 2;
     return B;
 }
 
-size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode mode, size_t mem)
+size_t pk_kernel_tangent_memory(const pk_model *m, size_t nx, size_t ny, pk_kmode mode, size_t mem)
 {
     int trace = mode == PK_KMODE_TRACE;
     size_t B = choose_block(m, nx, ny, trace, mem);
@@ -218,30 +203,30 @@ size_t pk_kernel_tangent_memory(const pk_mlp *m, size_t nx, size_t ny, pk_kmode 
  * so its Gram is symmetric in (c, c'): P = C (C + 1) / 2 products, not C^2). */
 static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, double *scratch)
 {
-    const pk_mlp *m = b->m;
-    size_t L = m->n_layers, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
-    size_t d = L >= 2 ? m->dims[L - 1] : 0;
+    const pk_model *m = b->m;
+    size_t L = m->n_weight, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
+    size_t d = L >= 2 ? dim(m, L - 1) : 0;
     double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * es * P : 0);
     double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *own = row + (b->K ? 0 : nby * C * C);
     coef_rows(b, i0, kt, cf);
-    const double *dx[PK_MAX_LAYERS] = {0}; /* the tile's x deltas of layer l: (kt*C, dims[l+1]) */
+    const double *dx[PK_MAX_MODEL_LAYERS] = {0}; /* the tile's x deltas of layer l: (kt*C, dim(l + 1)) */
     if (nr && !b->x->d[0]) { /* x keeps none: computed here, from the tile's rows of the x tape */
         pk_tape rows = *b->x->t;
-        double *keep[PK_MAX_LAYERS] = {0};
+        double *keep[PK_MAX_MODEL_LAYERS] = {0};
         rows.n = kt;
-        for (size_t l = 0; l <= L; l++) rows.a[l] += i0 * m->dims[l];
-        for (size_t l = 0; l < L; l++) rows.z[l] += i0 * m->dims[l + 1];
+        rows.x += i0 * m->n_in;
+        for (size_t k = 0; k < m->n_layers; k++) rows.y[k] += i0 * m->layer[k].out;
         for (size_t l = 0; l < nr; l++) {
             dx[l] = keep[l] = own;
-            own += kt * C * m->dims[l + 1];
+            own += kt * C * dim(m, l + 1);
         }
-        pk_status s = pk_mlp_output_deltas(m, b->w, &rows, keep);
+        pk_status s = pk_model_output_deltas(m, b->w, &rows, keep);
         if (s) return s;
     } else
-        for (size_t l = 0; l < nr; l++) dx[l] = b->x->d[l] + i0 * C * m->dims[l + 1];
+        for (size_t l = 0; l < nr; l++) dx[l] = b->x->d[l] + i0 * C * dim(m, l + 1);
     for (size_t l = 0; l < nr; l++) {
-        size_t len = m->dims[l + 1];
-        pk_gemm_tile(0, 1, kt * C, cols, len, 1.0, dx[l], len, b->y->d[l], len, Dt + l * kt * C * cols, cols);
+        size_t len = dim(m, l + 1);
+        pk_gemm_tile(0, 1, kt * C, cols, len, 1.0, dx[l], len, b->y->d[l], len, 0.0, Dt + l * kt * C * cols, cols);
     }
     /* groups of es examples: the last hidden layer's Gram, then their rows */
     for (size_t e0 = 0; e0 < kt; e0 += es) {
@@ -256,7 +241,7 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
                 }
             }
             /* Et (nby, ne*P) = s_y Ex^T */
-            pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, Et, ne * P);
+            pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, 0.0, Et, ne * P);
         }
         for (size_t i = e0; i < e0 + ne; i++) {
             double *out = b->K ? b->K + (i0 + i) * b->ldy * C * C : row;
@@ -327,18 +312,18 @@ static pk_status kernel_block_full(const kblock *b)
 static pk_status kernel_block_trace(const kblock *b, const double *q, double *coef, double *G, double *Ex,
                                     double *out)
 {
-    const pk_mlp *m = b->m;
-    size_t L = m->n_layers, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
+    const pk_model *m = b->m;
+    size_t L = m->n_weight, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
     size_t ld = b->K ? b->ldy : nby;
     double *K = b->K ? b->K : out;
     coef_rows(b, 0, nbx, coef);
     for (size_t i = 0; i < nbx; i++) memset(K + i * ld, 0, nby * sizeof *K);
     for (size_t l = 0; l < L; l++) {
         if (l < b->nr) {
-            size_t len = m->dims[l + 1] * C;
+            size_t len = dim(m, l + 1) * C;
             pk_gemm(0, 1, nbx, nby, len, 1.0, b->x->d[l], len, b->y->d[l], len, 0.0, G, nby);
         } else if (l + 2 == L) {
-            size_t d = m->dims[l + 1];
+            size_t d = dim(m, l + 1);
             for (size_t i = 0; i < nbx; i++)
                 for (size_t k = 0; k < d; k++) Ex[i * d + k] = q[k] * b->x->s[i * d + k];
             pk_gemm(0, 1, nbx, nby, d, 1.0, Ex, d, b->y->s, d, 0.0, G, nby);
@@ -356,10 +341,10 @@ static pk_status kernel_block_trace(const kblock *b, const double *q, double *co
 
 /* pk_kernel_tangent and pk_kernel_tangent_rows: the kernel into K, or (K
  * NULL) row segments to sink. */
-static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx, const double *Y,
+static pk_status kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
                                 size_t ny, pk_kmode mode, size_t mem, double *K, pk_kernel_sink sink, void *ctx)
 {
-    size_t L = m->n_layers, C = m->dims[L], d = m->dims[0], dh = L >= 2 ? m->dims[L - 1] : 0;
+    size_t L = m->n_weight, C = dim(m, L), d = dim(m, 0), dh = L >= 2 ? dim(m, L - 1) : 0;
     int trace = mode == PK_KMODE_TRACE;
     size_t r = trace ? 1 : C;
     size_t B = choose_block(m, nx, ny, trace, mem), bx = nx < B ? nx : B, by = ny < B ? ny : B;
@@ -380,8 +365,8 @@ static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *
     double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh, sizeof(double)) : NULL;
     if (!s && ((L >= 2 && !Wp) || !pair || (trace && !tr))) s = PK_ERR_NOMEM;
     if (!s && L >= 2) {
-        const double *W = w + m->w_off[L - 1];
-        double sw = pk_mlp_wscale(m, L - 1), sw2 = sw * sw;
+        const double *W = w + pk_model_weight(m, L - 1)->w_off;
+        double sw = pk_model_weight(m, L - 1)->sw, sw2 = sw * sw;
         for (size_t c = 0, p = 0; c < C; c++)
             for (size_t c2 = c; c2 < C; c2++, p++) {
                 pair[c * C + c2] = pair[c2 * C + c] = p;
@@ -419,15 +404,62 @@ static pk_status kernel_tangent(const pk_mlp *m, const double *w, const double *
     return s;
 }
 
-pk_status pk_kernel_tangent(const pk_mlp *m, const double *w, const double *X, size_t nx,
+/* Any model: blocks of GENERIC_BLOCK examples a side, each side's
+ * per-output deltas, and every layer's own share of the products
+ * (pk_side_product); the fused path above is the same sum for
+ * multilayer perceptrons, arranged for speed. */
+#define GENERIC_BLOCK 64
+
+pk_status pk_kernel_tangent_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
+                                    size_t ny, pk_kmode mode, double *K, pk_kernel_sink sink, void *ctx)
+{
+    size_t C = m->n_out, B = GENERIC_BLOCK, d = m->n_in;
+    int trace = mode == PK_KMODE_TRACE;
+    size_t r = trace ? 1 : C;
+    pk_tape *tx = pk_tape_new(m, B), *ty = pk_tape_new(m, B);
+    double *dx[PK_MAX_MODEL_LAYERS] = {0}, *dy[PK_MAX_MODEL_LAYERS] = {0};
+    int have = !pk_deltas_new(m, B, dx);
+    if (have && pk_deltas_new(m, B, dy)) { pk_deltas_free(m, dx); have = 0; }
+    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc(B * C, B * C * sizeof *D);
+    double *S = K ? NULL : pk_alloc(B * B, r * r * sizeof *S);
+    pk_status s = tx && ty && have && A && D && (K || S) ? PK_OK : PK_ERR_NOMEM;
+    for (size_t x0 = 0; !s && x0 < nx; x0 += B) {
+        size_t nbx = nx - x0 < B ? nx - x0 : B;
+        pk_model_forward(m, w, X + x0 * d, nbx, tx);
+        s = pk_model_output_deltas(m, w, tx, dx);
+        pk_side sx = pk_side_outputs(m, tx, dx, trace);
+        for (size_t y0 = 0; !s && y0 < ny; y0 += B) {
+            size_t nby = ny - y0 < B ? ny - y0 : B;
+            pk_model_forward(m, w, Y + y0 * d, nby, ty);
+            s = pk_model_output_deltas(m, w, ty, dy);
+            if (s) break;
+            pk_side sy = pk_side_outputs(m, ty, dy, trace);
+            /* (x, y, kx, ky) blocks: K's own layout, or a block to the sink */
+            if (K) pk_side_product(m, &sx, &sy, K + (x0 * ny + y0) * r * r, ny, 1, A, D);
+            else {
+                pk_side_product(m, &sx, &sy, S, nby, 1, A, D);
+                for (size_t i = 0; !s && i < nbx; i++) s = sink(ctx, x0 + i, y0, nby, S + i * nby * r * r);
+            }
+        }
+    }
+    pk_tape_free(tx);
+    pk_tape_free(ty);
+    if (have) { pk_deltas_free(m, dx); pk_deltas_free(m, dy); }
+    free(A); free(D); free(S);
+    return s;
+}
+
+pk_status pk_kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K)
 {
+    if (pk_model_mlp_act(m) < 0) return pk_kernel_tangent_generic(m, w, X, nx, Y, ny, mode, K, NULL, NULL);
     return kernel_tangent(m, w, X, nx, Y, ny, mode, 0, K, NULL, NULL);
 }
 
-pk_status pk_kernel_tangent_rows(const pk_mlp *m, const double *w, const double *X, size_t nx,
+pk_status pk_kernel_tangent_rows(const pk_model *m, const double *w, const double *X, size_t nx,
                                  const double *Y, size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink,
                                  void *ctx)
 {
+    if (pk_model_mlp_act(m) < 0) return pk_kernel_tangent_generic(m, w, X, nx, Y, ny, mode, NULL, sink, ctx);
     return kernel_tangent(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
 }

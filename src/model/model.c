@@ -1,36 +1,62 @@
-/* model.c -- multilayer perceptrons: spec parsing, initialisation, forward
- * and backward passes, and the per-output deltas that tangent kernels need
- * (MATH.md section 4). Weights are one flat vector; layer l owns
- * W_l (dims[l+1], dims[l]) at w_off[l] and c_l (dims[l+1]) at b_off[l]. */
+/* model.c -- models as sequences of layers (model.h): the spec, the
+ * parameter blocks in one flat vector, and the passes over every layer:
+ * forward, backward (loss deltas and the gradient) and the per-output
+ * deltas tangent kernels need (MATH.md section 4). What a layer does is its
+ * kind's business (dense.c, activation.c). */
 #include "model/model.h"
 
 #include <math.h>
 #include <string.h>
 
-static const char *const act_names[] = {"identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "erf"};
+/* ------------------------------------------------------------------- spec */
 
-const char *pk_act_name(pk_act a) { return a <= PK_ACT_ERF ? act_names[a] : "?"; }
-
-pk_status pk_act_parse(const char *s, pk_act *a)
+/* Append a layer of `ops` mapping `in` values to `out`; its parameters, if
+ * it has any, take the next n_w of the vector. */
+static pk_layer *add_layer(pk_model *m, const pk_layer_ops *ops, size_t in, size_t out, size_t n_w)
 {
-    for (int i = 0; i <= PK_ACT_ERF; i++)
-        if (!strcmp(s, act_names[i])) { *a = (pk_act)i; return PK_OK; }
-    if (!strcmp(s, "linear") || !*s) { *a = PK_ACT_IDENTITY; return PK_OK; }
-    return pk_fail(PK_ERR_INPUT, "unknown activation '%s' (use identity, tanh, relu, sigmoid, softplus, gelu or erf)", s);
+    pk_layer *l = &m->layer[m->n_layers++];
+    memset(l, 0, sizeof *l);
+    l->ops = ops;
+    l->in = in;
+    l->out = out;
+    l->n_w = n_w;
+    l->w_off = m->n_params;
+    if (n_w) m->weight[m->n_weight++] = m->n_layers - 1;
+    m->n_params += n_w;
+    return l;
 }
 
-pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param param,
-                       double sigma_w, double sigma_b, pk_mlp *m)
+static pk_status add_dense(pk_model *m, const char *spec, size_t in, size_t out)
 {
-    memset(m, 0, sizeof *m);
-    m->param = param;
-    m->sigma_w = sigma_w;
-    m->sigma_b = sigma_b;
-    m->act = PK_ACT_IDENTITY;
+    size_t wn = out * in;
+    if (in && wn / in != out) return pk_fail(PK_ERR_INPUT, "model too large");
+    if (m->n_params + wn + out > ((size_t)1 << 34))
+        return pk_fail(PK_ERR_INPUT, "model '%s' has more than 2^34 parameters", spec);
+    pk_layer *l = add_layer(m, &pk_dense_ops, in, out, wn + out);
+    l->b_off = l->w_off + wn;
+    l->param = m->param;
+    l->sw = m->param == PK_PARAM_NTK ? m->sigma_w / sqrt((double)in) : 1.0;
+    l->sb = m->param == PK_PARAM_NTK ? m->sigma_b : 1.0;
+    return PK_OK;
+}
+
+static void add_act(pk_model *m, pk_act act, size_t d)
+{
+    pk_layer *l = add_layer(m, &pk_act_ops, d, d, 0);
+    l->act = act;
+    l->in_place = 1;
+}
+
+pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param param, double sigma_w, double sigma_b,
+                       pk_model **out)
+{
+    *out = NULL;
     if (!d_in || !d_out) return pk_fail(PK_ERR_INPUT, "model needs at least one input and one output");
     if (param == PK_PARAM_NTK && !(sigma_w > 0 && isfinite(sigma_w) && sigma_b >= 0 && isfinite(sigma_b)))
         return pk_fail(PK_ERR_INPUT, "ntk parameterisation needs sigma_w > 0 and sigma_b >= 0");
-    size_t hidden[PK_MAX_LAYERS], nh = 0;
+    enum { MAX_HIDDEN = 15 };
+    size_t hidden[MAX_HIDDEN], nh = 0;
+    pk_act act = PK_ACT_IDENTITY;
     if (strcmp(spec, "linear") != 0) {
         if (strncmp(spec, "mlp:", 4) != 0)
             return pk_fail(PK_ERR_INPUT, "model '%s': expected mlp:H1,H2,...:ACT (e.g. mlp:64,64:tanh) or linear", spec);
@@ -45,8 +71,8 @@ pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param par
             unsigned long long h = strtoull(p, &end, 10);
             if (h == 0 || h > (1u << 24))
                 return pk_fail(PK_ERR_INPUT, "model '%s': width %llu out of range 1..16777216", spec, h);
-            if (nh == PK_MAX_LAYERS - 1)
-                return pk_fail(PK_ERR_INPUT, "model '%s': at most %d hidden layers", spec, PK_MAX_LAYERS - 1);
+            if (nh == MAX_HIDDEN)
+                return pk_fail(PK_ERR_INPUT, "model '%s': at most %d hidden layers", spec, MAX_HIDDEN);
             hidden[nh++] = (size_t)h;
             p = end;
             if (p < colon) {
@@ -55,138 +81,85 @@ pk_status pk_mlp_parse(const char *spec, size_t d_in, size_t d_out, pk_param par
                 if (p == colon) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ',' in the widths", spec);
             }
         }
-        pk_status s = pk_act_parse(colon + 1, &m->act);
+        pk_status s = pk_act_parse(colon + 1, &act);
         if (s) return pk_fail(s, "model '%s': %s", spec, pk_last_error());
     }
-    m->n_layers = nh + 1;
-    m->dims[0] = d_in;
-    for (size_t i = 0; i < nh; i++) m->dims[i + 1] = hidden[i];
-    m->dims[nh + 1] = d_out;
-    size_t off = 0;
-    for (size_t l = 0; l < m->n_layers; l++) {
-        size_t wn = m->dims[l + 1] * m->dims[l];
-        if (m->dims[l] && wn / m->dims[l] != m->dims[l + 1]) return pk_fail(PK_ERR_INPUT, "model too large");
-        m->w_off[l] = off;
-        m->b_off[l] = off + wn;
-        off += wn + m->dims[l + 1];
-        if (off > ((size_t)1 << 34)) return pk_fail(PK_ERR_INPUT, "model '%s' has more than 2^34 parameters", spec);
+    pk_model *m = pk_calloc(1, sizeof *m);
+    if (!m) return PK_ERR_NOMEM;
+    m->param = param;
+    m->sigma_w = sigma_w;
+    m->sigma_b = sigma_b;
+    m->act = act;
+    m->n_in = d_in;
+    m->n_out = d_out;
+    size_t d = d_in;
+    pk_status s = PK_OK;
+    for (size_t i = 0; !s && i < nh; i++) {
+        s = add_dense(m, spec, d, hidden[i]);
+        if (!s) add_act(m, act, hidden[i]);
+        d = hidden[i];
     }
-    m->n_params = off;
+    if (!s) s = add_dense(m, spec, d, d_out);
+    if (s) { free(m); return s; }
+    *out = m;
     return PK_OK;
 }
 
-void pk_mlp_spec(const pk_mlp *m, char *buf, size_t len)
+void pk_model_free(pk_model *m) { free(m); }
+
+size_t pk_model_widths(const pk_model *m)
+{
+    size_t s = m->n_in;
+    for (size_t l = 0; l < m->n_weight; l++) s += pk_model_weight(m, l)->out;
+    return s;
+}
+size_t pk_model_n_params(const pk_model *m) { return m->n_params; }
+size_t pk_model_n_inputs(const pk_model *m) { return m->n_in; }
+size_t pk_model_n_outputs(const pk_model *m) { return m->n_out; }
+pk_param pk_model_param(const pk_model *m) { return m->param; }
+
+void pk_model_spec(const pk_model *m, char *buf, size_t len)
 {
     if (m->n_layers == 1 && m->act == PK_ACT_IDENTITY) { snprintf(buf, len, "linear"); return; }
-    size_t k = (size_t)snprintf(buf, len, "mlp:");
-    for (size_t l = 1; l < m->n_layers && k < len; l++)
-        k += (size_t)snprintf(buf + k, len - k, "%s%zu", l > 1 ? "," : "", m->dims[l]);
+    size_t k = (size_t)snprintf(buf, len, "mlp:"), h = 0;
+    for (size_t l = 0; l + 1 < m->n_weight && k < len; l++)
+        k += (size_t)snprintf(buf + k, len - k, "%s%zu", h++ ? "," : "", pk_model_weight(m, l)->out);
     if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
 }
 
-double pk_mlp_wscale(const pk_mlp *m, size_t l)
+int pk_model_mlp_act(const pk_model *m)
 {
-    return m->param == PK_PARAM_NTK ? m->sigma_w / sqrt((double)m->dims[l]) : 1.0;
+    /* dense, act, dense, act, ..., dense: every activation the same */
+    if (!(m->n_layers % 2)) return -1;
+    for (size_t k = 0; k < m->n_layers; k++) {
+        const pk_layer *l = &m->layer[k];
+        if (l->ops != (k % 2 ? &pk_act_ops : &pk_dense_ops)) return -1;
+        if (k % 2 && l->act != m->act) return -1;
+    }
+    return (int)m->act;
 }
 
-double pk_mlp_bscale(const pk_mlp *m, size_t l)
-{
-    (void)l;
-    return m->param == PK_PARAM_NTK ? m->sigma_b : 1.0;
-}
-
-void pk_mlp_init(const pk_mlp *m, uint64_t seed, double *w)
+void pk_model_init(const pk_model *m, uint64_t seed, double *w)
 {
     pk_rng r;
     pk_rng_seed(&r, seed);
-    for (size_t l = 0; l < m->n_layers; l++) {
-        size_t n = m->dims[l + 1] * (m->dims[l] + 1); /* W_l then c_l, contiguous */
-        double *p = w + m->w_off[l];
-        if (m->param == PK_PARAM_NTK) {
-            for (size_t i = 0; i < n; i++) p[i] = pk_rng_normal(&r);
-        } else {
-            double bound = 1.0 / sqrt((double)m->dims[l]);
-            for (size_t i = 0; i < n; i++) p[i] = bound * (2.0 * pk_rng_uniform(&r) - 1.0);
-        }
-    }
-}
-
-/* ------------------------------------------------------------ activations */
-
-static inline double act_f(pk_act a, double z)
-{
-    switch (a) {
-    case PK_ACT_IDENTITY: return z;
-    case PK_ACT_TANH: return tanh(z);
-    case PK_ACT_RELU: return z > 0 ? z : 0.0;
-    case PK_ACT_SIGMOID: return 1.0 / (1.0 + exp(-z));
-    case PK_ACT_SOFTPLUS: return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
-    case PK_ACT_GELU: return 0.5 * z * (1.0 + erf(z * M_SQRT1_2));
-    case PK_ACT_ERF: return erf(z);
-    }
-    return z;
-}
-
-#if defined(__x86_64__) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 35)
-#include <immintrin.h>
-/* glibc's libmvec: tanh on two (SSE) or four (AVX2) doubles, within 4 ulp,
- * 3x and 5x faster than the scalar call (measured); the AVX2 one when the
- * CPU has it (one choice per machine, so results stay reproducible there). */
-__m128d _ZGVbN2v_tanh(__m128d);
-__attribute__((target("avx2"))) __m256d _ZGVdN4v_tanh(__m256d);
-#define PK_HAVE_MVEC 1
-
-__attribute__((target("avx2"))) static size_t tanh_avx2(const double *z, double *y, size_t n)
-{
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _ZGVdN4v_tanh(_mm256_loadu_pd(z + i)));
-    return i;
-}
-#endif
-
-/* y = act(z) over a row of n values. */
-static void act_row(pk_act a, const double *z, double *y, size_t n)
-{
-    size_t i = 0;
-#ifdef PK_HAVE_MVEC
-    if (a == PK_ACT_TANH) {
-        if (__builtin_cpu_supports("avx2")) i = tanh_avx2(z, y, n);
-        for (; i + 2 <= n; i += 2) _mm_storeu_pd(y + i, _ZGVbN2v_tanh(_mm_loadu_pd(z + i)));
-    }
-#endif
-    for (; i < n; i++) y[i] = act_f(a, z[i]);
-}
-
-/* Derivative from the pre-activation z and the activation value y = act(z). */
-static inline double act_df(pk_act a, double z, double y)
-{
-    switch (a) {
-    case PK_ACT_IDENTITY: return 1.0;
-    case PK_ACT_TANH: return 1.0 - y * y;
-    case PK_ACT_RELU: return z > 0 ? 1.0 : 0.0;
-    case PK_ACT_SIGMOID: return y * (1.0 - y);
-    case PK_ACT_SOFTPLUS: return 1.0 / (1.0 + exp(-z));
-    case PK_ACT_GELU: return 0.5 * (1.0 + erf(z * M_SQRT1_2)) + z * exp(-0.5 * z * z) * 0.3989422804014327;
-    case PK_ACT_ERF: return M_2_SQRTPI * exp(-z * z);
-    }
-    return 1.0;
+    for (size_t k = 0; k < m->n_layers; k++)
+        if (m->layer[k].ops->init) m->layer[k].ops->init(&m->layer[k], &r, w);
 }
 
 /* ------------------------------------------------------------------ tape */
 
-pk_tape *pk_tape_new(const pk_mlp *m, size_t cap)
+pk_tape *pk_tape_new(const pk_model *m, size_t cap)
 {
     pk_tape *t = pk_calloc(1, sizeof *t);
     if (!t) return NULL;
     t->cap = cap;
-    size_t L = m->n_layers;
-    for (size_t l = 0; l < L; l++) {
-        size_t d = m->dims[l + 1];
-        t->z[l] = pk_alloc(cap, d * sizeof(double));
-        t->delta[l] = pk_alloc(cap, d * sizeof(double));
-        /* a[l+1] = act(z[l]); the last layer has no activation: alias. */
-        t->a[l + 1] = l + 1 < L ? pk_alloc(cap, d * sizeof(double)) : t->z[l];
-        if (!t->z[l] || !t->delta[l] || !t->a[l + 1]) { pk_tape_free(t); return NULL; }
+    for (size_t k = 0; k < m->n_layers; k++) {
+        const pk_layer *l = &m->layer[k];
+        t->y[k] = pk_alloc(cap, l->out * sizeof(double));
+        /* an in-place layer's deltas overwrite its input's */
+        t->g[k] = l->in_place && k ? t->g[k - 1] : pk_alloc(cap, l->out * sizeof(double));
+        if (!t->y[k] || !t->g[k]) { pk_tape_free(t); return NULL; }
     }
     return t;
 }
@@ -194,173 +167,130 @@ pk_tape *pk_tape_new(const pk_mlp *m, size_t cap)
 void pk_tape_free(pk_tape *t)
 {
     if (!t) return;
-    for (size_t l = 0; l < PK_MAX_LAYERS; l++) {
-        if (t->a[l + 1] && t->a[l + 1] != t->z[l]) free(t->a[l + 1]);
-        free(t->z[l]);
-        free(t->delta[l]);
+    for (size_t k = 0; k < PK_MAX_MODEL_LAYERS; k++) {
+        free(t->y[k]);
+        if (!(k && t->g[k] == t->g[k - 1])) free(t->g[k]);
     }
     free(t);
 }
 
 /* --------------------------------------------------------------- passes */
 
-/* z[l] += sb * c_l when c is given (z[l] holds the product with W_l), then
- * a[l+1] = act(z[l]) (the output layer has none). */
-static void finish_layer(const pk_mlp *m, const double *c, pk_tape *t, size_t l)
+static pk_gemm_mode tape_mode(const pk_tape *t) { return t->queries ? PK_GEMM_ROWS : PK_GEMM_SPLIT; }
+
+void pk_model_forward_from(const pk_model *m, const double *w, pk_tape *t, size_t from)
 {
-    size_t n = t->n, dout = m->dims[l + 1];
-    double sb = pk_mlp_bscale(m, l), *z = t->z[l], *a = t->a[l + 1];
-    int last = l + 1 == m->n_layers;
-    #pragma omp parallel for schedule(static) if (n * dout >= PK_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        double *zi = z + i * dout;
-        if (c)
-            for (size_t j = 0; j < dout; j++) zi[j] += sb * c[j];
-        if (!last) act_row(m->act, zi, a + i * dout, dout);
-    }
+    for (size_t k = from; k < m->n_layers; k++)
+        m->layer[k].ops->forward(&m->layer[k], w, pk_tape_in(t, k), t->y[k], t->n, tape_mode(t));
 }
 
-/* Layers from..L-1, with a[from] in place. */
-static void forward_layers(const pk_mlp *m, const double *w, pk_tape *t, size_t from)
-{
-    for (size_t l = from; l < m->n_layers; l++) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        /* z (n, dout) = sw * a (n, din) W^T + sb * c */
-        (t->queries ? pk_gemm_rows : pk_gemm)(0, 1, t->n, dout, din, pk_mlp_wscale(m, l), t->a[l], din,
-                                              w + m->w_off[l], din, 0.0, t->z[l], dout);
-        finish_layer(m, w + m->b_off[l], t, l);
-    }
-}
-
-void pk_mlp_forward(const pk_mlp *m, const double *w, const double *x, size_t n, pk_tape *t)
+void pk_model_forward(const pk_model *m, const double *w, const double *x, size_t n, pk_tape *t)
 {
     t->n = n;
-    t->a[0] = (double *)x; /* the input is borrowed, never written */
-    forward_layers(m, w, t, 0);
+    t->x = x; /* the input is borrowed, never written */
+    pk_model_forward_from(m, w, t, 0);
 }
 
-void pk_mlp_forward_after_first(const pk_mlp *m, const double *w, pk_tape *t)
+void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const double *R, double scale, double *grad)
 {
-    finish_layer(m, NULL, t, 0);
-    forward_layers(m, w, t, 1);
-}
-
-/* g (n, dout) times W_l (dout, din) times sw into out (n, din), then the
- * Hadamard product with act'(z_{l-1}) row by row: the backward step through
- * layer l. */
-static void back_through(const pk_mlp *m, const double *w, const pk_tape *t, size_t l,
-                         const double *g, size_t rows, double *out)
-{
-    size_t din = m->dims[l], dout = m->dims[l + 1];
-    (t->queries ? pk_gemm_rows : pk_gemm)(0, 0, rows, din, dout, pk_mlp_wscale(m, l), g, dout, w + m->w_off[l],
-                                          din, 0.0, out, din);
-    const double *z = t->z[l - 1], *a = t->a[l];
-    #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
-    for (size_t r = 0; r < rows; r++) {
-        double *o = out + r * din;
-        for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, z[r * din + j], a[r * din + j]);
+    size_t last = m->n_layers - 1, n = t->n;
+    memcpy(t->g[last], R, n * m->n_out * sizeof(double));
+    for (size_t k = last + 1; k-- > 0;) {
+        const pk_layer *l = &m->layer[k];
+        if (grad && l->ops->grad) l->ops->grad(l, pk_tape_in(t, k), t->g[k], n, scale, grad + l->w_off);
+        if (k > 0) l->ops->backward(l, w, pk_tape_in(t, k), t->y[k], t->g[k], t->g[k - 1], n, 1, tape_mode(t));
     }
 }
 
-void pk_mlp_backward(const pk_mlp *m, const double *w, pk_tape *t, const double *R,
-                     double scale, double *grad)
+/* Per-output deltas of examples i0..i0+ne, from the output layer down to
+ * the first layer with parameters, each layer's product on the calling
+ * thread while the piece's rows are in cache. buf[k]: layer k's output
+ * deltas (n C, out_k) or, NULL, the piece's scratch sc[k] (ne C, out_k). */
+static void output_deltas_piece(const pk_model *m, const double *w, const pk_tape *t, double *const *buf,
+                                double *const *sc, size_t i0, size_t ne)
 {
-    size_t L = m->n_layers, n = t->n;
-    memcpy(t->delta[L - 1], R, n * m->dims[L] * sizeof(double));
-    for (size_t l = L; l-- > 0;) {
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        const double *delta = t->delta[l];
-        if (grad) {
-            /* dW (dout, din) = scale * sw * delta^T a ; dc = scale * sb * sum_i delta_i */
-            pk_gemm(1, 0, dout, din, n, scale * pk_mlp_wscale(m, l), delta, dout, t->a[l], din, 0.0, grad + m->w_off[l], din);
-            double *gc = grad + m->b_off[l], sb = scale * pk_mlp_bscale(m, l);
-            for (size_t j = 0; j < dout; j++) gc[j] = 0.0;
-            for (size_t i = 0; i < n; i++)
-                for (size_t j = 0; j < dout; j++) gc[j] += delta[i * dout + j];
-            for (size_t j = 0; j < dout; j++) gc[j] *= sb;
-        }
-        if (l > 0) back_through(m, w, t, l, delta, n, t->delta[l - 1]);
+    size_t C = m->n_out, last = m->n_layers - 1, low = m->weight[0];
+    pk_gemm_mode mode = t->queries ? PK_GEMM_ROWS : PK_GEMM_ONE;
+    #define AT(k) (buf[k] ? buf[k] + i0 * C * m->layer[k].out : sc[k])
+    const pk_layer *top = &m->layer[last];
+    top->ops->backward_unit(top, w, AT(last - 1), ne); /* d f_c / d (its input): row c of its W */
+    for (size_t k = last - 1; k > low; k--) {
+        const pk_layer *l = &m->layer[k];
+        l->ops->backward(l, w, pk_tape_in(t, k) + i0 * l->in, t->y[k] + i0 * l->out, AT(k), AT(k - 1), ne, C, mode);
     }
+    #undef AT
 }
 
-void pk_mlp_act_grad(const pk_mlp *m, const pk_tape *t, size_t l, double *out)
+pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas)
 {
-    size_t n = t->n * m->dims[l + 1];
-    for (size_t i = 0; i < n; i++) out[i] = act_df(m->act, t->z[l][i], t->a[l + 1][i]);
-}
-
-/* Per-output deltas of examples i0..i0+ne: layer L-2's from the output
- * weights and act'(z_{L-2}), then down through the layers, each GEMM on the
- * calling thread while the piece's rows are in cache. g (ne C, dims[L-1])
- * holds layer L-2's when delta_out does not keep them. */
-static void output_deltas_piece(const pk_mlp *m, const double *w, const pk_tape *t, double *const *delta_out,
-                                size_t i0, size_t ne, double *g)
-{
-    size_t L = m->n_layers, C = m->dims[L], rows = ne * C, d = m->dims[L - 1];
-    const double *W = w + m->w_off[L - 1], *z = t->z[L - 2] + i0 * d, *a = t->a[L - 1] + i0 * d;
-    double sw = pk_mlp_wscale(m, L - 1), *cur = delta_out[L - 2] ? delta_out[L - 2] + i0 * C * d : g;
-    /* d f_c / d z_{L-2} = sw W_L[c,:] o act'(z_{L-2}) */
-    for (size_t i = 0; i < ne; i++)
-        for (size_t c = 0; c < C; c++)
-            for (size_t k = 0; k < d; k++)
-                cur[(i * C + c) * d + k] = (sw * W[c * d + k]) * act_df(m->act, z[i * d + k], a[i * d + k]);
-    for (size_t l = L - 2; l > 0; l--) { /* layer l-1's rows: (cur W_l) sw o act'(z_{l-1}) */
-        size_t din = m->dims[l], dout = m->dims[l + 1];
-        double *next = delta_out[l - 1] + i0 * C * din;
-        if (t->queries)
-            pk_gemm_rows(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, 0.0, next, din);
-        else
-            pk_gemm_tile(0, 0, rows, din, dout, pk_mlp_wscale(m, l), cur, dout, w + m->w_off[l], din, next, din);
-        const double *zl = t->z[l - 1] + i0 * din, *al = t->a[l] + i0 * din;
-        for (size_t r = 0; r < rows; r++) {
-            size_t i = r / C;
-            double *o = next + r * din;
-            for (size_t j = 0; j < din; j++) o[j] *= act_df(m->act, zl[i * din + j], al[i * din + j]);
-        }
-        cur = next;
-    }
-}
-
-pk_status pk_mlp_output_deltas(const pk_mlp *m, const double *w, const pk_tape *t, double *const *delta_out)
-{
-    size_t L = m->n_layers, n = t->n, C = m->dims[L];
-    double *top = delta_out[L - 1]; /* (n, C, C): d f_k / d z_L = e_k */
+    size_t n = t->n, C = m->n_out, last = m->n_layers - 1;
+    double *top = deltas[m->n_weight - 1]; /* (n, C, C): d f_k / d z_out = e_k */
     if (top) {
         memset(top, 0, n * C * C * sizeof(double));
         for (size_t i = 0; i < n; i++)
             for (size_t k = 0; k < C; k++) top[(i * C + k) * C + k] = 1.0;
     }
-    if (L < 2 || !n) return PK_OK;
+    if (m->n_weight < 2 || !n) return PK_OK;
+    /* where each layer's deltas go: a layer with parameters into its
+     * deltas[] (or scratch), an in-place one into its input's */
+    double *buf[PK_MAX_MODEL_LAYERS] = {0};
+    size_t need[PK_MAX_MODEL_LAYERS] = {0}, wi = 0, wmax = 0; /* need: values per row of own scratch */
+    for (size_t k = 0; k < last; k++) {
+        const pk_layer *l = &m->layer[k];
+        int shares = !l->n_w && l->in_place && k;
+        if (l->n_w) buf[k] = deltas[wi++];
+        else if (shares) buf[k] = buf[k - 1];
+        need[k] = !buf[k] && !shares ? l->out : 0;
+        wmax = l->out > wmax ? l->out : wmax;
+    }
     /* pieces of a fixed number of examples (never of the thread count) */
-    size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, wmax = 0;
-    for (size_t l = 1; l < L; l++) wmax = m->dims[l] > wmax ? m->dims[l] : wmax;
-    size_t g_len = delta_out[L - 2] ? 0 : E * C * m->dims[L - 1];
+    size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, sc_len = 0;
+    for (size_t k = 0; k < last; k++) sc_len += need[k] ? E * C * need[k] : 0;
     int fail = 0;
     #pragma omp parallel if (pieces > 1 && n * C * wmax >= PK_PAR_MIN)
     {
-        double *g = g_len ? pk_alloc(g_len, sizeof(double)) : NULL;
-        if (g_len && !g) {
+        double *scratch = sc_len ? pk_alloc(sc_len, sizeof(double)) : NULL, *sc[PK_MAX_MODEL_LAYERS] = {0};
+        if (sc_len && !scratch) {
             #pragma omp atomic write
             fail = 1;
         }
+        for (size_t k = 0, off = 0; scratch && k < last; k++) {
+            if (need[k]) { sc[k] = scratch + off; off += E * C * need[k]; }
+            else if (k) sc[k] = sc[k - 1]; /* in place: its input's */
+        }
         #pragma omp for schedule(dynamic, 1)
         for (size_t p = 0; p < pieces; p++)
-            if (g || !g_len) output_deltas_piece(m, w, t, delta_out, p * E, n - p * E < E ? n - p * E : E, g);
-        free(g);
+            if (scratch || !sc_len) output_deltas_piece(m, w, t, buf, sc, p * E, n - p * E < E ? n - p * E : E);
+        free(scratch);
     }
     return fail ? PK_ERR_NOMEM : PK_OK;
 }
 
-pk_status pk_predict(const pk_mlp *m, const double *w, const double *x, size_t n, double *f)
+pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas)
 {
-    size_t block = n < 1024 ? (n ? n : 1) : 1024, C = m->dims[m->n_layers];
+    memset(deltas, 0, PK_MAX_MODEL_LAYERS * sizeof *deltas);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        deltas[l] = pk_alloc(cap * m->n_out, pk_model_weight(m, l)->out * sizeof(double));
+        if (!deltas[l]) { pk_deltas_free(m, deltas); return PK_ERR_NOMEM; }
+    }
+    return PK_OK;
+}
+
+void pk_deltas_free(const pk_model *m, double **deltas)
+{
+    for (size_t l = 0; l < m->n_weight; l++) { free(deltas[l]); deltas[l] = NULL; }
+}
+
+pk_status pk_model_predict(const pk_model *m, const double *w, const double *x, size_t n, double *f)
+{
+    size_t block = n < 1024 ? (n ? n : 1) : 1024, C = m->n_out;
     pk_tape *t = pk_tape_new(m, block);
     if (!t) return PK_ERR_NOMEM;
     t->queries = 1; /* a prediction never depends on the block it is in */
     for (size_t i = 0; i < n; i += block) {
         size_t b = n - i < block ? n - i : block;
-        pk_mlp_forward(m, w, x + i * m->dims[0], b, t);
-        memcpy(f + i * C, t->a[m->n_layers], b * C * sizeof(double));
+        pk_model_forward(m, w, x + i * m->n_in, b, t);
+        memcpy(f + i * C, pk_tape_out(m, t), b * C * sizeof(double));
     }
     pk_tape_free(t);
     return PK_OK;

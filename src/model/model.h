@@ -1,14 +1,139 @@
-/* model.h -- the model's internals: one gradient evaluation over a batch (stepper.c) and the activation derivatives kernels need. Not installed. */
+/* model.h -- a model is a sequence of layers behind one interface (layer.c
+ * builds them from a spec; dense.c and activation.c are the kinds today);
+ * the passes over all of them (model.c); one gradient evaluation over a batch
+ * (stepper.c). Not installed. */
 #ifndef PK_MODEL_H
 #define PK_MODEL_H
 
 #include "io/io.h"
 
+/* Layers of every kind in one model. */
+#define PK_MAX_MODEL_LAYERS 64
+
+typedef struct pk_layer pk_layer;
+
+/* Passes work on rows: an example's values, or for per-output deltas
+ * (MATH.md section 4) `per` rows per example, one per output k. */
+typedef struct pk_layer_ops {
+    const char *kind;
+    /* y (n, out) = the layer applied to x (n, in). mode: how its products
+     * run (base.h; PK_GEMM_ROWS when the rows are independent queries). */
+    void (*forward)(const pk_layer *l, const double *w, const double *x, double *y, size_t n, pk_gemm_mode mode);
+    /* gx (n per, in) = dl/dx from gy (n per, out) = dl/dy, with x (n, in)
+     * and y (n, out) from the forward pass. gx == gy for a layer that says
+     * in_place. */
+    void (*backward)(const pk_layer *l, const double *w, const double *x, const double *y, const double *gy,
+                     double *gx, size_t n, size_t per, pk_gemm_mode mode);
+    /* Layers with parameters: g (n_w) = scale sum_i (d l_i / d theta) from
+     * x (n, in) and the loss deltas gy (n, out). */
+    void (*grad)(const pk_layer *l, const double *x, const double *gy, size_t n, double scale, double *g);
+    /* Layers with parameters: gx (n C, in) = the backward pass of the unit
+     * seeds gy = e_k (k < C = out) of every example, without forming them. */
+    void (*backward_unit)(const pk_layer *l, const double *w, double *gx, size_t n);
+    /* Layers with parameters, their share of the per-example gradient inner
+     * products (MATH.md section 4): for examples i of x and j of y, with
+     * rows rx and ry of deltas each (read as `fold` rows of out values),
+     * S_(i kx),(j ky) += <J_{x_i,kx}, J_{y_j,ky}>_theta. ax (nx, in), dx
+     * (nx rx, out fold) and the same for y; A (nx, ny) and D (nx rx, ny ry)
+     * are scratch; S at (i, kx, j, ky) is S + sat(i, kx, j). */
+    void (*gram)(const pk_layer *l, size_t nx, size_t rx, const double *ax, const double *dx, size_t ny, size_t ry,
+                 const double *ay, const double *dy, size_t fold, int unit, pk_gemm_mode mode, double *A,
+                 double *D, double *S, size_t ldy, int pairs);
+    /* Layers with parameters: out[j] += <J_{x_j}, J_{y_j}>_theta for j < n,
+     * the same example on both sides (ax, ay (n, in); dx, dy (n, out fold):
+     * fold rows of deltas summed, the trace). */
+    void (*gram_diag)(const pk_layer *l, size_t n, size_t fold, const double *ax, const double *dx, const double *ay,
+                      const double *dy, double *out);
+    /* Seeded initialisation of the layer's parameters. */
+    void (*init)(const pk_layer *l, pk_rng *r, double *w);
+} pk_layer_ops;
+
+struct pk_layer {
+    const pk_layer_ops *ops;
+    size_t in, out;       /* values per example                                */
+    size_t w_off, n_w;    /* the parameter block [w_off, w_off + n_w), n_w = 0: none */
+    int in_place;         /* backward may write gx over gy                       */
+    /* dense: W (out, in) row-major at w_off, c (out) at b_off; z = sw W x + sb c */
+    size_t b_off;
+    double sw, sb;
+    pk_param param;
+    /* activations */
+    pk_act act;
+};
+
+extern const pk_layer_ops pk_dense_ops, pk_act_ops;
+
+struct pk_model {
+    size_t n_layers;                      /* layers of every kind               */
+    pk_layer layer[PK_MAX_MODEL_LAYERS];
+    size_t n_weight;                      /* layers with parameters             */
+    size_t weight[PK_MAX_MODEL_LAYERS];   /* their indices in layer[], in order */
+    size_t n_in, n_out, n_params;
+    pk_param param;
+    double sigma_w, sigma_b;
+    pk_act act;                           /* the activation an mlp spec named   */
+};
+
+/* n_in plus the outputs of every layer with parameters: the values a tape
+ * keeps per example and kind (memory plans). */
+size_t pk_model_widths(const pk_model *m);
+/* The l-th layer with parameters. */
+static inline const pk_layer *pk_model_weight(const pk_model *m, size_t l) { return &m->layer[m->weight[l]]; }
+/* A multilayer perceptron's activation: dense layers with one activation
+ * between each two, the last dense: the kinds the dense fast paths of the
+ * kernel take (tangent.c, ntk.c). PK_ACT_IDENTITY for one dense layer; -1
+ * when the model is not such a stack. */
+int pk_model_mlp_act(const pk_model *m);
+
+/* Values a forward pass keeps, for backward passes and kernels: layer k's
+ * output y[k] (n, out_k) and, after a backward pass, g[k] = dl/dy_k; an
+ * in-place layer shares its input's g. Allocated for up to cap examples. */
+typedef struct pk_tape {
+    size_t cap, n;
+    int queries;  /* rows are independent queries: a row's results never depend on the
+                     others on the tape (fixed-shape products); 0 for a training batch */
+    const double *x;                    /* (n, n_in) the input, borrowed  */
+    double *y[PK_MAX_MODEL_LAYERS];
+    double *g[PK_MAX_MODEL_LAYERS];
+} pk_tape;
+
+pk_tape *pk_tape_new(const pk_model *m, size_t cap);
+void pk_tape_free(pk_tape *t);
+/* The input of layer k on the tape (n, in_k). */
+static inline const double *pk_tape_in(const pk_tape *t, size_t k) { return k ? t->y[k - 1] : t->x; }
+/* The outputs f (n, C). */
+static inline const double *pk_tape_out(const pk_model *m, const pk_tape *t) { return t->y[m->n_layers - 1]; }
+
+/* f = model(x) for n <= cap examples: x (n, n_in); every layer's output on
+ * the tape. */
+void pk_model_forward(const pk_model *m, const double *w, const double *x, size_t n, pk_tape *t);
+/* Layers from..n_layers-1, with the output of layer from-1 (and t->x, t->n)
+ * already on the tape. */
+void pk_model_forward_from(const pk_model *m, const double *w, pk_tape *t, size_t from);
+/* After a forward pass: given R (n, C), the per-example dl/df, fill the
+ * tape's g and, if grad is not NULL, set grad (P) = scale sum_i J_i^T R_i
+ * (1/|B| for a mean loss). */
+void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const double *R, double scale, double *grad);
+/* After a forward pass: the per-output deltas d f_k / d z of every layer
+ * with parameters into deltas[l] (n, C, out of the l-th such layer),
+ * caller-allocated; a NULL entry is not kept (scratch of a piece of about
+ * PK_PIECE_ROWS rows stands in where it is needed; the last layer's are e_k
+ * and need none). PK_ERR_NOMEM only when that scratch cannot be had. */
+pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas);
+/* Per-output delta buffers for up to cap examples: deltas[l] (cap, C, out_l)
+ * for every layer with parameters. */
+pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas);
+void pk_deltas_free(const pk_model *m, double **deltas);
+
+/* out (n, out) = act'(x) for an activation layer, from its input x and
+ * output y (n, out each) (activation.c). */
+void pk_act_grad(const pk_layer *l, const double *x, const double *y, size_t n, double *out);
+
 /* What one gradient evaluation needs: the model, the loss, the data and the
  * scratch buffers for a batch of up to `cap` examples. run/train.c owns it; the
- * run directory replays steps with it (pk_run_weights). */
+ * run directory replays steps with it (run/replay.c). */
 typedef struct pk_stepper {
-    const pk_mlp *m;
+    const pk_model *m;
     pk_loss loss;
     const pk_data *data;
     size_t cap;
@@ -16,10 +141,10 @@ typedef struct pk_stepper {
     double *xb;   /* (cap, d)   gathered batch features */
     double *yb;   /* (cap, ty)  gathered batch targets  */
     double *R;    /* (cap, C)   residuals dl/df         */
-    const double *y; /* (nb, ty) the last batch's targets (its features: tape->a[0]) */
+    const double *y; /* (nb, ty) the last batch's targets (its features: tape->x) */
 } pk_stepper;
 
-pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk_data *data, size_t cap);
+pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap);
 void pk_stepper_free(pk_stepper *s);
 /* Batch gradient G (P) of the mean loss over the examples idx[0..nb) at w;
  * idx == NULL means all examples in order. Returns the batch loss. */
@@ -33,8 +158,5 @@ double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, co
 /* Examples in one step's batch at most, for n training examples: the
  * optimiser's batch size, or n for full batches. */
 size_t pk_optim_batch(const pk_optim *o, size_t n);
-
-/* out (n, dims[l+1]) = act'(z_l) for the n examples on the tape (model.c). */
-void pk_mlp_act_grad(const pk_mlp *m, const pk_tape *t, size_t l, double *out);
 
 #endif

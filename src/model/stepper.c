@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk_data *data, size_t cap)
+pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap)
 {
     memset(s, 0, sizeof *s);
     s->m = m;
@@ -14,7 +14,7 @@ pk_status pk_stepper_init(pk_stepper *s, const pk_mlp *m, pk_loss loss, const pk
     s->data = data;
     s->cap = cap;
     s->tape = pk_tape_new(m, cap);
-    s->R = pk_alloc(cap, m->dims[m->n_layers] * sizeof(double));
+    s->R = pk_alloc(cap, m->n_out * sizeof(double));
     if (cap < data->n) { /* batches smaller than the data are gathered */
         s->xb = pk_alloc(cap, data->d * sizeof(double));
         s->yb = pk_alloc(cap, data->ty * sizeof(double));
@@ -47,12 +47,12 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
         x = s->xb;
         y = s->yb;
     }
-    const pk_mlp *m = s->m;
-    size_t C = m->dims[m->n_layers];
+    const pk_model *m = s->m;
+    size_t C = m->n_out;
     s->y = y;
-    pk_mlp_forward(m, w, x, nb, s->tape);
-    double loss = pk_loss_eval(s->loss, s->tape->a[m->n_layers], y, nb, C, D->ty, s->R);
-    pk_mlp_backward(m, w, s->tape, s->R, 1.0 / (double)nb, G);
+    pk_model_forward(m, w, x, nb, s->tape);
+    double loss = pk_loss_eval(s->loss, pk_tape_out(m, s->tape), y, nb, C, D->ty, s->R);
+    pk_model_backward(m, w, s->tape, s->R, 1.0 / (double)nb, G);
     return loss;
 }
 

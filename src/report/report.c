@@ -769,7 +769,7 @@ done:
 
 static pk_status fig_movement(pk_sb *b, pk_run *run, const pk_data *train, size_t ncls, size_t ntrain, size_t nsteps)
 {
-    const pk_mlp *m = pk_run_mlp(run);
+    const pk_model *m = pk_run_model(run);
     size_t T = pk_run_steps(run), keep = pk_run_keep(run) ? pk_run_keep(run) : 1, N = train->n, d = train->d;
     size_t ncand = T / keep + 1 + (T % keep != 0);
     size_t ns = nsteps + 1 < ncand ? nsteps + 1 : ncand;
@@ -977,8 +977,8 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     double t0 = pk_seconds();
     pk_report_opts def = pk_report_opts_defaults();
     if (!o) o = &def;
-    const pk_mlp *m = pk_run_mlp(run);
-    size_t C = m->dims[m->n_layers], T = pk_run_steps(run);
+    const pk_model *m = pk_run_model(run);
+    size_t C = m->n_out, T = pk_run_steps(run);
     pk_loss loss = pk_run_loss(run);
     const pk_data *train = NULL;
     pk_data q = {0};
@@ -1039,7 +1039,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     }
 
     char spec_m[256];
-    pk_mlp_spec(m, spec_m, sizeof spec_m);
+    pk_model_spec(m, spec_m, sizeof spec_m);
     const pk_optim *op = pk_run_optim(run);
     pk_sb_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>pathkernel report: ");
     pk_sb_esc(&b, pk_run_dir(run));

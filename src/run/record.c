@@ -57,7 +57,7 @@ static char *hex64(char buf[17], uint64_t v)
     return buf;
 }
 
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m,
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
                         const double *w, const double *state, pk_journal *j)
 {
     char *js = pk_path_join(dir, "run.json");
@@ -78,7 +78,7 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     free(wd);
 
     char spec[256], hex[17];
-    pk_mlp_spec(m, spec, sizeof spec);
+    pk_model_spec(m, spec, sizeof spec);
     const pk_optim *op = &o->optim;
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "format", "pathkernel-run");
@@ -94,8 +94,8 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddStringToObject(mo, "param", m->param == PK_PARAM_NTK ? "ntk" : "standard");
     cJSON_AddNumberToObject(mo, "sigma_w", m->sigma_w);
     cJSON_AddNumberToObject(mo, "sigma_b", m->sigma_b);
-    cJSON_AddNumberToObject(mo, "inputs", (double)m->dims[0]);
-    cJSON_AddNumberToObject(mo, "outputs", (double)m->dims[m->n_layers]);
+    cJSON_AddNumberToObject(mo, "inputs", (double)m->n_in);
+    cJSON_AddNumberToObject(mo, "outputs", (double)m->n_out);
     cJSON_AddNumberToObject(mo, "params", (double)m->n_params);
     cJSON_AddStringToObject(mo, "init", o->init_dir ? o->init_dir : "seeded");
     cJSON_AddStringToObject(r, "loss", pk_loss_name(o->loss));

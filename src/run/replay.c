@@ -9,7 +9,7 @@
 /* w and state after step c's checkpoint, then steps c..t-1 with st. */
 static pk_status load(pk_run *run, size_t t, double *w, double *state, pk_stepper *st, double *G)
 {
-    size_t T = pk_run_steps(run), keep = pk_run_keep(run), P = pk_run_mlp(run)->n_params;
+    size_t T = pk_run_steps(run), keep = pk_run_keep(run), P = pk_run_model(run)->n_params;
     size_t S = pk_optim_state_len(pk_run_optim(run));
     if (t > T) return pk_fail(PK_ERR_INPUT, "%s: step %zu out of range (the run has steps 0..%zu)", pk_run_dir(run), t, T);
     size_t c = t == T ? t : t / keep * keep;
@@ -31,14 +31,14 @@ static pk_status stepper_for(pk_run *run, pk_stepper *st)
 {
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
-    if (!s) s = pk_stepper_init(st, pk_run_mlp(run), pk_run_loss(run), train,
+    if (!s) s = pk_stepper_init(st, pk_run_model(run), pk_run_loss(run), train,
                                 pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)));
     return s;
 }
 
 pk_status pk_replay_load(pk_run *run, size_t t, double *w, double *state)
 {
-    size_t T = pk_run_steps(run), keep = pk_run_keep(run), P = pk_run_mlp(run)->n_params;
+    size_t T = pk_run_steps(run), keep = pk_run_keep(run), P = pk_run_model(run)->n_params;
     size_t c = t == T ? t : t / keep * keep;
     pk_stepper st = {0};
     double *G = NULL;
@@ -59,7 +59,7 @@ pk_status pk_replay_begin(pk_replay *r, pk_run *run, size_t from, pk_progress_fn
     r->run = run;
     r->op = pk_run_optim(run);
     r->T = pk_run_steps(run);
-    r->P = pk_run_mlp(run)->n_params;
+    r->P = pk_run_model(run)->n_params;
     r->S = pk_optim_state_len(r->op);
     r->t = from;
     r->end = r->T;
@@ -117,7 +117,7 @@ pk_status pk_replay_mismatch(const pk_run *run, size_t t)
 
 pk_status pk_replay_check(pk_run *run, size_t t, const double *w, double *scratch)
 {
-    size_t P = pk_run_mlp(run)->n_params;
+    size_t P = pk_run_model(run)->n_params;
     pk_status s = pk_run_weights(run, t, scratch);
     if (!s && memcmp(w, scratch, P * sizeof *w) != 0) s = pk_replay_mismatch(run, t);
     return s;

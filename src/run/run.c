@@ -26,7 +26,7 @@
 
 struct pk_run {
     char *dir;
-    pk_mlp mlp;
+    pk_model *model;
     pk_loss loss;
     pk_optim optim;
     size_t steps, keep, n_train, d, ty;
@@ -97,9 +97,9 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
     if (!spec || !param || jsize(mo, "inputs", &din) || jsize(mo, "outputs", &dout) || jsize(mo, "params", &P) ||
         jnum(mo, "sigma_w", &sw) || jnum(mo, "sigma_b", &sb))
         return BAD("model");
-    pk_status s = pk_mlp_parse(spec, din, dout, strcmp(param, "ntk") ? PK_PARAM_STANDARD : PK_PARAM_NTK, sw, sb, &run->mlp);
-    if (s) return pk_fail(PK_ERR_STATE, "%s: %s", path, pk_last_error());
-    if (run->mlp.n_params != P) return BAD("model.params");
+    pk_status s = pk_model_new(spec, din, dout, strcmp(param, "ntk") ? PK_PARAM_STANDARD : PK_PARAM_NTK, sw, sb, &run->model);
+    if (s) return pk_fail(s == PK_ERR_NOMEM ? s : PK_ERR_STATE, "%s: %s", path, pk_last_error());
+    if (run->model->n_params != P) return BAD("model.params");
     const char *ls = jstr(r, "loss");
     if (!ls || pk_loss_parse(ls, &run->loss)) return BAD("loss");
     pk_optim *op = &run->optim;
@@ -187,6 +187,7 @@ pk_status pk_run_open(const char *dir, pk_run **out)
 void pk_run_close(pk_run *run)
 {
     if (!run) return;
+    pk_model_free(run->model);
     pk_traj_free(&run->traj);
     pk_data_free(&run->owned_train);
     free(run->mean);
@@ -195,7 +196,7 @@ void pk_run_close(pk_run *run)
     free(run);
 }
 
-const pk_mlp *pk_run_mlp(const pk_run *run) { return &run->mlp; }
+const pk_model *pk_run_model(const pk_run *run) { return run->model; }
 pk_loss pk_run_loss(const pk_run *run) { return run->loss; }
 const pk_optim *pk_run_optim(const pk_run *run) { return &run->optim; }
 size_t pk_run_steps(const pk_run *run) { return run->steps; }
@@ -271,7 +272,7 @@ pk_status pk_run_train(pk_run *run, const pk_data **train)
 pk_status pk_run_weights(pk_run *run, size_t t, double *w)
 {
     size_t S = pk_optim_state_len(&run->optim);
-    double *state = pk_calloc(S * run->mlp.n_params + 1, sizeof *state);
+    double *state = pk_calloc(S * run->model->n_params + 1, sizeof *state);
     pk_status s = state ? pk_replay_load(run, t, w, state) : PK_ERR_NOMEM;
     free(state);
     return s;

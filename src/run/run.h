@@ -61,7 +61,7 @@ void pk_journal_close(pk_journal *j);
  * zero optimiser state (S, P)), the journal (j's sizes set; left open)
  * and, last, run.json with status "running"; refuses a directory that
  * already holds a run. */
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_mlp *m,
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
                         const double *w, const double *state, pk_journal *j);
 /* The end of training: trajectory.bin, steps.csv, and run.json's status and
  * steps; a complete run's journal is removed. */

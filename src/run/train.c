@@ -77,7 +77,7 @@ static uint64_t batch_hash(const pk_traj *tr, size_t t)
 
 /* One training session, fresh or resumed: what the loop reads and writes. */
 typedef struct trainer {
-    const pk_mlp *m;
+    const pk_model *m;
     pk_loss loss;
     const pk_optim *opt;
     const pk_data *data;
@@ -98,7 +98,7 @@ static void trainer_free(trainer *k)
     free(k->w); free(k->G); free(k->w_prev); free(k->state); free(k->state_prev);
 }
 
-static pk_status trainer_init(trainer *k, const pk_mlp *m, pk_loss loss, const pk_optim *opt, const pk_data *data,
+static pk_status trainer_init(trainer *k, const pk_model *m, pk_loss loss, const pk_optim *opt, const pk_data *data,
                               size_t T, size_t keep, uint64_t seed, const char *dir)
 {
     size_t S = pk_optim_state_len(opt);
@@ -211,16 +211,20 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     size_t C;
     pk_status s = pk_loss_outputs(o->loss, train, &C);
     if (s) return s;
-    pk_mlp m;
-    s = pk_mlp_parse(o->model, train->d, C, o->param, o->sigma_w, o->sigma_b, &m);
+    pk_model *m;
+    s = pk_model_new(o->model, train->d, C, o->param, o->sigma_w, o->sigma_b, &m);
     if (s) return s;
     trainer k;
-    if ((s = trainer_init(&k, &m, o->loss, opt, train, o->steps, o->keep, o->seed, o->out_dir))) return s;
-    if (o->init_dir) s = pk_weights_import(&m, o->init_dir, k.w);
-    else pk_mlp_init(&m, o->seed, k.w);
-    if (!s) s = pk_run_create(o->out_dir, train, o, &m, k.w, k.state, &k.j);
+    if ((s = trainer_init(&k, m, o->loss, opt, train, o->steps, o->keep, o->seed, o->out_dir))) {
+        pk_model_free(m);
+        return s;
+    }
+    if (o->init_dir) s = pk_weights_import(m, o->init_dir, k.w);
+    else pk_model_init(m, o->seed, k.w);
+    if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j);
     if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
     trainer_free(&k);
+    pk_model_free(m);
     return s;
 }
 
@@ -304,7 +308,7 @@ pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, p
     trainer k;
     int ready = 0;
     if (!s) {
-        s = trainer_init(&k, pk_run_mlp(run), pk_run_loss(run), pk_run_optim(run), train, info->steps,
+        s = trainer_init(&k, pk_run_model(run), pk_run_loss(run), pk_run_optim(run), train, info->steps,
                          pk_run_keep(run), pk_run_seed(run), dir);
         ready = !s;
     }

@@ -11,18 +11,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir)
+/* Files W1.npy, b1.npy, W2.npy, ... for the dense layers in order, with
+ * the forward scales applied (the effective weights). */
+pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir)
 {
     pk_status s = pk_mkdirs(dir);
-    for (size_t l = 0; l < m->n_layers && !s; l++) {
-        size_t dout = m->dims[l + 1], din = m->dims[l];
-        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+    for (size_t l = 0; l < m->n_weight && !s; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t dout = lw->out, din = lw->in;
+        double sw = lw->sw, sb = lw->sb;
         double *buf = pk_alloc(dout * din, sizeof *buf);
         if (!buf) return PK_ERR_NOMEM;
         char name[32];
         for (int part = 0; part < 2 && !s; part++) {
             size_t n = part ? dout : dout * din;
-            const double *src = w + (part ? m->b_off[l] : m->w_off[l]);
+            const double *src = w + (part ? lw->b_off : lw->w_off);
             double sc = part ? sb : sw;
             for (size_t i = 0; i < n; i++) buf[i] = sc * src[i];
             snprintf(name, sizeof name, "%c%zu.npy", part ? 'b' : 'W', l + 1);
@@ -36,11 +39,12 @@ pk_status pk_weights_export(const pk_mlp *m, const double *w, const char *dir)
     return s;
 }
 
-pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w)
+pk_status pk_weights_import(const pk_model *m, const char *dir, double *w)
 {
-    for (size_t l = 0; l < m->n_layers; l++) {
-        size_t dout = m->dims[l + 1], din = m->dims[l];
-        double sw = pk_mlp_wscale(m, l), sb = pk_mlp_bscale(m, l);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t dout = lw->out, din = lw->in;
+        double sw = lw->sw, sb = lw->sb;
         for (int part = 0; part < 2; part++) {
             char name[32];
             snprintf(name, sizeof name, "%c%zu.npy", part ? 'b' : 'W', l + 1);
@@ -59,7 +63,7 @@ pk_status pk_weights_import(const pk_mlp *m, const char *dir, double *w)
             }
             size_t n = part ? dout : dout * din;
             double sc = part ? sb : sw;
-            double *dst = w + (part ? m->b_off[l] : m->w_off[l]);
+            double *dst = w + (part ? lw->b_off : lw->w_off);
             for (size_t i = 0; i < n; i++) {
                 if (!isfinite(a[i])) {
                     s = pk_fail(PK_ERR_INPUT, "%s: element %zu is not finite", p, i);
