@@ -4,7 +4,6 @@
 #define PK_CLI_H
 
 #include "pathkernel.h"
-#include <getopt.h>
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
 
@@ -25,19 +24,29 @@ int cli_threads(const char *cmd, const char *arg);
 
 /* Declarative options: each names its type and where the value goes
  * (CLI_FLAG: an int set to 1; CLI_MIB: a size_t in bytes from MiB;
- * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM: parsed into pk_quad,
- * pk_loss, pk_optim_kind; CLI_KMODE: full or trace into a pk_kmode), and
- * optionally an int `seen` set to 1 when the option is given. */
+ * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM/SCHEDULE: parsed into
+ * pk_quad, pk_loss, pk_optim_kind, pk_schedule; CLI_KMODE: full or trace into
+ * a pk_kmode; CLI_PARAM: standard or ntk into a pk_param), and optionally an
+ * int `seen` that is set, the first time the option is given, to its place
+ * among the options given (1 for the first). CLI_TABLE (CLI_INCLUDE) stands
+ * for the entries of another table, ended by a NULL name, in its place. */
 typedef enum cli_type {
     CLI_STR, CLI_SIZE, CLI_U64, CLI_DOUBLE, CLI_FLAG, CLI_MIB, CLI_THREADS, CLI_QUAD, CLI_LOSS, CLI_OPTIM,
-    CLI_KMODE
+    CLI_KMODE, CLI_PARAM, CLI_SCHEDULE, CLI_TABLE
 } cli_type;
 typedef struct cli_opt { const char *name; cli_type type; void *dst; int *seen; } cli_opt;
+#define CLI_INCLUDE(table) {"", CLI_TABLE, (void *)(table), NULL}
 /* Parse argv against opts (ended by a NULL name; --help is implied and
- * prints `help`) and take exactly npos positional arguments into pos.
- * Returns 0, -1 after --help, or the exit status of a usage error. */
+ * prints `help`) and take exactly npos positional arguments into pos. Long
+ * options only, as --name VALUE or --name=VALUE, or any unambiguous prefix of
+ * the name; options and positional arguments in any order, and everything
+ * after "--" positional. Returns 0, -1 after --help, or the exit status of a
+ * usage error. */
 int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cli_opt *opts,
               const char **pos, int npos);
+/* Of the options of opts (those of included tables too) that have a `seen`,
+ * the one given first; NULL when none was given. */
+const cli_opt *cli_first_given(const cli_opt *opts);
 /* --first N, --random N, --data-seed S into a pk_load_opts. */
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}

@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <string.h>
