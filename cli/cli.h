@@ -51,6 +51,28 @@ const cli_opt *cli_first_given(const cli_opt *opts);
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}
 
+/* The options of training (training.c), shared by train, convergence and
+ * compare, each of which adds its own: --data, --first, --random,
+ * --data-seed, --standardize, the model, loss and optimiser options, --seed,
+ * --keep and --out; with held_out, also --test, --test-first, --lr and
+ * --steps (convergence chooses the learning rates and steps itself).
+ * cli_train_args_init sets the defaults and fills `opts`, which points into
+ * *a (include it with CLI_INCLUDE(a.opts)); `given` notes the order in which
+ * they were given. */
+enum { CLI_TRAIN_OPTS = 32 };
+typedef struct cli_train_args {
+    pk_train_opts to;
+    pk_load_opts lo, test_lo;
+    const char *data, *test;
+    int given[CLI_TRAIN_OPTS];
+    cli_opt opts[CLI_TRAIN_OPTS + 1];
+} cli_train_args;
+void cli_train_args_init(cli_train_args *a, int held_out);
+/* Load the training data (and the --test data), standardising both with the
+ * training moments when asked (*mean and *sd, the caller frees them); the
+ * data and the transform go into a->to. */
+pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd);
+
 /* SIGINT/SIGTERM set a flag (the second one kills as usual) that long
  * commands poll between steps to stop cleanly. */
 void cli_catch_stop(void);
