@@ -4,6 +4,7 @@
 #define PK_CLI_H
 
 #include "pathkernel.h"
+#include <stdio.h>
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
 
@@ -50,6 +51,21 @@ const cli_opt *cli_first_given(const cli_opt *opts);
 /* --first N, --random N, --data-seed S into a pk_load_opts. */
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}
+
+/* A number for CSV files and tables: %.17g, NaN as "nan". */
+void cli_put_num(FILE *f, double v);
+
+/* The options of the commands that read a run (predict, weights, info):
+ * RUN, --data, --out, --step, --first, --random, --data-seed, --threads. */
+typedef struct cli_run_args {
+    const char *run, *data, *out, *step;
+    pk_load_opts load;
+} cli_run_args;
+int cli_run_args_parse(const char *cmd, const char *help, int argc, char **argv, cli_run_args *a);
+/* Open a->run and read the weights of step a->step (default: the final
+ * one) into *w (the caller frees it and closes *run): 0, or the exit status
+ * of the failure, reported. */
+int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double **w, size_t *t);
 
 /* The options of training (training.c), shared by train, convergence and
  * compare, each of which adds its own: --data, --first, --random,
@@ -120,6 +136,9 @@ int cli_mpi_recv(double *buf, size_t n, int from, int tag);
 /* The step a user names: "init" (0), "final" (T) or a number 0..T. */
 int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
 
+/* The commands, one file each named after it (cli/train.c, cli/predict.c...;
+ * verify with explain, the same computation; the studies that train several
+ * runs, compare, convergence and mislabel, in cli/studies/). */
 int cmd_train(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_weights(int argc, char **argv);
@@ -131,14 +150,10 @@ int cmd_convergence(int argc, char **argv);
 int cmd_ntk(int argc, char **argv);
 int cmd_krr(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
-/* compare.c: the work of `compare` once its data are loaded. */
-int cli_compare(const char *cmd, const pk_train_opts *to, const pk_data *train, const pk_data *test,
-                const char *widths, double ridge, double svm_c, const char *base);
 int cmd_export_libsvm(int argc, char **argv);
 int cmd_attribute(int argc, char **argv);
 int cmd_selfinfluence(int argc, char **argv);
 int cmd_mislabel(int argc, char **argv);
-/* report.c: the HTML report of a run, and the demo on the embedded digits. */
 int cmd_report(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 

@@ -1,9 +1,12 @@
-/* common.c -- error reporting and strict argument parsing for the CLI. */
+/* common.c -- what the commands share: error reporting, strict argument
+ * parsing, progress, output directories, small helpers. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
 #include "internal.h"
 
+#include <cjson/cJSON.h>
 #include <ftw.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -200,6 +203,59 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_put_num(FILE *f, double v)
+{
+    if (isnan(v)) fputs("nan", f);
+    else fprintf(f, "%.17g", v);
+}
+
+double cli_max_abs(const double *v, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; v && i < n; i++) m = isnan(v[i]) || isnan(m) ? NAN : fmax(m, fabs(v[i]));
+    return m;
+}
+
+char *cli_summary_json(const pk_explain *e, double max_reg)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "max_abs_err", e->max_abs_err);
+    cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
+    cJSON_AddNumberToObject(r, "max_abs_regularisation", max_reg);
+    cJSON_AddStringToObject(r, "quad", e->quad);
+    cJSON_AddNumberToObject(r, "steps", (double)e->steps);
+    cJSON_AddNumberToObject(r, "n_train", (double)e->N);
+    cJSON_AddNumberToObject(r, "n_query", (double)e->Q);
+    cJSON_AddNumberToObject(r, "n_outputs", (double)e->C);
+    cJSON_AddStringToObject(r, "kernel_mode", e->mode == PK_KMODE_FULL ? "full" : "trace");
+    cJSON_AddNumberToObject(r, "seconds", e->seconds);
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    return text;
+}
+
+int cli_run_args_parse(const char *cmd, const char *help, int argc, char **argv, cli_run_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->load = pk_load_opts_defaults();
+    const cli_opt opts[] = {{"data", CLI_STR, &a->data, NULL}, {"out", CLI_STR, &a->out, NULL},
+                            {"step", CLI_STR, &a->step, NULL}, CLI_SELECT(a->load),
+                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    return cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
+}
+
+int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double **w, size_t *t)
+{
+    pk_status s = pk_run_open(a->run, run);
+    if (s) return cli_error(cmd, s);
+    *t = pk_run_steps(*run);
+    if (a->step && cli_step(cmd, a->step, pk_run_steps(*run), t)) { pk_run_close(*run); return EXIT_BAD_INPUT; }
+    *w = pk_alloc(pk_run_mlp(*run)->n_params, sizeof **w);
+    s = *w ? pk_run_weights(*run, *t, *w) : PK_ERR_NOMEM;
+    if (s) { free(*w); pk_run_close(*run); return cli_error(cmd, s); }
+    return 0;
 }
 
 cli_progress cli_progress_start(const char *cmd)
