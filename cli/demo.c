@@ -8,19 +8,11 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifndef PK_SOURCE_DIR
 #define PK_SOURCE_DIR "."
 #endif
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The embedded data: the source tree's data/digits.csv.gz, else ./data. */
 static const char *demo_data(void)
@@ -118,7 +110,7 @@ int cmd_demo(int argc, char **argv)
         fprintf(stderr, "pathkernel demo: cannot find data/digits.csv.gz (looked in %s/data and ./data)\n", PK_SOURCE_DIR);
         return EXIT_FAIL;
     }
-    double t_start = now();
+    double t_start = cli_now();
     /* The run is trained under a temporary name beside DIR/run and takes its
      * place just before the report, the files of an earlier run put aside
      * until the end; explain/ and report.html are one output group. A
@@ -167,7 +159,7 @@ int cmd_demo(int argc, char **argv)
     to.standardize = 1;
     to.mean = mean;
     to.std = sd;
-    double t0 = now();
+    double t0 = cli_now();
     s = pk_train(&train, &to, NULL, NULL);
     if (!s) s = pk_run_open(stage, &run);
     if (!s) s = pk_run_attach_data(run, &train);
@@ -181,7 +173,7 @@ int cmd_demo(int argc, char **argv)
     if (!s) s = pk_predict(m, w, train.x, train.n, f);
     if (s) goto done;
     printf("trained %zu parameters, softmax loss, sgd lr 0.1 batch 64, %zu steps in %.2f s: final train loss %.4g, "
-           "accuracy %.4f; run written to %s\n", m->n_params, pk_run_steps(run), now() - t0,
+           "accuracy %.4f; run written to %s\n", m->n_params, pk_run_steps(run), cli_now() - t0,
            pk_loss_eval(PK_LOSS_SOFTMAX, f, train.y, train.n, C, train.ty, NULL),
            pk_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
 
@@ -265,7 +257,7 @@ int cmd_demo(int argc, char **argv)
            info.max_rel_err, info.seconds);
 done:
     if (grouped) s = pk_group_end(s);
-    if (!s) printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", now() - t_start, rundir, html);
+    if (!s) printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", cli_now() - t_start, rundir, html);
     int rc = s ? cli_error(cmd, s) : EXIT_OK;
     if (run) pk_run_close(run);
     if (s) { /* the new run out, the earlier one back, the directories the demo made removed */

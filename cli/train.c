@@ -4,7 +4,6 @@
 #include "internal.h"
 
 #include <math.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 static const char *const train_help =
@@ -55,20 +54,13 @@ static const char *const train_help =
     "                      (exit 0); a diverged or damaged one is refused (exit 2). --test is not recorded:\n"
     "                      evaluate held-out data afterwards with `pathkernel predict`.\n";
 
-static double now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
-}
-
 typedef struct progress { int bar; double t0, last; size_t first; /* step of the first callback */ } progress;
 
 static int on_step(void *ctx, size_t step, size_t steps, double loss)
 {
     progress *p = ctx;
     if (p->bar) {
-        double t = now();
+        double t = cli_now();
         if (!p->first) p->first = step; /* a resumed run starts past 1 */
         if (t - p->last > 0.1 || step == steps) {
             p->last = t;
@@ -137,12 +129,12 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
 /* train --resume RUN */
 static int train_resume(const char *cmd, const char *dir, int quiet)
 {
-    progress pr = {isatty(2) && !quiet, now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
     cli_catch_stop();
     pk_resume_info info;
-    double t0 = now();
+    double t0 = cli_now();
     pk_status s = pk_train_resume(dir, on_step, &pr, &info);
-    double secs = now() - t0;
+    double secs = cli_now() - t0;
     if (!s && info.complete) {
         printf("%s is already complete (%zu steps): nothing to resume\n", dir, info.journaled);
         return EXIT_OK;
@@ -180,11 +172,11 @@ int cmd_train(int argc, char **argv)
     double *mean = NULL, *sd = NULL;
     pk_status s = cli_load_train_data(&a, &train, &test, &mean, &sd);
 
-    progress pr = {isatty(2) && !quiet, now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
     cli_catch_stop();
-    double t0 = now();
+    double t0 = cli_now();
     if (!s) s = pk_train(&train, to, on_step, &pr);
-    double secs = now() - t0;
+    double secs = cli_now() - t0;
 
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
         rc = s ? cli_error(cmd, s) : EXIT_OK;

@@ -23,12 +23,6 @@ static const char *const conv_help =
     "  --out DIR       keep the runs and write DIR/convergence.csv [runs in a temporary directory]\n"
     "  and the data, model and optimiser options of train (not --lr, --steps, --test)\n";
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int cmd_convergence(int argc, char **argv)
 {
     const char *cmd = "convergence";
@@ -58,7 +52,7 @@ int cmd_convergence(int argc, char **argv)
         nl++;
     }
     if (nl < 2) return cli_usage(cmd, "--lrs: give at least two learning rates to fit a slope");
-    qsort(lrs, nl, sizeof *lrs, cmp_double);
+    qsort(lrs, nl, sizeof *lrs, cli_cmp_double);
     snprintf(buf, sizeof buf, "%s", rules_list);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         if (nr == 16) return cli_usage(cmd, "--rules: at most 16 rules");
