@@ -4,7 +4,7 @@
 #define PK_CLI_H
 
 #include "pathkernel.h"
-#include <getopt.h>
+#include <stdio.h>
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
 
@@ -25,22 +25,73 @@ int cli_threads(const char *cmd, const char *arg);
 
 /* Declarative options: each names its type and where the value goes
  * (CLI_FLAG: an int set to 1; CLI_MIB: a size_t in bytes from MiB;
- * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM: parsed into pk_quad,
- * pk_loss, pk_optim_kind; CLI_KMODE: full or trace into a pk_kmode), and
- * optionally an int `seen` set to 1 when the option is given. */
+ * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM/SCHEDULE: parsed into
+ * pk_quad, pk_loss, pk_optim_kind, pk_schedule; CLI_KMODE: full or trace into
+ * a pk_kmode; CLI_PARAM: standard or ntk into a pk_param), and optionally an
+ * int `seen` that is set, the first time the option is given, to its place
+ * among the options given (1 for the first). CLI_TABLE (CLI_INCLUDE) stands
+ * for the entries of another table, ended by a NULL name, in its place. */
 typedef enum cli_type {
     CLI_STR, CLI_SIZE, CLI_U64, CLI_DOUBLE, CLI_FLAG, CLI_MIB, CLI_THREADS, CLI_QUAD, CLI_LOSS, CLI_OPTIM,
-    CLI_KMODE
+    CLI_KMODE, CLI_PARAM, CLI_SCHEDULE, CLI_TABLE
 } cli_type;
 typedef struct cli_opt { const char *name; cli_type type; void *dst; int *seen; } cli_opt;
+#define CLI_INCLUDE(table) {"", CLI_TABLE, (void *)(table), NULL}
 /* Parse argv against opts (ended by a NULL name; --help is implied and
- * prints `help`) and take exactly npos positional arguments into pos.
- * Returns 0, -1 after --help, or the exit status of a usage error. */
+ * prints `help`) and take exactly npos positional arguments into pos. Long
+ * options only, as --name VALUE or --name=VALUE, or any unambiguous prefix of
+ * the name; options and positional arguments in any order, and everything
+ * after "--" positional. Returns 0, -1 after --help, or the exit status of a
+ * usage error. */
 int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cli_opt *opts,
               const char **pos, int npos);
+/* Of the options of opts (those of included tables too) that have a `seen`,
+ * the one given first; NULL when none was given. */
+const cli_opt *cli_first_given(const cli_opt *opts);
 /* --first N, --random N, --data-seed S into a pk_load_opts. */
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}
+
+/* Seconds on a monotonic clock (for durations). */
+double cli_now(void);
+/* qsort comparison of doubles, ascending. */
+int cli_cmp_double(const void *a, const void *b);
+/* A number for CSV files and tables: %.17g, NaN as "nan". */
+void cli_put_num(FILE *f, double v);
+
+/* The options of the commands that read a run (predict, weights, info):
+ * RUN, --data, --out, --step, --first, --random, --data-seed, --threads. */
+typedef struct cli_run_args {
+    const char *run, *data, *out, *step;
+    pk_load_opts load;
+} cli_run_args;
+int cli_run_args_parse(const char *cmd, const char *help, int argc, char **argv, cli_run_args *a);
+/* Open a->run and read the weights of step a->step (default: the final
+ * one) into *w (the caller frees it and closes *run): 0, or the exit status
+ * of the failure, reported. */
+int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double **w, size_t *t);
+
+/* The options of training (training.c), shared by train, convergence and
+ * compare, each of which adds its own: --data, --first, --random,
+ * --data-seed, --standardize, the model, loss and optimiser options, --seed,
+ * --keep and --out; with held_out, also --test, --test-first, --lr and
+ * --steps (convergence chooses the learning rates and steps itself).
+ * cli_train_args_init sets the defaults and fills `opts`, which points into
+ * *a (include it with CLI_INCLUDE(a.opts)); `given` notes the order in which
+ * they were given. */
+enum { CLI_TRAIN_OPTS = 32 };
+typedef struct cli_train_args {
+    pk_train_opts to;
+    pk_load_opts lo, test_lo;
+    const char *data, *test;
+    int given[CLI_TRAIN_OPTS];
+    cli_opt opts[CLI_TRAIN_OPTS + 1];
+} cli_train_args;
+void cli_train_args_init(cli_train_args *a, int held_out);
+/* Load the training data (and the --test data), standardising both with the
+ * training moments when asked (*mean and *sd, the caller frees them); the
+ * data and the transform go into a->to. */
+pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd);
 
 /* SIGINT/SIGTERM set a flag (the second one kills as usual) that long
  * commands poll between steps to stop cleanly. */
@@ -89,6 +140,9 @@ int cli_mpi_recv(double *buf, size_t n, int from, int tag);
 /* The step a user names: "init" (0), "final" (T) or a number 0..T. */
 int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
 
+/* The commands, one file each named after it (cli/train.c, cli/predict.c...;
+ * verify with explain, the same computation; the studies that train several
+ * runs, compare, convergence and mislabel, in cli/studies/). */
 int cmd_train(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_weights(int argc, char **argv);
@@ -100,14 +154,10 @@ int cmd_convergence(int argc, char **argv);
 int cmd_ntk(int argc, char **argv);
 int cmd_krr(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
-/* compare.c: the work of `compare` once its data are loaded. */
-int cli_compare(const char *cmd, const pk_train_opts *to, const pk_data *train, const pk_data *test,
-                const char *widths, double ridge, double svm_c, const char *base);
 int cmd_export_libsvm(int argc, char **argv);
 int cmd_attribute(int argc, char **argv);
 int cmd_selfinfluence(int argc, char **argv);
 int cmd_mislabel(int argc, char **argv);
-/* report.c: the HTML report of a run, and the demo on the embedded digits. */
 int cmd_report(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 

@@ -1,9 +1,12 @@
-/* common.c -- error reporting and strict argument parsing for the CLI. */
+/* common.c -- what the commands share: error reporting, strict argument
+ * parsing, progress, output directories, small helpers. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
 #include "kernel/kernel.h"
 
+#include <cjson/cJSON.h>
 #include <ftw.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -69,57 +72,112 @@ int cli_step(const char *cmd, const char *arg, size_t T, size_t *t)
     return 0;
 }
 
+/* The entries of opts, those of included tables in their place, appended
+ * to list (n so far, room for max); the new count, max + 1 when they do not fit. */
+static size_t flatten(const cli_opt *opts, const cli_opt **list, size_t n, size_t max)
+{
+    for (; opts->name && n <= max; opts++) {
+        if (opts->type == CLI_TABLE) n = flatten(opts->dst, list, n, max);
+        else if (n < max) list[n++] = opts;
+        else n = max + 1;
+    }
+    return n;
+}
+
+/* The option that --NAME (len characters) names: an exact match, else the
+ * one option whose name it begins; NULL when none or several. */
+static const cli_opt *lookup(const cli_opt *const *list, size_t n, const char *name, size_t len)
+{
+    const cli_opt *found = NULL;
+    int several = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(list[i]->name, name, len)) continue;
+        if (!list[i]->name[len]) return list[i];
+        several |= found != NULL;
+        found = list[i];
+    }
+    return several ? NULL : found;
+}
+
+/* Store the value of option o; 0, or non-zero after an error printed. */
+static int set_value(const char *cmd, const cli_opt *o, const char *val)
+{
+    char flag[80];
+    snprintf(flag, sizeof flag, "--%s", o->name);
+    size_t mib;
+    switch (o->type) {
+    case CLI_STR: *(const char **)o->dst = val; return 0;
+    case CLI_SIZE: return cli_size(cmd, flag, val, o->dst);
+    case CLI_U64: return cli_u64(cmd, flag, val, o->dst);
+    case CLI_DOUBLE: return cli_double(cmd, flag, val, o->dst);
+    case CLI_FLAG: *(int *)o->dst = 1; return 0;
+    case CLI_MIB:
+        if (cli_size(cmd, flag, val, &mib)) return 1;
+        *(size_t *)o->dst = mib << 20;
+        return 0;
+    case CLI_THREADS: return cli_threads(cmd, val);
+    case CLI_QUAD: return pk_quad_parse(val, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0;
+    case CLI_LOSS: return pk_loss_parse(val, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0;
+    case CLI_OPTIM: return pk_optim_parse(val, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0;
+    case CLI_SCHEDULE: return pk_schedule_parse(val, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0;
+    case CLI_KMODE:
+        if (!strcmp(val, "full")) *(pk_kmode *)o->dst = PK_KMODE_FULL;
+        else if (!strcmp(val, "trace")) *(pk_kmode *)o->dst = PK_KMODE_TRACE;
+        else return cli_usage(cmd, "%s: '%s' is not full or trace", flag, val);
+        return 0;
+    case CLI_PARAM:
+        if (!strcmp(val, "standard")) *(pk_param *)o->dst = PK_PARAM_STANDARD;
+        else if (!strcmp(val, "ntk")) *(pk_param *)o->dst = PK_PARAM_NTK;
+        else return cli_usage(cmd, "%s: '%s' is not standard or ntk", flag, val);
+        return 0;
+    case CLI_TABLE: break;
+    }
+    return cli_usage(cmd, "internal: option %s has no type", flag);
+}
+
 int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cli_opt *opts,
               const char **pos, int npos)
 {
-    struct option lo[64];
-    size_t n = 0;
-    for (; opts[n].name; n++) {
-        if (n == 62) return cli_usage(cmd, "internal: too many options");
-        lo[n] = (struct option){opts[n].name, opts[n].type == CLI_FLAG ? 0 : 1, 0, (int)(256 + n)};
-    }
-    lo[n] = (struct option){"help", 0, 0, 255};
-    lo[n + 1] = (struct option){0, 0, 0, 0};
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        if (c == 255) { fputs(help, stdout); return -1; }
-        if (c < 256 || c >= (int)(256 + n)) return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        const cli_opt *o = &opts[c - 256];
-        char flag[80];
-        snprintf(flag, sizeof flag, "--%s", o->name);
-        int bad = 0;
-        size_t mib;
-        switch (o->type) {
-        case CLI_STR: *(const char **)o->dst = optarg; break;
-        case CLI_SIZE: bad = cli_size(cmd, flag, optarg, o->dst); break;
-        case CLI_U64: bad = cli_u64(cmd, flag, optarg, o->dst); break;
-        case CLI_DOUBLE: bad = cli_double(cmd, flag, optarg, o->dst); break;
-        case CLI_FLAG: *(int *)o->dst = 1; break;
-        case CLI_MIB:
-            bad = cli_size(cmd, flag, optarg, &mib);
-            if (!bad) *(size_t *)o->dst = mib << 20;
-            break;
-        case CLI_THREADS: bad = cli_threads(cmd, optarg); break;
-        case CLI_QUAD: bad = pk_quad_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
-        case CLI_LOSS: bad = pk_loss_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
-        case CLI_OPTIM: bad = pk_optim_parse(optarg, o->dst) ? (cli_error(cmd, PK_ERR_INPUT), 1) : 0; break;
-        case CLI_KMODE:
-            if (!strcmp(optarg, "full")) *(pk_kmode *)o->dst = PK_KMODE_FULL;
-            else if (!strcmp(optarg, "trace")) *(pk_kmode *)o->dst = PK_KMODE_TRACE;
-            else bad = (cli_usage(cmd, "%s: '%s' is not full or trace", flag, optarg), 1);
-            break;
+    enum { MAX = 128 };
+    static const cli_opt help_opt = {"help", CLI_FLAG, NULL, NULL};
+    const cli_opt *list[MAX];
+    size_t n = flatten(opts, list, 0, MAX - 1);
+    if (n > MAX - 1) return cli_usage(cmd, "internal: too many options");
+    list[n++] = &help_opt;
+    int npos_got = 0, given = 0, options = 1;
+    const char *extra = NULL; /* the first positional argument too many */
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (options && !strcmp(arg, "--")) { options = 0; continue; }
+        if (!options || arg[0] != '-' || !arg[1]) { /* positional */
+            if (npos_got < npos) pos[npos_got++] = arg;
+            else if (!extra) extra = arg;
+            continue;
         }
-        if (bad) return EXIT_BAD_INPUT;
-        if (o->seen) *o->seen = 1;
+        const char *name = arg + 2, *eq = arg[1] == '-' ? strchr(name, '=') : NULL;
+        const cli_opt *o = arg[1] == '-' ? lookup(list, n, name, eq ? (size_t)(eq - name) : strlen(name)) : NULL;
+        const char *val = eq ? eq + 1 : NULL;
+        if (o && o->type != CLI_FLAG && !val && i + 1 < argc) val = argv[++i];
+        if (!o || (o->type == CLI_FLAG) != (val == NULL)) /* unknown, or a value missing or not wanted */
+            return cli_usage(cmd, "unknown or incomplete option '%s'", arg);
+        if (o == &help_opt) { fputs(help, stdout); return -1; }
+        if (set_value(cmd, o, val)) return EXIT_BAD_INPUT;
+        given++;
+        if (o->seen && !*o->seen) *o->seen = given;
     }
-    for (int i = 0; i < npos; i++) {
-        if (optind >= argc) return cli_usage(cmd, "missing argument (the run directory)");
-        pos[i] = argv[optind++];
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
+    if (npos_got < npos) return cli_usage(cmd, "missing argument (the run directory)");
+    if (extra) return cli_usage(cmd, "unexpected argument '%s'", extra);
     return 0;
+}
+
+const cli_opt *cli_first_given(const cli_opt *opts)
+{
+    const cli_opt *first = NULL;
+    for (; opts->name; opts++) {
+        const cli_opt *o = opts->type == CLI_TABLE ? cli_first_given(opts->dst) : opts;
+        if (o && o->seen && *o->seen && (!first || *o->seen < *first->seen)) first = o;
+    }
+    return first;
 }
 
 static volatile sig_atomic_t stop_flag;
@@ -140,18 +198,77 @@ void cli_catch_stop(void)
 
 int cli_stop_requested(void) { return stop_flag != 0; }
 
-static double mono_now(void)
+double cli_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+int cli_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void cli_put_num(FILE *f, double v)
+{
+    if (isnan(v)) fputs("nan", f);
+    else fprintf(f, "%.17g", v);
+}
+
+double cli_max_abs(const double *v, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; v && i < n; i++) m = isnan(v[i]) || isnan(m) ? NAN : fmax(m, fabs(v[i]));
+    return m;
+}
+
+char *cli_summary_json(const pk_explain *e, double max_reg)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "max_abs_err", e->max_abs_err);
+    cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
+    cJSON_AddNumberToObject(r, "max_abs_regularisation", max_reg);
+    cJSON_AddStringToObject(r, "quad", e->quad);
+    cJSON_AddNumberToObject(r, "steps", (double)e->steps);
+    cJSON_AddNumberToObject(r, "n_train", (double)e->N);
+    cJSON_AddNumberToObject(r, "n_query", (double)e->Q);
+    cJSON_AddNumberToObject(r, "n_outputs", (double)e->C);
+    cJSON_AddStringToObject(r, "kernel_mode", e->mode == PK_KMODE_FULL ? "full" : "trace");
+    cJSON_AddNumberToObject(r, "seconds", e->seconds);
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    return text;
+}
+
+int cli_run_args_parse(const char *cmd, const char *help, int argc, char **argv, cli_run_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->load = pk_load_opts_defaults();
+    const cli_opt opts[] = {{"data", CLI_STR, &a->data, NULL}, {"out", CLI_STR, &a->out, NULL},
+                            {"step", CLI_STR, &a->step, NULL}, CLI_SELECT(a->load),
+                            {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+    return cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
+}
+
+int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double **w, size_t *t)
+{
+    pk_status s = pk_run_open(a->run, run);
+    if (s) return cli_error(cmd, s);
+    *t = pk_run_steps(*run);
+    if (a->step && cli_step(cmd, a->step, pk_run_steps(*run), t)) { pk_run_close(*run); return EXIT_BAD_INPUT; }
+    *w = pk_alloc(pk_run_model(*run)->n_params, sizeof **w);
+    s = *w ? pk_run_weights(*run, *t, *w) : PK_ERR_NOMEM;
+    if (s) { free(*w); pk_run_close(*run); return cli_error(cmd, s); }
+    return 0;
+}
+
 cli_progress cli_progress_start(const char *cmd)
 {
     cli_progress p = {0};
     p.cmd = cmd;
-    p.t0 = mono_now();
+    p.t0 = cli_now();
     p.tty = isatty(2);
     p.groups = 1;
     return p;
@@ -163,7 +280,7 @@ int cli_progress_step(void *ctx, size_t step, size_t steps, double loss)
     cli_progress *p = ctx;
     p->steps_done += 1;
     if (cli_stop_requested()) return 1;
-    double t = mono_now();
+    double t = cli_now();
     if (!p->show || (step < steps && t - p->last < (p->tty ? 1.0 : 10.0))) return 0;
     p->last = t;
     double rate = p->steps_done / (t - p->t0 + 1e-9);
@@ -187,7 +304,7 @@ void cli_progress_end(cli_progress *p)
     if (p->show && p->tty && p->last > 0) fputc('\n', stderr);
 }
 
-double cli_progress_seconds(const cli_progress *p) { return mono_now() - p->t0; }
+double cli_progress_seconds(const cli_progress *p) { return cli_now() - p->t0; }
 
 int cli_dir_exists(const char *dir)
 {

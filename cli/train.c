@@ -1,14 +1,9 @@
-/* train.c -- `pathkernel train` and `pathkernel convergence`: the commands
- * that train. */
-#define _XOPEN_SOURCE 700
+/* train.c -- `pathkernel train`: train a network by gradient descent and
+ * record its path; `train --resume` finishes an interrupted run. */
 #include "cli.h"
 #include "kernel/kernel.h"
 
-#include <errno.h>
 #include <math.h>
-#include <sys/stat.h>
-#include <string.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 static const char *const train_help =
@@ -59,20 +54,13 @@ static const char *const train_help =
     "                      (exit 0); a diverged or damaged one is refused (exit 2). --test is not recorded:\n"
     "                      evaluate held-out data afterwards with `pathkernel predict`.\n";
 
-static double now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
-}
-
 typedef struct progress { int bar; double t0, last; size_t first; /* step of the first callback */ } progress;
 
 static int on_step(void *ctx, size_t step, size_t steps, double loss)
 {
     progress *p = ctx;
     if (p->bar) {
-        double t = now();
+        double t = cli_now();
         if (!p->first) p->first = step; /* a resumed run starts past 1 */
         if (t - p->last > 0.1 || step == steps) {
             p->last = t;
@@ -96,141 +84,6 @@ static void report(const char *name, pk_loss loss, const pk_model *m, const doub
     if (isnan(acc)) printf("final %-5s loss %.6g (%zu examples)\n", name, l, d->n);
     else printf("final %-5s loss %.6g  accuracy %.4f (%zu examples)\n", name, l, acc, d->n);
     free(f);
-}
-
-/* Everything train and convergence read from the command line. */
-typedef struct train_args {
-    pk_train_opts to;
-    pk_load_opts lo, test_lo;
-    const char *data, *test, *query, *lrs, *rules, *widths;
-    const char *resume;       /* train --resume RUN */
-    double time, ridge, svm_c;
-    int quiet;
-} train_args;
-
-/* One option table for train (conv = 0), convergence (1) and compare (2);
- * `conv` selects which extra options are allowed. */
-static int parse_train_args(const char *cmd, const char *help, int conv, int argc, char **argv, train_args *a)
-{
-    enum { O_DATA = 256, O_TEST, O_FIRST, O_RANDOM, O_DSEED, O_STD, O_MODEL, O_PARAM, O_SW, O_SB, O_INIT, O_LOSS,
-           O_OPTIM, O_LR, O_STEPS, O_BATCH, O_MOM, O_B1, O_B2, O_EPS, O_WD, O_SCHED, O_EVERY, O_GAMMA, O_LRMIN,
-           O_SEED, O_KEEP, O_OUT, O_THREADS, O_QUIET, O_HELP, O_QUERY, O_TIME, O_LRS, O_RULES, O_WIDTHS,
-           O_RIDGE, O_SVMC, O_TFIRST, O_RESUME };
-    static const struct option opts[] = {
-        {"data", 1, 0, O_DATA}, {"test", 1, 0, O_TEST}, {"first", 1, 0, O_FIRST}, {"random", 1, 0, O_RANDOM},
-        {"data-seed", 1, 0, O_DSEED}, {"standardize", 0, 0, O_STD}, {"model", 1, 0, O_MODEL},
-        {"param", 1, 0, O_PARAM}, {"sigma-w", 1, 0, O_SW}, {"sigma-b", 1, 0, O_SB}, {"init", 1, 0, O_INIT},
-        {"loss", 1, 0, O_LOSS}, {"optim", 1, 0, O_OPTIM}, {"lr", 1, 0, O_LR}, {"steps", 1, 0, O_STEPS},
-        {"batch", 1, 0, O_BATCH}, {"momentum", 1, 0, O_MOM}, {"beta1", 1, 0, O_B1}, {"beta2", 1, 0, O_B2},
-        {"eps", 1, 0, O_EPS}, {"weight-decay", 1, 0, O_WD}, {"schedule", 1, 0, O_SCHED}, {"step-every", 1, 0, O_EVERY},
-        {"gamma", 1, 0, O_GAMMA}, {"lr-min", 1, 0, O_LRMIN}, {"seed", 1, 0, O_SEED}, {"keep", 1, 0, O_KEEP},
-        {"out", 1, 0, O_OUT}, {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
-        {"query", 1, 0, O_QUERY}, {"time", 1, 0, O_TIME}, {"lrs", 1, 0, O_LRS}, {"rules", 1, 0, O_RULES},
-        {"widths", 1, 0, O_WIDTHS}, {"ridge", 1, 0, O_RIDGE}, {"svm-c", 1, 0, O_SVMC},
-        {"test-first", 1, 0, O_TFIRST}, {"resume", 1, 0, O_RESUME}, {0, 0, 0, 0}};
-    memset(a, 0, sizeof *a);
-    a->to = pk_train_opts_defaults();
-    a->lo = pk_load_opts_defaults();
-    a->test_lo = pk_load_opts_defaults();
-    a->rules = "left,mid,gl2";
-    a->ridge = 1e-3;
-    a->svm_c = 1.0;
-    pk_train_opts *to = &a->to;
-    optind = 1;
-    opterr = 0;
-    int c, idx;
-    const char *training = NULL; /* the first option --resume cannot be combined with */
-    while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
-        int bad = 0;
-        /* mode 0 train, 1 convergence, 2 compare: each has its own extra options */
-        int own = c == O_RESUME ? conv == 0
-                  : c == O_TFIRST ? conv != 1
-                  : c < O_QUERY ? !(conv == 1 && (c == O_TEST || c == O_LR || c == O_STEPS))
-                              : (conv == 1 && c <= O_RULES) || (conv == 2 && c >= O_WIDTHS);
-        if (c != '?' && !own) return cli_usage(cmd, "--%s is not an option of this command", opts[idx].name);
-        if (c != '?' && c != O_RESUME && c != O_THREADS && c != O_QUIET && c != O_HELP && !training)
-            training = opts[idx].name;
-        switch (c) {
-        case O_DATA: a->data = optarg; break;
-        case O_TEST: a->test = optarg; break;
-        case O_FIRST: bad = cli_size(cmd, "--first", optarg, &a->lo.first); break;
-        case O_RANDOM: bad = cli_size(cmd, "--random", optarg, &a->lo.random); break;
-        case O_DSEED: bad = cli_u64(cmd, "--data-seed", optarg, &a->lo.seed); break;
-        case O_STD: to->standardize = 1; break;
-        case O_MODEL: to->model = optarg; break;
-        case O_PARAM:
-            if (!strcmp(optarg, "ntk")) to->param = PK_PARAM_NTK;
-            else if (!strcmp(optarg, "standard")) to->param = PK_PARAM_STANDARD;
-            else return cli_usage(cmd, "--param: '%s' is not standard or ntk", optarg);
-            break;
-        case O_SW: bad = cli_double(cmd, "--sigma-w", optarg, &to->sigma_w); break;
-        case O_SB: bad = cli_double(cmd, "--sigma-b", optarg, &to->sigma_b); break;
-        case O_INIT: to->init_dir = optarg; break;
-        case O_LOSS: if (pk_loss_parse(optarg, &to->loss)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_OPTIM: if (pk_optim_parse(optarg, &to->optim.kind)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_LR: bad = cli_double(cmd, "--lr", optarg, &to->optim.lr); break;
-        case O_STEPS: bad = cli_size(cmd, "--steps", optarg, &to->steps); break;
-        case O_BATCH: bad = cli_size(cmd, "--batch", optarg, &to->optim.batch); break;
-        case O_MOM: bad = cli_double(cmd, "--momentum", optarg, &to->optim.momentum); break;
-        case O_B1: bad = cli_double(cmd, "--beta1", optarg, &to->optim.beta1); break;
-        case O_B2: bad = cli_double(cmd, "--beta2", optarg, &to->optim.beta2); break;
-        case O_EPS: bad = cli_double(cmd, "--eps", optarg, &to->optim.eps); break;
-        case O_WD: bad = cli_double(cmd, "--weight-decay", optarg, &to->optim.weight_decay); break;
-        case O_SCHED: if (pk_schedule_parse(optarg, &to->optim.schedule)) return cli_error(cmd, PK_ERR_INPUT); break;
-        case O_EVERY: bad = cli_size(cmd, "--step-every", optarg, &to->optim.step_every); break;
-        case O_GAMMA: bad = cli_double(cmd, "--gamma", optarg, &to->optim.gamma); break;
-        case O_LRMIN: bad = cli_double(cmd, "--lr-min", optarg, &to->optim.lr_min); break;
-        case O_SEED: bad = cli_u64(cmd, "--seed", optarg, &to->seed); break;
-        case O_KEEP: bad = cli_size(cmd, "--keep", optarg, &to->keep); break;
-        case O_OUT: to->out_dir = optarg; break;
-        case O_THREADS: bad = cli_threads(cmd, optarg); break;
-        case O_QUIET: a->quiet = 1; break;
-        case O_HELP: fputs(help, stdout); return -1;
-        case O_QUERY: a->query = optarg; break;
-        case O_TIME: bad = cli_double(cmd, "--time", optarg, &a->time); break;
-        case O_LRS: a->lrs = optarg; break;
-        case O_RULES: a->rules = optarg; break;
-        case O_WIDTHS: a->widths = optarg; break;
-        case O_RIDGE: bad = cli_double(cmd, "--ridge", optarg, &a->ridge); break;
-        case O_SVMC: bad = cli_double(cmd, "--svm-c", optarg, &a->svm_c); break;
-        case O_TFIRST: bad = cli_size(cmd, "--test-first", optarg, &a->test_lo.first); break;
-        case O_RESUME: a->resume = optarg; break;
-        default: return cli_usage(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
-        }
-        if (bad) return EXIT_BAD_INPUT;
-    }
-    if (optind < argc) return cli_usage(cmd, "unexpected argument '%s'", argv[optind]);
-    if (a->resume && training)
-        return cli_usage(cmd, "--resume RUN takes every training option from RUN/run.json: drop --%s", training);
-    if (a->resume) return 0;
-    if (!a->data) return cli_usage(cmd, "--data SPEC is required");
-    if (!conv && !to->out_dir) return cli_usage(cmd, "--out RUN is required");
-    return 0;
-}
-
-/* Load the training data (and test data), standardising both with the
- * training moments when asked; the transform goes into a->to. */
-static pk_status load_train_data(train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
-{
-    pk_status s = pk_data_load(a->data, &a->lo, train);
-    if (!s && a->test) s = pk_data_load(a->test, &a->test_lo, test);
-    if (!s && a->test && test->d != train->d)
-        s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
-    if (!s && a->to.standardize) {
-        *mean = pk_alloc(train->d, sizeof **mean);
-        *sd = pk_alloc(train->d, sizeof **sd);
-        if (!*mean || !*sd) s = PK_ERR_NOMEM;
-        else {
-            pk_data_moments(train, *mean, *sd);
-            pk_data_standardize(train, *mean, *sd);
-            if (a->test) pk_data_standardize(test, *mean, *sd);
-        }
-    }
-    a->to.data_spec = a->data;
-    a->to.load = &a->lo;
-    a->to.mean = *mean;
-    a->to.std = *sd;
-    return s;
 }
 
 /* What train prints once the run is written: the run, the final losses on
@@ -274,45 +127,56 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
 }
 
 /* train --resume RUN */
-static int train_resume(const char *cmd, const train_args *a)
+static int train_resume(const char *cmd, const char *dir, int quiet)
 {
-    progress pr = {isatty(2) && !a->quiet, now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
     cli_catch_stop();
     pk_resume_info info;
-    double t0 = now();
-    pk_status s = pk_train_resume(a->resume, on_step, &pr, &info);
-    double secs = now() - t0;
+    double t0 = cli_now();
+    pk_status s = pk_train_resume(dir, on_step, &pr, &info);
+    double secs = cli_now() - t0;
     if (!s && info.complete) {
-        printf("%s is already complete (%zu steps): nothing to resume\n", a->resume, info.journaled);
+        printf("%s is already complete (%zu steps): nothing to resume\n", dir, info.journaled);
         return EXIT_OK;
     }
     if (s && s != PK_ERR_NUMERIC) return cli_error(cmd, s);
-    printf("resumed %s at step %zu of %zu (its journal held %zu complete steps", a->resume, info.from, info.steps,
+    printf("resumed %s at step %zu of %zu (its journal held %zu complete steps", dir, info.from, info.steps,
            info.journaled);
     if (info.ignored) printf("; %zu bytes of a torn or damaged record after them were dropped", info.ignored);
     printf(")\n");
     int rc = s ? cli_error(cmd, s) : EXIT_OK;
-    int rs = summarise(cmd, a->resume, NULL, NULL, secs);
+    int rs = summarise(cmd, dir, NULL, NULL, secs);
     return rc ? rc : rs;
 }
 
 int cmd_train(int argc, char **argv)
 {
     const char *cmd = "train";
-    train_args a;
-    int rc = parse_train_args(cmd, train_help, 0, argc, argv, &a);
+    cli_train_args a;
+    const char *resume = NULL;
+    int quiet = 0;
+    cli_train_args_init(&a, 1);
+    const cli_opt opts[] = {CLI_INCLUDE(a.opts), {"resume", CLI_STR, &resume, NULL},
+                            {"threads", CLI_THREADS, NULL, NULL}, {"quiet", CLI_FLAG, &quiet, NULL},
+                            {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, train_help, argc, argv, opts, NULL, 0);
     if (rc) return rc < 0 ? EXIT_OK : rc;
-    if (a.resume) return train_resume(cmd, &a);
+    const cli_opt *training = cli_first_given(a.opts); /* the first option --resume cannot be combined with */
+    if (resume && training)
+        return cli_usage(cmd, "--resume RUN takes every training option from RUN/run.json: drop --%s", training->name);
+    if (resume) return train_resume(cmd, resume, quiet);
+    if (!a.data) return cli_usage(cmd, "--data SPEC is required");
+    if (!a.to.out_dir) return cli_usage(cmd, "--out RUN is required");
     pk_train_opts *to = &a.to;
     pk_data train = {0}, test = {0};
     double *mean = NULL, *sd = NULL;
-    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
+    pk_status s = cli_load_train_data(&a, &train, &test, &mean, &sd);
 
-    progress pr = {isatty(2) && !a.quiet, now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
     cli_catch_stop();
-    double t0 = now();
+    double t0 = cli_now();
     if (!s) s = pk_train(&train, to, on_step, &pr);
-    double secs = now() - t0;
+    double secs = cli_now() - t0;
 
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
         rc = s ? cli_error(cmd, s) : EXIT_OK;
@@ -325,198 +189,5 @@ int cmd_train(int argc, char **argv)
     pk_data_free(&test);
     free(mean);
     free(sd);
-    return rc;
-}
-
-/* ------------------------------------------------------------ convergence */
-
-static const char *const conv_help =
-    "usage: pathkernel convergence --data SPEC --query SPEC --model SPEC --loss L --time TAU --lrs LIST [options]\n"
-    "\n"
-    "Trains once per learning rate eta in LIST for round(TAU/eta) steps (fixed eta*T), explains the\n"
-    "queries with each quadrature rule, and fits the slope of log(error) against log(eta): the\n"
-    "paper's \"exact as the learning rate goes to 0\" made measurable (MATH.md section 3: slopes\n"
-    "near 1 for left, 2 for mid, 2K for glK on smooth activations).\n"
-    "  --query SPEC    query inputs\n"
-    "  --time TAU      eta * T, the same for every run\n"
-    "  --lrs LIST      comma-separated learning rates, e.g. 0.4,0.2,0.1,0.05\n"
-    "  --rules LIST    quadrature rules [left,mid,gl2]\n"
-    "  --out DIR       keep the runs and write DIR/convergence.csv [runs in a temporary directory]\n"
-    "  and the data, model and optimiser options of train (not --lr, --steps, --test)\n";
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-int cmd_convergence(int argc, char **argv)
-{
-    const char *cmd = "convergence";
-    train_args a;
-    int rc = parse_train_args(cmd, conv_help, 1, argc, argv, &a);
-    if (rc) return rc < 0 ? EXIT_OK : rc;
-    if (!a.query || !a.lrs || !(a.time > 0)) return cli_usage(cmd, "--query, --lrs and a positive --time are required");
-    double lrs[32];
-    size_t nl = 0;
-    pk_quad rules[16];
-    size_t nr = 0;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", a.lrs);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (nl == 32) return cli_usage(cmd, "--lrs: at most 32 learning rates");
-        if (cli_double(cmd, "--lrs", tok, &lrs[nl])) return EXIT_BAD_INPUT;
-        if (!(lrs[nl] > 0)) return cli_usage(cmd, "--lrs: learning rates must be positive");
-        nl++;
-    }
-    if (nl < 2) return cli_usage(cmd, "--lrs: give at least two learning rates to fit a slope");
-    qsort(lrs, nl, sizeof *lrs, cmp_double);
-    snprintf(buf, sizeof buf, "%s", a.rules);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (nr == 16) return cli_usage(cmd, "--rules: at most 16 rules");
-        if (pk_quad_parse(tok, &rules[nr++])) return cli_error(cmd, PK_ERR_INPUT);
-    }
-    char tmpl[] = "/tmp/pathkernel-convergence-XXXXXX";
-    const char *base = a.to.out_dir;
-    if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel convergence: mkdtemp"); return EXIT_FAIL; }
-    /* A failure keeps nothing this command made in --out DIR: the run
-     * directories it created are removed, and DIR too when it created DIR;
-     * what was there before (an lr-* directory included) is left alone. */
-    int existed = cli_dir_exists(base), made[32] = {0};
-    pk_status ms = pk_mkdirs(base);
-    if (ms) return cli_error(cmd, ms);
-    pk_data train = {0}, test = {0}, query = {0};
-    double *mean = NULL, *sd = NULL;
-    double err[32][16], rel[32][16];
-    size_t steps[32];
-    char name[32][64];
-    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
-    if (!s) {
-        s = pk_data_load(a.query, NULL, &query);
-        if (!s && query.d != train.d)
-            s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a.query, query.d, train.d);
-        if (!s && mean) pk_data_standardize(&query, mean, sd);
-    }
-    for (size_t i = 0; !s && i < nl; i++) {
-        snprintf(name[i], sizeof name[i], "lr-%.6g", lrs[i]);
-        char *dir = pk_path_join(base, name[i]);
-        if (!dir) { s = PK_ERR_NOMEM; break; }
-        made[i] = !cli_dir_exists(dir);
-        pk_train_opts to = a.to;
-        to.optim.lr = lrs[i];
-        to.steps = steps[i] = (size_t)llround(a.time / lrs[i]);
-        if (!to.steps) s = pk_fail(PK_ERR_INPUT, "--time %g / lr %g rounds to 0 steps", a.time, lrs[i]);
-        to.out_dir = dir;
-        to.keep = to.steps; /* only the ends are needed: explain replays */
-        if (!s) s = pk_train(&train, &to, NULL, NULL);
-        pk_run *run = NULL;
-        if (!s) s = pk_run_open(dir, &run);
-        if (!s) s = pk_run_attach_data(run, &train);
-        for (size_t r = 0; !s && r < nr; r++) {
-            pk_explain_opts eo = pk_explain_opts_defaults();
-            eo.quad = rules[r];
-            eo.want_contrib = 0;
-            eo.want_kernel = 0;
-            pk_explain e;
-            s = pk_explain_run(run, query.x, query.n, &eo, &e);
-            if (!s) { err[i][r] = e.max_abs_err; rel[i][r] = e.max_rel_err; pk_explain_free(&e); }
-        }
-        pk_run_close(run);
-        free(dir);
-    }
-    if (!s) {
-        /* least-squares slope of log(err) on log(lr), over the errors above the rounding floor */
-        printf("%-10s %8s", "lr", "steps");
-        for (size_t r = 0; r < nr; r++) printf("  %12s", rules[r].name);
-        printf("   (max |pred - bias - sum contrib|)\n");
-        for (size_t i = 0; i < nl; i++) {
-            printf("%-10g %8zu", lrs[i], steps[i]);
-            for (size_t r = 0; r < nr; r++) printf("  %12.4e", err[i][r]);
-            printf("\n");
-        }
-        printf("%-19s", "slope");
-        char *csvp = pk_path_join(base, "convergence.csv");
-        pk_atomic f;
-        s = csvp ? pk_atomic_open(&f, csvp) : PK_ERR_NOMEM;
-        if (!s) {
-            fprintf(f.f, "lr,steps,rule,max_abs_err,max_rel_err\n");
-            for (size_t i = 0; i < nl; i++)
-                for (size_t r = 0; r < nr; r++)
-                    fprintf(f.f, "%.17g,%zu,%s,%.17g,%.17g\n", lrs[i], steps[i], rules[r].name, err[i][r], rel[i][r]);
-        }
-        for (size_t r = 0; r < nr; r++) {
-            double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
-            for (size_t i = 0; i < nl; i++) {
-                if (!(err[i][r] > 1e-13)) continue; /* at the floating-point floor: no information */
-                double x = log(lrs[i]), y = log(err[i][r]);
-                sx += x; sy += y; sxx += x * x; sxy += x * y; n++;
-            }
-            double slope = n >= 2 ? (n * sxy - sx * sy) / (n * sxx - sx * sx) : NAN;
-            printf("  %12.3f", slope);
-            if (!s) fprintf(f.f, "slope,,%s,%.17g,\n", rules[r].name, slope);
-        }
-        printf("\n");
-        if (!s) s = pk_atomic_commit(&f);
-        if (!s && a.to.out_dir) printf("wrote %s\n", csvp);
-        free(csvp);
-    }
-    rc = s ? cli_error(cmd, s) : EXIT_OK;
-    if (!a.to.out_dir) { /* temporary runs: remove them */
-        if (cli_remove_tree(base) != 0) fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
-    } else if (s) {
-        for (size_t i = 0; i < nl; i++) {
-            char *dir = made[i] ? pk_path_join(base, name[i]) : NULL;
-            if (dir) cli_remove_tree(dir);
-            free(dir);
-        }
-        cli_drop_new_dir(base, existed);
-    }
-    pk_data_free(&train); pk_data_free(&test); pk_data_free(&query);
-    free(mean); free(sd);
-    return rc;
-}
-
-/* --------------------------------------------------------------- compare */
-
-static const char *const compare_help =
-    "usage: pathkernel compare --data SPEC --test SPEC --model SPEC --loss L --optim O --lr X --steps T [options]\n"
-    "\n"
-    "Trains the network, then puts beside its test accuracy (or mse) kernel ridge regression on the RBF\n"
-    "kernel (median heuristic), the tangent kernel at init and at the end, the path kernel and the\n"
-    "infinite-width NTK (relu/erf), and an SVM (LIBSVM, svm-train -t 4) on the path kernel; with\n"
-    "--widths, trains the same architecture at each hidden width and reports how far the tangent kernel\n"
-    "moved, |K_T - K_0|_F / |K_0|_F, and its alignment with the labels before and after (MATH.md section 7).\n"
-    "  --test SPEC     held-out data (required); --test-first N keeps its first N\n"
-    "  --widths LIST   hidden widths for the kernel-movement table, e.g. 64,256,1024 [none]\n"
-    "  --ridge R       KRR ridge, relative to the kernel's mean diagonal [1e-3]\n"
-    "  --svm-c C       LIBSVM's C [1]\n"
-    "  --out DIR       keep the runs, compare.csv and the LIBSVM files [a temporary directory]\n"
-    "  and the data, model and optimiser options of train\n";
-
-int cmd_compare(int argc, char **argv)
-{
-    const char *cmd = "compare";
-    train_args a;
-    int rc = parse_train_args(cmd, compare_help, 2, argc, argv, &a);
-    if (rc) return rc < 0 ? EXIT_OK : rc;
-    if (!a.test) return cli_usage(cmd, "--test SPEC is required");
-    if (!(a.ridge >= 0)) return cli_usage(cmd, "--ridge must be >= 0");
-    char tmpl[] = "/tmp/pathkernel-compare-XXXXXX";
-    const char *base = a.to.out_dir;
-    if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel compare: mkdtemp"); return EXIT_FAIL; }
-    int existed = cli_dir_exists(base);
-    pk_status ms = pk_mkdirs(base);
-    if (ms) return cli_error(cmd, ms);
-    pk_data train = {0}, test = {0};
-    double *mean = NULL, *sd = NULL;
-    pk_status s = load_train_data(&a, &train, &test, &mean, &sd);
-    rc = s ? cli_error(cmd, s) : cli_compare(cmd, &a.to, &train, &test, a.widths, a.ridge, a.svm_c, base);
-    if (!a.to.out_dir) {
-        if (cli_remove_tree(base) != 0) fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
-    } else if (rc) {
-        cli_drop_new_dir(base, existed); /* cli_compare removed what it made in it */
-    }
-    pk_data_free(&train); pk_data_free(&test);
-    free(mean); free(sd);
     return rc;
 }

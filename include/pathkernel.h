@@ -156,6 +156,8 @@ size_t pk_model_n_params(const pk_model *m);  /* P */
 size_t pk_model_n_inputs(const pk_model *m);
 size_t pk_model_n_outputs(const pk_model *m); /* C */
 pk_param pk_model_param(const pk_model *m);
+double pk_model_sigma_w(const pk_model *m);  /* the ntk parameterisation's scales */
+double pk_model_sigma_b(const pk_model *m);
 /* The spec string back ("mlp:64,64:tanh"); writes at most len bytes. */
 void pk_model_spec(const pk_model *m, char *buf, size_t len);
 /* Seeded initialisation of w (P): PyTorch's default for nn.Linear,

@@ -117,6 +117,8 @@ size_t pk_model_n_params(const pk_model *m) { return m->n_params; }
 size_t pk_model_n_inputs(const pk_model *m) { return m->n_in; }
 size_t pk_model_n_outputs(const pk_model *m) { return m->n_out; }
 pk_param pk_model_param(const pk_model *m) { return m->param; }
+double pk_model_sigma_w(const pk_model *m) { return m->sigma_w; }
+double pk_model_sigma_b(const pk_model *m) { return m->sigma_b; }
 
 void pk_model_spec(const pk_model *m, char *buf, size_t len)
 {

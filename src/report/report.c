@@ -170,7 +170,7 @@ static void fig_loss(pk_sb *b, pk_run *run)
     double *x = pk_alloc(2 * T + 2, sizeof *x), *y = pk_alloc(2 * T + 2, sizeof *y);
     double *ma = pk_alloc(T + 1, sizeof *ma), *mx = pk_alloc(T + 1, sizeof *mx);
     if (!x || !y || !ma || !mx || !T) {
-        figure_open(b, "fig-loss", "Training loss", 900, 60);
+        figure_open(b, "fig-loss", "(a) Training loss", 900, 60);
         text(b, 20, 30, "start", 13, T ? "out of memory" : "the run has no steps");
         figure_close(b, "No loss to draw.");
         free(x); free(y); free(ma); free(mx);
@@ -972,6 +972,21 @@ static const char *const css =
     "section{margin:28px 0;padding:8px;border:1px solid #ddd}section figure{margin:20px 0 0;padding:0;border:none}"
     "p.caption{font-size:13px;color:#333;margin:6px 0 0}";
 
+/* The titles above letter each figure and section by its place when all are
+ * drawn; here, in the page, they become (a), (b), ... in the order they
+ * appear, so that one not drawn (no --convergence, no --compare...) leaves
+ * no gap. The query figures, one section, share their letter. */
+static void reletter(pk_sb *b)
+{
+    char was = 0, letter = 'a' - 1;
+    for (char *p = b->s; p && (p = strstr(p, "<h2>(")); p += 5)
+        if (p[5] >= 'a' && p[5] <= 'z' && p[6] == ')') {
+            if (p[5] != was) letter++;
+            was = p[5];
+            p[5] = letter;
+        }
+}
+
 pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info)
 {
     double t0 = pk_seconds();
@@ -1080,6 +1095,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     if (!s && cmp) section_compare(&b, cmp, o->compare);
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
+    if (!s) reletter(&b);
     if (!s) s = pk_write_file(path, b.s, b.n);
     if (!s && info) {
         info->Q = e.Q; info->N = e.N; info->C = e.C; info->steps = e.steps;

@@ -2,24 +2,16 @@
  * machines on its own kernels (MATH.md section 7), and how far the tangent
  * kernel moves during training as the width grows. */
 #define _XOPEN_SOURCE 700
-#include "cli.h"
+#include "../cli.h"
 #include "kernel/kernel.h"
 
 #include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <string.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 
 extern char **environ;
-
-static double now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
-}
 
 /* Targets as KRR regression targets (n, C): one-hot for classes. */
 static double *krr_targets(pk_loss loss, const pk_data *d, size_t C)
@@ -149,18 +141,20 @@ static void widen(const pk_model *m, size_t width, char *buf, size_t len)
  * training time in *secs. */
 static pk_status train_run(const pk_data *train, const pk_train_opts *to, char **made, size_t *nmade, double *secs)
 {
-    double t0 = now();
+    double t0 = cli_now();
     if (!cli_dir_exists(to->out_dir)) {
         if (!(made[*nmade] = pk_strdup(to->out_dir))) return PK_ERR_NOMEM;
         (*nmade)++;
     }
     pk_status s = pk_train(train, to, NULL, NULL);
-    *secs = now() - t0;
+    *secs = cli_now() - t0;
     return s;
 }
 
-int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *train, const pk_data *test,
-                const char *widths, double ridge, double svm_c, const char *base)
+/* The work of `compare` once its data are loaded: the runs and compare.csv
+ * (and the LIBSVM files) in base. */
+static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *train, const pk_data *test,
+                   const char *widths, double ridge, double svm_c, const char *base)
 {
     /* The runs (base/run, base/width-W) are trained first: a run's files are
      * placed as training goes, so they cannot join an output group. Then
@@ -209,19 +203,19 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
     double *Kpath_tr = NULL, *Kpath_te = NULL, *KT = NULL;
     pk_atomic csv = {0};
     pk_group_begin(); /* compare.csv and the LIBSVM files, or none of them */
-    double t0 = now();
+    double t0 = cli_now();
     if (!w || !f || !Ktr || !Kte || !Y || !alpha) s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_model_predict(m, w, test->x, M, f);
     if (!s) s = pk_atomic_open(&csv, csvp);
     if (s) goto free_all;
-    net_secs += now() - t0;
+    net_secs += cli_now() - t0;
     fprintf(csv.f, "machine,kernel,%s,seconds\n", loss == PK_LOSS_MSE ? "test_mse" : "test_accuracy");
     printf("%-34s %14s %10s\n", "machine", mname, "seconds");
     printf("%-34s %14.4f %10.2f\n", "network (trained)", metric(loss, f, test, C, 1), net_secs);
     fprintf(csv.f, "network,,%.17g,%.6g\n", metric(loss, f, test, C, 1), net_secs);
     for (int k = PK_KERNEL_PATH; k <= PK_KERNEL_NTK; k++) {
-        double t1 = now();
+        double t1 = cli_now();
         char name[64];
         snprintf(name, sizeof name, "KRR on %s kernel", pk_kernel_kind_name((pk_kernel_kind)k));
         double used = ridge;
@@ -252,23 +246,23 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         if (!ks) {
             pk_gemm(0, 0, M, C, N, 1.0, Kte, N, alpha, C, 0.0, f, C);
             double v = metric(loss, f, test, C, 0);
-            printf("%-34s %14.4f %10.2f", name, v, now() - t1);
+            printf("%-34s %14.4f %10.2f", name, v, cli_now() - t1);
             if (used != ridge) printf("   (ridge raised to %g to make K positive definite)", used);
             printf("\n");
-            fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, now() - t1);
+            fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, cli_now() - t1);
         } else {
-            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", now() - t1, pk_last_error());
-            fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), now() - t1);
+            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, pk_last_error());
+            fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), cli_now() - t1);
         }
     }
     if (loss != PK_LOSS_MSE && Kpath_tr) {
-        double t1 = now(), acc;
+        double t1 = cli_now(), acc;
         const char *why;
         s = libsvm_accuracy(base, Kpath_tr, train, Kpath_te, test, svm_c, &acc, &why);
         if (s) goto free_all;
-        if (why) printf("%-34s %14s %10.2f   (%s)\n", "SVM (LIBSVM) on path kernel", "n/a", now() - t1, why);
-        else printf("%-34s %14.4f %10.2f\n", "SVM (LIBSVM) on path kernel", acc, now() - t1);
-        fprintf(csv.f, "svm,path,%.17g,%.6g\n", acc, now() - t1);
+        if (why) printf("%-34s %14s %10.2f   (%s)\n", "SVM (LIBSVM) on path kernel", "n/a", cli_now() - t1, why);
+        else printf("%-34s %14.4f %10.2f\n", "SVM (LIBSVM) on path kernel", acc, cli_now() - t1);
+        fprintf(csv.f, "svm,path,%.17g,%.6g\n", acc, cli_now() - t1);
     }
     /* the lazy regime: how far the tangent kernel moves, by width */
     if (nw) {
@@ -280,7 +274,7 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
         if (!KT) s = PK_ERR_NOMEM;
     }
     for (size_t k = 0; !s && k < nw; k++) {
-        double t1 = now();
+        double t1 = cli_now();
         char name[64];
         snprintf(name, sizeof name, "width-%zu", wl[k]);
         char *wd = pk_path_join(base, name);
@@ -300,7 +294,7 @@ int cli_compare(const char *cmd, const pk_train_opts *to_in, const pk_data *trai
                 n0 += Ktr[i] * Ktr[i];
             }
             double v = metric(loss, f, test, C, 1), a0 = alignment(Ktr, Y, N, C), a1 = alignment(KT, Y, N, C);
-            double secs = wsecs[k] + now() - t1; /* training included */
+            double secs = wsecs[k] + cli_now() - t1; /* training included */
             printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,
                    sqrt(dn / n0), a0, a1, secs);
             fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,
@@ -324,5 +318,57 @@ done:;
         free(made[i]);
     }
     free(rundir); free(csvp);
+    return rc;
+}
+
+static const char *const compare_help =
+    "usage: pathkernel compare --data SPEC --test SPEC --model SPEC --loss L --optim O --lr X --steps T [options]\n"
+    "\n"
+    "Trains the network, then puts beside its test accuracy (or mse) kernel ridge regression on the RBF\n"
+    "kernel (median heuristic), the tangent kernel at init and at the end, the path kernel and the\n"
+    "infinite-width NTK (relu/erf), and an SVM (LIBSVM, svm-train -t 4) on the path kernel; with\n"
+    "--widths, trains the same architecture at each hidden width and reports how far the tangent kernel\n"
+    "moved, |K_T - K_0|_F / |K_0|_F, and its alignment with the labels before and after (MATH.md section 7).\n"
+    "  --test SPEC     held-out data (required); --test-first N keeps its first N\n"
+    "  --widths LIST   hidden widths for the kernel-movement table, e.g. 64,256,1024 [none]\n"
+    "  --ridge R       KRR ridge, relative to the kernel's mean diagonal [1e-3]\n"
+    "  --svm-c C       LIBSVM's C [1]\n"
+    "  --out DIR       keep the runs, compare.csv and the LIBSVM files [a temporary directory]\n"
+    "  and the data, model and optimiser options of train\n";
+
+int cmd_compare(int argc, char **argv)
+{
+    const char *cmd = "compare";
+    cli_train_args a;
+    const char *widths = NULL;
+    double ridge = 1e-3, svm_c = 1.0;
+    int quiet = 0; /* accepted as by train; compare shows no progress */
+    cli_train_args_init(&a, 1);
+    const cli_opt opts[] = {CLI_INCLUDE(a.opts), {"widths", CLI_STR, &widths, NULL},
+                            {"ridge", CLI_DOUBLE, &ridge, NULL}, {"svm-c", CLI_DOUBLE, &svm_c, NULL},
+                            {"threads", CLI_THREADS, NULL, NULL}, {"quiet", CLI_FLAG, &quiet, NULL},
+                            {NULL, 0, NULL, NULL}};
+    int rc = cli_parse(cmd, compare_help, argc, argv, opts, NULL, 0);
+    if (rc) return rc < 0 ? EXIT_OK : rc;
+    if (!a.data) return cli_usage(cmd, "--data SPEC is required");
+    if (!a.test) return cli_usage(cmd, "--test SPEC is required");
+    if (!(ridge >= 0)) return cli_usage(cmd, "--ridge must be >= 0");
+    char tmpl[] = "/tmp/pathkernel-compare-XXXXXX";
+    const char *base = a.to.out_dir;
+    if (!base && !(base = mkdtemp(tmpl))) { perror("pathkernel compare: mkdtemp"); return EXIT_FAIL; }
+    int existed = cli_dir_exists(base);
+    pk_status ms = pk_mkdirs(base);
+    if (ms) return cli_error(cmd, ms);
+    pk_data train = {0}, test = {0};
+    double *mean = NULL, *sd = NULL;
+    pk_status s = cli_load_train_data(&a, &train, &test, &mean, &sd);
+    rc = s ? cli_error(cmd, s) : compare(cmd, &a.to, &train, &test, widths, ridge, svm_c, base);
+    if (!a.to.out_dir) {
+        if (cli_remove_tree(base) != 0) fprintf(stderr, "pathkernel %s: could not remove %s\n", cmd, base);
+    } else if (rc) {
+        cli_drop_new_dir(base, existed); /* compare removed what it made in it */
+    }
+    pk_data_free(&train); pk_data_free(&test);
+    free(mean); free(sd);
     return rc;
 }

@@ -1,0 +1,256 @@
+/* mislabel.c -- `pathkernel mislabel`: flip a fraction of the labels, train,
+ * and rank the flipped examples by exact self-influence and by baselines. */
+#define _XOPEN_SOURCE 700 /* mkdtemp */
+#include "../cli.h"
+#include "kernel/kernel.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Fraction of the positives among the first k of the ranking by score (descending, ties by index). */
+static double found_in_top(const double *score, const unsigned char *pos, size_t n, size_t n_pos, double frac,
+                           size_t *scratch)
+{
+    size_t k = (size_t)floor(frac * (double)n + 0.5), got;
+    if (!k || !n_pos || pk_rank(score, n, 1, 0, k, scratch, &got)) return NAN;
+    size_t hit = 0;
+    for (size_t j = 0; j < got; j++) hit += pos[scratch[j]] != 0;
+    return (double)hit / (double)n_pos;
+}
+
+/* Write a .npy file now and commit it later (pk_npy_stream_commit): the
+ * flipped data, raw, before standardisation and training. A write error
+ * already met (the buffer is flushed) stops the command before training. */
+static pk_status stream_npy(pk_npy_stream *w, const char *path, const double *a, size_t ndim, const size_t *shape)
+{
+    pk_status s = pk_npy_stream_open(w, path, 0, ndim, shape);
+    if (!s) s = pk_npy_stream_write(w, a, w->left);
+    if (!s && !w->bad && fflush(w->at.f) != 0) { w->bad = 1; w->err = errno ? errno : EIO; }
+    if (!s && w->bad) s = pk_write_error(path, w->err);
+    return s;
+}
+
+int cmd_mislabel(int argc, char **argv)
+{
+    const char *cmd = "mislabel";
+    static const char *help =
+        "usage: pathkernel mislabel --data SPEC --flip FRAC --model M --loss softmax --optim sgd --lr X --steps T\n"
+        "                           [--batch B] [--out DIR] [options]\n\n"
+        "Flips a seeded fraction of the labels (each to a class drawn uniformly among the others), trains,\n"
+        "and asks how well each score ranks the flipped examples first: ROC-AUC (flipped = positive, ties\n"
+        "count 1/2) and the fraction of the flipped labels found in the top 5%, 10% and 20%.\n"
+        "Scores: exact self-influence (loss form, MATH.md section 3), final loss, final gradient norm\n"
+        "|g_i(w_T)|^2, TracIn with 5 evenly spaced checkpoints (sum_j eta |g_i(w_{t_j})|^2).\n\n"
+        "  --data SPEC         labelled data (class targets)\n"
+        "  --first N, --random N, --data-seed S   select examples [all]\n"
+        "  --standardize       scale features by their mean/std [off]\n"
+        "  --flip FRAC         fraction of labels to flip, in (0, 1) (required)\n"
+        "  --flip-seed S       seed of the flips [0]\n"
+        "  --model M --loss L --optim O --lr X --steps T --batch B --seed S   as for train\n"
+        "                      [mlp:64:tanh, softmax, sgd, 0.1, 100, 64, 0]; loss softmax or logistic, optim gd or sgd\n"
+        "  --keep K            store the run's weights every K steps [T/5]\n"
+        "  --quad R            quadrature of the exact self-influence [gl2]\n"
+        "  --out DIR           writes DIR/run, DIR/data_x.npy, DIR/data_y.npy (the flipped data),\n"
+        "                      DIR/mislabel.csv and DIR/mislabel.json [a temporary directory, removed]\n"
+        "  --threads N         threads [all cores]\n"
+        "  --quiet             no progress lines\n";
+    const char *data_spec = NULL, *outdir = NULL;
+    double flip = NAN;
+    uint64_t flip_seed = 0;
+    int quiet = 0, have_batch = 0, have_keep = 0;
+    pk_load_opts lo = pk_load_opts_defaults();
+    pk_train_opts to = pk_train_opts_defaults();
+    to.optim.kind = PK_OPTIM_SGD;
+    to.optim.batch = 64;
+    pk_quad quad;
+    pk_quad_parse("gl2", &quad);
+    const cli_opt opts[] = {
+        {"data", CLI_STR, &data_spec, NULL}, CLI_SELECT(lo), {"standardize", CLI_FLAG, &to.standardize, NULL},
+        {"flip", CLI_DOUBLE, &flip, NULL}, {"flip-seed", CLI_U64, &flip_seed, NULL}, {"model", CLI_STR, &to.model, NULL},
+        {"loss", CLI_LOSS, &to.loss, NULL}, {"optim", CLI_OPTIM, &to.optim.kind, NULL},
+        {"lr", CLI_DOUBLE, &to.optim.lr, NULL}, {"steps", CLI_SIZE, &to.steps, NULL},
+        {"batch", CLI_SIZE, &to.optim.batch, &have_batch}, {"seed", CLI_U64, &to.seed, NULL},
+        {"keep", CLI_SIZE, &to.keep, &have_keep}, {"quad", CLI_QUAD, &quad, NULL}, {"out", CLI_STR, &outdir, NULL},
+        {"threads", CLI_THREADS, NULL, NULL}, {"quiet", CLI_FLAG, &quiet, NULL}, {NULL, 0, NULL, NULL}};
+    int prc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
+    if (prc) return prc < 0 ? EXIT_OK : prc;
+    if (!data_spec) return cli_usage(cmd, "--data SPEC is required");
+    if (isnan(flip)) return cli_usage(cmd, "--flip FRAC is required");
+    if (!(flip > 0 && flip < 1)) return cli_usage(cmd, "--flip %g: the fraction must be in (0, 1)", flip);
+    if (to.loss == PK_LOSS_MSE) return cli_usage(cmd, "--loss mse has no labels to flip: use softmax or logistic");
+    if (to.optim.kind != PK_OPTIM_GD && to.optim.kind != PK_OPTIM_SGD)
+        return cli_usage(cmd, "--optim %s: exact self-influence is not yet supported for it (use gd or sgd)",
+                         pk_optim_name(to.optim.kind));
+    if (to.optim.kind == PK_OPTIM_GD && !have_batch) to.optim.batch = 0;
+    /* store the weights at TracIn's checkpoints j T / 5 (when 5 divides T), replay the rest */
+    if (!have_keep) to.keep = to.steps >= 5 ? to.steps / 5 : 1;
+
+    /* The run is trained into DIR/run first (a run's files are placed as
+     * training goes); then data_x.npy, data_y.npy, mislabel.csv and
+     * mislabel.json are written as one group. A failure removes DIR/run when
+     * this command created it, and DIR when it created DIR; whatever DIR held
+     * before is left as it was. */
+    char tmpl[] = "/tmp/pk-mislabel-XXXXXX";
+    const char *base = outdir;
+    pk_status s = PK_OK;
+    int existed = cli_dir_exists(outdir);
+    if (outdir) s = pk_mkdirs(outdir);
+    else if (!(base = mkdtemp(tmpl))) s = pk_fail(PK_ERR_IO, "cannot create a temporary directory: %s", strerror(errno));
+    if (s) return cli_error(cmd, s);
+    char *run_dir = pk_path_join(base, "run"), *xp = pk_path_join(base, "data_x.npy");
+    char *yp = pk_path_join(base, "data_y.npy"), *csvp = pk_path_join(base, "mislabel.csv");
+    char *jsonp = pk_path_join(base, "mislabel.json"), *spec = NULL;
+    int run_existed = cli_dir_exists(run_dir);
+    pk_data data = {0};
+    pk_run *run = NULL;
+    size_t C = 0, n_flip = 0, N = 0;
+    unsigned char *flipped = NULL;
+    double *orig = NULL, *mean = NULL, *sd = NULL, *scores[4] = {0}, *w = NULL;
+    size_t *scratch = NULL;
+    double acc = NAN, train_loss = NAN;
+    pk_npy_stream xs = {0}, ys = {0};
+    if (!run_dir || !xp || !yp || !csvp || !jsonp) s = PK_ERR_NOMEM;
+    if (!s) s = pk_data_load(data_spec, &lo, &data);
+    if (!s) s = pk_data_classes(&data, &C);
+    if (!s && to.loss == PK_LOSS_LOGISTIC && C > 2)
+        s = pk_fail(PK_ERR_INPUT, "%s: logistic loss needs labels 0/1, found %zu classes", data_spec, C);
+    if (!s && C < 2) s = pk_fail(PK_ERR_INPUT, "%s: flipping labels needs at least 2 classes", data_spec);
+    if (!s) {
+        N = data.n;
+        flipped = pk_alloc(N, 1);
+        orig = pk_alloc(N, sizeof *orig);
+        scratch = pk_alloc(N, sizeof *scratch);
+        for (int k = 0; k < 4; k++) scores[k] = pk_alloc(N, sizeof(double));
+        if (!flipped || !orig || !scratch || !scores[0] || !scores[1] || !scores[2] || !scores[3]) s = PK_ERR_NOMEM;
+    }
+    if (!s) {
+        memcpy(orig, data.y, N * sizeof *orig);
+        s = pk_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
+    }
+    if (!s) {
+        size_t C2;
+        s = pk_data_classes(&data, &C2);
+        if (!s && C2 != C) s = pk_fail(PK_ERR_INPUT, "%s: after the flips no example has class %zu: use more data", data_spec, C - 1);
+    }
+    if (!s) { /* the run's data: the flipped data, raw, written now and committed with the results */
+        size_t sx[2] = {N, data.d}, sy[1] = {N}, len = strlen(xp) + strlen(yp) + 8;
+        s = stream_npy(&xs, xp, data.x, 2, sx);
+        if (!s) s = stream_npy(&ys, yp, data.y, 1, sy);
+        if (!s && !(spec = malloc(len))) s = PK_ERR_NOMEM;
+        if (!s) snprintf(spec, len, "npy:%s,%s", xp, yp);
+    }
+    if (!s && to.standardize) {
+        mean = pk_alloc(data.d, sizeof *mean);
+        sd = pk_alloc(data.d, sizeof *sd);
+        if (!mean || !sd) s = PK_ERR_NOMEM;
+        else {
+            pk_data_moments(&data, mean, sd);
+            pk_data_standardize(&data, mean, sd);
+            to.mean = mean;
+            to.std = sd;
+        }
+    }
+    if (!s) {
+        to.out_dir = run_dir;
+        to.data_spec = spec;
+        to.load = NULL;
+        if (!quiet) fprintf(stderr, "mislabel: %zu examples, %zu classes, %zu labels flipped; training %zu steps\n",
+                            N, C, n_flip, to.steps);
+        s = pk_train(&data, &to, NULL, NULL);
+    }
+    if (!s) s = pk_run_open(run_dir, &run);
+    if (!s) s = pk_run_attach_data(run, &data);
+    if (!s) {
+        const pk_model *m = pk_run_model(run);
+        size_t Cm = pk_model_n_outputs(m);
+        w = pk_alloc(pk_model_n_params(m), sizeof *w);
+        double *f = pk_alloc(N, Cm * sizeof *f);
+        if (!w || !f) s = PK_ERR_NOMEM;
+        if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
+        if (!s) s = pk_model_predict(m, w, data.x, N, f);
+        if (!s) {
+            acc = pk_accuracy(to.loss, f, data.y, N, Cm);
+            train_loss = pk_loss_eval(to.loss, f, data.y, N, Cm, 1, NULL);
+        }
+        free(f);
+        if (!s && !quiet) fprintf(stderr, "mislabel: trained: loss %.4g, accuracy %.4f on the (flipped) labels; "
+                                  "exact self-influence...\n", train_loss, acc);
+        if (!s) s = pk_self_influence(run, PK_SI_LOSS, &quad, scores[0]);
+        if (!s) s = pk_example_stats(m, to.loss, w, &data, scores[1], scores[2]);
+        if (!s) s = pk_tracin_self(run, 5, scores[3]);
+    }
+    static const char *const names[4] = {"self_influence", "final_loss", "grad_norm2", "tracin5"};
+    static const double tops[3] = {0.05, 0.10, 0.20};
+    double auc[4], found[4][3];
+    pk_group_begin(); /* the flipped data and the results, or none of them */
+    if (!s) s = pk_npy_stream_commit(&xs);
+    if (!s) s = pk_npy_stream_commit(&ys);
+    if (!s) {
+        for (int k = 0; k < 4; k++) {
+            auc[k] = pk_auc(scores[k], flipped, N);
+            for (int j = 0; j < 3; j++) found[k][j] = found_in_top(scores[k], flipped, N, n_flip, tops[j], scratch);
+        }
+        pk_atomic a;
+        if (outdir && !(s = pk_atomic_open(&a, csvp))) {
+            fprintf(a.f, "index,label,original_label,flipped,%s,%s,%s,%s\n", names[0], names[1], names[2], names[3]);
+            for (size_t i = 0; i < N; i++) {
+                fprintf(a.f, "%zu,%.17g,%.17g,%d", i, data.y[i], orig[i], flipped[i] ? 1 : 0);
+                for (int k = 0; k < 4; k++) { fputc(',', a.f); cli_put_num(a.f, scores[k][i]); }
+                fputc('\n', a.f);
+            }
+            s = pk_atomic_commit(&a);
+        }
+    }
+    if (!s && outdir) {
+        cJSON *r = cJSON_CreateObject(), *sc = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "data", data_spec);
+        cJSON_AddNumberToObject(r, "n", (double)N);
+        cJSON_AddNumberToObject(r, "classes", (double)C);
+        cJSON_AddNumberToObject(r, "flip", flip);
+        cJSON_AddNumberToObject(r, "flip_seed", (double)flip_seed);
+        cJSON_AddNumberToObject(r, "n_flipped", (double)n_flip);
+        cJSON_AddNumberToObject(r, "steps", (double)to.steps);
+        cJSON_AddStringToObject(r, "quad", quad.name);
+        cJSON_AddNumberToObject(r, "train_loss", train_loss);
+        cJSON_AddNumberToObject(r, "train_accuracy", acc);
+        for (int k = 0; k < 4; k++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "auc", auc[k]);
+            cJSON_AddNumberToObject(o, "found_top5", found[k][0]);
+            cJSON_AddNumberToObject(o, "found_top10", found[k][1]);
+            cJSON_AddNumberToObject(o, "found_top20", found[k][2]);
+            cJSON_AddItemToObject(sc, names[k], o);
+        }
+        cJSON_AddItemToObject(r, "scores", sc);
+        char *text = cJSON_Print(r);
+        cJSON_Delete(r);
+        s = text ? pk_write_file(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
+        free(text);
+    }
+    s = pk_group_end(s);
+    pk_npy_stream_abort(&xs); /* no-ops once committed */
+    pk_npy_stream_abort(&ys);
+    if (!s) {
+        printf("%zu examples, %zu flipped (%.3g), train accuracy %.4f on the flipped labels, %zu steps\n",
+               N, n_flip, flip, acc, to.steps);
+        printf("%-16s %8s %8s %8s %8s\n", "score", "auc", "top5%", "top10%", "top20%");
+        for (int k = 0; k < 4; k++)
+            printf("%-16s %8.4f %8.4f %8.4f %8.4f\n", names[k], auc[k], found[k][0], found[k][1], found[k][2]);
+        if (outdir) printf("wrote %s and %s\n", csvp, jsonp);
+    }
+    int rc = s ? cli_error(cmd, s) : EXIT_OK;
+    if (run) pk_run_close(run);
+    if (!outdir && base) cli_remove_tree(base);
+    else if (s) {
+        if (!run_existed) cli_remove_tree(run_dir);
+        cli_drop_new_dir(outdir, existed);
+    }
+    pk_data_free(&data);
+    free(run_dir); free(xp); free(yp); free(csvp); free(jsonp); free(spec);
+    free(flipped); free(orig); free(mean); free(sd); free(scratch); free(w);
+    for (int k = 0; k < 4; k++) free(scores[k]);
+    return rc;
+}

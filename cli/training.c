@@ -1,0 +1,61 @@
+/* training.c -- the options of training and the loading of its data, shared
+ * by train, convergence and compare (each adds options of its own). */
+#include "cli.h"
+#include "kernel/kernel.h"
+
+#include <string.h>
+
+void cli_train_args_init(cli_train_args *a, int held_out)
+{
+    memset(a, 0, sizeof *a);
+    a->to = pk_train_opts_defaults();
+    a->lo = pk_load_opts_defaults();
+    a->test_lo = pk_load_opts_defaults();
+    pk_train_opts *to = &a->to;
+    pk_optim *op = &to->optim;
+    const cli_opt opts[] = {
+        {"data", CLI_STR, &a->data, NULL}, CLI_SELECT(a->lo), {"standardize", CLI_FLAG, &to->standardize, NULL},
+        {"model", CLI_STR, &to->model, NULL}, {"param", CLI_PARAM, &to->param, NULL},
+        {"sigma-w", CLI_DOUBLE, &to->sigma_w, NULL}, {"sigma-b", CLI_DOUBLE, &to->sigma_b, NULL},
+        {"init", CLI_STR, &to->init_dir, NULL}, {"loss", CLI_LOSS, &to->loss, NULL},
+        {"optim", CLI_OPTIM, &op->kind, NULL}, {"batch", CLI_SIZE, &op->batch, NULL},
+        {"momentum", CLI_DOUBLE, &op->momentum, NULL}, {"beta1", CLI_DOUBLE, &op->beta1, NULL},
+        {"beta2", CLI_DOUBLE, &op->beta2, NULL}, {"eps", CLI_DOUBLE, &op->eps, NULL},
+        {"weight-decay", CLI_DOUBLE, &op->weight_decay, NULL}, {"schedule", CLI_SCHEDULE, &op->schedule, NULL},
+        {"step-every", CLI_SIZE, &op->step_every, NULL}, {"gamma", CLI_DOUBLE, &op->gamma, NULL},
+        {"lr-min", CLI_DOUBLE, &op->lr_min, NULL}, {"seed", CLI_U64, &to->seed, NULL},
+        {"keep", CLI_SIZE, &to->keep, NULL}, {"out", CLI_STR, &to->out_dir, NULL},
+        /* held_out only: the last four */
+        {"test", CLI_STR, &a->test, NULL}, {"test-first", CLI_SIZE, &a->test_lo.first, NULL},
+        {"lr", CLI_DOUBLE, &op->lr, NULL}, {"steps", CLI_SIZE, &to->steps, NULL}};
+    size_t n = sizeof opts / sizeof *opts - (held_out ? 0 : 4);
+    _Static_assert(sizeof opts / sizeof *opts <= CLI_TRAIN_OPTS, "CLI_TRAIN_OPTS is too small");
+    for (size_t i = 0; i < n; i++) {
+        a->opts[i] = opts[i];
+        a->opts[i].seen = &a->given[i];
+    }
+    a->opts[n] = (cli_opt){NULL, 0, NULL, NULL};
+}
+
+pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
+{
+    pk_status s = pk_data_load(a->data, &a->lo, train);
+    if (!s && a->test) s = pk_data_load(a->test, &a->test_lo, test);
+    if (!s && a->test && test->d != train->d)
+        s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
+    if (!s && a->to.standardize) {
+        *mean = pk_alloc(train->d, sizeof **mean);
+        *sd = pk_alloc(train->d, sizeof **sd);
+        if (!*mean || !*sd) s = PK_ERR_NOMEM;
+        else {
+            pk_data_moments(train, *mean, *sd);
+            pk_data_standardize(train, *mean, *sd);
+            if (a->test) pk_data_standardize(test, *mean, *sd);
+        }
+    }
+    a->to.data_spec = a->data;
+    a->to.load = &a->lo;
+    a->to.mean = *mean;
+    a->to.std = *sd;
+    return s;
+}
