@@ -451,6 +451,11 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.o = o;
     sw.e = e;
     const pk_model *m = sw.m;
+    /* H_x is kept and contracted in the dense layers' layout (W rows, then c) */
+    for (size_t l = 0; l < m->n_weight; l++)
+        if (pk_model_weight(m, l)->ops != &pk_dense_ops)
+            return pk_fail(PK_ERR_INPUT, "%s: the backward sweep of momentum, Adam and weight decay takes dense "
+                           "layers only; this model has a %s layer", pk_run_dir(run), pk_model_weight(m, l)->ops->kind);
     sw.P = m->n_params;
     sw.C = m->n_out;
     sw.N = pk_run_n_train(run);

@@ -18,6 +18,7 @@ pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir)
     pk_status s = pk_mkdirs(dir);
     for (size_t l = 0; l < m->n_weight && !s; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
+        if (lw->ops != &pk_dense_ops) return pk_fail(PK_ERR_INPUT, "weights of %s layers have no file layout yet", lw->ops->kind);
         size_t dout = lw->out, din = lw->in;
         double sw = lw->sw, sb = lw->sb;
         double *buf = pk_alloc(dout * din, sizeof *buf);
@@ -43,6 +44,7 @@ pk_status pk_weights_import(const pk_model *m, const char *dir, double *w)
 {
     for (size_t l = 0; l < m->n_weight; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
+        if (lw->ops != &pk_dense_ops) return pk_fail(PK_ERR_INPUT, "weights of %s layers have no file layout yet", lw->ops->kind);
         size_t dout = lw->out, din = lw->in;
         double sw = lw->sw, sb = lw->sb;
         for (int part = 0; part < 2; part++) {
