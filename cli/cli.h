@@ -137,6 +137,11 @@ void cli_mpi_end(int rc);
 int cli_mpi_send(const double *buf, size_t n, int tag);
 int cli_mpi_recv(double *buf, size_t n, int from, int tag);
 
+/* The directory of the running executable (from /proc/self/exe), into buf:
+ * 0, or -1 when it cannot be read. What the installed CLI finds beside
+ * itself (its data, the MPI module) is looked for from there. */
+int cli_exe_dir(char *buf, size_t len);
+
 /* The step a user names: "init" (0), "final" (T) or a number 0..T. */
 int cli_step(const char *cmd, const char *arg, size_t T, size_t *t);
 

@@ -341,3 +341,14 @@ double cli_disk_free(const char *path)
     if (statvfs(dir, &v) != 0) return -1.0;
     return (double)v.f_bavail * (double)v.f_frsize;
 }
+
+int cli_exe_dir(char *buf, size_t len)
+{
+    ssize_t k = readlink("/proc/self/exe", buf, len - 1);
+    if (k <= 0) return -1;
+    buf[k] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (!slash) return -1;
+    *slash = '\0';
+    return 0;
+}

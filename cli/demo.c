@@ -5,21 +5,42 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#ifndef PK_SOURCE_DIR
-#define PK_SOURCE_DIR "."
-#endif
-
-/* The embedded data: the source tree's data/digits.csv.gz, else ./data. */
-static const char *demo_data(void)
+/* The embedded data, digits.csv.gz, looked for in this order: $PATHKERNEL_DATA
+ * (the file, or a directory holding it); beside the executable,
+ * EXE_DIR/../share/pathkernel (installed) and EXE_DIR/share/pathkernel (the
+ * build tree's copy); ./data. Returns the first readable file (in a static
+ * buffer), else NULL with the places looked at in `looked`. */
+static const char *demo_data(char *looked, size_t len)
 {
-    static const char *const cand[] = {PK_SOURCE_DIR "/data/digits.csv.gz", "data/digits.csv.gz"};
-    for (size_t i = 0; i < sizeof cand / sizeof *cand; i++)
-        if (access(cand[i], R_OK) == 0) return cand[i];
+    static const char name[] = "digits.csv.gz";
+    static char found[PATH_MAX], cand[4][PATH_MAX + 64];
+    size_t n = 0;
+    const char *env = getenv("PATHKERNEL_DATA");
+    struct stat st;
+    if (env && *env)
+        snprintf(cand[n++], sizeof *cand, stat(env, &st) == 0 && S_ISDIR(st.st_mode) ? "%s/%s" : "%s", env, name);
+    char exe[PATH_MAX];
+    if (!cli_exe_dir(exe, sizeof exe)) {
+        snprintf(cand[n++], sizeof *cand, "%s/../share/pathkernel/%s", exe, name);
+        snprintf(cand[n++], sizeof *cand, "%s/share/pathkernel/%s", exe, name);
+    }
+    snprintf(cand[n++], sizeof *cand, "./data/%s", name);
+    size_t used = 0;
+    looked[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (access(cand[i], R_OK) == 0 && stat(cand[i], &st) == 0 && S_ISREG(st.st_mode))
+            return realpath(cand[i], found) ? found : cand[i];
+        int w = snprintf(looked + used, len - used, "%s%s%s", i ? ", " : "", cand[i],
+                         env && *env && i == 0 ? " ($PATHKERNEL_DATA)" : "");
+        if (w > 0) used = (size_t)w < len - used ? used + (size_t)w : len - 1;
+    }
     return NULL;
 }
 
@@ -105,10 +126,12 @@ int cmd_demo(int argc, char **argv)
     const cli_opt opts[] = {{"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
     int prc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
     if (prc) return prc < 0 ? EXIT_OK : prc;
-    const char *data = demo_data();
+    char looked[4 * PATH_MAX + 256];
+    const char *data = demo_data(looked, sizeof looked);
     if (!data) {
-        fprintf(stderr, "pathkernel demo: cannot find data/digits.csv.gz (looked in %s/data and ./data)\n", PK_SOURCE_DIR);
-        return EXIT_FAIL;
+        fprintf(stderr, "pathkernel demo: cannot find the embedded data digits.csv.gz; looked at %s "
+                "(set PATHKERNEL_DATA to the file or its directory)\n", looked);
+        return EXIT_BAD_INPUT;
     }
     double t_start = cli_now();
     /* The run is trained under a temporary name beside DIR/run and takes its

@@ -66,8 +66,9 @@ int pathkernel_mpi_recv(double *buf, size_t n, int from, int tag)
 #include <string.h>
 #include <unistd.h>
 
-/* PK_MPI_MODULE_NAME (the file name) and PK_MPI_MODULE_INSTALLED (its full
- * installed path) come from CMakeLists.txt. */
+/* PK_MPI_MODULE_NAME (the file name), PK_MPI_MODULE_RELATIVE (its installed
+ * place relative to the installed executable's directory) and
+ * PK_MPI_MODULE_INSTALLED (its configured full path) come from CMakeLists.txt. */
 static struct {
     mpi_start_fn *start;
     mpi_end_fn *end;
@@ -105,24 +106,22 @@ static int load_module(const char *path, char *err, size_t n)
     return 1;
 }
 
-/* The module next to the executable (the build tree), else the installed one.
- * Returns 0, or 1 with what was tried and why it failed in err. */
+/* The module next to the executable (the build tree), then where an install
+ * puts it relative to the executable (any prefix), then the configured
+ * installed path. Returns 0, or 1 with what was tried and why it failed in err. */
 static int find_module(char *err, size_t n)
 {
-    char exe[PATH_MAX], path[PATH_MAX + sizeof PK_MPI_MODULE_NAME], why[2][PATH_MAX + 256];
+    char exe[PATH_MAX], path[PATH_MAX + sizeof PK_MPI_MODULE_RELATIVE], why[3][PATH_MAX + 256];
     int tried = 0;
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[len > 0 ? len : 0] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-        *slash = '\0';
+    if (!cli_exe_dir(exe, sizeof exe)) {
         snprintf(path, sizeof path, "%s/%s", exe, PK_MPI_MODULE_NAME);
-        if (!load_module(path, why[tried], sizeof why[0])) return 0;
-        tried++;
+        if (!load_module(path, why[tried++], sizeof why[0])) return 0;
+        snprintf(path, sizeof path, "%s/%s", exe, PK_MPI_MODULE_RELATIVE);
+        if (!load_module(path, why[tried++], sizeof why[0])) return 0;
     }
-    if (!load_module(PK_MPI_MODULE_INSTALLED, why[tried], sizeof why[0])) return 0;
-    if (tried) snprintf(err, n, "%s; %s", why[0], why[1]);
-    else snprintf(err, n, "%s", why[0]);
+    if (!load_module(PK_MPI_MODULE_INSTALLED, why[tried++], sizeof why[0])) return 0;
+    size_t k = 0;
+    for (int i = 0; i < tried && k < n; i++) k += (size_t)snprintf(err + k, n - k, "%s%s", i ? "; " : "", why[i]);
     return 1;
 }
 

@@ -1,10 +1,23 @@
 #!/bin/sh
 # Install the Debian 12 packages pathkernel needs, when any is missing.
+#   sh scripts/deps.sh          what building and running it needs (scripts/demo.sh)
+#   sh scripts/deps.sh --test   that and what the test suite needs (scripts/test.sh)
 # Run as root (apt-get); does nothing when everything is present.
 set -eu
-PKGS="gcc make cmake libopenblas-openmp-dev zlib1g-dev libcjson-dev libisal-dev
-      python3 python3-numpy python3-torch python3-pytest python3-setuptools python3-venv python3-pip dataset-fashion-mnist libsvm-tools
-      libpng-dev chromium openmpi-bin libopenmpi-dev"
+# The build (CMakeLists.txt): compiler, CMake, OpenBLAS (OpenMP build, with
+# LAPACK), zlib, cJSON, ISA-L, libpng; pkg-config, for programs that link
+# the library (README.md, "Install").
+BUILD_PKGS="gcc make cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libisal-dev libpng-dev"
+# The tests: pytest with numpy and PyTorch (the references), venv/pip/setuptools
+# (the Python package's install), Fashion-MNIST, LIBSVM's tools, Chromium (the
+# report), OpenMPI (the MPI module and mpirun).
+TEST_PKGS="python3 python3-numpy python3-torch python3-pytest python3-setuptools python3-venv python3-pip
+           dataset-fashion-mnist libsvm-tools chromium openmpi-bin libopenmpi-dev"
+case "${1-}" in
+    "") PKGS=$BUILD_PKGS ;;
+    --test) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
+    *) echo "usage: sh scripts/deps.sh [--test]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -17,5 +30,6 @@ if [ -n "$missing" ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # shellcheck disable=SC2086  # one word per package
     apt-get install -y -q --no-install-recommends $missing
 fi

@@ -4,7 +4,7 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/).
 set -eu
 cd "$(dirname "$0")/.."
-sh scripts/deps.sh
+sh scripts/deps.sh --test
 sh scripts/build.sh
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPK_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"

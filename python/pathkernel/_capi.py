@@ -5,6 +5,8 @@ import ctypes
 import ctypes.util
 import os
 import pathlib
+import sys
+import sysconfig
 
 c_size = ctypes.c_size_t
 c_dbl = ctypes.c_double
@@ -139,16 +141,48 @@ _PROTOS = {
 _LIB = None
 
 
+_NAMES = ("libpathkernel.so", "libpathkernel.so.0")
+
+
+def _installed_dirs():
+    """Library directories where an installed libpathkernel may be, most
+    specific first: those of the prefix this package is installed under (a
+    package in P/lib/python3.X/site-packages goes with a library in P/lib, as
+    when both are installed into one prefix or venv), $LD_LIBRARY_PATH, then
+    the standard ones (sys.prefix, /usr/local, /usr)."""
+    arch = sysconfig.get_config_var("MULTIARCH")
+    libs = ["lib", "lib64"] + ([f"lib/{arch}"] if arch else [])
+    dirs = []
+    here = pathlib.Path(__file__).resolve().parent
+    for anc in here.parents:
+        if anc.name in ("site-packages", "dist-packages"):
+            # P/lib/python3.X/site-packages (or P/lib/python3/dist-packages)
+            prefix = anc.parent.parent.parent
+            dirs += [prefix / d for d in libs]
+            break
+    dirs += [pathlib.Path(d) for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    for prefix in (sys.prefix, "/usr/local", "/usr"):
+        dirs += [pathlib.Path(prefix) / d for d in libs]
+    return dirs
+
+
 def library_path():
     """Where the shared library is looked for: $PATHKERNEL_LIB, else the build
-    tree (../../build/libpathkernel.so from the package), else the system's
-    linker path (ctypes.util.find_library). None when nothing is found."""
+    tree (../../build/libpathkernel.so from the package), else an installed
+    one: under the prefix the package is installed in, in $LD_LIBRARY_PATH,
+    in the standard library directories (sys.prefix, /usr/local, /usr: lib,
+    lib64, lib/<multiarch>), else where the linker finds it
+    (ctypes.util.find_library). None when nothing is found."""
     env = os.environ.get("PATHKERNEL_LIB")
     if env:
         return env
     tree = pathlib.Path(__file__).resolve().parents[2] / "build" / "libpathkernel.so"
     if tree.is_file():
         return str(tree)
+    for d in _installed_dirs():
+        for name in _NAMES:
+            if (d / name).is_file():
+                return str(d / name)
     return ctypes.util.find_library("pathkernel")
 
 
@@ -159,7 +193,9 @@ def lib():
         path = library_path()
         if not path:
             raise OSError("libpathkernel.so not found: set PATHKERNEL_LIB to its path, build the tree "
-                          "(cmake --build build) or install the library where the linker finds it")
+                          "(cmake --build build), or install the library (cmake --install build --prefix P) "
+                          "into the prefix of this package, a standard library directory or one in "
+                          "LD_LIBRARY_PATH")
         try:
             h = ctypes.CDLL(path)
         except OSError as e:

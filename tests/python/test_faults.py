@@ -255,11 +255,18 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 def nobody_exe(world):
     """A copy of the CLI that nobody may run: the build tree may sit under a
-    0700 home directory (the CLI links the library statically)."""
+    0700 home directory (the CLI links the library statically). The demo's
+    data goes beside it as in the build tree (share/pathkernel)."""
     exe = world / "pathkernel"
     if not exe.exists():
         shutil.copy2(pk_exe(), exe)
         exe.chmod(0o755)
+        data = world / "share" / "pathkernel" / "digits.csv.gz"
+        data.parent.mkdir(parents=True)
+        shutil.copy2(pk_exe().parent / "share" / "pathkernel" / "digits.csv.gz", data)
+        for d in (data.parent.parent, data.parent):
+            d.chmod(0o755)
+        data.chmod(0o644)
         p = subprocess.run(NOBODY + [str(exe), "--version"], capture_output=True, text=True)
         assert p.returncode == 0, f"nobody cannot run {exe}: {p.stderr}"
     return exe
