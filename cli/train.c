@@ -106,7 +106,7 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
     printf("trained %s (%zu parameters, %s) on %zu examples x %zu features: %s loss, %s lr %g",
            spec, pk_model_n_params(m), pk_model_param(m) == PK_PARAM_NTK ? "ntk" : "standard", train->n, train->d,
            pk_loss_name(pk_run_loss(run)), pk_optim_name(op->kind), op->lr);
-    if (op->batch && op->batch < train->n) printf(" batch %zu", op->batch);
+    if (pk_optim_batch(op, train->n) < train->n) printf(" batch %zu", op->batch);
     if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
     printf(", %zu steps in %.2f s\n", T, secs);
     double *w = pk_alloc(pk_model_n_params(m), sizeof *w);

@@ -294,6 +294,9 @@ const char *pk_schedule_name(pk_schedule s);
 pk_status pk_schedule_parse(const char *s, pk_schedule *k);
 /* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
 size_t pk_optim_state_len(const pk_optim *o);
+/* Examples in one step's batch at most, for n training examples: the
+ * batch size, or n for full batches (gd, or a batch size of n or more). */
+size_t pk_optim_batch(const pk_optim *o, size_t n);
 /* Learning rate at step t of T. */
 double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
 /* One update at step t (0-based) with batch gradient G (P):

@@ -155,8 +155,5 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
 double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, const uint32_t *idx, size_t nb,
                        double *w, double *state, double *G);
 
-/* Examples in one step's batch at most, for n training examples: the
- * optimiser's batch size, or n for full batches. */
-size_t pk_optim_batch(const pk_optim *o, size_t n);
 
 #endif

@@ -1070,7 +1070,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
                  spec_m, m->n_params, m->param == PK_PARAM_NTK ? "ntk" : "standard");
     pk_sb_printf(&b, "<tr><th>training</th><td>%s loss, %s, learning rate %g", pk_loss_name(loss),
                  pk_optim_name(op->kind), op->lr);
-    if (op->batch && op->batch < train->n) pk_sb_printf(&b, ", batch %zu", op->batch);
+    if (pk_optim_batch(op, train->n) < train->n) pk_sb_printf(&b, ", batch %zu", op->batch);
     if (op->weight_decay != 0) pk_sb_printf(&b, ", weight decay %g", op->weight_decay);
     pk_sb_printf(&b, ", %zu steps (weights stored every %zu)</td></tr>\n", T, pk_run_keep(run));
     pk_sb_puts(&b, "<tr><th>training data</th><td><code>");

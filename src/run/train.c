@@ -196,7 +196,7 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
         return pk_fail(PK_ERR_INPUT, "learning rate must be a positive number, got %g", opt->lr);
     if (opt->kind == PK_OPTIM_SGD && !opt->batch)
         return pk_fail(PK_ERR_INPUT, "sgd needs a mini-batch size (--batch B); use gd for full batches");
-    if (opt->kind == PK_OPTIM_GD && opt->batch && opt->batch < train->n)
+    if (opt->kind == PK_OPTIM_GD && pk_optim_batch(opt, train->n) < train->n)
         return pk_fail(PK_ERR_INPUT, "gd is full-batch: drop --batch or use --optim sgd");
     if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps must be at least 1");
     if (!o->keep) return pk_fail(PK_ERR_INPUT, "--keep must be at least 1");
