@@ -470,7 +470,7 @@ int cmd_attribute(int argc, char **argv)
         a.steps = pk_run_steps(run);
         a.quad = to.quad.name;
         j.Q = q.n;
-        j.group = pk_topk_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
+        j.group = pk_run_attribute_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
         j.n_groups = (q.n + j.group - 1) / j.group;
         j.fingerprint = job_fingerprint(run, &q, &a, &to, j.group);
         pr.Q = q.n;
@@ -503,7 +503,7 @@ int cmd_attribute(int argc, char **argv)
         if (j.parts && load_group(&j, &a, g)) resumed++;
         else {
             pk_topk rows = rows_at(&a, q0);
-            s = pk_topk_run(run, q.x + q0 * q.d, n, a.cls + q0, &to, &rows);
+            s = pk_run_attribute(run, q.x + q0 * q.d, n, a.cls + q0, &to, &rows);
             if (!s && j.parts) s = save_group(&j, &a, g);
         }
         if (s) break;

@@ -59,7 +59,7 @@ int cli_threads(const char *cmd, const char *arg)
     size_t n;
     if (cli_size(cmd, "--threads", arg, &n)) return -1;
     if (n > 1024) { cli_usage(cmd, "--threads: %zu is too many", n); return -1; }
-    pk_set_threads((int)n);
+    pk_threads_set((int)n);
     return 0;
 }
 

@@ -48,7 +48,7 @@ int cmd_selfinfluence(int argc, char **argv)
     const pk_data *train = NULL;
     size_t N = pk_run_n_train(run);
     double *si = pk_alloc(N ? N : 1, sizeof *si);
-    s = si ? pk_self_influence(run, form, &quad, si) : PK_ERR_NOMEM;
+    s = si ? pk_run_self_influence(run, form, &quad, si) : PK_ERR_NOMEM;
     if (!s) s = pk_run_train(run, &train);
     if (!s) s = write_si_csv(out, train, si);
     if (!s) printf("wrote %s: %s self-influence of %zu training examples over %zu steps (%s)\n", out,

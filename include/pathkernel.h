@@ -72,8 +72,8 @@ pk_status pk_fail(pk_status s, const char *fmt, ...)
 
 /* Threads used by BLAS and by the library's own loops (0 = all cores).
  * Results never depend on it. */
-void pk_set_threads(int n);
-int pk_get_threads(void);
+void pk_threads_set(int n);
+int pk_threads_get(void);
 
 /* -------------------------------------------------------------------- data */
 
@@ -166,6 +166,10 @@ void pk_model_spec(const pk_model *m, char *buf, size_t len);
 void pk_model_init(const pk_model *m, uint64_t seed, double *w);
 /* Outputs f (n, C) of weights w (P) on x (n, inputs). */
 pk_status pk_model_predict(const pk_model *m, const double *w, const double *x, size_t n, double *f);
+/* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
+ * layout) into dir; read the same layout back into raw parameters. */
+pk_status pk_model_weights_write(const pk_model *m, const double *w, const char *dir);
+pk_status pk_model_weights_read(const pk_model *m, const char *dir, double *w);
 
 /* -------------------------------------------------------------------- loss */
 
@@ -181,7 +185,7 @@ pk_status pk_loss_outputs(pk_loss l, const pk_data *data, size_t *n_out);
 double pk_loss_eval(pk_loss l, const double *f, const double *y, size_t n, size_t C,
                     size_t ty, double *R);
 /* Fraction of rows whose predicted class matches the target (classification). */
-double pk_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C);
+double pk_loss_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C);
 
 /* --------------------------------------------------------------- optimiser */
 
@@ -311,11 +315,6 @@ pk_status pk_run_load_train(pk_run *run, pk_data *train);
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
                            pk_data *out);
 
-/* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
- * layout) into dir; read the same layout back into raw parameters. */
-pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir);
-pk_status pk_weights_import(const pk_model *m, const char *dir, double *w);
-
 /* ----------------------------------------------------------- tangent kernel */
 
 typedef enum pk_kmode {
@@ -354,8 +353,8 @@ pk_status pk_kernel_infinite(const pk_model *m, const double *X, size_t nx, cons
 /* Mean prediction (nq, C) at Xq of an infinitely wide network trained by
  * gradient flow for time t on the mean half squared error with targets
  * Yt (n, C) (eigendecomposition of the NTK, LAPACK), from f_0 = 0. */
-pk_status pk_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
-                           const double *Xq, size_t nq, double t, double *pred);
+pk_status pk_kernel_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
+                                  const double *Xq, size_t nq, double t, double *pred);
 
 /* ------------------------------------------------------ fixed-kernel machines */
 
@@ -367,7 +366,7 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
 /* RBF kernel exp(-|x - y|^2 / (2 h^2)) between X (nx, d) and Y (ny, d) into K (nx, ny). */
 void pk_kernel_rbf(const double *X, size_t nx, const double *Y, size_t ny, size_t d, double h, double *K);
 /* The median heuristic for h: the median distance between (up to 1,000) examples. */
-double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d);
+double pk_kernel_rbf_bandwidth(const double *X, size_t n, size_t d);
 /* LIBSVM's precomputed-kernel text: "label 0:i 1:K(i,1) ... ncols:K(i,ncols)" per row
  * (i 1-based), for `svm-train -t 4` and `svm-predict`; written atomically. */
 pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t ncols, const double *labels);
@@ -430,15 +429,15 @@ typedef struct pk_explain {
     char quad[8];
 } pk_explain;
 
-/* Bytes that pk_explain_run would allocate for its outputs, and for its
+/* Bytes that pk_run_explain would allocate for its outputs, and for its
  * workspace with the chosen block size. */
-size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
+size_t pk_run_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
 
 /* Replay the run's trajectory and compute the exact contributions of every
  * training example to the predictions at the queries Xq (Q, d), already in
  * the run's feature space (pk_run_load_data). The training data must be
  * attached (pk_run_attach_data) or loadable from the recorded spec. */
-pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
                          pk_explain *out);
 void pk_explain_free(pk_explain *e);
 
@@ -454,16 +453,16 @@ typedef enum pk_si_form { PK_SI_LOSS, PK_SI_KERNEL } pk_si_form;
 pk_status pk_si_form_parse(const char *s, pk_si_form *f);
 /* Replay a gd/sgd run and fill si (N), in data order; checks that the replay
  * lands on the stored final weights bit for bit. Needs the training data
- * (attached or loadable, as for pk_explain_run). */
-pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
+ * (attached or loadable, as for pk_run_explain). */
+pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
 /* Per-example loss l(f(x_i; w), y_i) and squared gradient norm |g_i(w)|^2
  * (either may be NULL) of every example of `data` at weights w: (n) each. */
-pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
-                           double *loss_i, double *gnorm2);
+pk_status pk_model_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
+                                 double *loss_i, double *gnorm2);
 /* TracIn self-influence with n_ckpt evenly spaced checkpoints t_j = (j+1) T / n_ckpt
  * (the last is the final weights): score_i = sum_j eta_{t_j} |g_i(w_{t_j})|^2,
  * eta the learning rate of step min(t_j, T-1). score is (N). */
-pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score);
+pk_status pk_run_tracin(pk_run *run, size_t n_ckpt, double *score);
 /* Indices of the (at most) k entries v[i * stride], i < n, with sign * v > 0
  * (sign 0: all non-NaN entries, by value), strongest first, exact ties by the
  * smaller index; *n_out receives how many. */
@@ -475,7 +474,7 @@ pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, 
  * queries x examples array. gd/sgd runs are replayed batch by batch (the
  * per-step work is queries x batch, and a contribution is ranked as soon as
  * its example's last step is done); momentum/adam/weight-decay runs go
- * through pk_explain_run for the group. */
+ * through pk_run_explain for the group. */
 typedef struct pk_topk_opts {
     pk_quad quad;            /* default gl2                                     */
     size_t top;              /* K, proponents and opponents per query [10]      */
@@ -500,18 +499,18 @@ typedef struct pk_topk {
 
 /* Queries that one pass over the trajectory can take within the memory
  * budget (at most Q), and the bytes that pass needs. */
-size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes);
+size_t pk_run_attribute_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes);
 /* One pass: the queries Xq (n, d) in the run's feature space, attributed
  * output cls (n). Checks that the replay lands on the stored final weights. */
-pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
-                      pk_topk *out);
+pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                           pk_topk *out);
 /* ROC-AUC of `score` for the examples marked positive (Mann-Whitney U, ties
  * count 1/2); NaN when either class is empty. */
 double pk_auc(const double *score, const unsigned char *positive, size_t n);
 /* Flip round(frac * n) seeded labels (class targets 0..C-1) to a class drawn
  * uniformly among the other C-1; flipped (n) marks them. frac in (0, 1). */
-pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
-                         size_t *n_flipped);
+pk_status pk_data_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
+                              size_t *n_flipped);
 
 /* ------------------------------------------------------------------ report */
 

@@ -75,9 +75,9 @@ int main(void)
 
     /* thread-count independence of the kernel */
     double *K1 = malloc(n * n * C * C * sizeof *K1);
-    pk_set_threads(1);
+    pk_threads_set(1);
     TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K1));
-    pk_set_threads(2);
+    pk_threads_set(2);
     TRY(pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_FULL, K));
     check("tangent kernel bit-identical with 1 and 2 threads", !memcmp(K, K1, n * n * C * C * sizeof *K), 0);
 
@@ -86,7 +86,7 @@ int main(void)
     TRY(pk_quad_parse("gl4", &eo.quad));
     eo.mode = PK_KMODE_FULL;
     pk_explain e;
-    TRY(pk_explain_run(run, x, Q, &eo, &e));
+    TRY(pk_run_explain(run, x, Q, &eo, &e));
     double err = 0, den = 0, sum_err = 0;
     for (size_t q = 0; q < Q; q++)
         for (size_t k = 0; k < C; k++) {

@@ -128,7 +128,7 @@ int cmd_mislabel(int argc, char **argv)
     }
     if (!s) {
         memcpy(orig, data.y, N * sizeof *orig);
-        s = pk_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
+        s = pk_data_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
     }
     if (!s) {
         size_t C2;
@@ -172,15 +172,15 @@ int cmd_mislabel(int argc, char **argv)
         if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
         if (!s) s = pk_model_predict(m, w, data.x, N, f);
         if (!s) {
-            acc = pk_accuracy(to.loss, f, data.y, N, Cm);
+            acc = pk_loss_accuracy(to.loss, f, data.y, N, Cm);
             train_loss = pk_loss_eval(to.loss, f, data.y, N, Cm, 1, NULL);
         }
         free(f);
         if (!s && !quiet) fprintf(stderr, "mislabel: trained: loss %.4g, accuracy %.4f on the (flipped) labels; "
                                   "exact self-influence...\n", train_loss, acc);
-        if (!s) s = pk_self_influence(run, PK_SI_LOSS, &quad, scores[0]);
-        if (!s) s = pk_example_stats(m, to.loss, w, &data, scores[1], scores[2]);
-        if (!s) s = pk_tracin_self(run, 5, scores[3]);
+        if (!s) s = pk_run_self_influence(run, PK_SI_LOSS, &quad, scores[0]);
+        if (!s) s = pk_model_example_stats(m, to.loss, w, &data, scores[1], scores[2]);
+        if (!s) s = pk_run_tracin(run, 5, scores[3]);
     }
     static const char *const names[4] = {"self_influence", "final_loss", "grad_norm2", "tracin5"};
     static const double tops[3] = {0.05, 0.10, 0.20};

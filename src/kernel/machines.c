@@ -38,7 +38,7 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     return s;
 }
 
-double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d)
+double pk_kernel_rbf_bandwidth(const double *X, size_t n, size_t d)
 {
     /* median of the pairwise distances over at most 1,000 examples (evenly spaced) */
     size_t m = n < 1000 ? n : 1000, k = 0;
@@ -114,7 +114,7 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
         o.want_contrib = 0;
         o.mode = PK_KMODE_TRACE;
         pk_explain e;
-        if ((s = pk_explain_run(run, X, nx, &o, &e))) return s;
+        if ((s = pk_run_explain(run, X, nx, &o, &e))) return s;
         memcpy(K, e.kernel, nx * N * sizeof *K);
         pk_explain_free(&e);
         return PK_OK;
@@ -129,7 +129,7 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
         return s;
     }
     case PK_KERNEL_RBF:
-        pk_kernel_rbf(X, nx, train->x, N, d, pk_rbf_median_bandwidth(train->x, N, d), K);
+        pk_kernel_rbf(X, nx, train->x, N, d, pk_kernel_rbf_bandwidth(train->x, N, d), K);
         return PK_OK;
     case PK_KERNEL_NTK: {
         pk_model *inf = NULL; /* the run's architecture in the ntk parameterisation */

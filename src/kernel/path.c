@@ -117,7 +117,7 @@ static size_t memory_limit(const pk_explain_opts *o)
     return pk_memory_budget(o->mem_limit);
 }
 
-size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
+size_t pk_run_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
 {
     const pk_model *m = pk_run_model(run);
     if (pk_explain_needs_backward(pk_run_optim(run))) {
@@ -239,7 +239,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     return s;
 }
 
-pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
                          pk_explain *e)
 {
     memset(e, 0, sizeof *e);

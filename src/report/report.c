@@ -1023,7 +1023,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
         eo.want_kernel = 1;
         eo.mode = PK_KMODE_TRACE;
         eo.mem_limit = o->mem_limit;
-        s = pk_explain_run(run, q.x, q.n, &eo, &e);
+        s = pk_run_explain(run, q.x, q.n, &eo, &e);
     }
     if (s) goto done;
     size_t ncls = loss == PK_LOSS_SOFTMAX ? C : loss == PK_LOSS_LOGISTIC ? 2 : 0;

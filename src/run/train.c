@@ -219,7 +219,7 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
         pk_model_free(m);
         return s;
     }
-    if (o->init_dir) s = pk_weights_import(m, o->init_dir, k.w);
+    if (o->init_dir) s = pk_model_weights_read(m, o->init_dir, k.w);
     else pk_model_init(m, o->seed, k.w);
     if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j);
     if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
