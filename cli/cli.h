@@ -8,7 +8,11 @@
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
 
-/* Print "pathkernel CMD: message" and return the exit code for status s. */
+/* The library's last message (pk_last_error(), or the status's name when
+ * it is empty) in the command's terms: the API's parameter names rewritten
+ * into the command's flags (the table in common.c). Valid until the next call. */
+const char *cli_message(const char *cmd, pk_status s);
+/* Print "pathkernel CMD: message" (cli_message) and return the exit code for status s. */
 int cli_error(const char *cmd, pk_status s);
 /* Usage error: print the message and a pointer to --help; returns 2. */
 int cli_usage(const char *cmd, const char *fmt, ...)

@@ -60,7 +60,14 @@ typedef enum pk_status {
 } pk_status;
 
 const char *pk_status_str(pk_status s);
-/* The message of the last failure in this thread ("" if none). */
+/* The message of the last failure in this thread ("" if none): one line
+ * that names the file or argument, what is wrong and how to fix it. It names
+ * a parameter by its name in this header (a field or an argument), in
+ * parentheses after the words that say what it is, with a value where it
+ * advises one: "try a smaller learning rate (lr), e.g. 0.01", "the trace
+ * mode (mode trace) fits"; and a function by its name in backquotes, with
+ * its argument: "`pk_train_resume RUN`". (The pathkernel commands print
+ * these messages with their flags in place of the names.) */
 const char *pk_last_error(void);
 /* Set the message (printf-style) and return `s`; for use by callers that
  * extend the library, and by the library itself. */

@@ -251,7 +251,7 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
             printf("\n");
             fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, cli_now() - t1);
         } else {
-            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, pk_last_error());
+            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, cli_message(cmd, ks));
             fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), cli_now() - t1);
         }
     }

@@ -26,7 +26,7 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
     if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
         return pk_fail(PK_ERR_INPUT, "%s: self-influence of %s runs is not yet supported (gd and sgd only)",
                        pk_run_dir(run), pk_optim_name(op->kind));
-    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
     if (s) return s;
@@ -106,7 +106,7 @@ pk_status pk_model_example_stats(const pk_model *m, pk_loss loss, const double *
 
 pk_status pk_run_tracin(pk_run *run, size_t n_ckpt, double *score)
 {
-    if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint");
+    if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint (n_ckpt)");
     const pk_model *m = pk_run_model(run);
     const pk_data *train;
     pk_status s = pk_run_train(run, &train);
@@ -196,7 +196,8 @@ double pk_auc(const double *score, const unsigned char *positive, size_t n)
 pk_status pk_data_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
                               size_t *n_flipped)
 {
-    if (!(frac > 0 && frac < 1)) return pk_fail(PK_ERR_INPUT, "the fraction of labels to flip must be in (0, 1), got %g", frac);
+    if (!(frac > 0 && frac < 1))
+        return pk_fail(PK_ERR_INPUT, "the fraction of labels to flip (frac) must be in (0, 1), got %g", frac);
     if (C < 2) return pk_fail(PK_ERR_INPUT, "flipping labels needs at least 2 classes");
     if (data->ty != 1) return pk_fail(PK_ERR_INPUT, "flipping labels needs one target column of class labels");
     size_t n = data->n, k = (size_t)floor(frac * (double)n + 0.5);

@@ -313,8 +313,8 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
 {
     const pk_model *m = pk_run_model(run);
     size_t C = m->n_out, K = o->top;
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
-    if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs k >= 1");
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs at least one example per side (top)");
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
     for (size_t x = 0; x < n; x++)
         if (cls[x] >= C) return pk_fail(PK_ERR_INPUT, "query %zu: output %zu does not exist (0..%zu)", x, cls[x], C - 1);

@@ -10,7 +10,8 @@
 pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha)
 {
     if (n > 1u << 30 || C > 1u << 30) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: %zu examples is too many", n);
-    if (!(ridge >= 0) || !isfinite(ridge)) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge must be >= 0");
+    if (!(ridge >= 0) || !isfinite(ridge))
+        return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge (ridge) must be >= 0");
     double *L = pk_alloc(n * n, sizeof *L), *B = pk_alloc(n * C, sizeof *B);
     if (!L || !B) { free(L); free(B); return PK_ERR_NOMEM; }
     memcpy(L, K, n * n * sizeof *L);
@@ -23,7 +24,7 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     dpotrf_("L", &nn, L, &nn, &info); /* symmetric: row-major K is its own column-major */
     if (info > 0)
         s = pk_fail(PK_ERR_NUMERIC, "kernel ridge regression: K + %g I is not positive definite (leading minor %d); "
-                    "use a larger ridge (--ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
+                    "use a larger ridge (ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
     else if (info < 0)
         s = pk_fail(PK_ERR_INTERNAL, "dpotrf: argument %d invalid", -info);
     if (!s) {

@@ -171,7 +171,7 @@ pk_status pk_run_open(const char *dir, pk_run **out)
     if (s) return s;
     if (!strcmp(run->status, "running")) { /* killed, or still training: no trajectory yet */
         s = pk_fail(PK_ERR_INPUT, "%s: training has not finished (run.json says \"running\": it was killed, or is "
-                    "still training); run `pathkernel train --resume %s` to finish it", dir, dir);
+                    "still training); run `pk_train_resume %s` to finish it", dir, dir);
         pk_run_close(run);
         return s;
     }
