@@ -215,30 +215,10 @@ typedef struct pk_optim {
     double lr_min;         /* PK_SCHED_COSINE: final learning rate         */
 } pk_optim;
 
-pk_optim pk_optim_defaults(void);
 const char *pk_optim_name(pk_optim_kind k);
 pk_status pk_optim_parse(const char *s, pk_optim_kind *k);
 const char *pk_schedule_name(pk_schedule s);
 pk_status pk_schedule_parse(const char *s, pk_schedule *k);
-/* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
-size_t pk_optim_state_len(const pk_optim *o);
-/* Learning rate at step t of T. */
-double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
-/* One update at step t (0-based) with batch gradient G (P):
- * w += D_t, state updated; D (P) receives the step if not NULL. */
-void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
-                   double *state, const double *G, double *D);
-
-/* -------------------------------------------------------------------- rng */
-
-/* Library-owned deterministic generator (xoshiro256**, seeded by splitmix64). */
-typedef struct pk_rng { uint64_t s[4]; } pk_rng;
-void pk_rng_seed(pk_rng *r, uint64_t seed);
-uint64_t pk_rng_u64(pk_rng *r);
-double pk_rng_uniform(pk_rng *r);          /* [0, 1) */
-double pk_rng_normal(pk_rng *r);           /* N(0, 1) */
-size_t pk_rng_below(pk_rng *r, size_t n);  /* uniform in [0, n) */
-void pk_rng_shuffle(pk_rng *r, uint32_t *a, size_t n);
 
 /* ---------------------------------------------------------------- training */
 
@@ -559,11 +539,6 @@ typedef struct pk_report_info {
 pk_report_opts pk_report_opts_defaults(void);
 /* Compute everything and write the HTML file `path` atomically; info may be NULL. */
 pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info);
-/* PNG of an h x w image with 1 (grey), 3 (RGB) or 4 (RGBA) 8-bit channels,
- * row-major, encoded by libpng into *png (malloc'ed; free() it). */
-pk_status pk_png_encode(const unsigned char *pix, size_t h, size_t w, int channels, unsigned char **png, size_t *len);
-/* Standard base64 (RFC 4648, padded) of n bytes, malloc'ed and NUL-terminated; NULL when out of memory. */
-char *pk_base64(const void *data, size_t n);
 
 #ifdef __cplusplus
 }

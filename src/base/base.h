@@ -107,4 +107,14 @@ double pk_seconds(void);
 /* qsort comparison of doubles, ascending. */
 int pk_cmp_double(const void *a, const void *b);
 
+/* The library's deterministic generator (xoshiro256**, seeded by
+ * splitmix64; rng.c): initialisation, batch order, random selections. */
+typedef struct pk_rng { uint64_t s[4]; } pk_rng;
+void pk_rng_seed(pk_rng *r, uint64_t seed);
+uint64_t pk_rng_u64(pk_rng *r);
+double pk_rng_uniform(pk_rng *r);          /* [0, 1) */
+double pk_rng_normal(pk_rng *r);           /* N(0, 1) */
+size_t pk_rng_below(pk_rng *r, size_t n);  /* uniform in [0, n) */
+void pk_rng_shuffle(pk_rng *r, uint32_t *a, size_t n);
+
 #endif
