@@ -3,7 +3,7 @@
  * (MATH.md section 3), resumable and split across MPI ranks. */
 #define _XOPEN_SOURCE 700
 #include "cli.h"
-#include "kernel/kernel.h"
+#include "base/base.h" /* pk_crc32, pk_hash_bytes, pk_read_file: the job's part files */
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -430,7 +430,7 @@ int cmd_attribute(int argc, char **argv)
     if (rc) { cli_mpi_end(0); return rc < 0 ? EXIT_OK : rc; }
     if (!strcmp(cls_spec, "pred")) cls_mode = CLASS_PRED;
     else if (!strcmp(cls_spec, "label")) cls_mode = CLASS_LABEL;
-    else if (!pk_parse_size(cls_spec, &cls_num)) cls_mode = 0;
+    else if (!cli_parse_size(cls_spec, &cls_num)) cls_mode = 0;
     else rc = cli_usage(cmd, "--class: '%s' is not pred, label or an output index", cls_spec);
     if (!rc && !query) rc = cli_usage(cmd, "--query SPEC is required");
     if (!rc && !top) rc = cli_usage(cmd, "--top must be at least 1");
@@ -518,7 +518,7 @@ int cmd_attribute(int argc, char **argv)
                     : pk_fail(PK_ERR_STOPPED, "stopped: nothing was written (with --out DIR a stopped job keeps its finished groups)");
     if (!s) s = gather(&j, &a, rank, ranks);
     if (!s && rank == 0) {
-        s = pk_run_train(run, &train);
+        s = pk_run_train_data(run, &train);
         if (!s) {
             if (!out) print_attr_table(&a, train);
             else if (to_dir) s = write_attr_dir(out, &a, cli_progress_seconds(&pr), ranks);

@@ -2,7 +2,7 @@
  * parsing, progress, output directories, small helpers. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
-#include "kernel/kernel.h"
+#include "base/base.h" /* pk_parse_double, pk_parse_size: the library's strict numbers */
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -120,6 +120,8 @@ int cli_double(const char *cmd, const char *opt, const char *arg, double *v)
     if (pk_parse_double(arg, v)) { cli_usage(cmd, "%s: '%s' is not a finite number", opt, arg); return -1; }
     return 0;
 }
+
+int cli_parse_size(const char *s, size_t *v) { return pk_parse_size(s, v); }
 
 int cli_size(const char *cmd, const char *opt, const char *arg, size_t *v)
 {
@@ -339,7 +341,7 @@ int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double
     if (s) return cli_error(cmd, s);
     *t = pk_run_steps(*run);
     if (a->step && cli_step(cmd, a->step, pk_run_steps(*run), t)) { pk_run_close(*run); return EXIT_BAD_INPUT; }
-    *w = pk_alloc(pk_run_model(*run)->n_params, sizeof **w);
+    *w = pk_alloc(pk_model_n_params(pk_run_model(*run)), sizeof **w);
     s = *w ? pk_run_weights(*run, *t, *w) : PK_ERR_NOMEM;
     if (s) { free(*w); pk_run_close(*run); return cli_error(cmd, s); }
     return 0;

@@ -1,7 +1,6 @@
 /* demo.c -- `pathkernel demo`: the main job on the embedded 8x8 digits:
  * train, verify, explain, attribute, report. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,7 +1,6 @@
 /* explain.c -- `pathkernel explain` and `verify`: the path-kernel
  * representation of a run, written out (explain) or only checked (verify). */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,7 +1,6 @@
 /* train.c -- `pathkernel train`: train a network by gradient descent and
  * record its path; `train --resume` finishes an interrupted run. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <unistd.h>

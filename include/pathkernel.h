@@ -82,6 +82,20 @@ pk_status pk_fail(pk_status s, const char *fmt, ...)
 void pk_threads_set(int n);
 int pk_threads_get(void);
 
+/* ------------------------------------------------------------------ memory */
+
+/* Checked allocation of n * size bytes (malloc; pk_calloc: zeroed); NULL,
+ * with the message set, when the product overflows or memory is short.
+ * free() releases it. */
+void *pk_alloc(size_t n, size_t size);
+void *pk_calloc(size_t n, size_t size);
+/* pk_alloc for large arrays: on transparent huge pages where the system
+ * allows (fewer page faults for a large kernel); free() releases it. */
+void *pk_alloc_big(size_t n, size_t size);
+/* Bytes an operation may use: `limit` if non-zero, else 3/4 of the memory
+ * available now (within a container's limit): what a mem_limit of 0 means. */
+size_t pk_memory_budget(size_t limit);
+
 /* -------------------------------------------------------------------- data */
 
 /* A data set in memory. Plain data: the caller may build one by hand. */
@@ -123,13 +137,69 @@ uint64_t pk_data_fingerprint(const pk_data *data);
 /* Number of classes implied by integral targets 0..C-1 (checks them). */
 pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
 
-/* --------------------------------------------------------------------- npy */
+/* ------------------------------------------------------------ output files */
+
+/* Every file the library writes is written atomically: into a temporary
+ * name beside it, then renamed over it, so that a killed process or a full
+ * disk never leaves a half file under the final name. Programs that write
+ * their own outputs can do the same with these functions. */
+
+/* An atomic file: pk_atomic_open creates "PATH.tmp.PID"; write into f;
+ * pk_atomic_commit flushes, checks for write errors and renames it over
+ * PATH (in an output group: see below); pk_atomic_abort removes it. The
+ * message of a failed write names PATH, the error and what to do. */
+typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
+pk_status pk_atomic_open(pk_atomic *a, const char *path);
+pk_status pk_atomic_commit(pk_atomic *a);
+void pk_atomic_abort(pk_atomic *a);
+/* A whole buffer into PATH, atomically. */
+pk_status pk_write_file(const char *path, const void *buf, size_t len);
+
+/* An output group: files that must appear together or not at all. Between
+ * pk_group_begin() and pk_group_end(s), files committed in this thread keep
+ * their temporary names; pk_group_end renames them all into place when s is
+ * PK_OK (and returns the first rename error), else removes them, and
+ * returns the resulting status. Groups nest: the outermost end decides. */
+void pk_group_begin(void);
+pk_status pk_group_end(pk_status s);
+/* The temporary name under which a file committed in the open group waits
+ * for pk_group_end, for a program that must read it before; NULL if none. */
+const char *pk_group_pending(const char *path);
+
+/* "DIR/NAME", malloc'ed (NULL, with the message set, when out of memory). */
+char *pk_path_join(const char *dir, const char *name);
+/* Make a directory and its missing parents (mkdir -p). */
+pk_status pk_mkdirs(const char *dir);
 
 /* Read any supported .npy (float64/float32/int64/int32/uint8, C order, up to
  * 8 dims) as double. *a is malloc'ed; free() it. */
 pk_status pk_npy_read(const char *path, double **a, size_t *ndim, size_t shape[8]);
-/* Write float64 C-order .npy atomically (temporary file, then rename). */
+/* Write a float64 (pk_npy_write) or int64 (pk_npy_write_i64) C-order .npy,
+ * atomically. */
 pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const size_t *shape);
+pk_status pk_npy_write_i64(const char *path, const int64_t *a, size_t ndim, const size_t *shape);
+
+/* A .npy file written in pieces (float64, or int64 when int64 is set; C
+ * order; at most 8 dims), for arrays larger than memory: open it with the
+ * whole shape, write the elements in order (any number per call) or at
+ * their places (from any thread), then commit (atomic as above; refused if
+ * an element is missing) or abort. A failed write is kept and reported by
+ * pk_npy_stream_flush or pk_npy_stream_commit. The fields are private. */
+typedef struct pk_npy_stream { pk_atomic at; size_t left, data; int bad, err; } pk_npy_stream;
+pk_status pk_npy_stream_open(pk_npy_stream *w, const char *path, int int64, size_t ndim, const size_t *shape);
+/* The next `count` elements (8 bytes each: double or int64_t). */
+pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count);
+/* `count` elements from element `at` on, by positioned writes: from any
+ * thread, in any order; every element must be written once. */
+void pk_npy_stream_write_at(pk_npy_stream *w, size_t at, const void *a, size_t count);
+/* Non-zero once a write has failed (safe to call from any thread): a
+ * program that streams a long computation stops it then. */
+int pk_npy_stream_failed(const pk_npy_stream *w);
+/* Flush what was written, and report a failed write now (its message names
+ * the file and what to do), not only at the commit. */
+pk_status pk_npy_stream_flush(pk_npy_stream *w);
+pk_status pk_npy_stream_commit(pk_npy_stream *w);
+void pk_npy_stream_abort(pk_npy_stream *w);
 
 /* ------------------------------------------------------------------- model */
 
@@ -160,6 +230,8 @@ pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param par
                        pk_model **out);
 void pk_model_free(pk_model *m);
 size_t pk_model_n_params(const pk_model *m);  /* P */
+/* Layers of every kind, in order (mlp:64:tanh has three: dense, tanh, dense). */
+size_t pk_model_n_layers(const pk_model *m);
 size_t pk_model_n_inputs(const pk_model *m);
 size_t pk_model_n_outputs(const pk_model *m); /* C */
 pk_param pk_model_param(const pk_model *m);
@@ -296,7 +368,11 @@ double pk_run_lr(const pk_run *run, size_t t);
 double pk_run_batch_loss(const pk_run *run, size_t t);
 /* Give the run its training data (checked against the fingerprint). */
 pk_status pk_run_attach_data(pk_run *run, const pk_data *train);
-/* Load the training data from the recorded spec, options and transform. */
+/* The run's training data: the attached data, or else loaded once from the
+ * recorded spec (as pk_run_load_train) and kept until pk_run_close. */
+pk_status pk_run_train_data(pk_run *run, const pk_data **train);
+/* Load the training data from the recorded spec, options and transform
+ * into *train (the caller's: pk_data_free). */
 pk_status pk_run_load_train(pk_run *run, pk_data *train);
 /* Load any data spec with the run's feature transform applied. */
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
@@ -348,8 +424,11 @@ pk_status pk_kernel_infinite_flow(const pk_model *m, const double *X, const doub
 /* Kernel ridge regression (MATH.md section 7): alpha (n, C) = (K + ridge I)^-1 Y
  * for a symmetric K (n, n), by Cholesky (LAPACK); a K + ridge I that is not
  * positive definite is PK_ERR_NUMERIC, with the advice to raise the ridge.
- * Predictions are K(x, X) alpha. */
+ * Predictions are K(x, X) alpha (pk_krr_predict). */
 pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha);
+/* The predictions pred (nq, C) = Kq alpha of kernel ridge regression, from
+ * the kernel Kq (nq, n) between queries and the n training examples. */
+void pk_krr_predict(const double *Kq, size_t nq, size_t n, const double *alpha, size_t C, double *pred);
 /* RBF kernel exp(-|x - y|^2 / (2 h^2)) between X (nx, d) and Y (ny, d) into K (nx, ny). */
 void pk_kernel_rbf(const double *X, size_t nx, const double *Y, size_t ny, size_t d, double h, double *K);
 /* The median heuristic for h: the median distance between (up to 1,000) examples. */

@@ -3,7 +3,6 @@
  * log(error) against log(eta) (MATH.md section 3). */
 #define _XOPEN_SOURCE 700 /* mkdtemp */
 #include "../cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,7 +2,6 @@
  * and rank the flipped examples by exact self-influence and by baselines. */
 #define _XOPEN_SOURCE 700 /* mkdtemp */
 #include "../cli.h"
-#include "kernel/kernel.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,10 +25,11 @@ static double found_in_top(const double *score, const unsigned char *pos, size_t
  * already met (the buffer is flushed) stops the command before training. */
 static pk_status stream_npy(pk_npy_stream *w, const char *path, const double *a, size_t ndim, const size_t *shape)
 {
+    size_t count = 1;
+    for (size_t i = 0; i < ndim; i++) count *= shape[i];
     pk_status s = pk_npy_stream_open(w, path, 0, ndim, shape);
-    if (!s) s = pk_npy_stream_write(w, a, w->left);
-    if (!s && !w->bad && fflush(w->at.f) != 0) { w->bad = 1; w->err = errno ? errno : EIO; }
-    if (!s && w->bad) s = pk_write_error(path, w->err);
+    if (!s) s = pk_npy_stream_write(w, a, count);
+    if (!s) s = pk_npy_stream_flush(w);
     return s;
 }
 

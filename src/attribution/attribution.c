@@ -28,7 +28,7 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
                        pk_run_dir(run), pk_optim_name(op->kind));
     if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty;
     size_t B = pk_optim_batch(op, N);
@@ -109,7 +109,7 @@ pk_status pk_run_tracin(pk_run *run, size_t n_ckpt, double *score)
     if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint (n_ckpt)");
     const pk_model *m = pk_run_model(run);
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     size_t N = train->n, T = pk_run_steps(run);
     if (!T) return pk_fail(PK_ERR_INPUT, "%s: the run has no steps", pk_run_dir(run));

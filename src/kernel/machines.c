@@ -39,6 +39,11 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     return s;
 }
 
+void pk_krr_predict(const double *Kq, size_t nq, size_t n, const double *alpha, size_t C, double *pred)
+{
+    pk_gemm(0, 0, nq, C, n, 1.0, Kq, n, alpha, C, 0.0, pred, C);
+}
+
 double pk_kernel_rbf_bandwidth(const double *X, size_t n, size_t d)
 {
     /* median of the pairwise distances over at most 1,000 examples (evenly spaced) */
@@ -104,7 +109,7 @@ const char *pk_kernel_kind_name(pk_kernel_kind k) { return k <= PK_KERNEL_NTK ? 
 pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_t nx, const pk_quad *quad, double *K)
 {
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     const pk_model *m = pk_run_model(run);
     size_t N = train->n, d = train->d;

@@ -278,7 +278,7 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     }
 
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
 
     e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;

@@ -1004,7 +1004,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     conv_table *conv = NULL;
     cmp_table *cmp = NULL;
     const char *spec = o->query ? o->query : pk_run_data_spec(run);
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (!s && !spec) s = pk_fail(PK_ERR_INPUT, "report: the run records no data spec; give the queries (query)");
     if (!s && o->convergence) {
         conv = malloc(sizeof *conv);

@@ -258,7 +258,7 @@ pk_status pk_run_load_train(pk_run *run, pk_data *train)
     return PK_OK;
 }
 
-pk_status pk_run_train(pk_run *run, const pk_data **train)
+pk_status pk_run_train_data(pk_run *run, const pk_data **train)
 {
     if (!run->train) {
         pk_status s = pk_run_load_train(run, &run->owned_train);

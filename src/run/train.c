@@ -304,7 +304,7 @@ pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, p
                     dir);
     }
     const pk_data *train = NULL;
-    if (!s) s = pk_run_train(run, &train);
+    if (!s) s = pk_run_train_data(run, &train);
     trainer k;
     int ready = 0;
     if (!s) {
