@@ -175,7 +175,7 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return PK_ERR_NOMEM;
-    pk_status s = pk_write_file(path, text, strlen(text));
+    pk_status s = pk_file_write(path, text, strlen(text));
     free(text);
     return s;
 }
@@ -243,7 +243,7 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
         cJSON_AddNumberToObject(r, "seconds", seconds);
         char *text = cJSON_Print(r), *jp = pk_path_join(dir, "summary.json");
         cJSON_Delete(r);
-        s = text && jp ? pk_write_file(jp, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text && jp ? pk_file_write(jp, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
         free(jp);
     }
@@ -288,7 +288,7 @@ static pk_status save_group(const attr_job *j, const attribution *a, size_t g)
         pack(a, g * j->group, n, (double *)(void *)(buf + 32));
         uint32_t crc = pk_crc32(0, buf, 32 + 8 * len);
         memcpy(buf + 32 + 8 * len, &crc, 4);
-        s = pk_write_file(p, buf, 32 + 8 * len + 4);
+        s = pk_file_write(p, buf, 32 + 8 * len + 4);
     }
     free(buf);
     free(p);

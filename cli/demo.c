@@ -80,7 +80,7 @@ static pk_status write_explain(const char *dir, const pk_explain *e)
     if (!s && e->kernel) s = write_npy(dir, "kernel.npy", e->kernel, 2, sk);
     if (!s) {
         char *text = cli_summary_json(e, cli_max_abs(e->regularisation, e->Q * e->C)), *p = pk_path_join(dir, "summary.json");
-        s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text && p ? pk_file_write(p, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
         free(p);
     }

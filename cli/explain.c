@@ -199,7 +199,7 @@ int cmd_explain(int argc, char **argv)
         return rc;
     }
     char *text = cli_summary_json(&e, max_reg), *p = pk_path_join(a.out, "summary.json");
-    pk_status s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+    pk_status s = text && p ? pk_file_write(p, text, strlen(text)) : PK_ERR_NOMEM;
     free(text);
     free(p);
     s = pk_group_end(s);

@@ -139,10 +139,11 @@ pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
 
 /* ------------------------------------------------------------ output files */
 
-/* Every file the library writes is written atomically: into a temporary
- * name beside it, then renamed over it, so that a killed process or a full
- * disk never leaves a half file under the final name. Programs that write
- * their own outputs can do the same with these functions. */
+/* The library writes each of its files atomically (the journal of a run in
+ * training, which grows step by step, aside): into a temporary name beside
+ * it, then renamed over it, so that a killed process or a full disk never
+ * leaves a half file under the final name. Programs that write their own
+ * outputs can do the same with these functions, as the commands do. */
 
 /* An atomic file: pk_atomic_open creates "PATH.tmp.PID"; write into f;
  * pk_atomic_commit flushes, checks for write errors and renames it over
@@ -153,7 +154,7 @@ pk_status pk_atomic_open(pk_atomic *a, const char *path);
 pk_status pk_atomic_commit(pk_atomic *a);
 void pk_atomic_abort(pk_atomic *a);
 /* A whole buffer into PATH, atomically. */
-pk_status pk_write_file(const char *path, const void *buf, size_t len);
+pk_status pk_file_write(const char *path, const void *buf, size_t len);
 
 /* An output group: files that must appear together or not at all. Between
  * pk_group_begin() and pk_group_end(s), files committed in this thread keep

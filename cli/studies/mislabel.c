@@ -227,7 +227,7 @@ int cmd_mislabel(int argc, char **argv)
         cJSON_AddItemToObject(r, "scores", sc);
         char *text = cJSON_Print(r);
         cJSON_Delete(r);
-        s = text ? pk_write_file(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text ? pk_file_write(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
     }
     s = pk_group_end(s);

@@ -51,7 +51,7 @@ void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, c
              const int *ldb, int *info);
 
 /* Memory (pk_alloc, pk_calloc, pk_alloc_big, pk_memory_budget) and atomic
- * output files (pk_atomic_*, pk_group_*, pk_write_file, pk_path_join,
+ * output files (pk_atomic_*, pk_group_*, pk_file_write, pk_path_join,
  * pk_mkdirs) are declared in pathkernel.h. */
 
 /* "PATH: write failed: <strerror(err)> (nothing was written under that name;

@@ -269,7 +269,7 @@ void pk_atomic_abort(pk_atomic *a)
     memset(a, 0, sizeof *a);
 }
 
-pk_status pk_write_file(const char *path, const void *buf, size_t len)
+pk_status pk_file_write(const char *path, const void *buf, size_t len)
 {
     pk_atomic a;
     pk_status s = pk_atomic_open(&a, path);

@@ -1096,7 +1096,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) reletter(&b);
-    if (!s) s = pk_write_file(path, b.s, b.n);
+    if (!s) s = pk_file_write(path, b.s, b.n);
     if (!s && info) {
         info->Q = e.Q; info->N = e.N; info->C = e.C; info->steps = e.steps;
         info->max_abs_err = e.max_abs_err;

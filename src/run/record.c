@@ -46,7 +46,7 @@ static pk_status json_write(const char *path, cJSON *root)
     if (!text) return pk_fail(PK_ERR_NOMEM, "%s: out of memory", path);
     size_t n = strlen(text);
     text[n] = '\n'; /* cJSON_Print's buffer has room for the NUL we overwrite */
-    pk_status s = pk_write_file(path, text, n + 1);
+    pk_status s = pk_file_write(path, text, n + 1);
     free(text);
     return s;
 }
