@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     }
     int threads = atoi(argv[4]), reps = atoi(argv[5]);
     if (threads < 1 || reps < 1) { fprintf(stderr, "kernel_timer: bad THREADS or REPEATS\n"); return 2; }
-    pk_set_threads(threads);
+    pk_threads_set(threads);
 
     pk_run *run;
     if (pk_run_open(argv[1], &run)) return die(argv[1]);

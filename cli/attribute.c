@@ -3,7 +3,7 @@
  * (MATH.md section 3), resumable and split across MPI ranks. */
 #define _XOPEN_SOURCE 700
 #include "cli.h"
-#include "kernel/kernel.h"
+#include "base/base.h" /* pk_crc32, pk_hash_bytes, pk_read_file: the job's part files */
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -175,7 +175,7 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return PK_ERR_NOMEM;
-    pk_status s = pk_write_file(path, text, strlen(text));
+    pk_status s = pk_file_write(path, text, strlen(text));
     free(text);
     return s;
 }
@@ -243,7 +243,7 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
         cJSON_AddNumberToObject(r, "seconds", seconds);
         char *text = cJSON_Print(r), *jp = pk_path_join(dir, "summary.json");
         cJSON_Delete(r);
-        s = text && jp ? pk_write_file(jp, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text && jp ? pk_file_write(jp, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
         free(jp);
     }
@@ -288,7 +288,7 @@ static pk_status save_group(const attr_job *j, const attribution *a, size_t g)
         pack(a, g * j->group, n, (double *)(void *)(buf + 32));
         uint32_t crc = pk_crc32(0, buf, 32 + 8 * len);
         memcpy(buf + 32 + 8 * len, &crc, 4);
-        s = pk_write_file(p, buf, 32 + 8 * len + 4);
+        s = pk_file_write(p, buf, 32 + 8 * len + 4);
     }
     free(buf);
     free(p);
@@ -430,7 +430,7 @@ int cmd_attribute(int argc, char **argv)
     if (rc) { cli_mpi_end(0); return rc < 0 ? EXIT_OK : rc; }
     if (!strcmp(cls_spec, "pred")) cls_mode = CLASS_PRED;
     else if (!strcmp(cls_spec, "label")) cls_mode = CLASS_LABEL;
-    else if (!pk_parse_size(cls_spec, &cls_num)) cls_mode = 0;
+    else if (!cli_parse_size(cls_spec, &cls_num)) cls_mode = 0;
     else rc = cli_usage(cmd, "--class: '%s' is not pred, label or an output index", cls_spec);
     if (!rc && !query) rc = cli_usage(cmd, "--query SPEC is required");
     if (!rc && !top) rc = cli_usage(cmd, "--top must be at least 1");
@@ -470,7 +470,7 @@ int cmd_attribute(int argc, char **argv)
         a.steps = pk_run_steps(run);
         a.quad = to.quad.name;
         j.Q = q.n;
-        j.group = pk_topk_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
+        j.group = pk_run_attribute_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
         j.n_groups = (q.n + j.group - 1) / j.group;
         j.fingerprint = job_fingerprint(run, &q, &a, &to, j.group);
         pr.Q = q.n;
@@ -503,7 +503,7 @@ int cmd_attribute(int argc, char **argv)
         if (j.parts && load_group(&j, &a, g)) resumed++;
         else {
             pk_topk rows = rows_at(&a, q0);
-            s = pk_topk_run(run, q.x + q0 * q.d, n, a.cls + q0, &to, &rows);
+            s = pk_run_attribute(run, q.x + q0 * q.d, n, a.cls + q0, &to, &rows);
             if (!s && j.parts) s = save_group(&j, &a, g);
         }
         if (s) break;
@@ -518,7 +518,7 @@ int cmd_attribute(int argc, char **argv)
                     : pk_fail(PK_ERR_STOPPED, "stopped: nothing was written (with --out DIR a stopped job keeps its finished groups)");
     if (!s) s = gather(&j, &a, rank, ranks);
     if (!s && rank == 0) {
-        s = pk_run_train(run, &train);
+        s = pk_run_train_data(run, &train);
         if (!s) {
             if (!out) print_attr_table(&a, train);
             else if (to_dir) s = write_attr_dir(out, &a, cli_progress_seconds(&pr), ranks);

@@ -1,14 +1,23 @@
 /* cli.h -- what the pathkernel commands share: number parsing that names the
- * option, exit codes, data loading with the common options. */
+ * option, exit codes, data loading with the common options, the library's
+ * messages in the commands' terms. The commands use the public API
+ * (pathkernel.h) alone, except common.c (the library's strict number
+ * parsing) and attribute.c (checksums and file reading for its job's
+ * parts), which include base/base.h. */
 #ifndef PK_CLI_H
 #define PK_CLI_H
 
 #include "pathkernel.h"
 #include <stdio.h>
+#include <stdlib.h>
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BAD_INPUT = 2 };
 
-/* Print "pathkernel CMD: message" and return the exit code for status s. */
+/* The library's last message (pk_last_error(), or the status's name when
+ * it is empty) in the command's terms: the API's parameter names rewritten
+ * into the command's flags (the table in common.c). Valid until the next call. */
+const char *cli_message(const char *cmd, pk_status s);
+/* Print "pathkernel CMD: message" (cli_message) and return the exit code for status s. */
 int cli_error(const char *cmd, pk_status s);
 /* Usage error: print the message and a pointer to --help; returns 2. */
 int cli_usage(const char *cmd, const char *fmt, ...)
@@ -20,6 +29,9 @@ int cli_usage(const char *cmd, const char *fmt, ...)
 int cli_double(const char *cmd, const char *opt, const char *arg, double *v);
 int cli_size(const char *cmd, const char *opt, const char *arg, size_t *v);
 int cli_u64(const char *cmd, const char *opt, const char *arg, uint64_t *v);
+/* A whole string as a non-negative integer, silently (0 on success): for
+ * a value among alternatives or in a list, which the caller reports. */
+int cli_parse_size(const char *s, size_t *v);
 /* --threads N, applied at once. */
 int cli_threads(const char *cmd, const char *arg);
 

@@ -2,9 +2,10 @@
  * parsing, progress, output directories, small helpers. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
-#include "kernel/kernel.h"
+#include "base/base.h" /* pk_parse_double, pk_parse_size: the library's strict numbers */
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <ftw.h>
 #include <math.h>
 #include <signal.h>
@@ -16,10 +17,90 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The library's messages name a parameter by its API name (a field or
+ * argument of pathkernel.h) in parentheses after the words that say what it
+ * is, with a value where they advise one: "try a smaller learning rate (lr),
+ * e.g. 0.01", "a mini-batch size (batch)", "(mode trace)", "at most 12
+ * queries fit (Q 12)"; and a function of the API in backquotes, with its
+ * argument: "`pk_train_resume RUN`". The commands say the same with their
+ * flags: each entry rewrites an API name (or a phrase around it, where the
+ * command names just the flag) into the flag of the commands in `cmds`
+ * (NULL: all of them). A name ("(lr") matches only whole: before ')', ' ' or
+ * '`'. At each place in the message the first entry that matches wins, so
+ * that a phrase comes before its name. */
+typedef struct cli_term { const char *api, *flag, *cmds; } cli_term;
+#define TRAINING "train compare convergence mislabel"
+#define TRAINING_LR "train compare mislabel" /* convergence chooses the learning rates and steps itself */
+#define EXPLAINING "explain verify"
+#define MEM_LIMIT "explain verify attribute report kernel"
+#define SELECTING "explain verify attribute predict weights info train compare convergence mislabel report"
+static const cli_term cli_terms[] = {
+    {"learning rate (lr)", "--lr", TRAINING_LR},
+    {"(lr", "(--lr", TRAINING_LR},
+    {"(steps", "(--steps", TRAINING_LR},
+    {"(batch)", "(--batch B)", TRAINING},
+    {"(batch", "(--batch", TRAINING},
+    {"(optim", "(--optim", TRAINING},
+    {"(keep", "(--keep", TRAINING},
+    {"(weight_decay", "(--weight-decay", "train compare convergence"},
+    {"another run directory (out_dir)", "another --out", NULL},
+    {"(out_dir)", "(--out RUN)", "train"},
+    {"`pk_train_resume", "`pathkernel train --resume", NULL},
+    {"(ridge", "(--ridge", "krr compare"},
+    {"the trace mode (mode trace)", "--mode trace", EXPLAINING},
+    {"(mode", "(--mode", EXPLAINING " kernel"},
+    {"no path kernel (want_kernel 0)", "--no-kernel", EXPLAINING},
+    {"(want_kernel 0)", "(--no-kernel)", EXPLAINING},
+    {"memory budget (mem_limit)", "--mem", MEM_LIMIT},
+    {"(mem_limit", "(--mem", MEM_LIMIT},
+    {"(Q", "(--first", EXPLAINING " attribute report"},
+    {"(quad", "(--quad", EXPLAINING " attribute selfinfluence export-libsvm mislabel report"},
+    {"(top", "(--top", "attribute report"},
+    {"(frac", "(--flip", "mislabel"},
+    {"(query", "(--query", EXPLAINING " attribute convergence report"},
+    {"(first", "(--first", SELECTING " export-libsvm ntk"},
+    {"(random", "(--random", SELECTING},
+};
+
+/* Is cmd one of the space-separated words of list (NULL: every command)? */
+static int cli_term_applies(const char *list, const char *cmd)
+{
+    if (!list) return 1;
+    size_t n = strlen(cmd);
+    for (const char *p = list; (p = strstr(p, cmd)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || !p[n])) return 1;
+    return 0;
+}
+
+const char *cli_message(const char *cmd, pk_status s)
+{
+    static char out[2048];
+    const char *msg = pk_last_error();
+    if (!*msg) return pk_status_str(s);
+    size_t k = 0;
+    while (*msg && k + 1 < sizeof out) {
+        const cli_term *hit = NULL;
+        size_t n = 0;
+        for (size_t i = 0; !hit && i < sizeof cli_terms / sizeof *cli_terms; i++) {
+            const cli_term *t = &cli_terms[i];
+            n = strlen(t->api);
+            if (strncmp(msg, t->api, n) != 0 || !cli_term_applies(t->cmds, cmd)) continue;
+            char last = t->api[n - 1], next = msg[n];
+            if ((isalnum((unsigned char)last) || last == '_') && next != ')' && next != ' ' && next != '`') continue;
+            hit = t;
+        }
+        if (!hit) { out[k++] = *msg++; continue; }
+        k += (size_t)snprintf(out + k, sizeof out - k, "%s", hit->flag);
+        if (k >= sizeof out) k = sizeof out - 1;
+        msg += n;
+    }
+    out[k] = 0;
+    return out;
+}
+
 int cli_error(const char *cmd, pk_status s)
 {
-    const char *msg = pk_last_error();
-    fprintf(stderr, "pathkernel %s: %s\n", cmd, *msg ? msg : pk_status_str(s));
+    fprintf(stderr, "pathkernel %s: %s\n", cmd, cli_message(cmd, s));
     return s == PK_ERR_INPUT ? EXIT_BAD_INPUT : EXIT_FAIL;
 }
 
@@ -40,6 +121,8 @@ int cli_double(const char *cmd, const char *opt, const char *arg, double *v)
     return 0;
 }
 
+int cli_parse_size(const char *s, size_t *v) { return pk_parse_size(s, v); }
+
 int cli_size(const char *cmd, const char *opt, const char *arg, size_t *v)
 {
     if (pk_parse_size(arg, v)) { cli_usage(cmd, "%s: '%s' is not a non-negative integer", opt, arg); return -1; }
@@ -59,7 +142,7 @@ int cli_threads(const char *cmd, const char *arg)
     size_t n;
     if (cli_size(cmd, "--threads", arg, &n)) return -1;
     if (n > 1024) { cli_usage(cmd, "--threads: %zu is too many", n); return -1; }
-    pk_set_threads((int)n);
+    pk_threads_set((int)n);
     return 0;
 }
 
@@ -258,7 +341,7 @@ int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double
     if (s) return cli_error(cmd, s);
     *t = pk_run_steps(*run);
     if (a->step && cli_step(cmd, a->step, pk_run_steps(*run), t)) { pk_run_close(*run); return EXIT_BAD_INPUT; }
-    *w = pk_alloc(pk_run_model(*run)->n_params, sizeof **w);
+    *w = pk_alloc(pk_model_n_params(pk_run_model(*run)), sizeof **w);
     s = *w ? pk_run_weights(*run, *t, *w) : PK_ERR_NOMEM;
     if (s) { free(*w); pk_run_close(*run); return cli_error(cmd, s); }
     return 0;

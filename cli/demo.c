@@ -1,7 +1,6 @@
 /* demo.c -- `pathkernel demo`: the main job on the embedded 8x8 digits:
  * train, verify, explain, attribute, report. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -102,7 +101,7 @@ static pk_status write_explain(const char *dir, const pk_explain *e)
     if (!s && e->kernel) s = write_npy(dir, "kernel.npy", e->kernel, 2, sk);
     if (!s) {
         char *text = cli_summary_json(e, cli_max_abs(e->regularisation, e->Q * e->C)), *p = pk_path_join(dir, "summary.json");
-        s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text && p ? pk_file_write(p, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
         free(p);
     }
@@ -198,7 +197,7 @@ int cmd_demo(int argc, char **argv)
     printf("trained %zu parameters, softmax loss, sgd lr 0.1 batch 64, %zu steps in %.2f s: final train loss %.4g, "
            "accuracy %.4f; run written to %s\n", pk_model_n_params(m), pk_run_steps(run), cli_now() - t0,
            pk_loss_eval(PK_LOSS_SOFTMAX, f, train.y, train.n, C, train.ty, NULL),
-           pk_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
+           pk_loss_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
 
     /* 2. the representation, rule by rule */
     pk_load_opts ql = pk_load_opts_defaults();
@@ -214,7 +213,7 @@ int cmd_demo(int argc, char **argv)
         pk_quad_parse(rules[r], &eo.quad);
         eo.want_contrib = 0;
         eo.want_kernel = 0;
-        s = pk_explain_run(run, q.x, q.n, &eo, &e);
+        s = pk_run_explain(run, q.x, q.n, &eo, &e);
         if (s) break;
         printf("%-6s %14.3e %14.3e %9.2f\n", rules[r], e.max_abs_err, e.max_rel_err, e.seconds);
         pk_explain_free(&e);
@@ -227,7 +226,7 @@ int cmd_demo(int argc, char **argv)
     {
         pk_explain_opts eo = pk_explain_opts_defaults();
         pk_quad_parse("gl4", &eo.quad);
-        s = pk_explain_run(run, q.x, q.n < 10 ? q.n : 10, &eo, &e);
+        s = pk_run_explain(run, q.x, q.n < 10 ? q.n : 10, &eo, &e);
         pk_group_begin(); /* explain/ and report.html, or none of them */
         grouped = 1;
         if (!s) s = write_explain(exdir, &e);

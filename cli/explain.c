@@ -1,7 +1,6 @@
 /* explain.c -- `pathkernel explain` and `verify`: the path-kernel
  * representation of a run, written out (explain) or only checked (verify). */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <string.h>
@@ -111,11 +110,11 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     cli_progress pr = cli_progress_start(cmd);
     s = pk_run_load_data(*run, a->query, &a->load, &q);
     size_t group = q.n ? q.n : 1, limit = pk_memory_budget(a->opts.mem_limit);
-    while (!s && group > 1 && pk_explain_bytes(*run, group, &a->opts) > limit) group = (group + 1) / 2;
-    if (!s && !a->json) { /* the plan, before the work (too large a plan is refused by pk_explain_run) */
+    while (!s && group > 1 && pk_run_explain_bytes(*run, group, &a->opts) > limit) group = (group + 1) / 2;
+    if (!s && !a->json) { /* the plan, before the work (too large a plan is refused by pk_run_explain) */
         printf("%s: %s run, %zu queries x %zu training examples: planned memory %.1f MiB", cmd,
                pk_optim_name(pk_run_optim(*run)->kind), q.n, pk_run_n_train(*run),
-               (double)pk_explain_bytes(*run, group, &a->opts) / 1048576.0);
+               (double)pk_run_explain_bytes(*run, group, &a->opts) / 1048576.0);
         if (group < q.n) printf(" in %zu groups of %zu queries, each a replay of the run, written as they finish",
                                 (q.n + group - 1) / group, group);
         printf("\n");
@@ -132,7 +131,7 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     for (size_t q0 = 0; !s && q0 < q.n; q0 += group) {
         size_t n = q.n - q0 < group ? q.n - q0 : group;
         pk_explain e;
-        s = pk_explain_run(*run, q.x + q0 * q.d, n, &a->opts, &e);
+        s = pk_run_explain(*run, q.x + q0 * q.d, n, &a->opts, &e);
         if (s) break;
         if (w) s = explain_files_write(w, &e);
         for (size_t i = 0; i < n * e.C; i++) den = fmax(den, fabs(e.pred[i] - e.bias[i]));
@@ -200,7 +199,7 @@ int cmd_explain(int argc, char **argv)
         return rc;
     }
     char *text = cli_summary_json(&e, max_reg), *p = pk_path_join(a.out, "summary.json");
-    pk_status s = text && p ? pk_write_file(p, text, strlen(text)) : PK_ERR_NOMEM;
+    pk_status s = text && p ? pk_file_write(p, text, strlen(text)) : PK_ERR_NOMEM;
     free(text);
     free(p);
     s = pk_group_end(s);

@@ -2,7 +2,6 @@
  * LIBSVM's precomputed format, for the fixed-kernel machines of MATH.md
  * section 7. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 int cmd_export_libsvm(int argc, char **argv)
 {
@@ -36,7 +35,7 @@ int cmd_export_libsvm(int argc, char **argv)
     const pk_data *train = NULL;
     pk_data q = {0};
     double *K = NULL;
-    s = pk_run_train(run, &train);
+    s = pk_run_train_data(run, &train);
     if (!s && train->ty != 1) s = pk_fail(PK_ERR_INPUT, "%s: LIBSVM needs one target column, the run has %zu", dir, train->ty);
     int existed = cli_dir_exists(out);
     if (!s) s = pk_mkdirs(out);

@@ -1,7 +1,6 @@
 /* kernel.c -- `pathkernel kernel`: the tangent kernel (empirical NTK) at a
  * recorded step, streamed into a .npy file. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,10 +13,7 @@ static pk_status kernel_sink(void *ctx, size_t i, size_t j0, size_t n, const dou
 {
     kernel_out *o = ctx;
     pk_npy_stream_write_at(&o->f, (i * o->ny + j0) * o->rr, k, n * o->rr);
-    int bad;
-    #pragma omp atomic read
-    bad = o->f.bad;
-    return bad ? PK_ERR_IO : PK_OK;
+    return pk_npy_stream_failed(&o->f) ? PK_ERR_IO : PK_OK;
 }
 
 int cmd_kernel(int argc, char **argv)
@@ -81,7 +77,7 @@ int cmd_kernel(int argc, char **argv)
     if (!s) s = pk_npy_stream_open(&ko.f, out, 0, mode == PK_KMODE_FULL ? 4 : 2, shape);
     if (!s) {
         s = pk_kernel_tangent_rows(m, w, X.x, X.n, Yd->x, Yd->n, mode, budget, kernel_sink, &ko);
-        if (!s || ko.f.bad) s = pk_npy_stream_commit(&ko.f); /* reports a failed write, and removes the file */
+        if (!s || pk_npy_stream_failed(&ko.f)) s = pk_npy_stream_commit(&ko.f); /* reports a failed write, and removes the file */
         else pk_npy_stream_abort(&ko.f);
     }
     if (!s) printf("wrote %s: tangent kernel at step %zu, %zu x %zu%s\n", out, t, X.n, Yd->n,

@@ -1,7 +1,6 @@
 /* krr.c -- `pathkernel krr`: kernel ridge regression on a kernel in .npy
  * files, one of the fixed-kernel machines of MATH.md section 7. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 int cmd_krr(int argc, char **argv)
 {
@@ -49,7 +48,7 @@ int cmd_krr(int argc, char **argv)
         pred = pk_alloc(qs[0], C * sizeof *pred);
         if (!pred) s = PK_ERR_NOMEM;
         else {
-            pk_gemm(0, 0, qs[0], C, N, 1.0, KQ, N, alpha, C, 0.0, pred, C);
+            pk_krr_predict(KQ, qs[0], N, alpha, C, pred);
             char *p = pk_path_join(out, "pred.npy");
             size_t shape[2] = {qs[0], C};
             s = p ? pk_npy_write(p, pred, 2, shape) : PK_ERR_NOMEM;

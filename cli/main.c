@@ -40,7 +40,7 @@ int main(int argc, char **argv)
     if (argc < 2) { usage(stderr); return EXIT_BAD_INPUT; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { printf("pathkernel %s\n", PK_VERSION); return 0; }
-    pk_set_threads(0); /* all cores for BLAS and our loops alike, until --threads says otherwise */
+    pk_threads_set(0); /* all cores for BLAS and our loops alike, until --threads says otherwise */
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) {
             int rc = commands[i].fn(argc - 1, argv + 1);

@@ -1,7 +1,6 @@
 /* ntk.c -- `pathkernel ntk`: the infinite-width NTK or NNGP of an
  * architecture (MATH.md section 6), no training involved. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <string.h>
 

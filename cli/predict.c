@@ -1,7 +1,6 @@
 /* predict.c -- `pathkernel predict`: the outputs of a run's network at any
  * recorded step. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 int cmd_predict(int argc, char **argv)
 {

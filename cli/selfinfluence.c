@@ -1,7 +1,6 @@
 /* selfinfluence.c -- `pathkernel selfinfluence`: the exact self-influence
  * of every training example of a run (MATH.md section 3). */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 static pk_status write_si_csv(const char *path, const pk_data *train, const double *si)
 {
@@ -48,8 +47,8 @@ int cmd_selfinfluence(int argc, char **argv)
     const pk_data *train = NULL;
     size_t N = pk_run_n_train(run);
     double *si = pk_alloc(N ? N : 1, sizeof *si);
-    s = si ? pk_self_influence(run, form, &quad, si) : PK_ERR_NOMEM;
-    if (!s) s = pk_run_train(run, &train);
+    s = si ? pk_run_self_influence(run, form, &quad, si) : PK_ERR_NOMEM;
+    if (!s) s = pk_run_train_data(run, &train);
     if (!s) s = write_si_csv(out, train, si);
     if (!s) printf("wrote %s: %s self-influence of %zu training examples over %zu steps (%s)\n", out,
                    form == PK_SI_LOSS ? "loss-form" : "kernel-form", N, pk_run_steps(run), quad.name);

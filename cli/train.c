@@ -1,7 +1,6 @@
 /* train.c -- `pathkernel train`: train a network by gradient descent and
  * record its path; `train --resume` finishes an interrupted run. */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <unistd.h>
@@ -80,7 +79,7 @@ static void report(const char *name, pk_loss loss, const pk_model *m, const doub
     double *f = pk_alloc(d->n, C * sizeof *f);
     if (!f || pk_model_predict(m, w, d->x, d->n, f)) { free(f); return; }
     double l = pk_loss_eval(loss, f, d->y, d->n, C, d->ty, NULL);
-    double acc = pk_accuracy(loss, f, d->y, d->n, C);
+    double acc = pk_loss_accuracy(loss, f, d->y, d->n, C);
     if (isnan(acc)) printf("final %-5s loss %.6g (%zu examples)\n", name, l, d->n);
     else printf("final %-5s loss %.6g  accuracy %.4f (%zu examples)\n", name, l, acc, d->n);
     free(f);

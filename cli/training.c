@@ -1,7 +1,6 @@
 /* training.c -- the options of training and the loading of its data, shared
  * by train, convergence and compare (each adds options of its own). */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 #include <string.h>
 

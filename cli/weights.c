@@ -1,7 +1,6 @@
 /* weights.c -- `pathkernel weights`: a step's weights as W1.npy b1.npy ...
  * (nn.Linear layout). */
 #include "cli.h"
-#include "kernel/kernel.h"
 
 int cmd_weights(int argc, char **argv)
 {
@@ -22,9 +21,9 @@ int cmd_weights(int argc, char **argv)
     const pk_model *m = pk_run_model(run);
     int existed = cli_dir_exists(a.out);
     pk_group_begin(); /* all layers or none */
-    pk_status s = pk_group_end(pk_weights_export(m, w, a.out));
+    pk_status s = pk_group_end(pk_model_weights_write(m, w, a.out));
     if (s) cli_drop_new_dir(a.out, existed);
-    if (!s) printf("wrote %zu layers of step %zu to %s\n", m->n_layers, t, a.out);
+    if (!s) printf("wrote %zu layers of step %zu to %s\n", pk_model_n_weight_layers(m), t, a.out);
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     free(w);
     pk_run_close(run);

@@ -63,7 +63,7 @@ int main(int argc, char **argv)
     pk_explain_opts eo = pk_explain_opts_defaults();
     if (pk_quad_parse("gl4", &eo.quad) != PK_OK) return fail("quad");
     pk_explain e;
-    if (pk_explain_run(run, x, 1, &eo, &e) != PK_OK) return fail("explain");
+    if (pk_run_explain(run, x, 1, &eo, &e) != PK_OK) return fail("explain");
     size_t C = e.C, c = 0;                     // c: the predicted class
     for (size_t k = 1; k < C; k++)
         if (e.pred[k] > e.pred[c]) c = k;

@@ -73,7 +73,7 @@
  *         pk_explain_opts eo = pk_explain_opts_defaults();
  *         if (pk_quad_parse("gl4", &eo.quad) != PK_OK) return fail("quad");
  *         pk_explain e;
- *         if (pk_explain_run(run, x, 1, &eo, &e) != PK_OK) return fail("explain");
+ *         if (pk_run_explain(run, x, 1, &eo, &e) != PK_OK) return fail("explain");
  *         size_t C = e.C, c = 0;                     // c: the predicted class
  *         for (size_t k = 1; k < C; k++)
  *             if (e.pred[k] > e.pred[c]) c = k;
@@ -143,7 +143,14 @@ typedef enum pk_status {
 } pk_status;
 
 const char *pk_status_str(pk_status s);
-/* The message of the last failure in this thread ("" if none). */
+/* The message of the last failure in this thread ("" if none): one line
+ * that names the file or argument, what is wrong and how to fix it. It names
+ * a parameter by its name in this header (a field or an argument), in
+ * parentheses after the words that say what it is, with a value where it
+ * advises one: "try a smaller learning rate (lr), e.g. 0.01", "the trace
+ * mode (mode trace) fits"; and a function by its name in backquotes, with
+ * its argument: "`pk_train_resume RUN`". (The pathkernel commands print
+ * these messages with their flags in place of the names.) */
 const char *pk_last_error(void);
 /* Set the message (printf-style) and return `s`; for use by callers that
  * extend the library, and by the library itself. */
@@ -155,8 +162,22 @@ pk_status pk_fail(pk_status s, const char *fmt, ...)
 
 /* Threads used by BLAS and by the library's own loops (0 = all cores).
  * Results never depend on it. */
-void pk_set_threads(int n);
-int pk_get_threads(void);
+void pk_threads_set(int n);
+int pk_threads_get(void);
+
+/* ------------------------------------------------------------------ memory */
+
+/* Checked allocation of n * size bytes (malloc; pk_calloc: zeroed); NULL,
+ * with the message set, when the product overflows or memory is short.
+ * free() releases it. */
+void *pk_alloc(size_t n, size_t size);
+void *pk_calloc(size_t n, size_t size);
+/* pk_alloc for large arrays: on transparent huge pages where the system
+ * allows (fewer page faults for a large kernel); free() releases it. */
+void *pk_alloc_big(size_t n, size_t size);
+/* Bytes an operation may use: `limit` if non-zero, else 3/4 of the memory
+ * available now (within a container's limit): what a mem_limit of 0 means. */
+size_t pk_memory_budget(size_t limit);
 
 /* -------------------------------------------------------------------- data */
 
@@ -199,13 +220,70 @@ uint64_t pk_data_fingerprint(const pk_data *data);
 /* Number of classes implied by integral targets 0..C-1 (checks them). */
 pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
 
-/* --------------------------------------------------------------------- npy */
+/* ------------------------------------------------------------ output files */
+
+/* The library writes each of its files atomically (the journal of a run in
+ * training, which grows step by step, aside): into a temporary name beside
+ * it, then renamed over it, so that a killed process or a full disk never
+ * leaves a half file under the final name. Programs that write their own
+ * outputs can do the same with these functions, as the commands do. */
+
+/* An atomic file: pk_atomic_open creates "PATH.tmp.PID"; write into f;
+ * pk_atomic_commit flushes, checks for write errors and renames it over
+ * PATH (in an output group: see below); pk_atomic_abort removes it. The
+ * message of a failed write names PATH, the error and what to do. */
+typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
+pk_status pk_atomic_open(pk_atomic *a, const char *path);
+pk_status pk_atomic_commit(pk_atomic *a);
+void pk_atomic_abort(pk_atomic *a);
+/* A whole buffer into PATH, atomically. */
+pk_status pk_file_write(const char *path, const void *buf, size_t len);
+
+/* An output group: files that must appear together or not at all. Between
+ * pk_group_begin() and pk_group_end(s), files committed in this thread keep
+ * their temporary names; pk_group_end renames them all into place when s is
+ * PK_OK (and returns the first rename error), else removes them, and
+ * returns the resulting status. Groups nest: the outermost end decides. */
+void pk_group_begin(void);
+pk_status pk_group_end(pk_status s);
+/* The temporary name under which a file committed in the open group waits
+ * for pk_group_end, for a program that must read it before; NULL if none. */
+const char *pk_group_pending(const char *path);
+
+/* "DIR/NAME", malloc'ed (NULL, with the message set, when out of memory). */
+char *pk_path_join(const char *dir, const char *name);
+/* Make a directory and its missing parents (mkdir -p). */
+pk_status pk_mkdirs(const char *dir);
 
 /* Read any supported .npy (float64/float32/int64/int32/uint8, C order, up to
  * 8 dims) as double. *a is malloc'ed; free() it. */
 pk_status pk_npy_read(const char *path, double **a, size_t *ndim, size_t shape[8]);
-/* Write float64 C-order .npy atomically (temporary file, then rename). */
+/* Write a float64 (pk_npy_write) or int64 (pk_npy_write_i64) C-order .npy,
+ * atomically. */
 pk_status pk_npy_write(const char *path, const double *a, size_t ndim, const size_t *shape);
+pk_status pk_npy_write_i64(const char *path, const int64_t *a, size_t ndim, const size_t *shape);
+
+/* A .npy file written in pieces (float64, or int64 when int64 is set; C
+ * order; at most 8 dims), for arrays larger than memory: open it with the
+ * whole shape, write the elements in order (any number per call) or at
+ * their places (from any thread), then commit (atomic as above; refused if
+ * an element is missing) or abort. A failed write is kept and reported by
+ * pk_npy_stream_flush or pk_npy_stream_commit. The fields are private. */
+typedef struct pk_npy_stream { pk_atomic at; size_t left, data; int bad, err; } pk_npy_stream;
+pk_status pk_npy_stream_open(pk_npy_stream *w, const char *path, int int64, size_t ndim, const size_t *shape);
+/* The next `count` elements (8 bytes each: double or int64_t). */
+pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count);
+/* `count` elements from element `at` on, by positioned writes: from any
+ * thread, in any order; every element must be written once. */
+void pk_npy_stream_write_at(pk_npy_stream *w, size_t at, const void *a, size_t count);
+/* Non-zero once a write has failed (safe to call from any thread): a
+ * program that streams a long computation stops it then. */
+int pk_npy_stream_failed(const pk_npy_stream *w);
+/* Flush what was written, and report a failed write now (its message names
+ * the file and what to do), not only at the commit. */
+pk_status pk_npy_stream_flush(pk_npy_stream *w);
+pk_status pk_npy_stream_commit(pk_npy_stream *w);
+void pk_npy_stream_abort(pk_npy_stream *w);
 
 /* ------------------------------------------------------------------- model */
 
@@ -236,6 +314,11 @@ pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param par
                        pk_model **out);
 void pk_model_free(pk_model *m);
 size_t pk_model_n_params(const pk_model *m);  /* P */
+/* Layers of every kind, in order (mlp:64:tanh has three: dense, tanh, dense). */
+size_t pk_model_n_layers(const pk_model *m);
+/* Layers with parameters (mlp:64:tanh has two): one W, b file pair each in
+ * pk_model_weights_write. */
+size_t pk_model_n_weight_layers(const pk_model *m);
 size_t pk_model_n_inputs(const pk_model *m);
 size_t pk_model_n_outputs(const pk_model *m); /* C */
 pk_param pk_model_param(const pk_model *m);
@@ -249,6 +332,10 @@ void pk_model_spec(const pk_model *m, char *buf, size_t len);
 void pk_model_init(const pk_model *m, uint64_t seed, double *w);
 /* Outputs f (n, C) of weights w (P) on x (n, inputs). */
 pk_status pk_model_predict(const pk_model *m, const double *w, const double *x, size_t n, double *f);
+/* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
+ * layout) into dir; read the same layout back into raw parameters. */
+pk_status pk_model_weights_write(const pk_model *m, const double *w, const char *dir);
+pk_status pk_model_weights_read(const pk_model *m, const char *dir, double *w);
 
 /* -------------------------------------------------------------------- loss */
 
@@ -264,7 +351,7 @@ pk_status pk_loss_outputs(pk_loss l, const pk_data *data, size_t *n_out);
 double pk_loss_eval(pk_loss l, const double *f, const double *y, size_t n, size_t C,
                     size_t ty, double *R);
 /* Fraction of rows whose predicted class matches the target (classification). */
-double pk_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C);
+double pk_loss_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C);
 
 /* --------------------------------------------------------------- optimiser */
 
@@ -287,33 +374,13 @@ typedef struct pk_optim {
     double lr_min;         /* PK_SCHED_COSINE: final learning rate         */
 } pk_optim;
 
-pk_optim pk_optim_defaults(void);
 const char *pk_optim_name(pk_optim_kind k);
 pk_status pk_optim_parse(const char *s, pk_optim_kind *k);
 const char *pk_schedule_name(pk_schedule s);
 pk_status pk_schedule_parse(const char *s, pk_schedule *k);
-/* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
-size_t pk_optim_state_len(const pk_optim *o);
 /* Examples in one step's batch at most, for n training examples: the
  * batch size, or n for full batches (gd, or a batch size of n or more). */
 size_t pk_optim_batch(const pk_optim *o, size_t n);
-/* Learning rate at step t of T. */
-double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
-/* One update at step t (0-based) with batch gradient G (P):
- * w += D_t, state updated; D (P) receives the step if not NULL. */
-void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
-                   double *state, const double *G, double *D);
-
-/* -------------------------------------------------------------------- rng */
-
-/* Library-owned deterministic generator (xoshiro256**, seeded by splitmix64). */
-typedef struct pk_rng { uint64_t s[4]; } pk_rng;
-void pk_rng_seed(pk_rng *r, uint64_t seed);
-uint64_t pk_rng_u64(pk_rng *r);
-double pk_rng_uniform(pk_rng *r);          /* [0, 1) */
-double pk_rng_normal(pk_rng *r);           /* N(0, 1) */
-size_t pk_rng_below(pk_rng *r, size_t n);  /* uniform in [0, n) */
-void pk_rng_shuffle(pk_rng *r, uint32_t *a, size_t n);
 
 /* ---------------------------------------------------------------- training */
 
@@ -391,16 +458,15 @@ double pk_run_lr(const pk_run *run, size_t t);
 double pk_run_batch_loss(const pk_run *run, size_t t);
 /* Give the run its training data (checked against the fingerprint). */
 pk_status pk_run_attach_data(pk_run *run, const pk_data *train);
-/* Load the training data from the recorded spec, options and transform. */
+/* The run's training data: the attached data, or else loaded once from the
+ * recorded spec (as pk_run_load_train) and kept until pk_run_close. */
+pk_status pk_run_train_data(pk_run *run, const pk_data **train);
+/* Load the training data from the recorded spec, options and transform
+ * into *train (the caller's: pk_data_free). */
 pk_status pk_run_load_train(pk_run *run, pk_data *train);
 /* Load any data spec with the run's feature transform applied. */
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
                            pk_data *out);
-
-/* Write `w` (P) as W1.npy b1.npy ... (effective forward weights, nn.Linear
- * layout) into dir; read the same layout back into raw parameters. */
-pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir);
-pk_status pk_weights_import(const pk_model *m, const char *dir, double *w);
 
 /* ----------------------------------------------------------- tangent kernel */
 
@@ -440,20 +506,23 @@ pk_status pk_kernel_infinite(const pk_model *m, const double *X, size_t nx, cons
 /* Mean prediction (nq, C) at Xq of an infinitely wide network trained by
  * gradient flow for time t on the mean half squared error with targets
  * Yt (n, C) (eigendecomposition of the NTK, LAPACK), from f_0 = 0. */
-pk_status pk_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
-                           const double *Xq, size_t nq, double t, double *pred);
+pk_status pk_kernel_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
+                                  const double *Xq, size_t nq, double t, double *pred);
 
 /* ------------------------------------------------------ fixed-kernel machines */
 
 /* Kernel ridge regression (MATH.md section 7): alpha (n, C) = (K + ridge I)^-1 Y
  * for a symmetric K (n, n), by Cholesky (LAPACK); a K + ridge I that is not
  * positive definite is PK_ERR_NUMERIC, with the advice to raise the ridge.
- * Predictions are K(x, X) alpha. */
+ * Predictions are K(x, X) alpha (pk_krr_predict). */
 pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha);
+/* The predictions pred (nq, C) = Kq alpha of kernel ridge regression, from
+ * the kernel Kq (nq, n) between queries and the n training examples. */
+void pk_krr_predict(const double *Kq, size_t nq, size_t n, const double *alpha, size_t C, double *pred);
 /* RBF kernel exp(-|x - y|^2 / (2 h^2)) between X (nx, d) and Y (ny, d) into K (nx, ny). */
 void pk_kernel_rbf(const double *X, size_t nx, const double *Y, size_t ny, size_t d, double h, double *K);
 /* The median heuristic for h: the median distance between (up to 1,000) examples. */
-double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d);
+double pk_kernel_rbf_bandwidth(const double *X, size_t n, size_t d);
 /* LIBSVM's precomputed-kernel text: "label 0:i 1:K(i,1) ... ncols:K(i,ncols)" per row
  * (i 1-based), for `svm-train -t 4` and `svm-predict`; written atomically. */
 pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t ncols, const double *labels);
@@ -516,15 +585,15 @@ typedef struct pk_explain {
     char quad[8];
 } pk_explain;
 
-/* Bytes that pk_explain_run would allocate for its outputs, and for its
+/* Bytes that pk_run_explain would allocate for its outputs, and for its
  * workspace with the chosen block size. */
-size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
+size_t pk_run_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o);
 
 /* Replay the run's trajectory and compute the exact contributions of every
  * training example to the predictions at the queries Xq (Q, d), already in
  * the run's feature space (pk_run_load_data). The training data must be
  * attached (pk_run_attach_data) or loadable from the recorded spec. */
-pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
                          pk_explain *out);
 void pk_explain_free(pk_explain *e);
 
@@ -540,16 +609,16 @@ typedef enum pk_si_form { PK_SI_LOSS, PK_SI_KERNEL } pk_si_form;
 pk_status pk_si_form_parse(const char *s, pk_si_form *f);
 /* Replay a gd/sgd run and fill si (N), in data order; checks that the replay
  * lands on the stored final weights bit for bit. Needs the training data
- * (attached or loadable, as for pk_explain_run). */
-pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
+ * (attached or loadable, as for pk_run_explain). */
+pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si);
 /* Per-example loss l(f(x_i; w), y_i) and squared gradient norm |g_i(w)|^2
  * (either may be NULL) of every example of `data` at weights w: (n) each. */
-pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
-                           double *loss_i, double *gnorm2);
+pk_status pk_model_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
+                                 double *loss_i, double *gnorm2);
 /* TracIn self-influence with n_ckpt evenly spaced checkpoints t_j = (j+1) T / n_ckpt
  * (the last is the final weights): score_i = sum_j eta_{t_j} |g_i(w_{t_j})|^2,
  * eta the learning rate of step min(t_j, T-1). score is (N). */
-pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score);
+pk_status pk_run_tracin(pk_run *run, size_t n_ckpt, double *score);
 /* Indices of the (at most) k entries v[i * stride], i < n, with sign * v > 0
  * (sign 0: all non-NaN entries, by value), strongest first, exact ties by the
  * smaller index; *n_out receives how many. */
@@ -561,7 +630,7 @@ pk_status pk_rank(const double *v, size_t n, size_t stride, int sign, size_t k, 
  * queries x examples array. gd/sgd runs are replayed batch by batch (the
  * per-step work is queries x batch, and a contribution is ranked as soon as
  * its example's last step is done); momentum/adam/weight-decay runs go
- * through pk_explain_run for the group. */
+ * through pk_run_explain for the group. */
 typedef struct pk_topk_opts {
     pk_quad quad;            /* default gl2                                     */
     size_t top;              /* K, proponents and opponents per query [10]      */
@@ -586,18 +655,18 @@ typedef struct pk_topk {
 
 /* Queries that one pass over the trajectory can take within the memory
  * budget (at most Q), and the bytes that pass needs. */
-size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes);
+size_t pk_run_attribute_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes);
 /* One pass: the queries Xq (n, d) in the run's feature space, attributed
  * output cls (n). Checks that the replay lands on the stored final weights. */
-pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
-                      pk_topk *out);
+pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                           pk_topk *out);
 /* ROC-AUC of `score` for the examples marked positive (Mann-Whitney U, ties
  * count 1/2); NaN when either class is empty. */
 double pk_auc(const double *score, const unsigned char *positive, size_t n);
 /* Flip round(frac * n) seeded labels (class targets 0..C-1) to a class drawn
  * uniformly among the other C-1; flipped (n) marks them. frac in (0, 1). */
-pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
-                         size_t *n_flipped);
+pk_status pk_data_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
+                              size_t *n_flipped);
 
 /* ------------------------------------------------------------------ report */
 
@@ -639,11 +708,6 @@ typedef struct pk_report_info {
 pk_report_opts pk_report_opts_defaults(void);
 /* Compute everything and write the HTML file `path` atomically; info may be NULL. */
 pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path, pk_report_info *info);
-/* PNG of an h x w image with 1 (grey), 3 (RGB) or 4 (RGBA) 8-bit channels,
- * row-major, encoded by libpng into *png (malloc'ed; free() it). */
-pk_status pk_png_encode(const unsigned char *pix, size_t h, size_t w, int channels, unsigned char **png, size_t *len);
-/* Standard base64 (RFC 4648, padded) of n bytes, malloc'ed and NUL-terminated; NULL when out of memory. */
-char *pk_base64(const void *data, size_t n);
 
 #ifdef __cplusplus
 }

@@ -56,7 +56,7 @@ int main(void)
             }
             for (size_t i = 0; i < n * C; i++) f[i] += h / 6 * (k1[i] + 2 * k2[i] + 2 * k3[i] + k4[i]);
         }
-        if (pk_infinite_flow(m, X, Y, n, C, X, n, t, pred)) { puts(pk_last_error()); return 1; }
+        if (pk_kernel_infinite_flow(m, X, Y, n, C, X, n, t, pred)) { puts(pk_last_error()); return 1; }
         double err = 0, scale = 0;
         for (size_t i = 0; i < n * C; i++) { err = fmax(err, fabs(pred[i] - f[i])); scale = fmax(scale, fabs(f[i])); }
         check(act ? "erf flow closed form = RK4 integration" : "relu flow closed form = RK4 integration",

@@ -3,7 +3,6 @@
  * kernel moves during training as the width grows. */
 #define _XOPEN_SOURCE 700
 #include "../cli.h"
-#include "kernel/kernel.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -143,7 +142,9 @@ static pk_status train_run(const pk_data *train, const pk_train_opts *to, char *
 {
     double t0 = cli_now();
     if (!cli_dir_exists(to->out_dir)) {
-        if (!(made[*nmade] = pk_strdup(to->out_dir))) return PK_ERR_NOMEM;
+        size_t len = strlen(to->out_dir) + 1;
+        if (!(made[*nmade] = pk_alloc(len, 1))) return PK_ERR_NOMEM;
+        memcpy(made[*nmade], to->out_dir, len);
         (*nmade)++;
     }
     pk_status s = pk_train(train, to, NULL, NULL);
@@ -173,7 +174,7 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
     snprintf(buf, sizeof buf, "%s", widths ? widths : "");
     for (char *tok = strtok(buf, ","); tok && !s; tok = strtok(NULL, ",")) {
         if (nw == MAXW) s = pk_fail(PK_ERR_INPUT, "--widths: at most %d widths", MAXW);
-        else if (pk_parse_size(tok, &wl[nw]) || !wl[nw]) s = pk_fail(PK_ERR_INPUT, "--widths: '%s' is not a positive integer", tok);
+        else if (cli_parse_size(tok, &wl[nw]) || !wl[nw]) s = pk_fail(PK_ERR_INPUT, "--widths: '%s' is not a positive integer", tok);
         else nw++;
     }
     to.out_dir = rundir;
@@ -244,14 +245,14 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
             }
         }
         if (!ks) {
-            pk_gemm(0, 0, M, C, N, 1.0, Kte, N, alpha, C, 0.0, f, C);
+            pk_krr_predict(Kte, M, N, alpha, C, f);
             double v = metric(loss, f, test, C, 0);
             printf("%-34s %14.4f %10.2f", name, v, cli_now() - t1);
             if (used != ridge) printf("   (ridge raised to %g to make K positive definite)", used);
             printf("\n");
             fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, cli_now() - t1);
         } else {
-            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, pk_last_error());
+            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, cli_message(cmd, ks));
             fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), cli_now() - t1);
         }
     }

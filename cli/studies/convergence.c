@@ -3,7 +3,6 @@
  * log(error) against log(eta) (MATH.md section 3). */
 #define _XOPEN_SOURCE 700 /* mkdtemp */
 #include "../cli.h"
-#include "kernel/kernel.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -100,7 +99,7 @@ int cmd_convergence(int argc, char **argv)
             eo.want_contrib = 0;
             eo.want_kernel = 0;
             pk_explain e;
-            s = pk_explain_run(run, query.x, query.n, &eo, &e);
+            s = pk_run_explain(run, query.x, query.n, &eo, &e);
             if (!s) { err[i][r] = e.max_abs_err; rel[i][r] = e.max_rel_err; pk_explain_free(&e); }
         }
         pk_run_close(run);

@@ -2,7 +2,6 @@
  * and rank the flipped examples by exact self-influence and by baselines. */
 #define _XOPEN_SOURCE 700 /* mkdtemp */
 #include "../cli.h"
-#include "kernel/kernel.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,10 +25,11 @@ static double found_in_top(const double *score, const unsigned char *pos, size_t
  * already met (the buffer is flushed) stops the command before training. */
 static pk_status stream_npy(pk_npy_stream *w, const char *path, const double *a, size_t ndim, const size_t *shape)
 {
+    size_t count = 1;
+    for (size_t i = 0; i < ndim; i++) count *= shape[i];
     pk_status s = pk_npy_stream_open(w, path, 0, ndim, shape);
-    if (!s) s = pk_npy_stream_write(w, a, w->left);
-    if (!s && !w->bad && fflush(w->at.f) != 0) { w->bad = 1; w->err = errno ? errno : EIO; }
-    if (!s && w->bad) s = pk_write_error(path, w->err);
+    if (!s) s = pk_npy_stream_write(w, a, count);
+    if (!s) s = pk_npy_stream_flush(w);
     return s;
 }
 
@@ -128,7 +128,7 @@ int cmd_mislabel(int argc, char **argv)
     }
     if (!s) {
         memcpy(orig, data.y, N * sizeof *orig);
-        s = pk_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
+        s = pk_data_flip_labels(&data, C, flip, flip_seed, flipped, &n_flip);
     }
     if (!s) {
         size_t C2;
@@ -172,15 +172,15 @@ int cmd_mislabel(int argc, char **argv)
         if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
         if (!s) s = pk_model_predict(m, w, data.x, N, f);
         if (!s) {
-            acc = pk_accuracy(to.loss, f, data.y, N, Cm);
+            acc = pk_loss_accuracy(to.loss, f, data.y, N, Cm);
             train_loss = pk_loss_eval(to.loss, f, data.y, N, Cm, 1, NULL);
         }
         free(f);
         if (!s && !quiet) fprintf(stderr, "mislabel: trained: loss %.4g, accuracy %.4f on the (flipped) labels; "
                                   "exact self-influence...\n", train_loss, acc);
-        if (!s) s = pk_self_influence(run, PK_SI_LOSS, &quad, scores[0]);
-        if (!s) s = pk_example_stats(m, to.loss, w, &data, scores[1], scores[2]);
-        if (!s) s = pk_tracin_self(run, 5, scores[3]);
+        if (!s) s = pk_run_self_influence(run, PK_SI_LOSS, &quad, scores[0]);
+        if (!s) s = pk_model_example_stats(m, to.loss, w, &data, scores[1], scores[2]);
+        if (!s) s = pk_run_tracin(run, 5, scores[3]);
     }
     static const char *const names[4] = {"self_influence", "final_loss", "grad_norm2", "tracin5"};
     static const double tops[3] = {0.05, 0.10, 0.20};
@@ -227,7 +227,7 @@ int cmd_mislabel(int argc, char **argv)
         cJSON_AddItemToObject(r, "scores", sc);
         char *text = cJSON_Print(r);
         cJSON_Delete(r);
-        s = text ? pk_write_file(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
+        s = text ? pk_file_write(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
         free(text);
     }
     s = pk_group_end(s);

@@ -67,12 +67,12 @@ def set_threads(n):
     n = int(n)
     if n < 0 or n > 1024:
         raise ValueError(f"threads: {n} is not in 0..1024")
-    _lib().pk_set_threads(n)
+    _lib().pk_threads_set(n)
 
 
 def get_threads():
     """Threads the library currently uses."""
-    return int(_lib().pk_get_threads())
+    return int(_lib().pk_threads_get())
 
 
 # ---------------------------------------------------------------- arrays
@@ -349,7 +349,7 @@ class Run:
         o.want_kernel = 1 if kernel else 0
         e = _capi.pk_explain()
         L = _lib()
-        _check(L.pk_explain_run(self._handle(), _ptr(x), x.shape[0], ctypes.byref(o), ctypes.byref(e)))
+        _check(L.pk_run_explain(self._handle(), _ptr(x), x.shape[0], ctypes.byref(o), ctypes.byref(e)))
         try:
             Q, N, C = int(e.Q), int(e.N), int(e.C)
 
@@ -423,14 +423,14 @@ class Run:
         idx = {k: np.zeros((Q, top), dtype=np.int64) for k in ("pro_idx", "opp_idx")}
         val = {k: np.zeros((Q, top)) for k in ("pro_val", "opp_val")}
         if group is None:
-            group = L.pk_topk_group(self._handle(), Q, ctypes.byref(o), ctypes.byref(_capi.c_size(0))) or 1
+            group = L.pk_run_attribute_group(self._handle(), Q, ctypes.byref(o), ctypes.byref(_capi.c_size(0))) or 1
         for q0 in range(0, Q, group):
             q1 = min(Q, q0 + group)
             r = _capi.pk_topk(*(_ptr(col[k][q0:q1]) for k in ("pred", "bias", "total", "regularisation")),
                               idx["pro_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["pro_val"][q0:q1]),
                               idx["opp_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["opp_val"][q0:q1]))
-            _check(L.pk_topk_run(self._handle(), _ptr(x[q0:q1]), q1 - q0, cls[q0:q1].ctypes.data_as(_capi.P_size),
-                                 ctypes.byref(o), ctypes.byref(r)))
+            _check(L.pk_run_attribute(self._handle(), _ptr(x[q0:q1]), q1 - q0,
+                                      cls[q0:q1].ctypes.data_as(_capi.P_size), ctypes.byref(o), ctypes.byref(r)))
         out = []
         for q in range(Q):
             a = Attribution()
@@ -455,7 +455,7 @@ class Run:
         _check(L.pk_si_form_parse(str(form).encode(), ctypes.byref(f)))
         q = _parse_quad(quad)
         si = np.empty(self.n_train)
-        _check(L.pk_self_influence(self._handle(), f.value, ctypes.byref(q), _ptr(si)))
+        _check(L.pk_run_self_influence(self._handle(), f.value, ctypes.byref(q), _ptr(si)))
         return si
 
 

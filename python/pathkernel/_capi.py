@@ -92,8 +92,8 @@ _PROTOS = {
     # name: (restype, argtypes)
     "pk_last_error": (ctypes.c_char_p, []),
     "pk_status_str": (ctypes.c_char_p, [c_int]),
-    "pk_set_threads": (None, [c_int]),
-    "pk_get_threads": (c_int, []),
+    "pk_threads_set": (None, [c_int]),
+    "pk_threads_get": (c_int, []),
     "pk_data_standardize": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
     "pk_data_moments": (None, [ctypes.POINTER(pk_data), P_dbl, P_dbl]),
     "pk_model_new": (c_int, [ctypes.c_char_p, c_size, c_size, c_int, c_dbl, c_dbl, ctypes.POINTER(P_model)]),
@@ -128,14 +128,14 @@ _PROTOS = {
     "pk_kernel_infinite": (c_int, [P_model, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
     "pk_quad_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_quad)]),
     "pk_explain_opts_defaults": (pk_explain_opts, []),
-    "pk_explain_run": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),
+    "pk_run_explain": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),
     "pk_explain_free": (None, [ctypes.POINTER(pk_explain)]),
     "pk_si_form_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
-    "pk_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
+    "pk_run_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
     "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),
     "pk_topk_opts_defaults": (pk_topk_opts, []),
-    "pk_topk_run": (c_int, [P_run, P_dbl, c_size, P_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(pk_topk)]),
-    "pk_topk_group": (c_size, [P_run, c_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(c_size)]),
+    "pk_run_attribute": (c_int, [P_run, P_dbl, c_size, P_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(pk_topk)]),
+    "pk_run_attribute_group": (c_size, [P_run, c_size, ctypes.POINTER(pk_topk_opts), ctypes.POINTER(c_size)]),
 }
 
 _LIB = None

@@ -19,16 +19,16 @@ pk_status pk_si_form_parse(const char *s, pk_si_form *f)
     return PK_OK;
 }
 
-pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si)
+pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si)
 {
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
         return pk_fail(PK_ERR_INPUT, "%s: self-influence of %s runs is not yet supported (gd and sgd only)",
                        pk_run_dir(run), pk_optim_name(op->kind));
-    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty;
     size_t B = pk_optim_batch(op, N);
@@ -78,8 +78,8 @@ pk_status pk_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, doub
     return s;
 }
 
-pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
-                           double *loss_i, double *gnorm2)
+pk_status pk_model_example_stats(const pk_model *m, pk_loss loss, const double *w, const pk_data *data,
+                                 double *loss_i, double *gnorm2)
 {
     size_t n = data->n, C = m->n_out, d = data->d, ty = data->ty;
     size_t block = n < 1024 ? (n ? n : 1) : 1024;
@@ -104,12 +104,12 @@ pk_status pk_example_stats(const pk_model *m, pk_loss loss, const double *w, con
     return PK_OK;
 }
 
-pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score)
+pk_status pk_run_tracin(pk_run *run, size_t n_ckpt, double *score)
 {
-    if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint");
+    if (!n_ckpt) return pk_fail(PK_ERR_INPUT, "TracIn needs at least one checkpoint (n_ckpt)");
     const pk_model *m = pk_run_model(run);
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     size_t N = train->n, T = pk_run_steps(run);
     if (!T) return pk_fail(PK_ERR_INPUT, "%s: the run has no steps", pk_run_dir(run));
@@ -120,7 +120,7 @@ pk_status pk_tracin_self(pk_run *run, size_t n_ckpt, double *score)
         size_t t = (j + 1) * T / n_ckpt;           /* evenly spaced, the last one the final weights */
         double lr = pk_run_lr(run, t < T ? t : T - 1);
         s = pk_run_weights(run, t, w);
-        if (!s) s = pk_example_stats(m, pk_run_loss(run), w, train, NULL, g2);
+        if (!s) s = pk_model_example_stats(m, pk_run_loss(run), w, train, NULL, g2);
         for (size_t i = 0; !s && i < N; i++) score[i] += lr * g2[i];
     }
     free(w);
@@ -193,10 +193,11 @@ double pk_auc(const double *score, const unsigned char *positive, size_t n)
     return (rank_sum - P * (P + 1) / 2) / (P * Nn);
 }
 
-pk_status pk_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
-                         size_t *n_flipped)
+pk_status pk_data_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
+                              size_t *n_flipped)
 {
-    if (!(frac > 0 && frac < 1)) return pk_fail(PK_ERR_INPUT, "the fraction of labels to flip must be in (0, 1), got %g", frac);
+    if (!(frac > 0 && frac < 1))
+        return pk_fail(PK_ERR_INPUT, "the fraction of labels to flip (frac) must be in (0, 1), got %g", frac);
     if (C < 2) return pk_fail(PK_ERR_INPUT, "flipping labels needs at least 2 classes");
     if (data->ty != 1) return pk_fail(PK_ERR_INPUT, "flipping labels needs one target column of class labels");
     size_t n = data->n, k = (size_t)floor(frac * (double)n + 0.5);

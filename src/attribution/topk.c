@@ -9,7 +9,7 @@
  * is final and goes into the query's two bounded heaps. One epoch of sgd
  * keeps a batch's worth of slots per query; gd keeps N. Runs that need the
  * backward sweep (momentum, Adam, weight decay: kernel/backward.c) are computed by
- * pk_explain_run for the group and ranked from its rows. */
+ * pk_run_explain for the group and ranked from its rows. */
 #include "kernel/kernel.h"
 
 #include <math.h>
@@ -133,7 +133,7 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     return b * sizeof(double);
 }
 
-size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes)
+size_t pk_run_attribute_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes)
 {
     size_t limit = pk_memory_budget(o->mem_limit), n = Q ? Q : 1;
     if (pk_explain_needs_backward(pk_run_optim(run))) {
@@ -141,8 +141,8 @@ size_t pk_topk_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes
         eo.quad = o->quad;
         eo.want_kernel = 0;
         eo.mem_limit = o->mem_limit;
-        while (n > 1 && pk_explain_bytes(run, n, &eo) > limit) n = (n + 1) / 2;
-        *bytes = pk_explain_bytes(run, n, &eo);
+        while (n > 1 && pk_run_explain_bytes(run, n, &eo) > limit) n = (n + 1) / 2;
+        *bytes = pk_run_explain_bytes(run, n, &eo);
         return n;
     }
     size_t N = pk_run_n_train(run), *last = pk_alloc(N ? N : 1, sizeof *last);
@@ -168,7 +168,7 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
     eo.progress = o->progress;
     eo.ctx = o->ctx;
     pk_explain e;
-    pk_status s = pk_explain_run(run, Xq, n, &eo, &e);
+    pk_status s = pk_run_explain(run, Xq, n, &eo, &e);
     if (s) return s;
     size_t N = e.N, C = e.C;
     for (size_t x = 0; x < n; x++) {
@@ -308,13 +308,13 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     return s;
 }
 
-pk_status pk_topk_run(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
-                      pk_topk *out)
+pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
+                           pk_topk *out)
 {
     const pk_model *m = pk_run_model(run);
     size_t C = m->n_out, K = o->top;
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
-    if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs k >= 1");
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs at least one example per side (top)");
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
     for (size_t x = 0; x < n; x++)
         if (cls[x] >= C) return pk_fail(PK_ERR_INPUT, "query %zu: output %zu does not exist (0..%zu)", x, cls[x], C - 1);

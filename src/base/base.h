@@ -1,4 +1,4 @@
-/* base.h -- what every layer of the library uses: errors and memory, matrix products with results independent of the thread count, atomic files, hashing and number parsing. Not installed. */
+/* base.h -- what every layer of the library uses: matrix products with results independent of the thread count, reading files, hashing, number parsing and the seeded generator (errors, memory and atomic output files are public: pathkernel.h). Not installed. */
 #ifndef PK_BASE_H
 #define PK_BASE_H
 
@@ -41,9 +41,6 @@ uint32_t pk_crc32(uint32_t crc, const void *p, size_t n);
  * pk_mlp_output_deltas, pk_kernel_tangent): never the thread count, so that
  * results are bit-identical whatever the number of threads. */
 #define PK_PIECE_ROWS 256
-/* pk_alloc for large matrices, on transparent huge pages where the system
- * allows (gemm.c); free() releases it. */
-void *pk_alloc_big(size_t n, size_t size);
 
 /* LAPACK, from the OpenBLAS the library links (Fortran interface; column-
  * major, so a row-major symmetric matrix is passed as it is). */
@@ -53,34 +50,13 @@ void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
              const int *ldb, int *info);
 
-/* Checked allocation of n * size bytes; NULL (with pk_last_error set) when
- * the product overflows or memory is short. */
-void *pk_alloc(size_t n, size_t size);
-void *pk_calloc(size_t n, size_t size);
-/* Bytes an operation may use: `limit` (a --mem option, bytes) if non-zero,
- * else 3/4 of the memory now available. */
-size_t pk_memory_budget(size_t limit);
+/* Memory (pk_alloc, pk_calloc, pk_alloc_big, pk_memory_budget) and atomic
+ * output files (pk_atomic_*, pk_group_*, pk_file_write, pk_path_join,
+ * pk_mkdirs) are declared in pathkernel.h. */
 
-/* Atomic output: write into "PATH.tmp.PID", then pk_atomic_commit renames
- * it over PATH (after fflush, write errors checked); pk_atomic_abort removes it. */
-typedef struct pk_atomic { FILE *f; char *path; char *tmp; } pk_atomic;
-pk_status pk_atomic_open(pk_atomic *a, const char *path);
-pk_status pk_atomic_commit(pk_atomic *a);
-void pk_atomic_abort(pk_atomic *a);
-/* A group of outputs written as one: between pk_group_begin() and
- * pk_group_end(s), committed files keep their temporary names; pk_group_end
- * renames them all into place when s is PK_OK (returning the first rename
- * error), else removes them, and returns the resulting status. Nests. */
-void pk_group_begin(void);
-pk_status pk_group_end(pk_status s);
-/* Where a file committed in the open group waits for pk_group_end (its
- * temporary name), for a program that must read it before; NULL if none. */
-const char *pk_group_pending(const char *path);
 /* "PATH: write failed: <strerror(err)> (nothing was written under that name;
  * what to do)", PK_ERR_IO; err 0 counts as EIO. */
 pk_status pk_write_error(const char *path, int err);
-/* Write a whole buffer atomically. */
-pk_status pk_write_file(const char *path, const void *buf, size_t len);
 /* Read a whole file (plain or gzip) into memory; *buf is malloc'ed and
  * NUL-terminated (len excludes the NUL). `max` bounds the size (0 = 4 GiB). */
 pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char **buf, size_t *len);
@@ -88,11 +64,7 @@ pk_status pk_read_file(const char *path, int gunzip, size_t max, unsigned char *
 /* The first n bytes of a file (plain or gzip), fewer when it is shorter. */
 pk_status pk_read_prefix(const char *path, int gunzip, size_t n, unsigned char **buf, size_t *len);
 
-/* "a/b" joined into a malloc'ed string. */
-char *pk_path_join(const char *dir, const char *name);
 char *pk_strdup(const char *s);
-/* mkdir -p */
-pk_status pk_mkdirs(const char *dir);
 /* Parse a whole string as a finite double / size_t; 0 on success. */
 int pk_parse_double(const char *s, double *v);
 int pk_parse_size(const char *s, size_t *v);
@@ -106,5 +78,15 @@ uint64_t pk_hash_bytes(uint64_t h, const void *p, size_t n);
 double pk_seconds(void);
 /* qsort comparison of doubles, ascending. */
 int pk_cmp_double(const void *a, const void *b);
+
+/* The library's deterministic generator (xoshiro256**, seeded by
+ * splitmix64; rng.c): initialisation, batch order, random selections. */
+typedef struct pk_rng { uint64_t s[4]; } pk_rng;
+void pk_rng_seed(pk_rng *r, uint64_t seed);
+uint64_t pk_rng_u64(pk_rng *r);
+double pk_rng_uniform(pk_rng *r);          /* [0, 1) */
+double pk_rng_normal(pk_rng *r);           /* N(0, 1) */
+size_t pk_rng_below(pk_rng *r, size_t n);  /* uniform in [0, n) */
+void pk_rng_shuffle(pk_rng *r, uint32_t *a, size_t n);
 
 #endif

@@ -46,7 +46,7 @@ const char *pk_status_str(pk_status s)
 
 static int pk_threads = 0;
 
-void pk_set_threads(int n)
+void pk_threads_set(int n)
 {
     if (n <= 0) n = omp_get_num_procs();
     pk_threads = n;
@@ -54,7 +54,7 @@ void pk_set_threads(int n)
     omp_set_num_threads(n);
 }
 
-int pk_get_threads(void) { return pk_threads > 0 ? pk_threads : omp_get_max_threads(); }
+int pk_threads_get(void) { return pk_threads > 0 ? pk_threads : omp_get_max_threads(); }
 
 void *pk_alloc(size_t n, size_t size)
 {
@@ -269,7 +269,7 @@ void pk_atomic_abort(pk_atomic *a)
     memset(a, 0, sizeof *a);
 }
 
-pk_status pk_write_file(const char *path, const void *buf, size_t len)
+pk_status pk_file_write(const char *path, const void *buf, size_t len)
 {
     pk_atomic a;
     pk_status s = pk_atomic_open(&a, path);

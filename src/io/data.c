@@ -621,7 +621,7 @@ static int cmp_u32(const void *a, const void *b)
 static pk_status select_examples(const char *spec, const pk_load_opts *o, pk_data *d)
 {
     if (o->first && o->random)
-        return pk_fail(PK_ERR_INPUT, "%s: choose the first N or a random N examples, not both",
+        return pk_fail(PK_ERR_INPUT, "%s: choose the first N (first) or a random N (random) examples, not both",
                        spec);
     size_t want = o->first ? o->first : o->random;
     if (!want) return PK_OK;

@@ -498,6 +498,23 @@ pk_status pk_npy_stream_write(pk_npy_stream *w, const void *a, size_t count)
     return PK_OK;
 }
 
+int pk_npy_stream_failed(const pk_npy_stream *w)
+{
+    int bad;
+    #pragma omp atomic read
+    bad = w->bad;
+    return bad;
+}
+
+pk_status pk_npy_stream_flush(pk_npy_stream *w)
+{
+    if (!w->bad && fflush(w->at.f) != 0) {
+        w->bad = 1;
+        w->err = errno ? errno : EIO;
+    }
+    return w->bad ? pk_write_error(w->at.path, w->err) : PK_OK;
+}
+
 pk_status pk_npy_stream_commit(pk_npy_stream *w)
 {
     if (w->bad || w->left) {

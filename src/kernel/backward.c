@@ -468,7 +468,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     size_t B = pk_optim_batch(sw.op, N), md = max_dout(m);
     sw.gq = chunk_queries(m, Qb, B);
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     sw.G = pk_alloc(P, sizeof(double));
     sw.wq = pk_alloc(P, sizeof(double));

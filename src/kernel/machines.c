@@ -10,7 +10,8 @@
 pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha)
 {
     if (n > 1u << 30 || C > 1u << 30) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: %zu examples is too many", n);
-    if (!(ridge >= 0) || !isfinite(ridge)) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge must be >= 0");
+    if (!(ridge >= 0) || !isfinite(ridge))
+        return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge (ridge) must be >= 0");
     double *L = pk_alloc(n * n, sizeof *L), *B = pk_alloc(n * C, sizeof *B);
     if (!L || !B) { free(L); free(B); return PK_ERR_NOMEM; }
     memcpy(L, K, n * n * sizeof *L);
@@ -23,7 +24,7 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     dpotrf_("L", &nn, L, &nn, &info); /* symmetric: row-major K is its own column-major */
     if (info > 0)
         s = pk_fail(PK_ERR_NUMERIC, "kernel ridge regression: K + %g I is not positive definite (leading minor %d); "
-                    "use a larger ridge (--ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
+                    "use a larger ridge (ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
     else if (info < 0)
         s = pk_fail(PK_ERR_INTERNAL, "dpotrf: argument %d invalid", -info);
     if (!s) {
@@ -38,7 +39,12 @@ pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, doubl
     return s;
 }
 
-double pk_rbf_median_bandwidth(const double *X, size_t n, size_t d)
+void pk_krr_predict(const double *Kq, size_t nq, size_t n, const double *alpha, size_t C, double *pred)
+{
+    pk_gemm(0, 0, nq, C, n, 1.0, Kq, n, alpha, C, 0.0, pred, C);
+}
+
+double pk_kernel_rbf_bandwidth(const double *X, size_t n, size_t d)
 {
     /* median of the pairwise distances over at most 1,000 examples (evenly spaced) */
     size_t m = n < 1000 ? n : 1000, k = 0;
@@ -103,7 +109,7 @@ const char *pk_kernel_kind_name(pk_kernel_kind k) { return k <= PK_KERNEL_NTK ? 
 pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_t nx, const pk_quad *quad, double *K)
 {
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     const pk_model *m = pk_run_model(run);
     size_t N = train->n, d = train->d;
@@ -114,7 +120,7 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
         o.want_contrib = 0;
         o.mode = PK_KMODE_TRACE;
         pk_explain e;
-        if ((s = pk_explain_run(run, X, nx, &o, &e))) return s;
+        if ((s = pk_run_explain(run, X, nx, &o, &e))) return s;
         memcpy(K, e.kernel, nx * N * sizeof *K);
         pk_explain_free(&e);
         return PK_OK;
@@ -129,7 +135,7 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
         return s;
     }
     case PK_KERNEL_RBF:
-        pk_kernel_rbf(X, nx, train->x, N, d, pk_rbf_median_bandwidth(train->x, N, d), K);
+        pk_kernel_rbf(X, nx, train->x, N, d, pk_kernel_rbf_bandwidth(train->x, N, d), K);
         return PK_OK;
     case PK_KERNEL_NTK: {
         pk_model *inf = NULL; /* the run's architecture in the ntk parameterisation */

@@ -74,8 +74,8 @@ pk_status pk_kernel_infinite(const pk_model *m, const double *X, size_t nx, cons
     return PK_OK;
 }
 
-pk_status pk_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
-                           const double *Xq, size_t nq, double t, double *pred)
+pk_status pk_kernel_infinite_flow(const pk_model *m, const double *X, const double *Yt, size_t n, size_t C,
+                                  const double *Xq, size_t nq, double t, double *pred)
 {
     double *K = pk_alloc(n * n, sizeof *K), *Kq = pk_alloc(nq * n, sizeof *Kq);
     double *ev = pk_alloc(n, sizeof *ev), *coef = pk_alloc(n * C, sizeof *coef), *tmp = pk_alloc(n * C, sizeof *tmp);

@@ -117,7 +117,7 @@ static size_t memory_limit(const pk_explain_opts *o)
     return pk_memory_budget(o->mem_limit);
 }
 
-size_t pk_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
+size_t pk_run_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
 {
     const pk_model *m = pk_run_model(run);
     if (pk_explain_needs_backward(pk_run_optim(run))) {
@@ -139,20 +139,21 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
     if (o->want_kernel && o->mode == PK_KMODE_FULL) {
         t.mode = PK_KMODE_TRACE;
         if (output_bytes(m, Q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
-            k += (size_t)snprintf(hints + k, sizeof hints - k, "; --mode trace fits");
+            k += (size_t)snprintf(hints + k, sizeof hints - k, "; the trace mode (mode trace) fits");
     }
     t = *o;
     if (o->want_kernel) {
         t.want_kernel = 0;
         if (output_bytes(m, Q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
-            k += (size_t)snprintf(hints + k, sizeof hints - k, "; --no-kernel fits");
+            k += (size_t)snprintf(hints + k, sizeof hints - k, "; no path kernel (want_kernel 0) fits");
     }
     t = *o;
     size_t q = Q;
     while (q > 1 && output_bytes(m, q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) > limit) q /= 2;
     if (q < Q && output_bytes(m, q, N, &t) + work_bytes(m, m->n_in, B, 1, &t) <= limit)
-        k += (size_t)snprintf(hints + k, sizeof hints - k, "; at most %zu queries fit (--first %zu)", q, q);
-    return pk_fail(PK_ERR_INPUT, "explain needs %.1f MiB for %zu queries x %zu training examples, more than the %.1f MiB allowed%s",
+        k += (size_t)snprintf(hints + k, sizeof hints - k, "; at most %zu queries fit (Q %zu)", q, q);
+    return pk_fail(PK_ERR_INPUT, "explain needs %.1f MiB for %zu queries x %zu training examples, "
+                   "more than the %.1f MiB allowed (mem_limit)%s",
                    (double)need / 1048576.0, Q, N, (double)limit / 1048576.0, k ? hints : "; use fewer queries");
 }
 
@@ -239,14 +240,14 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     return s;
 }
 
-pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
+pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
                          pk_explain *e)
 {
     memset(e, 0, sizeof *e);
     double t_start = pk_seconds();
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given");
+    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     size_t N = pk_run_n_train(run), C = m->n_out, T = pk_run_steps(run), P = m->n_params;
     size_t d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
@@ -260,12 +261,16 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
             pk_explain_opts one = *o;
             one.block = 1;
             size_t qb1, seg1, need1 = pk_explain_backward_plan(run, 1, &one, limit, output_bytes(m, 1, N, o), &qb1, &seg1);
+            const char *fits = need1 <= limit
+                                   ? "; use fewer queries, no path kernel (want_kernel 0) or a larger memory budget "
+                                     "(mem_limit)"
+                                   : "";
             return pk_fail(PK_ERR_INPUT, "explain of a %s run%s keeps a dense %zu x %zu matrix per query: it needs %.1f MiB "
-                           "for %zu queries (%zu per block, %zu steps per segment), more than the %.1f MiB allowed; "
-                           "one query needs %.1f MiB%s",
+                           "for %zu queries (%zu per block, %zu steps per segment), more than the %.1f MiB allowed "
+                           "(mem_limit); one query needs %.1f MiB%s",
                            pk_optim_name(op->kind), op->weight_decay != 0.0 ? " with weight decay" : "", C, P,
                            (double)need / 1048576.0, Q, back_Qb, back_seg, (double)limit / 1048576.0,
-                           (double)need1 / 1048576.0, need1 <= limit ? "; use fewer queries, --no-kernel or a larger --mem" : "");
+                           (double)need1 / 1048576.0, fits);
         }
     } else {
         size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
@@ -273,7 +278,7 @@ pk_status pk_explain_run(pk_run *run, const double *Xq, size_t Q, const pk_expla
     }
 
     const pk_data *train;
-    pk_status s = pk_run_train(run, &train);
+    pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
 
     e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;

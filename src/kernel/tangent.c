@@ -166,7 +166,7 @@ static size_t block_size(size_t r)
 static size_t block_bytes(const pk_model *m, size_t bx, size_t by, int trace)
 {
     size_t L = m->n_weight, C = dim(m, L), dh = L >= 2 ? dim(m, L - 1) : 0;
-    size_t per_ex = dh, threads = (size_t)pk_get_threads(), kt = tile_examples(C);
+    size_t per_ex = dh, threads = (size_t)pk_threads_get(), kt = tile_examples(C);
     for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * dim(m, l + 1) + (l + 3 <= L ? C * dim(m, l + 1) : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
     if (trace) doubles += bx * (L + 2) * by + bx * dh;

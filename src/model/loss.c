@@ -79,7 +79,7 @@ double pk_loss_eval(pk_loss l, const double *f, const double *y, size_t n, size_
     return n ? total / (double)n : 0.0;
 }
 
-double pk_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C)
+double pk_loss_accuracy(pk_loss l, const double *f, const double *y, size_t n, size_t C)
 {
     if (l == PK_LOSS_MSE || !n) return NAN;
     size_t hit = 0;

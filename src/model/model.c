@@ -114,6 +114,8 @@ size_t pk_model_widths(const pk_model *m)
     return s;
 }
 size_t pk_model_n_params(const pk_model *m) { return m->n_params; }
+size_t pk_model_n_layers(const pk_model *m) { return m->n_layers; }
+size_t pk_model_n_weight_layers(const pk_model *m) { return m->n_weight; }
 size_t pk_model_n_inputs(const pk_model *m) { return m->n_in; }
 size_t pk_model_n_outputs(const pk_model *m) { return m->n_out; }
 pk_param pk_model_param(const pk_model *m) { return m->param; }

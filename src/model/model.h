@@ -155,5 +155,15 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
 double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, const uint32_t *idx, size_t nb,
                        double *w, double *state, double *G);
 
+/* The defaults of pk_train_opts_defaults().optim (optim.c). */
+pk_optim pk_optim_defaults(void);
+/* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
+size_t pk_optim_state_len(const pk_optim *o);
+/* Learning rate at step t of T. */
+double pk_optim_lr(const pk_optim *o, size_t t, size_t T);
+/* One update at step t (0-based) with batch gradient G (P):
+ * w += D_t, state updated; D (P) receives the step if not NULL. */
+void pk_optim_step(const pk_optim *o, size_t t, double lr, size_t P, double *w,
+                   double *state, const double *G, double *D);
 
 #endif

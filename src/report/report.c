@@ -1004,8 +1004,8 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     conv_table *conv = NULL;
     cmp_table *cmp = NULL;
     const char *spec = o->query ? o->query : pk_run_data_spec(run);
-    pk_status s = pk_run_train(run, &train);
-    if (!s && !spec) s = pk_fail(PK_ERR_INPUT, "report: the run records no data spec; give the queries");
+    pk_status s = pk_run_train_data(run, &train);
+    if (!s && !spec) s = pk_fail(PK_ERR_INPUT, "report: the run records no data spec; give the queries (query)");
     if (!s && o->convergence) {
         conv = malloc(sizeof *conv);
         s = conv ? read_convergence(o->convergence, conv) : PK_ERR_NOMEM;
@@ -1023,7 +1023,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
         eo.want_kernel = 1;
         eo.mode = PK_KMODE_TRACE;
         eo.mem_limit = o->mem_limit;
-        s = pk_explain_run(run, q.x, q.n, &eo, &e);
+        s = pk_run_explain(run, q.x, q.n, &eo, &e);
     }
     if (s) goto done;
     size_t ncls = loss == PK_LOSS_SOFTMAX ? C : loss == PK_LOSS_LOGISTIC ? 2 : 0;
@@ -1096,7 +1096,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) reletter(&b);
-    if (!s) s = pk_write_file(path, b.s, b.n);
+    if (!s) s = pk_file_write(path, b.s, b.n);
     if (!s && info) {
         info->Q = e.Q; info->N = e.N; info->C = e.C; info->steps = e.steps;
         info->max_abs_err = e.max_abs_err;

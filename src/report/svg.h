@@ -4,6 +4,8 @@
 #ifndef PK_SVG_H
 #define PK_SVG_H
 
+#include "pathkernel.h"
+
 #include <stddef.h>
 
 /* A growable NUL-terminated string; err is set (and further output dropped)
@@ -56,6 +58,11 @@ void pk_fmt_num(char *buf, size_t len, double v);
 /* A PNG (grey: channels 1, RGB: 3) of h x w 8-bit pixels, row-major, as a
  * data URI appended to b (base64). Returns 0 on success. */
 int pk_sb_png(pk_sb *b, const unsigned char *pix, size_t h, size_t w, int channels);
+/* PNG of an h x w image with 1 (grey), 3 (RGB) or 4 (RGBA) 8-bit channels,
+ * row-major, encoded by libpng into *png (malloc'ed; free() it). */
+pk_status pk_png_encode(const unsigned char *pix, size_t h, size_t w, int channels, unsigned char **png, size_t *len);
+/* Standard base64 (RFC 4648, padded) of n bytes, malloc'ed and NUL-terminated; NULL when out of memory. */
+char *pk_base64(const void *data, size_t n);
 
 /* The categorical colours of the report (10, cycling). */
 const char *pk_color(size_t i);

@@ -46,7 +46,7 @@ static pk_status json_write(const char *path, cJSON *root)
     if (!text) return pk_fail(PK_ERR_NOMEM, "%s: out of memory", path);
     size_t n = strlen(text);
     text[n] = '\n'; /* cJSON_Print's buffer has room for the NUL we overwrite */
-    pk_status s = pk_write_file(path, text, n + 1);
+    pk_status s = pk_file_write(path, text, n + 1);
     free(text);
     return s;
 }
@@ -64,8 +64,8 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     if (!js) return PK_ERR_NOMEM;
     if (access(js, F_OK) == 0) {
         free(js);
-        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another --out "
-                       "(an interrupted run continues with `pathkernel train --resume %s`)", dir, dir);
+        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another run directory (out_dir); "
+                       "an interrupted run continues with `pk_train_resume %s`", dir, dir);
     }
     pk_status ms = pk_mkdirs(dir);
     if (ms) { free(js); return ms; }

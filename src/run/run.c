@@ -171,7 +171,7 @@ pk_status pk_run_open(const char *dir, pk_run **out)
     if (s) return s;
     if (!strcmp(run->status, "running")) { /* killed, or still training: no trajectory yet */
         s = pk_fail(PK_ERR_INPUT, "%s: training has not finished (run.json says \"running\": it was killed, or is "
-                    "still training); run `pathkernel train --resume %s` to finish it", dir, dir);
+                    "still training); run `pk_train_resume %s` to finish it", dir, dir);
         pk_run_close(run);
         return s;
     }
@@ -258,7 +258,7 @@ pk_status pk_run_load_train(pk_run *run, pk_data *train)
     return PK_OK;
 }
 
-pk_status pk_run_train(pk_run *run, const pk_data **train)
+pk_status pk_run_train_data(pk_run *run, const pk_data **train)
 {
     if (!run->train) {
         pk_status s = pk_run_load_train(run, &run->owned_train);

@@ -82,8 +82,6 @@ pk_status pk_traj_read(const char *path, pk_traj *tr);
  * when expect is not NULL. */
 pk_status pk_traj_read_sized(const char *path, const size_t *expect, pk_traj *tr);
 void pk_traj_free(pk_traj *tr);
-/* The run's training data: attached, or loaded once from the recorded spec. */
-pk_status pk_run_train(pk_run *run, const pk_data **train);
 
 /* A binary file of the run directory, written straight through to its
  * temporary name with the crc32 of everything written kept on the way
@@ -135,7 +133,7 @@ typedef struct pk_replay {
 /* Start at step `from` (0..T): w_from and the optimiser state from the
  * stored checkpoint at or before it, the steps between replayed. progress
  * (may be NULL) is called after every step; non-zero stops the walk with
- * PK_ERR_STOPPED. Needs the training data (pk_run_train). */
+ * PK_ERR_STOPPED. Needs the training data (pk_run_train_data). */
 pk_status pk_replay_begin(pk_replay *r, pk_run *run, size_t from, pk_progress_fn progress, void *ctx);
 /* Move to the next step and take it: 1 when step r->t is ready, 0 at the
  * end of the run or when the walk stopped. */

@@ -157,7 +157,7 @@ static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progres
             status = "diverged";
             s = pk_fail(PK_ERR_NUMERIC,
                         "training diverged at step %zu (the %s became NaN/Inf with learning rate %g); "
-                        "the run keeps steps 0..%zu: try a smaller --lr, e.g. %g",
+                        "the run keeps steps 0..%zu: try a smaller learning rate (lr), e.g. %g",
                         t + 1, isfinite(loss) ? "weights" : "loss", lr, t, lr / 10);
             break;
         }
@@ -188,20 +188,20 @@ static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progres
 
 pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn progress, void *ctx)
 {
-    if (!o->out_dir) return pk_fail(PK_ERR_INPUT, "training needs an output directory (--out RUN)");
+    if (!o->out_dir) return pk_fail(PK_ERR_INPUT, "training needs a run directory (out_dir)");
     if (!train->n) return pk_fail(PK_ERR_INPUT, "training set is empty");
     if (train->n > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "training sets are limited to 2^32-1 examples");
     const pk_optim *opt = &o->optim;
     if (!(opt->lr > 0 && isfinite(opt->lr)))
-        return pk_fail(PK_ERR_INPUT, "learning rate must be a positive number, got %g", opt->lr);
+        return pk_fail(PK_ERR_INPUT, "learning rate (lr) must be a positive number, got %g", opt->lr);
     if (opt->kind == PK_OPTIM_SGD && !opt->batch)
-        return pk_fail(PK_ERR_INPUT, "sgd needs a mini-batch size (--batch B); use gd for full batches");
+        return pk_fail(PK_ERR_INPUT, "sgd needs a mini-batch size (batch); use gd for full batches");
     if (opt->kind == PK_OPTIM_GD && pk_optim_batch(opt, train->n) < train->n)
-        return pk_fail(PK_ERR_INPUT, "gd is full-batch: drop --batch or use --optim sgd");
-    if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps must be at least 1");
-    if (!o->keep) return pk_fail(PK_ERR_INPUT, "--keep must be at least 1");
+        return pk_fail(PK_ERR_INPUT, "gd is full-batch: use no mini-batch size (batch 0) or sgd (optim sgd)");
+    if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps (steps) must be at least 1");
+    if (!o->keep) return pk_fail(PK_ERR_INPUT, "checkpoint interval (keep) must be at least 1");
     if (!(opt->weight_decay >= 0 && isfinite(opt->weight_decay)))
-        return pk_fail(PK_ERR_INPUT, "weight decay must be a non-negative number, got %g", opt->weight_decay);
+        return pk_fail(PK_ERR_INPUT, "weight decay (weight_decay) must be a non-negative number, got %g", opt->weight_decay);
     if ((opt->kind == PK_OPTIM_ADAM || opt->kind == PK_OPTIM_ADAMW) &&
         !(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0))
         return pk_fail(PK_ERR_INPUT, "adam and adamw need 0 <= beta1, beta2 < 1 and eps > 0");
@@ -219,7 +219,7 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
         pk_model_free(m);
         return s;
     }
-    if (o->init_dir) s = pk_weights_import(m, o->init_dir, k.w);
+    if (o->init_dir) s = pk_model_weights_read(m, o->init_dir, k.w);
     else pk_model_init(m, o->seed, k.w);
     if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j);
     if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
@@ -295,16 +295,16 @@ pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, p
         return PK_OK;
     } else if (!strcmp(st, "diverged")) {
         s = pk_fail(PK_ERR_INPUT, "%s: the run diverged after step %zu; resuming would diverge again: train anew "
-                    "with a smaller --lr", dir, pk_run_steps(run));
+                    "with a smaller learning rate (lr)", dir, pk_run_steps(run));
     } else if (strcmp(st, "running") && strcmp(st, "stopped") && strcmp(st, "failed")) {
-        s = pk_fail(PK_ERR_INPUT, "%s/run.json: status \"%s\" is not one that train --resume continues "
+        s = pk_fail(PK_ERR_INPUT, "%s/run.json: status \"%s\" is not one that `pk_train_resume` continues "
                     "(running, stopped or failed)", dir, st);
     } else if (!info->steps) {
-        s = pk_fail(PK_ERR_INPUT, "%s/run.json: no steps_requested: the run was written before --resume existed",
+        s = pk_fail(PK_ERR_INPUT, "%s/run.json: no steps_requested: the run was written before `pk_train_resume` existed",
                     dir);
     }
     const pk_data *train = NULL;
-    if (!s) s = pk_run_train(run, &train);
+    if (!s) s = pk_run_train_data(run, &train);
     trainer k;
     int ready = 0;
     if (!s) {

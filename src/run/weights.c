@@ -13,7 +13,7 @@
 
 /* Files W1.npy, b1.npy, W2.npy, ... for the dense layers in order, with
  * the forward scales applied (the effective weights). */
-pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir)
+pk_status pk_model_weights_write(const pk_model *m, const double *w, const char *dir)
 {
     pk_status s = pk_mkdirs(dir);
     for (size_t l = 0; l < m->n_weight && !s; l++) {
@@ -40,7 +40,7 @@ pk_status pk_weights_export(const pk_model *m, const double *w, const char *dir)
     return s;
 }
 
-pk_status pk_weights_import(const pk_model *m, const char *dir, double *w)
+pk_status pk_model_weights_read(const pk_model *m, const char *dir, double *w)
 {
     for (size_t l = 0; l < m->n_weight; l++) {
         const pk_layer *lw = pk_model_weight(m, l);

@@ -28,7 +28,7 @@ def folder_of(path, root):
 def include_violations(root):
     """Every include of a file in a layer above the includer's, every include
     that names no file, and every circle among the headers."""
-    root = pathlib.Path(root)
+    root = pathlib.Path(root).resolve()
     bad, graph = [], {}
     files = sorted(root.glob("src/*/*.[ch]")) + sorted(root.glob("cli/**/*.[ch]"))
     for f in files:
@@ -39,8 +39,10 @@ def include_violations(root):
         for inc in INCLUDE.findall(f.read_text()):
             if inc == "pathkernel.h":
                 continue
-            # "layer/x.h" from src/; "x.h" and "../x.h" beside the includer
-            target = (root / "src" / inc) if "/" in inc and not inc.startswith(".") else (f.parent / inc).resolve()
+            # as the compiler looks: beside the includer first, then in src/
+            target = (f.parent / inc).resolve()
+            if not target.is_file():
+                target = (root / "src" / inc).resolve()
             if not target.is_file():
                 bad.append(f"{f.relative_to(root)}: includes \"{inc}\", which is no file of the tree")
                 continue

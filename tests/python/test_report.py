@@ -96,7 +96,8 @@ def png_decode(data):
 
 
 def test_png_reader_and_base64_against_known_bytes(libpathkernel):
-    """pk_png_encode/pk_base64 through ctypes: a 3 x 2 grey image round-trips."""
+    """pk_png_encode/pk_base64 (the report's own, src/report/svg.h) through
+    ctypes: a 3 x 2 grey image round-trips."""
     import base64
     import ctypes
     lib = libpathkernel

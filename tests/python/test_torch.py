@@ -366,7 +366,7 @@ def test_same_config_same_bytes(pk, data, tmp_path, optim):
 @pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_threads_do_not_change_results(pk, tmp_path):
     """784-256-256-10: large enough for OpenBLAS to thread its dgemm calls.
-    pk_set_threads (include/pathkernel.h) promises that results never depend
+    pk_threads_set (include/pathkernel.h) promises that results never depend
     on the thread count."""
     common = ["train", "--data", "fashion-mnist:train", "--first", "512", "--standardize",
               "--model", "mlp:256,256:tanh", "--loss", "softmax", "--optim", "sgd", "--batch", "256",
