@@ -64,10 +64,6 @@ const cli_opt *cli_first_given(const cli_opt *opts);
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
                        {"data-seed", CLI_U64, &(lo).seed, NULL}
 
-/* Seconds on a monotonic clock (for durations). */
-double cli_now(void);
-/* qsort comparison of doubles, ascending. */
-int cli_cmp_double(const void *a, const void *b);
 /* A number for CSV files and tables: %.17g, NaN as "nan". */
 void cli_put_num(FILE *f, double v);
 

@@ -281,18 +281,6 @@ void cli_catch_stop(void)
 
 int cli_stop_requested(void) { return stop_flag != 0; }
 
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int cli_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 void cli_put_num(FILE *f, double v)
 {
@@ -351,7 +339,7 @@ cli_progress cli_progress_start(const char *cmd)
 {
     cli_progress p = {0};
     p.cmd = cmd;
-    p.t0 = cli_now();
+    p.t0 = pk_seconds();
     p.tty = isatty(2);
     p.groups = 1;
     return p;
@@ -363,7 +351,7 @@ int cli_progress_step(void *ctx, size_t step, size_t steps, double loss)
     cli_progress *p = ctx;
     p->steps_done += 1;
     if (cli_stop_requested()) return 1;
-    double t = cli_now();
+    double t = pk_seconds();
     if (!p->show || (step < steps && t - p->last < (p->tty ? 1.0 : 10.0))) return 0;
     p->last = t;
     double rate = p->steps_done / (t - p->t0 + 1e-9);
@@ -387,7 +375,7 @@ void cli_progress_end(cli_progress *p)
     if (p->show && p->tty && p->last > 0) fputc('\n', stderr);
 }
 
-double cli_progress_seconds(const cli_progress *p) { return cli_now() - p->t0; }
+double cli_progress_seconds(const cli_progress *p) { return pk_seconds() - p->t0; }
 
 int cli_dir_exists(const char *dir)
 {

@@ -132,7 +132,7 @@ int cmd_demo(int argc, char **argv)
                 "(set PATHKERNEL_DATA to the file or its directory)\n", looked);
         return EXIT_BAD_INPUT;
     }
-    double t_start = cli_now();
+    double t_start = pk_seconds();
     /* The run is trained under a temporary name beside DIR/run and takes its
      * place just before the report, the files of an earlier run put aside
      * until the end; explain/ and report.html are one output group. A
@@ -181,7 +181,7 @@ int cmd_demo(int argc, char **argv)
     to.standardize = 1;
     to.mean = mean;
     to.std = sd;
-    double t0 = cli_now();
+    double t0 = pk_seconds();
     s = pk_train(&train, &to, NULL, NULL);
     if (!s) s = pk_run_open(stage, &run);
     if (!s) s = pk_run_attach_data(run, &train);
@@ -195,7 +195,7 @@ int cmd_demo(int argc, char **argv)
     if (!s) s = pk_model_predict(m, w, train.x, train.n, f);
     if (s) goto done;
     printf("trained %zu parameters, softmax loss, sgd lr 0.1 batch 64, %zu steps in %.2f s: final train loss %.4g, "
-           "accuracy %.4f; run written to %s\n", pk_model_n_params(m), pk_run_steps(run), cli_now() - t0,
+           "accuracy %.4f; run written to %s\n", pk_model_n_params(m), pk_run_steps(run), pk_seconds() - t0,
            pk_loss_eval(PK_LOSS_SOFTMAX, f, train.y, train.n, C, train.ty, NULL),
            pk_loss_accuracy(PK_LOSS_SOFTMAX, f, train.y, train.n, C), rundir);
 
@@ -279,7 +279,7 @@ int cmd_demo(int argc, char **argv)
            info.max_rel_err, info.seconds);
 done:
     if (grouped) s = pk_group_end(s);
-    if (!s) printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", cli_now() - t_start, rundir, html);
+    if (!s) printf("\ndemo done in %.1f s: %s (the recorded training path), %s\n", pk_seconds() - t_start, rundir, html);
     int rc = s ? cli_error(cmd, s) : EXIT_OK;
     if (run) pk_run_close(run);
     if (s) { /* the new run out, the earlier one back, the directories the demo made removed */

@@ -59,7 +59,7 @@ static int on_step(void *ctx, size_t step, size_t steps, double loss)
 {
     progress *p = ctx;
     if (p->bar) {
-        double t = cli_now();
+        double t = pk_seconds();
         if (!p->first) p->first = step; /* a resumed run starts past 1 */
         if (t - p->last > 0.1 || step == steps) {
             p->last = t;
@@ -128,12 +128,12 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
 /* train --resume RUN */
 static int train_resume(const char *cmd, const char *dir, int quiet)
 {
-    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, pk_seconds(), 0, 0};
     cli_catch_stop();
     pk_resume_info info;
-    double t0 = cli_now();
+    double t0 = pk_seconds();
     pk_status s = pk_train_resume(dir, on_step, &pr, &info);
-    double secs = cli_now() - t0;
+    double secs = pk_seconds() - t0;
     if (!s && info.complete) {
         printf("%s is already complete (%zu steps): nothing to resume\n", dir, info.journaled);
         return EXIT_OK;
@@ -171,11 +171,11 @@ int cmd_train(int argc, char **argv)
     double *mean = NULL, *sd = NULL;
     pk_status s = cli_load_train_data(&a, &train, &test, &mean, &sd);
 
-    progress pr = {isatty(2) && !quiet, cli_now(), 0, 0};
+    progress pr = {isatty(2) && !quiet, pk_seconds(), 0, 0};
     cli_catch_stop();
-    double t0 = cli_now();
+    double t0 = pk_seconds();
     if (!s) s = pk_train(&train, to, on_step, &pr);
-    double secs = cli_now() - t0;
+    double secs = pk_seconds() - t0;
 
     if (s == PK_OK || s == PK_ERR_NUMERIC) {
         rc = s ? cli_error(cmd, s) : EXIT_OK;

@@ -164,6 +164,10 @@ pk_status pk_fail(pk_status s, const char *fmt, ...)
  * Results never depend on it. */
 void pk_threads_set(int n);
 int pk_threads_get(void);
+/* Seconds on a monotonic clock, for durations. */
+double pk_seconds(void);
+/* qsort comparison of doubles, ascending. */
+int pk_cmp_double(const void *a, const void *b);
 
 /* ------------------------------------------------------------------ memory */
 

@@ -140,7 +140,7 @@ static void widen(const pk_model *m, size_t width, char *buf, size_t len)
  * training time in *secs. */
 static pk_status train_run(const pk_data *train, const pk_train_opts *to, char **made, size_t *nmade, double *secs)
 {
-    double t0 = cli_now();
+    double t0 = pk_seconds();
     if (!cli_dir_exists(to->out_dir)) {
         size_t len = strlen(to->out_dir) + 1;
         if (!(made[*nmade] = pk_alloc(len, 1))) return PK_ERR_NOMEM;
@@ -148,7 +148,7 @@ static pk_status train_run(const pk_data *train, const pk_train_opts *to, char *
         (*nmade)++;
     }
     pk_status s = pk_train(train, to, NULL, NULL);
-    *secs = cli_now() - t0;
+    *secs = pk_seconds() - t0;
     return s;
 }
 
@@ -204,19 +204,19 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
     double *Kpath_tr = NULL, *Kpath_te = NULL, *KT = NULL;
     pk_atomic csv = {0};
     pk_group_begin(); /* compare.csv and the LIBSVM files, or none of them */
-    double t0 = cli_now();
+    double t0 = pk_seconds();
     if (!w || !f || !Ktr || !Kte || !Y || !alpha) s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_model_predict(m, w, test->x, M, f);
     if (!s) s = pk_atomic_open(&csv, csvp);
     if (s) goto free_all;
-    net_secs += cli_now() - t0;
+    net_secs += pk_seconds() - t0;
     fprintf(csv.f, "machine,kernel,%s,seconds\n", loss == PK_LOSS_MSE ? "test_mse" : "test_accuracy");
     printf("%-34s %14s %10s\n", "machine", mname, "seconds");
     printf("%-34s %14.4f %10.2f\n", "network (trained)", metric(loss, f, test, C, 1), net_secs);
     fprintf(csv.f, "network,,%.17g,%.6g\n", metric(loss, f, test, C, 1), net_secs);
     for (int k = PK_KERNEL_PATH; k <= PK_KERNEL_NTK; k++) {
-        double t1 = cli_now();
+        double t1 = pk_seconds();
         char name[64];
         snprintf(name, sizeof name, "KRR on %s kernel", pk_kernel_kind_name((pk_kernel_kind)k));
         double used = ridge;
@@ -247,23 +247,23 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
         if (!ks) {
             pk_krr_predict(Kte, M, N, alpha, C, f);
             double v = metric(loss, f, test, C, 0);
-            printf("%-34s %14.4f %10.2f", name, v, cli_now() - t1);
+            printf("%-34s %14.4f %10.2f", name, v, pk_seconds() - t1);
             if (used != ridge) printf("   (ridge raised to %g to make K positive definite)", used);
             printf("\n");
-            fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, cli_now() - t1);
+            fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, pk_seconds() - t1);
         } else {
-            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", cli_now() - t1, cli_message(cmd, ks));
-            fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), cli_now() - t1);
+            printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", pk_seconds() - t1, cli_message(cmd, ks));
+            fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), pk_seconds() - t1);
         }
     }
     if (loss != PK_LOSS_MSE && Kpath_tr) {
-        double t1 = cli_now(), acc;
+        double t1 = pk_seconds(), acc;
         const char *why;
         s = libsvm_accuracy(base, Kpath_tr, train, Kpath_te, test, svm_c, &acc, &why);
         if (s) goto free_all;
-        if (why) printf("%-34s %14s %10.2f   (%s)\n", "SVM (LIBSVM) on path kernel", "n/a", cli_now() - t1, why);
-        else printf("%-34s %14.4f %10.2f\n", "SVM (LIBSVM) on path kernel", acc, cli_now() - t1);
-        fprintf(csv.f, "svm,path,%.17g,%.6g\n", acc, cli_now() - t1);
+        if (why) printf("%-34s %14s %10.2f   (%s)\n", "SVM (LIBSVM) on path kernel", "n/a", pk_seconds() - t1, why);
+        else printf("%-34s %14.4f %10.2f\n", "SVM (LIBSVM) on path kernel", acc, pk_seconds() - t1);
+        fprintf(csv.f, "svm,path,%.17g,%.6g\n", acc, pk_seconds() - t1);
     }
     /* the lazy regime: how far the tangent kernel moves, by width */
     if (nw) {
@@ -275,7 +275,7 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
         if (!KT) s = PK_ERR_NOMEM;
     }
     for (size_t k = 0; !s && k < nw; k++) {
-        double t1 = cli_now();
+        double t1 = pk_seconds();
         char name[64];
         snprintf(name, sizeof name, "width-%zu", wl[k]);
         char *wd = pk_path_join(base, name);
@@ -295,7 +295,7 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
                 n0 += Ktr[i] * Ktr[i];
             }
             double v = metric(loss, f, test, C, 1), a0 = alignment(Ktr, Y, N, C), a1 = alignment(KT, Y, N, C);
-            double secs = wsecs[k] + cli_now() - t1; /* training included */
+            double secs = wsecs[k] + pk_seconds() - t1; /* training included */
             printf("%8zu %10zu %14.4f %14.4f %12.4f %12.4f %10.2f\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,
                    sqrt(dn / n0), a0, a1, secs);
             fprintf(csv.f, "%zu,%zu,%.17g,%.17g,%.17g,%.17g,%.6g\n", wl[k], pk_model_n_params(pk_run_model(rw)), v,

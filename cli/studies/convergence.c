@@ -51,7 +51,7 @@ int cmd_convergence(int argc, char **argv)
         nl++;
     }
     if (nl < 2) return cli_usage(cmd, "--lrs: give at least two learning rates to fit a slope");
-    qsort(lrs, nl, sizeof *lrs, cli_cmp_double);
+    qsort(lrs, nl, sizeof *lrs, pk_cmp_double);
     snprintf(buf, sizeof buf, "%s", rules_list);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         if (nr == 16) return cli_usage(cmd, "--rules: at most 16 rules");

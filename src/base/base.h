@@ -74,11 +74,6 @@ int pk_parse_size(const char *s, size_t *v);
 uint64_t pk_hash_bytes(uint64_t h, const void *p, size_t n);
 
 
-/* Seconds on a monotonic clock, for durations. */
-double pk_seconds(void);
-/* qsort comparison of doubles, ascending. */
-int pk_cmp_double(const void *a, const void *b);
-
 /* The library's deterministic generator (xoshiro256**, seeded by
  * splitmix64; rng.c): initialisation, batch order, random selections. */
 typedef struct pk_rng { uint64_t s[4]; } pk_rng;
