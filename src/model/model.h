@@ -10,6 +10,15 @@
 /* Layers of every kind in one model. */
 #define PK_MAX_MODEL_LAYERS 64
 
+/* The kinds to come fit as they are: a conv2d layer has parameters, a
+ * forward and backward pass over (C, H, W) values and its own gram (MATH.md
+ * section 8); pooling and flatten have none and only map values (max
+ * pooling finds its argmax again from x and y in backward). Two things are
+ * still to add for them: the momentum/Adam sweep's contraction of H_x
+ * (kernel/backward.c takes dense layers only) and, for residual blocks and
+ * dropout, a slot per layer on the tape (a block's inner values) and the
+ * (step, example) a dropout mask is drawn from. */
+
 typedef struct pk_layer pk_layer;
 
 /* Passes work on rows: an example's values, or for per-output deltas
