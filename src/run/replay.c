@@ -53,6 +53,16 @@ pk_status pk_replay_load(pk_run *run, size_t t, double *w, double *state)
     return s;
 }
 
+/* The weights of any step: pk_replay_load without the optimiser state. */
+pk_status pk_run_weights(pk_run *run, size_t t, double *w)
+{
+    size_t S = pk_optim_state_len(pk_run_optim(run));
+    double *state = pk_calloc(S * pk_run_model(run)->n_params + 1, sizeof *state);
+    pk_status s = state ? pk_replay_load(run, t, w, state) : PK_ERR_NOMEM;
+    free(state);
+    return s;
+}
+
 pk_status pk_replay_begin(pk_replay *r, pk_run *run, size_t from, pk_progress_fn progress, void *ctx)
 {
     memset(r, 0, sizeof *r);

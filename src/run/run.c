@@ -269,11 +269,3 @@ pk_status pk_run_train_data(pk_run *run, const pk_data **train)
     return PK_OK;
 }
 
-pk_status pk_run_weights(pk_run *run, size_t t, double *w)
-{
-    size_t S = pk_optim_state_len(&run->optim);
-    double *state = pk_calloc(S * run->model->n_params + 1, sizeof *state);
-    pk_status s = state ? pk_replay_load(run, t, w, state) : PK_ERR_NOMEM;
-    free(state);
-    return s;
-}
