@@ -193,6 +193,7 @@ typedef struct pk_data {
     double *x;         /* (n, d) row-major features                       */
     double *y;         /* (n, ty) targets: class index (integral) or real */
     size_t img_h, img_w; /* image shape when the source has one, else 0   */
+    size_t img_c;      /* its channels (d = img_c img_h img_w), else 0   */
     char *source;      /* the spec it was loaded from (owned)             */
 } pk_data;
 
@@ -206,7 +207,8 @@ pk_load_opts pk_load_opts_defaults(void);
 
 /* Load from a spec:
  *   PATH.csv | PATH.csv.gz        numeric CSV, last column the target, optional header
- *   npy:FEATURES.npy,TARGETS.npy  float64/float32/int64/int32/uint8, C order
+ *   npy:FEATURES.npy,TARGETS.npy  float64/float32/int64/int32/uint8, C order;
+ *                                 features (n, d), (n, h, w) or (n, c, h, w)
  *   PATH.svm | PATH.libsvm        svmlight `label idx:val ...`, 1-based ascending
  *   idx:IMAGES,LABELS             IDX files, gzipped or not (pixels / 255)
  *   fashion-mnist:train|test      Debian's dataset-fashion-mnist
@@ -310,12 +312,26 @@ typedef struct pk_model pk_model;
  *   mlp:H1,H2,...:ACT   dense layers of widths H1, H2, ..., each followed by
  *                       the activation ACT, then a dense output layer
  *   linear (or mlp::)   one dense layer
+ *   lenet5              conv:6,5,pad=2;tanh;avgpool:2;conv:16,5;tanh;
+ *                       avgpool:2;flatten;dense:120;tanh;dense:84;tanh;dense
+ *   a layer sequence    elements separated by ';', as nn.Sequential runs them:
+ *     in:C,H,W            the input's shape (first; d_in = C H W)
+ *     conv:OUT,K[,stride=S][,pad=P]   nn.Conv2d(C, OUT, K, S, P)
+ *     avgpool:K[,stride=S], maxpool:K[,stride=S]   (stride K unless given)
+ *     flatten, dense:N, an activation name, and last a plain `dense` (d_out)
  * A dense layer computes z = s_w W a + s_b c with W (out, in) row-major (the
- * nn.Linear layout) and then c (out) in the vector; s_w = s_b = 1 in the
- * standard parameterisation, s_w = sigma_w / sqrt(in) and s_b = sigma_b in
- * the ntk one. */
+ * nn.Linear layout) and then c (out) in the vector; a conv2d layer the same
+ * on every patch, W (OUT, C, K, K) as nn.Conv2d's. s_w = s_b = 1 in the
+ * standard parameterisation, s_w = sigma_w / sqrt(fan_in) and s_b = sigma_b
+ * in the ntk one (fan_in = in, or C K K). Shapes that do not fit are
+ * refused with the shapes layer by layer. */
 pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param param, double sigma_w, double sigma_b,
                        pk_model **out);
+/* pk_model_new for a layer sequence on data's image shape (img_c, img_h,
+ * img_w) unless the spec gives its own in:; the same as pk_model_new for
+ * mlp:, linear and data without a shape. */
+pk_status pk_model_for_data(const char *spec, const pk_data *data, size_t d_out, pk_param param, double sigma_w,
+                            double sigma_b, pk_model **out);
 void pk_model_free(pk_model *m);
 size_t pk_model_n_params(const pk_model *m);  /* P */
 /* Layers of every kind, in order (mlp:64:tanh has three: dense, tanh, dense). */

@@ -56,7 +56,20 @@ static void kernel_checks(const pk_model *m, const double *w, const double *x, s
         }
     snprintf(what, sizeof what, "K(x,x)_kk = |grad f_k|^2 %s", name);
     check(what, worst, 1e-12);
-    for (int trace = 0; trace < 2; trace++) {
+    if (pk_model_mlp_act(m) < 0) {
+        /* one path for any model: its trace (rows read as one, MATH.md
+         * section 4) against the sum of its full blocks' diagonals */
+        double *Kt = malloc(n * n * sizeof *Kt);
+        if (pk_kernel_tangent(m, w, x, n, x, n, PK_KMODE_TRACE, Kt)) { puts(pk_last_error()); failures++; return; }
+        for (size_t ij = 0; ij < n * n; ij++) {
+            Kg[ij] = 0;
+            for (size_t k = 0; k < C; k++) Kg[ij] += K[(ij * C + k) * C + k];
+        }
+        snprintf(what, sizeof what, "trace kernel = sum of full diagonals %s", name);
+        check(what, rel_err(Kt, Kg, n * n), 1e-12);
+        free(Kt);
+    }
+    for (int trace = 0; pk_model_mlp_act(m) >= 0 && trace < 2; trace++) {
         pk_kmode mode = trace ? PK_KMODE_TRACE : PK_KMODE_FULL;
         size_t len = n * n * (trace ? 1 : C * C);
         if (pk_kernel_tangent(m, w, x, n, x, n, mode, K) ||
@@ -66,6 +79,57 @@ static void kernel_checks(const pk_model *m, const double *w, const double *x, s
     }
     pk_tape_free(t);
     free(K); free(Kg); free(J); free(R);
+}
+
+/* Convolutional models on 2 x 7 x 7 images: the loss gradient (softmax,
+ * both parameterisations) against central differences, and the kernel
+ * checks above; the shapes take conv2d with stride 1 and 2, padding 0 and
+ * 2, both poolings, flatten, and both forms of the conv2d kernel (MATH.md
+ * section 8: the last spec's second conv2d takes form B). */
+static void conv_checks(void)
+{
+    static const char *const specs[] = {
+        "in:2,7,7;conv:3,3;tanh;flatten;dense",
+        "in:2,7,7;conv:3,3,stride=2,pad=2;tanh;avgpool:2;flatten;dense",
+        "in:2,7,7;conv:4,3,pad=2;softplus;maxpool:2,stride=1;conv:5,2,stride=2;tanh;flatten;dense:6;tanh;dense",
+        "in:2,7,7;conv:8,3,stride=2;tanh;conv:16,2;tanh;flatten;dense",
+    };
+    const size_t n = 5, d = 98, C = 3;
+    pk_rng r;
+    pk_rng_seed(&r, 7);
+    double x[5 * 98], y[5];
+    for (size_t i = 0; i < n * d; i++) x[i] = pk_rng_normal(&r);
+    for (size_t i = 0; i < n; i++) y[i] = (double)(i % C);
+    pk_data data = {.n = n, .d = d, .ty = 1, .x = x, .y = y};
+    for (size_t k = 0; k < sizeof specs / sizeof *specs; k++)
+        for (int param = 0; param < 2; param++) {
+            pk_model *m;
+            if (pk_model_new(specs[k], d, C, (pk_param)param, 1.3, 0.4, &m)) { puts(pk_last_error()); failures++; return; }
+            size_t P = m->n_params;
+            double *w = malloc(P * sizeof *w), *G = malloc(P * sizeof *G), *Gfd = malloc(P * sizeof *G);
+            pk_model_init(m, 5 + k, w);
+            pk_stepper st;
+            pk_stepper_init(&st, m, PK_LOSS_SOFTMAX, &data, n);
+            pk_stepper_grad(&st, w, NULL, n, G);
+            const double h = 1e-6;
+            for (size_t j = 0; j < P; j++) {
+                double w0 = w[j];
+                w[j] = w0 + h;
+                double lp = mean_loss(&st, w, n);
+                w[j] = w0 - h;
+                double lm = mean_loss(&st, w, n);
+                w[j] = w0;
+                Gfd[j] = (lp - lm) / (2 * h);
+            }
+            char what[160];
+            snprintf(what, sizeof what, "loss gradient %s %s", specs[k] + 9, param ? "ntk" : "standard");
+            check(what, rel_err(G, Gfd, P), 1e-7);
+            snprintf(what, sizeof what, "%s %s", specs[k] + 9, param ? "ntk" : "std");
+            kernel_checks(m, w, x, n, what);
+            pk_stepper_free(&st);
+            pk_model_free(m);
+            free(w); free(G); free(Gfd);
+        }
 }
 
 int main(void)
@@ -84,8 +148,8 @@ int main(void)
         for (int act = PK_ACT_IDENTITY; act <= PK_ACT_ERF; act++)
             for (int loss = PK_LOSS_MSE; loss <= PK_LOSS_SOFTMAX; loss++) {
                 size_t out = loss == PK_LOSS_LOGISTIC ? 1 : C;
-                pk_data data = {n, d, loss == PK_LOSS_MSE ? C : 1, x,
-                                loss == PK_LOSS_MSE ? ym : loss == PK_LOSS_LOGISTIC ? yb : yc, 0, 0, NULL};
+                pk_data data = {.n = n, .d = d, .ty = loss == PK_LOSS_MSE ? C : 1, .x = x,
+                                .y = loss == PK_LOSS_MSE ? ym : loss == PK_LOSS_LOGISTIC ? yb : yc};
                 char spec[64];
                 snprintf(spec, sizeof spec, "mlp:6,4:%s", pk_act_name((pk_act)act));
                 pk_model *m;
@@ -161,6 +225,7 @@ int main(void)
         pk_model_free(m);
         free(w);
     }
-    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 * 4 + 2 * 3 - failures, failures);
+    conv_checks();
+    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 * 4 + 2 * 3 + 8 * 3 - failures, failures);
     return failures ? 1 : 0;
 }

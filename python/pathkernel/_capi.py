@@ -23,7 +23,8 @@ PK_SI_LOSS, PK_SI_KERNEL = 0, 1
 class pk_data(ctypes.Structure):
     """struct pk_data."""
     _fields_ = [("n", c_size), ("d", c_size), ("ty", c_size), ("x", P_dbl), ("y", P_dbl),
-                ("img_h", c_size), ("img_w", c_size), ("source", ctypes.c_char_p)]
+                ("img_h", c_size), ("img_w", c_size), ("img_c", c_size),
+                ("source", ctypes.c_char_p)]
 
 
 class pk_load_opts(ctypes.Structure):

@@ -416,16 +416,17 @@ static pk_status load_npy(const char *fpath, const char *tpath, pk_data *d)
     char sh[200];
     pk_status s = pk_npy_read(fpath, &x, &fnd, fs);
     if (s) return s;
-    size_t n = 0, dim = 0, h = 0, w = 0, ty = 0;
-    if (fnd < 1 || fnd > 3) {
+    size_t n = 0, dim = 0, c = 0, h = 0, w = 0, ty = 0;
+    if (fnd < 1 || fnd > 4) {
         shape_str(sh, sizeof sh, fnd, fs);
-        s = pk_fail(PK_ERR_INPUT, "%s: header: features have shape %s; expected (n,), (n, d) or "
-                    "(n, h, w)", fpath, sh);
+        s = pk_fail(PK_ERR_INPUT, "%s: header: features have shape %s; expected (n,), (n, d), "
+                    "(n, h, w) or (n, c, h, w)", fpath, sh);
         goto fail;
     }
     n = fs[0];
-    dim = fnd == 1 ? 1 : fnd == 2 ? fs[1] : fs[1] * fs[2];
-    if (fnd == 3) { h = fs[1]; w = fs[2]; }
+    dim = 1;
+    for (size_t k = 1; k < fnd; k++) dim *= fs[k];
+    if (fnd >= 3) { c = fnd == 4 ? fs[1] : 1; h = fs[fnd - 2]; w = fs[fnd - 1]; }
     if (!n) { s = pk_fail(PK_ERR_INPUT, "%s: header: no examples (shape[0] is 0)", fpath); goto fail; }
     if (!dim) { s = pk_fail(PK_ERR_INPUT, "%s: header: zero features per example", fpath); goto fail; }
     if ((s = check_finite(fpath, x, n * dim, dim, "feature"))) goto fail;
@@ -450,6 +451,7 @@ static pk_status load_npy(const char *fpath, const char *tpath, pk_data *d)
     d->ty = ty;
     d->x = x;
     d->y = y;
+    d->img_c = c;
     d->img_h = h;
     d->img_w = w;
     return PK_OK;
@@ -562,6 +564,7 @@ static pk_status load_idx(const char *ipath, const char *lpath, size_t first, pk
     d->n = n;
     d->d = h * w;
     d->ty = 1;
+    d->img_c = 1;
     d->img_h = h;
     d->img_w = w;
     d->x = x;

@@ -47,19 +47,32 @@ static void add_act(pk_model *m, pk_act act, size_t d)
     l->in_place = 1;
 }
 
-pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param param, double sigma_w, double sigma_b,
-                       pk_model **out)
+static pk_status model_alloc(pk_param param, double sigma_w, double sigma_b, size_t d_in, size_t d_out,
+                             pk_model **out)
 {
-    *out = NULL;
     if (!d_in || !d_out) return pk_fail(PK_ERR_INPUT, "model needs at least one input and one output");
     if (param == PK_PARAM_NTK && !(sigma_w > 0 && isfinite(sigma_w) && sigma_b >= 0 && isfinite(sigma_b)))
         return pk_fail(PK_ERR_INPUT, "ntk parameterisation needs sigma_w > 0 and sigma_b >= 0");
+    pk_model *m = pk_calloc(1, sizeof *m);
+    if (!m) return PK_ERR_NOMEM;
+    m->param = param;
+    m->sigma_w = sigma_w;
+    m->sigma_b = sigma_b;
+    m->n_in = d_in;
+    m->n_out = d_out;
+    m->in_c = d_in;
+    m->in_h = m->in_w = 1;
+    *out = m;
+    return PK_OK;
+}
+
+/* mlp:H1,H2,...:ACT and linear. */
+static pk_status mlp_new(const char *spec, pk_model *m)
+{
     enum { MAX_HIDDEN = 15 };
     size_t hidden[MAX_HIDDEN], nh = 0;
     pk_act act = PK_ACT_IDENTITY;
     if (strcmp(spec, "linear") != 0) {
-        if (strncmp(spec, "mlp:", 4) != 0)
-            return pk_fail(PK_ERR_INPUT, "model '%s': expected mlp:H1,H2,...:ACT (e.g. mlp:64,64:tanh) or linear", spec);
         const char *p = spec + 4;
         const char *colon = strchr(p, ':');
         if (!colon)
@@ -84,25 +97,230 @@ pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param par
         pk_status s = pk_act_parse(colon + 1, &act);
         if (s) return pk_fail(s, "model '%s': %s", spec, pk_last_error());
     }
-    pk_model *m = pk_calloc(1, sizeof *m);
-    if (!m) return PK_ERR_NOMEM;
-    m->param = param;
-    m->sigma_w = sigma_w;
-    m->sigma_b = sigma_b;
     m->act = act;
-    m->n_in = d_in;
-    m->n_out = d_out;
-    size_t d = d_in;
+    size_t d = m->n_in;
     pk_status s = PK_OK;
     for (size_t i = 0; !s && i < nh; i++) {
         s = add_dense(m, spec, d, hidden[i]);
         if (!s) add_act(m, act, hidden[i]);
         d = hidden[i];
     }
-    if (!s) s = add_dense(m, spec, d, d_out);
+    if (!s) s = add_dense(m, spec, d, m->n_out);
+    return s;
+}
+
+/* ------------------------------------------------------ layer sequences */
+
+#define LENET5 "conv:6,5,pad=2;tanh;avgpool:2;conv:16,5;tanh;avgpool:2;flatten;dense:120;tanh;dense:84;tanh;dense"
+
+/* One element of a layer sequence: NAME[:ARGS], ARGS comma-separated
+ * positive integers then key=value pairs. */
+typedef struct element {
+    char name[16];
+    size_t pos[3], n_pos;
+    size_t stride, pad; /* SIZE_MAX: not given */
+} element;
+
+static pk_status parse_element(const char *spec, const char *e, size_t len, element *el)
+{
+    memset(el, 0, sizeof *el);
+    el->stride = el->pad = SIZE_MAX;
+    size_t nl = 0;
+    while (nl < len && e[nl] != ':') nl++;
+    if (!nl || nl >= sizeof el->name)
+        return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s' has no name", spec, (int)len, e);
+    memcpy(el->name, e, nl);
+    for (size_t i = nl + 1; i < len;) {
+        size_t j = i;
+        while (j < len && e[j] != ',') j++;
+        char arg[32];
+        if (j - i >= sizeof arg || j == i)
+            return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s': empty or overlong argument", spec, (int)len, e);
+        memcpy(arg, e + i, j - i);
+        arg[j - i] = 0;
+        char *eq = strchr(arg, '=');
+        size_t v;
+        if (pk_parse_size(eq ? eq + 1 : arg, &v) || v > (1u << 24))
+            return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s': '%s' is not an integer in 0..16777216", spec,
+                           (int)len, e, arg);
+        if (eq) {
+            *eq = 0;
+            if (!strcmp(arg, "stride")) el->stride = v;
+            else if (!strcmp(arg, "pad")) el->pad = v;
+            else
+                return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s': unknown option '%s' (stride=, pad=)", spec,
+                               (int)len, e, arg);
+        } else if (el->n_pos == 3)
+            return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s': too many numbers", spec, (int)len, e);
+        else el->pos[el->n_pos++] = v;
+        i = j + 1;
+        if (j + 1 == len) return pk_fail(PK_ERR_INPUT, "model '%s': element '%.*s': trailing ','", spec, (int)len, e);
+    }
+    return PK_OK;
+}
+
+/* The shapes so far, for errors: "1x28x28 -> conv2d 6x28x28 -> ...". */
+static void shape_trail(const pk_model *m, char *buf, size_t cap)
+{
+    size_t k = (size_t)snprintf(buf, cap, "input %zux%zux%zu", m->in_c, m->in_h, m->in_w);
+    for (size_t i = 0; i < m->n_layers && k < cap; i++) {
+        const pk_layer *l = &m->layer[i];
+        if (l->ops == &pk_act_ops) continue;
+        if (l->h_out) k += (size_t)snprintf(buf + k, cap - k, " -> %s %zux%zux%zu", l->ops->kind, l->c_out, l->h_out, l->w_out);
+        else k += (size_t)snprintf(buf + k, cap - k, " -> %s %zu", l->ops->kind, l->out);
+    }
+}
+
+/* A spatial layer on (c, h, w): out of range windows refused with the
+ * shapes so far. */
+static pk_status add_spatial(pk_model *m, const char *spec, const element *el, const pk_layer_ops *ops, size_t c,
+                             size_t h, size_t w)
+{
+    int conv = ops == &pk_conv_ops;
+    size_t need = conv ? 2 : 1;
+    if (el->n_pos != need || (!conv && el->pad != SIZE_MAX))
+        return pk_fail(PK_ERR_INPUT, "model '%s': %s takes %s", spec, el->name,
+                       conv ? "OUT,K[,stride=S][,pad=P] (e.g. conv:6,5,pad=2)" : "K[,stride=S] (e.g. avgpool:2)");
+    size_t k = el->pos[need - 1], stride = el->stride == SIZE_MAX ? (conv ? 1 : k) : el->stride;
+    size_t pad = el->pad == SIZE_MAX ? 0 : el->pad, out_c = conv ? el->pos[0] : c;
+    char trail[512];
+    shape_trail(m, trail, sizeof trail);
+    if (!k || !stride || !out_c)
+        return pk_fail(PK_ERR_INPUT, "model '%s': %s: kernel, stride and channels must be positive", spec, el->name);
+    if (h + 2 * pad < k || w + 2 * pad < k)
+        return pk_fail(PK_ERR_INPUT, "model '%s': %s:%zu: a %zux%zu window does not fit its input %zux%zux%zu "
+                       "(padding %zu); shapes: %s", spec, el->name, k, k, k, c, h, w, pad, trail);
+    if (pad >= k && conv)
+        return pk_fail(PK_ERR_INPUT, "model '%s': conv padding %zu must be smaller than the kernel %zu", spec, pad, k);
+    size_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    size_t n_w = conv ? out_c * c * k * k + out_c : 0;
+    if (m->n_params + n_w > ((size_t)1 << 34) || out_c * ho * wo > ((size_t)1 << 28))
+        return pk_fail(PK_ERR_INPUT, "model '%s' is too large", spec);
+    pk_layer *l = add_layer(m, ops, c * h * w, out_c * ho * wo, n_w);
+    l->c_in = c; l->h_in = h; l->w_in = w;
+    l->c_out = out_c; l->h_out = ho; l->w_out = wo;
+    l->kh = l->kw = k;
+    l->stride = stride;
+    l->pad = pad;
+    if (conv) {
+        size_t fan_in = c * k * k;
+        l->b_off = l->w_off + n_w - out_c;
+        l->param = m->param;
+        l->sw = m->param == PK_PARAM_NTK ? m->sigma_w / sqrt((double)fan_in) : 1.0;
+        l->sb = m->param == PK_PARAM_NTK ? m->sigma_b : 1.0;
+    }
+    return PK_OK;
+}
+
+/* in:C,H,W;conv:...;tanh;avgpool:...;flatten;dense:N;...;dense (model.h). */
+static pk_status sequence_new(const char *spec, pk_model *m)
+{
+    const char *full = spec;
+    if (!strcmp(spec, "lenet5")) spec = LENET5;
+    m->layered = 1;
+    m->act = (pk_act)-1;
+    size_t c = m->in_c, h = m->in_h, w = m->in_w, index = 0;
+    int spatial = 0;
+    for (const char *e = spec; *e; index++) {
+        size_t len = strcspn(e, ";");
+        element el;
+        pk_status s = parse_element(full, e, len, &el);
+        if (s) return s;
+        int last = !e[len];
+        char trail[512];
+        pk_act act;
+        if (m->n_layers == PK_MAX_MODEL_LAYERS)
+            return pk_fail(PK_ERR_INPUT, "model '%s': more than %d layers", full, PK_MAX_MODEL_LAYERS);
+        if (!strcmp(el.name, "in")) {
+            if (index || el.n_pos != 3 || !el.pos[0] || !el.pos[1] || !el.pos[2])
+                return pk_fail(PK_ERR_INPUT, "model '%s': in:C,H,W must come first, three positive numbers", full);
+            if (el.pos[0] * el.pos[1] * el.pos[2] != m->n_in)
+                return pk_fail(PK_ERR_INPUT, "model '%s': input shape %zux%zux%zu is %zu values, the data has %zu",
+                               full, el.pos[0], el.pos[1], el.pos[2], el.pos[0] * el.pos[1] * el.pos[2], m->n_in);
+            m->in_c = c = el.pos[0];
+            m->in_h = h = el.pos[1];
+            m->in_w = w = el.pos[2];
+        } else if (!strcmp(el.name, "conv") || !strcmp(el.name, "avgpool") || !strcmp(el.name, "maxpool")) {
+            const pk_layer_ops *ops = el.name[0] == 'c' ? &pk_conv_ops : el.name[0] == 'a' ? &pk_avgpool_ops : &pk_maxpool_ops;
+            if ((s = add_spatial(m, full, &el, ops, c, h, w))) return s;
+            const pk_layer *l = &m->layer[m->n_layers - 1];
+            c = l->c_out; h = l->h_out; w = l->w_out;
+            spatial = 1;
+        } else if (!strcmp(el.name, "flatten")) {
+            if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': flatten takes no arguments", full);
+            pk_layer *l = add_layer(m, &pk_flatten_ops, c * h * w, c * h * w, 0);
+            l->in_place = 1;
+            c = c * h * w;
+            h = w = 1;
+        } else if (!strcmp(el.name, "dense")) {
+            if (h != 1 || w != 1) {
+                shape_trail(m, trail, sizeof trail);
+                return pk_fail(PK_ERR_INPUT, "model '%s': dense after a %zux%zux%zu map: add flatten before it; "
+                               "shapes: %s", full, c, h, w, trail);
+            }
+            if (el.n_pos > 1 || el.stride != SIZE_MAX || el.pad != SIZE_MAX)
+                return pk_fail(PK_ERR_INPUT, "model '%s': dense takes one width (dense:N), or none for the output layer", full);
+            size_t out = el.n_pos ? el.pos[0] : m->n_out;
+            if (!out) return pk_fail(PK_ERR_INPUT, "model '%s': dense width must be positive", full);
+            if (last && out != m->n_out)
+                return pk_fail(PK_ERR_INPUT, "model '%s': the last dense layer has %zu outputs, the task needs %zu "
+                               "(write it as plain 'dense')", full, out, m->n_out);
+            if (!last && !el.n_pos)
+                return pk_fail(PK_ERR_INPUT, "model '%s': only the last dense layer may omit its width", full);
+            if ((s = add_dense(m, full, c, out))) return s;
+            c = out;
+        } else if (!pk_act_parse(el.name, &act) && strcmp(el.name, "linear") && el.name[0]) {
+            if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': %s takes no arguments", full, el.name);
+            add_act(m, act, c * h * w);
+            if ((int)m->act < 0) m->act = act;
+        } else
+            return pk_fail(PK_ERR_INPUT, "model '%s': unknown layer '%s' (in, conv, avgpool, maxpool, flatten, "
+                           "dense, or an activation: identity, tanh, relu, sigmoid, softplus, gelu, erf)",
+                           full, el.name);
+        e += len + !last;
+        if (last) break;
+        if (!*e) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ';'", full);
+    }
+    if ((int)m->act < 0) m->act = PK_ACT_IDENTITY;
+    if (!m->n_layers || m->layer[m->n_layers - 1].ops != &pk_dense_ops)
+        return pk_fail(PK_ERR_INPUT, "model '%s': the last layer must be dense (plain 'dense': one output per "
+                       "class)", full);
+    if (spatial && m->in_h == 1 && m->in_w == 1 && m->in_c == m->n_in && strncmp(spec, "in:", 3))
+        return pk_fail(PK_ERR_INPUT, "model '%s': convolution and pooling need an image shape, and the data has "
+                       "none: give --input-shape C,H,W (or start the spec with in:C,H,W)", full);
+    return PK_OK;
+}
+
+pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param param, double sigma_w, double sigma_b,
+                       pk_model **out)
+{
+    *out = NULL;
+    pk_model *m = NULL;
+    pk_status s = model_alloc(param, sigma_w, sigma_b, d_in, d_out, &m);
+    if (s) return s;
+    if (!strcmp(spec, "linear") || !strncmp(spec, "mlp:", 4)) s = mlp_new(spec, m);
+    else if (!*spec)
+        s = pk_fail(PK_ERR_INPUT, "empty model spec: expected mlp:H1,H2,...:ACT (e.g. mlp:64,64:tanh), linear, "
+                    "lenet5 or a layer sequence (e.g. conv:6,5;tanh;avgpool:2;flatten;dense)");
+    else s = sequence_new(spec, m);
     if (s) { free(m); return s; }
     *out = m;
     return PK_OK;
+}
+
+pk_status pk_model_for_data(const char *spec, const pk_data *data, size_t d_out, pk_param param, double sigma_w,
+                            double sigma_b, pk_model **out)
+{
+    int shaped = data->img_h && data->img_w && (data->img_c ? data->img_c : 1) * data->img_h * data->img_w == data->d;
+    if (!shaped || !strncmp(spec, "mlp:", 4) || !strcmp(spec, "linear") || !strncmp(spec, "in:", 3))
+        return pk_model_new(spec, data->d, d_out, param, sigma_w, sigma_b, out);
+    size_t len = strlen(spec) + 80;
+    char *full = pk_alloc(len, 1);
+    if (!full) return PK_ERR_NOMEM;
+    snprintf(full, len, "in:%zu,%zu,%zu;%s", data->img_c ? data->img_c : 1, data->img_h, data->img_w, spec);
+    pk_status s = pk_model_new(full, data->d, d_out, param, sigma_w, sigma_b, out);
+    free(full);
+    return s;
 }
 
 void pk_model_free(pk_model *m) { free(m); }
@@ -124,11 +342,36 @@ double pk_model_sigma_b(const pk_model *m) { return m->sigma_b; }
 
 void pk_model_spec(const pk_model *m, char *buf, size_t len)
 {
-    if (m->n_layers == 1 && m->act == PK_ACT_IDENTITY) { snprintf(buf, len, "linear"); return; }
-    size_t k = (size_t)snprintf(buf, len, "mlp:"), h = 0;
-    for (size_t l = 0; l + 1 < m->n_weight && k < len; l++)
-        k += (size_t)snprintf(buf + k, len - k, "%s%zu", h++ ? "," : "", pk_model_weight(m, l)->out);
-    if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
+    if (!m->layered || pk_model_mlp_act(m) >= 0) {
+        if (m->n_layers == 1) { snprintf(buf, len, "linear"); return; }
+        size_t k = (size_t)snprintf(buf, len, "mlp:"), h = 0;
+        for (size_t l = 0; l + 1 < m->n_weight && k < len; l++)
+            k += (size_t)snprintf(buf + k, len - k, "%s%zu", h++ ? "," : "", pk_model_weight(m, l)->out);
+        if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
+        return;
+    }
+    /* a layer sequence, with its input shape when that is an image */
+    size_t k = 0;
+    buf[0] = 0;
+    if (m->in_h > 1 || m->in_w > 1) k = (size_t)snprintf(buf, len, "in:%zu,%zu,%zu;", m->in_c, m->in_h, m->in_w);
+    for (size_t i = 0; i < m->n_layers && k < len; i++) {
+        const pk_layer *l = &m->layer[i];
+        const char *sep = i + 1 < m->n_layers ? ";" : "";
+        if (l->ops == &pk_act_ops) k += (size_t)snprintf(buf + k, len - k, "%s%s", pk_act_name(l->act), sep);
+        else if (l->ops == &pk_flatten_ops) k += (size_t)snprintf(buf + k, len - k, "flatten%s", sep);
+        else if (l->ops == &pk_dense_ops && i + 1 == m->n_layers) k += (size_t)snprintf(buf + k, len - k, "dense");
+        else if (l->ops == &pk_dense_ops) k += (size_t)snprintf(buf + k, len - k, "dense:%zu%s", l->out, sep);
+        else if (l->ops == &pk_conv_ops) {
+            k += (size_t)snprintf(buf + k, len - k, "conv:%zu,%zu", l->c_out, l->kh);
+            if (l->stride != 1 && k < len) k += (size_t)snprintf(buf + k, len - k, ",stride=%zu", l->stride);
+            if (l->pad && k < len) k += (size_t)snprintf(buf + k, len - k, ",pad=%zu", l->pad);
+            if (k < len) k += (size_t)snprintf(buf + k, len - k, "%s", sep);
+        } else {
+            k += (size_t)snprintf(buf + k, len - k, "%s:%zu", l->ops->kind, l->kh);
+            if (l->stride != l->kh && k < len) k += (size_t)snprintf(buf + k, len - k, ",stride=%zu", l->stride);
+            if (k < len) k += (size_t)snprintf(buf + k, len - k, "%s", sep);
+        }
+    }
 }
 
 int pk_model_mlp_act(const pk_model *m)

@@ -1,5 +1,5 @@
-/* model.h -- a model is a sequence of layers behind one interface (layer.c
- * builds them from a spec; dense.c and activation.c are the kinds today);
+/* model.h -- a model is a sequence of layers behind one interface (model.c
+ * builds them from a spec; dense.c, activation.c and conv.c the kinds);
  * the passes over all of them (model.c); one gradient evaluation over a batch
  * (stepper.c). Not installed. */
 #ifndef PK_MODEL_H
@@ -10,14 +10,12 @@
 /* Layers of every kind in one model. */
 #define PK_MAX_MODEL_LAYERS 64
 
-/* The kinds to come fit as they are: a conv2d layer has parameters, a
- * forward and backward pass over (C, H, W) values and its own gram (MATH.md
- * section 8); pooling and flatten have none and only map values (max
- * pooling finds its argmax again from x and y in backward). Two things are
- * still to add for them: the momentum/Adam sweep's contraction of H_x
- * (kernel/backward.c takes dense layers only) and, for residual blocks and
- * dropout, a slot per layer on the tape (a block's inner values) and the
- * (step, example) a dropout mask is drawn from. */
+/* Spatial layers (conv.c: conv2d, average and max pooling, flatten) see
+ * an example's row as (C, H, W) values, NCHW as PyTorch stores them. Two
+ * things are still to add for residual blocks and dropout: a slot per layer
+ * on the tape (a block's inner values) and the (step, example) a dropout
+ * mask is drawn from; and the momentum/Adam sweep's contraction of H_x
+ * (kernel/backward.c) takes dense layers only. */
 
 typedef struct pk_layer pk_layer;
 
@@ -68,9 +66,14 @@ struct pk_layer {
     pk_param param;
     /* activations */
     pk_act act;
+    /* spatial layers: input (c_in, h_in, w_in), output (c_out, h_out,
+     * w_out); conv2d and pooling windows kh x kw, stride, zero padding
+     * (conv2d: W (c_out, c_in, kh, kw) at w_off, as nn.Conv2d; then c) */
+    size_t c_in, h_in, w_in, c_out, h_out, w_out;
+    size_t kh, kw, stride, pad;
 };
 
-extern const pk_layer_ops pk_dense_ops, pk_act_ops;
+extern const pk_layer_ops pk_dense_ops, pk_act_ops, pk_conv_ops, pk_avgpool_ops, pk_maxpool_ops, pk_flatten_ops;
 
 struct pk_model {
     size_t n_layers;                      /* layers of every kind               */
@@ -81,6 +84,8 @@ struct pk_model {
     pk_param param;
     double sigma_w, sigma_b;
     pk_act act;                           /* the activation an mlp spec named   */
+    size_t in_c, in_h, in_w;              /* the input's (C, H, W); (n_in, 1, 1) when flat */
+    int layered;                          /* built from a layer sequence, not mlp:/linear */
 };
 
 /* n_in plus the outputs of every layer with parameters: the values a tape

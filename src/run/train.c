@@ -212,8 +212,7 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     pk_status s = pk_loss_outputs(o->loss, train, &C);
     if (s) return s;
     pk_model *m;
-    s = pk_model_new(o->model, train->d, C, o->param, o->sigma_w, o->sigma_b, &m);
-    if (s) return s;
+    if ((s = pk_model_for_data(o->model, train, C, o->param, o->sigma_w, o->sigma_b, &m))) return s;
     trainer k;
     if ((s = trainer_init(&k, m, o->loss, opt, train, o->steps, o->keep, o->seed, o->out_dir))) {
         pk_model_free(m);
