@@ -92,6 +92,7 @@ typedef struct cli_train_args {
     pk_train_opts to;
     pk_load_opts lo, test_lo;
     const char *data, *test;
+    const char *input_shape; /* --input-shape C,H,W, or NULL */
     int given[CLI_TRAIN_OPTS];
     cli_opt opts[CLI_TRAIN_OPTS + 1];
 } cli_train_args;

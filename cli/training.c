@@ -2,6 +2,7 @@
  * by train, convergence and compare (each adds options of its own). */
 #include "cli.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void cli_train_args_init(cli_train_args *a, int held_out)
@@ -14,6 +15,7 @@ void cli_train_args_init(cli_train_args *a, int held_out)
     pk_optim *op = &to->optim;
     const cli_opt opts[] = {
         {"data", CLI_STR, &a->data, NULL}, CLI_SELECT(a->lo), {"standardize", CLI_FLAG, &to->standardize, NULL},
+        {"input-shape", CLI_STR, &a->input_shape, NULL},
         {"model", CLI_STR, &to->model, NULL}, {"param", CLI_PARAM, &to->param, NULL},
         {"sigma-w", CLI_DOUBLE, &to->sigma_w, NULL}, {"sigma-b", CLI_DOUBLE, &to->sigma_b, NULL},
         {"init", CLI_STR, &to->init_dir, NULL}, {"loss", CLI_LOSS, &to->loss, NULL},
@@ -36,12 +38,30 @@ void cli_train_args_init(cli_train_args *a, int held_out)
     a->opts[n] = (cli_opt){NULL, 0, NULL, NULL};
 }
 
+/* --input-shape C,H,W: the rows of `data` read as C x H x W images. */
+static pk_status input_shape(const char *arg, pk_data *data)
+{
+    size_t c, h, w;
+    char extra;
+    if (sscanf(arg, "%zu,%zu,%zu%c", &c, &h, &w, &extra) != 3 || !c || !h || !w)
+        return pk_fail(PK_ERR_INPUT, "--input-shape '%s': expected C,H,W, three positive integers (e.g. 1,28,28)", arg);
+    if (c * h * w != data->d)
+        return pk_fail(PK_ERR_INPUT, "--input-shape %zu,%zu,%zu is %zu values per example, but %s has %zu", c, h, w,
+                       c * h * w, data->source ? data->source : "the data", data->d);
+    data->img_c = c;
+    data->img_h = h;
+    data->img_w = w;
+    return PK_OK;
+}
+
 pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
 {
     pk_status s = pk_data_load(a->data, &a->lo, train);
     if (!s && a->test) s = pk_data_load(a->test, &a->test_lo, test);
     if (!s && a->test && test->d != train->d)
         s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
+    if (!s && a->input_shape) s = input_shape(a->input_shape, train);
+    if (!s && a->input_shape && a->test) s = input_shape(a->input_shape, test);
     if (!s && a->to.standardize) {
         *mean = pk_alloc(train->d, sizeof **mean);
         *sd = pk_alloc(train->d, sizeof **sd);

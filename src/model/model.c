@@ -113,6 +113,9 @@ static pk_status mlp_new(const char *spec, pk_model *m)
 
 #define LENET5 "conv:6,5,pad=2;tanh;avgpool:2;conv:16,5;tanh;avgpool:2;flatten;dense:120;tanh;dense:84;tanh;dense"
 
+/* The layer sequence a preset name stands for; any other spec as it is. */
+static const char *preset(const char *spec) { return strcmp(spec, "lenet5") ? spec : LENET5; }
+
 /* One element of a layer sequence: NAME[:ARGS], ARGS comma-separated
  * positive integers then key=value pairs. */
 typedef struct element {
@@ -216,11 +219,11 @@ static pk_status add_spatial(pk_model *m, const char *spec, const element *el, c
 static pk_status sequence_new(const char *spec, pk_model *m)
 {
     const char *full = spec;
-    if (!strcmp(spec, "lenet5")) spec = LENET5;
+    spec = preset(spec);
     m->layered = 1;
     m->act = (pk_act)-1;
     size_t c = m->in_c, h = m->in_h, w = m->in_w, index = 0;
-    int spatial = 0;
+    int shaped = 0; /* an in: element gave the input's shape */
     for (const char *e = spec; *e; index++) {
         size_t len = strcspn(e, ";");
         element el;
@@ -240,12 +243,15 @@ static pk_status sequence_new(const char *spec, pk_model *m)
             m->in_c = c = el.pos[0];
             m->in_h = h = el.pos[1];
             m->in_w = w = el.pos[2];
+            shaped = 1;
         } else if (!strcmp(el.name, "conv") || !strcmp(el.name, "avgpool") || !strcmp(el.name, "maxpool")) {
             const pk_layer_ops *ops = el.name[0] == 'c' ? &pk_conv_ops : el.name[0] == 'a' ? &pk_avgpool_ops : &pk_maxpool_ops;
+            if (!shaped)
+                return pk_fail(PK_ERR_INPUT, "model '%s': %s needs an image shape, and the data has none: give "
+                               "--input-shape C,H,W (or start the spec with in:C,H,W)", full, el.name);
             if ((s = add_spatial(m, full, &el, ops, c, h, w))) return s;
             const pk_layer *l = &m->layer[m->n_layers - 1];
             c = l->c_out; h = l->h_out; w = l->w_out;
-            spatial = 1;
         } else if (!strcmp(el.name, "flatten")) {
             if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': flatten takes no arguments", full);
             pk_layer *l = add_layer(m, &pk_flatten_ops, c * h * w, c * h * w, 0);
@@ -285,9 +291,6 @@ static pk_status sequence_new(const char *spec, pk_model *m)
     if (!m->n_layers || m->layer[m->n_layers - 1].ops != &pk_dense_ops)
         return pk_fail(PK_ERR_INPUT, "model '%s': the last layer must be dense (plain 'dense': one output per "
                        "class)", full);
-    if (spatial && m->in_h == 1 && m->in_w == 1 && m->in_c == m->n_in && strncmp(spec, "in:", 3))
-        return pk_fail(PK_ERR_INPUT, "model '%s': convolution and pooling need an image shape, and the data has "
-                       "none: give --input-shape C,H,W (or start the spec with in:C,H,W)", full);
     return PK_OK;
 }
 
@@ -312,6 +315,7 @@ pk_status pk_model_for_data(const char *spec, const pk_data *data, size_t d_out,
                             double sigma_b, pk_model **out)
 {
     int shaped = data->img_h && data->img_w && (data->img_c ? data->img_c : 1) * data->img_h * data->img_w == data->d;
+    spec = preset(spec);
     if (!shaped || !strncmp(spec, "mlp:", 4) || !strcmp(spec, "linear") || !strncmp(spec, "in:", 3))
         return pk_model_new(spec, data->d, d_out, param, sigma_w, sigma_b, out);
     size_t len = strlen(spec) + 80;

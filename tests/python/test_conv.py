@@ -1,0 +1,224 @@
+"""Convolutional networks against PyTorch float64: nn.Sequential of Conv2d,
+AvgPool2d, MaxPool2d, Flatten, Linear and activations loaded with
+pathkernel's weights. Predictions (1e-12), 25 steps of every optimiser
+(weights to 1e-10) and the tangent kernel against functorch's empirical NTK
+(full blocks and trace, 1e-12), for LeNet-5, a net with stride 2, padding and
+max pooling, and one whose late conv2d layer has more channels than positions
+(MATH.md section 8's form B).
+
+Run:  /usr/bin/python3 -m pytest -q tests/python/test_conv.py
+"""
+import re
+
+import numpy as np
+import pytest
+
+from pkutil import batches, load_weights, pk, read_traj, rel_err, save_data
+
+torch = pytest.importorskip("torch", reason="needs torch: run with Debian's /usr/bin/python3")
+functorch = pytest.importorskip("functorch", reason="needs functorch (torch 1.13) for the eNTK")
+nn = torch.nn
+torch.set_num_threads(1)
+DT = torch.float64
+
+# name: (spec, input shape (C, H, W), classes)
+NETS = {
+    "lenet5": ("lenet5", (1, 28, 28), 10),
+    "stride2": ("conv:6,3,stride=2,pad=2;relu;maxpool:2;conv:8,3,pad=1;tanh;avgpool:2;flatten;dense:16;tanh;dense",
+                (3, 16, 16), 4),
+    # second conv2d: 64 channels on 2 x 2 positions, d = 128: form B
+    "late": ("conv:32,3,stride=2;tanh;conv:64,2;tanh;flatten;dense", (3, 8, 8), 4),
+}
+LENET5 = "conv:6,5,pad=2;tanh;avgpool:2;conv:16,5;tanh;avgpool:2;flatten;dense:120;tanh;dense:84;tanh;dense"
+ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "identity": nn.Identity}
+
+
+def torch_net(spec, shape, classes, weights):
+    """The nn.Sequential a spec describes, holding the exported weights."""
+    spec = LENET5 if spec == "lenet5" else spec
+    mods, c, it = [], shape[0], iter(weights)
+    flat = None
+    for el in spec.split(";"):
+        name, _, args = el.partition(":")
+        pos = [int(a) for a in args.split(",") if a and "=" not in a]
+        kw = dict(a.split("=") for a in args.split(",") if "=" in a)
+        if name == "conv":
+            W, b = next(it)
+            m = nn.Conv2d(c, pos[0], pos[1], stride=int(kw.get("stride", 1)), padding=int(kw.get("pad", 0)), dtype=DT)
+            c = pos[0]
+        elif name in ("avgpool", "maxpool"):
+            k = pos[0]
+            mods.append((nn.AvgPool2d if name == "avgpool" else nn.MaxPool2d)(k, stride=int(kw.get("stride", k))))
+            continue
+        elif name == "flatten":
+            mods.append(nn.Flatten())
+            continue
+        elif name == "dense":
+            W, b = next(it)
+            m = nn.Linear(W.shape[1], W.shape[0], dtype=DT)
+        else:
+            mods.append(ACT[name]())
+            continue
+        assert m.weight.shape == W.shape and m.bias.shape == b.shape, (name, m.weight.shape, W.shape)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(W))
+            m.bias.copy_(torch.from_numpy(b))
+        mods.append(m)
+    assert next(it, None) is None, "weights left over"
+    return nn.Sequential(*mods)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Per net: 24 training images (N, C, H, W) with labels, and 5 queries."""
+    d = tmp_path_factory.mktemp("conv")
+    r = np.random.default_rng(20261207)
+    out = {}
+    for name, (_, shape, C) in NETS.items():
+        X = r.uniform(0, 1, size=(24, *shape))
+        y = np.arange(24) % C
+        r.shuffle(y)
+        Q = r.uniform(0, 1, size=(5, *shape))
+        out[name] = {"X": X, "y": y.astype(np.int64), "Q": Q,
+                     "spec": save_data(d, f"{name}_tr", X, y.astype(np.int64)),
+                     "qspec": save_data(d, f"{name}_q", Q, np.zeros(5, dtype=np.int64))}
+    return out
+
+
+def train(name, images, run, optim_args, steps=25):
+    spec = NETS[name][0]
+    pk("train", "--data", images[name]["spec"], "--model", spec, "--loss", "softmax", *optim_args,
+       "--steps", str(steps), "--seed", "5", "--out", run, "--quiet")
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_predictions_match_torch(images, tmp_path, name):
+    spec, shape, C = NETS[name]
+    run = tmp_path / "run"
+    train(name, images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=6)
+    for step in ("0", "final"):
+        pk("weights", run, "--step", step, "--out", tmp_path / f"w{step}")
+        net = torch_net(spec, shape, C, load_weights(tmp_path / f"w{step}"))
+        pk("predict", run, "--data", images[name]["qspec"], "--step", step, "--out", tmp_path / "p.npy")
+        got = np.load(tmp_path / "p.npy")
+        with torch.no_grad():
+            want = net(torch.from_numpy(images[name]["Q"])).numpy()
+        err = rel_err(got, want)
+        assert err < 1e-12, f"{name} step {step}: max relative error {err:.3g}"
+
+
+def test_spec_is_recorded_with_its_shape(images, tmp_path):
+    run = tmp_path / "run"
+    train("lenet5", images, run, ["--optim", "gd", "--lr", "0.1"], steps=1)
+    info = pk("info", run)
+    assert "in:1,28,28;" + LENET5 in info, info
+    # 61,706 parameters: LeNet-5 as PyTorch counts them
+    assert re.search(r"61,?706 param", info), info
+
+
+OPTIMS = {
+    "gd": ["--optim", "gd", "--lr", "0.1"],
+    "sgd": ["--optim", "sgd", "--lr", "0.1", "--batch", "8"],
+    "momentum": ["--optim", "momentum", "--momentum", "0.9", "--lr", "0.05", "--batch", "8"],
+    "adam": ["--optim", "adam", "--lr", "0.003", "--batch", "8"],
+    "adamw": ["--optim", "adamw", "--lr", "0.003", "--batch", "8", "--weight-decay", "0.1"],
+}
+
+
+@pytest.mark.parametrize("optim", list(OPTIMS))
+@pytest.mark.parametrize("name", ["lenet5", "stride2"])
+def test_training_matches_torch(images, tmp_path, name, optim):
+    spec, shape, C = NETS[name]
+    run = tmp_path / "run"
+    train(name, images, run, OPTIMS[optim])
+    pk("weights", run, "--step", "0", "--out", tmp_path / "w0")
+    pk("weights", run, "--step", "final", "--out", tmp_path / "wT")
+    net = torch_net(spec, shape, C, load_weights(tmp_path / "w0"))
+    params = list(net.parameters())
+    args = OPTIMS[optim]
+    lr = float(args[args.index("--lr") + 1])
+    if optim in ("gd", "sgd"):
+        opt = torch.optim.SGD(params, lr=lr)
+    elif optim == "momentum":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    elif optim == "adam":
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    tr = read_traj(run / "trajectory.bin")
+    assert tr["T"] == 25
+    X, y = torch.from_numpy(images[name]["X"]), torch.from_numpy(images[name]["y"])
+    for t, idx in enumerate(batches(tr)):
+        for g in opt.param_groups:
+            g["lr"] = float(tr["lr"][t])
+        ib = torch.from_numpy(idx)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X[ib]), y[ib]).backward()
+        opt.step()
+    got = load_weights(tmp_path / "wT")
+    want = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net if hasattr(m, "weight")]
+    moved = rel_err(got[0][0], load_weights(tmp_path / "w0")[0][0])
+    assert moved > 1e-4, "training did not move the first layer: the comparison would mean nothing"
+    for l, ((Wg, bg), (Ww, bw)) in enumerate(zip(got, want), 1):
+        for what, g, w in ((f"W{l}", Wg, Ww), (f"b{l}", bg, bw)):
+            err = rel_err(g, w)
+            assert err < 1e-10, f"{name} {optim}: {what} max relative error {err:.3g} after 25 steps"
+
+
+def functorch_entk(net, X, Y):
+    """K (nx, ny, C, C) = J_x J_y^T by Jacobian contraction over all parameters."""
+    fnet, params = functorch.make_functional(net)
+
+    def jac(x):
+        j = functorch.vmap(functorch.jacrev(lambda p, xi: fnet(p, xi.unsqueeze(0)).squeeze(0)), (None, 0))(params, x)
+        return [t.reshape(t.shape[0], t.shape[1], -1) for t in j]
+
+    Jx, Jy = jac(torch.from_numpy(X)), jac(torch.from_numpy(Y))
+    return sum(torch.einsum("akp,blp->abkl", a, b) for a, b in zip(Jx, Jy)).detach().numpy()
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_tangent_kernel_matches_functorch(images, tmp_path, name):
+    spec, shape, C = NETS[name]
+    run = tmp_path / "run"
+    train(name, images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=4)
+    pk("weights", run, "--step", "final", "--out", tmp_path / "w")
+    net = torch_net(spec, shape, C, load_weights(tmp_path / "w"))
+    X, Q = images[name]["X"][:7], images[name]["Q"]
+    ref = functorch_entk(net, Q, X)
+    assert ref.shape == (5, 7, C, C)
+    xspec = save_data(tmp_path, "x7", X, images[name]["y"][:7])
+    for mode in ("full", "trace"):
+        pk("kernel", run, "--x", images[name]["qspec"], "--y", xspec, "--mode", mode, "--out", tmp_path / "K.npy")
+        K = np.load(tmp_path / "K.npy")
+        want = ref if mode == "full" else np.einsum("abkk->ab", ref)
+        err = rel_err(K, want)
+        assert err < 1e-12, f"{name} {mode}: differs from functorch's eNTK, rel err {err:.3g}"
+
+
+BAD_SPECS = [
+    ("conv:6,31;tanh;flatten;dense", "window does not fit"),
+    ("conv:6,5;tanh;dense", "add flatten"),
+    ("conv:6,5;tanh;flatten", "last layer must be dense"),
+    ("conv:6;flatten;dense", "conv takes OUT,K"),
+    ("conv:6,5,dilation=2;flatten;dense", "unknown option"),
+    ("pool:2;flatten;dense", "unknown layer 'pool'"),
+]
+
+
+@pytest.mark.parametrize("spec,why", BAD_SPECS)
+def test_bad_specs_are_refused_before_training(images, tmp_path, spec, why):
+    from pkutil import pk_run
+    p = pk_run("train", "--data", images["lenet5"]["spec"], "--model", spec, "--loss", "softmax", "--optim", "gd",
+               "--lr", "0.1", "--steps", "1", "--out", tmp_path / "run", expect=2)
+    assert why in p.stderr, p.stderr
+    assert "conv" in p.stderr or "pool" in p.stderr
+    assert not (tmp_path / "run").exists(), "a refused spec left a run directory"
+
+
+def test_conv_on_flat_data_names_the_fix(tmp_path):
+    from pkutil import pk_run
+    spec = save_data(tmp_path, "flat", np.random.default_rng(1).normal(size=(10, 16)), np.arange(10) % 2)
+    p = pk_run("train", "--data", spec, "--model", "conv:2,3;flatten;dense", "--loss", "softmax", "--optim", "gd",
+               "--lr", "0.1", "--steps", "1", "--out", tmp_path / "run", expect=2)
+    assert "--input-shape" in p.stderr, p.stderr
