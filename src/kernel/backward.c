@@ -48,6 +48,18 @@ static size_t max_dout(const pk_model *m)
     return s;
 }
 
+/* The parameters of the largest layer the sweep contracts through its
+ * per-row gradients (pk_layer_ops.grad_rows: every kind but dense). */
+static size_t max_rows_params(const pk_model *m)
+{
+    size_t s = 0;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        if (lw->ops != &pk_dense_ops && lw->n_w > s) s = lw->n_w;
+    }
+    return s;
+}
+
 /* Queries per GEMM chunk: the product of a chunk of H by the batch inputs
  * stays near 4 Mi doubles. */
 static size_t chunk_queries(const pk_model *m, size_t Qb, size_t B)
@@ -67,6 +79,7 @@ static double block_doubles(const pk_model *m, size_t B, size_t Qb, int kernel, 
     b += (double)Qb * (double)md;                                         /* adamw: U a      */
     b += (double)chunk_queries(m, Qb, B) * (double)C * (double)md * (double)B; /* GEMM chunk  */
     b += (double)Qb * (double)C * (double)B * (double)(kernel ? C : 1);   /* bias GEMM       */
+    b += (double)Qb * (double)C * (double)max_rows_params(m);             /* query gradients */
     return b;
 }
 
@@ -77,6 +90,7 @@ static double fixed_doubles(const pk_model *m, const pk_optim *op, size_t d, siz
     double b = (4.0 + (double)pk_optim_state_len(op)) * (double)P;       /* G, wq, prev, final, state */
     b += (double)B * (double)(d + 3 * sd + C + md);                       /* stepper, deltas^T */
     if (kernel) b += 2.0 * (double)B * (double)(C * sd);                  /* batch deltas (+^T) */
+    b += (double)B * (double)(kernel ? C : 1) * (double)max_rows_params(m); /* batch gradients */
     return b;
 }
 
@@ -135,8 +149,14 @@ typedef struct sweep {
     double *M;       /* GEMM chunk                                           */
     double *Mb;      /* bias GEMM (Qb*C, B[*C])                              */
     double *U;       /* (Qb, dout) adamw: U_l a_x                            */
+    double *VQ;      /* (Qb C, n_w) queries' per-output gradients of a layer (grad_rows) */
+    double *VB;      /* (B [C], n_w) the batch's gradients of a layer (grad_rows)        */
     size_t gq;       /* queries per GEMM chunk                               */
 } sweep;
+
+/* A layer's weights and bias: n_W and n_w - n_W parameters. */
+static size_t n_weights(const pk_layer *l) { return l->b_off - l->w_off; }
+static size_t n_bias(const pk_layer *l) { return l->n_w - n_weights(l); }
 
 /* H block of layer l for a block of nq queries. */
 static double *Hw(const sweep *sw, size_t nq, size_t l) { return sw->H + nq * sw->C * pk_model_weight(sw->m, l)->w_off; }
@@ -166,7 +186,7 @@ static pk_status replay_segment(sweep *sw, size_t a, size_t b)
 
 /* H(s) = decay H(s+1) + coef sum_q c_q J_x(w_s + s_q D_s) [P_s], in one pass
  * over H: every node's tape (sw->qt[n], sw->dq[n]) is ready. */
-static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_t nn, const double *pre)
+static pk_status update_h(sweep *sw, size_t nq, double decay, const double *cn, size_t nn, const double *pre)
 {
     const pk_model *m = sw->m;
     size_t C = sw->C, L = m->n_weight;
@@ -176,6 +196,20 @@ static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_
         double swl = lw->sw, sbl = lw->sb;
         double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
         const double *pw = pre ? pre + lw->w_off : NULL, *pb = pre ? pre + lw->b_off : NULL;
+        if (lw->ops != &pk_dense_ops) { /* by the rows' gradients: H_{x,k} rows of n_W, then of n_b */
+            size_t nW = n_weights(lw), nB = n_bias(lw), len = nq * C * nW, blen = nq * C * nB;
+            double *V = sw->VQ, *Vb = sw->VQ + len;
+            for (size_t i = 0; i < len; i++) hw[i] = decay == 0.0 ? 0.0 : decay * hw[i];
+            for (size_t i = 0; i < blen; i++) hb[i] = decay == 0.0 ? 0.0 : decay * hb[i];
+            for (size_t n = 0; n < nn; n++) {
+                if (lw->ops->grad_rows(lw, nq, C, pk_tape_in(sw->qt[n], m->weight[l]), sw->dq[n][l], V, Vb))
+                    return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
+                #pragma omp parallel for schedule(static) if (len >= PK_PAR_MIN)
+                for (size_t i = 0; i < len; i++) hw[i] += cn[n] * V[i] * (pw ? pw[i % nW] : 1.0);
+                for (size_t i = 0; i < blen; i++) hb[i] += cn[n] * Vb[i] * (pb ? pb[i % nB] : 1.0);
+            }
+            continue;
+        }
         size_t rows = nq * C * dout;
         #pragma omp parallel for schedule(static) if (rows * din >= PK_PAR_MIN)
         for (size_t r = 0; r < rows; r++) {
@@ -215,16 +249,30 @@ static void update_h(sweep *sw, size_t nq, double decay, const double *cn, size_
             hb[r] = decay * hb[r] + sbl * fb * (pb ? pb[o] : 1.0);
         }
     }
+    return PK_OK;
 }
 
 /* adamw: regularisation(x)_k += reg_coef J_{x,k}(node n) . w_s, structured:
  * s_w delta_k . (W_s,l a_x) + s_b delta_k . c_s,l per layer. */
-static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coef, const double *ws)
+static pk_status adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coef, const double *ws)
 {
     const pk_model *m = sw->m;
     size_t C = sw->C;
     for (size_t l = 0; l < m->n_weight; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
+        if (lw->ops != &pk_dense_ops) { /* J_{x,k} . w_s from the rows' gradients */
+            size_t nW = n_weights(lw), nB = n_bias(lw);
+            double *V = sw->VQ, *Vb = sw->VQ + nq * C * nW;
+            if (lw->ops->grad_rows(lw, nq, C, pk_tape_in(sw->qt[n], m->weight[l]), sw->dq[n][l], V, Vb))
+                return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
+            for (size_t qk = 0; qk < nq * C; qk++) {
+                double acc = 0;
+                for (size_t i = 0; i < nW; i++) acc += V[qk * nW + i] * ws[lw->w_off + i];
+                for (size_t i = 0; i < nB; i++) acc += Vb[qk * nB + i] * ws[lw->b_off + i];
+                sw->e->regularisation[q0 * C + qk] += reg_coef * acc;
+            }
+            continue;
+        }
         size_t din = lw->in, dout = lw->out;
         double swl = lw->sw, sbl = lw->sb;
         const double *dl = sw->dq[n][l], *ub = ws + lw->b_off;
@@ -237,6 +285,7 @@ static void adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coe
                 sw->e->regularisation[(q0 + q) * C + k] += reg_coef * acc;
             }
     }
+    return PK_OK;
 }
 
 /* One pass of dot products with the rows H_{x,k}(s):
@@ -252,18 +301,18 @@ static void dot_terms(sweep *sw, size_t q0, size_t nq, double lambda, const doub
         double accw = 0, accg = 0;
         for (size_t l = 0; l < m->n_weight; l++) {
             const pk_layer *lw = pk_model_weight(m, l);
-        size_t din = lw->in, dout = lw->out;
-            const double *hw = Hw(sw, nq, l) + qk * dout * din, *hb = Hb(sw, nq, l) + qk * dout;
+            size_t nW = n_weights(lw), nB = n_bias(lw);
+            const double *hw = Hw(sw, nq, l) + qk * nW, *hb = Hb(sw, nq, l) + qk * nB;
             const double *w = ws + lw->w_off, *b = ws + lw->b_off;
             const double *gw = G ? G + lw->w_off : NULL, *gb = G ? G + lw->b_off : NULL;
             double aw = 0, ab = 0, cw = 0, cb = 0;
             if (lambda != 0.0) {
-                for (size_t i = 0; i < dout * din; i++) aw += hw[i] * w[i];
-                for (size_t o = 0; o < dout; o++) ab += hb[o] * b[o];
+                for (size_t i = 0; i < nW; i++) aw += hw[i] * w[i];
+                for (size_t o = 0; o < nB; o++) ab += hb[o] * b[o];
             }
             if (G) {
-                for (size_t i = 0; i < dout * din; i++) cw += hw[i] * gw[i];
-                for (size_t o = 0; o < dout; o++) cb += hb[o] * gb[o];
+                for (size_t i = 0; i < nW; i++) cw += hw[i] * gw[i];
+                for (size_t o = 0; o < nB; o++) cb += hb[o] * gb[o];
             }
             accw += aw + ab;
             accg += cw + cb;
@@ -276,7 +325,53 @@ static void dot_terms(sweep *sw, size_t q0, size_t nq, double lambda, const doub
 
 /* phi_i(x) -= (1/|B|) H_x(s) g_i(s) and K^p(x, x_i) += (1/|B|) H_x(s) J_{x_i}(w_s)^T
  * for the batch on the stepper's tape (at w_s). */
-static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx, size_t nb)
+/* The same for a layer contracted through gradients (grad_rows): Mb ((q,k),
+ * j) = H_{x,k} . g_j from the batch's loss-weighted gradients, and for the
+ * kernel ((q,k), (j,k2)) = H_{x,k} . J_{x_j,k2} from its per-output ones. */
+static pk_status batch_products_rows(sweep *sw, const pk_layer *lw, size_t l, size_t q0, size_t nq,
+                                     const uint32_t *idx, size_t nb)
+{
+    const pk_model *m = sw->m;
+    size_t C = sw->C, N = sw->N, kr = sw->kr, nW = n_weights(lw), nB = n_bias(lw);
+    pk_explain *e = sw->e;
+    double inv = 1.0 / (double)nb;
+    const pk_tape *bt = sw->st.tape;
+    const double *aB = pk_tape_in(bt, m->weight[l]), *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
+    for (int part = 0; part < (e->kernel ? 2 : 1); part++) {
+        size_t rows = part ? C : 1, cols = nb * rows;
+        const double *delta = part ? sw->dB[l] : bt->g[m->weight[l]];
+        if (lw->ops->grad_rows(lw, nb, rows, aB, delta, sw->VB, sw->VB + cols * nW))
+            return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
+        pk_gemm_rows(0, 1, nq * C, cols, nW, 1.0, hw, nW, sw->VB, nW, 0.0, sw->Mb, cols);
+        pk_gemm_rows(0, 1, nq * C, cols, nB, 1.0, hb, nB, sw->VB + cols * nW, nB, 1.0, sw->Mb, cols);
+        #pragma omp parallel for schedule(static) if (nq * C * cols >= PK_PAR_MIN)
+        for (size_t x = 0; x < nq; x++) {
+            size_t q = q0 + x;
+            for (size_t k = 0; k < C; k++) {
+                const double *r = sw->Mb + (x * C + k) * cols;
+                if (!part) {
+                    double sum = 0;
+                    for (size_t j = 0; j < nb; j++) {
+                        sum += r[j];
+                        if (e->contrib) e->contrib[(q * N + idx[j]) * C + k] -= inv * r[j];
+                    }
+                    e->contrib_sum[q * C + k] -= inv * sum;
+                    continue;
+                }
+                for (size_t j = 0; j < nb; j++)
+                    for (size_t k2 = 0; k2 < C; k2++) {
+                        if (kr == 1 && k2 != k) continue;
+                        size_t i = idx[j];
+                        if (kr == 1) e->kernel[q * N + i] += inv * r[j * C + k2];
+                        else e->kernel[((q * N + i) * C + k) * C + k2] += inv * r[j * C + k2];
+                    }
+            }
+        }
+    }
+    return PK_OK;
+}
+
+static pk_status batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx, size_t nb)
 {
     const pk_model *m = sw->m;
     size_t C = sw->C, N = sw->N, kr = sw->kr, L = m->n_weight;
@@ -286,6 +381,11 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
     const pk_tape *bt = sw->st.tape;
     for (size_t l = 0; l < L; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
+        if (lw->ops != &pk_dense_ops) {
+            pk_status s = batch_products_rows(sw, lw, l, q0, nq, idx, nb);
+            if (s) return s;
+            continue;
+        }
         size_t din = lw->in, dout = lw->out;
         double swl = lw->sw, sbl = lw->sb;
         const double *dt = bt->g[m->weight[l]], *aB = pk_tape_in(bt, m->weight[l]);
@@ -375,6 +475,7 @@ static void batch_products(sweep *sw, size_t q0, size_t nq, const uint32_t *idx,
             }
         }
     }
+    return PK_OK;
 }
 
 /* One block of queries: the whole backward sweep. */
@@ -414,9 +515,10 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
                 pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
                 pk_model_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
                 cn[node] = cq * coef;
-                if (adamw && lambda != 0.0) adamw_term(sw, q0, nq, node, -cq * lr * lambda, ws);
+                if (!s && adamw && lambda != 0.0) s = adamw_term(sw, q0, nq, node, -cq * lr * lambda, ws);
             }
-            update_h(sw, nq, decay, cn, quad->n, pre);
+            if (!s) s = update_h(sw, nq, decay, cn, quad->n, pre);
+            if (s) break;
             const uint32_t *idx;
             size_t nb;
             pk_run_batch(sw->run, t, &idx, &nb);
@@ -427,7 +529,7 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             if (l2 != 0.0 || !per_example) dot_terms(sw, q0, nq, l2, ws, per_example ? NULL : sw->G);
             if (per_example) {
                 if (sw->e->kernel) pk_model_output_deltas(m, ws, sw->st.tape, sw->dB);
-                batch_products(sw, q0, nq, idx, nb);
+                if ((s = batch_products(sw, q0, nq, idx, nb))) break;
             }
             /* the sweep runs backward: T - t steps of this block are done */
             if (sw->o->progress && sw->o->progress(sw->o->ctx, T - t, T, pk_run_batch_loss(sw->run, t))) {
@@ -451,11 +553,12 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.o = o;
     sw.e = e;
     const pk_model *m = sw.m;
-    /* H_x is kept and contracted in the dense layers' layout (W rows, then c) */
+    /* H_x is kept in the parameters' layout: dense layers contracted by
+     * structure, every other kind through its rows' gradients */
     for (size_t l = 0; l < m->n_weight; l++)
-        if (pk_model_weight(m, l)->ops != &pk_dense_ops)
-            return pk_fail(PK_ERR_INPUT, "%s: the backward sweep of momentum, Adam and weight decay takes dense "
-                           "layers only; this model has a %s layer", pk_run_dir(run), pk_model_weight(m, l)->ops->kind);
+        if (pk_model_weight(m, l)->ops != &pk_dense_ops && !pk_model_weight(m, l)->ops->grad_rows)
+            return pk_fail(PK_ERR_INPUT, "%s: the backward sweep of momentum, Adam and weight decay cannot take "
+                           "a %s layer", pk_run_dir(run), pk_model_weight(m, l)->ops->kind);
     sw.P = m->n_params;
     sw.C = m->n_out;
     sw.N = pk_run_n_train(run);
@@ -489,7 +592,10 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.M = pk_alloc(sw.gq * C * md, B * sizeof(double));
     sw.Mb = pk_alloc(Qb * C, B * (e->kernel ? C : 1) * sizeof(double));
     sw.U = pk_alloc(Qb, md * sizeof(double));
-    if (!sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
+    size_t nr = max_rows_params(m);
+    sw.VQ = nr ? pk_alloc(Qb * C, nr * sizeof(double)) : NULL;
+    sw.VB = nr ? pk_alloc(B * (e->kernel ? C : 1), nr * sizeof(double)) : NULL;
+    if ((nr && (!sw.VQ || !sw.VB)) || !sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
         s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
                     "%zu steps per segment)", Qb, seg);
@@ -506,6 +612,6 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     }
     if (e->kernel && have_dB) pk_deltas_free(m, sw.dB);
     free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.W); free(sw.Pre);
-    free(sw.H); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U);
+    free(sw.H); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U); free(sw.VQ); free(sw.VB);
     return s;
 }

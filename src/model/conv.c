@@ -332,6 +332,12 @@ static void conv_init(const pk_layer *l, pk_rng *r, double *w)
     pk_dense_ops.init(&as_dense, r, w);
 }
 
+static int conv_grad_rows(const pk_layer *l, size_t n, size_t rows, const double *x, const double *delta, double *V,
+                          double *Vb)
+{
+    return row_gradients(l, n, rows, x, delta, 1, V, Vb);
+}
+
 const pk_layer_ops pk_conv_ops = {
     .kind = "conv2d",
     .forward = conv_forward,
@@ -339,6 +345,7 @@ const pk_layer_ops pk_conv_ops = {
     .grad = conv_grad,
     .gram = conv_gram,
     .gram_diag = conv_gram_diag,
+    .grad_rows = conv_grad_rows,
     .init = conv_init,
 };
 

@@ -14,8 +14,7 @@
  * an example's row as (C, H, W) values, NCHW as PyTorch stores them. Two
  * things are still to add for residual blocks and dropout: a slot per layer
  * on the tape (a block's inner values) and the (step, example) a dropout
- * mask is drawn from; and the momentum/Adam sweep's contraction of H_x
- * (kernel/backward.c) takes dense layers only. */
+ * mask is drawn from. */
 
 typedef struct pk_layer pk_layer;
 
@@ -51,6 +50,14 @@ typedef struct pk_layer_ops {
      * fold rows of deltas summed, the trace). */
     void (*gram_diag)(const pk_layer *l, size_t n, size_t fold, const double *ax, const double *dx, const double *ay,
                       const double *dy, double *out);
+    /* Layers with parameters that are not dense (the momentum/Adam sweep,
+     * kernel/backward.c, contracts dense layers by structure): the
+     * gradient of every row of deltas, V (n rows, n_W) for the weights and
+     * Vb (n rows, n_w - n_W) for the bias (n_W = b_off - w_off), scales
+     * included, from x (n, in) and deltas (n rows, out). Nonzero when out
+     * of memory. */
+    int (*grad_rows)(const pk_layer *l, size_t n, size_t rows, const double *x, const double *delta, double *V,
+                     double *Vb);
     /* Seeded initialisation of the layer's parameters. */
     void (*init)(const pk_layer *l, pk_rng *r, double *w);
 } pk_layer_ops;

@@ -222,3 +222,71 @@ def test_conv_on_flat_data_names_the_fix(tmp_path):
     p = pk_run("train", "--data", spec, "--model", "conv:2,3;flatten;dense", "--loss", "softmax", "--optim", "gd",
                "--lr", "0.1", "--steps", "1", "--out", tmp_path / "run", expect=2)
     assert "--input-shape" in p.stderr, p.stderr
+
+
+# ------------------------------------------------- exact path kernel on CNNs
+
+SMALL = "conv:4,3,stride=2,pad=2;tanh;avgpool:2;conv:6,2;tanh;flatten;dense:8;tanh;dense"
+
+
+def test_verify_gl4_tanh_avgpool_sgd(images, tmp_path):
+    """The forward sweep (sgd): gl4 within 1e-9 of the prediction, and
+    contributions that add up to it (explain's summary)."""
+    run = tmp_path / "run"
+    pk("train", "--data", images["stride2"]["spec"], "--model", SMALL, "--loss", "softmax", "--optim", "sgd",
+       "--lr", "0.1", "--batch", "8", "--steps", "30", "--seed", "2", "--out", run, "--quiet")
+    out = pk("verify", run, "--query", images["stride2"]["qspec"], "--quad", "gl4", "--tol", "1e-9", "--json")
+    import json
+    s = json.loads(out)
+    assert s["max_rel_err"] < 1e-9 and s["steps"] == 30, s
+    # the left rule is not that close: the check can fail
+    p = pk_run_any("verify", run, "--query", images["stride2"]["qspec"], "--quad", "left", "--json")
+    assert json.loads(p.stdout)["max_rel_err"] > 1e-6
+
+
+def pk_run_any(*args):
+    from pkutil import pk_run
+    return pk_run(*args, expect=None)
+
+
+@pytest.mark.parametrize("optim", [["--optim", "momentum", "--lr", "0.05"],
+                                   ["--optim", "adam", "--lr", "0.003"],
+                                   ["--optim", "adamw", "--lr", "0.003", "--weight-decay", "0.2"]],
+                         ids=["momentum", "adam", "adamw"])
+def test_backward_sweep_on_conv_is_exact(images, tmp_path, optim):
+    """Momentum and Adam go through the backward sweep (MATH.md section 5),
+    conv2d layers by their rows' gradients: with gl8 the contributions,
+    the regularisation and the bias add up to the prediction to rounding."""
+    run = tmp_path / "run"
+    pk("train", "--data", images["stride2"]["spec"], "--model", SMALL, "--loss", "softmax", *optim,
+       "--batch", "8", "--steps", "12", "--seed", "2", "--out", run, "--quiet")
+    pk("explain", run, "--query", images["stride2"]["qspec"], "--quad", "gl8", "--out", tmp_path / "ex")
+    e = {k: np.load(tmp_path / "ex" / f"{k}.npy") for k in ("pred", "bias", "contrib", "regularisation")}
+    moved = e["pred"] - e["bias"]
+    resid = moved - e["contrib"].sum(axis=1) - e["regularisation"]
+    assert np.abs(moved).max() > 1e-3
+    assert np.abs(resid).max() / np.abs(moved).max() < 1e-11
+    if "adamw" in optim:
+        assert np.abs(e["regularisation"]).max() > 1e-6, "decay moved nothing: the check would not see it"
+
+
+def test_backward_sweep_kernel_one_step(images, tmp_path):
+    """One momentum step from w_0: phi_i(x)_k = -sum_k2 r_{i,k2}
+    K^p(x, x_i)_{k,k2} (the contribution kernel carries eta/|B|, MATH.md
+    section 3), with r the softmax residuals at w_0 (computed here in numpy):
+    the kernel the sweep writes is the one its contributions are made of."""
+    run = tmp_path / "run"
+    X, y = images["stride2"]["X"], images["stride2"]["y"]
+    pk("train", "--data", images["stride2"]["spec"], "--model", SMALL, "--loss", "softmax", "--optim", "momentum",
+       "--lr", "0.1", "--steps", "1", "--seed", "4", "--out", run, "--quiet")
+    pk("explain", run, "--query", images["stride2"]["qspec"], "--quad", "gl4", "--mode", "full",
+       "--out", tmp_path / "ex")
+    pk("predict", run, "--data", images["stride2"]["spec"], "--step", "0", "--out", tmp_path / "f0.npy")
+    f0 = np.load(tmp_path / "f0.npy")
+    p = np.exp(f0 - f0.max(axis=1, keepdims=True))
+    r = p / p.sum(axis=1, keepdims=True) - np.eye(f0.shape[1])[y]
+    K = np.load(tmp_path / "ex" / "kernel.npy")
+    phi = np.load(tmp_path / "ex" / "contrib.npy")
+    assert K.shape == (5, 24, 4, 4)
+    want = -np.einsum("qikl,il->qik", K, r)
+    assert rel_err(phi, want) < 1e-12
