@@ -107,6 +107,33 @@ def _as_matrix(a, name, d=None):
     return out
 
 
+def _flat_images(X):
+    """Images (n, C, H, W) or (n, H, W) as rows (n, C H W), NCHW order; any
+    other array as it is."""
+    if isinstance(X, np.ndarray) and X.ndim in (3, 4):
+        return X.reshape(X.shape[0], -1)
+    return X
+
+
+def _image_shape(X, input_shape):
+    """(C, H, W) of the examples: input_shape, or X's own when it is (n, C,
+    H, W) or (n, H, W); None for rows without a shape."""
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"input_shape: expected (C, H, W), got {input_shape!r}") from None
+        if len(shape) != 3 or min(shape) <= 0:
+            raise ValueError(f"input_shape: expected three positive integers (C, H, W), got {input_shape!r}")
+        return shape
+    arr = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    if arr.ndim == 4:
+        return tuple(arr.shape[1:])
+    if arr.ndim == 3:
+        return (1,) + tuple(arr.shape[1:])
+    return None
+
+
 def _as_targets(y, n):
     """(n, ty) float64 targets from (n,) class indices or (n, k) reals."""
     arr = np.asarray(y)
@@ -286,7 +313,7 @@ class Run:
     def _queries(self, X, name="X"):
         """Queries as (n, d) float64 in the run's feature space (standardised
         by the library's own pk_data_standardize when the run records it)."""
-        x = _as_matrix(X, name, self.n_inputs)
+        x = _as_matrix(_flat_images(X), name, self.n_inputs)
         if self.mean is not None:
             x = np.array(x, dtype=np.float64, order="C", copy=True)
             data = _data(x)
@@ -466,11 +493,15 @@ def open_run(path):
 
 def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=100, batch=0, seed=0,
           out=None, momentum=0.9, weight_decay=0.0, param="standard", sigma_w=1.0, sigma_b=0.0, keep=1,
-          standardize=False):
-    """Train a network on X (n, d) and y ((n,) class indices for softmax /
-    logistic, or (n, k) real targets for mse) and return the opened Run.
+          standardize=False, input_shape=None):
+    """Train a network on X (n, d), or images (n, C, H, W) / (n, H, W), and y
+    ((n,) class indices for softmax / logistic, or (n, k) real targets for
+    mse) and return the opened Run.
 
-    model "mlp:H1,H2,...:ACT" or "linear"; loss mse | logistic | softmax;
+    model "mlp:H1,H2,...:ACT", "linear", "lenet5" or a layer sequence such as
+    "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense" (the CLI's
+    --model); input_shape (C, H, W) reads rows of X as images (images
+    carry their own); loss mse | logistic | softmax;
     optim gd | sgd | momentum | adam | adamw; batch 0 = full batch; keep:
     store the weights every `keep` steps; param "standard" or "ntk" (with
     sigma_w, sigma_b); standardize: scale features by the training mean/std
@@ -482,7 +513,11 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     train_x.npy / train_y.npy and recorded as the run's data spec, so that the
     CLI (explain, attribute, selfinfluence, ...) works on the run too.
     """
-    x = _as_matrix(X, "X")
+    shape = _image_shape(X, input_shape)
+    x = _as_matrix(_flat_images(X), "X")
+    if shape is not None and shape[0] * shape[1] * shape[2] != x.shape[1]:
+        raise ValueError(f"input_shape {shape} is {shape[0] * shape[1] * shape[2]} values per example, X has "
+                         f"{x.shape[1]}")
     yt = _as_targets(y, x.shape[0])
     L = _lib()
     o = L.pk_train_opts_defaults()
@@ -518,7 +553,7 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     created = not outp.exists()
     outp.mkdir(parents=True, exist_ok=True)
     xp, yp = outp / "train_x.npy", outp / "train_y.npy"
-    np.save(xp, x)
+    np.save(xp, x.reshape((x.shape[0],) + shape) if shape else x)  # the CLI reads the shape back
     np.save(yp, yt)
     spec = f"npy:{xp.resolve()},{yp.resolve()}".encode()
     out_b = os.fsencode(os.fspath(outp))
@@ -535,6 +570,8 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
         L.pk_data_standardize(ctypes.byref(data), _ptr(mean), _ptr(std))
         o.standardize, o.mean, o.std = 1, _ptr(mean), _ptr(std)
     data = _data(xt, yt)
+    if shape is not None:
+        data.img_c, data.img_h, data.img_w = shape
     try:
         _check(L.pk_train(ctypes.byref(data), ctypes.byref(o), None, None))
     except PathkernelInputError:

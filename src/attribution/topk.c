@@ -13,6 +13,7 @@
 #include "kernel/kernel.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 pk_topk_opts pk_topk_opts_defaults(void)
@@ -127,8 +128,11 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     size_t C = m->n_out, B = batch_cap(run), Qb = block_of(o, n), sd = pk_model_widths(m);
     double b = 5.0 * (double)m->n_params + (double)pk_run_n_train(run);        /* w's, G, state; last */
     b += (double)B * (double)(m->n_in + 3 * sd + C);                           /* stepper          */
-    b += (double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B;       /* tape, R, S, D, A */
-    b += (double)Qb * (double)m->layer[0].out;                                         /* dZ1              */
+    size_t blocks = (n + Qb - 1) / Qb, nt = (size_t)omp_get_max_threads();
+    if (nt > blocks) nt = blocks ? blocks : 1;
+    b += (double)nt * ((double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B); /* per thread: tape, R, S, D, A */
+    b += (double)nt * (double)Qb * (double)m->layer[0].out;                           /* per thread: dZ1  */
+    b += (double)o->quad.n * (double)m->n_params;                                    /* node weights     */
     b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
     return b * sizeof(double);
 }
@@ -185,43 +189,74 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
 
 /* ------------------------------------------------------ gd and sgd, forward */
 
+/* What one thread needs for a block of queries at a step. */
+typedef struct block_work {
+    pk_tape *qt;   /* the block's tape at a node                          */
+    double *R;     /* (Qb, C) e_c: the attributed output                  */
+    double *S;     /* (Qb, B) <J_{x,c}(node), g_i(w_t)>                   */
+    double *D, *A; /* (Qb, B) side-product scratch; A: x . x_i first      */
+    double *dZ1;   /* (Qb, d1) first-layer pre-activations' change        */
+} block_work;
+
+static void block_work_free(block_work *b)
+{
+    pk_tape_free(b->qt);
+    free(b->R); free(b->S); free(b->D); free(b->A); free(b->dZ1);
+}
+
+static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
+{
+    memset(b, 0, sizeof *b);
+    size_t C = m->n_out, d1 = m->layer[0].out;
+    b->qt = pk_tape_new(m, Qb);
+    if (b->qt) b->qt->queries = 1;
+    b->R = pk_calloc(Qb, C * sizeof *b->R);
+    b->S = pk_alloc(Qb, B * sizeof *b->S);
+    b->D = pk_alloc(Qb, B * sizeof *b->D);
+    b->A = pk_alloc(Qb, B * sizeof *b->A);
+    b->dZ1 = pk_alloc(Qb, d1 * sizeof *b->dZ1);
+    return b->qt && b->R && b->S && b->D && b->A && b->dZ1;
+}
+
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
                               query_heaps *qh, pk_topk *out)
 {
     const pk_model *m = pk_run_model(run);
     size_t N = pk_run_n_train(run), C = m->n_out, P = m->n_params;
-    size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), K = o->top;
+    size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), K = o->top, nodes = o->quad.n;
     pk_status s = PK_OK;
     size_t *last = pk_alloc(N ? N : 1, sizeof *last);
     size_t n_slots = last ? open_plan(run, last) : SIZE_MAX;
     if (n_slots == SIZE_MAX) { free(last); return PK_ERR_NOMEM; }
     if (!n_slots) n_slots = 1;
+    /* blocks of queries go to the threads whole (each query's products
+     * have a fixed shape, so its result never depends on the thread) */
+    size_t blocks = (n + Qb - 1) / Qb, nt = (size_t)omp_get_max_threads();
+    if (nt > blocks) nt = blocks ? blocks : 1;
     int32_t *slot_of = pk_alloc(N ? N : 1, sizeof *slot_of);  /* (N) slot of an open example, -1 */
     int32_t *free_slots = pk_alloc(n_slots, sizeof *free_slots);
     size_t n_free = n_slots;
     double *acc = pk_calloc(n, n_slots * sizeof *acc);         /* (n, slots) running phi_i(x)[c] */
     double *w = pk_alloc(P, sizeof *w);                         /* (P) w_0, then w_T */
-    double *R = pk_calloc(Qb, C * sizeof *R);                   /* (Qb, C) e_c: the attributed output */
     double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
-    double *S = pk_alloc(Qb, B * sizeof *S), *D = pk_alloc(Qb, B * sizeof *D), *A = pk_alloc(Qb, B * sizeof *A);
+    double *Wn = pk_alloc(nodes, P * sizeof *Wn);               /* (nodes, P) the step's node weights */
     /* a dense first layer moves its pre-activations by a rank-|B| update
      * (below); any other is evaluated at every node */
     int dense1 = m->layer[0].ops == &pk_dense_ops;
     size_t d1 = m->layer[0].out;
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
-    double *dZ1 = pk_alloc(Qb, d1 * sizeof *dZ1); /* (Qb, d1) their change over the step       */
-    pk_tape *qt = pk_tape_new(m, Qb);
-    if (qt) qt->queries = 1;
-    if (!slot_of || !free_slots || !acc || !w || !R || !F || !S || !D || !A || !Z1 || !dZ1 || !qt)
-        s = PK_ERR_NOMEM;
+    block_work *bw = pk_calloc(nt, sizeof *bw);
+    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw) s = PK_ERR_NOMEM;
+    for (size_t k = 0; !s && k < nt; k++)
+        if (!block_work_new(m, Qb, B, &bw[k])) s = PK_ERR_NOMEM;
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
     for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
     if (!s) s = pk_run_weights(run, 0, w);
     if (!s) s = pk_model_predict(m, w, Xq, n, F);
     for (size_t q0 = 0; !s && q0 < n; q0 += Qb) {
         size_t nq = n - q0 < Qb ? n - q0 : Qb;
-        pk_model_forward(m, w, Xq + q0 * d, nq, qt);
-        memcpy(Z1 + q0 * d1, qt->y[0], nq * d1 * sizeof *Z1);
+        pk_model_forward(m, w, Xq + q0 * d, nq, bw[0].qt);
+        memcpy(Z1 + q0 * d1, bw[0].qt->y[0], nq * d1 * sizeof *Z1);
     }
     for (size_t x = 0; !s && x < n; x++) {
         out->bias[x] = F[x * C + cls[x]];
@@ -234,7 +269,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     while (!s && pk_replay_next(&r)) {
         const uint32_t *idx = r.idx;
         size_t nb = r.nb, t = r.t;
-        pk_tape *bt = r.st.tape;
+        const pk_tape *bt = r.st.tape;
         pk_side train_loss = pk_side_loss(m, bt);
         for (size_t j = 0; j < nb; j++) /* open the batch's new examples */
             if (slot_of[idx[j]] < 0) {
@@ -242,40 +277,43 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 slot_of[idx[j]] = k;
                 for (size_t x = 0; x < n; x++) acc[x * n_slots + (size_t)k] = 0;
             }
+        for (size_t node = 0; node < nodes; node++) memcpy(Wn + node * P, pk_replay_node(&r, o->quad.s[node]), P * sizeof *Wn);
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
-        for (size_t q0 = 0; q0 < n; q0 += Qb) {
-            size_t nq = n - q0 < Qb ? n - q0 : Qb;
-            memset(R, 0, nq * C * sizeof *R);
-            for (size_t x = 0; x < nq; x++) R[x * C + cls[q0 + x]] = 1.0;
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+        for (size_t b = 0; b < blocks; b++) {
+            block_work *k = &bw[nt > 1 ? (size_t)omp_get_thread_num() : 0];
+            size_t q0 = b * Qb, nq = n - q0 < Qb ? n - q0 : Qb;
+            pk_tape *qt = k->qt;
+            memset(k->R, 0, nq * C * sizeof *k->R);
+            for (size_t x = 0; x < nq; x++) k->R[x * C + cls[q0 + x]] = 1.0;
             /* A gd/sgd step moves the first layer by a rank-|B| update, so its
              * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
              * summed over the batch (MATH.md section 4's layer-1 term): an
              * nq x |B| x d1 product instead of nq x d x d1 per node. */
             double *Zb = Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
             if (dense1) {
-                pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, A, nb);
-                for (size_t k = 0; k < nq * nb; k++) A[k] += sb * sb;
-                pk_gemm_rows(0, 0, nq, d1, nb, -scale, A, nb, bt->g[0], d1, 0.0, dZ1, d1);
+                pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
+                for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
+                pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
             }
-            for (size_t node = 0; node < o->quad.n; node++) {
+            for (size_t node = 0; node < nodes; node++) {
                 double sn = o->quad.s[node], f = -scale * o->quad.c[node];
-                const double *wn = pk_replay_node(&r, sn);
+                const double *wn = Wn + node * P;
                 /* the forward pass at the node from z1 = Z1 + s dZ1, then the
                  * deltas of f_c: a backward pass seeded with e_c */
                 if (dense1) {
                     qt->n = nq;
                     qt->x = Xq + q0 * d;
-                    for (size_t k = 0; k < nq * d1; k++) qt->y[0][k] = Zb[k] + sn * dZ1[k];
+                    for (size_t j = 0; j < nq * d1; j++) qt->y[0][j] = Zb[j] + sn * k->dZ1[j];
                     pk_model_forward_from(m, wn, qt, 1);
                 } else
                     pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
-                pk_model_backward(m, wn, qt, R, 1.0, NULL);
+                pk_model_backward(m, wn, qt, k->R, 1.0, NULL);
                 pk_side qs = pk_side_loss(m, qt);
                 /* S (nq, nb): <J_{x,c}(w_t + s D_t), g_i(w_t)> */
-                pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
-                #pragma omp parallel for schedule(static) if (nq * nb >= PK_PAR_MIN)
+                pk_side_product(m, &qs, &train_loss, k->S, nb, 0, k->A, k->D);
                 for (size_t x = 0; x < nq; x++) {
-                    const double *Sr = S + x * nb;
+                    const double *Sr = k->S + x * nb;
                     double *ax = acc + (q0 + x) * n_slots, sum = 0;
                     for (size_t j = 0; j < nb; j++) sum += Sr[j];
                     out->total[q0 + x] += f * sum;
@@ -283,7 +321,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 }
             }
             if (dense1)
-                for (size_t k = 0; k < nq * d1; k++) Zb[k] += dZ1[k];
+                for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
         }
         /* close the examples this step used for the last time: their phi is final */
         #pragma omp parallel for schedule(static) if (n * nb >= PK_PAR_MIN)
@@ -302,9 +340,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_model_predict(m, w, Xq, n, F);
     for (size_t x = 0; !s && x < n; x++) out->pred[x] = F[x * C + cls[x]];
-    pk_tape_free(qt);
+    for (size_t k = 0; bw && k < nt; k++) block_work_free(&bw[k]);
+    free(bw);
     free(last); free(slot_of); free(free_slots); free(acc);
-    free(w); free(R); free(F); free(Z1); free(dZ1); free(S); free(D); free(A);
+    free(w); free(F); free(Wn); free(Z1);
     return s;
 }
 

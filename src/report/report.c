@@ -92,47 +92,62 @@ static size_t stratified(const long *cls, const double *key, size_t n, size_t k,
     return m;
 }
 
-/* Image shape of the data: img_h x img_w, or 8 x 8 for 64 features. */
-static int image_shape(const pk_data *d, size_t *h, size_t *w)
+/* Image shape (c, h, w) of the data: the model's input shape when it has
+ * one (a conv net's), else the data's, or 1 x 8 x 8 for 64 features. */
+static int image_shape(const pk_model *m, const pk_data *d, size_t *c, size_t *h, size_t *w)
 {
-    if (d->img_h && d->img_w && d->img_h * d->img_w == d->d) { *h = d->img_h; *w = d->img_w; return 1; }
+    *c = 1;
+    if (m->in_h > 1 && m->in_c * m->in_h * m->in_w == d->d) { *c = m->in_c; *h = m->in_h; *w = m->in_w; return 1; }
+    size_t dc = d->img_c ? d->img_c : 1;
+    if (d->img_h && d->img_w && dc * d->img_h * d->img_w == d->d) { *c = dc; *h = d->img_h; *w = d->img_w; return 1; }
     if (d->d == 64) { *h = 8; *w = 8; return 1; }
     return 0;
 }
 
-/* What the image drawing needs: the transform to undo and the grey range. */
+/* What the image drawing needs: the transform to undo and the value range. */
 typedef struct imgctx {
     int on;
-    size_t h, w, d;
+    size_t c, h, w, d;
     const double *mean, *std;
     double lo, hi;
 } imgctx;
 
-/* Grey pixels (h * w) of a feature row in the run's space: back to raw
- * values, then 255 - 255 (v - lo) / (hi - lo) (ink dark on white). */
+/* PNG channels of an image: RGB for 3 channels, else grey. */
+static int png_channels(const imgctx *ic) { return ic->c == 3 ? 3 : 1; }
+
+/* Pixels (h * w, png_channels) of a feature row (c, h, w) in the run's
+ * space, back to raw values and scaled by the range: 3 channels as RGB;
+ * one (or the mean of any other number) as grey 255 - 255 (v - lo) / (hi -
+ * lo), ink dark on white. */
 static void image_pixels(const imgctx *ic, const double *x, unsigned char *pix)
 {
-    for (size_t j = 0; j < ic->d; j++) {
-        double v = x[j];
-        if (ic->std) v = v * ic->std[j] + ic->mean[j];
-        double t = ic->hi > ic->lo ? (v - ic->lo) / (ic->hi - ic->lo) : 0;
-        double g = 255.0 - floor(255.0 * t + 0.5);
-        pix[j] = (unsigned char)(g < 0 ? 0 : g > 255 ? 255 : g);
-    }
+    size_t hw = ic->h * ic->w, pc = (size_t)png_channels(ic);
+    for (size_t p = 0; p < hw; p++)
+        for (size_t k = 0; k < pc; k++) {
+            double v = 0;
+            for (size_t ch = pc == 3 ? k : 0; ch < (pc == 3 ? k + 1 : ic->c); ch++) {
+                size_t j = ch * hw + p;
+                v += ic->std ? x[j] * ic->std[j] + ic->mean[j] : x[j];
+            }
+            if (pc == 1) v /= (double)ic->c;
+            double t = ic->hi > ic->lo ? (v - ic->lo) / (ic->hi - ic->lo) : 0;
+            double g = pc == 3 ? floor(255.0 * t + 0.5) : 255.0 - floor(255.0 * t + 0.5);
+            pix[p * pc + k] = (unsigned char)(g < 0 ? 0 : g > 255 ? 255 : g);
+        }
 }
 
 /* An <image> of one example at (x, y), size s. */
 static int draw_example(pk_sb *b, const imgctx *ic, const double *row, const char *kind, size_t index, double x,
                         double y, double s)
 {
-    unsigned char *pix = pk_alloc(ic->d, 1);
+    unsigned char *pix = pk_alloc(ic->h * ic->w, (size_t)png_channels(ic));
     if (!pix) return -1;
     image_pixels(ic, row, pix);
     pk_sb_printf(b, "<image class=\"example\" data-kind=\"%s\" data-index=\"%zu\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" "
                     "height=\"%.1f\" preserveAspectRatio=\"none\" style=\"image-rendering:pixelated\" href=\"",
                  kind, index, x, y, s * (double)ic->w / (double)(ic->h > ic->w ? ic->h : ic->w),
                  s * (double)ic->h / (double)(ic->h > ic->w ? ic->h : ic->w));
-    int rc = pk_sb_png(b, pix, ic->h, ic->w, 1);
+    int rc = pk_sb_png(b, pix, ic->h, ic->w, png_channels(ic));
     pk_sb_printf(b, "\"/><rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#888\" "
                     "stroke-width=\"0.5\"/>", x, y, s * (double)ic->w / (double)(ic->h > ic->w ? ic->h : ic->w),
                  s * (double)ic->h / (double)(ic->h > ic->w ? ic->h : ic->w));
@@ -1038,7 +1053,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     }
     /* images */
     imgctx ic = {0};
-    ic.on = image_shape(train, &ic.h, &ic.w) && q.d == train->d;
+    ic.on = image_shape(m, train, &ic.c, &ic.h, &ic.w) && q.d == train->d;
     ic.d = train->d;
     ic.mean = pk_run_mean(run);
     ic.std = pk_run_std(run);

@@ -290,3 +290,25 @@ def test_backward_sweep_kernel_one_step(images, tmp_path):
     assert K.shape == (5, 24, 4, 4)
     want = -np.einsum("qikl,il->qik", K, r)
     assert rel_err(phi, want) < 1e-12
+
+
+# ----------------------------------------------------------------- report
+
+def png_headers(html):
+    import base64
+    import struct
+    uris = re.findall(r'class="example"[^>]*href="data:image/png;base64,([^"]+)"', html)
+    return [struct.unpack(">IIBB", base64.b64decode(u)[16:26]) for u in uris]
+
+
+def test_report_draws_images_with_their_channels(images, tmp_path):
+    """3-channel data as RGB pictures (PNG colour type 2), one channel as
+    grey (type 0), each at the image's own size."""
+    for name, ctype in (("stride2", 2), ("lenet5", 0)):
+        run = tmp_path / name
+        train(name, images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=3)
+        pk("report", run, "--query", images[name]["qspec"], "--first", "2", "--out", tmp_path / f"{name}.html")
+        heads = png_headers((tmp_path / f"{name}.html").read_text())
+        _, (c, h, w), _ = NETS[name]
+        assert heads, "no example images in the report"
+        assert all(hd == (w, h, 8, ctype) for hd in heads), heads[:3]

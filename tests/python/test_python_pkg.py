@@ -366,3 +366,27 @@ def test_float64_c_arrays_are_used_without_copy():
     assert c is not f and c.flags.c_contiguous and np.array_equal(c, f)
     i = pkg._as_matrix(np.ones((3, 2), dtype=np.int32), "X")
     assert i.dtype == np.float64
+
+
+# --------------------------------------------------------------- images
+
+def test_images_train_like_the_cli(tmp_path):
+    """Images (n, C, H, W) train a conv net with the same bits as the CLI
+    on the same array saved as npy, and queries may be images too."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, size=(30, 2, 9, 9))
+    y = np.arange(30) % 3
+    model = "conv:4,3,stride=2;tanh;maxpool:2;flatten;dense"
+    run = pkg.train(X, y, model=model, optim="sgd", batch=8, lr=0.2, steps=9, seed=2, out=tmp_path / "py")
+    spec = save_data(tmp_path, "im", X, y)
+    pk("train", "--data", spec, "--model", model, "--loss", "softmax", "--optim", "sgd", "--batch", "8",
+       "--lr", "0.2", "--steps", "9", "--seed", "2", "--out", tmp_path / "cli", "--quiet")
+    cli = pkg.open_run(tmp_path / "cli")
+    same(run.weights(), cli.weights())
+    same(run.predict(X[:4]), run.predict(X[:4].reshape(4, -1)))
+    # rows with an input_shape are the same model
+    flat = pkg.train(X.reshape(30, -1), y, model=model, optim="sgd", batch=8, lr=0.2, steps=9, seed=2,
+                     input_shape=(2, 9, 9), out=tmp_path / "flat")
+    same(flat.weights(), run.weights())
+    with pytest.raises(ValueError, match="input_shape"):
+        pkg.train(X.reshape(30, -1), y, model=model, input_shape=(2, 9, 8), out=tmp_path / "bad")
