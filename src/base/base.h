@@ -50,6 +50,15 @@ void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
              const int *ldb, int *info);
 
+/* Scratch a thread keeps between calls: slot `slot` (< PK_SCRATCH_SLOTS)
+ * of the calling thread, at least n doubles, contents undefined; NULL when
+ * out of memory. For passes that would otherwise allocate and free
+ * megabytes on every call (conv2d's patches): the allocator would hand
+ * those pages back and fault them in again at every step. Each caller
+ * owns its slot numbers (conv.c: 0-7); freed when the thread ends. */
+#define PK_SCRATCH_SLOTS 8
+double *pk_scratch(size_t slot, size_t n);
+
 /* Memory (pk_alloc, pk_calloc, pk_alloc_big, pk_memory_budget) and atomic
  * output files (pk_atomic_*, pk_group_*, pk_file_write, pk_path_join,
  * pk_mkdirs) are declared in pathkernel.h. */

@@ -1,6 +1,8 @@
 /* util.c -- errors, checked allocation, atomic files, number parsing, hashing. */
 #include "base/base.h"
 
+#include <pthread.h>
+
 #include <time.h>
 
 #include <errno.h>
@@ -55,6 +57,33 @@ void pk_threads_set(int n)
 }
 
 int pk_threads_get(void) { return pk_threads > 0 ? pk_threads : omp_get_max_threads(); }
+
+typedef struct scratch_slot { double *p; size_t n; } scratch_slot;
+static _Thread_local scratch_slot pk_scratch_slots[PK_SCRATCH_SLOTS];
+static pthread_key_t pk_scratch_key;
+static pthread_once_t pk_scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *slots)
+{
+    scratch_slot *s = slots;
+    for (size_t k = 0; k < PK_SCRATCH_SLOTS; k++) { free(s[k].p); s[k].p = NULL; s[k].n = 0; }
+}
+
+static void scratch_key(void) { pthread_key_create(&pk_scratch_key, scratch_free); }
+
+double *pk_scratch(size_t slot, size_t n)
+{
+    scratch_slot *s = &pk_scratch_slots[slot];
+    if (s->n >= n && s->p) return s->p;
+    pthread_once(&pk_scratch_once, scratch_key);
+    pthread_setspecific(pk_scratch_key, pk_scratch_slots); /* freed when the thread ends */
+    double *p = pk_alloc(n ? n : 1, sizeof *p);
+    if (!p) return NULL;
+    free(s->p);
+    s->p = p;
+    s->n = n;
+    return p;
+}
 
 void *pk_alloc(size_t n, size_t size)
 {

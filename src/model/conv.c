@@ -16,140 +16,156 @@
 static size_t positions(const pk_layer *l) { return l->h_out * l->w_out; } /* T */
 static size_t patch_len(const pk_layer *l) { return l->c_in * l->kh * l->kw; } /* d */
 
-/* The input value under window element (c, i, j) at output position (oh,
- * ow); -1 in the zero padding. */
-static inline long source(const pk_layer *l, size_t c, size_t oh, size_t ow, size_t i, size_t j)
+/* The output positions [*lo, *hi) of a row whose window element at offset
+ * j reads inside an input row of n values (the others read padding). */
+static void inside(const pk_layer *l, size_t j, size_t n, size_t n_out, size_t *lo, size_t *hi)
 {
-    long ih = (long)(oh * l->stride + i) - (long)l->pad, iw = (long)(ow * l->stride + j) - (long)l->pad;
-    if (ih < 0 || iw < 0 || ih >= (long)l->h_in || iw >= (long)l->w_in) return -1;
-    return (long)((c * l->h_in + (size_t)ih) * l->w_in + (size_t)iw);
+    size_t s = l->stride, a = l->pad > j ? (l->pad - j + s - 1) / s : 0; /* first o with o s + j >= pad */
+    size_t b = n + l->pad > j ? (n + l->pad - j + s - 1) / s : 0;      /* first o with o s + j - pad >= n */
+    *lo = a < n_out ? a : n_out;
+    *hi = b < n_out ? b : n_out;
+    if (*hi < *lo) *hi = *lo;
 }
 
-/* P (T, d): the patches of one example x (c_in, h_in, w_in), row t the
- * window of output position t, column (c, i, j) as W's; 0 in the padding. */
-static void im2col(const pk_layer *l, const double *x, double *P)
+/* col (d, T), leading dimension ld >= T: the im2col patches of one example
+ * x (c_in, h_in, w_in), transposed: row q = (c, i, j) of W's layout holds,
+ * for every output position t, the input value under weight (c, i, j); 0
+ * in the padding. */
+static void im2col(const pk_layer *l, const double *x, double *col, size_t ld)
 {
-    for (size_t oh = 0; oh < l->h_out; oh++)
-        for (size_t ow = 0; ow < l->w_out; ow++)
-            for (size_t c = 0; c < l->c_in; c++)
-                for (size_t i = 0; i < l->kh; i++)
-                    for (size_t j = 0; j < l->kw; j++) {
-                        long s = source(l, c, oh, ow, i, j);
-                        *P++ = s < 0 ? 0.0 : x[s];
-                    }
+    size_t kh = l->kh, kw = l->kw, H = l->h_in, W = l->w_in, ho = l->h_out, wo = l->w_out, s = l->stride;
+    for (size_t c = 0; c < l->c_in; c++)
+        for (size_t i = 0; i < kh; i++) {
+            size_t r0, r1;
+            inside(l, i, H, ho, &r0, &r1);
+            for (size_t j = 0; j < kw; j++) {
+                double *row = col + ((c * kh + i) * kw + j) * ld;
+                size_t c0, c1;
+                inside(l, j, W, wo, &c0, &c1);
+                memset(row, 0, r0 * wo * sizeof *row);
+                for (size_t oh = r0; oh < r1; oh++) {
+                    const double *xr = x + (c * H + oh * s + i - l->pad) * W; /* the input row */
+                    double *o = row + oh * wo;
+                    for (size_t ow = 0; ow < c0; ow++) o[ow] = 0.0;
+                    for (size_t ow = c0; ow < c1; ow++) o[ow] = xr[ow * s + j - l->pad];
+                    for (size_t ow = c1; ow < wo; ow++) o[ow] = 0.0;
+                }
+                memset(row + r1 * wo, 0, (ho - r1) * wo * sizeof *row);
+            }
+        }
 }
 
-/* gx (c_in, h_in, w_in) += dP (T, d) added back where each patch value came from. */
-static void col2im(const pk_layer *l, const double *dP, double *gx)
+/* gx (c_in, h_in, w_in) += dcol (d, T) added back where each patch value came from. */
+static void col2im(const pk_layer *l, const double *dcol, double *gx)
 {
-    for (size_t oh = 0; oh < l->h_out; oh++)
-        for (size_t ow = 0; ow < l->w_out; ow++)
-            for (size_t c = 0; c < l->c_in; c++)
-                for (size_t i = 0; i < l->kh; i++)
-                    for (size_t j = 0; j < l->kw; j++, dP++) {
-                        long s = source(l, c, oh, ow, i, j);
-                        if (s >= 0) gx[s] += *dP;
-                    }
-}
-
-/* Rows of patches per chunk of work: about 4 MB of them, a whole number of
- * examples (so a chunk never depends on the thread count). */
-static size_t chunk_examples(const pk_layer *l, size_t per)
-{
-    size_t rows = positions(l) * patch_len(l) * per;
-    return rows >= ((size_t)1 << 19) ? 1 : ((size_t)1 << 19) / rows;
+    size_t kh = l->kh, kw = l->kw, H = l->h_in, W = l->w_in, ho = l->h_out, wo = l->w_out, s = l->stride;
+    for (size_t c = 0; c < l->c_in; c++)
+        for (size_t i = 0; i < kh; i++) {
+            size_t r0, r1;
+            inside(l, i, H, ho, &r0, &r1);
+            for (size_t j = 0; j < kw; j++) {
+                const double *row = dcol + ((c * kh + i) * kw + j) * ho * wo;
+                size_t c0, c1;
+                inside(l, j, W, wo, &c0, &c1);
+                for (size_t oh = r0; oh < r1; oh++) {
+                    double *g = gx + (c * H + oh * s + i - l->pad) * W; /* the input row */
+                    const double *o = row + oh * wo;
+                    for (size_t ow = c0; ow < c1; ow++) g[ow * s + j - l->pad] += o[ow];
+                }
+            }
+        }
 }
 
 /* ---------------------------------------------------------------- conv2d */
 
-/* y (n, c_out T) = sw W P^T + sb c per example: the patches of a chunk of
- * examples (E T, d) times W^T in one product, then back to NCHW. */
+/* y_i (c_out, T) = sw W col_i + sb c for every example: one product of a
+ * fixed shape per example, so an example's result never depends on the
+ * others in the call (whatever the mode), written straight in NCHW. */
 static void conv_forward(const pk_layer *l, const double *w, const double *x, double *y, size_t n, pk_gemm_mode mode)
 {
-    size_t T = positions(l), d = patch_len(l), p = l->c_out, E = chunk_examples(l, 1);
+    (void)mode;
+    size_t T = positions(l), d = patch_len(l), p = l->c_out;
     const double *W = w + l->w_off, *c = w + l->b_off;
-    double *P = pk_alloc(E * T, d * sizeof *P), *Z = pk_alloc(E * T, p * sizeof *Z); /* (E T, d), (E T, p) */
-    if (!P || !Z) E = 0; /* out of memory: the direct sums below */
-    for (size_t i0 = 0; E && i0 < n; i0 += E) {
-        size_t ne = n - i0 < E ? n - i0 : E;
-        #pragma omp parallel for schedule(static) if (ne * T * d >= PK_PAR_MIN)
-        for (size_t i = 0; i < ne; i++) im2col(l, x + (i0 + i) * l->in, P + i * T * d);
-        pk_gemm_by(mode, 0, 1, ne * T, p, d, l->sw, P, d, W, d, 0.0, Z, p);
-        #pragma omp parallel for schedule(static) if (ne * T * p >= PK_PAR_MIN)
-        for (size_t i = 0; i < ne; i++)
+    int fail = 0;
+    #pragma omp parallel if (n > 1 && n * T * d * p >= PK_PAR_MIN)
+    {
+        double *col = pk_scratch(0, d * T); /* (d, T) */
+        #pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            double *yi = y + i * l->out;
+            if (!col) { /* out of memory */
+                for (size_t k = 0; k < l->out; k++) yi[k] = NAN;
+                fail = 1;
+                continue;
+            }
+            im2col(l, x + i * l->in, col, T);
+            pk_gemm_tile(0, 0, p, T, d, l->sw, W, d, col, T, 0.0, yi, T);
             for (size_t k = 0; k < p; k++)
-                for (size_t t = 0; t < T; t++) y[(i0 + i) * l->out + k * T + t] = Z[(i * T + t) * p + k] + l->sb * c[k];
+                for (size_t t = 0; t < T; t++) yi[k * T + t] += l->sb * c[k];
+        }
     }
-    if (!E)
-        for (size_t i = 0; i < n; i++)
-            for (size_t k = 0; k < p; k++)
-                for (size_t t = 0; t < T; t++) {
-                    double z = 0;
-                    for (size_t q = 0; q < d; q++) {
-                        long s = source(l, q / (l->kh * l->kw), t / l->w_out, t % l->w_out, q / l->kw % l->kh, q % l->kw);
-                        if (s >= 0) z += W[k * d + q] * x[i * l->in + s];
-                    }
-                    y[i * l->out + k * T + t] = l->sw * z + l->sb * c[k];
-                }
-    free(P);
-    free(Z);
+    if (fail) pk_fail(PK_ERR_NOMEM, "out of memory in a conv2d layer's forward pass");
 }
 
-/* gx (n per, c_in h_in w_in) from gy (n per, c_out T): dP = sw gy^T W per
- * row (rows of a chunk in one product), added back through col2im. */
+/* gx_r (c_in h_in w_in) from gy_r (c_out, T) for every row: dcol = sw W^T
+ * gy_r (d, T), added back through col2im; a product of a fixed shape per row. */
 static void conv_backward(const pk_layer *l, const double *w, const double *x, const double *y, const double *gy,
                           double *gx, size_t n, size_t per, pk_gemm_mode mode)
 {
-    size_t T = positions(l), d = patch_len(l), p = l->c_out, rows = n * per, E = chunk_examples(l, 1);
+    (void)x; (void)y; (void)mode;
+    size_t T = positions(l), d = patch_len(l), p = l->c_out, rows = n * per;
     const double *W = w + l->w_off;
-    double *G = pk_alloc(E * T, p * sizeof *G), *dP = pk_alloc(E * T, d * sizeof *dP); /* (E T, p), (E T, d) */
-    if (!G || !dP) E = 0;
-    memset(gx, 0, rows * l->in * sizeof *gx);
-    for (size_t r0 = 0; E && r0 < rows; r0 += E) {
-        size_t nr = rows - r0 < E ? rows - r0 : E;
-        for (size_t r = 0; r < nr; r++) /* each row's deltas as (T, p) */
-            for (size_t k = 0; k < p; k++)
-                for (size_t t = 0; t < T; t++) G[(r * T + t) * p + k] = gy[(r0 + r) * l->out + k * T + t];
-        pk_gemm_by(mode, 0, 0, nr * T, d, p, l->sw, G, p, W, d, 0.0, dP, d);
-        #pragma omp parallel for schedule(static) if (nr * T * d >= PK_PAR_MIN)
-        for (size_t r = 0; r < nr; r++) col2im(l, dP + r * T * d, gx + (r0 + r) * l->in);
+    int fail = 0;
+    #pragma omp parallel if (rows > 1 && rows * T * d * p >= PK_PAR_MIN)
+    {
+        double *dcol = pk_scratch(0, d * T); /* (d, T) */
+        #pragma omp for schedule(static)
+        for (size_t r = 0; r < rows; r++) {
+            double *g = gx + r * l->in;
+            if (!dcol) {
+                for (size_t k = 0; k < l->in; k++) g[k] = NAN;
+                fail = 1;
+                continue;
+            }
+            pk_gemm_tile(1, 0, d, T, p, l->sw, W, d, gy + r * l->out, T, 0.0, dcol, T);
+            memset(g, 0, l->in * sizeof *g);
+            col2im(l, dcol, g);
+        }
     }
-    if (!E)
-        for (size_t r = 0; r < rows; r++)
-            for (size_t k = 0; k < p; k++)
-                for (size_t t = 0; t < T; t++)
-                    for (size_t q = 0; q < d; q++) {
-                        long s = source(l, q / (l->kh * l->kw), t / l->w_out, t % l->w_out, q / l->kw % l->kh, q % l->kw);
-                        if (s >= 0) gx[r * l->in + s] += l->sw * W[k * d + q] * gy[r * l->out + k * T + t];
-                    }
+    if (fail) pk_fail(PK_ERR_NOMEM, "out of memory in a conv2d layer's backward pass");
 }
 
-/* dW (c_out, d) = scale sw sum_i gy_i (c_out, T) P_i (T, d); dc = scale sb
- * sum_i sum_t gy_i: the deltas of a chunk side by side (c_out, E T), one
- * product per chunk, chunks added in order. */
+/* Examples per chunk of the gradient's product: about 4 MB of patches (a
+ * fixed number, so the sum's order never depends on the thread count). */
+static size_t chunk_examples(const pk_layer *l)
+{
+    size_t per = positions(l) * patch_len(l);
+    return per >= ((size_t)1 << 19) ? 1 : ((size_t)1 << 19) / per;
+}
+
+/* dW (c_out, d) = scale sw sum_i gy_i (c_out, T) col_i^T (T, d); dc = scale
+ * sb sum_i sum_t gy_i: a chunk's patches side by side (d, E T) and its
+ * deltas (c_out, E T), one product per chunk, chunks added in order. */
 static void conv_grad(const pk_layer *l, const double *x, const double *gy, size_t n, double scale, double *g)
 {
-    size_t T = positions(l), d = patch_len(l), p = l->c_out, E = chunk_examples(l, 1);
+    size_t T = positions(l), d = patch_len(l), p = l->c_out, E = chunk_examples(l);
     double *gc = g + (l->b_off - l->w_off);
-    double *P = pk_alloc(E * T, d * sizeof *P), *G = pk_alloc(p, E * T * sizeof *G); /* (E T, d), (p, E T) */
-    if (!P || !G) E = 0;
+    double *col = pk_scratch(1, d * E * T), *G = pk_scratch(2, p * E * T); /* (d, E T), (p, E T) */
     memset(g, 0, l->n_w * sizeof *g);
-    for (size_t i0 = 0; E && i0 < n; i0 += E) {
+    if (!col || !G) {
+        for (size_t k = 0; k < l->n_w; k++) g[k] = NAN;
+        pk_fail(PK_ERR_NOMEM, "out of memory in a conv2d layer's gradient");
+        return;
+    }
+    for (size_t i0 = 0; i0 < n; i0 += E) {
         size_t ne = n - i0 < E ? n - i0 : E;
         #pragma omp parallel for schedule(static) if (ne * T * d >= PK_PAR_MIN)
-        for (size_t i = 0; i < ne; i++) im2col(l, x + (i0 + i) * l->in, P + i * T * d);
-        for (size_t k = 0; k < p; k++)
-            for (size_t i = 0; i < ne; i++) memcpy(G + k * ne * T + i * T, gy + (i0 + i) * l->out + k * T, T * sizeof *G);
-        pk_gemm(0, 0, p, d, ne * T, scale * l->sw, G, ne * T, P, d, 1.0, g, d);
+        for (size_t i = 0; i < ne; i++) {
+            im2col(l, x + (i0 + i) * l->in, col + i * T, ne * T);
+            for (size_t k = 0; k < p; k++) memcpy(G + k * ne * T + i * T, gy + (i0 + i) * l->out + k * T, T * sizeof *G);
+        }
+        pk_gemm(0, 1, p, d, ne * T, scale * l->sw, G, ne * T, col, ne * T, 1.0, g, d);
     }
-    if (!E)
-        for (size_t i = 0; i < n; i++)
-            for (size_t k = 0; k < p; k++)
-                for (size_t t = 0; t < T; t++)
-                    for (size_t q = 0; q < d; q++) {
-                        long s = source(l, q / (l->kh * l->kw), t / l->w_out, t % l->w_out, q / l->kw % l->kh, q % l->kw);
-                        if (s >= 0) g[k * d + q] += scale * l->sw * gy[i * l->out + k * T + t] * x[i * l->in + s];
-                    }
     for (size_t k = 0; k < p; k++) {
         double sum = 0;
         for (size_t i = 0; i < n; i++)
@@ -175,7 +191,7 @@ static int gram_by_pairs(const pk_layer *l, size_t rx, size_t ry, size_t fold)
 }
 
 /* V (n rows, fold c_out d) = sw G^T P for every row of deltas, and Vb (n
- * rows, fold c_out) = sb 1^T G. P: scratch (T, d) per thread. */
+ * rows, fold c_out) = sb 1^T G. P: scratch (d, T) per thread. */
 static int row_gradients(const pk_layer *l, size_t n, size_t rows, const double *a, const double *delta,
                          size_t fold, double *V, double *Vb)
 {
@@ -183,7 +199,7 @@ static int row_gradients(const pk_layer *l, size_t n, size_t rows, const double 
     int fail = 0;
     #pragma omp parallel if (n * segs * p * d * T >= PK_PAR_MIN)
     {
-        double *P = pk_alloc(T, d * sizeof *P);
+        double *P = pk_scratch(3, T * d); /* (d, T) */
         if (!P) {
             #pragma omp atomic write
             fail = 1;
@@ -191,9 +207,9 @@ static int row_gradients(const pk_layer *l, size_t n, size_t rows, const double 
         #pragma omp for schedule(static)
         for (size_t i = 0; i < n; i++) {
             if (!P) continue;
-            im2col(l, a + i * l->in, P);
-            /* (segs p, T) deltas of example i times (T, d) */
-            pk_gemm_tile(0, 0, segs * p, d, T, l->sw, delta + i * segs * p * T, T, P, d, 0.0, V + i * segs * p * d, d);
+            im2col(l, a + i * l->in, P, T);
+            /* (segs p, T) deltas of example i times its patches (T, d) */
+            pk_gemm_tile(0, 1, segs * p, d, T, l->sw, delta + i * segs * p * T, T, P, T, 0.0, V + i * segs * p * d, d);
             for (size_t s = 0; s < segs * p; s++) {
                 const double *g = delta + (i * segs * p + s) * T;
                 double sum = 0;
@@ -201,23 +217,22 @@ static int row_gradients(const pk_layer *l, size_t n, size_t rows, const double 
                 Vb[i * segs * p + s] = l->sb * sum;
             }
         }
-        free(P);
     }
     return fail;
 }
 
 /* Form B for example i of x against every example of y: S (its rx rows, ny
  * ry) += sum_f [sw^2 <G_x, G_y (P_x P_y^T)^T> + sb^2 (1^T G_x)(1^T G_y)].
- * Py (ny T, d) the patches of y; Px (T, d), PP (T, ny T), U (c_out, ny T)
- * and bx (c_out) scratch. */
+ * Py (d, ny T) the patches of y side by side; Px (d, T), PP (T, ny T), U
+ * (c_out, ny T) and bx (c_out) scratch. */
 static void gram_pairs_row(const pk_layer *l, size_t i, size_t rx, const double *ax, const double *dx, size_t ny,
                            size_t ry, const double *Py, const double *dy, size_t fold, double *Px, double *PP,
                            double *U, double *bx, double *S, size_t ldy, int pairs)
 {
     size_t T = positions(l), d = patch_len(l), p = l->c_out, len = l->out * fold;
     double sw2 = l->sw * l->sw, sb2 = l->sb * l->sb;
-    im2col(l, ax + i * l->in, Px);
-    pk_gemm_tile(0, 1, T, ny * T, d, 1.0, Px, d, Py, d, 0.0, PP, ny * T);
+    im2col(l, ax + i * l->in, Px, T);
+    pk_gemm_tile(1, 0, T, ny * T, d, 1.0, Px, T, Py, ny * T, 0.0, PP, ny * T);
     for (size_t kx = 0; kx < rx; kx++)
         for (size_t f = 0; f < fold; f++) {
             const double *Gx = dx + (i * rx + kx) * len + f * p * T; /* (p, T) */
@@ -262,15 +277,15 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
     (void)unit; /* a conv2d layer is never the output layer (model.c) */
     size_t T = positions(l), d = patch_len(l), p = l->c_out, cols = ny * ry;
     if (gram_by_pairs(l, rx, ry, fold)) {
-        double *Py = pk_alloc(ny * T, d * sizeof *Py); /* (ny T, d) */
+        double *Py = pk_scratch(5, ny * T * d); /* (d, ny T) */
         int fail = !Py;
         if (fail) { out_of_memory(nx, rx, ny, ry, S, ldy, pairs); return; }
         #pragma omp parallel for schedule(static) if (!fail && ny * T * d >= PK_PAR_MIN)
         for (size_t j = 0; j < ny; j++)
-            if (Py) im2col(l, ay + j * l->in, Py + j * T * d);
+            if (Py) im2col(l, ay + j * l->in, Py + j * T, ny * T);
         #pragma omp parallel if (!fail && nx * cols * p * T * T >= PK_PAR_MIN)
         {
-            double *Px = pk_alloc(T * d + T * ny * T + p * ny * T + p, sizeof *Px);
+            double *Px = pk_scratch(6, T * d + T * ny * T + p * ny * T + p);
             if (!Px) {
                 #pragma omp atomic write
                 fail = 1;
@@ -280,18 +295,15 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
                 if (Px)
                     gram_pairs_row(l, i, rx, ax, dx, ny, ry, Py, dy, fold, Px, Px + T * d, Px + T * d + T * ny * T,
                                    Px + T * d + T * ny * T + p * ny * T, S, ldy, pairs);
-            free(Px);
         }
-        free(Py);
         if (fail) out_of_memory(nx, rx, ny, ry, S, ldy, pairs);
         return;
     }
     /* form A: D (nx rx, ny ry) = V_x V_y^T + Vb_x Vb_y^T */
     size_t vl = fold * p * d, bl = fold * p;
-    double *Vx = pk_alloc(nx * rx, (vl + bl) * sizeof *Vx), *Vy = pk_alloc(ny * ry, (vl + bl) * sizeof *Vy);
+    double *Vx = pk_scratch(4, nx * rx * (vl + bl)), *Vy = pk_scratch(7, ny * ry * (vl + bl));
     if (!Vx || !Vy || row_gradients(l, nx, rx, ax, dx, fold, Vx, Vx + nx * rx * vl) ||
         row_gradients(l, ny, ry, ay, dy, fold, Vy, Vy + ny * ry * vl)) {
-        free(Vx); free(Vy);
         out_of_memory(nx, rx, ny, ry, S, ldy, pairs);
         return;
     }
@@ -305,8 +317,6 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
                 const double *src = D + (i * rx + kx) * cols + j * ry;
                 for (size_t ky = 0; ky < ry; ky++) dst[ky] += src[ky];
             }
-    free(Vx);
-    free(Vy);
     (void)A;
 }
 
@@ -356,21 +366,25 @@ static void pool_forward(const pk_layer *l, const double *w, const double *x, do
 {
     (void)w; (void)mode;
     int max = l->ops == &pk_maxpool_ops;
+    size_t H = l->h_in, W = l->w_in, ho = l->h_out, wo = l->w_out, s = l->stride, planes = n * l->c_in;
     double inv = 1.0 / (double)(l->kh * l->kw);
-    #pragma omp parallel for schedule(static) if (n * l->in >= PK_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        for (size_t c = 0; c < l->c_in; c++)
-            for (size_t oh = 0; oh < l->h_out; oh++)
-                for (size_t ow = 0; ow < l->w_out; ow++) {
-                    double v = max ? -INFINITY : 0.0;
-                    for (size_t a = 0; a < l->kh; a++)
-                        for (size_t b = 0; b < l->kw; b++) {
-                            double u = x[i * l->in + source(l, c, oh, ow, a, b)];
-                            if (max) v = u > v || isnan(u) ? u : v;
-                            else v += u;
-                        }
-                    y[i * l->out + (c * l->h_out + oh) * l->w_out + ow] = max ? v : v * inv;
-                }
+    #pragma omp parallel for schedule(static) if (planes * H * W >= PK_PAR_MIN)
+    for (size_t pl = 0; pl < planes; pl++) { /* example i, channel c: plane i c_in + c */
+        const double *xp = x + pl * H * W;
+        double *yp = y + pl * ho * wo;
+        for (size_t oh = 0; oh < ho; oh++)
+            for (size_t ow = 0; ow < wo; ow++) {
+                const double *win = xp + oh * s * W + ow * s;
+                double v = max ? -INFINITY : 0.0;
+                for (size_t a = 0; a < l->kh; a++)
+                    for (size_t b = 0; b < l->kw; b++) {
+                        double u = win[a * W + b];
+                        if (max) v = u > v || isnan(u) ? u : v;
+                        else v += u;
+                    }
+                yp[oh * wo + ow] = max ? v : v * inv;
+            }
+    }
 }
 
 /* gx (n per, c h_in w_in): average pooling spreads each delta over its
@@ -381,29 +395,31 @@ static void pool_backward(const pk_layer *l, const double *w, const double *x, c
 {
     (void)w; (void)y; (void)mode;
     int max = l->ops == &pk_maxpool_ops;
-    size_t rows = n * per;
+    size_t H = l->h_in, W = l->w_in, ho = l->h_out, wo = l->w_out, s = l->stride, C = l->c_in, rows = n * per;
     double inv = 1.0 / (double)(l->kh * l->kw);
     memset(gx, 0, rows * l->in * sizeof *gx);
     #pragma omp parallel for schedule(static) if (rows * l->in >= PK_PAR_MIN)
-    for (size_t r = 0; r < rows; r++) {
-        const double *xi = x + r / per * l->in;
-        for (size_t c = 0; c < l->c_in; c++)
-            for (size_t oh = 0; oh < l->h_out; oh++)
-                for (size_t ow = 0; ow < l->w_out; ow++) {
-                    double g = gy[r * l->out + (c * l->h_out + oh) * l->w_out + ow];
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < C; c++) {
+            const double *xp = x + (r / per * C + c) * H * W, *gp = gy + (r * C + c) * ho * wo;
+            double *g = gx + (r * C + c) * H * W;
+            for (size_t oh = 0; oh < ho; oh++)
+                for (size_t ow = 0; ow < wo; ow++) {
+                    size_t at = oh * s * W + ow * s; /* the window's corner */
+                    double v = gp[oh * wo + ow];
                     if (max) {
-                        long at = source(l, c, oh, ow, 0, 0);
+                        size_t best = at;
                         for (size_t a = 0; a < l->kh; a++)
                             for (size_t b = 0; b < l->kw; b++) {
-                                long s = source(l, c, oh, ow, a, b);
-                                if (xi[s] > xi[at] || isnan(xi[s])) at = s;
+                                size_t k = at + a * W + b;
+                                if (xp[k] > xp[best] || isnan(xp[k])) best = k;
                             }
-                        gx[r * l->in + at] += g;
+                        g[best] += v;
                     } else
                         for (size_t a = 0; a < l->kh; a++)
-                            for (size_t b = 0; b < l->kw; b++) gx[r * l->in + source(l, c, oh, ow, a, b)] += g * inv;
+                            for (size_t b = 0; b < l->kw; b++) g[at + a * W + b] += v * inv;
                 }
-    }
+        }
 }
 
 const pk_layer_ops pk_avgpool_ops = {.kind = "avgpool", .forward = pool_forward, .backward = pool_backward};
