@@ -404,24 +404,54 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     return s;
 }
 
-/* Any model: blocks of GENERIC_BLOCK examples a side, each side's
- * per-output deltas, and every layer's own share of the products
- * (pk_side_product); the fused path above is the same sum for
- * multilayer perceptrons, arranged for speed. */
-#define GENERIC_BLOCK 64
+/* Any model: blocks of examples a side, each side's per-output deltas, and
+ * every layer's own share of the products (pk_side_product); the fused path
+ * above is the same sum for multilayer perceptrons, arranged for speed.
+ * Blocks are as large as a quarter of the memory budget allows (at most
+ * 512 examples): each side's deltas (and a conv2d layer's per-example
+ * gradients) are formed once per pair of blocks, so fewer, larger blocks
+ * repeat less of that work. */
+static size_t generic_block(const pk_model *m, size_t nx, size_t ny, int trace, size_t mem)
+{
+    size_t C = m->n_out, r = trace ? 1 : C, rows_nw = 0, widths = 0;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        widths += lw->out;
+        if (lw->ops != &pk_dense_ops && lw->n_w > rows_nw) rows_nw = lw->n_w;
+    }
+    /* per example and side: the tape, the deltas, a conv2d layer's
+     * gradients; per pair: A, D and the sink's S */
+    double per = 2.0 * ((double)pk_tape_values(m) + (double)C * (double)(widths + rows_nw));
+    double pair = 1.0 + (double)C * (double)C + (double)r * (double)r;
+    double budget = (double)pk_memory_budget(mem) / 4.0 / sizeof(double);
+    size_t n = nx > ny ? nx : ny, B = 16;
+    while (B < 512 && B < n && per * (double)(2 * B) + pair * (double)(2 * B) * (double)(2 * B) <= budget) B *= 2;
+    return B;
+}
+
+static pk_status kernel_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
+                                size_t ny, pk_kmode mode, size_t mem, double *K, pk_kernel_sink sink, void *ctx);
 
 pk_status pk_kernel_tangent_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
                                     size_t ny, pk_kmode mode, double *K, pk_kernel_sink sink, void *ctx)
 {
-    size_t C = m->n_out, B = GENERIC_BLOCK, d = m->n_in;
+    return kernel_generic(m, w, X, nx, Y, ny, mode, 0, K, sink, ctx);
+}
+
+static pk_status kernel_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
+                                size_t ny, pk_kmode mode, size_t mem, double *K, pk_kernel_sink sink, void *ctx)
+{
+    size_t C = m->n_out, d = m->n_in;
     int trace = mode == PK_KMODE_TRACE;
-    size_t r = trace ? 1 : C;
+    size_t r = trace ? 1 : C, B = generic_block(m, nx, ny, trace, mem);
     pk_tape *tx = pk_tape_new(m, B), *ty = pk_tape_new(m, B);
+    if (tx) tx->queries = 1;
+    if (ty) ty->queries = 1;
     double *dx[PK_MAX_MODEL_LAYERS] = {0}, *dy[PK_MAX_MODEL_LAYERS] = {0};
     int have = !pk_deltas_new(m, B, dx);
     if (have && pk_deltas_new(m, B, dy)) { pk_deltas_free(m, dx); have = 0; }
-    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc(B * C, B * C * sizeof *D);
-    double *S = K ? NULL : pk_alloc(B * B, r * r * sizeof *S);
+    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc(B * C, B * C * sizeof *D); /* (B, B), (B C, B C) */
+    double *S = K ? NULL : pk_alloc(B * B, r * r * sizeof *S);                         /* (B, B, r, r) */
     pk_status s = tx && ty && have && A && D && (K || S) ? PK_OK : PK_ERR_NOMEM;
     for (size_t x0 = 0; !s && x0 < nx; x0 += B) {
         size_t nbx = nx - x0 < B ? nx - x0 : B;
@@ -430,10 +460,13 @@ pk_status pk_kernel_tangent_generic(const pk_model *m, const double *w, const do
         pk_side sx = pk_side_outputs(m, tx, dx, trace);
         for (size_t y0 = 0; !s && y0 < ny; y0 += B) {
             size_t nby = ny - y0 < B ? ny - y0 : B;
-            pk_model_forward(m, w, Y + y0 * d, nby, ty);
-            s = pk_model_output_deltas(m, w, ty, dy);
-            if (s) break;
-            pk_side sy = pk_side_outputs(m, ty, dy, trace);
+            pk_side sy = pk_side_outputs(m, tx, dx, trace);
+            if (Y != X || y0 != x0) { /* the x block against itself needs no second pass */
+                pk_model_forward(m, w, Y + y0 * d, nby, ty);
+                s = pk_model_output_deltas(m, w, ty, dy);
+                if (s) break;
+                sy = pk_side_outputs(m, ty, dy, trace);
+            }
             /* (x, y, kx, ky) blocks: K's own layout, or a block to the sink */
             if (K) pk_side_product(m, &sx, &sy, K + (x0 * ny + y0) * r * r, ny, 1, A, D);
             else {
@@ -460,6 +493,6 @@ pk_status pk_kernel_tangent_rows(const pk_model *m, const double *w, const doubl
                                  const double *Y, size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink,
                                  void *ctx)
 {
-    if (pk_model_mlp_act(m) < 0) return pk_kernel_tangent_generic(m, w, X, nx, Y, ny, mode, NULL, sink, ctx);
+    if (pk_model_mlp_act(m) < 0) return kernel_generic(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
     return kernel_tangent(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
 }

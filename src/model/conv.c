@@ -47,7 +47,9 @@ static void im2col(const pk_layer *l, const double *x, double *col, size_t ld)
                     const double *xr = x + (c * H + oh * s + i - l->pad) * W; /* the input row */
                     double *o = row + oh * wo;
                     for (size_t ow = 0; ow < c0; ow++) o[ow] = 0.0;
-                    for (size_t ow = c0; ow < c1; ow++) o[ow] = xr[ow * s + j - l->pad];
+                    if (s == 1) memcpy(o + c0, xr + c0 + j - l->pad, (c1 - c0) * sizeof *o);
+                    else
+                        for (size_t ow = c0; ow < c1; ow++) o[ow] = xr[ow * s + j - l->pad];
                     for (size_t ow = c1; ow < wo; ow++) o[ow] = 0.0;
                 }
                 memset(row + r1 * wo, 0, (ho - r1) * wo * sizeof *row);
@@ -70,7 +72,11 @@ static void col2im(const pk_layer *l, const double *dcol, double *gx)
                 for (size_t oh = r0; oh < r1; oh++) {
                     double *g = gx + (c * H + oh * s + i - l->pad) * W; /* the input row */
                     const double *o = row + oh * wo;
-                    for (size_t ow = c0; ow < c1; ow++) g[ow * s + j - l->pad] += o[ow];
+                    if (s == 1) {
+                        double *gr = g + c0 + j - l->pad;
+                        for (size_t ow = 0; ow < c1 - c0; ow++) gr[ow] += o[c0 + ow];
+                    } else
+                        for (size_t ow = c0; ow < c1; ow++) g[ow * s + j - l->pad] += o[ow];
                 }
             }
         }

@@ -521,7 +521,7 @@ pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas)
 {
     memset(deltas, 0, PK_MAX_MODEL_LAYERS * sizeof *deltas);
     for (size_t l = 0; l < m->n_weight; l++) {
-        deltas[l] = pk_alloc(cap * m->n_out, pk_model_weight(m, l)->out * sizeof(double));
+        deltas[l] = pk_alloc_big(cap * m->n_out, pk_model_weight(m, l)->out * sizeof(double));
         if (!deltas[l]) { pk_deltas_free(m, deltas); return PK_ERR_NOMEM; }
     }
     return PK_OK;
@@ -532,9 +532,21 @@ void pk_deltas_free(const pk_model *m, double **deltas)
     for (size_t l = 0; l < m->n_weight; l++) { free(deltas[l]); deltas[l] = NULL; }
 }
 
+size_t pk_tape_values(const pk_model *m)
+{
+    size_t v = 0;
+    for (size_t k = 0; k < m->n_layers; k++) v += m->layer[k].out * (m->layer[k].in_place && k ? 1 : 2);
+    return v;
+}
+
 pk_status pk_model_predict(const pk_model *m, const double *w, const double *x, size_t n, double *f)
 {
-    size_t block = n < 1024 ? (n ? n : 1) : 1024, C = m->n_out;
+    /* blocks of up to 1024 examples and about 8 MB of tape (a conv net's
+     * values per example are many: fresh megabytes cost page faults) */
+    size_t block = ((size_t)1 << 20) / pk_tape_values(m), C = m->n_out;
+    if (block > 1024) block = 1024;
+    if (block < 16) block = 16;
+    if (block > n) block = n ? n : 1;
     pk_tape *t = pk_tape_new(m, block);
     if (!t) return PK_ERR_NOMEM;
     t->queries = 1; /* a prediction never depends on the block it is in */

@@ -119,6 +119,9 @@ typedef struct pk_tape {
 } pk_tape;
 
 pk_tape *pk_tape_new(const pk_model *m, size_t cap);
+/* Values a tape keeps per example: every layer's output, and its deltas
+ * where they are not shared (memory plans). */
+size_t pk_tape_values(const pk_model *m);
 void pk_tape_free(pk_tape *t);
 /* The input of layer k on the tape (n, in_k). */
 static inline const double *pk_tape_in(const pk_tape *t, size_t k) { return k ? t->y[k - 1] : t->x; }
