@@ -63,7 +63,7 @@ int main(void)
     double *x = malloc(n * d * sizeof *x), *y = malloc(n * sizeof *y);
     for (size_t i = 0; i < n * d; i++) x[i] = rng_normal(&r);
     for (size_t i = 0; i < n; i++) y[i] = (double)(i % C);
-    pk_data train = {n, d, 1, x, y, 0, 0, NULL};
+    pk_data train = {.n = n, .d = d, .ty = 1, .x = x, .y = y};
 
     char dir[] = "/tmp/pk-test-api-XXXXXX";
     if (!mkdtemp(dir)) return 1;

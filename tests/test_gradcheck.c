@@ -84,8 +84,8 @@ int main(void)
         for (int act = PK_ACT_IDENTITY; act <= PK_ACT_ERF; act++)
             for (int loss = PK_LOSS_MSE; loss <= PK_LOSS_SOFTMAX; loss++) {
                 size_t out = loss == PK_LOSS_LOGISTIC ? 1 : C;
-                pk_data data = {n, d, loss == PK_LOSS_MSE ? C : 1, x,
-                                loss == PK_LOSS_MSE ? ym : loss == PK_LOSS_LOGISTIC ? yb : yc, 0, 0, NULL};
+                pk_data data = {.n = n, .d = d, .ty = loss == PK_LOSS_MSE ? C : 1, .x = x,
+                                .y = loss == PK_LOSS_MSE ? ym : loss == PK_LOSS_LOGISTIC ? yb : yc};
                 char spec[64];
                 snprintf(spec, sizeof spec, "mlp:6,4:%s", pk_act_name((pk_act)act));
                 pk_model *m;

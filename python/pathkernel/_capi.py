@@ -23,12 +23,17 @@ PK_SI_LOSS, PK_SI_KERNEL = 0, 1
 class pk_data(ctypes.Structure):
     """struct pk_data."""
     _fields_ = [("n", c_size), ("d", c_size), ("ty", c_size), ("x", P_dbl), ("y", P_dbl),
-                ("img_h", c_size), ("img_w", c_size), ("source", ctypes.c_char_p)]
+                ("img_h", c_size), ("img_w", c_size), ("source", ctypes.c_char_p),
+                ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("n_class_names", c_size),
+                ("feature_names", ctypes.POINTER(ctypes.c_char_p)), ("warning", ctypes.c_char_p)]
 
 
 class pk_load_opts(ctypes.Structure):
     """struct pk_load_opts."""
-    _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64)]
+    _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64),
+                ("sep", ctypes.c_char), ("label_column", ctypes.c_char_p),
+                ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("n_class_names", c_size),
+                ("allow_unseen", c_int)]
 
 
 class pk_optim(ctypes.Structure):
