@@ -395,6 +395,7 @@ int cmd_attribute(int argc, char **argv)
         "decay moved, which no example owns (the quadrature error). Exact ties: the smaller index first.\n\n"
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
+        CLI_CSV_HELP_RUN
         "  --top K           proponents and opponents per query [10]\n"
         "  --class C         pred: the predicted class (argmax for softmax; output 0 for one output),\n"
         "                    label: the query's own target class, or an output index [pred]\n"
@@ -460,7 +461,9 @@ int cmd_attribute(int argc, char **argv)
         s = pk_fail(PK_ERR_INPUT, "--class %zu: the run's network has outputs 0..%zu", cls_num, C - 1);
     if (!s && cls_mode == CLASS_LABEL && pk_run_loss(run) == PK_LOSS_MSE && C > 1)
         s = pk_fail(PK_ERR_INPUT, "--class label needs class targets (softmax or logistic); this run uses mse with %zu outputs", C);
+    lo.allow_unseen = cls_mode != CLASS_LABEL;   /* labels needed only for --class label */
     if (!s) s = pk_run_load_data(run, query, &lo, &q);
+    if (!s) cli_data_warning(cmd, &q);
     if (!s && !q.n) s = pk_fail(PK_ERR_INPUT, "%s: no queries", query);
     if (!s) s = attribution_alloc(&a, q.n, top);
     if (!s) s = choose_classes(run, &q, cls_mode, cls_num, query, a.cls);

@@ -242,6 +242,9 @@ pk_load_opts pk_load_opts_defaults(void);
  * Errors name the file, the line or byte offset, and what is wrong. */
 pk_status pk_data_load(const char *spec, const pk_load_opts *opts, pk_data *out);
 void pk_data_free(pk_data *data);
+/* Whether a spec names a CSV or TSV file (PATH.csv, .csv.gz, .tsv, .tsv.gz):
+ * the formats that take a separator and a label column. */
+int pk_data_spec_is_csv(const char *spec);
 
 /* Mean and standard deviation of every feature ((d) each); a feature with
  * zero spread gets std 1 so that the transform is defined. */
@@ -487,6 +490,13 @@ const char *pk_run_data_spec(const pk_run *run);
 /* Feature transform recorded at training time (NULL when none): (d) each. */
 const double *pk_run_mean(const pk_run *run);
 const double *pk_run_std(const pk_run *run);
+/* The names of the classes recorded at training (RUN/classes.txt: text
+ * labels, Fashion-MNIST's, or class_names given), *n of them; NULL and 0
+ * when the training data had none. */
+const char *const *pk_run_classes(const pk_run *run, size_t *n);
+/* The names of the d features (RUN/features.txt: the training CSV's
+ * header), or NULL. */
+const char *const *pk_run_features(const pk_run *run);
 /* Weights w_t (P) after step t (0 = initial), replaying from the nearest
  * stored checkpoint when `keep` > 1 (this needs the training data: see
  * pk_run_attach_data). */
@@ -503,7 +513,9 @@ pk_status pk_run_train_data(pk_run *run, const pk_data **train);
 /* Load the training data from the recorded spec, options and transform
  * into *train (the caller's: pk_data_free). */
 pk_status pk_run_load_train(pk_run *run, pk_data *train);
-/* Load any data spec with the run's feature transform applied. */
+/* Load any data spec with the run's feature transform applied, its labels
+ * mapped through the run's classes and, for a CSV file, the run's label
+ * column (o's own class_names and label_column, when given, instead). */
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
                            pk_data *out);
 

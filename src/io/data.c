@@ -243,7 +243,9 @@ static void names_list(char *dst, size_t cap, const char *const *names, size_t n
     if (n > 8 && k + 24 < cap) snprintf(dst + k, cap - k, ", ... (%zu in all)", n);
 }
 
-pk_status pk_names_read(const char *path, char ***names, size_t *n)
+pk_status pk_names_read(const char *path, char ***names, size_t *n) { return pk_names_load(path, 1, names, n); }
+
+pk_status pk_names_load(const char *path, int unique, char ***names, size_t *n)
 {
     *names = NULL;
     *n = 0;
@@ -277,7 +279,7 @@ pk_status pk_names_read(const char *path, char ***names, size_t *n)
     if (!s && !order) s = PK_ERR_NOMEM;
     char **out = s ? NULL : names_copy(path, name, len, count);
     if (!s && !out) s = PK_ERR_NOMEM;
-    if (!s) {
+    if (!s && unique) {
         for (size_t i = 0; i < count; i++) order[i] = i;
         g_sort_names = (const char *const *)out;
         qsort(order, count, sizeof *order, cmp_name_idx);
@@ -627,10 +629,21 @@ static pk_status load_csv(const char *path, const pk_load_opts *o, pk_data *d)
                 header = r.line;
                 const char **nm = alloc_for(path, cols, sizeof *nm, 0);   /* (cols - 1) */
                 size_t *len = alloc_for(path, cols, sizeof *len, 0);      /* (cols - 1) */
-                if (nm && len)
-                    for (size_t c = 0, j = 0; c < cols; c++)
-                        if (c != lc) { nm[j] = r.f[c].s; len[j++] = r.f[c].n; }
-                if (!nm || !len || !(features = names_copy(path, nm, len, cols - 1))) s = PK_ERR_NOMEM;
+                char *unnamed = alloc_for(path, cols, 24, 0);   /* (cols, 24) "column C" */
+                if (nm && len && unnamed)
+                    for (size_t c = 0, j = 0; c < cols; c++) {
+                        if (c == lc) continue;
+                        nm[j] = r.f[c].s;
+                        len[j] = r.f[c].n;
+                        if (!len[j]) {   /* an empty name (pandas' index column): its place */
+                            nm[j] = unnamed + 24 * c;
+                            len[j] = (size_t)snprintf(unnamed + 24 * c, 24, "column %zu", c + 1);
+                        }
+                        j++;
+                    }
+                if (!nm || !len || !unnamed || !(features = names_copy(path, nm, len, cols - 1)))
+                    s = PK_ERR_NOMEM;
+                free(unnamed);
                 free(nm);
                 free(len);
                 if (s) break;
@@ -662,7 +675,9 @@ static pk_status load_csv(const char *path, const pk_load_opts *o, pk_data *d)
             int num = parse_number(f->s, f->s + f->n, &v);
             if (c == lc) {
                 if (!f->n || num > 0) { s = csv_field_error(path, r.line, c + 1, f, num, 1); break; }
-                lab[n] = (csv_label){f->s, f->n, r.line};
+                char *ls = f->s, *le = f->s + f->n;   /* a quoted label too: names are trimmed */
+                trim(&ls, &le);
+                lab[n] = (csv_label){ls, (size_t)(le - ls), r.line};
                 text_labels |= num < 0;
                 y[n] = v;
                 continue;
