@@ -81,6 +81,9 @@ void cli_data_warning(const char *cmd, const pk_data *d);
 
 /* A number for CSV files and tables: %.17g, NaN as "nan". */
 void cli_put_num(FILE *f, double v);
+/* A text field of a CSV file: quoted (RFC 4180) when it holds a comma, a
+ * quote or a line break; nothing for NULL. */
+void cli_put_text(FILE *f, const char *s);
 
 /* The options of the commands that read a run (predict, weights, info):
  * RUN, --data, --out, --step, --first, --random, --data-seed, --threads. */

@@ -295,6 +295,18 @@ void cli_catch_stop(void)
 int cli_stop_requested(void) { return stop_flag != 0; }
 
 
+void cli_put_text(FILE *f, const char *s)
+{
+    if (!s) return;
+    if (!strpbrk(s, ",\"\r\n")) { fputs(s, f); return; }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 void cli_put_num(FILE *f, double v)
 {
     if (isnan(v)) fputs("nan", f);
