@@ -1066,9 +1066,8 @@ static pk_status name_classes(const char *spec, const pk_load_opts *o, pk_data *
         double v = d->y[i];
         if (v >= 0 && v == floor(v) && v < (double)o->n_class_names) continue;
         if (!o->allow_unseen)
-            return pk_fail(PK_ERR_INPUT, "%s: example %zu (0-based): label %.17g is not a class of the %zu "
-                           "named (class_names: classes 0..%zu)", spec, i, v, o->n_class_names,
-                           o->n_class_names - 1);
+            return pk_fail(PK_ERR_INPUT, "%s: example %zu (0-based): label %.17g is not one of the %zu classes "
+                           "named (class_names), 0..%zu", spec, i, v, o->n_class_names, o->n_class_names - 1);
         if (!unseen++) first_unseen = i;
         d->y[i] = NAN;
     }

@@ -158,7 +158,7 @@ def test_class_names_name_integer_labels_of_other_formats(tool, tmp_path):
     assert got == ["zero", "one", "two"] and y[:, 0].tolist() == [0, 2, 1]
     names.write_text("zero\none\n")
     p = dump(tool, spec, tmp_path / "o2", "--class-names", names, expect_rc=2)
-    assert "example 1 (0-based): label 2 is not a class of the 2 named" in p.stderr
+    assert "example 1 (0-based): label 2 is not one of the 2 classes named (class_names), 0..1" in p.stderr
 
 
 # name, file name, content, extra options, what the message must say
