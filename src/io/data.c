@@ -199,31 +199,41 @@ const char *pk_data_class_name(const pk_data *data, double label)
     return data->class_names[(size_t)label];
 }
 
-/* The classes given (pk_load_opts.class_names) sorted by name, for lookups. */
-typedef struct class_index {
-    const char *const *names;   /* (n) in class order (borrowed) */
-    size_t *order;              /* (n) class indices sorted by name */
-    size_t n;
-} class_index;
+/* A string [s, s + n) and where it came from (a class index, an example):
+ * what name lists and labels are sorted as, for lookups and distinct values. */
+typedef struct text_key { const char *s; size_t n, idx; } text_key;
 
-static const char *const *g_sort_names;   /* for qsort's comparator only */
-static int cmp_name_idx(const void *a, const void *b)
+static int cmp_text(const char *a, size_t na, const char *b, size_t nb)
 {
-    size_t i = *(const size_t *)a, j = *(const size_t *)b;
-    int c = strcmp(g_sort_names[i], g_sort_names[j]);
-    return c ? c : (i > j) - (i < j);
+    int c = memcmp(a, b, na < nb ? na : nb);
+    return c ? c : (na > nb) - (na < nb);
 }
 
-/* The index of the class named [s, s + len), or -1. */
-static long class_lookup(const class_index *ci, const char *s, size_t len)
+static int cmp_text_key(const void *pa, const void *pb)
 {
-    size_t lo = 0, hi = ci->n;
+    const text_key *a = pa, *b = pb;
+    int c = cmp_text(a->s, a->n, b->s, b->n);
+    return c ? c : (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+/* names[0 .. n) as text_keys sorted by name (malloc'ed), or NULL. */
+static text_key *names_sorted(const char *path, const char *const *names, size_t n)
+{
+    text_key *k = alloc_for(path, n ? n : 1, sizeof *k, 0);   /* (n) */
+    if (!k) return NULL;
+    for (size_t i = 0; i < n; i++) k[i] = (text_key){names[i], strlen(names[i]), i};
+    qsort(k, n, sizeof *k, cmp_text_key);
+    return k;
+}
+
+/* The index of the name [s, s + len) among the n sorted keys, or -1. */
+static long names_find(const text_key *k, size_t n, const char *s, size_t len)
+{
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        const char *nm = ci->names[ci->order[mid]];
-        int c = strncmp(nm, s, len);
-        if (!c) c = nm[len] ? 1 : 0;   /* the name is longer than s */
-        if (!c) return (long)ci->order[mid];
+        int c = cmp_text(k[mid].s, k[mid].n, s, len);
+        if (!c) return (long)k[mid].idx;
         if (c < 0) lo = mid + 1;
         else hi = mid;
     }
@@ -275,22 +285,17 @@ pk_status pk_names_load(const char *path, int unique, char ***names, size_t *n)
     }
     if (!s && !count) s = pk_fail(PK_ERR_INPUT, "%s: no names (one a line)", path);
     /* a repeated name would make two classes that no one can tell apart */
-    size_t *order = s ? NULL : alloc_for(path, count, sizeof *order, 0);
-    if (!s && !order) s = PK_ERR_NOMEM;
     char **out = s ? NULL : names_copy(path, name, len, count);
     if (!s && !out) s = PK_ERR_NOMEM;
-    if (!s && unique) {
-        for (size_t i = 0; i < count; i++) order[i] = i;
-        g_sort_names = (const char *const *)out;
-        qsort(order, count, sizeof *order, cmp_name_idx);
-        for (size_t i = 1; i < count && !s; i++)
-            if (!strcmp(out[order[i]], out[order[i - 1]])) {
-                char nm[48];
-                printable(nm, sizeof nm, out[order[i]], strlen(out[order[i]]));
-                s = pk_fail(PK_ERR_INPUT, "%s: name '%s' appears twice (lines %zu and %zu, not counting blank "
-                            "lines); each class needs its own", path, nm, order[i - 1] + 1, order[i] + 1);
-            }
-    }
+    text_key *order = s || !unique ? NULL : names_sorted(path, (const char *const *)out, count);
+    if (!s && unique && !order) s = PK_ERR_NOMEM;
+    for (size_t i = 1; order && i < count && !s; i++)
+        if (!cmp_text(order[i].s, order[i].n, order[i - 1].s, order[i - 1].n)) {
+            char nm[48];
+            printable(nm, sizeof nm, order[i].s, order[i].n);
+            s = pk_fail(PK_ERR_INPUT, "%s: name '%s' appears twice (lines %zu and %zu); each class needs "
+                        "its own", path, nm, order[i - 1].idx + 1, order[i].idx + 1);
+        }
     free(order);
     free(name);
     free(len);
@@ -477,15 +482,6 @@ static pk_status csv_label_column(const char *path, const char *want, const csv_
 /* One label as read: its text (in the file's buffer) and line. */
 typedef struct csv_label { const char *s; size_t n, line; } csv_label;
 
-static const csv_label *g_sort_labels;   /* for qsort's comparator only */
-static int cmp_label_idx(const void *a, const void *b)
-{
-    const csv_label *x = &g_sort_labels[*(const size_t *)a], *y = &g_sort_labels[*(const size_t *)b];
-    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
-    if (!c) c = (x->n > y->n) - (x->n < y->n);
-    return c ? c : (*(const size_t *)a > *(const size_t *)b) - (*(const size_t *)a < *(const size_t *)b);
-}
-
 /* Text labels -> class indices y (n): through the classes given (o), or
  * else the sorted distinct labels become the classes (d->class_names). */
 static pk_status csv_map_labels(const char *path, const pk_load_opts *o, const csv_label *lab, size_t n, size_t lc,
@@ -502,22 +498,20 @@ static pk_status csv_map_labels(const char *path, const pk_load_opts *o, const c
         }
     pk_status s = PK_OK;
     if (!o->class_names) {   /* the classes: the sorted distinct labels */
-        size_t *order = alloc_for(path, n, sizeof *order, 0);   /* (n) examples by label */
+        text_key *order = alloc_for(path, n, sizeof *order, 0);  /* (n) examples by label */
         const char **name = alloc_for(path, n, sizeof *name, 0); /* (classes) into the buffer */
         size_t *len = alloc_for(path, n, sizeof *len, 0);        /* (classes) */
         if (!order || !name || !len) s = PK_ERR_NOMEM;
         size_t C = 0;
         if (!s) {
-            for (size_t i = 0; i < n; i++) order[i] = i;
-            g_sort_labels = lab;
-            qsort(order, n, sizeof *order, cmp_label_idx);
+            for (size_t i = 0; i < n; i++) order[i] = (text_key){lab[i].s, lab[i].n, i};
+            qsort(order, n, sizeof *order, cmp_text_key);
             for (size_t k = 0; k < n; k++) {
-                const csv_label *a = &lab[order[k]];
-                if (!C || len[C - 1] != a->n || memcmp(name[C - 1], a->s, a->n)) {
-                    name[C] = a->s;
-                    len[C++] = a->n;
+                if (!C || cmp_text(name[C - 1], len[C - 1], order[k].s, order[k].n)) {
+                    name[C] = order[k].s;
+                    len[C++] = order[k].n;
                 }
-                y[order[k]] = (double)(C - 1);
+                y[order[k].idx] = (double)(C - 1);
             }
             if (C > MAX_CLASSES)
                 s = pk_fail(PK_ERR_INPUT, "%s: %zu distinct labels; at most %zu classes", path, C, MAX_CLASSES);
@@ -530,33 +524,31 @@ static pk_status csv_map_labels(const char *path, const pk_load_opts *o, const c
         return s;
     }
     /* through the classes given: a name, else an integer index below their count */
-    class_index ci = {o->class_names, alloc_for(path, o->n_class_names, sizeof(size_t), 0), o->n_class_names};
-    if (!ci.order) return PK_ERR_NOMEM;
-    for (size_t i = 0; i < ci.n; i++) ci.order[i] = i;
-    g_sort_names = o->class_names;
-    qsort(ci.order, ci.n, sizeof *ci.order, cmp_name_idx);
-    names_list(list, sizeof list, o->class_names, o->n_class_names);
+    size_t nc = o->n_class_names;
+    text_key *known = names_sorted(path, o->class_names, nc);   /* (nc) */
+    if (!known) return PK_ERR_NOMEM;
+    names_list(list, sizeof list, o->class_names, nc);
     size_t unseen = 0, first_unseen = 0;
     for (size_t i = 0; i < n && !s; i++) {
-        long c = class_lookup(&ci, lab[i].s, lab[i].n);
+        long c = names_find(known, nc, lab[i].s, lab[i].n);
         double v;
         char *ls = (char *)lab[i].s;
-        if (c < 0 && !parse_number(ls, ls + lab[i].n, &v) && v >= 0 && v == floor(v) && v < (double)ci.n)
+        if (c < 0 && !parse_number(ls, ls + lab[i].n, &v) && v >= 0 && v == floor(v) && v < (double)nc)
             c = (long)v;
         if (c >= 0) { y[i] = (double)c; continue; }
         printable(tok, sizeof tok, lab[i].s, lab[i].n);
         if (!o->allow_unseen)
             s = pk_fail(PK_ERR_INPUT, "%s: line %zu, column %zu: label '%s' is not one of the %zu known classes (%s); "
-                        "use data whose labels the training data have", path, lab[i].line, lc + 1, tok, ci.n, list);
+                        "use data whose labels the training data have", path, lab[i].line, lc + 1, tok, nc, list);
         if (!unseen++) first_unseen = i;
         y[i] = NAN;
     }
-    free(ci.order);
+    free(known);
     if (!s && unseen) {
         char msg[900];
         printable(tok, sizeof tok, lab[first_unseen].s, lab[first_unseen].n);
         snprintf(msg, sizeof msg, "%s: %zu label%s not among the %zu known classes (%s), the first '%s' on line "
-                 "%zu: %s no label", path, unseen, unseen == 1 ? " is" : "s are", ci.n, list, tok,
+                 "%zu: %s no label", path, unseen, unseen == 1 ? " is" : "s are", nc, list, tok,
                  lab[first_unseen].line, unseen == 1 ? "that example has" : "those examples have");
         if (!(d->warning = pk_strdup(msg))) s = PK_ERR_NOMEM;
     }
