@@ -259,7 +259,8 @@ pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
  * ignored; an empty or repeated name is an error naming the line) into
  * *names (one allocation: free(*names)) and *n. */
 pk_status pk_names_read(const char *path, char ***names, size_t *n);
-/* The name of class c of `data` when it has one, else NULL. */
+/* The name of the class whose index is `label` (a target of `data`) when
+ * data has class names and label is one of their indices, else NULL. */
 const char *pk_data_class_name(const pk_data *data, double label);
 
 /* ------------------------------------------------------------ output files */
