@@ -163,7 +163,7 @@ def _read_names(arr, n):
 def _class_targets(y, classes):
     """Text labels y (n,) -> (class indices (n,) float64, classes): through
     `classes` (their order) when given, else their sorted distinct values."""
-    labels = [str(v) for v in np.asarray(y, dtype=object).ravel()]
+    labels = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(y, dtype=object).ravel()]
     if classes is None:
         classes = sorted(set(labels))
     classes = [str(c) for c in classes]
@@ -593,7 +593,8 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     """
     x = _as_matrix(X, "X")
     ya = np.asarray(y)
-    if ya.dtype.kind in "USO":   # text labels: class indices through the classes
+    text = ya.dtype.kind in "US" or (ya.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in ya.ravel()))
+    if text:   # text labels: class indices through the classes
         if ya.ndim != 1:
             raise ValueError(f"y: text labels must be one column (n,), got shape {ya.shape}")
         ya, classes = _class_targets(ya, classes)

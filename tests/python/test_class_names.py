@@ -220,6 +220,12 @@ def test_python_package_reads_iris_as_the_cli(iris, tmp_path):
                     features=d.features)
     assert run.classes == d.classes and run.features == d.features
     assert pkg.open_run(work / "run").classes == d.classes
+    order = ["virginica", "setosa", "versicolor"]
+    run2 = pkg.train(d.x, df.iloc[:120]["species"].to_numpy(), classes=order, model="linear", steps=3,
+                     out=tmp_path / "r2")
+    assert run2.classes == order
+    y2 = np.load(tmp_path / "r2" / "train_y.npy")
+    assert [order[int(i)] for i in y2] == list(df.iloc[:120]["species"])
     with pytest.raises(ValueError, match="label 'germanica' is not one of the 3 known classes"):
         q = df.iloc[120:122].copy()
         q.iloc[1, 0] = "germanica"
