@@ -99,6 +99,12 @@ static double label_of(const pk_data *d, size_t i, size_t c)
     return d->y[i * d->ty + (d->ty > 1 ? c : 0)];
 }
 
+/* The name of that label (NULL: the data have no class names). */
+static const char *label_name_of(const pk_data *d, size_t i, size_t c)
+{
+    return pk_data_class_name(d, label_of(d, i, c));
+}
+
 static double residual(const attribution *a, size_t q)
 {
     return a->r.pred[q] - a->r.bias[q] - a->r.total[q] - a->r.regularisation[q];
@@ -118,15 +124,19 @@ static pk_status write_attr_csv(const char *path, const attribution *a, const pk
     pk_atomic at;
     pk_status s = pk_atomic_open(&at, path);
     if (s) return s;
-    fputs("query,class,rank,kind,index,label,contribution,share\n", at.f);
+    fputs("query,class,class_name,rank,kind,index,label,label_name,contribution,share\n", at.f);
     for (size_t q = 0; q < a->Q; q++) {
         double moved = a->r.pred[q] - a->r.bias[q];
         size_t idx;
         double phi;
         for (int kind = 0; kind < 2; kind++)
             for (size_t j = 0; j < a->K && listed(a, q, kind, j, &idx, &phi); j++) {
-            fprintf(at.f, "%zu,%zu,%zu,%s,%zu,", q, a->cls[q], j + 1, kind ? "opponent" : "proponent", idx);
+            fprintf(at.f, "%zu,%zu,", q, a->cls[q]);
+            cli_put_text(at.f, pk_data_class_name(train, (double)a->cls[q]));
+            fprintf(at.f, ",%zu,%s,%zu,", j + 1, kind ? "opponent" : "proponent", idx);
             cli_put_num(at.f, label_of(train, idx, a->cls[q]));
+            fputc(',', at.f);
+            cli_put_text(at.f, label_name_of(train, idx, a->cls[q]));
             fputc(',', at.f);
             cli_put_num(at.f, phi);
             fputc(',', at.f);
@@ -150,6 +160,9 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
         cJSON *o = cJSON_CreateObject(), *lists[2] = {cJSON_CreateArray(), cJSON_CreateArray()};
         cJSON_AddNumberToObject(o, "query", (double)q);
         cJSON_AddNumberToObject(o, "class", (double)a->cls[q]);
+        const char *cname = pk_data_class_name(train, (double)a->cls[q]);
+        if (cname) cJSON_AddStringToObject(o, "class_name", cname);
+        else cJSON_AddNullToObject(o, "class_name");
         cJSON_AddNumberToObject(o, "pred", a->r.pred[q]);
         cJSON_AddNumberToObject(o, "bias", a->r.bias[q]);
         cJSON_AddNumberToObject(o, "total", a->r.total[q]);
@@ -163,6 +176,9 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
             cJSON_AddNumberToObject(it, "rank", (double)(j + 1));
             cJSON_AddNumberToObject(it, "index", (double)idx);
             cJSON_AddNumberToObject(it, "label", label_of(train, idx, a->cls[q]));
+            const char *lname = label_name_of(train, idx, a->cls[q]);
+            if (lname) cJSON_AddStringToObject(it, "label_name", lname);
+            else cJSON_AddNullToObject(it, "label_name");
             cJSON_AddNumberToObject(it, "contribution", phi);
             if (moved != 0) cJSON_AddNumberToObject(it, "share", phi / moved);
             else cJSON_AddNullToObject(it, "share");
@@ -184,8 +200,10 @@ static void print_attr_table(const attribution *a, const pk_data *train)
 {
     for (size_t q = 0; q < a->Q; q++) {
         double moved = a->r.pred[q] - a->r.bias[q];
-        printf("query %zu  output %zu: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
-               q, a->cls[q], a->r.pred[q], a->r.bias[q], moved, a->r.total[q]);
+        const char *cname = pk_data_class_name(train, (double)a->cls[q]);
+        printf("query %zu  output %zu%s%s%s: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
+               q, a->cls[q], cname ? " (" : "", cname ? cname : "", cname ? ")" : "", a->r.pred[q], a->r.bias[q],
+               moved, a->r.total[q]);
         if (a->r.regularisation[q] != 0.0) printf("weight decay %.6g  ", a->r.regularisation[q]);
         printf("residual %.3g\n", residual(a, q));
         size_t idx;
@@ -194,10 +212,17 @@ static void print_attr_table(const attribution *a, const pk_data *train)
             size_t n = 0;
             while (n < a->K && listed(a, q, kind, n, &idx, &phi)) n++;
             printf("  %s (%zu)\n", kind ? "opponents" : "proponents", n);
-            if (n) printf("    %4s %8s %8s %14s %10s\n", "rank", "index", "label", "contribution", "share");
-            for (size_t j = 0; j < n && listed(a, q, kind, j, &idx, &phi); j++)
-                printf("    %4zu %8zu %8.6g %14.6g %10.4g\n", j + 1, idx, label_of(train, idx, a->cls[q]), phi,
-                       moved != 0 ? phi / moved : NAN);
+            int named = train->class_names != NULL;   /* then the label's name follows its index */
+            if (n) printf("    %4s %8s %8s%s %14s %10s\n", "rank", "index", "label", named ? "  name        " : "",
+                          "contribution", "share");
+            for (size_t j = 0; j < n && listed(a, q, kind, j, &idx, &phi); j++) {
+                printf("    %4zu %8zu %8.6g", j + 1, idx, label_of(train, idx, a->cls[q]));
+                if (named) {
+                    const char *nm = label_name_of(train, idx, a->cls[q]);
+                    printf("  %-12s", nm ? nm : "");
+                }
+                printf(" %14.6g %10.4g\n", phi, moved != 0 ? phi / moved : NAN);
+            }
         }
     }
 }
@@ -395,6 +420,7 @@ int cmd_attribute(int argc, char **argv)
         "decay moved, which no example owns (the quadrature error). Exact ties: the smaller index first.\n\n"
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
+        CLI_CSV_HELP_RUN
         "  --top K           proponents and opponents per query [10]\n"
         "  --class C         pred: the predicted class (argmax for softmax; output 0 for one output),\n"
         "                    label: the query's own target class, or an output index [pred]\n"
@@ -460,7 +486,9 @@ int cmd_attribute(int argc, char **argv)
         s = pk_fail(PK_ERR_INPUT, "--class %zu: the run's network has outputs 0..%zu", cls_num, C - 1);
     if (!s && cls_mode == CLASS_LABEL && pk_run_loss(run) == PK_LOSS_MSE && C > 1)
         s = pk_fail(PK_ERR_INPUT, "--class label needs class targets (softmax or logistic); this run uses mse with %zu outputs", C);
+    lo.allow_unseen = cls_mode != CLASS_LABEL;   /* labels needed only for --class label */
     if (!s) s = pk_run_load_data(run, query, &lo, &q);
+    if (!s) cli_data_warning(cmd, &q);
     if (!s && !q.n) s = pk_fail(PK_ERR_INPUT, "%s: no queries", query);
     if (!s) s = attribution_alloc(&a, q.n, top);
     if (!s) s = choose_classes(run, &q, cls_mode, cls_num, query, a.cls);

@@ -39,13 +39,14 @@ int cli_threads(const char *cmd, const char *arg);
  * (CLI_FLAG: an int set to 1; CLI_MIB: a size_t in bytes from MiB;
  * CLI_THREADS: applied at once; CLI_QUAD/LOSS/OPTIM/SCHEDULE: parsed into
  * pk_quad, pk_loss, pk_optim_kind, pk_schedule; CLI_KMODE: full or trace into
- * a pk_kmode; CLI_PARAM: standard or ntk into a pk_param), and optionally an
+ * a pk_kmode; CLI_PARAM: standard or ntk into a pk_param; CLI_SEP: a CSV
+ * separator, one character or comma, semicolon, tab, into a char), and optionally an
  * int `seen` that is set, the first time the option is given, to its place
  * among the options given (1 for the first). CLI_TABLE (CLI_INCLUDE) stands
  * for the entries of another table, ended by a NULL name, in its place. */
 typedef enum cli_type {
     CLI_STR, CLI_SIZE, CLI_U64, CLI_DOUBLE, CLI_FLAG, CLI_MIB, CLI_THREADS, CLI_QUAD, CLI_LOSS, CLI_OPTIM,
-    CLI_KMODE, CLI_PARAM, CLI_SCHEDULE, CLI_TABLE
+    CLI_KMODE, CLI_PARAM, CLI_SCHEDULE, CLI_SEP, CLI_TABLE
 } cli_type;
 typedef struct cli_opt { const char *name; cli_type type; void *dst; int *seen; } cli_opt;
 #define CLI_INCLUDE(table) {"", CLI_TABLE, (void *)(table), NULL}
@@ -60,12 +61,29 @@ int cli_parse(const char *cmd, const char *help, int argc, char **argv, const cl
 /* Of the options of opts (those of included tables too) that have a `seen`,
  * the one given first; NULL when none was given. */
 const cli_opt *cli_first_given(const cli_opt *opts);
-/* --first N, --random N, --data-seed S into a pk_load_opts. */
+/* --first N, --random N, --data-seed S, and the CSV options --sep C and
+ * --label-column NAME|INDEX, into a pk_load_opts. */
 #define CLI_SELECT(lo) {"first", CLI_SIZE, &(lo).first, NULL}, {"random", CLI_SIZE, &(lo).random, NULL}, \
-                       {"data-seed", CLI_U64, &(lo).seed, NULL}
+                       {"data-seed", CLI_U64, &(lo).seed, NULL}, CLI_CSV(lo)
+#define CLI_CSV(lo) {"sep", CLI_SEP, &(lo).sep, NULL}, {"label-column", CLI_STR, &(lo).label_column, NULL}
+/* Their help: for training data, and for data read through a run. */
+#define CLI_CSV_HELP_TRAIN \
+    "  --sep C             CSV field separator: comma, semicolon, tab or a character [detected]\n" \
+    "  --label-column L    CSV label column: a header name, or an index (0-based, -1 the last) [the last]\n"
+#define CLI_CSV_HELP_RUN \
+    "  --sep C, --label-column L   CSV separator [detected] and label column, a name or an index\n" \
+    "                      (0-based, -1 the last) [the run's, else the last]\n"
+/* Read --class-names FILE (one name a line) into lo: *names holds them
+ * (free it after the load). 0, or the exit status of an error, reported. */
+int cli_class_names(const char *cmd, const char *file, pk_load_opts *lo, char ***names);
+/* Print the warning loading left in d (unseen labels), if any. */
+void cli_data_warning(const char *cmd, const pk_data *d);
 
 /* A number for CSV files and tables: %.17g, NaN as "nan". */
 void cli_put_num(FILE *f, double v);
+/* A text field of a CSV file: quoted (RFC 4180) when it holds a comma, a
+ * quote or a line break; nothing for NULL. */
+void cli_put_text(FILE *f, const char *s);
 
 /* The options of the commands that read a run (predict, weights, info):
  * RUN, --data, --out, --step, --first, --random, --data-seed, --threads. */
@@ -87,12 +105,13 @@ int cli_run_weights(const char *cmd, const cli_run_args *a, pk_run **run, double
  * cli_train_args_init sets the defaults and fills `opts`, which points into
  * *a (include it with CLI_INCLUDE(a.opts)); `given` notes the order in which
  * they were given. */
-enum { CLI_TRAIN_OPTS = 32 };
+enum { CLI_TRAIN_OPTS = 40 };
 typedef struct cli_train_args {
     pk_train_opts to;
     pk_load_opts lo, test_lo;
-    const char *data, *test;
+    const char *data, *test, *class_names;
     const char *input_shape; /* --input-shape C,H,W, or NULL */
+    char **names;   /* the --class-names read, or NULL (cli_train_args_free) */
     int given[CLI_TRAIN_OPTS];
     cli_opt opts[CLI_TRAIN_OPTS + 1];
 } cli_train_args;
@@ -101,6 +120,7 @@ void cli_train_args_init(cli_train_args *a, int held_out);
  * training moments when asked (*mean and *sd, the caller frees them); the
  * data and the transform go into a->to. */
 pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd);
+void cli_train_args_free(cli_train_args *a);
 
 /* SIGINT/SIGTERM set a flag (the second one kills as usual) that long
  * commands poll between steps to stop cleanly. */

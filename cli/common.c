@@ -60,6 +60,11 @@ static const cli_term cli_terms[] = {
     {"(query", "(--query", EXPLAINING " attribute convergence report"},
     {"(first", "(--first", SELECTING " export-libsvm ntk"},
     {"(random", "(--random", SELECTING},
+    {"(label_column)", "(--label-column)", SELECTING},
+    {"with label_column", "with --label-column", SELECTING},
+    {"(sep)", "(--sep)", SELECTING},
+    {"(class_names", "(--class-names", TRAINING},
+    {"(input_shape", "(--input-shape", TRAINING},
 };
 
 /* Is cmd one of the space-separated words of list (NULL: every command)? */
@@ -213,6 +218,15 @@ static int set_value(const char *cmd, const cli_opt *o, const char *val)
         else if (!strcmp(val, "ntk")) *(pk_param *)o->dst = PK_PARAM_NTK;
         else return cli_usage(cmd, "%s: '%s' is not standard or ntk", flag, val);
         return 0;
+    case CLI_SEP:
+        if (!strcmp(val, "comma") || !strcmp(val, ",")) *(char *)o->dst = ',';
+        else if (!strcmp(val, "semicolon") || !strcmp(val, ";")) *(char *)o->dst = ';';
+        else if (!strcmp(val, "tab") || !strcmp(val, "\\t") || !strcmp(val, "\t")) *(char *)o->dst = '\t';
+        else if (strlen(val) == 1 && val[0] != '"' && val[0] != ' ' && val[0] != '\n' && val[0] != '\r')
+            *(char *)o->dst = val[0];
+        else return cli_usage(cmd, "%s: '%s' is not comma, semicolon, tab or one other character (not a quote, "
+                              "space or line break)", flag, val);
+        return 0;
     case CLI_TABLE: break;
     }
     return cli_usage(cmd, "internal: option %s has no type", flag);
@@ -282,6 +296,18 @@ void cli_catch_stop(void)
 int cli_stop_requested(void) { return stop_flag != 0; }
 
 
+void cli_put_text(FILE *f, const char *s)
+{
+    if (!s) return;
+    if (!strpbrk(s, ",\"\r\n")) { fputs(s, f); return; }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 void cli_put_num(FILE *f, double v)
 {
     if (isnan(v)) fputs("nan", f);
@@ -311,6 +337,21 @@ char *cli_summary_json(const pk_explain *e, double max_reg)
     char *text = cJSON_Print(r);
     cJSON_Delete(r);
     return text;
+}
+
+int cli_class_names(const char *cmd, const char *file, pk_load_opts *lo, char ***names)
+{
+    *names = NULL;
+    if (!file) return 0;
+    pk_status s = pk_names_read(file, names, &lo->n_class_names);
+    if (s) return cli_error(cmd, s);
+    lo->class_names = (const char *const *)*names;
+    return 0;
+}
+
+void cli_data_warning(const char *cmd, const pk_data *d)
+{
+    if (d->warning) fprintf(stderr, "pathkernel %s: warning: %s\n", cmd, d->warning);
 }
 
 int cli_run_args_parse(const char *cmd, const char *help, int argc, char **argv, cli_run_args *a)

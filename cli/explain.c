@@ -108,7 +108,9 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     if (s) return cli_error(cmd, s);
     pk_data q = {0};
     cli_progress pr = cli_progress_start(cmd);
+    a->load.allow_unseen = 1;   /* labels are not needed */
     s = pk_run_load_data(*run, a->query, &a->load, &q);
+    if (!s) cli_data_warning(cmd, &q);
     size_t group = q.n ? q.n : 1, limit = pk_memory_budget(a->opts.mem_limit);
     while (!s && group > 1 && pk_run_explain_bytes(*run, group, &a->opts) > limit) group = (group + 1) / 2;
     if (!s && !a->json) { /* the plan, before the work (too large a plan is refused by pk_run_explain) */
@@ -175,6 +177,7 @@ int cmd_explain(int argc, char **argv)
         "(momentum/adam/adamw/decay keep a dense C x P matrix per query in a backward sweep).\n\n"
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
+        CLI_CSV_HELP_RUN
         "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
         "  --mode M          kernel as trace over outputs or full C x C blocks [trace]\n"
         "  --no-kernel       skip the path kernel (and coef)\n"

@@ -49,8 +49,12 @@ int cmd_kernel(int argc, char **argv)
     size_t C = pk_model_n_outputs(m);
     pk_data X = {0}, Y = {0};
     double *w = pk_alloc_big(pk_model_n_params(m), sizeof *w);
-    s = w ? pk_run_load_data(run, xs, NULL, &X) : PK_ERR_NOMEM;
-    if (!s && ys) s = pk_run_load_data(run, ys, NULL, &Y);
+    pk_load_opts lo = pk_load_opts_defaults();
+    lo.allow_unseen = 1;   /* labels are not needed */
+    s = w ? pk_run_load_data(run, xs, &lo, &X) : PK_ERR_NOMEM;
+    if (!s && ys) s = pk_run_load_data(run, ys, &lo, &Y);
+    if (!s) cli_data_warning(cmd, &X);
+    if (!s && ys) cli_data_warning(cmd, &Y);
     const pk_data *Yd = ys ? &Y : &X;
     size_t r = mode == PK_KMODE_FULL ? C : 1;
     if (!s) { /* memory and disk against what the job needs, before any work */

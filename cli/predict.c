@@ -9,6 +9,7 @@ int cmd_predict(int argc, char **argv)
         "usage: pathkernel predict RUN --data SPEC --out PRED.npy [options]\n\n"
         "  --data SPEC     inputs (any data spec; the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select examples [all]\n"
+        CLI_CSV_HELP_RUN
         "  --step N        step whose weights to use: init, final or 0..T [final]\n"
         "  --out FILE      (N, C) float64 outputs f(x) (logits for softmax/logistic)\n"
         "  --threads N     threads [all cores]\n";
@@ -21,7 +22,9 @@ int cmd_predict(int argc, char **argv)
     size_t t;
     if ((rc = cli_run_weights(cmd, &a, &run, &w, &t))) return rc;
     pk_data d = {0};
+    a.load.allow_unseen = 1;   /* labels are not needed */
     pk_status s = pk_run_load_data(run, a.data, &a.load, &d);
+    if (!s) cli_data_warning(cmd, &d);
     const pk_model *m = pk_run_model(run);
     size_t C = pk_model_n_outputs(m);
     double *f = s ? NULL : pk_alloc(d.n, C * sizeof *f);

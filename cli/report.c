@@ -21,6 +21,7 @@ int cmd_report(int argc, char **argv)
         "  against hidden width.\n\n"
         "  --query SPEC        query inputs [the run's training data]\n"
         "  --first N, --random N, --data-seed S   select queries [first 10]\n"
+        CLI_CSV_HELP_RUN
         "  --quad R            quadrature rule: left, mid, gl1..gl8 [gl4]\n"
         "  --convergence DIR   a directory written by `pathkernel convergence --out DIR` [none]\n"
         "  --compare DIR       a directory written by `pathkernel compare --out DIR` [none]\n"
@@ -38,7 +39,7 @@ int cmd_report(int argc, char **argv)
     size_t first = 0, heat = 0;
     const cli_opt opts[] = {
         {"query", CLI_STR, &ro.query, NULL}, {"first", CLI_SIZE, &first, &sel},
-        {"random", CLI_SIZE, &ro.load.random, &sel}, {"data-seed", CLI_U64, &ro.load.seed, NULL},
+        {"random", CLI_SIZE, &ro.load.random, &sel}, {"data-seed", CLI_U64, &ro.load.seed, NULL}, CLI_CSV(ro.load),
         {"quad", CLI_QUAD, &ro.quad, NULL}, {"convergence", CLI_STR, &ro.convergence, NULL},
         {"compare", CLI_STR, &ro.compare, NULL}, {"show", CLI_SIZE, &ro.show, NULL}, {"top", CLI_SIZE, &ro.top, NULL},
         {"heat", CLI_SIZE, &heat, &have_heat}, {"movement", CLI_SIZE, &ro.move_train, NULL},

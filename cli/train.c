@@ -16,6 +16,11 @@ static const char *const train_help =
     "  --first N           keep the first N training examples [all]\n"
     "  --random N          keep a seeded random N training examples [all]\n"
     "  --data-seed S       seed for --random [0]\n"
+    CLI_CSV_HELP_TRAIN
+    "                      (--test alike: its labels are mapped through the training data's classes)\n"
+    "  --class-names FILE  the classes' names, one a line, in class order: names integer labels (IDX,\n"
+    "                      npy, CSV), or orders text labels [text labels: their sorted distinct values;\n"
+    "                      fashion-mnist: its ten names]\n"
     "  --standardize       scale features by the training mean/std (recorded, applied to all later data) [off]\n"
     "  --input-shape C,H,W read each row as a C x H x W image (CSV, flat npy) [IDX and fashion-mnist: 1,28,28;\n"
     "                      npy (n, c, h, w): its own]\n"
@@ -113,6 +118,13 @@ static int summarise(const char *cmd, const char *dir, const pk_data *train, con
     if (pk_optim_batch(op, train->n) < train->n) printf(" batch %zu", op->batch);
     if (op->weight_decay != 0.0) printf(" weight decay %g", op->weight_decay);
     printf(", %zu steps in %.2f s\n", T, secs);
+    size_t nc;
+    const char *const *classes = pk_run_classes(run, &nc);
+    if (classes) {
+        printf("%zu classes:", nc);
+        for (size_t c = 0; c < nc && c < 20; c++) printf("%s %zu %s", c ? "," : "", c, classes[c]);
+        printf(nc > 20 ? ", ...\n" : "\n");
+    }
     double *w = pk_alloc(pk_model_n_params(m), sizeof *w);
     if (w && !pk_run_weights(run, T, w)) {
         report("train", pk_run_loss(run), m, w, train);
@@ -193,5 +205,6 @@ int cmd_train(int argc, char **argv)
     pk_data_free(&test);
     free(mean);
     free(sd);
+    cli_train_args_free(&a);
     return rc;
 }

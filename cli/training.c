@@ -14,8 +14,8 @@ void cli_train_args_init(cli_train_args *a, int held_out)
     pk_train_opts *to = &a->to;
     pk_optim *op = &to->optim;
     const cli_opt opts[] = {
-        {"data", CLI_STR, &a->data, NULL}, CLI_SELECT(a->lo), {"standardize", CLI_FLAG, &to->standardize, NULL},
-        {"input-shape", CLI_STR, &a->input_shape, NULL},
+        {"data", CLI_STR, &a->data, NULL}, CLI_SELECT(a->lo), {"class-names", CLI_STR, &a->class_names, NULL},
+        {"standardize", CLI_FLAG, &to->standardize, NULL}, {"input-shape", CLI_STR, &a->input_shape, NULL},
         {"model", CLI_STR, &to->model, NULL}, {"param", CLI_PARAM, &to->param, NULL},
         {"sigma-w", CLI_DOUBLE, &to->sigma_w, NULL}, {"sigma-b", CLI_DOUBLE, &to->sigma_b, NULL},
         {"init", CLI_STR, &to->init_dir, NULL}, {"loss", CLI_LOSS, &to->loss, NULL},
@@ -56,8 +56,20 @@ static pk_status input_shape(const char *arg, pk_data *data)
 
 pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, double **mean, double **sd)
 {
-    pk_status s = pk_data_load(a->data, &a->lo, train);
-    if (!s && a->test) s = pk_data_load(a->test, &a->test_lo, test);
+    pk_status s = PK_OK;
+    if (a->class_names && !a->names && (s = pk_names_read(a->class_names, &a->names, &a->lo.n_class_names)))
+        return s;
+    if (a->names) a->lo.class_names = (const char *const *)a->names;
+    s = pk_data_load(a->data, &a->lo, train);
+    if (!s && a->test) {
+        /* the test data alike: the same CSV options, mapped through the training classes */
+        int csv = pk_data_spec_is_csv(a->test);
+        a->test_lo.sep = csv ? a->lo.sep : 0;
+        a->test_lo.label_column = csv ? a->lo.label_column : NULL;
+        a->test_lo.class_names = (const char *const *)train->class_names;
+        a->test_lo.n_class_names = train->n_class_names;
+        s = pk_data_load(a->test, &a->test_lo, test);
+    }
     if (!s && a->test && test->d != train->d)
         s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", a->test, test->d, train->d);
     if (!s && a->input_shape) s = input_shape(a->input_shape, train);
@@ -77,4 +89,10 @@ pk_status cli_load_train_data(cli_train_args *a, pk_data *train, pk_data *test, 
     a->to.mean = *mean;
     a->to.std = *sd;
     return s;
+}
+
+void cli_train_args_free(cli_train_args *a)
+{
+    free(a->names);
+    a->names = NULL;
 }

@@ -195,18 +195,47 @@ typedef struct pk_data {
     size_t img_h, img_w; /* image shape when the source has one, else 0   */
     size_t img_c;      /* its channels (d = img_c img_h img_w), else 0   */
     char *source;      /* the spec it was loaded from (owned)             */
+    /* Names, when the source has them (else NULL and 0). Each list is one
+     * allocation, the pointers then the strings: free(list) frees it all. */
+    char **class_names;   /* (n_class_names) the names of classes 0, 1, ...: the
+                           * sorted distinct text labels of a CSV file, the
+                           * names given (pk_load_opts.class_names), or
+                           * Fashion-MNIST's own                           */
+    size_t n_class_names;
+    char **feature_names; /* (d) the CSV header's names of the feature columns */
+    char *warning;     /* what loading let pass and the caller should tell its
+                        * user (labels not among the classes, with
+                        * allow_unseen), or NULL (owned)                   */
 } pk_data;
 
 typedef struct pk_load_opts {
     size_t first;       /* keep the first N examples (0 = all)             */
     size_t random;      /* keep a seeded random N examples, in data order (0 = all) */
     uint64_t seed;      /* seed for `random`                               */
+    /* CSV and TSV files only (an error with other formats): */
+    char sep;           /* field separator; 0 detects comma, semicolon or tab [0] */
+    const char *label_column; /* the target column: a header name, or an
+                         * index, 0-based, negative from the end [NULL: the last] */
+    /* Any format with class labels: */
+    const char *const *class_names; /* (n_class_names) the classes in index
+                         * order: text labels are mapped through them (a
+                         * label equal to a name, else an integer index
+                         * below n_class_names), integer labels are named by
+                         * them; NULL: the classes of text labels are their
+                         * sorted distinct values                         */
+    size_t n_class_names;
+    int allow_unseen;   /* a label not among class_names: 0 an error; 1 its
+                         * target is NaN (no label) and data.warning says so */
 } pk_load_opts;
 
 pk_load_opts pk_load_opts_defaults(void);
 
 /* Load from a spec:
- *   PATH.csv | PATH.csv.gz        numeric CSV, last column the target, optional header
+ *   PATH.csv | PATH.csv.gz | PATH.tsv | PATH.tsv.gz
+ *                                 CSV (RFC 4180 quoting, CRLF or LF): separator
+ *                                 detected or given (sep), the target in the last
+ *                                 column or the one named (label_column), numbers
+ *                                 or text class labels, optional header
  *   npy:FEATURES.npy,TARGETS.npy  float64/float32/int64/int32/uint8, C order;
  *                                 features (n, d), (n, h, w) or (n, c, h, w)
  *   PATH.svm | PATH.libsvm        svmlight `label idx:val ...`, 1-based ascending
@@ -215,6 +244,9 @@ pk_load_opts pk_load_opts_defaults(void);
  * Errors name the file, the line or byte offset, and what is wrong. */
 pk_status pk_data_load(const char *spec, const pk_load_opts *opts, pk_data *out);
 void pk_data_free(pk_data *data);
+/* Whether a spec names a CSV or TSV file (PATH.csv, .csv.gz, .tsv, .tsv.gz):
+ * the formats that take a separator and a label column. */
+int pk_data_spec_is_csv(const char *spec);
 
 /* Mean and standard deviation of every feature ((d) each); a feature with
  * zero spread gets std 1 so that the transform is defined. */
@@ -225,6 +257,13 @@ void pk_data_standardize(pk_data *data, const double *mean, const double *std);
 uint64_t pk_data_fingerprint(const pk_data *data);
 /* Number of classes implied by integral targets 0..C-1 (checks them). */
 pk_status pk_data_classes(const pk_data *data, size_t *n_classes);
+/* Read a names file, one name a line (LF or CRLF; trailing blank lines
+ * ignored; an empty or repeated name is an error naming the line) into
+ * *names (one allocation: free(*names)) and *n. */
+pk_status pk_names_read(const char *path, char ***names, size_t *n);
+/* The name of the class whose index is `label` (a target of `data`) when
+ * data has class names and label is one of their indices, else NULL. */
+const char *pk_data_class_name(const pk_data *data, double label);
 
 /* ------------------------------------------------------------ output files */
 
@@ -468,6 +507,13 @@ const char *pk_run_data_spec(const pk_run *run);
 /* Feature transform recorded at training time (NULL when none): (d) each. */
 const double *pk_run_mean(const pk_run *run);
 const double *pk_run_std(const pk_run *run);
+/* The names of the classes recorded at training (RUN/classes.txt: text
+ * labels, Fashion-MNIST's, or class_names given), *n of them; NULL and 0
+ * when the training data had none. */
+const char *const *pk_run_classes(const pk_run *run, size_t *n);
+/* The names of the d features (RUN/features.txt: the training CSV's
+ * header), or NULL. */
+const char *const *pk_run_features(const pk_run *run);
 /* Weights w_t (P) after step t (0 = initial), replaying from the nearest
  * stored checkpoint when `keep` > 1 (this needs the training data: see
  * pk_run_attach_data). */
@@ -484,7 +530,9 @@ pk_status pk_run_train_data(pk_run *run, const pk_data **train);
 /* Load the training data from the recorded spec, options and transform
  * into *train (the caller's: pk_data_free). */
 pk_status pk_run_load_train(pk_run *run, pk_data *train);
-/* Load any data spec with the run's feature transform applied. */
+/* Load any data spec with the run's feature transform applied, its labels
+ * mapped through the run's classes and, for a CSV file, the run's label
+ * column (o's own class_names and label_column, when given, instead). */
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
                            pk_data *out);
 

@@ -371,5 +371,6 @@ int cmd_compare(int argc, char **argv)
     }
     pk_data_free(&train); pk_data_free(&test);
     free(mean); free(sd);
+    cli_train_args_free(&a);
     return rc;
 }

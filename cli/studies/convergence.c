@@ -73,7 +73,15 @@ int cmd_convergence(int argc, char **argv)
     char name[32][64];
     pk_status s = cli_load_train_data(&a, &train, &test, &mean, &sd);
     if (!s) {
-        s = pk_data_load(query_spec, NULL, &query);
+        pk_load_opts ql = pk_load_opts_defaults();   /* the queries' labels are not needed */
+        ql.class_names = (const char *const *)train.class_names;
+        ql.n_class_names = train.n_class_names;
+        ql.allow_unseen = 1;
+        int csv = pk_data_spec_is_csv(query_spec);
+        ql.sep = csv ? a.lo.sep : 0;
+        ql.label_column = csv ? a.lo.label_column : NULL;
+        s = pk_data_load(query_spec, &ql, &query);
+        if (!s) cli_data_warning(cmd, &query);
         if (!s && query.d != train.d)
             s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the training data have %zu", query_spec, query.d, train.d);
         if (!s && mean) pk_data_standardize(&query, mean, sd);
@@ -154,5 +162,6 @@ int cmd_convergence(int argc, char **argv)
     }
     pk_data_free(&train); pk_data_free(&test); pk_data_free(&query);
     free(mean); free(sd);
+    cli_train_args_free(&a);
     return rc;
 }

@@ -46,6 +46,8 @@ int cmd_mislabel(int argc, char **argv)
         "|g_i(w_T)|^2, TracIn with 5 evenly spaced checkpoints (sum_j eta |g_i(w_{t_j})|^2).\n\n"
         "  --data SPEC         labelled data (class targets)\n"
         "  --first N, --random N, --data-seed S   select examples [all]\n"
+        CLI_CSV_HELP_TRAIN
+        "  --class-names FILE  the classes' names, one a line, as for train\n"
         "  --standardize       scale features by their mean/std [off]\n"
         "  --flip FRAC         fraction of labels to flip, in (0, 1) (required)\n"
         "  --flip-seed S       seed of the flips [0]\n"
@@ -54,10 +56,13 @@ int cmd_mislabel(int argc, char **argv)
         "  --keep K            store the run's weights every K steps [T/5]\n"
         "  --quad R            quadrature of the exact self-influence [gl2]\n"
         "  --out DIR           writes DIR/run, DIR/data_x.npy, DIR/data_y.npy (the flipped data),\n"
-        "                      DIR/mislabel.csv and DIR/mislabel.json [a temporary directory, removed]\n"
+        "                      DIR/mislabel.csv (a row per example: its label and the original's, their\n"
+        "                      names when the classes have names, the flip and the four scores) and\n"
+        "                      DIR/mislabel.json [a temporary directory, removed]\n"
         "  --threads N         threads [all cores]\n"
         "  --quiet             no progress lines\n";
-    const char *data_spec = NULL, *outdir = NULL;
+    const char *data_spec = NULL, *outdir = NULL, *class_file = NULL;
+    char **class_names = NULL;
     double flip = NAN;
     uint64_t flip_seed = 0;
     int quiet = 0, have_batch = 0, have_keep = 0;
@@ -68,7 +73,8 @@ int cmd_mislabel(int argc, char **argv)
     pk_quad quad;
     pk_quad_parse("gl2", &quad);
     const cli_opt opts[] = {
-        {"data", CLI_STR, &data_spec, NULL}, CLI_SELECT(lo), {"standardize", CLI_FLAG, &to.standardize, NULL},
+        {"data", CLI_STR, &data_spec, NULL}, CLI_SELECT(lo), {"class-names", CLI_STR, &class_file, NULL},
+        {"standardize", CLI_FLAG, &to.standardize, NULL},
         {"flip", CLI_DOUBLE, &flip, NULL}, {"flip-seed", CLI_U64, &flip_seed, NULL}, {"model", CLI_STR, &to.model, NULL},
         {"loss", CLI_LOSS, &to.loss, NULL}, {"optim", CLI_OPTIM, &to.optim.kind, NULL},
         {"lr", CLI_DOUBLE, &to.optim.lr, NULL}, {"steps", CLI_SIZE, &to.steps, NULL},
@@ -85,6 +91,7 @@ int cmd_mislabel(int argc, char **argv)
         return cli_usage(cmd, "--optim %s: exact self-influence is not yet supported for it (use gd or sgd)",
                          pk_optim_name(to.optim.kind));
     if (to.optim.kind == PK_OPTIM_GD && !have_batch) to.optim.batch = 0;
+    if ((prc = cli_class_names(cmd, class_file, &lo, &class_names))) return prc;
     /* store the weights at TracIn's checkpoints j T / 5 (when 5 divides T), replay the rest */
     if (!have_keep) to.keep = to.steps >= 5 ? to.steps / 5 : 1;
 
@@ -114,6 +121,7 @@ int cmd_mislabel(int argc, char **argv)
     pk_npy_stream xs = {0}, ys = {0};
     if (!run_dir || !xp || !yp || !csvp || !jsonp) s = PK_ERR_NOMEM;
     if (!s) s = pk_data_load(data_spec, &lo, &data);
+    free(class_names);
     if (!s) s = pk_data_classes(&data, &C);
     if (!s && to.loss == PK_LOSS_LOGISTIC && C > 2)
         s = pk_fail(PK_ERR_INPUT, "%s: logistic loss needs labels 0/1, found %zu classes", data_spec, C);
@@ -157,8 +165,15 @@ int cmd_mislabel(int argc, char **argv)
         to.out_dir = run_dir;
         to.data_spec = spec;
         to.load = NULL;
-        if (!quiet) fprintf(stderr, "mislabel: %zu examples, %zu classes, %zu labels flipped; training %zu steps\n",
-                            N, C, n_flip, to.steps);
+        if (!quiet) {
+            fprintf(stderr, "mislabel: %zu examples, %zu classes", N, C);
+            for (size_t c = 0; c < C && c < 20; c++) {
+                const char *nm = pk_data_class_name(&data, (double)c);
+                if (nm) fprintf(stderr, "%s %zu %s", c ? "," : " (", c, nm);
+                if (nm && (c + 1 == C || c + 1 == 20)) fprintf(stderr, "%s)", C > 20 ? ", ..." : "");
+            }
+            fprintf(stderr, ", %zu labels flipped; training %zu steps\n", n_flip, to.steps);
+        }
         s = pk_train(&data, &to, NULL, NULL);
     }
     if (!s) s = pk_run_open(run_dir, &run);
@@ -195,9 +210,14 @@ int cmd_mislabel(int argc, char **argv)
         }
         pk_atomic a;
         if (outdir && !(s = pk_atomic_open(&a, csvp))) {
-            fprintf(a.f, "index,label,original_label,flipped,%s,%s,%s,%s\n", names[0], names[1], names[2], names[3]);
+            fprintf(a.f, "index,label,label_name,original_label,original_label_name,flipped,%s,%s,%s,%s\n",
+                    names[0], names[1], names[2], names[3]);
             for (size_t i = 0; i < N; i++) {
-                fprintf(a.f, "%zu,%.17g,%.17g,%d", i, data.y[i], orig[i], flipped[i] ? 1 : 0);
+                fprintf(a.f, "%zu,%.17g,", i, data.y[i]);
+                cli_put_text(a.f, pk_data_class_name(&data, data.y[i]));
+                fprintf(a.f, ",%.17g,", orig[i]);
+                cli_put_text(a.f, pk_data_class_name(&data, orig[i]));
+                fprintf(a.f, ",%d", flipped[i] ? 1 : 0);
                 for (int k = 0; k < 4; k++) { fputc(',', a.f); cli_put_num(a.f, scores[k][i]); }
                 fputc('\n', a.f);
             }
@@ -209,6 +229,10 @@ int cmd_mislabel(int argc, char **argv)
         cJSON_AddStringToObject(r, "data", data_spec);
         cJSON_AddNumberToObject(r, "n", (double)N);
         cJSON_AddNumberToObject(r, "classes", (double)C);
+        if (data.class_names) {
+            cJSON *cn = cJSON_AddArrayToObject(r, "class_names");
+            for (size_t c = 0; c < data.n_class_names; c++) cJSON_AddItemToArray(cn, cJSON_CreateString(data.class_names[c]));
+        }
         cJSON_AddNumberToObject(r, "flip", flip);
         cJSON_AddNumberToObject(r, "flip_seed", (double)flip_seed);
         cJSON_AddNumberToObject(r, "n_flipped", (double)n_flip);

@@ -26,7 +26,7 @@ import numpy as np
 from . import _capi
 from ._capi import lib as _lib
 
-__all__ = ["train", "open_run", "ntk", "Run", "Explanation", "Attribution", "set_threads", "get_threads",
+__all__ = ["train", "open_run", "load_data", "Data", "ntk", "Run", "Explanation", "Attribution", "set_threads", "get_threads",
            "PathkernelError", "PathkernelInputError", "__version__"]
 __version__ = "0.1.0"
 
@@ -153,15 +153,113 @@ def _as_targets(y, n):
     return out
 
 
-def _data(x, y=None):
-    """A pk_data viewing x (n, d) and y (n, ty) (which must stay alive)."""
+def _data(x, y=None, classes=None, features=None):
+    """A pk_data viewing x (n, d) and y (n, ty) (which must stay alive), with
+    the names of the classes and the features (_names() arrays, kept alive by
+    the caller)."""
     d = _capi.pk_data()
     d.n, d.d = x.shape
     d.x = _ptr(x)
     if y is not None:
         d.ty = 1 if y.ndim == 1 else y.shape[1]
         d.y = _ptr(y)
+    if classes is not None:
+        d.class_names = ctypes.cast(classes, ctypes.POINTER(ctypes.c_char_p))
+        d.n_class_names = len(classes)
+    if features is not None:
+        d.feature_names = ctypes.cast(features, ctypes.POINTER(ctypes.c_char_p))
     return d
+
+
+def _names(names, what, unique=True):
+    """A C array of UTF-8 strings from a list of names (one line each,
+    distinct when `unique`)."""
+    names = [str(s) for s in names]
+    for s in names:
+        if not s or "\n" in s or "\r" in s:
+            raise ValueError(f"{what}: {s!r} is not a name (one line, not empty)")
+    if unique and len(set(names)) != len(names):
+        raise ValueError(f"{what}: a name appears twice")
+    return (ctypes.c_char_p * len(names))(*(s.encode() for s in names))
+
+
+def _read_names(arr, n):
+    return [arr[i].decode() for i in range(n)] if arr else None
+
+
+def _class_targets(y, classes):
+    """Text labels y (n,) -> (class indices (n,) float64, classes): through
+    `classes` (their order) when given, else their sorted distinct values."""
+    labels = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(y, dtype=object).ravel()]
+    if classes is None:
+        classes = sorted(set(labels))
+    classes = [str(c) for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    missing = [(i, s) for i, s in enumerate(labels) if s not in index]
+    if missing:
+        i, s = missing[0]
+        raise ValueError(f"y: label {s!r} (example {i}) is not one of the classes {classes}")
+    return np.array([index[s] for s in labels], dtype=np.float64), classes
+
+
+class Data:
+    """A data set loaded by load_data(): x (n, d) float64 features, y (n,)
+    class indices (NaN: no label) or (n, k) targets, classes (the names of
+    classes 0, 1, ..., or None), features (the header's names of the d
+    columns of x, or None), warning (what loading let pass, or None) and
+    source (the spec)."""
+
+    def __init__(self, x, y, classes, features, warning, source):
+        self.x, self.y, self.classes, self.features = x, y, classes, features
+        self.warning, self.source = warning, source
+
+    def __repr__(self):
+        return (f"Data({self.source!r}, n={self.x.shape[0]}, d={self.x.shape[1]}, "
+                f"classes={self.classes!r})")
+
+
+def load_data(spec, sep=None, label_column=None, class_names=None, allow_unseen=False, first=0, random=0,
+              seed=0):
+    """Load a data spec as the CLI does (`--data SPEC`): PATH.csv, .csv.gz,
+    .tsv, .tsv.gz, npy:X.npy,Y.npy, PATH.svm, idx:IMAGES,LABELS,
+    fashion-mnist:train|test. For CSV and TSV: sep (one character; None
+    detects comma, semicolon or tab) and label_column (a header name, or an
+    index, 0-based, negative from the end; None: the last column). Text labels
+    become class indices: through class_names (a list, in class order) when
+    given, else their sorted distinct values; allow_unseen: a label not among
+    class_names gets NaN and a warning instead of an error. first/random/seed
+    select examples. Returns a Data."""
+    L = _lib()
+    lo = L.pk_load_opts_defaults()
+    if sep is not None:
+        if not isinstance(sep, str) or len(sep.encode()) != 1:
+            raise ValueError(f"sep: {sep!r} is not one character")
+        lo.sep = sep.encode()
+    col_b = None
+    if label_column is not None:
+        col_b = str(label_column).encode()
+        lo.label_column = col_b
+    names = None
+    if class_names is not None:
+        names = _names(class_names, "class_names")
+        lo.class_names = ctypes.cast(names, ctypes.POINTER(ctypes.c_char_p))
+        lo.n_class_names = len(names)
+    lo.allow_unseen = 1 if allow_unseen else 0
+    lo.first, lo.random, lo.seed = _size(first, "first"), _size(random, "random"), _size(seed, "seed")
+    d = _capi.pk_data()
+    _check(L.pk_data_load(str(spec).encode(), ctypes.byref(lo), ctypes.byref(d)))
+    try:
+        n, dim, ty = d.n, d.d, d.ty
+        x = np.ctypeslib.as_array(d.x, (n, dim)).copy()
+        y = np.ctypeslib.as_array(d.y, (n, ty)).copy()
+        if ty == 1:
+            y = y[:, 0]
+        classes = _read_names(d.class_names, d.n_class_names)
+        features = _read_names(d.feature_names, dim)
+        warning = d.warning.decode() if d.warning else None
+    finally:
+        L.pk_data_free(ctypes.byref(d))
+    return Data(x, y, classes, features, warning, str(spec))
 
 
 def _parse_quad(quad):
@@ -241,7 +339,9 @@ class Run:
 
     Attributes: path, steps (T), keep, n_train, n_params, dims (layer widths,
     inputs first), n_outputs, loss, optim, model (spec string), mean and std
-    (the recorded feature standardisation, or None). Close with close() or use
+    (the recorded feature standardisation, or None), classes (the names of
+    classes 0, 1, ..., or None) and features (the names of the inputs from a
+    CSV header, or None). Close with close() or use
     it as a context manager; it is closed when garbage-collected too.
     """
 
@@ -271,6 +371,9 @@ class Run:
         d = self.n_inputs
         self.mean = np.ctypeslib.as_array(mp, (d,)).copy() if mp else None
         self.std = np.ctypeslib.as_array(sp, (d,)).copy() if sp else None
+        nc = ctypes.c_size_t()
+        self.classes = _read_names(L.pk_run_classes(h, ctypes.byref(nc)), nc.value)
+        self.features = _read_names(L.pk_run_features(h), d)
         if _train is not None:
             self._attach(*_train)
 
@@ -493,10 +596,16 @@ def open_run(path):
 
 def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=100, batch=0, seed=0,
           out=None, momentum=0.9, weight_decay=0.0, param="standard", sigma_w=1.0, sigma_b=0.0, keep=1,
-          standardize=False, input_shape=None):
+          standardize=False, input_shape=None, classes=None, features=None):
     """Train a network on X (n, d), or images (n, C, H, W) / (n, H, W), and y
     ((n,) class indices for softmax / logistic, or (n, k) real targets for
     mse) and return the opened Run.
+
+    y may hold text labels (str): the classes are then their sorted distinct
+    values, or `classes` (a list, in class order) when given; with class
+    indices, `classes` names them. The names are recorded in the run
+    (Run.classes, RUN/classes.txt); so are `features`, the names of the d
+    columns of X, when given (Run.features, RUN/features.txt).
 
     model "mlp:H1,H2,...:ACT", "linear", "lenet5" or a layer sequence such as
     "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense" (the CLI's
@@ -518,7 +627,24 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     if shape is not None and shape[0] * shape[1] * shape[2] != x.shape[1]:
         raise ValueError(f"input_shape {shape} is {shape[0] * shape[1] * shape[2]} values per example, X has "
                          f"{x.shape[1]}")
-    yt = _as_targets(y, x.shape[0])
+    ya = np.asarray(y)
+    text = ya.dtype.kind in "US" or (ya.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in ya.ravel()))
+    if text:   # text labels: class indices through the classes
+        if ya.ndim != 1:
+            raise ValueError(f"y: text labels must be one column (n,), got shape {ya.shape}")
+        ya, classes = _class_targets(ya, classes)
+    yt = _as_targets(ya, x.shape[0])
+    names = None
+    if classes is not None:
+        names = _names(classes, "classes")
+        if yt.ndim != 1 or not np.all((yt >= 0) & (yt == np.floor(yt)) & (yt < len(names))):
+            raise ValueError(f"classes: {len(names)} names, but y holds targets that are not class indices "
+                             f"0..{len(names) - 1}")
+    fnames = None
+    if features is not None:
+        fnames = _names(features, "features", unique=False)
+        if len(fnames) != x.shape[1]:
+            raise ValueError(f"features: {len(fnames)} names for {x.shape[1]} columns of X")
     L = _lib()
     o = L.pk_train_opts_defaults()
     lo = L.pk_load_opts_defaults()
@@ -569,7 +695,7 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
         L.pk_data_moments(ctypes.byref(data), _ptr(mean), _ptr(std))
         L.pk_data_standardize(ctypes.byref(data), _ptr(mean), _ptr(std))
         o.standardize, o.mean, o.std = 1, _ptr(mean), _ptr(std)
-    data = _data(xt, yt)
+    data = _data(xt, yt, names, fnames)
     if shape is not None:
         data.img_c, data.img_h, data.img_w = shape
     try:

@@ -23,13 +23,17 @@ PK_SI_LOSS, PK_SI_KERNEL = 0, 1
 class pk_data(ctypes.Structure):
     """struct pk_data."""
     _fields_ = [("n", c_size), ("d", c_size), ("ty", c_size), ("x", P_dbl), ("y", P_dbl),
-                ("img_h", c_size), ("img_w", c_size), ("img_c", c_size),
-                ("source", ctypes.c_char_p)]
+                ("img_h", c_size), ("img_w", c_size), ("img_c", c_size), ("source", ctypes.c_char_p),
+                ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("n_class_names", c_size),
+                ("feature_names", ctypes.POINTER(ctypes.c_char_p)), ("warning", ctypes.c_char_p)]
 
 
 class pk_load_opts(ctypes.Structure):
     """struct pk_load_opts."""
-    _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64)]
+    _fields_ = [("first", c_size), ("random", c_size), ("seed", ctypes.c_uint64),
+                ("sep", ctypes.c_char), ("label_column", ctypes.c_char_p),
+                ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("n_class_names", c_size),
+                ("allow_unseen", c_int)]
 
 
 class pk_optim(ctypes.Structure):
@@ -122,6 +126,10 @@ _PROTOS = {
     "pk_run_n_train": (c_size, [P_run]),
     "pk_run_data_spec": (ctypes.c_char_p, [P_run]),
     "pk_run_mean": (P_dbl, [P_run]),
+    "pk_run_classes": (ctypes.POINTER(ctypes.c_char_p), [P_run, P_size]),
+    "pk_run_features": (ctypes.POINTER(ctypes.c_char_p), [P_run]),
+    "pk_data_load": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_load_opts), ctypes.POINTER(pk_data)]),
+    "pk_data_free": (None, [ctypes.POINTER(pk_data)]),
     "pk_run_std": (P_dbl, [P_run]),
     "pk_run_weights": (c_int, [P_run, c_size, P_dbl]),
     "pk_run_attach_data": (c_int, [P_run, ctypes.POINTER(pk_data)]),

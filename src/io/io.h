@@ -14,4 +14,8 @@
 pk_status pk_npy_parse(const char *path, const unsigned char *buf, size_t len,
                        double **a, size_t *ndim, size_t shape[PK_NPY_MAX_DIM]);
 
+/* pk_names_read, with repeated names allowed when `unique` is 0 (the
+ * feature names of a header may repeat). */
+pk_status pk_names_load(const char *path, int unique, char ***names, size_t *n);
+
 #endif

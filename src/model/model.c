@@ -248,7 +248,7 @@ static pk_status sequence_new(const char *spec, pk_model *m)
             const pk_layer_ops *ops = el.name[0] == 'c' ? &pk_conv_ops : el.name[0] == 'a' ? &pk_avgpool_ops : &pk_maxpool_ops;
             if (!shaped)
                 return pk_fail(PK_ERR_INPUT, "model '%s': %s needs an image shape, and the data has none: give "
-                               "--input-shape C,H,W (or start the spec with in:C,H,W)", full, el.name);
+                               "it one (input_shape C,H,W) or start the spec with in:C,H,W", full, el.name);
             if ((s = add_spatial(m, full, &el, ops, c, h, w))) return s;
             const pk_layer *l = &m->layer[m->n_layers - 1];
             c = l->c_out; h = l->h_out; w = l->w_out;
@@ -281,8 +281,8 @@ static pk_status sequence_new(const char *spec, pk_model *m)
             if ((int)m->act < 0) m->act = act;
         } else
             return pk_fail(PK_ERR_INPUT, "model '%s': unknown layer '%s' (in, conv, avgpool, maxpool, flatten, "
-                           "dense, or an activation: identity, tanh, relu, sigmoid, softplus, gelu, erf)",
-                           full, el.name);
+                           "dense, or an activation: identity, tanh, relu, sigmoid, softplus, gelu, erf); a model "
+                           "is mlp:H1,H2,...:ACT, linear, lenet5 or such layers separated by ';'", full, el.name);
         e += len + !last;
         if (last) break;
         if (!*e) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ';'", full);

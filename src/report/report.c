@@ -663,9 +663,18 @@ static void diverging(double t, unsigned char *rgb)
     for (int c = 0; c < 3; c++) rgb[c] = (unsigned char)floor(anchor[k][c] * (1 - f) + anchor[k + 1][c] * f + 0.5);
 }
 
-/* Class blocks along one axis of n sorted entries: boundary lines and labels. */
+/* "6 (Shirt)" for a label that has a class name in `named`, else "6". */
+static void class_text(char *buf, size_t cap, const pk_data *named, double label)
+{
+    const char *nm = pk_data_class_name(named, label);
+    if (nm) snprintf(buf, cap, "%g (%s)", label, nm);
+    else snprintf(buf, cap, "%g", label);
+}
+
+/* Class blocks along one axis of n sorted entries: boundary lines and labels
+ * (the class's name when `named` has one, else its index). */
 static void class_marks(pk_sb *b, const long *cls, size_t n, double start, double cell, int vertical, double other0,
-                        double other1, double label_at)
+                        double other1, double label_at, const pk_data *named)
 {
     size_t i = 0;
     while (i < n) {
@@ -673,8 +682,10 @@ static void class_marks(pk_sb *b, const long *cls, size_t n, double start, doubl
         while (j < n && cls[j] == cls[i]) j++;
         if (cls[i] >= 0) {
             double mid = start + cell * (double)(i + j) / 2;
-            char s[24];
-            snprintf(s, sizeof s, "%ld", cls[i]);
+            char s[48];
+            const char *nm = pk_data_class_name(named, (double)cls[i]);
+            if (nm) snprintf(s, sizeof s, "%s", nm);
+            else snprintf(s, sizeof s, "%ld", cls[i]);
             if (vertical) text(b, label_at, mid + 4, "end", 11, s);
             else text(b, mid, label_at, "middle", 11, s);
         }
@@ -733,8 +744,8 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
     if (pk_sb_png(b, pix, nr, nc, 3)) { s = PK_ERR_NOMEM; goto done; }
     pk_sb_puts(b, "\"/>\n");
     pk_sb_printf(b, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#333\"/>\n", X, Y, W, H);
-    class_marks(b, rc, nr, Y, H / (double)nr, 1, X, X + W, X - 6);
-    class_marks(b, cc, nc, X, W / (double)nc, 0, Y, Y + H, Y + H + 16);
+    class_marks(b, rc, nr, Y, H / (double)nr, 1, X, X + W, X - 6, train);
+    class_marks(b, cc, nc, X, W / (double)nc, 0, Y, Y + H, Y + H + 16, train);
     char s1[96];
     const char *by = ncls ? "class" : "target";
     snprintf(s1, sizeof s1, "%zu queries (sorted by %s)", nc, by);
@@ -885,8 +896,33 @@ done:
 
 /* ---------------------------------------------------- (f) query attribution */
 
+/* The k features of x (d) largest in magnitude, by name (names, else
+ * "x[j]"), as "name = value" lines drawn at (x0, y0) down. */
+static void largest_features(pk_sb *b, const double *x, size_t d, const char *const *names, size_t k, double x0,
+                               double y0)
+{
+    size_t shown = 0;
+    unsigned char *used = pk_calloc(d ? d : 1, 1);   /* (d) already listed */
+    if (!used) return;   /* the lines are left out, nothing else */
+    for (; shown < k && shown < d; shown++) {
+        size_t best = d;
+        for (size_t j = 0; j < d; j++)
+            if (!used[j] && (best == d || fabs(x[j]) > fabs(x[best]))) best = j;
+        used[best] = 1;
+        char line[160], nm[24];
+        if (names) snprintf(line, sizeof line, "%.60s = %.4g", names[best], x[best]);
+        else {
+            snprintf(nm, sizeof nm, "x[%zu]", best);
+            snprintf(line, sizeof line, "%s = %.4g", nm, x[best]);
+        }
+        text(b, x0, y0 + 16 * (double)shown, "start", 11, line);
+    }
+    free(used);
+}
+
 static pk_status fig_query(pk_sb *b, size_t qi, const pk_explain *e, const pk_data *train, const pk_data *q,
-                           const imgctx *ic, pk_loss loss, size_t top)
+                           const imgctx *ic, pk_loss loss, size_t top, const char *const *feature_names,
+                           int standardised)
 {
     size_t N = e->N, C = e->C, cls = 0;
     const double *pred = e->pred + qi * C;
@@ -921,11 +957,16 @@ static pk_status fig_query(pk_sb *b, size_t qi, const pk_explain *e, const pk_da
     }
     snprintf(line, sizeof line, "query %zu", qi);
     text(b, 20, ty, "start", 14, line);
+    char cname[96];
     if (q->y) {
-        snprintf(line, sizeof line, "label %g", q->y[qi * q->ty]);
+        double y = q->y[qi * q->ty];
+        class_text(cname, sizeof cname, train, y);
+        snprintf(line, sizeof line, isnan(y) ? "label: none of the run's classes" : "label %s", cname);
         text(b, 20, ty + 18, "start", 12, line);
     }
-    snprintf(line, sizeof line, loss == PK_LOSS_SOFTMAX ? "predicted class %zu" : "output %zu", cls);
+    class_text(cname, sizeof cname, train, (double)cls);
+    if (loss == PK_LOSS_SOFTMAX) snprintf(line, sizeof line, "predicted class %s", cname);
+    else snprintf(line, sizeof line, "output %zu", cls);
     text(b, 20, ty + 36, "start", 12, line);
     snprintf(line, sizeof line, "f(x) = %.4g", pred[cls]);
     text(b, 20, ty + 54, "start", 12, line);
@@ -933,6 +974,10 @@ static pk_status fig_query(pk_sb *b, size_t qi, const pk_explain *e, const pk_da
     text(b, 20, ty + 72, "start", 12, line);
     snprintf(line, sizeof line, "\u03a3 \u03c6\u1d62 = %.4g", total);
     text(b, 20, ty + 90, "start", 12, line);
+    if (!ic->on) {   /* not an image: the query's largest features, by name (the least height, 260, holds them) */
+        text(b, 20, ty + 116, "start", 12, standardised ? "largest features (standardised):" : "largest features:");
+        largest_features(b, q->x + qi * q->d, q->d, feature_names, 5, 28, ty + 134);
+    }
     /* the bars */
     pk_plot p = {430, top_y, 440, (double)rows * rowh + gap, -1.3 * R, 1.3 * R, 0, 1, 0, 0, 1, 0};
     const char *xl = loss == PK_LOSS_SOFTMAX ? "contribution \u03c6\u1d62(x) to the logit of the predicted class"
@@ -960,16 +1005,26 @@ static pk_status fig_query(pk_sb *b, size_t qi, const pk_explain *e, const pk_da
             s = PK_ERR_NOMEM;
             goto done;
         }
-        snprintf(line, sizeof line, "#%zu  label %g", i, train->y[i * train->ty]);
+        class_text(cname, sizeof cname, train, train->y[i * train->ty]);
+        snprintf(line, sizeof line, "#%zu  label %s", i, cname);
         text(b, ic->on ? 232 : 200, cy + 4, "start", 12, line);
     }
     const char *cols[2] = {"#4393c3", "#d6604d"}, *labs[2] = {"proponent", "opponent"};
     pk_plot_legend(b, 770, 4, 2, cols, labs, 3);
     pk_sb cap = {0};
     pk_sb_printf(&cap, "The %zu training examples with the largest positive and the %zu with the most negative exact "
-                       "contributions &phi;<sub>i</sub>(x) to output %zu of query %zu (of %zu training examples; "
-                       "f(x) = b(x) + &Sigma;<sub>i</sub> &phi;<sub>i</sub>(x)). Labels are the training targets%s.",
-                 np, no, cls, qi, N, ic->on ? "; images in the data's raw pixel scale, ink dark" : "");
+                       "contributions &phi;<sub>i</sub>(x) to output %zu", np, no, cls);
+    const char *cls_name = pk_data_class_name(train, (double)cls);
+    if (cls_name && loss == PK_LOSS_SOFTMAX) {
+        pk_sb_puts(&cap, " (class ");
+        pk_sb_esc(&cap, cls_name);
+        pk_sb_puts(&cap, ")");
+    }
+    pk_sb_printf(&cap, " of query %zu (of %zu training examples; "
+                       "f(x) = b(x) + &Sigma;<sub>i</sub> &phi;<sub>i</sub>(x)). Labels are the training targets%s%s.",
+                 qi, N, train->class_names ? ", with their class names" : "",
+                 ic->on ? "; images in the data's raw pixel scale, ink dark"
+                        : "; the query's five largest features in magnitude are listed under it");
     figure_close(b, cap.s ? cap.s : "");
     pk_sb_free(&cap);
 done:
@@ -1092,6 +1147,16 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     pk_sb_esc(&b, pk_run_data_spec(run) ? pk_run_data_spec(run) : "(not recorded)");
     pk_sb_printf(&b, "</code>: %zu examples x %zu features%s</td></tr>\n", train->n, train->d,
                  pk_run_std(run) ? ", standardised" : "");
+    size_t n_names;
+    const char *const *names = pk_run_classes(run, &n_names);
+    if (names) {
+        pk_sb_puts(&b, "<tr><th>classes</th><td id=\"classes\">");
+        for (size_t c = 0; c < n_names; c++) {
+            pk_sb_printf(&b, "%s%zu&nbsp;", c ? ", " : "", c);
+            pk_sb_esc(&b, names[c]);
+        }
+        pk_sb_puts(&b, "</td></tr>\n");
+    }
     pk_sb_puts(&b, "<tr><th>queries</th><td><code>");
     pk_sb_esc(&b, spec);
     pk_sb_printf(&b, "</code>");
@@ -1106,7 +1171,9 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     if (!s) s = fig_kernel(&b, &e, train, &q, ncls, qcls, o->heat_train ? o->heat_train : 1,
                            o->heat_query ? o->heat_query : 1);
     if (!s) s = fig_movement(&b, run, train, ncls, o->move_train ? o->move_train : 2, o->move_steps);
-    for (size_t i = 0; !s && i < o->show && i < e.Q; i++) s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1);
+    const char *const *fnames = pk_run_features(run) ? pk_run_features(run) : (const char *const *)q.feature_names;
+    for (size_t i = 0; !s && i < o->show && i < e.Q; i++)
+        s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1, fnames, pk_run_std(run) != NULL);
     if (!s && cmp) section_compare(&b, cmp, o->compare);
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");

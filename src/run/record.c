@@ -51,6 +51,29 @@ static pk_status json_write(const char *path, cJSON *root)
     return s;
 }
 
+/* A names file, one name a line (a name holds no line break: data.c
+ * makes sure), written atomically. */
+static pk_status names_write(const char *dir, const char *file, char *const *names, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += strlen(names[i]) + 1;
+    char *p = pk_path_join(dir, file), *text = pk_alloc(bytes + 1, 1);
+    pk_status s = p && text ? PK_OK : PK_ERR_NOMEM;
+    if (!s) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t len = strlen(names[i]);
+            memcpy(text + k, names[i], len);
+            text[k + len] = '\n';
+            k += len + 1;
+        }
+        s = pk_file_write(p, text, bytes);
+    }
+    free(p);
+    free(text);
+    return s;
+}
+
 static char *hex64(char buf[17], uint64_t v)
 {
     snprintf(buf, 17, "%016llx", (unsigned long long)v);
@@ -120,6 +143,12 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(da, "first", lo ? (double)lo->first : 0);
     cJSON_AddNumberToObject(da, "random", lo ? (double)lo->random : 0);
     cJSON_AddStringToObject(da, "seed", hex64(hex, lo ? lo->seed : 0));
+    /* the CSV options, only when given: runs of other data read as before */
+    if (lo && lo->sep) {
+        char sep[2] = {lo->sep, 0};
+        cJSON_AddStringToObject(da, "sep", sep);
+    }
+    if (lo && lo->label_column) cJSON_AddStringToObject(da, "label_column", lo->label_column);
     cJSON_AddBoolToObject(da, "standardize", o->standardize);
     cJSON_AddNumberToObject(da, "n", (double)train->n);
     cJSON_AddNumberToObject(da, "d", (double)train->d);
@@ -128,8 +157,11 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(da, "img_w", (double)train->img_w);
     cJSON_AddStringToObject(da, "fingerprint", hex64(hex, pk_data_fingerprint(train)));
 
+    /* the names, only when the data have them (classes.txt, features.txt) */
     pk_status s = PK_OK;
-    if (o->standardize) {
+    if (train->class_names) s = names_write(dir, "classes.txt", train->class_names, train->n_class_names);
+    if (!s && train->feature_names) s = names_write(dir, "features.txt", train->feature_names, train->d);
+    if (!s && o->standardize) {
         double *ms = pk_alloc(2 * train->d, sizeof(double));
         char *p = pk_path_join(dir, "standardize.npy");
         if (!ms || !p) s = PK_ERR_NOMEM;

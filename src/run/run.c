@@ -5,6 +5,8 @@
  *   RUN/trajectory.bin      learning rate, batch loss and batch of every step
  *   RUN/steps.csv           the same, for people: step,lr,batch_size,loss
  *   RUN/standardize.npy     (2, d) feature mean and std, when standardised
+ *   RUN/classes.txt         the classes' names, one a line, when the data have them
+ *   RUN/features.txt        the features' names (d lines), from a CSV header
  *   RUN/weights/step-T.pkw  weights and optimiser state after step T
  *   RUN/journal.bin         one checksummed record per finished step, appended
  *                           while training (removed when the run completes)
@@ -35,7 +37,11 @@ struct pk_run {
     char status[16];         /* "" when run.json does not say */
     uint64_t fingerprint;
     char *data_spec;
-    pk_load_opts load;
+    pk_load_opts load;       /* label_column and class_names point into the run */
+    char *label_column;      /* run.json's data.label_column, or NULL */
+    char **classes;          /* (n_classes) classes.txt, or NULL (one allocation) */
+    size_t n_classes;
+    char **features;         /* (d) features.txt, or NULL (one allocation) */
     double *mean, *std;      /* (d) each, or NULL */
     pk_traj traj;
     const pk_data *train;    /* attached training data (borrowed) or NULL */
@@ -120,6 +126,29 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
         return BAD("data");
     run->data_spec = pk_strdup(ds);
     if (!run->data_spec) return PK_ERR_NOMEM;
+    /* the CSV options and the names: only runs whose data have them */
+    const cJSON *sep = jget(da, "sep"), *lcol = jget(da, "label_column");
+    if (sep) {
+        if (!cJSON_IsString(sep) || strlen(sep->valuestring) != 1) return BAD("data.sep");
+        run->load.sep = sep->valuestring[0];
+    }
+    if (lcol) {
+        if (!cJSON_IsString(lcol) || !(run->label_column = pk_strdup(lcol->valuestring))) return BAD("data.label_column");
+        run->load.label_column = run->label_column;
+    }
+    char *cp = pk_path_join(run->dir, "classes.txt"), *fp = pk_path_join(run->dir, "features.txt");
+    if (!cp || !fp) s = PK_ERR_NOMEM;
+    if (!s && access(cp, F_OK) == 0) s = pk_names_load(cp, 1, &run->classes, &run->n_classes);
+    if (!s && access(fp, F_OK) == 0) {
+        size_t nf = 0;
+        s = pk_names_load(fp, 0, &run->features, &nf);
+        if (!s && nf != run->d) s = pk_fail(PK_ERR_STATE, "%s: %zu names for the run's %zu features", fp, nf, run->d);
+    }
+    free(cp);
+    free(fp);
+    if (s) return s == PK_ERR_NOMEM ? s : pk_fail(PK_ERR_STATE, "%s", pk_last_error());
+    run->load.class_names = (const char *const *)run->classes;
+    run->load.n_class_names = run->n_classes;
     if (cJSON_IsTrue(jget(da, "standardize"))) {
         char *p = pk_path_join(run->dir, "standardize.npy");
         double *ms = NULL;
@@ -192,6 +221,9 @@ void pk_run_close(pk_run *run)
     pk_data_free(&run->owned_train);
     free(run->mean);
     free(run->data_spec);
+    free(run->label_column);
+    free(run->classes);
+    free(run->features);
     free(run->dir);
     free(run);
 }
@@ -210,6 +242,12 @@ uint64_t pk_run_seed(const pk_run *run) { return run->seed; }
 const char *pk_run_status(const pk_run *run) { return run->status; }
 const double *pk_run_mean(const pk_run *run) { return run->mean; }
 const double *pk_run_std(const pk_run *run) { return run->std; }
+const char *const *pk_run_classes(const pk_run *run, size_t *n)
+{
+    if (n) *n = run->n_classes;
+    return (const char *const *)run->classes;
+}
+const char *const *pk_run_features(const pk_run *run) { return (const char *const *)run->features; }
 
 pk_status pk_run_batch(const pk_run *run, size_t t, const uint32_t **idx, size_t *n)
 {
@@ -226,7 +264,14 @@ double pk_run_batch_loss(const pk_run *run, size_t t) { return t < run->steps ? 
 
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o, pk_data *out)
 {
-    pk_status s = pk_data_load(spec, o, out);
+    /* the run's classes and, for CSV files, its label column unless given */
+    pk_load_opts lo = o ? *o : pk_load_opts_defaults();
+    if (!lo.class_names) {
+        lo.class_names = (const char *const *)run->classes;
+        lo.n_class_names = run->n_classes;
+    }
+    if (!lo.label_column && pk_data_spec_is_csv(spec)) lo.label_column = run->label_column;
+    pk_status s = pk_data_load(spec, &lo, out);
     if (s) return s;
     if (out->d != run->d) {
         s = pk_fail(PK_ERR_INPUT, "%s: %zu features per example, the run was trained on %zu", spec, out->d, run->d);

@@ -186,7 +186,7 @@ CASES = [
     ("npy_inf_features_f4", bad_npy_features(lambda: nan_in(good_x().astype(np.float32), 4, np.inf), "element 4")),
     ("npy_nan_targets", bad_npy_targets(lambda: nan_in(good_y(), 3), "element 3")),
     ("npy_row_mismatch", bad_npy_targets(lambda: np.arange(4.0), "4 rows")),
-    ("npy_features_4d", bad_npy_features(lambda: np.zeros((5, 1, 2, 2)), "shape (5, 1, 2, 2)")),
+    ("npy_features_5d", bad_npy_features(lambda: np.zeros((5, 1, 2, 2, 1)), "shape (5, 1, 2, 2, 1)")),
     ("npy_features_scalar", bad_npy_features(lambda: np.float64(3.0).reshape(()), "shape ()")),
     ("npy_no_rows", bad_npy_features(lambda: np.zeros((0, 3)), "no examples")),
     ("npy_targets_3d", bad_npy_targets(lambda: np.zeros((5, 1, 1)), "shape (5, 1, 1)")),

@@ -251,10 +251,11 @@ def test_coef_one_output(data, tmp_path):
     (np.array([[1.0, np.nan], [2.0, 3.0]]), [0, 1], r"X: NaN or Inf at \[0, 1\]"),
     (np.array([[1.0, np.inf], [2.0, 3.0]]), [0, 1], "X: NaN or Inf"),
     (np.zeros(4), [0, 1, 0, 1], "X: expected a 2-d array.*1 dimension"),
-    (np.zeros((2, 2, 2)), [0, 1], "X: expected a 2-d array.*3 dimension"),
+    (np.zeros((2, 2, 2, 2, 2)), [0, 1], "X: expected a 2-d array.*5 dimension"),  # 3-d and 4-d: images
     (np.zeros((3, 2)), [0, 1], "y: 2 targets for 3 examples"),
     (np.zeros((2, 2)), [0, np.nan], "y: NaN or Inf"),
-    (np.zeros((2, 2)), ["a", "b"], "y: expected numbers"),
+    (np.zeros((2, 2)), [["a"], ["b"]], r"y: text labels must be one column \(n,\)"),   # (n,) text labels are classes
+    (np.zeros((2, 2)), np.array([None, "a"], dtype=object), "y: expected numbers"),
     (np.zeros((2, 2)), np.zeros((2, 1, 1)), r"y: expected \(n,\) class indices"),
     (np.zeros((0, 2)), [], "X: no examples"),
 ])

@@ -2,9 +2,12 @@
  * as .npy files, for the Python tests to compare against numpy:
  *
  *   pk_data_dump SPEC OUTDIR [--first N] [--random N --seed S] [--standardize]
+ *                [--sep C] [--label-column NAME|INDEX] [--class-names FILE] [--allow-unseen]
  *
  * writes OUTDIR/x.npy (n, d), OUTDIR/y.npy (n, ty) and OUTDIR/meta.txt
- * ("key value" lines: n d ty img_h img_w classes fingerprint source); with
+ * ("key value" lines: n d ty img_h img_w classes fingerprint source, then
+ * "class NAME" for each class name and "feature NAME" for each feature
+ * name, in order, and "warning TEXT" when loading left one); with
  * --standardize also OUTDIR/mean.npy and OUTDIR/std.npy (d) from
  * pk_data_moments, and x.npy holds the standardised features.
  * Exit status: 0 ok; 2 bad input (PK_ERR_INPUT, PK_ERR_IO on loading) or bad
@@ -20,7 +23,8 @@
 static int usage(void)
 {
     fprintf(stderr, "usage: pk_data_dump SPEC OUTDIR [--first N] [--random N --seed S] "
-                    "[--standardize]\n");
+                    "[--standardize] [--sep C] [--label-column NAME|INDEX] [--class-names FILE] "
+                    "[--allow-unseen]\n");
     return 2;
 }
 
@@ -51,9 +55,25 @@ int main(int argc, char **argv)
     const char *spec = argv[1], *dir = argv[2];
     pk_load_opts lo = pk_load_opts_defaults();
     int standardize = 0;
+    char **names = NULL;
     for (int i = 3; i < argc; i++) {
         unsigned long long v;
         if (!strcmp(argv[i], "--standardize")) { standardize = 1; continue; }
+        if (!strcmp(argv[i], "--allow-unseen")) { lo.allow_unseen = 1; continue; }
+        if (i + 1 < argc && !strcmp(argv[i], "--sep")) {
+            const char *c = argv[++i];
+            lo.sep = !strcmp(c, "tab") ? '\t' : c[0];
+            continue;
+        }
+        if (i + 1 < argc && !strcmp(argv[i], "--label-column")) { lo.label_column = argv[++i]; continue; }
+        if (i + 1 < argc && !strcmp(argv[i], "--class-names")) {
+            if (pk_names_read(argv[++i], &names, &lo.n_class_names) != PK_OK) {
+                fprintf(stderr, "%s\n", pk_last_error());
+                return 2;
+            }
+            lo.class_names = (const char *const *)names;
+            continue;
+        }
         if (i + 1 >= argc || parse_u64(argv[i + 1], &v)) return usage();
         if (!strcmp(argv[i], "--first")) lo.first = (size_t)v;
         else if (!strcmp(argv[i], "--random")) lo.random = (size_t)v;
@@ -64,6 +84,7 @@ int main(int argc, char **argv)
 
     pk_data d;
     pk_status s = pk_data_load(spec, &lo, &d);
+    free(names);
     if (s != PK_OK) {
         fprintf(stderr, "%s\n", pk_last_error());
         return (s == PK_ERR_INPUT || s == PK_ERR_IO) ? 2 : 1;
@@ -106,6 +127,9 @@ int main(int argc, char **argv)
             if (have_classes) fprintf(f, "classes %zu\n", classes);
             else fprintf(f, "classes none\n");
             fprintf(f, "fingerprint %llu\nsource %s\n", (unsigned long long)fp, d.source);
+            for (size_t c = 0; c < d.n_class_names; c++) fprintf(f, "class %s\n", d.class_names[c]);
+            for (size_t j = 0; d.feature_names && j < d.d; j++) fprintf(f, "feature %s\n", d.feature_names[j]);
+            if (d.warning) fprintf(f, "warning %s\n", d.warning);
             if (fclose(f) != 0) rc = 1;
         }
     }
