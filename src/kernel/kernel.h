@@ -44,6 +44,9 @@ pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *delt
 /* A side from a tape after pk_model_backward (loss-weighted deltas). */
 pk_side pk_side_loss(const pk_model *m, const pk_tape *t);
 
+/* Bytes of pk_run_path_kernel's workspace (K aside) for model m. */
+size_t pk_path_kernel_work(const pk_model *m, pk_kmode mode);
+
 /* Whether explain needs backward.c's sweep (momentum, adam, adamw,
  * or any weight decay) instead of path.c's forward sweep. */
 int pk_explain_needs_backward(const pk_optim *op);
