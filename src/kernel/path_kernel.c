@@ -15,16 +15,21 @@
 #include <omp.h>
 #include <string.h>
 
-/* Examples per block, on either side: fixed, so that an element's bits
- * depend neither on nx, ny nor on the thread count (the x side's products
- * are query products, pk_gemm_rows; the y side's blocks always start at
- * multiples of PATH_BLOCK). */
-#define PATH_BLOCK 128
+/* Examples per block of the x side and of the y side: fixed, so that an
+ * element's bits depend neither on nx, ny nor on the thread count (the
+ * products run with the x side as queries, pk_gemm_rows, and the y side's
+ * blocks always start at multiples of Y_BLOCK). X_BLOCK is a multiple of
+ * Y_BLOCK: the y blocks that start at or after an x block's first example
+ * hold every pair (i, j >= i) of it (the upper triangle, when Y is X). The
+ * y blocks are small so that one worker's memory stays small (explain
+ * under a small --mem), the x side is kept for all of them. */
+#define X_BLOCK 128
+#define Y_BLOCK 32
 
 /* The examples of one block at one node: a tape and its per-output deltas. */
 typedef struct pside {
     pk_tape *t;
-    double *d[PK_MAX_MODEL_LAYERS]; /* d[l] (PATH_BLOCK, C, out_l) */
+    double *d[PK_MAX_MODEL_LAYERS]; /* d[l] (cap, C, out_l) */
 } pside;
 
 static void pside_free(const pk_model *m, pside *p)
@@ -34,11 +39,11 @@ static void pside_free(const pk_model *m, pside *p)
     p->t = NULL;
 }
 
-static pk_status pside_new(const pk_model *m, pside *p)
+static pk_status pside_new(const pk_model *m, size_t cap, pside *p)
 {
     memset(p, 0, sizeof *p);
-    p->t = pk_tape_new(m, PATH_BLOCK);
-    if (!p->t || pk_deltas_new(m, PATH_BLOCK, p->d)) { pside_free(m, p); return PK_ERR_NOMEM; }
+    p->t = pk_tape_new(m, cap);
+    if (!p->t || pk_deltas_new(m, cap, p->d)) { pside_free(m, p); return PK_ERR_NOMEM; }
     p->t->queries = 1; /* every row's bits independent of the block it is in */
     return PK_OK;
 }
@@ -50,22 +55,42 @@ static pk_status pside_compute(const pk_model *m, const double *w, const double 
     return pk_model_output_deltas(m, w, p->t, p->d);
 }
 
-size_t pk_path_kernel_work(const pk_model *m, pk_kmode mode)
+/* Examples a block of B holds, for n examples. */
+static size_t side_cap(size_t n, size_t B) { return n < B ? (n ? n : 1) : B; }
+
+size_t pk_path_kernel_worker(const pk_model *m, size_t nx, size_t ny, pk_kmode mode)
 {
-    size_t C = m->n_out, r = mode == PK_KMODE_FULL ? C : 1, B = PATH_BLOCK, P = m->n_params;
-    double sd = (double)pk_model_widths(m);
-    double b = 2.0 * (double)B * (sd + (double)C * sd);                    /* two sides             */
-    b += (double)B * (double)B * (double)(r * r + 1) + (double)(B * C) * (double)(B * C); /* S, A, D */
-    b += 5.0 * (double)P + (double)B * ((double)m->n_in + 3 * sd + (double)C); /* the replay        */
+    size_t C = m->n_out, r = mode == PK_KMODE_FULL ? C : 1, bx = side_cap(nx, X_BLOCK), by = side_cap(ny, Y_BLOCK);
+    double sd = (double)pk_model_widths(m), per = 3 * sd + (double)C * sd; /* tape and deltas per example */
+    double b = (double)(bx + by) * per;                                     /* the two sides      */
+    b += (double)bx * (double)by * (double)(r * r + 1 + r * r);             /* S, A, D            */
     b *= sizeof(double);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
+}
+
+/* The replay's own memory: weights, node, gradient, optimiser state and a batch. */
+static size_t replay_bytes(const pk_run *run)
+{
+    const pk_model *m = pk_run_model(run);
+    size_t B = pk_optim_batch(pk_run_optim(run), pk_run_n_train(run));
+    double b = (double)(5 + pk_optim_state_len(pk_run_optim(run))) * (double)m->n_params;
+    b += (double)B * ((double)m->n_in + 3.0 * (double)pk_model_widths(m) + (double)m->n_out);
+    return (size_t)(b * sizeof(double));
+}
+
+size_t pk_path_kernel_min_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmode mode)
+{
+    return replay_bytes(run) + pk_path_kernel_worker(pk_run_model(run), nx, ny, mode);
 }
 
 size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmode mode)
 {
     const pk_model *m = pk_run_model(run);
     size_t r = mode == PK_KMODE_FULL ? m->n_out : 1;
-    double b = (double)nx * (double)ny * (double)(r * r) * sizeof(double) + (double)pk_path_kernel_work(m, mode);
+    size_t pairs = ((nx + X_BLOCK - 1) / X_BLOCK) * ((ny + Y_BLOCK - 1) / Y_BLOCK), workers = (size_t)pk_threads_get();
+    if (workers > pairs) workers = pairs ? pairs : 1;
+    double b = (double)nx * (double)ny * (double)(r * r) * sizeof(double) + (double)replay_bytes(run) +
+               (double)workers * (double)pk_path_kernel_worker(m, nx, ny, mode);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
@@ -74,7 +99,7 @@ size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmod
 typedef struct pwork {
     pside x, y;
     size_t x_held;        /* the x block x.t holds, or (size_t)-1 */
-    double *S, *A, *D;    /* S (B, B, r, r), A (B, B), D (B C, B C) */
+    double *S, *A, *D;    /* S (bx, by, r, r), A (bx, by), D (bx r, by r) */
 } pwork;
 
 static void pwork_free(const pk_model *m, pwork *w)
@@ -85,17 +110,17 @@ static void pwork_free(const pk_model *m, pwork *w)
     memset(w, 0, sizeof *w);
 }
 
-static pk_status pwork_new(const pk_model *m, size_t rr, pwork *w)
+/* For blocks of up to bx x by examples, r rows of deltas each. */
+static pk_status pwork_new(const pk_model *m, size_t bx, size_t by, size_t r, pwork *w)
 {
-    size_t B = PATH_BLOCK, C = m->n_out;
     memset(w, 0, sizeof *w);
     w->x_held = (size_t)-1;
-    w->S = pk_alloc(B * B, rr * sizeof *w->S);
-    w->A = pk_alloc(B, B * sizeof *w->A);
-    w->D = pk_alloc(B * C, B * C * sizeof *w->D);
+    w->S = pk_alloc(bx * by, r * r * sizeof *w->S);
+    w->A = pk_alloc(bx, by * sizeof *w->A);
+    w->D = pk_alloc(bx * r, by * r * sizeof *w->D);
     pk_status s = w->S && w->A && w->D ? PK_OK : PK_ERR_NOMEM;
-    if (!s) s = pside_new(m, &w->x);
-    if (!s) s = pside_new(m, &w->y);
+    if (!s) s = pside_new(m, bx, &w->x);
+    if (!s) s = pside_new(m, by, &w->y);
     if (s) pwork_free(m, w);
     return s;
 }
@@ -106,7 +131,6 @@ typedef struct pnode {
     const double *wn, *X, *Y;
     size_t nx, ny, r;
     double f;
-    int same;
     double *K;
 } pnode;
 
@@ -114,18 +138,16 @@ typedef struct pnode {
 static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
 {
     const pk_model *m = n->m;
-    size_t B = PATH_BLOCK, d = m->n_in, r = n->r, rr = r * r;
-    size_t x0 = bx * B, y0 = by * B, nbx = n->nx - x0 < B ? n->nx - x0 : B, nby = n->ny - y0 < B ? n->ny - y0 : B;
+    size_t d = m->n_in, r = n->r, rr = r * r, x0 = bx * X_BLOCK, y0 = by * Y_BLOCK;
+    size_t nbx = n->nx - x0 < X_BLOCK ? n->nx - x0 : X_BLOCK, nby = n->ny - y0 < Y_BLOCK ? n->ny - y0 : Y_BLOCK;
     pk_status s = PK_OK;
     if (w->x_held != bx) {
         w->x_held = (size_t)-1;
         if ((s = pside_compute(m, n->wn, n->X + x0 * d, nbx, &w->x))) return s;
         w->x_held = bx;
     }
-    const pside *py = &w->x;
-    if (!(n->same && by == bx) && (s = pside_compute(m, n->wn, n->Y + y0 * d, nby, &w->y))) return s;
-    if (!(n->same && by == bx)) py = &w->y;
-    pk_side sx = pk_side_outputs(m, w->x.t, w->x.d, r == 1), sy = pk_side_outputs(m, py->t, py->d, r == 1);
+    if ((s = pside_compute(m, n->wn, n->Y + y0 * d, nby, &w->y))) return s;
+    pk_side sx = pk_side_outputs(m, w->x.t, w->x.d, r == 1), sy = pk_side_outputs(m, w->y.t, w->y.d, r == 1);
     /* S (nbx, nby, r, r) = K^g_{wn} on the block (MATH.md section 4) */
     pk_side_product(m, &sx, &sy, w->S, nby, 1, w->A, w->D);
     for (size_t i = 0; i < nbx; i++) {
@@ -139,31 +161,45 @@ static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
 pk_status pk_run_path_kernel(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,
                              const pk_quad *quad, pk_progress_fn progress, void *ctx, double *K)
 {
+    return pk_path_kernel_mem(run, X, nx, Y, ny, mode, quad, progress, ctx, 0, K);
+}
+
+pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,
+                             const pk_quad *quad, pk_progress_fn progress, void *ctx, size_t mem, double *K)
+{
     const pk_model *m = pk_run_model(run);
-    size_t d = m->n_in, r = mode == PK_KMODE_FULL ? m->n_out : 1, rr = r * r, B = PATH_BLOCK;
+    size_t d = m->n_in, r = mode == PK_KMODE_FULL ? m->n_out : 1, rr = r * r;
     if (!quad || !quad->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
-    /* the same examples on both sides: the upper triangle of blocks only,
+    /* the same examples on both sides: the blocks of the upper triangle only,
      * mirrored at the end, so that K(y, x) is K(x, y)^T bit for bit */
     int same = nx == ny && (X == Y || (nx && !memcmp(X, Y, nx * d * sizeof *X)));
-    size_t nbx = (nx + B - 1) / B, nby = (ny + B - 1) / B, npairs = 0;
+    size_t nbx = (nx + X_BLOCK - 1) / X_BLOCK, nby = (ny + Y_BLOCK - 1) / Y_BLOCK, npairs = 0;
     size_t *pairs = pk_alloc(nbx * nby + 1, 2 * sizeof *pairs); /* (npairs, 2) block pairs, x block major */
     if (!pairs) return PK_ERR_NOMEM;
     for (size_t bx = 0; bx < nbx; bx++)
-        for (size_t by = same ? bx : 0; by < nby; by++, npairs++) { pairs[2 * npairs] = bx; pairs[2 * npairs + 1] = by; }
+        for (size_t by = same ? bx * X_BLOCK / Y_BLOCK : 0; by < nby; by++, npairs++) {
+            pairs[2 * npairs] = bx;
+            pairs[2 * npairs + 1] = by;
+        }
     #pragma omp parallel for schedule(static) if (nx * ny * rr >= PK_PAR_MIN)
     for (size_t i = 0; i < nx; i++) memset(K + i * ny * rr, 0, ny * rr * sizeof *K);
-    /* one thread per block pair: each owns its rows of K there (the pairs
-     * are disjoint), so the sums do not depend on the thread count */
-    int threads = pk_threads_get();
-    pwork *work = pk_calloc((size_t)threads, sizeof *work);
+    /* one worker per block pair: each owns its rows of K there (the pairs
+     * are disjoint), so the sums do not depend on how many workers run;
+     * as many as threads, pairs and (mem) memory allow */
+    size_t one = pk_path_kernel_worker(m, nx, ny, mode), room = mem > replay_bytes(run) ? mem - replay_bytes(run) : 0;
+    size_t workers = (size_t)pk_threads_get();
+    if (workers > npairs) workers = npairs ? npairs : 1;
+    if (mem && workers > room / one) workers = room / one ? room / one : 1;
+    int threads = (int)workers;
+    pwork *work = pk_calloc(workers, sizeof *work);
     pk_status s = work ? PK_OK : PK_ERR_NOMEM;
-    for (int t = 0; !s && t < threads; t++) s = pwork_new(m, rr, &work[t]);
+    for (int t = 0; !s && t < threads; t++) s = pwork_new(m, side_cap(nx, X_BLOCK), side_cap(ny, Y_BLOCK), r, &work[t]);
     pk_replay rp = {0};
     if (!s) s = pk_replay_begin(&rp, run, 0, progress, ctx);
     while (!s && pk_replay_next(&rp)) {
         for (size_t q = 0; !s && q < quad->n; q++) {
             /* the node w_t + s_q D_t, D_t the step the optimiser took; weight eta_t c_q */
-            pnode job = {m, pk_replay_node(&rp, quad->s[q]), X, Y, nx, ny, r, rp.lr * quad->c[q], same, K};
+            pnode job = {m, pk_replay_node(&rp, quad->s[q]), X, Y, nx, ny, r, rp.lr * quad->c[q], K};
             pk_status fail = PK_OK;
             for (int t = 0; t < threads; t++) work[t].x_held = (size_t)-1; /* new weights */
             #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (npairs > 1 && threads > 1)
