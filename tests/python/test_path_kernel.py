@@ -234,3 +234,12 @@ def test_krr_refuses_an_asymmetric_kernel(tmp_path):
     p = pk_run("krr", "--kernel", tmp_path / "K.npy", "--targets", tmp_path / "Y.npy", "--out", tmp_path / "o",
                expect=2)
     assert "not symmetric" in p.stderr and "--at path" in p.stderr
+
+
+def test_too_large_for_memory_is_refused_before_any_work(digits, tmp_path):
+    run = tmp_path / "run"
+    train(run, digits["train"], "mlp:8:tanh", "gd", 0.1, 2)
+    p = pk_run("kernel", run, "--at", "path", "--x", DIGITS, "--mode", "full", "--mem", 1, "--out", tmp_path / "K.npy",
+               expect=2)
+    assert "--mode trace" in p.stderr and "--mem" in p.stderr, p.stderr
+    assert not (tmp_path / "K.npy").exists()
