@@ -312,3 +312,28 @@ def test_report_draws_images_with_their_channels(images, tmp_path):
         _, (c, h, w), _ = NETS[name]
         assert heads, "no example images in the report"
         assert all(hd == (w, h, 8, ctype) for hd in heads), heads[:3]
+
+
+# ------------------------------------------------- the paper's path kernel
+
+@pytest.mark.parametrize("name", ["stride2", "late"])
+def test_path_kernel_of_a_cnn_is_symmetric_psd(images, tmp_path, name):
+    """The paper's path kernel (MATH.md section 3) through conv layers of
+    both forms (section 8): exactly symmetric, positive semi-definite, and
+    after one gd step with the left rule lr times the tangent kernel at w_0."""
+    run = tmp_path / "run"
+    train(name, images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=6)
+    pk("kernel", run, "--at", "path", "--x", images[name]["spec"], "--mode", "full", "--out", tmp_path / "K.npy")
+    K = np.load(tmp_path / "K.npy")
+    n, _, C, _ = K.shape
+    M = K.transpose(0, 2, 1, 3).reshape(n * C, n * C)
+    assert np.array_equal(M, M.T)
+    ev = np.linalg.eigvalsh(M)
+    assert ev[0] >= -1e-12 * ev[-1]
+    one = tmp_path / "one"
+    train(name, images, one, ["--optim", "gd", "--lr", "0.3"], steps=1)
+    pk("kernel", one, "--at", "path", "--quad", "left", "--x", images[name]["qspec"], "--y", images[name]["spec"],
+       "--mode", "full", "--out", tmp_path / "Kp.npy")
+    pk("kernel", one, "--at", "init", "--x", images[name]["qspec"], "--y", images[name]["spec"], "--mode", "full",
+       "--out", tmp_path / "K0.npy")
+    assert rel_err(np.load(tmp_path / "Kp.npy"), 0.3 * np.load(tmp_path / "K0.npy")) < 1e-14
