@@ -746,7 +746,15 @@ static pk_status fig_kernel(pk_sb *b, pk_run *run, const pk_quad *quad, const pk
     for (size_t r = 0; r < nr; r++)
         for (size_t c = 0; c < nc; c++) diverging(K[c * nr + r] / m, pix + 3 * (r * nc + c));
     for (size_t k = 0; k < 256; k++) diverging(1 - 2 * (double)k / 255, bar + 3 * k);
-    double X = 110, Y = 20, W = 440, H = 440;
+    /* room on the left for the longest class name (about 6.5 px a
+     * character at 11 px) and the rotated axis title beside it */
+    size_t longest = 2;
+    for (size_t r = 0; r < nr; r++) {
+        const char *nm = rc[r] >= 0 ? pk_data_class_name(train, (double)rc[r]) : NULL;
+        size_t len = nm ? strlen(nm) : 3;
+        longest = len > longest ? len : longest;
+    }
+    double label_w = 6.5 * (double)longest, X = 60 + label_w > 110 ? 60 + label_w : 110, Y = 20, W = 440, H = 440;
     figure_open(b, "fig-kernel", "(d) The path kernel between training examples and queries", 900, 530);
     pk_sb_printf(b, "<image id=\"kernel-heatmap\" x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
                     "preserveAspectRatio=\"none\" style=\"image-rendering:pixelated\" href=\"", X, Y, W, H);
@@ -760,12 +768,13 @@ static pk_status fig_kernel(pk_sb *b, pk_run *run, const pk_quad *quad, const pk
     snprintf(s1, sizeof s1, "%zu queries (sorted by %s)", nc, by);
     text(b, X + W / 2, Y + H + 40, "middle", 13, s1);
     snprintf(s1, sizeof s1, "%zu training examples (sorted by %s)", nr, by);
+    double ax = X - 18 - label_w; /* the axis title, left of the class names */
     pk_sb_printf(b, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\" font-size=\"13\" transform=\"rotate(-90 %.0f %.0f)\">",
-                 X - 40, Y + H / 2, X - 40, Y + H / 2);
+                 ax, Y + H / 2, ax, Y + H / 2);
     pk_sb_esc(b, s1);
     pk_sb_puts(b, "</text>\n");
     /* colour bar */
-    double BX = 620, BW = 22;
+    double BX = X + W + 70, BW = 22;
     pk_sb_printf(b, "<image id=\"kernel-colorbar\" x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
                     "preserveAspectRatio=\"none\" href=\"", BX, Y, BW, H);
     if (pk_sb_png(b, bar, 256, 1, 3)) { s = PK_ERR_NOMEM; goto done; }
