@@ -35,6 +35,22 @@ static double mean_loss(pk_stepper *st, const double *w, size_t n)
     return pk_loss_eval(st->loss, pk_tape_out(m, st->tape), st->data->y, n, m->n_out, st->data->ty, NULL);
 }
 
+/* Gfd (P) = central differences (step 1e-6) of the mean loss over the
+ * stepper's n examples. */
+static void fd_gradient(pk_stepper *st, double *w, size_t P, size_t n, double *Gfd)
+{
+    const double h = 1e-6;
+    for (size_t j = 0; j < P; j++) {
+        double w0 = w[j];
+        w[j] = w0 + h;
+        double lp = mean_loss(st, w, n);
+        w[j] = w0 - h;
+        double lm = mean_loss(st, w, n);
+        w[j] = w0;
+        Gfd[j] = (lp - lm) / (2 * h);
+    }
+}
+
 /* K(x, x)_kk = |J_{x,k}|^2 with J from a backward pass seeded with e_k, and
  * the fused tangent kernel = the layer-by-layer one, full and trace. */
 static void kernel_checks(const pk_model *m, const double *w, const double *x, size_t n, const char *name)
@@ -111,16 +127,7 @@ static void conv_checks(void)
             pk_stepper st;
             pk_stepper_init(&st, m, PK_LOSS_SOFTMAX, &data, n);
             pk_stepper_grad(&st, w, NULL, n, G);
-            const double h = 1e-6;
-            for (size_t j = 0; j < P; j++) {
-                double w0 = w[j];
-                w[j] = w0 + h;
-                double lp = mean_loss(&st, w, n);
-                w[j] = w0 - h;
-                double lm = mean_loss(&st, w, n);
-                w[j] = w0;
-                Gfd[j] = (lp - lm) / (2 * h);
-            }
+            fd_gradient(&st, w, P, n, Gfd);
             char what[160];
             snprintf(what, sizeof what, "loss gradient %s %s", specs[k] + 9, param ? "ntk" : "standard");
             check(what, rel_err(G, Gfd, P), 1e-7);
@@ -160,16 +167,8 @@ int main(void)
                 pk_stepper st;
                 pk_stepper_init(&st, m, (pk_loss)loss, &data, n);
                 pk_stepper_grad(&st, w, NULL, n, G);
-                const double h = 1e-6;
-                for (size_t j = 0; j < P; j++) {
-                    double w0 = w[j];
-                    w[j] = w0 + h;
-                    double lp = mean_loss(&st, w, n);
-                    w[j] = w0 - h;
-                    double lm = mean_loss(&st, w, n);
-                    w[j] = w0;
-                    Gfd[j] = (lp - lm) / (2 * h);
-                }
+                const double h = 1e-6; /* the output Jacobian's step below */
+                fd_gradient(&st, w, P, n, Gfd);
                 char what[128];
                 snprintf(what, sizeof what, "loss gradient %-8s %-9s %s", pk_loss_name((pk_loss)loss),
                          pk_act_name((pk_act)act), param ? "ntk" : "standard");

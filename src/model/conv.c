@@ -84,6 +84,14 @@ static void col2im(const pk_layer *l, const double *dcol, double *gx)
 
 /* ---------------------------------------------------------------- conv2d */
 
+/* A row no result could be computed for (its scratch could not be had):
+ * NaN, so that nothing downstream takes it for a value; returns 1. */
+static int nan_row(double *row, size_t n)
+{
+    for (size_t k = 0; k < n; k++) row[k] = NAN;
+    return 1;
+}
+
 /* y_i (c_out, T) = sw W col_i + sb c for every example: one product of a
  * fixed shape per example, so an example's result never depends on the
  * others in the call (whatever the mode), written straight in NCHW. */
@@ -99,11 +107,7 @@ static void conv_forward(const pk_layer *l, const double *w, const double *x, do
         #pragma omp for schedule(static)
         for (size_t i = 0; i < n; i++) {
             double *yi = y + i * l->out;
-            if (!col) { /* out of memory */
-                for (size_t k = 0; k < l->out; k++) yi[k] = NAN;
-                fail = 1;
-                continue;
-            }
+            if (!col) { fail = nan_row(yi, l->out); continue; } /* out of memory */
             im2col(l, x + i * l->in, col, T);
             pk_gemm_tile(0, 0, p, T, d, l->sw, W, d, col, T, 0.0, yi, T);
             for (size_t k = 0; k < p; k++)
@@ -128,11 +132,7 @@ static void conv_backward(const pk_layer *l, const double *w, const double *x, c
         #pragma omp for schedule(static)
         for (size_t r = 0; r < rows; r++) {
             double *g = gx + r * l->in;
-            if (!dcol) {
-                for (size_t k = 0; k < l->in; k++) g[k] = NAN;
-                fail = 1;
-                continue;
-            }
+            if (!dcol) { fail = nan_row(g, l->in); continue; } /* out of memory */
             pk_gemm_tile(1, 0, d, T, p, l->sw, W, d, gy + r * l->out, T, 0.0, dcol, T);
             memset(g, 0, l->in * sizeof *g);
             col2im(l, dcol, g);
