@@ -21,7 +21,10 @@ time is then also extrapolated linearly in the number of queries, which is
 how the work grows: per step the cost is queries x batch).
 
 Writes bench/results/scale_bench.json.
-Run:  /usr/bin/python3 bench/scale_bench.py [--queries 10000] [--threads 2]
+--model lenet5 (with --lr) measures LeNet-5 instead of the MLP (issue 11's
+scale target: the same setting, under 15 minutes, 4 GiB, both cores busy).
+
+Run:  /usr/bin/python3 bench/scale_bench.py [--queries 10000] [--threads 2] [--model lenet5]
 Environment: PK_SOURCE, PK_BUILD as for the other benchmarks.
 """
 import argparse
@@ -47,14 +50,15 @@ BUILD = pathlib.Path(os.environ.get("PK_BUILD", SOURCE / "build"))
 
 
 def timed(cmd, env):
-    """(wall seconds, max RSS bytes, stdout) of a whole process."""
+    """(wall seconds, max RSS bytes, stdout, CPU seconds) of a whole process."""
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v"] + [str(c) for c in cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"scale_bench: {' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) * 1024
-    return wall, rss, p.stdout
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", p.stderr).group(1)) for k in ("User", "System"))
+    return wall, rss, p.stdout, cpu
 
 
 def main():
@@ -62,6 +66,8 @@ def main():
     ap.add_argument("--queries", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--model", default="mlp:256,256:tanh", help="the network (e.g. lenet5) [mlp:256,256:tanh]")
+    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--keep-dir", help="keep the run and the results here")
     ap.add_argument("--out", default=str(HERE / "results" / "scale_bench.json"))
     args = ap.parse_args()
@@ -78,14 +84,14 @@ def main():
     env = dict(os.environ, OMP_WAIT_POLICY="passive")
     load0 = os.getloadavg()
     steps = 938
-    train_cmd = [exe, "train", "--data", "fashion-mnist:train", "--model", "mlp:256,256:tanh", "--loss", "softmax",
-                 "--optim", "sgd", "--batch", 64, "--lr", 0.05, "--steps", steps, "--seed", 1, "--keep", steps,
+    train_cmd = [exe, "train", "--data", "fashion-mnist:train", "--model", args.model, "--loss", "softmax",
+                 "--optim", "sgd", "--batch", 64, "--lr", args.lr, "--steps", steps, "--seed", 1, "--keep", steps,
                  "--quiet", "--threads", args.threads, "--out", run]
-    t_train, rss_train, _ = timed(train_cmd, env)
+    t_train, rss_train, _, _ = timed(train_cmd, env)
     print(f"train: {steps} steps in {t_train:.1f} s ({1000 * t_train / steps:.2f} ms/step), {rss_train / 2**20:.0f} MiB")
     attr_cmd = [exe, "attribute", run, "--query", "fashion-mnist:test", "--first", args.queries, "--top", args.top,
                 "--quad", "gl2", "--out", out, "--threads", args.threads, "--quiet"]
-    t_attr, rss_attr, stdout = timed(attr_cmd, env)
+    t_attr, rss_attr, stdout, cpu_attr = timed(attr_cmd, env)
     summary = json.loads((out / "summary.json").read_text())
     groups = -(-args.queries // 1024)
     replayed = groups * steps
@@ -93,18 +99,19 @@ def main():
     moved = np.abs(res["pred"] - res["bias"])
     print(f"attribute: {args.queries} queries x 60000 in {t_attr:.1f} s, {rss_attr / 2**30:.2f} GiB; "
           f"{groups} groups x {steps} steps = {1000 * t_attr / replayed:.1f} ms per replayed step "
-          f"({t_attr / replayed / (t_train / steps):.1f}x a training step); max |residual| {summary['max_abs_residual']:.3g}")
+          f"({t_attr / replayed / (t_train / steps):.1f}x a training step); CPU time over wall time "
+          f"{cpu_attr / t_attr:.2f}; max |residual| {summary['max_abs_residual']:.3g}")
     full = t_attr * 10000 / args.queries
     doc = {
         "benchmark": "scale_bench",
-        "task": {"train": "fashion-mnist:train (60000), mlp:256,256:tanh, softmax, sgd batch 64, lr 0.05, 938 steps",
+        "task": {"train": f"fashion-mnist:train (60000), {args.model}, softmax, sgd batch 64, lr {args.lr}, 938 steps",
                  "queries": f"fashion-mnist:test first {args.queries}", "top": args.top, "quad": "gl2",
                  "threads": args.threads},
         "environment": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_before": load0,
                         "loadavg_after": os.getloadavg(), "OMP_WAIT_POLICY": "passive"},
         "train": {"seconds": t_train, "max_rss_bytes": rss_train, "ms_per_step": 1000 * t_train / steps},
         "attribute": {"seconds": t_attr, "max_rss_bytes": rss_attr, "groups": groups,
-                      "ms_per_replayed_step": 1000 * t_attr / replayed,
+                      "ms_per_replayed_step": 1000 * t_attr / replayed, "cpu_over_wall": cpu_attr / t_attr,
                       "replayed_step_over_training_step": (t_attr / replayed) / (t_train / steps),
                       "max_abs_residual": summary["max_abs_residual"],
                       "median_abs_pred_minus_bias": float(np.median(moved)),
