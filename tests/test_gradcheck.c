@@ -138,6 +138,24 @@ static void conv_checks(void)
             check(what, rel_err(G, Gfd, P), 1e-7);
             snprintf(what, sizeof what, "%s %s", specs[k] + 9, param ? "ntk" : "std");
             kernel_checks(m, w, x, n, what);
+            /* the training side (the stepper's tape, dropout masks drawn):
+             * per-output deltas against backward passes seeded with e_k */
+            double *dl[PK_MAX_MODEL_LAYERS], *R = calloc(n * C, sizeof *R), diag[5], want[5] = {0};
+            pk_deltas_new(m, n, dl);
+            pk_model_output_deltas(m, w, st.tape, dl);
+            pk_side side = pk_side_outputs(m, st.tape, dl, 1);
+            pk_side_diagonal(m, &side, &side, diag);
+            for (size_t i = 0; i < n; i++)
+                for (size_t c = 0; c < C; c++) {
+                    memset(R, 0, n * C * sizeof *R);
+                    R[i * C + c] = 1.0;
+                    pk_model_backward(m, w, st.tape, R, 1.0, G);
+                    for (size_t j = 0; j < P; j++) want[i] += G[j] * G[j];
+                }
+            snprintf(what, sizeof what, "training-side |grad f|^2 %s %s", specs[k] + 9, param ? "ntk" : "std");
+            check(what, rel_err(diag, want, n), 1e-12);
+            pk_deltas_free(m, dl);
+            free(R);
             pk_stepper_free(&st);
             pk_model_free(m);
             free(w); free(G); free(Gfd);
