@@ -361,8 +361,8 @@ class Run:
         self.n_inputs, self.n_outputs = int(L.pk_model_n_inputs(m)), int(L.pk_model_n_outputs(m))
         self.loss = L.pk_loss_name(L.pk_run_loss(h)).decode()
         self.optim = L.pk_optim_name(L.pk_run_optim(h).contents.kind).decode()
-        buf = ctypes.create_string_buffer(256)
-        L.pk_model_spec(m, buf, 256)
+        buf = ctypes.create_string_buffer(2048)  # a spec with residual blocks may be long
+        L.pk_model_spec(m, buf, 2048)
         self.model = buf.value.decode()
         # mlp:H1,H2,...:ACT: the widths from inputs to outputs
         hidden = self.model.split(":")[1] if self.model.startswith("mlp:") else ""

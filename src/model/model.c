@@ -237,7 +237,7 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
  * differ (MATH.md section 8). */
 static pk_status add_residual(const char *full, const char *e, size_t len, pk_model *m, seq_state *st)
 {
-    if (len < 6 || e[len - 1] != ')')
+    if (len < 5 || e[len - 1] != ')')
         return pk_fail(PK_ERR_INPUT, "model '%s': a residual block is res(LAYERS) or res(LAYERS;proj), e.g. "
                        "res(dense:64;tanh;dense:64)", full);
     const char *body = e + 4;

@@ -381,3 +381,50 @@ def test_path_kernel_sees_the_masks(data, tmp_path, net):
             assert e < 1e-10, f"{net}: phi_i != -K^p R_i: {e:.3g}"
         elif "dropout" in VERIFY[net]:  # without the masks it is far off: the check can fail
             assert e > 1e-3, e
+
+
+@pytest.mark.parametrize("optim", list(OPTIMS))
+def test_attribute_and_selfinfluence_agree_with_explain(data, tmp_path, optim):
+    """attribute's top-k (its own replay, batch-sparse) are explain's largest
+    contributions; selfinfluence --form kernel is the diagonal of explain's
+    path kernel with the training examples as queries (test-time network on
+    the query side, each example's masks on the training side)."""
+    run = tmp_path / "run"
+    pk("train", "--data", data["mlp"]["spec"], "--model", VERIFY["both"], "--loss", "softmax", *OPTIMS[optim],
+       "--steps", "30", "--seed", "3", "--out", run, "--quiet")
+    ex = tmp_path / "ex"
+    pk("explain", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--out", ex)
+    pred, contrib, K = (np.load(ex / f"{n}.npy") for n in ("pred", "contrib", "kernel"))
+    pk("attribute", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--top", "3", "--out", tmp_path / "at")
+    top = np.load(tmp_path / "at" / "proponents.npy")
+    vals = np.load(tmp_path / "at" / "proponent_values.npy")
+    for q in range(len(pred)):
+        phi = contrib[q, :, int(np.argmax(pred[q]))]
+        want = np.argsort(-phi, kind="stable")[:3]
+        assert list(top[q]) == list(want), (q, top[q], want)
+        assert rel_err(vals[q], phi[want]) < 1e-10
+    if optim == "sgd":
+        pk("selfinfluence", run, "--form", "kernel", "--quad", "gl4", "--out", tmp_path / "si.csv")
+        si = np.loadtxt(tmp_path / "si.csv", delimiter=",", skiprows=1, usecols=2)
+        assert rel_err(si, np.diag(K)) < 1e-10
+
+
+BAD_SPECS = [
+    ("dense:8;tanh;res(dense:4);dense", "end it with ';proj'"),
+    ("dense:8;res();dense", "has no layers"),
+    ("dense:8;res(proj);dense", "has no layers"),
+    ("dense:8;res(dense:8;tanh;dense", "res(LAYERS) or res(LAYERS;proj)"),
+    ("dense:8;dropout:1;dense", "dropout:1: the probability must be a number in [0, 1)"),
+    ("dense:8;dropout:half;dense", "the probability must be a number in [0, 1)"),
+    ("dense:8;tanh;res(dense:8;tanh;dense)", "only the last dense layer may omit its width"),
+    ("dense:8;tanh;res(dense:8)", "the last layer must be dense"),
+]
+
+
+@pytest.mark.parametrize("spec,why", BAD_SPECS)
+def test_bad_specs_are_refused_before_training(data, tmp_path, spec, why):
+    p = pk_run("train", "--data", data["mlp"]["spec"], "--model", spec, "--loss", "softmax", "--optim", "gd",
+               "--lr", "0.1", "--steps", "1", "--out", tmp_path / "run", expect=2)
+    assert why in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "run").exists(), "a refused spec left a run directory"
