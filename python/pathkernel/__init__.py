@@ -608,8 +608,9 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     columns of X, when given (Run.features, RUN/features.txt).
 
     model "mlp:H1,H2,...:ACT", "linear", "lenet5" or a layer sequence such as
-    "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense" (the CLI's
-    --model); input_shape (C, H, W) reads rows of X as images (images
+    "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense", with
+    residual blocks "res(dense:64;tanh;dense:64)" or "res(...;proj)" and
+    "dropout:0.5" (the CLI's --model, MATH.md section 9); input_shape (C, H, W) reads rows of X as images (images
     carry their own); loss mse | logistic | softmax;
     optim gd | sgd | momentum | adam | adamw; batch 0 = full batch; keep:
     store the weights every `keep` steps; param "standard" or "ntk" (with
