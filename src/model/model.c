@@ -227,7 +227,7 @@ static size_t element_len(const char *e, size_t len)
 /* Where parsing stands: the current shape and whether the input has one. */
 typedef struct seq_state {
     size_t c, h, w, index;
-    int shaped;
+    int shaped, depth; /* depth: residual blocks open */
 } seq_state;
 
 static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_model *m, seq_state *st, int top);
@@ -246,9 +246,13 @@ static pk_status add_residual(const char *full, const char *e, size_t len, pk_mo
     else if (blen == 4 && !strncmp(body, "proj", 4)) blen = 0;
     if (!blen)
         return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' has no layers", full, (int)len, e);
+    if (st->depth == 8)
+        return pk_fail(PK_ERR_INPUT, "model '%s': residual blocks nested more than 8 deep", full);
     size_t in = m->n_layers, c = st->c, h = st->h, w = st->w; /* the block's input: slot `in` */
     size_t first = m->n_layers;
+    st->depth++;
     pk_status s = parse_seq(full, body, blen, m, st, 0);
+    st->depth--;
     if (s) return s;
     if (m->n_layers == first)
         return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' has no layers", full, (int)len, e);
@@ -414,7 +418,7 @@ static pk_status sequence_new(const char *spec, pk_model *m)
     spec = preset(spec);
     m->layered = 1;
     m->act = (pk_act)-1;
-    seq_state st = {m->in_c, m->in_h, m->in_w, 0, 0};
+    seq_state st = {m->in_c, m->in_h, m->in_w, 0, 0, 0};
     pk_status s = parse_seq(full, spec, strlen(spec), m, &st, 1);
     if (s) return s;
     if ((int)m->act < 0) m->act = PK_ACT_IDENTITY;
