@@ -73,7 +73,7 @@ for p in (0.0, 0.2, 0.5):
     rows.append({
         "p": p, "train_acc": ml["train_accuracy"], "gl4_rel_err": s["max_rel_err"],
         "kernel_movement": move, "cos_Kp_KT": cos_rows(Kp, KT), "cos_Kp_K0": cos_rows(Kp, K0),
-        "Kp_diag_mean": float(np.mean(Kp)),
+        "Kp_mean": float(np.mean(Kp)),
         "flipped_share": float(np.sum(c[:, fl]) / np.sum(c)),
         "si_auc": ml["scores"]["self_influence"]["auc"], "si_top10": ml["scores"]["self_influence"]["found_top10"],
         "si_flipped_over_clean": float(np.median(si[fl]) / np.median(si[~fl])),

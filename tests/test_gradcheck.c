@@ -94,7 +94,7 @@ static void conv_checks(void)
         "in:2,7,7;conv:3,3,stride=2,pad=2;tanh;avgpool:2;flatten;dense",
         "in:2,7,7;conv:4,3,pad=2;softplus;maxpool:2,stride=1;conv:5,2,stride=2;tanh;flatten;dense:6;tanh;dense",
         "in:2,7,7;conv:8,3,stride=2;tanh;conv:16,2;tanh;flatten;dense",
-        /* residual blocks (MATH.md section 8): same shape, a 1x1 conv projection
+        /* residual blocks (MATH.md section 9): same shape, a 1x1 conv projection
          * with stride 2, a dense projection, a block whose first layer is an
          * activation, nested blocks; dropout with the stepper's masks (fixed:
          * the same seed, step and examples in every evaluation) */

@@ -1,5 +1,5 @@
 /* block.c -- the two kinds that make a sequence of layers more than a
- * chain (MATH.md section 8): the merge at the end of a residual block
+ * chain (MATH.md section 9): the merge at the end of a residual block
  * (`add`: y = x + s, s the block's input or its projection, added by the
  * passes of model.c from the tape) and inverted dropout (`dropout:p`: y = x
  * at test time; in training y = x o m, m the example's mask, drawn from
@@ -38,7 +38,7 @@ static uint64_t mix(uint64_t z)
 void pk_dropout_mask(double p, uint64_t seed, uint64_t step, uint64_t example, uint64_t layer, size_t units,
                      double *mask)
 {
-    /* MATH.md section 8: key = mix(mix(mix(mix(seed) ^ step) ^ example) ^ layer);
+    /* MATH.md section 9: key = mix(mix(mix(mix(seed) ^ step) ^ example) ^ layer);
      * unit u is kept when the top 53 bits of mix(key ^ u), as a fraction
      * in [0, 1), are >= p; a kept unit is scaled by 1 / (1 - p) */
     uint64_t key = mix(mix(mix(mix(seed) ^ step) ^ example) ^ layer);

@@ -234,7 +234,7 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
 
 /* res(BODY) or res(BODY;proj): y = x + BODY(x), or P x + BODY(x) with P a
  * dense layer (flat values) or a 1x1 convolution (maps) where the shapes
- * differ (MATH.md section 8). */
+ * differ (MATH.md section 9). */
 static pk_status add_residual(const char *full, const char *e, size_t len, pk_model *m, seq_state *st)
 {
     if (len < 5 || e[len - 1] != ')')
@@ -389,7 +389,7 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
 
 /* Who reads which slot, in the order the backward passes visit the layers
  * (last first): the first to send deltas into a slot writes them, the
- * others add (MATH.md section 8); an in-place layer shares its input's
+ * others add (MATH.md section 9); an in-place layer shares its input's
  * delta buffer only when it is that slot's sole reader. */
 static void graph_finish(pk_model *m)
 {
@@ -603,7 +603,7 @@ void pk_model_forward_from(const pk_model *m, const double *w, pk_tape *t, size_
         const pk_layer *l = &m->layer[k];
         l->ops->forward(l, w, pk_tape_in(t, k), t->y[k], t->n, tape_mode(t));
         if (l->ops == &pk_add_ops) add_to(t->y[k], slot_y(t, l->skip), t->n * l->out); /* x + F(x) */
-        if (l->ops == &pk_dropout_ops && t->train && l->p > 0) { /* MATH.md section 8: training masks */
+        if (l->ops == &pk_dropout_ops && t->train && l->p > 0) { /* MATH.md section 9: training masks */
             for (size_t i = 0; i < t->n; i++)
                 pk_dropout_mask(l->p, t->seed, t->step, t->idx ? t->idx[i] : i, k, l->out, t->mask[k] + i * l->out);
             apply_mask(t->mask[k], t->y[k], t->n, 1, l->out);

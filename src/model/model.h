@@ -16,7 +16,7 @@
  * reads one slot of the tape (`src`: the input x or an earlier layer's
  * output), a merge layer adds a second (`skip`), and the backward passes
  * send each layer's deltas to the slots it read, summed where a slot has
- * more than one reader (MATH.md section 8). */
+ * more than one reader (MATH.md section 9). */
 
 typedef struct pk_layer pk_layer;
 
@@ -93,7 +93,7 @@ extern const pk_layer_ops pk_dense_ops, pk_act_ops, pk_conv_ops, pk_avgpool_ops,
     pk_add_ops, pk_dropout_ops;
 
 /* mask (units) = the inverted-dropout mask of one example (block.c, MATH.md
- * section 8): 0 or 1 / (1 - p) per unit, a function of (seed, step,
+ * section 9): 0 or 1 / (1 - p) per unit, a function of (seed, step,
  * example, layer index, unit) only. */
 void pk_dropout_mask(double p, uint64_t seed, uint64_t step, uint64_t example, uint64_t layer, size_t units,
                      double *mask);
