@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *s = fuzz_cstr(data, size);
     pk_model *m;
-    char back[256];
+    char back[1024];
     for (int p = 0; p < 2; p++)
         if (pk_model_new(s, 3 + (size % 5), 1 + (size % 3), p ? PK_PARAM_NTK : PK_PARAM_STANDARD, 1.0, 0.5, &m) ==
             PK_OK) {

@@ -125,6 +125,11 @@ for i, s in enumerate(["mlp:64,64:tanh", "mlp::", "linear", "mlp:3:relu", "mlp:1
                        "mse", "softmax", "logistic", "sgd", "adamw", "momentum", "cosine", "step",
                        "left", "mid", "gl4", "gl8", "ntk", "mlp:0:tanh", "mlp:99999999999999999999:tanh"]):
     put("fuzz_spec", f"s{i:02d}", s)
+# residual blocks and dropout (MATH.md section 9)
+for i, s in enumerate(["dense:4;tanh;res(dense:4;tanh;dense:4);dense", "dense:4;res(dense:2;proj);dense",
+                       "res(res(dense:3));dense", "dense:4;dropout:0.5;dense", "dense:4;res(;dense",
+                       "res()", "dropout:1e-300;dense", "res(tanh;dropout:0.9;dense:2;proj);dense"]):
+    put("fuzz_spec", f"r{i:02d}", s)
 # numbers
 for i, s in enumerate(["0", "1.5", "-2e-3", "1e308", "1e309", "nan", "inf", "0x1p3", " 7", "7 ",
                        "18446744073709551615", "18446744073709551616", "-1", "", "12abc"]):

@@ -8,11 +8,12 @@
 #include <math.h>
 #include <string.h>
 
-static int failures = 0;
+static int failures = 0, checks = 0;
 
 static void check(const char *what, double err, double tol)
 {
     int ok = err < tol;
+    checks++;
     printf("%-58s rel err %.3e %s\n", what, err, ok ? "ok" : "FAIL");
     if (!ok) failures++;
 }
@@ -109,6 +110,16 @@ static void conv_checks(void)
         "in:2,7,7;conv:3,3,stride=2,pad=2;tanh;avgpool:2;flatten;dense",
         "in:2,7,7;conv:4,3,pad=2;softplus;maxpool:2,stride=1;conv:5,2,stride=2;tanh;flatten;dense:6;tanh;dense",
         "in:2,7,7;conv:8,3,stride=2;tanh;conv:16,2;tanh;flatten;dense",
+        /* residual blocks (MATH.md section 9): same shape, a 1x1 conv projection
+         * with stride 2, a dense projection, a block whose first layer is an
+         * activation, nested blocks; dropout with the stepper's masks (fixed:
+         * the same seed, step and examples in every evaluation) */
+        "in:2,7,7;conv:3,3,pad=1;tanh;res(conv:3,3,pad=1;tanh;conv:3,3,pad=1);tanh;flatten;dense",
+        "in:2,7,7;conv:4,3;tanh;res(conv:6,3,stride=2,pad=1;tanh;conv:6,3,pad=1;proj);tanh;flatten;dense",
+        "in:2,7,7;flatten;dense:8;tanh;res(tanh;dense:5;proj);res(dense:5);dense",
+        "in:2,7,7;flatten;dense:6;res(res(dense:6;tanh;dense:6);tanh;dense:6);tanh;dense",
+        "in:2,7,7;conv:3,3;dropout:0.5;tanh;flatten;dense:6;tanh;res(dense:6;tanh;dropout:0.3;dense:6);dense",
+        "in:2,7,7;flatten;dense:8;tanh;dropout:0.5;res(dense:8;tanh;dense:8);tanh;dense",
     };
     const size_t n = 5, d = 98, C = 3;
     pk_rng r;
@@ -125,7 +136,8 @@ static void conv_checks(void)
             double *w = malloc(P * sizeof *w), *G = malloc(P * sizeof *G), *Gfd = malloc(P * sizeof *G);
             pk_model_init(m, 5 + k, w);
             pk_stepper st;
-            pk_stepper_init(&st, m, PK_LOSS_SOFTMAX, &data, n);
+            pk_stepper_init(&st, m, PK_LOSS_SOFTMAX, &data, n, 0x5eed);
+            st.step = 3;
             pk_stepper_grad(&st, w, NULL, n, G);
             fd_gradient(&st, w, P, n, Gfd);
             char what[160];
@@ -133,6 +145,24 @@ static void conv_checks(void)
             check(what, rel_err(G, Gfd, P), 1e-7);
             snprintf(what, sizeof what, "%s %s", specs[k] + 9, param ? "ntk" : "std");
             kernel_checks(m, w, x, n, what);
+            /* the training side (the stepper's tape, dropout masks drawn):
+             * per-output deltas against backward passes seeded with e_k */
+            double *dl[PK_MAX_MODEL_LAYERS], *R = calloc(n * C, sizeof *R), diag[5], want[5] = {0};
+            pk_deltas_new(m, n, dl);
+            pk_model_output_deltas(m, w, st.tape, dl);
+            pk_side side = pk_side_outputs(m, st.tape, dl, 1);
+            pk_side_diagonal(m, &side, &side, diag);
+            for (size_t i = 0; i < n; i++)
+                for (size_t c = 0; c < C; c++) {
+                    memset(R, 0, n * C * sizeof *R);
+                    R[i * C + c] = 1.0;
+                    pk_model_backward(m, w, st.tape, R, 1.0, G);
+                    for (size_t j = 0; j < P; j++) want[i] += G[j] * G[j];
+                }
+            snprintf(what, sizeof what, "training-side |grad f|^2 %s %s", specs[k] + 9, param ? "ntk" : "std");
+            check(what, rel_err(diag, want, n), 1e-12);
+            pk_deltas_free(m, dl);
+            free(R);
             pk_stepper_free(&st);
             pk_model_free(m);
             free(w); free(G); free(Gfd);
@@ -165,7 +195,7 @@ int main(void)
                 double *w = malloc(P * sizeof *w), *G = malloc(P * sizeof *G), *Gfd = malloc(P * sizeof *G);
                 pk_model_init(m, 7 + (uint64_t)act, w);
                 pk_stepper st;
-                pk_stepper_init(&st, m, (pk_loss)loss, &data, n);
+                pk_stepper_init(&st, m, (pk_loss)loss, &data, n, 0);
                 pk_stepper_grad(&st, w, NULL, n, G);
                 const double h = 1e-6; /* the output Jacobian's step below */
                 fd_gradient(&st, w, P, n, Gfd);
@@ -225,6 +255,6 @@ int main(void)
         free(w);
     }
     conv_checks();
-    printf("%d passed, %d failed\n", 2 * 7 * 3 + 2 * 7 * 4 + 2 * 3 + 8 * 3 - failures, failures);
+    printf("%d passed, %d failed\n", checks - failures, failures);
     return failures ? 1 : 0;
 }

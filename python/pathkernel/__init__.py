@@ -361,8 +361,8 @@ class Run:
         self.n_inputs, self.n_outputs = int(L.pk_model_n_inputs(m)), int(L.pk_model_n_outputs(m))
         self.loss = L.pk_loss_name(L.pk_run_loss(h)).decode()
         self.optim = L.pk_optim_name(L.pk_run_optim(h).contents.kind).decode()
-        buf = ctypes.create_string_buffer(256)
-        L.pk_model_spec(m, buf, 256)
+        buf = ctypes.create_string_buffer(2048)  # a spec with residual blocks may be long
+        L.pk_model_spec(m, buf, 2048)
         self.model = buf.value.decode()
         # mlp:H1,H2,...:ACT: the widths from inputs to outputs
         hidden = self.model.split(":")[1] if self.model.startswith("mlp:") else ""
@@ -636,8 +636,9 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     columns of X, when given (Run.features, RUN/features.txt).
 
     model "mlp:H1,H2,...:ACT", "linear", "lenet5" or a layer sequence such as
-    "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense" (the CLI's
-    --model); input_shape (C, H, W) reads rows of X as images (images
+    "conv:6,5,pad=2;tanh;avgpool:2;flatten;dense:84;tanh;dense", with
+    residual blocks "res(dense:64;tanh;dense:64)" or "res(...;proj)" and
+    "dropout:0.5" (the CLI's --model, MATH.md section 9); input_shape (C, H, W) reads rows of X as images (images
     carry their own); loss mse | logistic | softmax;
     optim gd | sgd | momentum | adam | adamw; batch 0 = full batch; keep:
     store the weights every `keep` steps; param "standard" or "ntk" (with

@@ -522,6 +522,7 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             const uint32_t *idx;
             size_t nb;
             pk_run_batch(sw->run, t, &idx, &nb);
+            sw->st.step = t;
             pk_stepper_grad(&sw->st, ws, idx, nb, sw->G);
             /* without per-example outputs (verify) the sum over the batch is H_x(s) G_s */
             int per_example = sw->e->contrib || sw->e->kernel;
@@ -599,7 +600,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
         s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
                     "%zu steps per segment)", Qb, seg);
-    if (!s) s = pk_stepper_init(&sw.st, m, pk_run_loss(run), train, B);
+    if (!s) s = pk_stepper_init(&sw.st, m, pk_run_loss(run), train, B, pk_run_seed(run));
     if (!s) s = pk_run_weights(run, sw.T, sw.fin);
     for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
         size_t nq = Q - q0 < Qb ? Q - q0 : Qb;

@@ -21,6 +21,7 @@ static pk_layer *add_layer(pk_model *m, const pk_layer_ops *ops, size_t in, size
     l->out = out;
     l->n_w = n_w;
     l->w_off = m->n_params;
+    l->src = m->n_layers - 1; /* the previous layer's output (slot k) */
     if (n_w) m->weight[m->n_weight++] = m->n_layers - 1;
     m->n_params += n_w;
     return l;
@@ -215,49 +216,143 @@ static pk_status add_spatial(pk_model *m, const char *spec, const element *el, c
     return PK_OK;
 }
 
-/* in:C,H,W;conv:...;tanh;avgpool:...;flatten;dense:N;...;dense (model.h). */
-static pk_status sequence_new(const char *spec, pk_model *m)
+/* The length of the element at e: up to the next ';' outside parentheses. */
+static size_t element_len(const char *e, size_t len)
 {
-    const char *full = spec;
-    spec = preset(spec);
-    m->layered = 1;
-    m->act = (pk_act)-1;
-    size_t c = m->in_c, h = m->in_h, w = m->in_w, index = 0;
-    int shaped = 0; /* an in: element gave the input's shape */
-    for (const char *e = spec; *e; index++) {
-        size_t len = strcspn(e, ";");
-        element el;
-        pk_status s = parse_element(full, e, len, &el);
+    size_t i = 0;
+    for (int depth = 0; i < len && (depth || e[i] != ';'); i++) depth += e[i] == '(' ? 1 : e[i] == ')' ? -1 : 0;
+    return i;
+}
+
+/* Where parsing stands: the current shape and whether the input has one. */
+typedef struct seq_state {
+    size_t c, h, w, index;
+    int shaped, depth; /* depth: residual blocks open */
+} seq_state;
+
+static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_model *m, seq_state *st, int top);
+
+/* res(BODY) or res(BODY;proj): y = x + BODY(x), or P x + BODY(x) with P a
+ * dense layer (flat values) or a 1x1 convolution (maps) where the shapes
+ * differ (MATH.md section 9). */
+static pk_status add_residual(const char *full, const char *e, size_t len, pk_model *m, seq_state *st)
+{
+    if (len < 5 || e[len - 1] != ')')
+        return pk_fail(PK_ERR_INPUT, "model '%s': a residual block is res(LAYERS) or res(LAYERS;proj), e.g. "
+                       "res(dense:64;tanh;dense:64)", full);
+    const char *body = e + 4;
+    size_t blen = len - 5, proj = 0;
+    if (blen >= 5 && !strncmp(body + blen - 5, ";proj", 5)) { proj = 1; blen -= 5; }
+    else if (blen == 4 && !strncmp(body, "proj", 4)) blen = 0;
+    if (!blen)
+        return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' has no layers", full, (int)len, e);
+    if (st->depth == 8)
+        return pk_fail(PK_ERR_INPUT, "model '%s': residual blocks nested more than 8 deep", full);
+    size_t in = m->n_layers, c = st->c, h = st->h, w = st->w; /* the block's input: slot `in` */
+    size_t first = m->n_layers;
+    st->depth++;
+    pk_status s = parse_seq(full, body, blen, m, st, 0);
+    st->depth--;
+    if (s) return s;
+    if (m->n_layers == first)
+        return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' has no layers", full, (int)len, e);
+    size_t out = m->n_layers; /* the body's output: slot `out` */
+    int same = c == st->c && h == st->h && w == st->w;
+    if (!proj && !same) {
+        char trail[512];
+        shape_trail(m, trail, sizeof trail);
+        return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' maps %zux%zux%zu to %zux%zux%zu: end it "
+                       "with ';proj' for a learned projection of its input, or keep the shape; shapes: %s", full,
+                       (int)len, e, c, h, w, st->c, st->h, st->w, trail);
+    }
+    if (m->n_layers + 2 > PK_MAX_MODEL_LAYERS)
+        return pk_fail(PK_ERR_INPUT, "model '%s': more than %d layers", full, PK_MAX_MODEL_LAYERS);
+    size_t skip = in;
+    if (proj) {
+        if (st->h == 1 && st->w == 1 && h == 1 && w == 1) s = add_dense(m, full, c, st->c);
+        else {
+            if (st->h == 1 && st->w == 1 && (h > 1 || w > 1))
+                return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s' flattens its input: a projection "
+                               "maps images to images or flat values to flat values", full, (int)len, e);
+            size_t stride = 1; /* the smallest that maps h x w to the body's output */
+            while (stride <= h && ((h - 1) / stride + 1 != st->h || (w - 1) / stride + 1 != st->w)) stride++;
+            if (stride > h)
+                return pk_fail(PK_ERR_INPUT, "model '%s': residual block '%.*s': no 1x1 convolution stride maps "
+                               "%zux%zu to %zux%zu", full, (int)len, e, h, w, st->h, st->w);
+            element el = {.name = "conv", .pos = {st->c, 1}, .n_pos = 2, .stride = stride, .pad = 0};
+            s = add_spatial(m, full, &el, &pk_conv_ops, c, h, w);
+        }
         if (s) return s;
-        int last = !e[len];
+        m->layer[m->n_layers - 1].src = in; /* P reads the block's input */
+        skip = out;                         /* and the merge adds the body's output to P x */
+    }
+    pk_layer *l = add_layer(m, &pk_add_ops, m->layer[m->n_layers - 1].out, m->layer[m->n_layers - 1].out, 0);
+    l->skip = skip;
+    l->in_place = 1;
+    l->c_out = st->c; l->h_out = st->h > 1 || st->w > 1 ? st->h : 0; l->w_out = st->w;
+    m->graph = 1;
+    return PK_OK;
+}
+
+/* Elements of spec[0..slen) in order; top: the whole model (its last dense
+ * layer may omit its width). */
+static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_model *m, seq_state *st, int top)
+{
+    for (const char *e = spec, *stop = spec + slen; e < stop; st->index++) {
+        size_t len = element_len(e, (size_t)(stop - e));
+        int last = e + len == stop;
+        pk_status s;
         char trail[512];
         pk_act act;
+        size_t c = st->c, h = st->h, w = st->w;
         if (m->n_layers == PK_MAX_MODEL_LAYERS)
             return pk_fail(PK_ERR_INPUT, "model '%s': more than %d layers", full, PK_MAX_MODEL_LAYERS);
+        if (len >= 4 && !strncmp(e, "res(", 4)) {
+            if ((s = add_residual(full, e, len, m, st))) return s;
+            goto next;
+        }
+        if (len > 8 && !strncmp(e, "dropout:", 8)) {
+            char num[32], *end;
+            if (len - 8 >= sizeof num) return pk_fail(PK_ERR_INPUT, "model '%s': dropout:P, P in [0, 1)", full);
+            memcpy(num, e + 8, len - 8);
+            num[len - 8] = 0;
+            double p = strtod(num, &end);
+            if (*end || !(p >= 0 && p < 1))
+                return pk_fail(PK_ERR_INPUT, "model '%s': dropout:%s: the probability must be a number in [0, 1) "
+                               "(e.g. dropout:0.5)", full, num);
+            pk_layer *l = add_layer(m, &pk_dropout_ops, c * h * w, c * h * w, 0);
+            l->in_place = 1;
+            l->p = p;
+            l->c_out = c; l->h_out = h > 1 || w > 1 ? h : 0; l->w_out = w;
+            m->graph = 1;
+            goto next;
+        }
+        element el;
+        if ((s = parse_element(full, e, len, &el))) return s;
         if (!strcmp(el.name, "in")) {
-            if (index || el.n_pos != 3 || !el.pos[0] || !el.pos[1] || !el.pos[2])
+            if (st->index || el.n_pos != 3 || !el.pos[0] || !el.pos[1] || !el.pos[2])
                 return pk_fail(PK_ERR_INPUT, "model '%s': in:C,H,W must come first, three positive numbers", full);
             if (el.pos[0] * el.pos[1] * el.pos[2] != m->n_in)
                 return pk_fail(PK_ERR_INPUT, "model '%s': input shape %zux%zux%zu is %zu values, the data has %zu",
                                full, el.pos[0], el.pos[1], el.pos[2], el.pos[0] * el.pos[1] * el.pos[2], m->n_in);
-            m->in_c = c = el.pos[0];
-            m->in_h = h = el.pos[1];
-            m->in_w = w = el.pos[2];
-            shaped = 1;
+            m->in_c = st->c = el.pos[0];
+            m->in_h = st->h = el.pos[1];
+            m->in_w = st->w = el.pos[2];
+            st->shaped = 1;
         } else if (!strcmp(el.name, "conv") || !strcmp(el.name, "avgpool") || !strcmp(el.name, "maxpool")) {
             const pk_layer_ops *ops = el.name[0] == 'c' ? &pk_conv_ops : el.name[0] == 'a' ? &pk_avgpool_ops : &pk_maxpool_ops;
-            if (!shaped)
+            if (!st->shaped)
                 return pk_fail(PK_ERR_INPUT, "model '%s': %s needs an image shape, and the data has none: give "
                                "it one (input_shape C,H,W) or start the spec with in:C,H,W", full, el.name);
             if ((s = add_spatial(m, full, &el, ops, c, h, w))) return s;
             const pk_layer *l = &m->layer[m->n_layers - 1];
-            c = l->c_out; h = l->h_out; w = l->w_out;
+            st->c = l->c_out; st->h = l->h_out; st->w = l->w_out;
         } else if (!strcmp(el.name, "flatten")) {
             if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': flatten takes no arguments", full);
             pk_layer *l = add_layer(m, &pk_flatten_ops, c * h * w, c * h * w, 0);
             l->in_place = 1;
-            c = c * h * w;
-            h = w = 1;
+            st->c = c * h * w;
+            st->h = st->w = 1;
         } else if (!strcmp(el.name, "dense")) {
             if (h != 1 || w != 1) {
                 shape_trail(m, trail, sizeof trail);
@@ -268,29 +363,72 @@ static pk_status sequence_new(const char *spec, pk_model *m)
                 return pk_fail(PK_ERR_INPUT, "model '%s': dense takes one width (dense:N), or none for the output layer", full);
             size_t out = el.n_pos ? el.pos[0] : m->n_out;
             if (!out) return pk_fail(PK_ERR_INPUT, "model '%s': dense width must be positive", full);
-            if (last && out != m->n_out)
+            if (top && last && out != m->n_out)
                 return pk_fail(PK_ERR_INPUT, "model '%s': the last dense layer has %zu outputs, the task needs %zu "
                                "(write it as plain 'dense')", full, out, m->n_out);
-            if (!last && !el.n_pos)
+            if (!(top && last) && !el.n_pos)
                 return pk_fail(PK_ERR_INPUT, "model '%s': only the last dense layer may omit its width", full);
             if ((s = add_dense(m, full, c, out))) return s;
-            c = out;
+            st->c = out;
         } else if (!pk_act_parse(el.name, &act) && strcmp(el.name, "linear") && el.name[0]) {
             if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': %s takes no arguments", full, el.name);
             add_act(m, act, c * h * w);
             if ((int)m->act < 0) m->act = act;
         } else
             return pk_fail(PK_ERR_INPUT, "model '%s': unknown layer '%s' (in, conv, avgpool, maxpool, flatten, "
-                           "dense, or an activation: identity, tanh, relu, sigmoid, softplus, gelu, erf); a model "
-                           "is mlp:H1,H2,...:ACT, linear, lenet5 or such layers separated by ';'", full, el.name);
+                           "dense, dropout:P, res(...), or an activation: identity, tanh, relu, sigmoid, softplus, "
+                           "gelu, erf); a model is mlp:H1,H2,...:ACT, linear, lenet5 or such layers separated by "
+                           "';'", full, el.name);
+    next:
         e += len + !last;
         if (last) break;
-        if (!*e) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ';'", full);
+        if (e == stop) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ';'", full);
     }
+    return PK_OK;
+}
+
+/* Who reads which slot, in the order the backward passes visit the layers
+ * (last first): the first to send deltas into a slot writes them, the
+ * others add (MATH.md section 9); an in-place layer shares its input's
+ * delta buffer only when it is that slot's sole reader. */
+static void graph_finish(pk_model *m)
+{
+    int written[PK_MAX_MODEL_LAYERS + 1] = {0};
+    size_t readers[PK_MAX_MODEL_LAYERS + 1] = {0};
+    for (size_t k = 0; k < m->n_layers; k++) {
+        readers[m->layer[k].src]++;
+        if (m->layer[k].ops == &pk_add_ops) readers[m->layer[k].skip]++;
+    }
+    for (size_t k = m->n_layers; k-- > 0;) {
+        pk_layer *l = &m->layer[k];
+        l->acc = written[l->src];
+        written[l->src] = 1;
+        if (l->ops == &pk_add_ops) {
+            l->acc_skip = written[l->skip];
+            written[l->skip] = 1;
+        }
+        l->shares = k && l->in_place && l->src == k && readers[k] == 1;
+    }
+}
+
+/* in:C,H,W;conv:...;tanh;avgpool:...;flatten;dense:N;...;dense (model.h). */
+static pk_status sequence_new(const char *spec, pk_model *m)
+{
+    const char *full = spec;
+    spec = preset(spec);
+    m->layered = 1;
+    m->act = (pk_act)-1;
+    seq_state st = {m->in_c, m->in_h, m->in_w, 0, 0, 0};
+    pk_status s = parse_seq(full, spec, strlen(spec), m, &st, 1);
+    if (s) return s;
     if ((int)m->act < 0) m->act = PK_ACT_IDENTITY;
     if (!m->n_layers || m->layer[m->n_layers - 1].ops != &pk_dense_ops)
         return pk_fail(PK_ERR_INPUT, "model '%s': the last layer must be dense (plain 'dense': one output per "
                        "class)", full);
+    if (m->graph && strlen(full) >= sizeof m->text)
+        return pk_fail(PK_ERR_INPUT, "model '%s...': a spec with residual blocks or dropout is at most %zu "
+                       "characters", full, sizeof m->text - 1);
+    if (m->graph) snprintf(m->text, sizeof m->text, "%s", full);
     return PK_OK;
 }
 
@@ -307,6 +445,7 @@ pk_status pk_model_new(const char *spec, size_t d_in, size_t d_out, pk_param par
                     "lenet5 or a layer sequence (e.g. conv:6,5;tanh;avgpool:2;flatten;dense)");
     else s = sequence_new(spec, m);
     if (s) { free(m); return s; }
+    graph_finish(m);
     *out = m;
     return PK_OK;
 }
@@ -346,6 +485,7 @@ double pk_model_sigma_b(const pk_model *m) { return m->sigma_b; }
 
 void pk_model_spec(const pk_model *m, char *buf, size_t len)
 {
+    if (m->graph) { snprintf(buf, len, "%s", m->text); return; }
     if (!m->layered || pk_model_mlp_act(m) >= 0) {
         if (m->n_layers == 1) { snprintf(buf, len, "linear"); return; }
         size_t k = (size_t)snprintf(buf, len, "mlp:"), h = 0;
@@ -405,13 +545,21 @@ pk_tape *pk_tape_new(const pk_model *m, size_t cap)
     pk_tape *t = pk_calloc(1, sizeof *t);
     if (!t) return NULL;
     t->cap = cap;
+    size_t acc = 0; /* values per example of the widest slot read twice */
     for (size_t k = 0; k < m->n_layers; k++) {
         const pk_layer *l = &m->layer[k];
+        t->src[k] = l->src;
         t->y[k] = pk_alloc(cap, l->out * sizeof(double));
         /* an in-place layer's deltas overwrite its input's */
-        t->g[k] = l->in_place && k ? t->g[k - 1] : pk_alloc(cap, l->out * sizeof(double));
+        t->g[k] = l->shares ? t->g[k - 1] : pk_alloc(cap, l->out * sizeof(double));
         if (!t->y[k] || !t->g[k]) { pk_tape_free(t); return NULL; }
+        if (l->ops == &pk_dropout_ops && !(t->mask[k] = pk_alloc(cap, l->out * sizeof(double)))) {
+            pk_tape_free(t);
+            return NULL;
+        }
+        if (l->acc && l->in > acc) acc = l->in;
     }
+    if (acc && !(t->acc = pk_alloc(cap, acc * sizeof(double)))) { pk_tape_free(t); return NULL; }
     return t;
 }
 
@@ -420,8 +568,10 @@ void pk_tape_free(pk_tape *t)
     if (!t) return;
     for (size_t k = 0; k < PK_MAX_MODEL_LAYERS; k++) {
         free(t->y[k]);
+        free(t->mask[k]);
         if (!(k && t->g[k] == t->g[k - 1])) free(t->g[k]);
     }
+    free(t->acc);
     free(t);
 }
 
@@ -429,10 +579,36 @@ void pk_tape_free(pk_tape *t)
 
 static pk_gemm_mode tape_mode(const pk_tape *t) { return t->queries ? PK_GEMM_ROWS : PK_GEMM_SPLIT; }
 
+/* The values of slot s (0: the input). */
+static double *slot_g(const pk_tape *t, size_t s) { return t->g[s - 1]; }
+static const double *slot_y(const pk_tape *t, size_t s) { return s ? t->y[s - 1] : t->x; }
+
+/* y (n, d) o= the masks (n, d), each example's row on `per` rows. */
+static void apply_mask(const double *mask, double *y, size_t n, size_t per, size_t d)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t r = 0; r < per; r++)
+            for (size_t u = 0; u < d; u++) y[(i * per + r) * d + u] *= mask[i * d + u];
+}
+
+/* y (n, d) += x (n, d) */
+static void add_to(double *y, const double *x, size_t len)
+{
+    for (size_t j = 0; j < len; j++) y[j] += x[j];
+}
+
 void pk_model_forward_from(const pk_model *m, const double *w, pk_tape *t, size_t from)
 {
-    for (size_t k = from; k < m->n_layers; k++)
-        m->layer[k].ops->forward(&m->layer[k], w, pk_tape_in(t, k), t->y[k], t->n, tape_mode(t));
+    for (size_t k = from; k < m->n_layers; k++) {
+        const pk_layer *l = &m->layer[k];
+        l->ops->forward(l, w, pk_tape_in(t, k), t->y[k], t->n, tape_mode(t));
+        if (l->ops == &pk_add_ops) add_to(t->y[k], slot_y(t, l->skip), t->n * l->out); /* x + F(x) */
+        if (l->ops == &pk_dropout_ops && t->train && l->p > 0) { /* MATH.md section 9: training masks */
+            for (size_t i = 0; i < t->n; i++)
+                pk_dropout_mask(l->p, t->seed, t->step, t->idx ? t->idx[i] : i, k, l->out, t->mask[k] + i * l->out);
+            apply_mask(t->mask[k], t->y[k], t->n, 1, l->out);
+        }
+    }
 }
 
 void pk_model_forward(const pk_model *m, const double *w, const double *x, size_t n, pk_tape *t)
@@ -449,7 +625,16 @@ void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const dou
     for (size_t k = last + 1; k-- > 0;) {
         const pk_layer *l = &m->layer[k];
         if (grad && l->ops->grad) l->ops->grad(l, pk_tape_in(t, k), t->g[k], n, scale, grad + l->w_off);
-        if (k > 0) l->ops->backward(l, w, pk_tape_in(t, k), t->y[k], t->g[k], t->g[k - 1], n, 1, tape_mode(t));
+        /* deltas to every slot it read: written by the last reader, added by the others */
+        if (l->ops == &pk_add_ops && l->skip) {
+            if (l->acc_skip) add_to(slot_g(t, l->skip), t->g[k], n * l->out);
+            else memcpy(slot_g(t, l->skip), t->g[k], n * l->out * sizeof(double));
+        }
+        if (!l->src) continue;
+        double *gx = l->acc ? t->acc : slot_g(t, l->src);
+        l->ops->backward(l, w, pk_tape_in(t, k), t->y[k], t->g[k], gx, n, 1, tape_mode(t));
+        if (l->ops == &pk_dropout_ops && t->train && l->p > 0) apply_mask(t->mask[k], gx, n, 1, l->out);
+        if (l->acc) add_to(slot_g(t, l->src), gx, n * l->in);
     }
 }
 
@@ -458,16 +643,26 @@ void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const dou
  * thread while the piece's rows are in cache. buf[k]: layer k's output
  * deltas (n C, out_k) or, NULL, the piece's scratch sc[k] (ne C, out_k). */
 static void output_deltas_piece(const pk_model *m, const double *w, const pk_tape *t, double *const *buf,
-                                double *const *sc, size_t i0, size_t ne)
+                                double *const *sc, double *acc, size_t i0, size_t ne)
 {
     size_t C = m->n_out, last = m->n_layers - 1, low = m->weight[0];
     pk_gemm_mode mode = t->queries ? PK_GEMM_ROWS : PK_GEMM_ONE;
     #define AT(k) (buf[k] ? buf[k] + i0 * C * m->layer[k].out : sc[k])
     const pk_layer *top = &m->layer[last];
     top->ops->backward_unit(top, w, AT(last - 1), ne); /* d f_c / d (its input): row c of its W */
+    /* as pk_model_backward: deltas to every slot read (those of layers from
+     * `low` on), written by the last reader, added by the others */
     for (size_t k = last - 1; k > low; k--) {
         const pk_layer *l = &m->layer[k];
-        l->ops->backward(l, w, pk_tape_in(t, k) + i0 * l->in, t->y[k] + i0 * l->out, AT(k), AT(k - 1), ne, C, mode);
+        if (l->ops == &pk_add_ops && l->skip > low) {
+            if (l->acc_skip) add_to(AT(l->skip - 1), AT(k), ne * C * l->out);
+            else memcpy(AT(l->skip - 1), AT(k), ne * C * l->out * sizeof(double));
+        }
+        if (l->src <= low) continue;
+        double *gx = l->acc ? acc : AT(l->src - 1);
+        l->ops->backward(l, w, pk_tape_in(t, k) + i0 * l->in, t->y[k] + i0 * l->out, AT(k), gx, ne, C, mode);
+        if (l->ops == &pk_dropout_ops && t->train && l->p > 0) apply_mask(t->mask[k] + i0 * l->out, gx, ne, C, l->out);
+        if (l->acc) add_to(AT(l->src - 1), gx, ne * C * l->in);
     }
     #undef AT
 }
@@ -485,17 +680,18 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
     /* where each layer's deltas go: a layer with parameters into its
      * deltas[] (or scratch), an in-place one into its input's */
     double *buf[PK_MAX_MODEL_LAYERS] = {0};
-    size_t need[PK_MAX_MODEL_LAYERS] = {0}, wi = 0, wmax = 0; /* need: values per row of own scratch */
+    size_t need[PK_MAX_MODEL_LAYERS] = {0}, wi = 0, wmax = 0, acc = 0; /* need: values per row of own scratch */
     for (size_t k = 0; k < last; k++) {
         const pk_layer *l = &m->layer[k];
-        int shares = !l->n_w && l->in_place && k;
+        int shares = !l->n_w && l->shares;
         if (l->n_w) buf[k] = deltas[wi++];
         else if (shares) buf[k] = buf[k - 1];
         need[k] = !buf[k] && !shares ? l->out : 0;
         wmax = l->out > wmax ? l->out : wmax;
+        if (l->acc && l->in > acc) acc = l->in;
     }
     /* pieces of a fixed number of examples (never of the thread count) */
-    size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, sc_len = 0;
+    size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, sc_len = E * C * acc;
     for (size_t k = 0; k < last; k++) sc_len += need[k] ? E * C * need[k] : 0;
     int fail = 0;
     #pragma omp parallel if (pieces > 1 && n * C * wmax >= PK_PAR_MIN)
@@ -505,13 +701,16 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
             #pragma omp atomic write
             fail = 1;
         }
-        for (size_t k = 0, off = 0; scratch && k < last; k++) {
+        size_t off = 0;
+        for (size_t k = 0; scratch && k < last; k++) {
             if (need[k]) { sc[k] = scratch + off; off += E * C * need[k]; }
             else if (k) sc[k] = sc[k - 1]; /* in place: its input's */
         }
+        double *acc_sc = scratch ? scratch + off : NULL; /* (E C, acc) */
         #pragma omp for schedule(dynamic, 1)
         for (size_t p = 0; p < pieces; p++)
-            if (scratch || !sc_len) output_deltas_piece(m, w, t, buf, sc, p * E, n - p * E < E ? n - p * E : E);
+            if (scratch || !sc_len)
+                output_deltas_piece(m, w, t, buf, sc, acc_sc, p * E, n - p * E < E ? n - p * E : E);
         free(scratch);
     }
     return fail ? PK_ERR_NOMEM : PK_OK;
@@ -535,7 +734,8 @@ void pk_deltas_free(const pk_model *m, double **deltas)
 size_t pk_tape_values(const pk_model *m)
 {
     size_t v = 0;
-    for (size_t k = 0; k < m->n_layers; k++) v += m->layer[k].out * (m->layer[k].in_place && k ? 1 : 2);
+    for (size_t k = 0; k < m->n_layers; k++)
+        v += m->layer[k].out * (m->layer[k].shares ? 1 : 2) + (m->layer[k].ops == &pk_dropout_ops ? m->layer[k].out : 0);
     return v;
 }
 

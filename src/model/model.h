@@ -11,10 +11,12 @@
 #define PK_MAX_MODEL_LAYERS 64
 
 /* Spatial layers (conv.c: conv2d, average and max pooling, flatten) see
- * an example's row as (C, H, W) values, NCHW as PyTorch stores them. Two
- * things are still to add for residual blocks and dropout: a slot per layer
- * on the tape (a block's inner values) and the (step, example) a dropout
- * mask is drawn from. */
+ * an example's row as (C, H, W) values, NCHW as PyTorch stores them.
+ * Residual blocks and dropout (block.c) keep the list flat: every layer
+ * reads one slot of the tape (`src`: the input x or an earlier layer's
+ * output), a merge layer adds a second (`skip`), and the backward passes
+ * send each layer's deltas to the slots it read, summed where a slot has
+ * more than one reader (MATH.md section 9). */
 
 typedef struct pk_layer pk_layer;
 
@@ -78,9 +80,23 @@ struct pk_layer {
      * (conv2d: W (c_out, c_in, kh, kw) at w_off, as nn.Conv2d; then c) */
     size_t c_in, h_in, w_in, c_out, h_out, w_out;
     size_t kh, kw, stride, pad;
+    /* the graph (model.c, graph_finish): slots are 0 = the input x, s = the
+     * output of layer s - 1 */
+    size_t src;           /* the slot it reads (k for a chain)                   */
+    size_t skip;          /* add: the slot added to src's values                 */
+    int acc, acc_skip;    /* backward adds into src / skip (a later reader wrote it) */
+    int shares;           /* its deltas share its input's buffer (in place, sole reader) */
+    double p;             /* dropout probability                                 */
 };
 
-extern const pk_layer_ops pk_dense_ops, pk_act_ops, pk_conv_ops, pk_avgpool_ops, pk_maxpool_ops, pk_flatten_ops;
+extern const pk_layer_ops pk_dense_ops, pk_act_ops, pk_conv_ops, pk_avgpool_ops, pk_maxpool_ops, pk_flatten_ops,
+    pk_add_ops, pk_dropout_ops;
+
+/* mask (units) = the inverted-dropout mask of one example (block.c, MATH.md
+ * section 9): 0 or 1 / (1 - p) per unit, a function of (seed, step,
+ * example, layer index, unit) only. */
+void pk_dropout_mask(double p, uint64_t seed, uint64_t step, uint64_t example, uint64_t layer, size_t units,
+                     double *mask);
 
 struct pk_model {
     size_t n_layers;                      /* layers of every kind               */
@@ -93,6 +109,8 @@ struct pk_model {
     pk_act act;                           /* the activation an mlp spec named   */
     size_t in_c, in_h, in_w;              /* the input's (C, H, W); (n_in, 1, 1) when flat */
     int layered;                          /* built from a layer sequence, not mlp:/linear */
+    int graph;                            /* has residual blocks or dropout: spec kept in text */
+    char text[1024];                      /* the spec as given, when graph   */
 };
 
 /* n_in plus the outputs of every layer with parameters: the values a tape
@@ -116,6 +134,14 @@ typedef struct pk_tape {
     const double *x;                    /* (n, n_in) the input, borrowed  */
     double *y[PK_MAX_MODEL_LAYERS];
     double *g[PK_MAX_MODEL_LAYERS];
+    size_t src[PK_MAX_MODEL_LAYERS];    /* the slot layer k reads (pk_layer.src) */
+    double *acc;                        /* (cap, max in) deltas summed into a slot read twice */
+    /* dropout: a training batch draws masks (t->train set by the stepper);
+     * queries run the network as at test time, without masks */
+    int train;
+    uint64_t seed, step;                /* the run's seed, the step           */
+    const uint32_t *idx;                /* (n) the rows' training examples; NULL: 0..n-1 */
+    double *mask[PK_MAX_MODEL_LAYERS];  /* dropout layers: (cap, out) the masks drawn */
 } pk_tape;
 
 pk_tape *pk_tape_new(const pk_model *m, size_t cap);
@@ -124,7 +150,7 @@ pk_tape *pk_tape_new(const pk_model *m, size_t cap);
 size_t pk_tape_values(const pk_model *m);
 void pk_tape_free(pk_tape *t);
 /* The input of layer k on the tape (n, in_k). */
-static inline const double *pk_tape_in(const pk_tape *t, size_t k) { return k ? t->y[k - 1] : t->x; }
+static inline const double *pk_tape_in(const pk_tape *t, size_t k) { return t->src[k] ? t->y[t->src[k] - 1] : t->x; }
 /* The outputs f (n, C). */
 static inline const double *pk_tape_out(const pk_model *m, const pk_tape *t) { return t->y[m->n_layers - 1]; }
 
@@ -166,12 +192,17 @@ typedef struct pk_stepper {
     double *yb;   /* (cap, ty)  gathered batch targets  */
     double *R;    /* (cap, C)   residuals dl/df         */
     const double *y; /* (nb, ty) the last batch's targets (its features: tape->x) */
+    uint64_t seed;   /* the run's seed: dropout masks                   */
+    size_t step;     /* the step pk_stepper_grad evaluates (masks); pk_stepper_step sets it */
 } pk_stepper;
 
-pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap);
+/* seed: the run's (dropout masks are drawn from it, the step and the example). */
+pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap,
+                          uint64_t seed);
 void pk_stepper_free(pk_stepper *s);
-/* Batch gradient G (P) of the mean loss over the examples idx[0..nb) at w;
- * idx == NULL means all examples in order. Returns the batch loss. */
+/* Batch gradient G (P) of the mean loss over the examples idx[0..nb) at w,
+ * with the dropout masks of step s->step; idx == NULL means all examples in
+ * order. Returns the batch loss. */
 double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G);
 /* Step t as training takes it: G at w as pk_stepper_grad, then the
  * optimiser's update w += D_t with its state (S, P) updated. Returns the

@@ -6,9 +6,11 @@
 
 #include <string.h>
 
-pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap)
+pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap,
+                          uint64_t seed)
 {
     memset(s, 0, sizeof *s);
+    s->seed = seed;
     s->m = m;
     s->loss = loss;
     s->data = data;
@@ -50,7 +52,12 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
     const pk_model *m = s->m;
     size_t C = m->n_out;
     s->y = y;
-    pk_model_forward(m, w, x, nb, s->tape);
+    pk_tape *t = s->tape;
+    t->train = 1; /* dropout masks of (seed, step, example) */
+    t->seed = s->seed;
+    t->step = s->step;
+    t->idx = idx;
+    pk_model_forward(m, w, x, nb, t);
     double loss = pk_loss_eval(s->loss, pk_tape_out(m, s->tape), y, nb, C, D->ty, s->R);
     pk_model_backward(m, w, s->tape, s->R, 1.0 / (double)nb, G);
     return loss;
@@ -60,6 +67,7 @@ double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size
 double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, const uint32_t *idx, size_t nb,
                        double *w, double *state, double *G)
 {
+    s->step = t;
     double loss = pk_stepper_grad(s, w, idx, nb, G);
     pk_optim_step(o, t, lr, s->m->n_params, w, state, G, NULL);
     return loss;

@@ -32,7 +32,7 @@ static pk_status stepper_for(pk_run *run, pk_stepper *st)
     const pk_data *train;
     pk_status s = pk_run_train_data(run, &train);
     if (!s) s = pk_stepper_init(st, pk_run_model(run), pk_run_loss(run), train,
-                                pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)));
+                                pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)), pk_run_seed(run));
     return s;
 }
 

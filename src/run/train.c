@@ -118,7 +118,7 @@ static pk_status trainer_init(trainer *k, const pk_model *m, pk_loss loss, const
     pk_status s = PK_OK;
     if (!k->w || !k->G || !k->w_prev || !k->state || !k->state_prev || !k->tr.lr || !k->tr.loss) s = PK_ERR_NOMEM;
     if (!s) s = make_schedule(&k->tr, N, T, opt->batch, seed);
-    if (!s) s = pk_stepper_init(&k->st, m, loss, data, B);
+    if (!s) s = pk_stepper_init(&k->st, m, loss, data, B, seed);
     if (s) trainer_free(k);
     return s;
 }

@@ -225,6 +225,9 @@ def run_files(d):
     dict(model="mlp:6:tanh", loss="softmax", optim="sgd", lr=0.2, steps=9, batch=8, seed=3, keep=2),
     dict(model="mlp:5,4:relu", loss="mse", optim="momentum", lr=0.05, steps=7, momentum=0.8, weight_decay=0.01,
          param="ntk", sigma_w=1.3, sigma_b=0.2, standardize=True),
+    # a residual block and dropout (MATH.md section 9): the same masks from both
+    dict(model="dense:6;tanh;dropout:0.5;res(dense:6;tanh;dropout:0.2;dense:6);tanh;dense", loss="softmax",
+         optim="sgd", lr=0.2, steps=9, batch=8, seed=3, keep=2),
 ])
 def test_train_equals_cli(data, tmp_path, cfg):
     X = data["X"]
