@@ -272,15 +272,15 @@ def test_backward_sweep_on_conv_is_exact(images, tmp_path, optim):
 
 def test_backward_sweep_kernel_one_step(images, tmp_path):
     """One momentum step from w_0: phi_i(x)_k = -sum_k2 r_{i,k2}
-    K^p(x, x_i)_{k,k2} (the contribution kernel carries eta/|B|, MATH.md
-    section 3), with r the softmax residuals at w_0 (computed here in numpy):
+    K(x, x_i)_{k,k2} with the contribution kernel (`--kernel path-batch`,
+    which carries eta/|B|, MATH.md section 3), with r the softmax residuals at w_0 (computed here in numpy):
     the kernel the sweep writes is the one its contributions are made of."""
     run = tmp_path / "run"
     X, y = images["stride2"]["X"], images["stride2"]["y"]
     pk("train", "--data", images["stride2"]["spec"], "--model", SMALL, "--loss", "softmax", "--optim", "momentum",
        "--lr", "0.1", "--steps", "1", "--seed", "4", "--out", run, "--quiet")
     pk("explain", run, "--query", images["stride2"]["qspec"], "--quad", "gl4", "--mode", "full",
-       "--out", tmp_path / "ex")
+       "--kernel", "path-batch", "--out", tmp_path / "ex")
     pk("predict", run, "--data", images["stride2"]["spec"], "--step", "0", "--out", tmp_path / "f0.npy")
     f0 = np.load(tmp_path / "f0.npy")
     p = np.exp(f0 - f0.max(axis=1, keepdims=True))

@@ -368,7 +368,8 @@ def test_path_kernel_sees_the_masks(data, tmp_path, net):
     pk("train", "--data", data["mlp"]["spec"], "--model", VERIFY[net], "--loss", "softmax", *OPTIMS["sgd"],
        "--steps", "1", "--seed", str(SEED), "--out", run, "--quiet")
     out = tmp_path / "ex"
-    pk("explain", run, "--query", data["mlp"]["qspec"], "--quad", "gl4", "--mode", "full", "--out", out)
+    pk("explain", run, "--query", data["mlp"]["qspec"], "--quad", "gl4", "--mode", "full", "--kernel", "path-batch",
+       "--out", out)
     contrib, K = np.load(out / "contrib.npy"), np.load(out / "kernel.npy")
     pk("weights", run, "--step", "0", "--out", tmp_path / "w0")
     torch_net = build(VERIFY[net], (10,), load_weights(tmp_path / "w0"))
@@ -398,7 +399,7 @@ def test_attribute_and_selfinfluence_agree_with_explain(data, tmp_path, optim):
     pk("train", "--data", data["mlp"]["spec"], "--model", VERIFY["both"], "--loss", "softmax", *OPTIMS[optim],
        "--steps", "30", "--seed", "3", "--out", run, "--quiet")
     ex = tmp_path / "ex"
-    pk("explain", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--out", ex)
+    pk("explain", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--kernel", "path-batch", "--out", ex)
     pred, contrib, K = (np.load(ex / f"{n}.npy") for n in ("pred", "contrib", "kernel"))
     pk("attribute", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--top", "3", "--out", tmp_path / "at")
     top = np.load(tmp_path / "at" / "proponents.npy")
