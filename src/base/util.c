@@ -77,7 +77,7 @@ double *pk_scratch(size_t slot, size_t n)
     if (s->n >= n && s->p) return s->p;
     pthread_once(&pk_scratch_once, scratch_key);
     pthread_setspecific(pk_scratch_key, pk_scratch_slots); /* freed when the thread ends */
-    double *p = pk_alloc(n ? n : 1, sizeof *p);
+    double *p = pk_alloc_big(n ? n : 1, sizeof *p); /* huge pages when large: fewer faults */
     if (!p) return NULL;
     free(s->p);
     s->p = p;

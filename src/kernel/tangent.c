@@ -450,7 +450,7 @@ static pk_status kernel_generic(const pk_model *m, const double *w, const double
     double *dx[PK_MAX_MODEL_LAYERS] = {0}, *dy[PK_MAX_MODEL_LAYERS] = {0};
     int have = !pk_deltas_new(m, B, dx);
     if (have && pk_deltas_new(m, B, dy)) { pk_deltas_free(m, dx); have = 0; }
-    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc(B * C, B * C * sizeof *D); /* (B, B), (B C, B C) */
+    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc_big(B * C, B * C * sizeof *D); /* (B, B), (B C, B C) */
     double *S = K ? NULL : pk_alloc(B * B, r * r * sizeof *S);                         /* (B, B, r, r) */
     pk_status s = tx && ty && have && A && D && (K || S) ? PK_OK : PK_ERR_NOMEM;
     for (size_t x0 = 0; !s && x0 < nx; x0 += B) {

@@ -549,9 +549,9 @@ pk_tape *pk_tape_new(const pk_model *m, size_t cap)
     for (size_t k = 0; k < m->n_layers; k++) {
         const pk_layer *l = &m->layer[k];
         t->src[k] = l->src;
-        t->y[k] = pk_alloc(cap, l->out * sizeof(double));
+        t->y[k] = pk_alloc_big(cap, l->out * sizeof(double));
         /* an in-place layer's deltas overwrite its input's */
-        t->g[k] = l->shares ? t->g[k - 1] : pk_alloc(cap, l->out * sizeof(double));
+        t->g[k] = l->shares ? t->g[k - 1] : pk_alloc_big(cap, l->out * sizeof(double));
         if (!t->y[k] || !t->g[k]) { pk_tape_free(t); return NULL; }
         if (l->ops == &pk_dropout_ops && !(t->mask[k] = pk_alloc(cap, l->out * sizeof(double)))) {
             pk_tape_free(t);
