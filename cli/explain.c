@@ -22,7 +22,9 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
     a->opts = pk_explain_opts_defaults();
     a->tol = 1e-8;
     int no_kernel = 0;
+    const char *kernel = "path";
     const cli_opt opts[] = {{"query", CLI_STR, &a->query, NULL}, {"quad", CLI_QUAD, &a->opts.quad, NULL},
+                            {"kernel", CLI_STR, &kernel, NULL},
                             {"mode", CLI_KMODE, &a->opts.mode, NULL}, {"no-kernel", CLI_FLAG, &no_kernel, NULL},
                             {"block", CLI_SIZE, &a->opts.block, NULL}, {"mem", CLI_MIB, &a->opts.mem_limit, NULL},
                             {"out", CLI_STR, &a->out, NULL}, {"tol", CLI_DOUBLE, &a->tol, NULL},
@@ -31,6 +33,8 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
     int rc = cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
     if (rc) return rc;
     if (no_kernel) a->opts.want_kernel = 0;
+    if (!strcmp(kernel, "path-batch")) a->opts.batch_kernel = 1;
+    else if (strcmp(kernel, "path")) return cli_usage(cmd, "--kernel %s: use path or path-batch", kernel);
     if (!a->query) return cli_usage(cmd, "--query SPEC is required");
     return 0;
 }
@@ -168,7 +172,8 @@ int cmd_explain(int argc, char **argv)
         "  pred.npy (Q, C)       f(x; w_T)            bias.npy (Q, C)   b(x) = f(x; w_0)\n"
         "  contrib.npy (Q, N, C) phi_i(x), exact contributions: pred = bias + sum_i contrib + quadrature error\n"
         "  kernel.npy            path kernel K^p(x, x_i): (Q, N) for one output or --mode trace, (Q, N, C, C) full\n"
-        "  coef.npy (Q, N)       a_i(x) = phi_i(x) / K^p(x, x_i) (one output only; NaN where the kernel is 0)\n"
+        "  coef.npy (Q, N)       a_i(x) = phi_i(x) / K^p(x, x_i) (one output only; NaN where the kernel is 0),\n"
+        "                        so that pred = bias + sum_i a_i(x) K^p(x, x_i) + quadrature error\n"
         "  regularisation.npy (Q, C)  what weight decay moved, owned by no example (MATH.md section 5):\n"
         "                        pred = bias + sum_i contrib + regularisation + quadrature error (0 without decay)\n"
         "  summary.json          max_abs_err, max_rel_err, max_abs_regularisation, quad, steps, n_train,\n"
@@ -180,6 +185,10 @@ int cmd_explain(int argc, char **argv)
         CLI_CSV_HELP_RUN
         "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
         "  --mode M          kernel as trace over outputs or full C x C blocks [trace]\n"
+        "  --kernel K        path: the paper's path kernel, sum_t eta_t sum_q c_q K^g at w_t + s_q D_t\n"
+        "                    (symmetric, positive semi-definite; a_i(x) carries the batch indicator);\n"
+        "                    path-batch: the contribution kernel, the batch indicator inside the kernel\n"
+        "                    (MATH.md section 3) [path]\n"
         "  --no-kernel       skip the path kernel (and coef)\n"
         "  --block N         queries per block [chosen to fit --mem]\n"
         "  --mem MIB         memory budget for outputs and workspace [3/4 of free memory]\n"

@@ -10,11 +10,13 @@ int cmd_export_libsvm(int argc, char **argv)
         "usage: pathkernel export-libsvm RUN --kernel KIND [--query SPEC] --out DIR\n\n"
         "Writes a run's kernel in LIBSVM's precomputed format, for `svm-train -t 4` and `svm-predict`:\n"
         "DIR/train.svm (training x training) and, with --query, DIR/query.svm (queries x training).\n"
-        "  --kernel KIND   path (traced over outputs), tangent-init, tangent-final, rbf (median heuristic),\n"
-        "                  ntk (infinite width; relu or erf runs)\n"
+        "  --kernel KIND   path (the paper's path kernel, traced over outputs; symmetric, positive\n"
+        "                  semi-definite), tangent-init, tangent-final, rbf (median heuristic), ntk (infinite\n"
+        "                  width; relu or erf runs), path-batch (explain's contribution kernel, with the\n"
+        "                  batch indicator: neither symmetric nor positive semi-definite)\n"
         "  --query SPEC    queries (the run's standardisation is applied); their targets are the labels\n"
         "  --first N       use the first N queries [all]\n"
-        "  --quad R        quadrature rule of the path kernel [gl2]\n"
+        "  --quad R        quadrature rule of the path kernels [gl2]\n"
         "  --threads N     threads [all cores]\n";
     const char *query = NULL, *out = NULL, *kind_name = NULL, *dir;
     pk_quad quad;

@@ -2,13 +2,16 @@
  * files, one of the fixed-kernel machines of MATH.md section 7. */
 #include "cli.h"
 
+#include <math.h>
+
 int cmd_krr(int argc, char **argv)
 {
     const char *cmd = "krr";
     static const char *help =
         "usage: pathkernel krr --kernel K.npy --targets Y.npy [--ridge R] [--query-kernel KQ.npy] --out DIR\n\n"
-        "Kernel ridge regression alpha = (K + R I)^-1 Y by Cholesky (LAPACK).\n"
-        "  --kernel FILE        (N, N) symmetric training kernel\n"
+        "Kernel ridge regression alpha = (K + R I)^-1 Y by Cholesky (LAPACK). A K + R I that is not\n"
+        "positive definite is a failure (exit 1), never worked around.\n"
+        "  --kernel FILE        (N, N) symmetric training kernel (to 1e-10 of its largest entry)\n"
         "  --targets FILE       (N,) or (N, C) targets (one-hot columns for classes)\n"
         "  --ridge R            ridge [1e-8]\n"
         "  --query-kernel FILE  (Q, N) kernel of queries against the training set: writes pred.npy (Q, C)\n"
@@ -25,6 +28,18 @@ int cmd_krr(int argc, char **argv)
     size_t kn, ks[8], yn, ys[8], qn, qs[8];
     pk_status s = pk_npy_read(kp, &K, &kn, ks);
     if (!s && (kn != 2 || ks[0] != ks[1])) s = pk_fail(PK_ERR_INPUT, "%s: expected a square (N, N) kernel", kp);
+    if (!s) { /* Cholesky reads one triangle: a kernel that is not symmetric would be fitted as another one */
+        size_t n = ks[0], bi = 0, bj = 0;
+        double big = 0, gap = 0;
+        for (size_t i = 0; i < n * n; i++) big = fmax(big, fabs(K[i]));
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = i + 1; j < n; j++)
+                if (!(fabs(K[i * n + j] - K[j * n + i]) <= gap)) { gap = fabs(K[i * n + j] - K[j * n + i]); bi = i; bj = j; }
+        if (!(gap <= 1e-10 * big))
+            s = pk_fail(PK_ERR_INPUT, "%s: the kernel is not symmetric (K[%zu,%zu] - K[%zu,%zu] = %.3g, largest |K| %.3g); "
+                        "kernel ridge regression needs a symmetric one (`pathkernel kernel --at path` writes the "
+                        "path kernel, which is; --at path-batch is not)", kp, bi, bj, bj, bi, gap, big);
+    }
     if (!s) s = pk_npy_read(yp, &Y, &yn, ys);
     size_t N = s ? 0 : ks[0], C = !s && yn == 2 ? ys[1] : 1;
     if (!s && (yn < 1 || yn > 2 || ys[0] != N))

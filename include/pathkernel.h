@@ -597,12 +597,16 @@ pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t nc
 
 /* The kernels a run offers between inputs X (nx, d, in the run's feature
  * space) and its training examples, as (nx, N), traced over outputs: the
- * path kernel (quadrature rule `quad`, NULL = gl2), the tangent kernel at
- * init or at the end, RBF (median heuristic), and the infinite-width NTK of
- * the run's architecture (relu/erf; sigma_w = sigma_b = 1 unless the run
- * used the ntk parameterisation). */
+ * paper's path kernel (pk_run_path_kernel; quadrature rule `quad`, NULL =
+ * gl2; symmetric bit for bit when X holds the training examples), the
+ * tangent kernel at init or at the end, RBF (median heuristic), the
+ * infinite-width NTK of the run's architecture (relu/erf; sigma_w =
+ * sigma_b = 1 unless the run used the ntk parameterisation), and the
+ * contribution kernel of explain (path-batch: the batch indicator, Jbar on
+ * the x side; neither symmetric nor positive semi-definite). */
 typedef enum pk_kernel_kind {
-    PK_KERNEL_PATH, PK_KERNEL_TANGENT_INIT, PK_KERNEL_TANGENT_FINAL, PK_KERNEL_RBF, PK_KERNEL_NTK
+    PK_KERNEL_PATH, PK_KERNEL_TANGENT_INIT, PK_KERNEL_TANGENT_FINAL, PK_KERNEL_RBF, PK_KERNEL_NTK,
+    PK_KERNEL_PATH_BATCH
 } pk_kernel_kind;
 typedef struct pk_quad pk_quad;
 pk_status pk_kernel_kind_parse(const char *s, pk_kernel_kind *k);
@@ -621,6 +625,25 @@ typedef struct pk_quad {
 
 pk_status pk_quad_parse(const char *name, pk_quad *q);
 
+/* The paper's path kernel (MATH.md section 3, "The paper's path kernel"):
+ * the tangent kernel integrated along the recorded path with the rule q on
+ * every step, the same node on both arguments and no batch indicator,
+ *   K^p(x, y) = sum_t eta_t sum_q c_q K^g_{w_t + s_q D_t}(x, y),
+ * D_t = w_{t+1} - w_t the step the optimiser took and eta_t its learning
+ * rate (for every optimiser: the path's time is measured in learning rate).
+ * Between X (nx, d) and Y (ny, d), in the run's feature space, into K
+ * (nx, ny, C, C) in full mode or (nx, ny) in trace mode (caller-allocated).
+ * Symmetric and positive semi-definite; when Y holds the same examples as X
+ * (the same values), K(y, x) is K(x, y)^T bit for bit. A row's bits do not
+ * depend on the other rows of X nor on the thread count. Replays the run
+ * (the training data attached or loadable) and checks that the replay
+ * lands on the stored final weights; progress (may be NULL) as for
+ * pk_run_explain. */
+pk_status pk_run_path_kernel(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,
+                             const pk_quad *q, pk_progress_fn progress, void *ctx, double *K);
+/* Bytes pk_run_path_kernel needs: K itself and its workspace. */
+size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmode mode);
+
 typedef struct pk_explain_opts {
     pk_quad quad;          /* default gl2                                     */
     int want_contrib;      /* keep phi_i(x) (Q, N, C) [1]; 0: only its sum   */
@@ -630,6 +653,9 @@ typedef struct pk_explain_opts {
     size_t mem_limit;      /* bytes the outputs and workspace may use (0 = 3/4 of free memory) */
     pk_progress_fn progress; /* after every replayed step; non-zero stops (PK_ERR_STOPPED) */
     void *ctx;
+    int batch_kernel;      /* the kernel is the contribution kernel (MATH.md section 3,
+                              batch indicator, Jbar on the query side) instead of the
+                              paper's path kernel (pk_run_path_kernel) [0]         */
 } pk_explain_opts;
 
 pk_explain_opts pk_explain_opts_defaults(void);
@@ -643,7 +669,8 @@ typedef struct pk_explain {
     double *bias;          /* (Q, C)  b(x) = f(x; w_0)                         */
     double *contrib;       /* (Q, N, C) phi_i(x), or NULL                      */
     double *contrib_sum;   /* (Q, C)  sum_i phi_i(x)                           */
-    double *kernel;        /* path kernel: (Q, N) trace or C = 1; (Q, N, C, C) full; or NULL */
+    double *kernel;        /* path kernel K^p(x, x_i) (the paper's, or with batch_kernel the
+                              contribution kernel): (Q, N) trace or C = 1; (Q, N, C, C) full; or NULL */
     double *regularisation;/* (Q, C) the part of pred - bias that weight decay
                               moved (MATH.md section 5); zeros without decay  */
     double max_abs_err;    /* max_{q,c} |pred - bias - sum_i contrib - regularisation| */

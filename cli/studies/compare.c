@@ -219,42 +219,38 @@ static int compare(const char *cmd, const pk_train_opts *to_in, const pk_data *t
         double t1 = pk_seconds();
         char name[64];
         snprintf(name, sizeof name, "KRR on %s kernel", pk_kernel_kind_name((pk_kernel_kind)k));
-        double used = ridge;
         pk_status ks = pk_run_kernel(run, (pk_kernel_kind)k, train->x, N, NULL, Ktr);
         if (!ks) ks = pk_run_kernel(run, (pk_kernel_kind)k, test->x, M, NULL, Kte);
-        if (!ks) {
-            /* the discrete path kernel is not symmetric (MATH.md section 3): KRR uses (K + K^T)/2;
-             * the ridge is relative to the kernel's mean diagonal */
-            double tr = 0;
-            for (size_t i = 0; i < N; i++)
-                for (size_t j = i + 1; j < N; j++) Ktr[i * N + j] = Ktr[j * N + i] = 0.5 * (Ktr[i * N + j] + Ktr[j * N + i]);
-            for (size_t i = 0; i < N; i++) tr += Ktr[i * N + i];
-            if (k == PK_KERNEL_PATH) { /* the SVM gets the same symmetrised kernel */
-                Kpath_tr = pk_alloc(N, N * sizeof *Kpath_tr);
-                Kpath_te = pk_alloc(M, N * sizeof *Kpath_te);
-                if (!Kpath_tr || !Kpath_te) ks = PK_ERR_NOMEM;
-                else { memcpy(Kpath_tr, Ktr, N * N * sizeof *Ktr); memcpy(Kpath_te, Kte, M * N * sizeof *Kte); }
-            }
-            /* a symmetrised path kernel need not be positive definite: raise
-             * the ridge tenfold until Cholesky succeeds (at most 6 times) */
-            for (int tries = 0; !ks; tries++) {
-                ks = pk_krr_fit(Ktr, N, Y, C, used * tr / (double)N, alpha);
-                if (ks != PK_ERR_NUMERIC || tries == 6) break;
-                ks = PK_OK;
-                used *= 10;
-            }
-        }
-        if (!ks) {
-            pk_krr_predict(Kte, M, N, alpha, C, f);
-            double v = metric(loss, f, test, C, 0);
-            printf("%-34s %14.4f %10.2f", name, v, pk_seconds() - t1);
-            if (used != ridge) printf("   (ridge raised to %g to make K positive definite)", used);
-            printf("\n");
-            fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, pk_seconds() - t1);
-        } else {
+        if (ks) { /* a kernel the run does not have (the NTK of tanh): n/a */
             printf("%-34s %14s %10.2f   (%s)\n", name, "n/a", pk_seconds() - t1, cli_message(cmd, ks));
             fprintf(csv.f, "krr,%s,,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), pk_seconds() - t1);
+            continue;
         }
+        if (k == PK_KERNEL_PATH) { /* the SVM gets the same kernel */
+            Kpath_tr = pk_alloc(N, N * sizeof *Kpath_tr);
+            Kpath_te = pk_alloc(M, N * sizeof *Kpath_te);
+            if (!Kpath_tr || !Kpath_te) { s = PK_ERR_NOMEM; goto free_all; }
+            memcpy(Kpath_tr, Ktr, N * N * sizeof *Ktr);
+            memcpy(Kpath_te, Kte, M * N * sizeof *Kte);
+        }
+        /* every kernel here is positive semi-definite (the path kernel too,
+         * MATH.md section 3): a failed Cholesky with the ridge, relative to
+         * the mean diagonal, is an error, not something to work around */
+        double tr = 0;
+        for (size_t i = 0; i < N; i++) tr += Ktr[i * N + i];
+        s = pk_krr_fit(Ktr, N, Y, C, ridge * tr / (double)N, alpha);
+        if (s) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", pk_last_error());
+            s = pk_fail(s, "kernel ridge regression on the %s kernel, which is positive semi-definite: %s "
+                        "(--ridge %g of the mean diagonal %g)", pk_kernel_kind_name((pk_kernel_kind)k), why, ridge,
+                        tr / (double)N);
+            goto free_all;
+        }
+        pk_krr_predict(Kte, M, N, alpha, C, f);
+        double v = metric(loss, f, test, C, 0);
+        printf("%-34s %14.4f %10.2f\n", name, v, pk_seconds() - t1);
+        fprintf(csv.f, "krr,%s,%.17g,%.6g\n", pk_kernel_kind_name((pk_kernel_kind)k), v, pk_seconds() - t1);
     }
     if (loss != PK_LOSS_MSE && Kpath_tr) {
         double t1 = pk_seconds(), acc;
@@ -326,8 +322,9 @@ static const char *const compare_help =
     "usage: pathkernel compare --data SPEC --test SPEC --model SPEC --loss L --optim O --lr X --steps T [options]\n"
     "\n"
     "Trains the network, then puts beside its test accuracy (or mse) kernel ridge regression on the RBF\n"
-    "kernel (median heuristic), the tangent kernel at init and at the end, the path kernel and the\n"
-    "infinite-width NTK (relu/erf), and an SVM (LIBSVM, svm-train -t 4) on the path kernel; with\n"
+    "kernel (median heuristic), the tangent kernel at init and at the end, the paper's path kernel (gl2;\n"
+    "symmetric, positive semi-definite) and the infinite-width NTK (relu/erf), and an SVM (LIBSVM,\n"
+    "svm-train -t 4) on the path kernel; a failed Cholesky is an error (exit 1); with\n"
     "--widths, trains the same architecture at each hidden width and reports how far the tangent kernel\n"
     "moved, |K_T - K_0|_F / |K_0|_F, and its alignment with the labels before and after (MATH.md section 7).\n"
     "  --test SPEC     held-out data (required); --test-first N keeps its first N\n"

@@ -470,13 +470,37 @@ class Run:
                                    y.shape[0], km, _ptr(K)))
         return K
 
+    def path_kernel(self, X, Y=None, quad="gl2", mode="full"):
+        """The paper's path kernel K^p(x, y) = sum_t eta_t sum_q c_q K^g(x, y)
+        at the nodes w_t + s_q D_t of every step (MATH.md section 3): the
+        tangent kernel integrated along the recorded path, symmetric and
+        positive semi-definite, between X (nx, d) and Y (ny, d; default X),
+        raw feature space: (nx, ny, C, C) with mode="full", (nx, ny) with
+        mode="trace". Exactly symmetric when Y is omitted. quad: left, mid,
+        gl1..gl8. Replays the run (needs its training data)."""
+        km = _parse_mode(mode)
+        q = _parse_quad(quad)
+        x = self._queries(X, "X")
+        y = x if Y is None else self._queries(Y, "Y")
+        C = self.n_outputs
+        shape = (x.shape[0], y.shape[0], C, C) if km == _capi.PK_KMODE_FULL else (x.shape[0], y.shape[0])
+        K = np.empty(shape)
+        L = _lib()
+        _check(L.pk_run_path_kernel(self._handle(), _ptr(x), x.shape[0], _ptr(y), y.shape[0], km, ctypes.byref(q),
+                                    None, None, _ptr(K)))
+        return K
+
     def _explain(self, Xq, quad, mode, kernel):
         x = self._queries(Xq, "Xq")
+        if kernel not in (None, "path", "path-batch"):
+            raise ValueError(f"kernel={kernel!r}: use 'path' (the paper's path kernel) or 'path-batch' "
+                             "(the contribution kernel, with the batch indicator)")
         o = _lib().pk_explain_opts_defaults()
         o.quad = _parse_quad(quad)
         o.mode = _parse_mode(mode)
         o.want_contrib = 1
         o.want_kernel = 1 if kernel else 0
+        o.batch_kernel = 1 if kernel == "path-batch" else 0
         e = _capi.pk_explain()
         L = _lib()
         _check(L.pk_run_explain(self._handle(), _ptr(x), x.shape[0], ctypes.byref(o), ctypes.byref(e)))
@@ -510,15 +534,19 @@ class Run:
             L.pk_explain_free(ctypes.byref(e))
         return r
 
-    def explain(self, Xq, quad="gl2", mode="trace"):
+    def explain(self, Xq, quad="gl2", mode="trace", kernel="path"):
         """Replay the run and compute the exact contribution phi_i(x) of every
         training example i to the prediction at each query (Q, d) (raw feature
         space): an Explanation with pred, bias, contrib, kernel, coef,
         regularisation, max_rel_err, max_abs_err. quad: left, mid, gl1..gl8;
-        mode: the path kernel as "trace" over outputs or "full" C x C blocks.
+        mode: the path kernel as "trace" over outputs or "full" C x C blocks;
+        kernel: "path", the paper's path kernel (path_kernel), or
+        "path-batch", the contribution kernel with the batch indicator; coef
+        (one output) is a_i(x) = phi_i(x) / K(x, x_i) with that kernel, so
+        pred = bias + sum_i coef K (+ regularisation and quadrature error).
         Needs the training data: attached by train(), or loadable from the
         spec a CLI run recorded."""
-        return self._explain(Xq, quad, mode, True)
+        return self._explain(Xq, quad, mode, kernel)
 
     def attribute(self, Xq, top=10, quad="gl2", group=None):
         """For every query, the `top` strongest proponents (largest phi_i(x)[c]

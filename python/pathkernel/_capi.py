@@ -60,7 +60,8 @@ class pk_quad(ctypes.Structure):
 class pk_explain_opts(ctypes.Structure):
     """struct pk_explain_opts."""
     _fields_ = [("quad", pk_quad), ("want_contrib", c_int), ("want_kernel", c_int), ("mode", c_int),
-                ("block", c_size), ("mem_limit", c_size), ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+                ("block", c_size), ("mem_limit", c_size), ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
+                ("batch_kernel", c_int)]
 
 
 class pk_topk_opts(ctypes.Structure):
@@ -139,6 +140,8 @@ _PROTOS = {
     "pk_explain_opts_defaults": (pk_explain_opts, []),
     "pk_run_explain": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),
     "pk_explain_free": (None, [ctypes.POINTER(pk_explain)]),
+    "pk_run_path_kernel": (c_int, [P_run, P_dbl, c_size, P_dbl, c_size, c_int, ctypes.POINTER(pk_quad),
+                                   ctypes.c_void_p, ctypes.c_void_p, P_dbl]),
     "pk_si_form_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_run_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
     "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),

@@ -44,6 +44,15 @@ pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *delt
 /* A side from a tape after pk_model_backward (loss-weighted deltas). */
 pk_side pk_side_loss(const pk_model *m, const pk_tape *t);
 
+/* pk_run_path_kernel with as many workers (one block pair each) as fit
+ * in mem bytes next to its replay, at least one (mem 0: one per thread). */
+pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,
+                             const pk_quad *q, pk_progress_fn progress, void *ctx, size_t mem, double *K);
+/* Bytes of one worker of the path kernel for nx x ny examples, and the
+ * least the whole computation needs (one worker and the replay; K aside). */
+size_t pk_path_kernel_worker(const pk_model *m, size_t nx, size_t ny, pk_kmode mode);
+size_t pk_path_kernel_min_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmode mode);
+
 /* Whether explain needs backward.c's sweep (momentum, adam, adamw,
  * or any weight decay) instead of path.c's forward sweep. */
 int pk_explain_needs_backward(const pk_optim *op);

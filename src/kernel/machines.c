@@ -95,16 +95,16 @@ pk_status pk_libsvm_write(const char *path, const double *K, size_t n, size_t nc
     return pk_atomic_commit(&a);
 }
 
-static const char *const kernel_names[] = {"path", "tangent-init", "tangent-final", "rbf", "ntk"};
+static const char *const kernel_names[] = {"path", "tangent-init", "tangent-final", "rbf", "ntk", "path-batch"};
 
 pk_status pk_kernel_kind_parse(const char *s, pk_kernel_kind *k)
 {
-    for (int i = 0; i <= PK_KERNEL_NTK; i++)
+    for (int i = 0; i <= PK_KERNEL_PATH_BATCH; i++)
         if (!strcmp(s, kernel_names[i])) { *k = (pk_kernel_kind)i; return PK_OK; }
-    return pk_fail(PK_ERR_INPUT, "unknown kernel '%s' (use path, tangent-init, tangent-final, rbf or ntk)", s);
+    return pk_fail(PK_ERR_INPUT, "unknown kernel '%s' (use path, path-batch, tangent-init, tangent-final, rbf or ntk)", s);
 }
 
-const char *pk_kernel_kind_name(pk_kernel_kind k) { return k <= PK_KERNEL_NTK ? kernel_names[k] : "?"; }
+const char *pk_kernel_kind_name(pk_kernel_kind k) { return k <= PK_KERNEL_PATH_BATCH ? kernel_names[k] : "?"; }
 
 pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_t nx, const pk_quad *quad, double *K)
 {
@@ -114,10 +114,16 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
     const pk_model *m = pk_run_model(run);
     size_t N = train->n, d = train->d;
     switch (kind) {
-    case PK_KERNEL_PATH: { /* trace over outputs of K^p(x, x_i) (MATH.md section 3) */
+    case PK_KERNEL_PATH: { /* the paper's path kernel, traced over outputs (MATH.md section 3) */
+        pk_quad q;
+        if (!quad) pk_quad_parse("gl2", &q);
+        return pk_run_path_kernel(run, X, nx, train->x, N, PK_KMODE_TRACE, quad ? quad : &q, NULL, NULL, K);
+    }
+    case PK_KERNEL_PATH_BATCH: { /* the contribution kernel, traced over outputs (MATH.md section 3) */
         pk_explain_opts o = pk_explain_opts_defaults();
         if (quad) o.quad = *quad;
         o.want_contrib = 0;
+        o.batch_kernel = 1;
         o.mode = PK_KMODE_TRACE;
         pk_explain e;
         if ((s = pk_run_explain(run, X, nx, &o, &e))) return s;

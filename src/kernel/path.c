@@ -87,15 +87,35 @@ static size_t output_bytes(const pk_model *m, size_t Q, size_t N, const pk_expla
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
+/* The options of the sweeps: the contribution kernel only when it is the
+ * kernel asked for; the paper's kernel is pk_run_path_kernel's, after them. */
+static pk_explain_opts sweep_opts(const pk_explain_opts *o)
+{
+    pk_explain_opts t = *o;
+    t.want_kernel = o->want_kernel && o->batch_kernel;
+    return t;
+}
+
+/* The least workspace of the paper's path kernel, when it is the kernel
+ * asked for (its output is in output_bytes). It runs after the sweep, whose
+ * workspace is gone by then: a plan needs the larger of the two. */
+static size_t paper_bytes(const pk_run *run, size_t Q, const pk_explain_opts *o)
+{
+    return o->want_kernel && !o->batch_kernel ? pk_path_kernel_min_bytes(run, Q, pk_run_n_train(run), o->mode) : 0;
+}
+
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
 static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const pk_explain_opts *o)
 {
     size_t C = m->n_out, kr = kernel_rows(m, o), sd = pk_model_widths(m);
+    int batch_kernel = o->want_kernel && o->batch_kernel;
     double b = 4.0 * (double)m->n_params;                        /* w, w_next, wq, G */
     b += (double)B * (double)(d + 3 * sd + C);                    /* stepper          */
-    if (o->want_kernel) b += (double)B * (double)(C * sd);         /* batch deltas     */
+    if (batch_kernel) b += (double)B * (double)(C * sd);          /* batch deltas     */
     b += (double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd); /* query tape, deltas */
     b += 2.0 * (double)Qb * (double)C * (double)B + (double)Qb * (double)B; /* S, D, A */
-    if (o->want_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
+    if (batch_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
     b *= sizeof(double);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
@@ -122,10 +142,14 @@ size_t pk_run_explain_bytes(const pk_run *run, size_t Q, const pk_explain_opts *
     const pk_model *m = pk_run_model(run);
     if (pk_explain_needs_backward(pk_run_optim(run))) {
         size_t qb, seg;
-        return pk_explain_backward_plan(run, Q, o, memory_limit(o), output_bytes(m, Q, pk_run_n_train(run), o), &qb, &seg);
+        pk_explain_opts so = sweep_opts(o);
+        size_t out = output_bytes(m, Q, pk_run_n_train(run), o);
+        return max_size(pk_explain_backward_plan(run, Q, &so, memory_limit(o), out, &qb, &seg),
+                        out + paper_bytes(run, Q, o));
     }
     size_t Qb = default_block(run, Q, o, memory_limit(o));
-    return output_bytes(m, Q, pk_run_n_train(run), o) + work_bytes(m, m->n_in, batch_cap(run), Qb, o);
+    return output_bytes(m, Q, pk_run_n_train(run), o) +
+           max_size(work_bytes(m, m->n_in, batch_cap(run), Qb, o), paper_bytes(run, Q, o));
 }
 
 /* Say what does not fit, and which of the user's options would make it fit. */
@@ -254,13 +278,17 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     /* momentum, Adam, AdamW and weight decay: the backward sweep of backward.c */
     int back = pk_explain_needs_backward(op);
     size_t back_Qb = 0, back_seg = 0;
+    pk_explain_opts so = sweep_opts(o);
     if (back) {
         size_t out = output_bytes(m, Q, N, o);
-        size_t need = pk_explain_backward_plan(run, Q, o, limit, out, &back_Qb, &back_seg);
+        size_t need = max_size(pk_explain_backward_plan(run, Q, &so, limit, out, &back_Qb, &back_seg),
+                               out + paper_bytes(run, Q, o));
         if (need > limit) {
-            pk_explain_opts one = *o;
+            pk_explain_opts one = so;
             one.block = 1;
-            size_t qb1, seg1, need1 = pk_explain_backward_plan(run, 1, &one, limit, output_bytes(m, 1, N, o), &qb1, &seg1);
+            size_t qb1, seg1, out1 = output_bytes(m, 1, N, o);
+            size_t need1 = max_size(pk_explain_backward_plan(run, 1, &one, limit, out1, &qb1, &seg1),
+                                    out1 + paper_bytes(run, 1, o));
             const char *fits = need1 <= limit
                                    ? "; use fewer queries, no path kernel (want_kernel 0) or a larger memory budget "
                                      "(mem_limit)"
@@ -273,7 +301,7 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
                            (double)need1 / 1048576.0, fits);
         }
     } else {
-        size_t need = output_bytes(m, Q, N, o) + work_bytes(m, d, B, Qb, o);
+        size_t need = output_bytes(m, Q, N, o) + max_size(work_bytes(m, d, B, Qb, o), paper_bytes(run, Q, o));
         if (need > limit) return too_big(run, Q, o, need, limit);
     }
 
@@ -296,8 +324,16 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
         s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, 0, w);
     if (!s) s = pk_model_predict(m, w, Xq, Q, e->bias);
-    /* each sweep ends with its own bit-for-bit check of the replay */
-    if (!s) s = back ? pk_explain_backward(run, Xq, Q, o, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, o, Qb, e);
+    /* each sweep ends with its own bit-for-bit check of the replay; the
+     * sweeps add the contribution kernel (want_kernel and batch_kernel)
+     * into e->kernel, the paper's kernel is computed after them */
+    double *kernel = e->kernel;
+    if (!so.want_kernel) e->kernel = NULL;
+    if (!s) s = back ? pk_explain_backward(run, Xq, Q, &so, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, &so, Qb, e);
+    e->kernel = kernel;
+    if (!s && o->want_kernel && !o->batch_kernel)
+        s = pk_path_kernel_mem(run, Xq, Q, train->x, N, e->mode, &o->quad, o->progress, o->ctx,
+                               max_size(limit - output_bytes(m, Q, N, o), 1), e->kernel);
     if (!s) s = pk_run_weights(run, T, w);
     if (!s) s = pk_model_predict(m, w, Xq, Q, e->pred);
     if (!s) {

@@ -775,10 +775,11 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
     char cnum[24];
     snprintf(cnum, sizeof cnum, "%zu", e->C);
     pk_sb cap = {0};
-    pk_sb_printf(&cap, "The discrete path kernel K<sup>p</sup>(x, x<sub>i</sub>) = &Sigma;<sub>t: i &isin; B<sub>t</sub></sub> "
-                       "(&eta;<sub>t</sub>/|B<sub>t</sub>|) J&#772;<sub>x</sub>(t) J<sub>x<sub>i</sub></sub>(w<sub>t</sub>)"
-                       "<sup>T</sup> (MATH.md section 3; %s%s; units: output per unit of the residual dl/df, as "
-                       "&phi;<sub>i</sub> = -K<sup>p</sup> r<sub>i</sub> step by step) between %zu training examples (rows, %s) "
+    pk_sb_printf(&cap, "The paper's path kernel K<sup>p</sup>(x, x<sub>i</sub>) = &Sigma;<sub>t</sub> &eta;<sub>t</sub> "
+                       "&Sigma;<sub>q</sub> c<sub>q</sub> K<sup>g</sup><sub>w<sub>t</sub> + s<sub>q</sub> D<sub>t</sub></sub>"
+                       "(x, x<sub>i</sub>), the tangent kernel integrated along the training path, the same weights on "
+                       "both sides and no batch indicator, so symmetric and positive semi-definite (MATH.md section 3; "
+                       "%s%s) between %zu training examples (rows, %s) "
                        "and %zu queries (columns), both sorted by %s. Colour scale "
                        "symmetric about 0 up to the 99th percentile of |K|, %.3g (the largest, %.3g, saturates).",
                  e->C > 1 ? "traced over the outputs, C = " : "one output", e->C > 1 ? cnum : "", nr,

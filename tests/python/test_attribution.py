@@ -237,7 +237,7 @@ def test_attribute_reconciles_with_weight_decay(tmp_path):
 def test_selfinfluence_kernel_is_path_kernel_diagonal(digits_run, tmp_path):
     r = digits_run
     pk("selfinfluence", r["run"], "--form", "kernel", "--quad", "gl2", "--out", tmp_path / "si.csv", "--threads", "1")
-    pk("explain", r["run"], "--query", DIGITS, "--first", "200", "--quad", "gl2", "--mode", "trace",
+    pk("explain", r["run"], "--query", DIGITS, "--first", "200", "--quad", "gl2", "--mode", "trace", "--kernel", "path-batch",
        "--out", tmp_path / "ex", "--threads", "1")
     K = np.load(tmp_path / "ex" / "kernel.npy")
     assert K.shape == (200, 200)

@@ -10,7 +10,7 @@ read from PK_SOURCE). About 5 s on 2 cores.
      standard and ntk parameterisation) against the empirical NTK that
      functorch computes from the exported weights (vmap(jacrev) and a
      contraction over all parameters).
-  2. A linear model: the path kernel of `explain` against
+  2. A linear model: the contribution kernel of `explain --kernel path-batch` against
      sum_t eta_t/|B_t| 1[i in B_t] (x.x_i + 1), computed in numpy from the
      recorded batches and learning rates of trajectory.bin.
   3. `verify` passes with gl4 and fails with left on tanh/softplus MLPs; the
@@ -226,7 +226,8 @@ def test_linear_path_kernel_closed_form(linear_data, tmp_path, optim):
     want = (Q @ X.T + 1.0) * weight[None, :]   # J_x = [x, 1] for every w
     for rule in ("left", "mid", "gl2", "gl4"):
         out = tmp_path / f"ex-{rule}"
-        pk("explain", run, "--query", linear_data["query"], "--quad", rule, "--out", out, "--threads", "1")
+        pk("explain", run, "--query", linear_data["query"], "--quad", rule, "--kernel", "path-batch", "--out", out,
+           "--threads", "1")
         K = np.load(out / "kernel.npy")
         assert K.shape == (5, N)
         e = rel_err(K, want)
@@ -381,13 +382,16 @@ def test_completeness(compl_data, tmp_path, case):
 
 
 def test_coefficients_one_output(compl_data, tmp_path):
-    """1 output, sgd with few steps so that some examples are never in a batch:
+    """1 output, sgd with few steps so that some examples are never in a batch,
+    the contribution kernel (--kernel path-batch, the indicator form):
     coef * kernel = contrib where the kernel is non-zero, NaN where it is 0,
-    and such examples contribute nothing."""
+    and such examples contribute nothing. (The paper's kernel:
+    test_path_kernel.py.)"""
     run, out = tmp_path / "run", tmp_path / "ex"
     pk("train", "--data", compl_data["mse1"], "--model", "mlp:16:tanh", "--loss", "mse", "--optim", "sgd",
        "--batch", "5", "--lr", "0.1", "--steps", "6", "--seed", "3", "--quiet", "--threads", "1", "--out", run)
-    pk("explain", run, "--query", compl_data["query"], "--quad", "gl4", "--out", out, "--threads", "1")
+    pk("explain", run, "--query", compl_data["query"], "--quad", "gl4", "--kernel", "path-batch", "--out", out,
+       "--threads", "1")
     pred, bias, contrib = check_completeness(out, 1)
     K, coef = np.load(out / "kernel.npy"), np.load(out / "coef.npy")
     assert K.shape == coef.shape == contrib.shape[:2]

@@ -65,14 +65,16 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.skipif(not shutil.which("svm-train"), reason="Debian's libsvm-tools is not installed")
-@pytest.mark.parametrize("kind", ["path", "tangent-init", "tangent-final", "rbf", "ntk"])
+@pytest.mark.parametrize("kind", ["path", "tangent-init", "tangent-final", "rbf", "ntk", "path-batch"])
 def test_libsvm_roundtrip(run, kind):
     out = run / f"svm-{kind}"
     pk("export-libsvm", run / "run", "--kernel", kind, "--query", DIGITS, "--first", 200, "--out", out)
     ytr, Ktr = parse_precomputed(out / "train.svm")
     yq, Kq = parse_precomputed(out / "query.svm")
     assert Ktr.shape == (300, 300) and Kq.shape == (200, 300)
-    if kind != "path":  # the discrete path kernel is not symmetric: batches and Jbar on the query side
+    if kind == "path":  # the paper's path kernel: symmetric bit for bit
+        assert np.array_equal(Ktr, Ktr.T)
+    elif kind != "path-batch":  # the contribution kernel is not symmetric: batches and Jbar on the query side
         assert np.allclose(Ktr, Ktr.T, rtol=1e-9, atol=1e-12 * np.abs(Ktr).max())
     assert np.allclose(Kq, Ktr[:200], rtol=1e-9, atol=1e-12 * np.abs(Ktr).max())   # the queries are the first 200
     data = np.loadtxt(DIGITS, delimiter=",")

@@ -258,7 +258,7 @@ def test_against_torch(sets, tmp_path, case):
        "softmax", "--optim", *optim, "--weight-decay", repr(wd), "--steps", T, "--seed", "2", "--quiet",
        "--out", run)
     for mode in ("trace", "full"):
-        pk("explain", run, "--query", DIGITS, "--first", str(NQ), "--quad", "gl4", "--mode", mode,
+        pk("explain", run, "--query", DIGITS, "--first", str(NQ), "--quad", "gl4", "--mode", mode, "--kernel", "path-batch",
            "--out", tmp_path / mode)
     ms = np.load(run / "standardize.npy")
     with gzip.open(DIGITS, "rt") as f:

@@ -107,11 +107,29 @@ def test_tangent_kernel_equals_cli(data, cli_run, tmp_path, mode, at):
     same(run.tangent_kernel(data["Xq"], mode=mode), np.load(tmp_path / "k2.npy"))
 
 
-@pytest.mark.parametrize("mode,quad", [("trace", "gl2"), ("full", "gl4"), ("trace", "left")])
-def test_explain_equals_cli(data, cli_run, tmp_path, mode, quad):
+@pytest.mark.parametrize("mode,quad", [("full", "gl2"), ("trace", "left")])
+def test_path_kernel_equals_cli(data, cli_run, tmp_path, mode, quad):
     run = pkg.open_run(cli_run)
-    pk("explain", cli_run, "--query", data["query"], "--mode", mode, "--quad", quad, "--out", tmp_path)
-    e = run.explain(data["Xq"], quad=quad, mode=mode)
+    pk("kernel", cli_run, "--at", "path", "--quad", quad, "--x", data["query"], "--y", data["train"], "--mode", mode,
+       "--out", tmp_path / "k.npy")
+    same(run.path_kernel(data["Xq"], data["X"], quad=quad, mode=mode), np.load(tmp_path / "k.npy"))
+    pk("kernel", cli_run, "--at", "path", "--quad", quad, "--x", data["train"], "--mode", mode,
+       "--out", tmp_path / "k2.npy")
+    K = run.path_kernel(data["X"], quad=quad, mode=mode)
+    same(K, np.load(tmp_path / "k2.npy"))
+    M = K.transpose(0, 2, 1, 3).reshape(K.shape[0] * K.shape[2], -1) if mode == "full" else K
+    assert np.array_equal(M, M.T)
+    with pytest.raises(ValueError, match="kernel='tangent'"):
+        run.explain(data["Xq"], kernel="tangent")
+
+
+@pytest.mark.parametrize("mode,quad,kernel", [("trace", "gl2", "path"), ("full", "gl4", "path"),
+                                              ("trace", "left", "path"), ("full", "gl2", "path-batch")])
+def test_explain_equals_cli(data, cli_run, tmp_path, mode, quad, kernel):
+    run = pkg.open_run(cli_run)
+    pk("explain", cli_run, "--query", data["query"], "--mode", mode, "--quad", quad, "--kernel", kernel,
+       "--out", tmp_path)
+    e = run.explain(data["Xq"], quad=quad, mode=mode, kernel=kernel)
     for name in ("pred", "bias", "contrib", "kernel", "regularisation"):
         same(getattr(e, name), np.load(tmp_path / f"{name}.npy"))
     assert e.coef is None  # three outputs
