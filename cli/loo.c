@@ -108,7 +108,7 @@ int cmd_loo(int argc, char **argv)
         "  --ridge X         the ridge lambda, absolute [chosen: the least mean squared leave-one-out\n"
         "                    residual over the grid]\n"
         "  --ridge-grid L    ridges to try, relative to the kernel's mean diagonal, comma-separated\n"
-        "                    [1e-4,1e-3,1e-2,3e-2,0.1,0.3,1]\n"
+        "                    [1e-4,1e-3,1e-2,3e-2,0.1,0.3,1,3,10]\n"
         "  --quad R          the path kernel's quadrature [gl2]\n"
         "  --mem MIB         memory budget: the kernel and its factor must fit [3/4 of free memory]\n"
         "  --save-kernel     also write DIR/kernel.npy, the kernel the machine used\n"

@@ -666,7 +666,7 @@ typedef struct pk_loo_opts {
     pk_kmode mode;         /* trace [default] or full (C x C blocks; path and tangent kernels only) */
     pk_quad quad;          /* the path kernel's quadrature [gl2] */
     double ridge;          /* > 0: this ridge, absolute; NAN: chosen over the grid [NAN] */
-    const double *grid;    /* (n_grid) ridges relative to the mean diagonal of K; NULL: 1e-4 .. 1 */
+    const double *grid;    /* (n_grid) ridges relative to the mean diagonal of K; NULL: 1e-4 .. 10 */
     size_t n_grid;
     size_t mem_limit;      /* bytes (0 = 3/4 of free memory): the kernel and its factor must fit */
     int keep_kernel;       /* return the kernel in pk_loo.K */
@@ -688,6 +688,7 @@ typedef struct pk_loo {
     double *grid;          /* (n_grid) ridges tried, relative to mean_diag               */
     double *grid_err;      /* (n_grid) mean |r_i|^2 at each                               */
     double *grid_acc;      /* (n_grid) leave-one-out accuracy at each (NAN for mse)      */
+    double *grid_score;    /* (n_grid, n) the mislabel score at each ridge               */
     double *Y;             /* (n, C) targets                                             */
     double *alpha;         /* (n, C) dual coefficients (K + ridge I)^-1 Y                */
     double *resid;         /* (n, C) r_i = y_i - yhat_{-i}                               */
@@ -851,6 +852,9 @@ typedef struct pk_report_opts {
     size_t move_train;        /* training examples for the kernel movement [100] */
     size_t move_steps;        /* checkpoints after step 0 for the movement [10]  */
     size_t mem_limit;         /* explain's memory budget, bytes (0 = default)   */
+    size_t loo_top;           /* training examples with the largest leave-one-out
+                                 residuals drawn (pk_run_loo; classes only) [12]; 0: none */
+    pk_kernel_kind loo_kernel; /* their kernel [tangent-final]                  */
 } pk_report_opts;
 
 /* What the report found, for a caller that prints a summary. */

@@ -9,7 +9,7 @@
 #include <string.h>
 
 /* Ridges tried by default, relative to the mean diagonal of the kernel. */
-static const double default_grid[] = {1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0};
+static const double default_grid[] = {1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0};
 
 pk_loo_opts pk_loo_opts_defaults(void)
 {
@@ -25,7 +25,7 @@ pk_loo_opts pk_loo_opts_defaults(void)
 void pk_loo_free(pk_loo *l)
 {
     if (!l) return;
-    free(l->grid); free(l->grid_err); free(l->grid_acc);
+    free(l->grid); free(l->grid_err); free(l->grid_acc); free(l->grid_score);
     free(l->Y); free(l->alpha); free(l->resid); free(l->score); free(l->pred); free(l->K);
     memset(l, 0, sizeof *l);
 }
@@ -118,8 +118,9 @@ pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out)
     out->grid = pk_alloc(G, sizeof *out->grid);          /* (G) relative ridges */
     out->grid_err = pk_alloc(G, sizeof *out->grid_err);  /* (G) mean |r_i|^2 */
     out->grid_acc = pk_alloc(G, sizeof *out->grid_acc);  /* (G) leave-one-out accuracy */
+    out->grid_score = pk_alloc(G, n * sizeof *out->grid_score); /* (G, n) */
     if (!out->K || !out->Y || !out->alpha || !out->resid || !out->score || !out->pred || !out->grid ||
-        !out->grid_err || !out->grid_acc) { pk_loo_free(out); return PK_ERR_NOMEM; }
+        !out->grid_err || !out->grid_acc || !out->grid_score) { pk_loo_free(out); return PK_ERR_NOMEM; }
     out->n_grid = G;
     double t0 = pk_seconds();
     if (!full) s = pk_run_kernel(run, o->kernel, train->x, n, &o->quad, out->K);
@@ -149,7 +150,8 @@ pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out)
     for (size_t g = 0; !s && g < G; g++) {
         out->grid[g] = !isnan(o->ridge) ? o->ridge / out->mean_diag : o->n_grid ? o->grid[g] : default_grid[g];
         s = pk_krr_loo(out->K, n, C, o->mode, out->Y, out->grid[g] * out->mean_diag, out->alpha, out->resid);
-        if (!s) out->grid_err[g] = loo_summarise(loss, train, C, out->Y, out->resid, NULL, NULL, &out->grid_acc[g]);
+        if (!s) out->grid_err[g] = loo_summarise(loss, train, C, out->Y, out->resid, out->grid_score + g * n,
+                                                 NULL, &out->grid_acc[g]);
         if (!s && out->grid_err[g] < out->grid_err[best]) best = g;
     }
     if (!s) {

@@ -108,3 +108,31 @@ def test_loo_refusals(run, tmp_path):
     assert "'-1'" in r.stderr
     r = pk_run("loo", run / "run", "--ridge", "1", "--ridge-grid", "0.1", "--out", tmp_path / "x", expect=2)
     assert not (tmp_path / "x").exists()
+
+
+def test_report_draws_largest_residuals(run, tmp_path):
+    """report's leave-one-out section: the 12 training examples with the
+    largest own-class residuals, in order, as images with their given and
+    predicted labels, the same as `loo` writes."""
+    import re
+    pk("loo", run / "run", "--out", tmp_path / "o", "--threads", "2")
+    rows = list(csv.DictReader(open(tmp_path / "o" / "loo.csv")))
+    score = np.array([float(r["score"]) for r in rows])
+    order = np.lexsort((np.arange(N), -score))[:12]
+    pk("report", run / "run", "--out", tmp_path / "r.html", "--first", "2", "--show", "1", "--heat", "10",
+       "--movement", "2", "--checkpoints", "1", "--threads", "2")
+    html = (tmp_path / "r.html").read_text()
+    sec = re.search(r'<section id="loo">(.*?)</section>', html, re.S).group(1)
+    assert re.search(r"<h2>\([a-z]\) The training labels the other examples do not support", sec)
+    got = [int(i) for i in re.findall(r'class="loo-example" data-index="(\d+)"', sec)]
+    assert got == list(order)
+    assert sec.count('data-kind="train"') == 12  # drawn as images (8x8 digits)
+    for i in got[:3]:
+        r = rows[i]
+        assert f"given {r['label']}" in sec.replace(".0<", "<") or f"given {float(r['label']):g}" in sec
+        assert f"predicted {float(r['loo_pred']):g}" in sec
+    pk("report", run / "run", "--out", tmp_path / "r2.html", "--first", "2", "--show", "0", "--heat", "10",
+       "--movement", "2", "--checkpoints", "1", "--loo", "none")
+    assert 'id="loo"' not in (tmp_path / "r2.html").read_text()
+    r = pk_run("report", run / "run", "--out", tmp_path / "r3.html", "--loo", "path-batch", expect=2)
+    assert "positive semi-definite" in r.stderr
