@@ -136,3 +136,27 @@ def test_report_draws_largest_residuals(run, tmp_path):
     assert 'id="loo"' not in (tmp_path / "r2.html").read_text()
     r = pk_run("report", run / "run", "--out", tmp_path / "r3.html", "--loo", "path-batch", expect=2)
     assert "positive semi-definite" in r.stderr
+
+
+def test_python_loo_equals_cli(run, tmp_path):
+    """Run.loo is the CLI's computation: the same bits."""
+    import os
+    import sys
+    if os.environ.get("PK_SANITIZE") == "1":
+        pytest.skip("an ASan-instrumented library cannot be loaded into an uninstrumented Python")
+    from conftest import BUILD_DIR
+    os.environ["PATHKERNEL_LIB"] = str((BUILD_DIR / "libpathkernel.so").resolve())
+    sys.path.insert(0, str(SOURCE_DIR / "python"))
+    import pathkernel as pkg
+    pk("loo", run / "run", "--out", tmp_path / "o", "--ridge-grid", "0.01,0.1,1")
+    r = pkg.open_run(run / "run")
+    got = r.loo(ridge_grid=[0.01, 0.1, 1], keep_kernel=True)
+    info = json.loads((tmp_path / "o" / "loo.json").read_text())
+    assert got.ridge == info["ridge"] and list(got.grid) == [0.01, 0.1, 1]
+    assert np.array_equal(got.alpha, np.load(tmp_path / "o" / "alpha.npy"))
+    assert np.array_equal(got.resid, np.load(tmp_path / "o" / "resid.npy"))
+    assert got.kernel.shape == (N, N) and got.accuracy == info["loo_accuracy"]
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        r.loo(kernel="path-batch")
+    with pytest.raises(ValueError, match="exclude"):
+        r.loo(ridge=1.0, ridge_grid=[1.0])
