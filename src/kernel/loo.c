@@ -146,18 +146,28 @@ pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out)
     }
     if (!s) loo_targets(loss, train, C, out->Y);
     /* the grid: each ridge's mean squared residual; the least wins (the first on ties) */
+    /* the grid: each ridge's mean squared residual; the least wins (the first
+     * on ties); its alpha and residuals are kept (one factorisation a ridge) */
     size_t best = 0;
+    double *ga = pk_alloc(n, C * sizeof *ga), *gr = pk_alloc(n, C * sizeof *gr); /* (n, C) each: the ridge in hand */
+    if (!s && (!ga || !gr)) s = PK_ERR_NOMEM;
     for (size_t g = 0; !s && g < G; g++) {
         out->grid[g] = !isnan(o->ridge) ? o->ridge / out->mean_diag : o->n_grid ? o->grid[g] : default_grid[g];
-        s = pk_krr_loo(out->K, n, C, o->mode, out->Y, out->grid[g] * out->mean_diag, out->alpha, out->resid);
-        if (!s) out->grid_err[g] = loo_summarise(loss, train, C, out->Y, out->resid, out->grid_score + g * n,
+        double lam = !isnan(o->ridge) ? o->ridge : out->grid[g] * out->mean_diag; /* a given ridge as given */
+        s = pk_krr_loo(out->K, n, C, o->mode, out->Y, lam, ga, gr);
+        if (!s) out->grid_err[g] = loo_summarise(loss, train, C, out->Y, gr, out->grid_score + g * n,
                                                  NULL, &out->grid_acc[g]);
-        if (!s && out->grid_err[g] < out->grid_err[best]) best = g;
+        if (!s && (g == 0 || out->grid_err[g] < out->grid_err[best])) {
+            best = g;
+            memcpy(out->alpha, ga, n * C * sizeof *ga);
+            memcpy(out->resid, gr, n * C * sizeof *gr);
+        }
     }
+    free(ga);
+    free(gr);
     if (!s) {
         out->chosen = best;
         out->ridge = !isnan(o->ridge) ? o->ridge : out->grid[best] * out->mean_diag;
-        if (best + 1 < G) s = pk_krr_loo(out->K, n, C, o->mode, out->Y, out->ridge, out->alpha, out->resid);
     }
     if (!s) out->err = loo_summarise(loss, train, C, out->Y, out->resid, out->score, out->pred, &out->accuracy);
     out->seconds_solve = pk_seconds() - t0;
