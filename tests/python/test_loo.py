@@ -160,3 +160,14 @@ def test_python_loo_equals_cli(run, tmp_path):
         r.loo(kernel="path-batch")
     with pytest.raises(ValueError, match="exclude"):
         r.loo(ridge=1.0, ridge_grid=[1.0])
+
+
+def test_loo_same_bits_whatever_the_threads(run, tmp_path):
+    """The kernel, the factorisation and the C x C blocks give the same bits on 1 and 2 threads."""
+    for t in (1, 2):
+        pk("loo", run / "run", "--out", tmp_path / f"t{t}", "--threads", t, "--top", "0")
+        pk("loo", run / "run", "--out", tmp_path / f"f{t}", "--threads", t, "--mode", "full", "--ridge", "0.5",
+           "--kernel", "tangent-init", "--top", "0")
+    for d in ("t", "f"):
+        for f in ("alpha.npy", "resid.npy", "loo.csv"):
+            assert (tmp_path / f"{d}1" / f).read_bytes() == (tmp_path / f"{d}2" / f).read_bytes(), (d, f)
