@@ -32,7 +32,7 @@ typedef struct cli_term { const char *api, *flag, *cmds; } cli_term;
 #define TRAINING "train compare convergence mislabel"
 #define TRAINING_LR "train compare mislabel" /* convergence chooses the learning rates and steps itself */
 #define EXPLAINING "explain verify"
-#define MEM_LIMIT "explain verify attribute report kernel loo"
+#define MEM_LIMIT "explain verify attribute report kernel loo mislabel"
 #define SELECTING "explain verify attribute predict weights info train compare convergence mislabel report"
 static const cli_term cli_terms[] = {
     {"learning rate (lr)", "--lr", TRAINING_LR},

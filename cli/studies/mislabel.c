@@ -64,6 +64,7 @@ int cmd_mislabel(int argc, char **argv)
         "  --quad R            quadrature of the exact self-influence and the path kernel [gl2]\n"
         "  --loo LIST          kernels of the leave-one-out scores, comma-separated: path, tangent-final,\n"
         "                      tangent-init, ntk, rbf, or none [tangent-final,tangent-init,path]\n"
+        "  --mem MIB           memory budget of each leave-one-out kernel and its factor [3/4 of free memory]\n"
         "  --out DIR           writes DIR/run, DIR/data_x.npy, DIR/data_y.npy (the flipped data),\n"
         "                      DIR/mislabel.csv (a row per example: its label and the original's, their\n"
         "                      names when the classes have names, the flip and the scores) and\n"
@@ -77,6 +78,7 @@ int cmd_mislabel(int argc, char **argv)
     double flip = NAN;
     uint64_t flip_seed = 0;
     int quiet = 0, have_batch = 0, have_keep = 0;
+    size_t loo_mem = 0; /* bytes: the leave-one-out kernels and their factors (0: 3/4 of free memory) */
     pk_load_opts lo = pk_load_opts_defaults();
     pk_train_opts to = pk_train_opts_defaults();
     to.optim.kind = PK_OPTIM_SGD;
@@ -91,7 +93,7 @@ int cmd_mislabel(int argc, char **argv)
         {"lr", CLI_DOUBLE, &to.optim.lr, NULL}, {"steps", CLI_SIZE, &to.steps, NULL},
         {"batch", CLI_SIZE, &to.optim.batch, &have_batch}, {"seed", CLI_U64, &to.seed, NULL},
         {"keep", CLI_SIZE, &to.keep, &have_keep}, {"quad", CLI_QUAD, &quad, NULL}, {"out", CLI_STR, &outdir, NULL},
-        {"loo", CLI_STR, &loo_arg, NULL},
+        {"loo", CLI_STR, &loo_arg, NULL}, {"mem", CLI_MIB, &loo_mem, NULL},
         {"threads", CLI_THREADS, NULL, NULL}, {"quiet", CLI_FLAG, &quiet, NULL}, {NULL, 0, NULL, NULL}};
     int prc = cli_parse(cmd, help, argc, argv, opts, NULL, 0);
     if (prc) return prc < 0 ? EXIT_OK : prc;
@@ -240,6 +242,7 @@ int cmd_mislabel(int argc, char **argv)
             pk_loo_opts lo2 = pk_loo_opts_defaults();
             lo2.kernel = loo_k[j];
             lo2.quad = quad;
+            lo2.mem_limit = loo_mem;
             if (!quiet) fprintf(stderr, "mislabel: leave-one-out on the %s kernel...\n", pk_kernel_kind_name(loo_k[j]));
             s = pk_run_loo(run, &lo2, &loos[j]);
             if (!s) {
