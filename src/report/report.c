@@ -1080,10 +1080,10 @@ static pk_status section_loo(pk_sb *b, pk_run *run, const pk_data *train, const 
             text(b, x, ty, "start", 12, line);
             class_text(cname, sizeof cname, train, train->y[i * train->ty]);
             snprintf(line, sizeof line, "given %s", cname);
-            text(b, x, ty + 15, "start", 12, line);
+            text(b, x, ty + 15, "start", 11, line);
             class_text(cname, sizeof cname, train, l.pred[i]);
             snprintf(line, sizeof line, "predicted %s", cname);
-            text(b, x, ty + 30, "start", 12, line);
+            text(b, x, ty + 30, "start", 11, line);
             snprintf(line, sizeof line, "residual %.3f", l.score[i]);
             text(b, x, ty + 45, "start", 11, line);
             pk_sb_puts(b, "</g>\n");
