@@ -1,7 +1,8 @@
 /* The C API end to end, with nothing but the public header: train a run,
  * reopen it, check tangent-kernel invariants (symmetry, K(x,x) = |J_x|^2,
- * trace = sum of the diagonal of the blocks, thread-count independence) and
- * the completeness of the path-kernel representation. */
+ * trace = sum of the diagonal of the blocks, thread-count independence),
+ * the completeness of the path-kernel representation and the symmetry of
+ * the paper's path kernel. */
 #include <pathkernel.h>
 
 #include <math.h>
@@ -146,7 +147,23 @@ int main(void)
     TRY(pk_run_weights(run, pk_run_steps(run), w));
     TRY(pk_model_predict(m, w, x, Q, pred));
     check("explain pred = pk_model_predict at the final weights", !memcmp(pred, e.pred, Q * C * sizeof *pred), 0);
+
+    /* the paper's path kernel: explain's kernel rows are pk_run_path_kernel's
+     * (queries against the training set), and the training set against
+     * itself is symmetric bit for bit */
+    double *Kp = malloc(n * n * C * C * sizeof *Kp), *Kq = malloc(Q * n * C * C * sizeof *Kq);
+    TRY(pk_run_path_kernel(run, x, Q, x, n, PK_KMODE_FULL, &eo.quad, NULL, NULL, Kq));
+    check("explain's kernel = pk_run_path_kernel (bits)", !memcmp(Kq, e.kernel, Q * n * C * C * sizeof *Kq), 0);
+    TRY(pk_run_path_kernel(run, x, n, x, n, PK_KMODE_FULL, &eo.quad, NULL, NULL, Kp));
+    int mirror = 1;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            for (size_t k = 0; k < C; k++)
+                for (size_t k2 = 0; k2 < C; k2++)
+                    mirror &= Kp[((i * n + j) * C + k) * C + k2] == Kp[((j * n + i) * C + k2) * C + k];
+    check("path kernel K^p(x, x') = K^p(x', x)^T bit for bit", mirror, 0);
     pk_explain_free(&e);
+    free(Kp); free(Kq);
 
     pk_run_close(run);
     free(x); free(y); free(w); free(K); free(Kt); free(K1); free(pred);

@@ -202,7 +202,9 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
             pnode job = {m, pk_replay_node(&rp, quad->s[q]), X, Y, nx, ny, r, rp.lr * quad->c[q], K};
             pk_status fail = PK_OK;
             for (int t = 0; t < threads; t++) work[t].x_held = (size_t)-1; /* new weights */
-            #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (npairs > 1 && threads > 1)
+            /* a team per node only for enough pairs to share: waking it for
+             * a few small products costs more, much more on a busy machine */
+            #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && npairs >= 4 * workers)
             for (size_t p = 0; p < npairs; p++) {
                 pk_status f;
                 #pragma omp atomic read

@@ -702,10 +702,13 @@ static void class_marks(pk_sb *b, const long *cls, size_t n, double start, doubl
     }
 }
 
-static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train, const pk_data *q, size_t ncls,
-                            const long *qcls, size_t heat_train, size_t heat_query)
+/* The paper's path kernel (pk_run_path_kernel, traced) between the sampled
+ * training examples and queries only: the heat map shows no more. */
+static pk_status fig_kernel(pk_sb *b, pk_run *run, const pk_quad *quad, const pk_explain *e, const pk_data *train,
+                            const pk_data *q, size_t ncls, const long *qcls, size_t heat_train, size_t heat_query)
 {
-    size_t N = e->N, Q = e->Q;
+    size_t N = e->N, Q = e->Q, d = train->d;
+    double *xs = NULL, *ys = NULL, *K = NULL; /* xs (nc, d) queries, ys (nr, d) training examples, K (nc, nr) */
     long *tc = pk_alloc(N, sizeof *tc), *rc = pk_alloc(heat_train ? heat_train : 1, sizeof *rc);
     long *cc = pk_alloc(heat_query ? heat_query : 1, sizeof *cc);
     size_t *ri = pk_alloc(heat_train ? heat_train : 1, sizeof *ri), *ci = pk_alloc(heat_query ? heat_query : 1, sizeof *ci);
@@ -722,14 +725,20 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
     }
     if (!s && !(pix = pk_alloc(nr * nc, 3)) ) s = PK_ERR_NOMEM;
     if (!s && !(bar = pk_alloc(256, 3))) s = PK_ERR_NOMEM;
+    if (!s && (!(xs = pk_alloc(nc, d * sizeof *xs)) || !(ys = pk_alloc(nr, d * sizeof *ys)) ||
+               !(K = pk_alloc(nc, nr * sizeof *K))))
+        s = PK_ERR_NOMEM;
     if (s) goto done;
+    for (size_t c = 0; c < nc; c++) memcpy(xs + c * d, q->x + ci[c] * d, d * sizeof *xs);
+    for (size_t r = 0; r < nr; r++) memcpy(ys + r * d, train->x + ri[r] * d, d * sizeof *ys);
+    if ((s = pk_run_path_kernel(run, xs, nc, ys, nr, PK_KMODE_TRACE, quad, NULL, NULL, K))) goto done;
     /* colour limit: the 99th percentile of |K| (the few larger cells saturate) */
     double m = 0, kmax = 0;
     {
         double *v = pk_alloc(nr * nc, sizeof *v);
         if (!v) { s = PK_ERR_NOMEM; goto done; }
         for (size_t r = 0; r < nr; r++)
-            for (size_t c = 0; c < nc; c++) v[r * nc + c] = fabs(e->kernel[ci[c] * N + ri[r]]);
+            for (size_t c = 0; c < nc; c++) v[r * nc + c] = fabs(K[c * nr + r]);
         qsort(v, nr * nc, sizeof *v, pk_cmp_double);
         kmax = v[nr * nc - 1];
         m = v[(size_t)floor(0.99 * (double)(nr * nc - 1))];
@@ -737,7 +746,7 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
     }
     if (!(m > 0)) m = kmax > 0 ? kmax : 1;
     for (size_t r = 0; r < nr; r++)
-        for (size_t c = 0; c < nc; c++) diverging(e->kernel[ci[c] * N + ri[r]] / m, pix + 3 * (r * nc + c));
+        for (size_t c = 0; c < nc; c++) diverging(K[c * nr + r] / m, pix + 3 * (r * nc + c));
     for (size_t k = 0; k < 256; k++) diverging(1 - 2 * (double)k / 255, bar + 3 * k);
     double X = 110, Y = 20, W = 440, H = 440;
     figure_open(b, "fig-kernel", "(d) The path kernel between training examples and queries", 900, 530);
@@ -791,6 +800,7 @@ static pk_status fig_kernel(pk_sb *b, const pk_explain *e, const pk_data *train,
     pk_sb_free(&cap);
 done:
     free(tc); free(rc); free(cc); free(ri); free(ci); free(key); free(pix); free(bar);
+    free(xs); free(ys); free(K);
     return s;
 }
 
@@ -1164,7 +1174,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
         pk_explain_opts eo = pk_explain_opts_defaults();
         eo.quad = o->quad;
         eo.want_contrib = 1;
-        eo.want_kernel = 1;
+        eo.want_kernel = 0; /* the heat map computes the kernel for its sample only (fig_kernel) */
         eo.mode = PK_KMODE_TRACE;
         eo.mem_limit = o->mem_limit;
         s = pk_run_explain(run, q.x, q.n, &eo, &e);
@@ -1242,7 +1252,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     fig_loss(&b, run);
     fig_representation(&b, &e, &o->quad);
     if (conv) fig_convergence(&b, conv, o->convergence);
-    if (!s) s = fig_kernel(&b, &e, train, &q, ncls, qcls, o->heat_train ? o->heat_train : 1,
+    if (!s) s = fig_kernel(&b, run, &o->quad, &e, train, &q, ncls, qcls, o->heat_train ? o->heat_train : 1,
                            o->heat_query ? o->heat_query : 1);
     if (!s) s = fig_movement(&b, run, train, ncls, o->move_train ? o->move_train : 2, o->move_steps);
     const char *const *fnames = pk_run_features(run) ? pk_run_features(run) : (const char *const *)q.feature_names;

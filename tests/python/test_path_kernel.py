@@ -243,3 +243,17 @@ def test_too_large_for_memory_is_refused_before_any_work(digits, tmp_path):
                expect=2)
     assert "--mode trace" in p.stderr and "--mem" in p.stderr, p.stderr
     assert not (tmp_path / "K.npy").exists()
+
+
+def test_gd_left_contribution_kernel_is_path_kernel_over_n(digits, tmp_path):
+    """Full-batch gd, left rule: K^c = K^p / N (MATH.md section 3), both
+    computed by pathkernel, the contribution kernel through explain's sweep."""
+    run = tmp_path / "run"
+    train(run, digits["train"], "mlp:16:tanh", "gd", 0.2, 7, "--standardize")
+    common = ["--quad", "left", "--x", digits["query"], "--mode", "full"]
+    pk("kernel", run, "--at", "path-batch", *common, "--out", tmp_path / "Kc.npy")
+    pk("kernel", run, "--at", "path", *common, "--y", digits["train"], "--out", tmp_path / "Kp.npy")
+    Kc, Kp = np.load(tmp_path / "Kc.npy"), np.load(tmp_path / "Kp.npy")
+    assert Kc.shape == Kp.shape == (9, 40, 10, 10)
+    e = rel_err(40 * Kc, Kp)
+    assert e < 1e-13, f"N K^c differs from K^p by {e:.3g}"
