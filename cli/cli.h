@@ -187,6 +187,9 @@ int cmd_verify(int argc, char **argv);
 int cmd_convergence(int argc, char **argv);
 int cmd_ntk(int argc, char **argv);
 int cmd_krr(int argc, char **argv);
+int cmd_loo(int argc, char **argv);
+/* loo's summary (loo.json) as JSON text, malloc'ed; NULL when out of memory (mislabel writes it too). */
+char *cli_loo_json(const pk_loo *l, const pk_quad *quad);
 int cmd_compare(int argc, char **argv);
 int cmd_export_libsvm(int argc, char **argv);
 int cmd_attribute(int argc, char **argv);

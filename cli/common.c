@@ -32,7 +32,7 @@ typedef struct cli_term { const char *api, *flag, *cmds; } cli_term;
 #define TRAINING "train compare convergence mislabel"
 #define TRAINING_LR "train compare mislabel" /* convergence chooses the learning rates and steps itself */
 #define EXPLAINING "explain verify"
-#define MEM_LIMIT "explain verify attribute report kernel"
+#define MEM_LIMIT "explain verify attribute report kernel loo mislabel"
 #define SELECTING "explain verify attribute predict weights info train compare convergence mislabel report"
 static const cli_term cli_terms[] = {
     {"learning rate (lr)", "--lr", TRAINING_LR},
@@ -46,9 +46,10 @@ static const cli_term cli_terms[] = {
     {"another run directory (out_dir)", "another --out", NULL},
     {"(out_dir)", "(--out RUN)", "train"},
     {"`pk_train_resume", "`pathkernel train --resume", NULL},
-    {"(ridge", "(--ridge", "krr compare"},
+    {"(ridge_grid)", "(--ridge-grid)", "loo"},
+    {"(ridge", "(--ridge", "krr compare loo"},
     {"the trace mode (mode trace)", "--mode trace", EXPLAINING},
-    {"(mode", "(--mode", EXPLAINING " kernel"},
+    {"(mode", "(--mode", EXPLAINING " kernel loo"},
     {"no path kernel (want_kernel 0)", "--no-kernel", EXPLAINING},
     {"(want_kernel 0)", "(--no-kernel)", EXPLAINING},
     {"memory budget (mem_limit)", "--mem", MEM_LIMIT},

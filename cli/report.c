@@ -1,6 +1,7 @@
 /* report.c -- `pathkernel report`: one self-contained HTML file about a run. */
 #include "cli.h"
 
+#include <string.h>
 #include <sys/stat.h>
 
 int cmd_report(int argc, char **argv)
@@ -18,7 +19,9 @@ int cmd_report(int argc, char **argv)
         "  queries, their strongest proponents and opponents (one letter for all; as images for image\n"
         "  data and 64 features); with --compare, the table of the network beside its kernel machines\n"
         "  and, when the compare run had --widths, the tangent kernel's change and label alignment\n"
-        "  against hidden width.\n\n"
+        "  against hidden width; for runs with classes, the training examples with the largest\n"
+        "  leave-one-out residuals of their own label under kernel ridge regression on the run's kernel\n"
+        "  (`pathkernel loo`), drawn with their given and predicted labels.\n\n"
         "  --query SPEC        query inputs [the run's training data]\n"
         "  --first N, --random N, --data-seed S   select queries [first 10]\n"
         CLI_CSV_HELP_RUN
@@ -30,11 +33,14 @@ int cmd_report(int argc, char **argv)
         "  --heat N            training examples and queries (each) in the heat map [60]\n"
         "  --movement N        training examples for the kernel movement [100]\n"
         "  --checkpoints N     checkpoints after step 0 for the kernel movement [10]\n"
+        "  --loo KERNEL        the leave-one-out section's kernel: tangent-final, tangent-init, path, ntk,\n"
+        "                      rbf, or none (no section) [tangent-final]\n"
+        "  --loo-top K         training examples drawn there [12]\n"
         "  --mem MIB           memory budget of the explanation [3/4 of free memory]\n"
         "  --out FILE          the HTML file (required)\n"
         "  --threads N         threads [all cores]\n";
     pk_report_opts ro = pk_report_opts_defaults();
-    const char *out = NULL, *dir;
+    const char *out = NULL, *dir, *loo = NULL;
     int sel = 0, have_heat = 0;
     size_t first = 0, heat = 0;
     const cli_opt opts[] = {
@@ -44,13 +50,17 @@ int cmd_report(int argc, char **argv)
         {"compare", CLI_STR, &ro.compare, NULL}, {"show", CLI_SIZE, &ro.show, NULL}, {"top", CLI_SIZE, &ro.top, NULL},
         {"heat", CLI_SIZE, &heat, &have_heat}, {"movement", CLI_SIZE, &ro.move_train, NULL},
         {"checkpoints", CLI_SIZE, &ro.move_steps, NULL}, {"mem", CLI_MIB, &ro.mem_limit, NULL},
-        {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
+        {"loo", CLI_STR, &loo, NULL}, {"loo-top", CLI_SIZE, &ro.loo_top, NULL}, {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
     int prc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
     if (prc) return prc < 0 ? EXIT_OK : prc;
     if (have_heat) ro.heat_train = ro.heat_query = heat;
     if (!out) return cli_usage(cmd, "--out FILE.html is required");
     if (sel) ro.load.first = first;   /* --first 0 (or --random alone): no first-N cut */
     if (!ro.top) return cli_usage(cmd, "--top must be at least 1");
+    if (loo && !strcmp(loo, "none")) ro.loo_top = 0;
+    else if (loo && (pk_kernel_kind_parse(loo, &ro.loo_kernel) || ro.loo_kernel == PK_KERNEL_PATH_BATCH))
+        return cli_usage(cmd, "--loo %s: use tangent-final, tangent-init, path, ntk, rbf or none (path-batch is not "
+                         "positive semi-definite)", loo);
     if (!ro.heat_train) return cli_usage(cmd, "--heat must be at least 1");
     if (ro.move_train < 2) return cli_usage(cmd, "--movement must be at least 2");
     const char *dirs[2][2] = {{"convergence", ro.convergence}, {"compare", ro.compare}};

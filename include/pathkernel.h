@@ -644,6 +644,67 @@ pk_status pk_run_path_kernel(pk_run *run, const double *X, size_t nx, const doub
 /* Bytes pk_run_path_kernel needs: K itself and its workspace. */
 size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmode mode);
 
+/* Leave-one-out residuals of kernel ridge regression (MATH.md section 7,
+ * "Leave-one-out"), exact, by one Cholesky (LAPACK dpotrf, dpotrs, dpotri):
+ * with H = (K + ridge I)^-1 and alpha = H Y, r_i = y_i - yhat_{-i}, the
+ * residual of example i on the machine refitted without it. Trace mode: K
+ * (n, n), one machine per output column on the same kernel,
+ * r_ic = alpha_ic / H_ii. Full mode: K (n, n, C, C) (pk_kernel_tangent's
+ * layout), one machine on the (nC, nC) system of rows (i, c), example i
+ * left out with all its outputs: r_i = [H]_ii^-1 alpha_i, [H]_ii the C x C
+ * diagonal block. Y, alpha and resid are (n, C). Allocates one (m, m)
+ * float64 matrix, m = n (trace) or n C (full): pk_krr_loo_bytes. */
+pk_status pk_krr_loo(const double *K, size_t n, size_t C, pk_kmode mode, const double *Y, double ridge,
+                     double *alpha, double *resid);
+size_t pk_krr_loo_bytes(size_t n, size_t C, pk_kmode mode);
+
+/* Leave-one-out diagnostics of a run's own kernel on its training set
+ * (pk_run_loo): which kernel, the ridge (given, or chosen over a grid by the
+ * mean squared leave-one-out residual), the memory budget. */
+typedef struct pk_loo_opts {
+    pk_kernel_kind kernel; /* path, tangent-init, tangent-final, ntk or rbf; not path-batch [tangent-final] */
+    pk_kmode mode;         /* trace [default] or full (C x C blocks; path and tangent kernels only) */
+    pk_quad quad;          /* the path kernel's quadrature [gl2] */
+    double ridge;          /* > 0: this ridge, absolute; NAN: chosen over the grid [NAN] */
+    const double *grid;    /* (n_grid) ridges relative to the mean diagonal of K; NULL: 1e-4 .. 10 */
+    size_t n_grid;
+    size_t mem_limit;      /* bytes (0 = 3/4 of free memory): the kernel and its factor must fit */
+    int keep_kernel;       /* return the kernel in pk_loo.K */
+} pk_loo_opts;
+pk_loo_opts pk_loo_opts_defaults(void);
+
+/* What pk_run_loo found (free with pk_loo_free). C is the model's outputs;
+ * the targets Y are one-hot (softmax), the 0/1 label (logistic) or the
+ * targets (mse). score_i, the mislabel score: the residual of the example's
+ * own class r_{i,y_i} = 1 - yhat_{-i,y_i} (softmax), |r_i| (logistic),
+ * |r_i|^2 (mse); larger = less supported by the other examples. */
+typedef struct pk_loo {
+    size_t n, C;
+    pk_kernel_kind kernel;
+    pk_kmode mode;
+    double ridge;          /* the ridge used, absolute                                   */
+    double mean_diag;      /* mean diagonal entry of the (m, m) system (the grid's unit) */
+    size_t n_grid, chosen; /* ridges tried; the index of the least mean |r_i|^2           */
+    double *grid;          /* (n_grid) ridges tried, relative to mean_diag               */
+    double *grid_err;      /* (n_grid) mean |r_i|^2 at each                               */
+    double *grid_acc;      /* (n_grid) leave-one-out accuracy at each (NAN for mse)      */
+    double *grid_score;    /* (n_grid, n) the mislabel score at each ridge               */
+    double *Y;             /* (n, C) targets                                             */
+    double *alpha;         /* (n, C) dual coefficients (K + ridge I)^-1 Y                */
+    double *resid;         /* (n, C) r_i = y_i - yhat_{-i}                               */
+    double *score;         /* (n) the mislabel score                                     */
+    double *pred;          /* (n) leave-one-out predicted class (NAN for mse)            */
+    double accuracy;       /* fraction with pred_i = y_i (NAN for mse)                   */
+    double err;            /* mean |r_i|^2 at the ridge                                  */
+    double *K;             /* (n, n) or (n, n, C, C) when keep_kernel, else NULL         */
+    double seconds_kernel, seconds_solve;
+} pk_loo;
+/* The kernel on the training set (in memory: pk_krr_loo_bytes, twice, must
+ * fit mem_limit, else PK_ERR_INPUT with the numbers), then pk_krr_loo at
+ * each ridge of the grid and at the one chosen. */
+pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out);
+void pk_loo_free(pk_loo *l);
+
 typedef struct pk_explain_opts {
     pk_quad quad;          /* default gl2                                     */
     int want_contrib;      /* keep phi_i(x) (Q, N, C) [1]; 0: only its sum   */
@@ -791,6 +852,9 @@ typedef struct pk_report_opts {
     size_t move_train;        /* training examples for the kernel movement [100] */
     size_t move_steps;        /* checkpoints after step 0 for the movement [10]  */
     size_t mem_limit;         /* explain's memory budget, bytes (0 = default)   */
+    size_t loo_top;           /* training examples with the largest leave-one-out
+                                 residuals drawn (pk_run_loo; classes only) [12]; 0: none */
+    pk_kernel_kind loo_kernel; /* their kernel [tangent-final]                  */
 } pk_report_opts;
 
 /* What the report found, for a caller that prints a summary. */

@@ -26,7 +26,7 @@ import numpy as np
 from . import _capi
 from ._capi import lib as _lib
 
-__all__ = ["train", "open_run", "load_data", "Data", "ntk", "Run", "Explanation", "Attribution", "set_threads", "get_threads",
+__all__ = ["train", "open_run", "load_data", "Data", "ntk", "Run", "Explanation", "Attribution", "Loo", "set_threads", "get_threads",
            "PathkernelError", "PathkernelInputError", "__version__"]
 __version__ = "0.1.0"
 
@@ -296,6 +296,22 @@ def _real(v, name):
 
 # ------------------------------------------------------------------ results
 
+class Loo:
+    """What Run.loo computes for N training examples and C outputs (MATH.md
+    section 7, "Leave-one-out"):
+
+    alpha (N, C)       dual coefficients (K + ridge I)^-1 Y (full mode: on vec Y)
+    resid (N, C)       y_i - yhat_{-i}, exact: the residual on the machine refitted without i
+    score (N,)         the mislabel score: the residual of the example's own class (softmax)
+    pred (N,)          the leave-one-out predicted class (NaN for mse)
+    accuracy           the leave-one-out accuracy (NaN for mse)
+    ridge, ridge_relative   the ridge used, absolute and over the kernel's mean diagonal
+    grid, grid_err, grid_acc   (G,) ridges tried (relative), mean |r_i|^2 and accuracy at each
+    kernel             the kernel the machine used when keep_kernel, else None
+    seconds_kernel, seconds_solve
+    """
+
+
 class Explanation:
     """What Run.explain computes for Q queries, N training examples and C
     outputs (MATH.md section 3):
@@ -489,6 +505,54 @@ class Run:
         _check(L.pk_run_path_kernel(self._handle(), _ptr(x), x.shape[0], _ptr(y), y.shape[0], km, ctypes.byref(q),
                                     None, None, _ptr(K)))
         return K
+
+    def loo(self, kernel="tangent-final", mode="trace", ridge=None, ridge_grid=None, quad="gl2",
+            keep_kernel=False):
+        """Leave-one-out diagnostics of the run's own kernel on its training
+        set (pk_run_loo; `pathkernel loo`): kernel ridge regression with the
+        kernel "path" (the paper's), "tangent-final", "tangent-init", "ntk" or
+        "rbf", and every example's exact leave-one-out residual. ridge: the
+        ridge (absolute), or None to choose it by leave-one-out error over
+        ridge_grid (ridges relative to the kernel's mean diagonal; None: the
+        library's grid). Returns a Loo. Needs the training data."""
+        L = _lib()
+        o = L.pk_loo_opts_defaults()
+        k = ctypes.c_int()
+        _check(L.pk_kernel_kind_parse(str(kernel).encode(), ctypes.byref(k)))
+        o.kernel = k.value
+        o.mode = _parse_mode(mode)
+        o.quad = _parse_quad(quad)
+        o.keep_kernel = 1 if keep_kernel else 0
+        if ridge is not None and ridge_grid is not None:
+            raise ValueError("ridge and ridge_grid exclude each other: give one")
+        if ridge is not None:
+            o.ridge = _real(ridge, "ridge")
+        grid = None
+        if ridge_grid is not None:
+            grid = np.ascontiguousarray(np.asarray(ridge_grid, dtype=np.float64).ravel())
+            if grid.size == 0:
+                raise ValueError("ridge_grid: no ridge given")
+            o.grid, o.n_grid = _ptr(grid), grid.size
+        r = _capi.pk_loo()
+        _check(L.pk_run_loo(self._handle(), ctypes.byref(o), ctypes.byref(r)))
+        try:
+            n, C, G = int(r.n), int(r.C), int(r.n_grid)
+
+            def grab(p, shape):
+                return np.ctypeslib.as_array(p, (int(np.prod(shape)),)).reshape(shape).copy() if p else None
+
+            out = Loo()
+            out.alpha, out.resid = grab(r.alpha, (n, C)), grab(r.resid, (n, C))
+            out.score, out.pred = grab(r.score, (n,)), grab(r.pred, (n,))
+            out.accuracy, out.ridge = float(r.accuracy), float(r.ridge)
+            out.ridge_relative = float(r.ridge / r.mean_diag)
+            out.grid, out.grid_err, out.grid_acc = grab(r.grid, (G,)), grab(r.grid_err, (G,)), grab(r.grid_acc, (G,))
+            kshape = (n, n, C, C) if o.mode == _capi.PK_KMODE_FULL else (n, n)
+            out.kernel = grab(r.K, kshape)
+            out.seconds_kernel, out.seconds_solve = float(r.seconds_kernel), float(r.seconds_solve)
+            return out
+        finally:
+            L.pk_loo_free(ctypes.byref(r))
 
     def _explain(self, Xq, quad, mode, kernel):
         x = self._queries(Xq, "Xq")

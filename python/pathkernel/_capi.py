@@ -87,9 +87,25 @@ class pk_explain(ctypes.Structure):
                 ("max_rel_err", c_dbl), ("seconds", c_dbl), ("steps", c_size), ("quad", ctypes.c_char * 8)]
 
 
+class pk_loo_opts(ctypes.Structure):
+    """struct pk_loo_opts."""
+    _fields_ = [("kernel", c_int), ("mode", c_int), ("quad", pk_quad), ("ridge", c_dbl), ("grid", P_dbl),
+                ("n_grid", c_size), ("mem_limit", c_size), ("keep_kernel", c_int)]
+
+
+class pk_loo(ctypes.Structure):
+    """struct pk_loo."""
+    _fields_ = [("n", c_size), ("C", c_size), ("kernel", c_int), ("mode", c_int), ("ridge", c_dbl),
+                ("mean_diag", c_dbl), ("n_grid", c_size), ("chosen", c_size), ("grid", P_dbl), ("grid_err", P_dbl),
+                ("grid_acc", P_dbl), ("grid_score", P_dbl), ("Y", P_dbl), ("alpha", P_dbl), ("resid", P_dbl),
+                ("score", P_dbl), ("pred", P_dbl), ("accuracy", c_dbl), ("err", c_dbl), ("K", P_dbl),
+                ("seconds_kernel", c_dbl), ("seconds_solve", c_dbl)]
+
+
 STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
            "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
-           "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk}
+           "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk,
+           "pk_loo_opts": pk_loo_opts, "pk_loo": pk_loo}
 
 P_run = ctypes.c_void_p
 P_model = ctypes.c_void_p
@@ -142,6 +158,10 @@ _PROTOS = {
     "pk_explain_free": (None, [ctypes.POINTER(pk_explain)]),
     "pk_run_path_kernel": (c_int, [P_run, P_dbl, c_size, P_dbl, c_size, c_int, ctypes.POINTER(pk_quad),
                                    ctypes.c_void_p, ctypes.c_void_p, P_dbl]),
+    "pk_kernel_kind_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
+    "pk_loo_opts_defaults": (pk_loo_opts, []),
+    "pk_run_loo": (c_int, [P_run, ctypes.POINTER(pk_loo_opts), ctypes.POINTER(pk_loo)]),
+    "pk_loo_free": (None, [ctypes.POINTER(pk_loo)]),
     "pk_si_form_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_run_self_influence": (c_int, [P_run, c_int, ctypes.POINTER(pk_quad), P_dbl]),
     "pk_rank": (c_int, [P_dbl, c_size, c_size, c_int, c_size, P_size, P_size]),

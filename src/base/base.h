@@ -47,6 +47,9 @@ uint32_t pk_crc32(uint32_t crc, const void *p, size_t n);
 void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
              double *work, const int *lwork, int *iwork, const int *liwork, int *info);
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+/* The inverse of a positive definite matrix from its Cholesky factor
+ * (dpotrf), in the same triangle. */
+void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
              const int *ldb, int *info);
 

@@ -4,38 +4,137 @@
 #include "kernel/kernel.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
+
+/* LAPACK on one thread. OpenBLAS's OpenMP build runs dpotrf, dpotrs and
+ * dpotri on omp_get_max_threads() threads, and their blocking (so the bits
+ * of the result) depends on that number; on one thread the factor, alpha
+ * and the inverse are the same bits whatever --threads says, at the price
+ * of a serial factorisation (N^3 / 3 flops: seconds for 5,000 examples). */
+static int lapack_serial_begin(void)
+{
+    int t = omp_get_max_threads();
+    omp_set_num_threads(1);
+    return t;
+}
+
+static void lapack_serial_end(int t) { omp_set_num_threads(t); }
+
+/* The Cholesky factor of K + ridge I, in place: L (n, n) holds K on entry
+ * and its lower factor (column-major, the upper triangle of the row-major
+ * view) on return. Shared by pk_krr_fit and pk_krr_loo. */
+static pk_status krr_factor(double *L, size_t n, double ridge)
+{
+    if (n > INT_MAX) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: %zu rows is too many for LAPACK", n);
+    if (!(ridge >= 0) || !isfinite(ridge))
+        return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge (ridge) must be >= 0");
+    for (size_t i = 0; i < n; i++) L[i * n + i] += ridge;
+    int nn = (int)n, info = 0, t = lapack_serial_begin();
+    dpotrf_("L", &nn, L, &nn, &info); /* symmetric: row-major K is its own column-major */
+    lapack_serial_end(t);
+    if (info > 0)
+        return pk_fail(PK_ERR_NUMERIC, "kernel ridge regression: K + %g I is not positive definite (leading minor %d); "
+                       "use a larger ridge (ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
+    if (info < 0) return pk_fail(PK_ERR_INTERNAL, "dpotrf: argument %d invalid", -info);
+    return PK_OK;
+}
+
+/* B (C, n) column-major: the C right-hand sides overwritten by (K + ridge I)^-1 B, from the factor L (n, n). */
+static pk_status krr_solve(const double *L, size_t n, size_t C, double *B)
+{
+    int nn = (int)n, nc = (int)C, info = 0, t = lapack_serial_begin();
+    dpotrs_("L", &nn, &nc, L, &nn, B, &nn, &info);
+    lapack_serial_end(t);
+    return info ? pk_fail(PK_ERR_INTERNAL, "dpotrs: argument %d invalid", -info) : PK_OK;
+}
 
 pk_status pk_krr_fit(const double *K, size_t n, const double *Y, size_t C, double ridge, double *alpha)
 {
     if (n > 1u << 30 || C > 1u << 30) return pk_fail(PK_ERR_INPUT, "kernel ridge regression: %zu examples is too many", n);
-    if (!(ridge >= 0) || !isfinite(ridge))
-        return pk_fail(PK_ERR_INPUT, "kernel ridge regression: the ridge (ridge) must be >= 0");
-    double *L = pk_alloc(n * n, sizeof *L), *B = pk_alloc(n * C, sizeof *B);
+    double *L = pk_alloc(n * n, sizeof *L), *B = pk_alloc(n * C, sizeof *B); /* L (n, n), B (C, n) */
     if (!L || !B) { free(L); free(B); return PK_ERR_NOMEM; }
     memcpy(L, K, n * n * sizeof *L);
-    for (size_t i = 0; i < n; i++) L[i * n + i] += ridge;
     /* B is Y in column-major (n, C): what dpotrs expects */
     for (size_t i = 0; i < n; i++)
         for (size_t c = 0; c < C; c++) B[c * n + i] = Y[i * C + c];
-    int nn = (int)n, nc = (int)C, info = 0;
-    pk_status s = PK_OK;
-    dpotrf_("L", &nn, L, &nn, &info); /* symmetric: row-major K is its own column-major */
-    if (info > 0)
-        s = pk_fail(PK_ERR_NUMERIC, "kernel ridge regression: K + %g I is not positive definite (leading minor %d); "
-                    "use a larger ridge (ridge), e.g. %g", ridge, info, ridge > 0 ? ridge * 100 : 1e-8);
-    else if (info < 0)
-        s = pk_fail(PK_ERR_INTERNAL, "dpotrf: argument %d invalid", -info);
-    if (!s) {
-        dpotrs_("L", &nn, &nc, L, &nn, B, &nn, &info);
-        if (info) s = pk_fail(PK_ERR_INTERNAL, "dpotrs: argument %d invalid", -info);
-    }
+    pk_status s = krr_factor(L, n, ridge);
+    if (!s) s = krr_solve(L, n, C, B);
     if (!s)
         for (size_t i = 0; i < n; i++)
             for (size_t c = 0; c < C; c++) alpha[i * C + c] = B[c * n + i];
     free(L);
     free(B);
+    return s;
+}
+
+size_t pk_krr_loo_bytes(size_t n, size_t C, pk_kmode mode)
+{
+    double m = (double)n * (double)(mode == PK_KMODE_FULL ? C : 1), b = m * m * sizeof(double);
+    return b > 1e18 ? (size_t)1e18 : (size_t)b;
+}
+
+pk_status pk_krr_loo(const double *K, size_t n, size_t C, pk_kmode mode, const double *Y, double ridge,
+                     double *alpha, double *resid)
+{
+    /* MATH.md section 7, "Leave-one-out": with H = (K + ridge I)^-1 and
+     * alpha = H Y, the residual of example i on the machine refitted without
+     * it is y_i - yhat_{-i} = H_ii^-1 alpha_i: a number per output (trace:
+     * H_ii a scalar, the C outputs independent machines on one kernel) or
+     * the C x C diagonal block of H on the vector alpha_i (full). */
+    int full = mode == PK_KMODE_FULL;
+    size_t r = full ? C : 1, m = n * r; /* rows of the system: (example, output) pairs in full mode */
+    if (!n || !C || n > 1u << 30 || C > 1u << 16) return pk_fail(PK_ERR_INPUT, "leave-one-out: %zu examples, %zu outputs", n, C);
+    double *L = pk_alloc_big(m * m, sizeof *L); /* L (m, m): K + ridge I, then its factor, then its inverse */
+    double *B = pk_alloc(n * C, sizeof *B);     /* B: Y column-major, (C, n) in trace mode, (1, nC) in full */
+    double *Hb = pk_alloc(r * r + r, sizeof *Hb); /* one C x C diagonal block of H and its right-hand side */
+    if (!L || !B || !Hb) { free(L); free(B); free(Hb); return PK_ERR_NOMEM; }
+    if (!full) memcpy(L, K, m * m * sizeof *L);
+    else /* K (n, n, C, C) as the (nC, nC) matrix of rows (i, c), columns (j, c') */
+        #pragma omp parallel for schedule(static) if (m * m >= PK_PAR_MIN)
+        for (size_t i = 0; i < n; i++)
+            for (size_t c = 0; c < C; c++)
+                for (size_t j = 0; j < n; j++)
+                    memcpy(L + (i * C + c) * m + j * C, K + ((i * n + j) * C + c) * C, C * sizeof *L);
+    if (full) memcpy(B, Y, n * C * sizeof *B); /* vec Y, rows (i, c): already column-major (m, 1) */
+    else
+        for (size_t i = 0; i < n; i++)
+            for (size_t c = 0; c < C; c++) B[c * n + i] = Y[i * C + c];
+    pk_status s = krr_factor(L, m, ridge);
+    if (!s) s = krr_solve(L, m, full ? 1 : C, B);
+    if (!s) {
+        int mm = (int)m, info = 0, t = lapack_serial_begin();
+        dpotri_("L", &mm, L, &mm, &info);
+        lapack_serial_end(t); /* H's lower triangle (column-major): row-major L[j * m + i], i >= j */
+        if (info) s = pk_fail(PK_ERR_NUMERIC, "leave-one-out: (K + %g I) could not be inverted (dpotri %d); "
+                              "use a larger ridge (ridge)", ridge, info);
+    }
+    int threads = lapack_serial_begin(); /* the C x C blocks too */
+    for (size_t i = 0; !s && i < n; i++) {
+        for (size_t c = 0; c < C; c++) alpha[i * C + c] = full ? B[i * C + c] : B[c * n + i];
+        if (!full) {
+            double h = L[i * m + i];
+            for (size_t c = 0; c < C; c++) resid[i * C + c] = alpha[i * C + c] / h;
+            continue;
+        }
+        /* the block H_ii (C, C), symmetric, filled from the stored triangle; solve H_ii r_i = alpha_i */
+        double *h = Hb, *v = Hb + r * r;
+        for (size_t a = 0; a < C; a++)
+            for (size_t b = 0; b <= a; b++) h[a * C + b] = h[b * C + a] = L[(i * C + b) * m + i * C + a];
+        memcpy(v, alpha + i * C, C * sizeof *v);
+        int nc = (int)C, one = 1, info = 0;
+        dpotrf_("L", &nc, h, &nc, &info);
+        if (!info) dpotrs_("L", &nc, &one, h, &nc, v, &nc, &info);
+        if (info) s = pk_fail(PK_ERR_NUMERIC, "leave-one-out: the diagonal block of example %zu of (K + %g I)^-1 is "
+                              "not positive definite (%d); use a larger ridge (ridge)", i, ridge, info);
+        else memcpy(resid + i * C, v, C * sizeof *v);
+    }
+    lapack_serial_end(threads);
+    free(L);
+    free(B);
+    free(Hb);
     return s;
 }
 

@@ -21,6 +21,8 @@ pk_report_opts pk_report_opts_defaults(void)
     o.heat_query = 60;
     o.move_train = 100;
     o.move_steps = 10;
+    o.loo_top = 12;
+    o.loo_kernel = PK_KERNEL_TANGENT_FINAL;
     return o;
 }
 
@@ -1052,6 +1054,77 @@ done:
     return s;
 }
 
+/* ------------------------------------- (h) the labels the others do not support */
+
+/* The training examples with the largest leave-one-out residuals of their
+ * own class (pk_run_loo, MATH.md section 7, "Leave-one-out"): as images with
+ * their given label and the one the kernel machine refitted without them
+ * predicts, or as a table for data that are not images. */
+static pk_status section_loo(pk_sb *b, pk_run *run, const pk_data *train, const imgctx *ic, const pk_report_opts *o)
+{
+    pk_loo_opts lo = pk_loo_opts_defaults();
+    lo.kernel = o->loo_kernel;
+    lo.quad = o->quad;
+    lo.mem_limit = o->mem_limit;
+    size_t N = train->n, need = 2 * pk_krr_loo_bytes(N, 1, PK_KMODE_TRACE), budget = pk_memory_budget(o->mem_limit);
+    pk_sb_puts(b, "<section id=\"loo\">\n<h2>(h) The training labels the other examples do not support</h2>\n");
+    if (need > budget) {
+        pk_sb_printf(b, "<p class=\"caption\">Not drawn: leave-one-out on %zu training examples solves one %zu x %zu "
+                        "system exactly, %.3g GB of float64 for the kernel and its factor, more than the %.3g GB "
+                        "memory budget.</p>\n</section>\n", N, N, N, need / 1e9, budget / 1e9);
+        return PK_OK;
+    }
+    pk_loo l;
+    pk_status s = pk_run_loo(run, &lo, &l);
+    if (s) return s;
+    size_t k = o->loo_top < N ? o->loo_top : N, got = 0, *idx = pk_alloc(k ? k : 1, sizeof *idx);
+    if (!idx) { pk_loo_free(&l); return PK_ERR_NOMEM; }
+    s = pk_rank(l.score, N, 1, 0, k, idx, &got);
+    size_t per_row = 6, rows = (got + per_row - 1) / per_row;
+    double cw = 148, ch = ic->on ? 176 : 70;
+    char line[160], cname[96];
+    if (!s) {
+        pk_sb_printf(b, "<svg width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" "
+                        "role=\"img\">\n", cw * (double)per_row, ch * (double)rows + 8, cw * (double)per_row,
+                     ch * (double)rows + 8);
+        for (size_t j = 0; j < got && !s; j++) {
+            size_t i = idx[j];
+            double x = 10 + cw * (double)(j % per_row), y = 8 + ch * (double)(j / per_row), ty = y + 14;
+            pk_sb_printf(b, "<g class=\"loo-example\" data-index=\"%zu\" data-score=\"%.17g\">", i, l.score[i]);
+            if (ic->on) {
+                if (draw_example(b, ic, train->x + i * train->d, "train", i, x, y, 100)) s = PK_ERR_NOMEM;
+                ty = y + 118;
+            }
+            snprintf(line, sizeof line, "#%zu", i);
+            text(b, x, ty, "start", 12, line);
+            class_text(cname, sizeof cname, train, train->y[i * train->ty]);
+            snprintf(line, sizeof line, "given %s", cname);
+            text(b, x, ty + 15, "start", 11, line);
+            class_text(cname, sizeof cname, train, l.pred[i]);
+            snprintf(line, sizeof line, "predicted %s", cname);
+            text(b, x, ty + 30, "start", 11, line);
+            snprintf(line, sizeof line, "residual %.3f", l.score[i]);
+            text(b, x, ty + 45, "start", 11, line);
+            pk_sb_puts(b, "</g>\n");
+        }
+        pk_sb_puts(b, "</svg>\n");
+        pk_sb_printf(b, "<p class=\"caption\">The %zu training examples whose own label has the largest leave-one-out "
+                        "residual y<sub>i</sub> &minus; &#375;<sub>&minus;i</sub> = &alpha;<sub>i</sub> / "
+                        "[(K + &lambda;I)<sup>&minus;1</sup>]<sub>ii</sub> under kernel ridge regression on the %s "
+                        "kernel (traced over outputs, one-hot targets or the 0/1 label; MATH.md section 7, \"Leave-one-out\"), each with "
+                        "its given label and the class the machine refitted without it predicts. &lambda; = %.4g "
+                        "(%.3g times the kernel's mean diagonal, chosen by leave-one-out error over %zu ridges); "
+                        "leave-one-out accuracy %.4f over %zu examples. Labels like these are the first to check: "
+                        "the rest of the training data does not support them (<code>pathkernel loo</code> writes every "
+                        "example's residual).</p>\n", got, pk_kernel_kind_name(l.kernel), l.ridge, l.ridge / l.mean_diag,
+                     l.n_grid, l.accuracy, N);
+        pk_sb_puts(b, "</section>\n");
+    }
+    free(idx);
+    pk_loo_free(&l);
+    return s;
+}
+
 /* ----------------------------------------------------------------- report */
 
 static const char *const css =
@@ -1195,6 +1268,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     for (size_t i = 0; !s && i < o->show && i < e.Q; i++)
         s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1, fnames, pk_run_std(run) != NULL);
     if (!s && cmp) section_compare(&b, cmp, o->compare);
+    if (!s && o->loo_top && ncls) s = section_loo(&b, run, train, &ic, o);
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) reletter(&b);

@@ -350,7 +350,7 @@ def test_mislabel_digits(tmp_path):
     flipped = np.array([r["flipped"] == "1" for r in rows])
     assert np.array_equal(orig, y)
     assert flipped.sum() == 50 and np.array_equal(flipped, lab != orig)
-    for name in ("self_influence", "final_loss", "grad_norm2", "tracin5"):
+    for name in ("self_influence", "final_loss", "grad_norm2", "tracin5", "loo_tangent_final", "loo_tangent_init"):
         s = np.array([float(r[name]) for r in rows])
         got = summary["scores"][name]
         assert got["auc"] == pytest.approx(mann_whitney_auc(s, flipped), abs=1e-12), name
@@ -359,6 +359,15 @@ def test_mislabel_digits(tmp_path):
             assert got[key] == pytest.approx(flipped[order[:k]].sum() / 50, abs=1e-12), (name, key)
         assert f"{name}" in stdout
     assert summary["scores"]["self_influence"]["auc"] > 0.8
+    # the leave-one-out scores are `loo`'s on the run it leaves, and each AUC at every ridge is that ridge's
+    assert "loo_path" not in summary["scores"], "the path kernel's score is asked for, not a default"
+    for kernel in ("tangent-final", "tangent-init"):
+        pk("loo", out / "run", "--kernel", kernel, "--out", tmp_path / kernel, "--threads", "2")
+        col = "loo_" + kernel.replace("-", "_")
+        assert [float(r["score"]) for r in read_csv(tmp_path / kernel / "loo.csv")] == [float(r[col]) for r in rows]
+        grid = summary["scores"][col]["loo"]["grid"]
+        assert summary["scores"][col]["loo"]["ridge"] in [g["ridge"] for g in grid]
+        assert summary["scores"][col]["seconds"] > 0
     # the run it leaves is a complete run: selfinfluence reproduces the column
     pk("selfinfluence", out / "run", "--out", tmp_path / "si.csv", "--threads", "1")
     si = [float(r["self_influence"]) for r in read_csv(tmp_path / "si.csv")]

@@ -294,7 +294,7 @@ def test_png_data_uris_are_valid_and_show_the_examples(report):
         row = X[int(idx)]  # queries are the first rows of the training data
         assert np.abs(img.reshape(-1).astype(float) - expect(row)).max() <= 1, (kind, idx)
         n += 1
-    assert n == 3 * 9
+    assert n == 3 * 9 + 12  # the three queries' figures, and the leave-one-out section's 12 training examples
     m = re.search(r'id="kernel-heatmap"[^>]*href="data:image/png;base64,([^"]+)"', html)
     w, h, ch, img = png_decode(base64.b64decode(m.group(1)))
     assert (w, h, ch) == (24, 60, 3)
