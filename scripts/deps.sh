@@ -8,11 +8,12 @@ set -eu
 # LAPACK), zlib, cJSON, ISA-L, libpng; pkg-config, for programs that link
 # the library (README.md, "Install").
 BUILD_PKGS="gcc make cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libisal-dev libpng-dev"
-# The tests: pytest with numpy, PyTorch and pandas (the references; pandas'
+# The tests: pytest (and pytest-xdist: test files on every core) with numpy,
+# PyTorch and pandas (the references; pandas'
 # read_csv for the CSV reader), scikit-learn (its iris data), venv/pip/setuptools
 # (the Python package's install), Fashion-MNIST, LIBSVM's tools, Chromium (the
 # report), OpenMPI (the MPI module and mpirun).
-TEST_PKGS="python3 python3-numpy python3-torch python3-pandas python3-sklearn python3-pytest python3-setuptools python3-venv python3-pip
+TEST_PKGS="python3 python3-numpy python3-torch python3-pandas python3-sklearn python3-pytest python3-pytest-xdist python3-setuptools python3-venv python3-pip
            dataset-fashion-mnist libsvm-tools chromium openmpi-bin libopenmpi-dev"
 case "${1-}" in
     "") PKGS=$BUILD_PKGS ;;

@@ -93,7 +93,7 @@ COMMANDS = [
     ("ntk", "file", lambda w, o: ["ntk", "--model", "mlp:16:relu", "--x", w / "data.csv", "--out", o]),
     ("krr", "dir", lambda w, o: ["krr", "--kernel", w / "K.npy", "--targets", w / "Y.npy",
                                  "--query-kernel", w / "KQ.npy", "--out", o]),
-    ("demo", "dir", lambda w, o: ["demo", "--out", o]),  # the embedded digits, about 2 s
+    ("demo", "dir", lambda w, o: ["demo", "--out", o]),  # the embedded digits, about 5 s of CPU
     ("compare", "dir", lambda w, o: ["compare", "--data", w / "data.csv", "--test", w / "query.csv", *SMALL_NET,
                                      "--widths", "4,16", "--out", o]),
     ("mislabel", "dir", lambda w, o: ["mislabel", "--data", w / "data.csv", "--flip", "0.1", *SMALL_NET, "--quiet",
