@@ -31,6 +31,9 @@ int cmd_info(int argc, char **argv)
         printf(", weight decay %g (%s)", op->weight_decay, op->kind == PK_OPTIM_ADAMW ? "decoupled" : "L2");
     printf("\ndata      %s: %zu examples, fingerprint %016llx%s\n", pk_run_data_spec(run), pk_run_n_train(run),
            (unsigned long long)pk_run_fingerprint(run), pk_run_mean(run) ? ", standardised" : "");
+    if (pk_run_recorded(run))
+        printf("recorded  steps taken by %s, every step's weights stored (the path kernel is computed between them)\n",
+               pk_run_recorded(run));
     printf("steps     %zu, weights stored every %zu", T, pk_run_keep(run));
     if (T) printf("; batch loss %.6g at step 1, %.6g at step %zu", pk_run_batch_loss(run, 0), pk_run_batch_loss(run, T - 1), T);
     printf("\n");
