@@ -481,9 +481,9 @@ class Recorder:
             if calls == 0:
                 raise RuntimeError(f"step {t}: rec.step() without an optimizer.step() since the previous one: call "
                                    "rec.step(batch) once after every optimizer.step()")
-            raise RuntimeError(f"step {t}: optimizer.step() was called {calls} times since the previous rec.step() "
-                               f"(recorded step {t - 1}): a step was not recorded; call rec.step(batch) after every "
-                               "optimizer.step()")
+            raise RuntimeError(f"optimizer.step() was called {calls} times since rec.step() recorded step {t - 1}: "
+                               f"step {t} (of the optimizer's {t - 1 + calls}) was not recorded; call rec.step(batch) "
+                               "once after every optimizer.step()")
         hyper = _hyper(self.optimizer)
         if hyper != self._hyper:
             changed = sorted(k for k in set(hyper) | set(self._hyper) if hyper.get(k) != self._hyper.get(k))
