@@ -22,7 +22,10 @@ int cmd_info(int argc, char **argv)
     if (pk_model_param(m) == PK_PARAM_NTK)
         printf(" (sigma_w %g, sigma_b %g)", pk_model_sigma_w(m), pk_model_sigma_b(m));
     printf("\nloss      %s\n", pk_loss_name(pk_run_loss(run)));
-    printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));
+    if (pk_run_recorded(run))
+        printf("optimiser %s, lr %g at step 1 (every step's recorded)", pk_optim_name(op->kind), op->lr);
+    else
+        printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));
     if (op->batch) printf(", batch %zu", op->batch);
     if (op->kind == PK_OPTIM_MOMENTUM) printf(", momentum %g", op->momentum);
     if (op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW)
