@@ -202,6 +202,38 @@ def _class_targets(y, classes):
     return np.array([index[s] for s in labels], dtype=np.float64), classes
 
 
+class _RunDir:
+    """A new run directory `out` (a temporary one for None) holding the
+    training data, train_x.npy (with the images' shape when `shape`) and
+    train_y.npy, which `spec` (bytes) names for the run; refused(extra)
+    removes what was made when the library refused before writing run.json."""
+
+    def __init__(self, out, x, y, shape):
+        if out is None:
+            out = tempfile.mkdtemp(prefix="pathkernel-run-")
+        self.path = pathlib.Path(out)
+        if (self.path / "run.json").exists():
+            raise ValueError(f"{self.path} already holds a run: remove it or choose another out")
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.xp, self.yp = self.path / "train_x.npy", self.path / "train_y.npy"
+        np.save(self.xp, x.reshape((x.shape[0],) + tuple(shape)) if shape else x)  # the CLI reads the shape back
+        np.save(self.yp, y)
+        self.spec = f"npy:{self.xp.resolve()},{self.yp.resolve()}".encode()
+        self.out = os.fsencode(os.fspath(self.path))
+
+    def refused(self, extra=()):
+        if (self.path / "run.json").exists():
+            return
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        self.xp.unlink(missing_ok=True)
+        self.yp.unlink(missing_ok=True)
+        for d in extra:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Data:
     """A data set loaded by load_data(): x (n, d) float64 features, y (n,)
     class indices (NaN: no label) or (n, k) targets, classes (the names of
@@ -824,20 +856,16 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     if o.seed >= 1 << 64:
         raise ValueError(f"seed: {seed} does not fit in 64 bits")
     o.keep = _size(keep, "keep", 1)
-    if out is None:
-        out = tempfile.mkdtemp(prefix="pathkernel-run-")
-    outp = pathlib.Path(out)
-    if (outp / "run.json").exists():
-        raise ValueError(f"{outp} already holds a run: remove it or choose another out")
-    created = not outp.exists()
-    outp.mkdir(parents=True, exist_ok=True)
-    init_b = None
+    rd = _RunDir(out, x, yt, shape)
+    outp = rd.path
+    init_b, made = None, []
     if init is not None:
         if isinstance(init, (str, os.PathLike)):
             init_b = os.fsencode(os.fspath(init))
         else:
             idir = outp / "init"
             idir.mkdir(exist_ok=True)
+            made.append(idir)
             for k, pair in enumerate(init, 1):
                 try:
                     W, b = pair
@@ -847,13 +875,8 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
                 np.save(idir / f"b{k}.npy", np.ascontiguousarray(b, dtype=np.float64))
             init_b = os.fsencode(os.fspath(idir.resolve()))
         o.init_dir = init_b
-    xp, yp = outp / "train_x.npy", outp / "train_y.npy"
-    np.save(xp, x.reshape((x.shape[0],) + shape) if shape else x)  # the CLI reads the shape back
-    np.save(yp, yt)
-    spec = f"npy:{xp.resolve()},{yp.resolve()}".encode()
-    out_b = os.fsencode(os.fspath(outp))
-    o.out_dir = out_b
-    o.data_spec = spec
+    o.out_dir = rd.out
+    o.data_spec = rd.spec
     o.load = ctypes.pointer(lo)
     xt = x
     if standardize:
@@ -870,15 +893,7 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     try:
         _check(L.pk_train(ctypes.byref(data), ctypes.byref(o), None, None))
     except PathkernelInputError:
-        # refused before training: leave no half-made run behind
-        if not (outp / "run.json").exists():
-            if created:
-                shutil.rmtree(outp, ignore_errors=True)
-            else:
-                xp.unlink(missing_ok=True)
-                yp.unlink(missing_ok=True)
-                if init is not None and not isinstance(init, (str, os.PathLike)):
-                    shutil.rmtree(outp / "init", ignore_errors=True)
+        rd.refused(made)   # refused before training: leave no half-made run behind
         raise
     return Run(outp, _train=(xt, yt))
 

@@ -35,10 +35,6 @@ with its step number. An optimizer.step() without rec.step() (or the
 reverse) is caught at the next rec.step().
 """
 import ctypes
-import os
-import pathlib
-import shutil
-import tempfile
 import types
 
 import numpy as np
@@ -247,11 +243,11 @@ def to_torch(run, step=None):
     when the spec starts with in:C,H,W."""
     r = run if isinstance(run, _pk.Run) else _pk.open_run(run)
     layers = iter(r.layers(step))
-    mods, c = [], None
+    mods = []
     for name, pos, kw in _parse(r.model):
         if name == "in":
-            c = pos[0]
-        elif name == "conv":
+            continue   # the shape the rows have
+        if name == "conv":
             W, b = next(layers)
             m = nn.Conv2d(W.shape[1], pos[0], pos[1], stride=kw.get("stride", 1), padding=kw.get("pad", 0),
                           dtype=torch.float64)
@@ -259,7 +255,6 @@ def to_torch(run, step=None):
                 m.weight.copy_(torch.from_numpy(W))
                 m.bias.copy_(torch.from_numpy(b))
             mods.append(m)
-            c = pos[0]
         elif name in ("avgpool", "maxpool"):
             k = pos[0]
             mods.append((nn.AvgPool2d if name == "avgpool" else nn.MaxPool2d)(k, stride=kw.get("stride", k)))
@@ -278,7 +273,6 @@ def to_torch(run, step=None):
             mods.append(_MODULES[name]())
         else:
             raise ValueError(f"model '{r.model}': no PyTorch module for '{name}'")
-    del c
     return nn.Sequential(*mods).eval()
 
 
@@ -360,16 +354,10 @@ class Recorder:
             raise ValueError(f"y: {self.loss} needs (n,) class indices, got shape {ya.shape}")
         yt = _pk._as_targets(ya, x.shape[0])
         self.n = x.shape[0]
-        outp = pathlib.Path(out)
-        if (outp / "run.json").exists():
-            raise ValueError(f"{outp} already holds a run: remove it or choose another out")
-        created = not outp.exists()
-        outp.mkdir(parents=True, exist_ok=True)
-        xp, yp = outp / "train_x.npy", outp / "train_y.npy"
         # images keep their shape (the report draws them) where the spec allows it
         img = shape is not None and (self.spec.startswith(("in:", "mlp:")) or self.spec == "linear")
-        np.save(xp, x.reshape((x.shape[0],) + tuple(shape)) if img else x)
-        np.save(yp, yt)
+        rd = _pk._RunDir(out, x, yt, tuple(shape) if img else None)
+        outp = rd.path
         self.path = outp
         self._x, self._y = x, yt
         L = _pk._lib()
@@ -378,8 +366,7 @@ class Recorder:
         _pk._check(L.pk_loss_parse(self.loss.encode(), ctypes.byref(lc)))
         oc = _capi.c_int()
         _pk._check(L.pk_optim_parse(self.kind.encode(), ctypes.byref(oc)))
-        self._b = [self.spec.encode(), f"npy:{xp.resolve()},{yp.resolve()}".encode(), os.fsencode(os.fspath(outp)),
-                   f"PyTorch {torch.__version__}".encode()]
+        self._b = [self.spec.encode(), rd.spec, rd.out, f"PyTorch {torch.__version__}".encode()]
         o.model, o.data_spec, o.out_dir = self._b[0], self._b[1], self._b[2]
         o.loss, o.optim.kind = lc.value, oc.value
         o.optim.lr = float(optimizer.param_groups[0]["lr"])
@@ -400,12 +387,7 @@ class Recorder:
             _pk._check(L.pk_record_begin(ctypes.byref(self._data), ctypes.byref(o), ctypes.byref(ro),
                                          _pk._ptr(self._weights()), ctypes.byref(h)))
         except _pk.PathkernelInputError:
-            if not (outp / "run.json").exists():
-                if created:
-                    shutil.rmtree(outp, ignore_errors=True)
-                else:
-                    xp.unlink(missing_ok=True)
-                    yp.unlink(missing_ok=True)
+            rd.refused()
             raise
         self._h = h
         self.steps = 0
