@@ -269,13 +269,16 @@ def test_recorded_sgd_runs_every_command(tmp_path):
     net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
     opt = torch.optim.SGD(net.parameters(), lr=0.2)
     with Recorder(net, opt, X, y, out=tmp_path / "rec") as rec:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)   # made after the recorder
         for _ in range(10):
             b = torch.randperm(64, generator=g)[:16]
             opt.zero_grad()
             F.cross_entropy(net(X[b]), y[b]).backward()
             opt.step()
+            sched.step()                        # before rec.step: the lr was read at optimizer.step()
             rec.step(b)
     run = rec.run
+    assert run.lrs().tolist() == [0.2 * 0.5 ** (t // 3) for t in range(10)]
     si = run.self_influence(quad="gl4")
     assert si.shape == (64,) and np.all(np.isfinite(si))
     q = save_data(tmp_path, "q", X[:5].numpy(), y[:5].numpy())
@@ -284,11 +287,56 @@ def test_recorded_sgd_runs_every_command(tmp_path):
     cli = np.loadtxt(tmp_path / "si.csv", delimiter=",", skiprows=1)[:, 2]
     assert rel_err(cli, run.self_influence()) < 1e-15
     pk("report", tmp_path / "rec", "--query", q, "--first", "5", "--out", tmp_path / "r.html", "--threads", "1")
-    assert "pathkernel" in (tmp_path / "r.html").read_text()
+    assert "steps taken by PyTorch" in (tmp_path / "r.html").read_text()
     info = pk("info", tmp_path / "rec")
     assert "recorded  steps taken by PyTorch" in info, info
     p = pk_run("train", "--resume", tmp_path / "rec", expect=0)  # a complete run: nothing to do
     assert p.returncode == 0
+
+
+@pytest.mark.parametrize("loss", ["softmax", "logistic", "mse"])
+def test_each_loss(tmp_path, loss):
+    """The loop's loss is pathkernel's: cross-entropy, logistic on output 0, half squared error."""
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(48, 5, generator=g, dtype=DT)
+    y = {"softmax": torch.randint(0, 3, (48,), generator=g), "logistic": (X[:, 0] > 0).to(DT),
+         "mse": torch.stack([X[:, 1], X[:, 2] * X[:, 3]], 1)}[loss]
+    out = {"softmax": 3, "logistic": 1, "mse": 2}[loss]
+    net = nn.Sequential(nn.Linear(5, 8), nn.Sigmoid(), nn.Linear(8, out)).double()
+    crit = {"softmax": lambda f, t: F.cross_entropy(f, t),
+            "logistic": lambda f, t: F.binary_cross_entropy_with_logits(f[:, 0], t),
+            "mse": lambda f, t: 0.5 * ((f - t) ** 2).sum(1).mean()}[loss]
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=1e-3)   # L2 decay in Adam's gradient
+    with Recorder(net, opt, X, y, loss=loss, out=tmp_path / "rec") as rec:
+        for t in range(12):
+            b = torch.arange(48) if t % 4 == 0 else torch.randperm(48, generator=g)[:12]   # full batches too
+            opt.zero_grad()
+            crit(net(X[b]), y[b]).backward()
+            opt.step()
+            rec.step(b)
+    e = rec.run.explain(X[:4].numpy(), quad="gl4")
+    assert e.max_rel_err < 1e-9 and rec.run.step_residual()[0] < 1e-12, (e.max_rel_err, rec.run.step_residual())
+
+
+def test_to_torch_and_from_torch_other_layers(tmp_path):
+    """Max pooling, stride, padding and relu: to_torch of a pathkernel run reproduces predict, and
+    from_torch of that module gives the run's spec and weights back."""
+    spec = "conv:6,3,stride=2,pad=2;relu;maxpool:2;conv:8,3,pad=1;gelu;avgpool:2;flatten;dense:16;softplus;dense"
+    r = np.random.default_rng(4)
+    X, y = r.uniform(0, 1, size=(24, 3, 16, 16)), np.arange(24) % 4
+    run = pkg.train(X, y, model=spec, optim="sgd", lr=0.1, batch=8, steps=6, seed=2, out=tmp_path / "run")
+    Q = r.uniform(0, 1, size=(5, 3, 16, 16))
+    for step in (None, 3):
+        with torch.no_grad():
+            got = to_torch(run, step)(torch.from_numpy(Q)).numpy()
+        assert rel_err(got, run.predict(Q, step=step)) < 1e-12
+    spec2, init = from_torch(to_torch(run), input_shape=(3, 16, 16))
+    assert spec2 == run.model == "in:3,16,16;" + spec
+    for (W, b), (W2, b2) in zip(init, run.layers()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    res = pkg.train(X.reshape(24, -1), y, model="res(dense:8;tanh;dense:768);dense", steps=1, out=tmp_path / "res")
+    with pytest.raises(ValueError, match="residual blocks have no nn.Sequential form"):
+        to_torch(res)
 
 
 def test_readme_script_runs(tmp_path):
