@@ -152,8 +152,10 @@ def test_recorded_loop_against_pathkernel_and_torch(fmnist, tmp_path, kind, opti
           f"(step {at}), to_torch vs predict {e:.2e}")
 
 
-def record_loop(tmp_path, dtype=DT, n=256, steps=12, clip_at=None, skip_at=None, X=None, y=None, name="rec"):
-    """An MLP trained by SGD with momentum on random data, recorded."""
+def record_loop(tmp_path, dtype=DT, n=256, steps=12, clip_at=None, skip_at=None, X=None, y=None, name="rec",
+                dropout=0.0):
+    """An MLP trained by SGD with momentum on random data, recorded (with dropout on the inputs in
+    training mode when asked)."""
     g = torch.Generator().manual_seed(3)
     if X is None:
         X = torch.randn(n, 20, generator=g, dtype=DT)
@@ -165,7 +167,7 @@ def record_loop(tmp_path, dtype=DT, n=256, steps=12, clip_at=None, skip_at=None,
     for t in range(1, steps + 1):
         b = torch.randperm(X.shape[0], generator=g)[:32]
         opt.zero_grad()
-        F.cross_entropy(net(Xd[b]), y[b]).backward()
+        F.cross_entropy(net(F.dropout(Xd[b], dropout) if dropout else Xd[b]), y[b]).backward()
         if t == clip_at:
             nn.utils.clip_grad_norm_(net.parameters(), 0.5 * float(torch.cat([p.grad.reshape(-1) for p in
                                                                                 net.parameters()]).norm()))
@@ -260,6 +262,14 @@ def test_clipped_gradient_is_caught_with_its_step(tmp_path):
     ok = record_loop(tmp_path, name="ok").close()
     ok.explain(X)
     assert ok.step_residual()[0] < 1e-12
+
+
+def test_dropout_in_the_loop_is_caught(tmp_path):
+    """Dropout that PyTorch applies in training mode (here to the loop's inputs) makes the steps
+    another network's: the first is named."""
+    run = record_loop(tmp_path, dropout=0.2, steps=3).close()
+    with pytest.raises(pkg.PathkernelError, match=r"recorded step 1 does not follow"):
+        run.attribute(np.zeros((1, 20)))
 
 
 def test_recorded_sgd_runs_every_command(tmp_path):
