@@ -8,6 +8,9 @@ examples -- a ctypes binding of libpathkernel.
     >>> e = run.explain(X[:3])               # pred = bias + contrib.sum(1) + ...
     >>> run.attribute(X[:3], top=5)          # strongest proponents / opponents
 
+pathkernel.torch (which imports torch; nothing else here does) records a
+PyTorch training loop as a run and moves weights between the two.
+
 The library is found through $PATHKERNEL_LIB, else the build tree
 (build/libpathkernel.so next to python/), else the linker's search path.
 Queries are given in the raw feature space: a run's standardisation (from
