@@ -291,6 +291,13 @@ def test_recorded_sgd_runs_every_command(tmp_path):
     assert run.lrs().tolist() == [0.2 * 0.5 ** (t // 3) for t in range(10)]
     si = run.self_influence(quad="gl4")
     assert si.shape == (64,) and np.all(np.isfinite(si))
+    pkg.set_threads(2)          # bit for bit whatever the thread count, as for trained runs
+    try:
+        e2 = run.explain(X[:6].numpy(), quad="gl2")
+    finally:
+        pkg.set_threads(1)
+    e1 = run.explain(X[:6].numpy(), quad="gl2")
+    assert np.array_equal(e1.contrib, e2.contrib) and np.array_equal(e1.kernel, e2.kernel)
     q = save_data(tmp_path, "q", X[:5].numpy(), y[:5].numpy())
     pk("kernel", tmp_path / "rec", "--at", "final", "--x", q, "--out", tmp_path / "k.npy")
     pk("selfinfluence", tmp_path / "rec", "--out", tmp_path / "si.csv")
@@ -364,3 +371,10 @@ def test_readme_script_runs(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout == want
+
+
+def test_the_package_does_not_import_torch():
+    env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR / "python"))
+    p = subprocess.run([sys.executable, "-c", "import sys, pathkernel; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and p.stdout.strip() == "False", (p.stdout, p.stderr)
