@@ -254,6 +254,12 @@ int cmd_verify(int argc, char **argv)
         printf("%s: %zu queries, %zu training examples, %zu steps, %s: max_abs_err %.3g, max_rel_err %.3g "
                "(tol %g): %s\n", a.run, e.Q, e.N, e.steps, e.quad, e.max_abs_err, e.max_rel_err, a.tol,
                ok ? "ok" : "FAILED");
+        size_t at;
+        double step_rel = pk_run_step_residual(run, &at);
+        if (pk_run_recorded(run))
+            printf("recorded from %s: pathkernel's optimiser reproduces every recorded step to %.3g of the step "
+                   "(largest at step %zu); max_rel_err includes what the recorded steps differ by\n",
+                   pk_run_recorded(run), step_rel, at);
     }
     pk_run_close(run);
     return ok ? EXIT_OK : EXIT_FAIL;

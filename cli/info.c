@@ -22,7 +22,10 @@ int cmd_info(int argc, char **argv)
     if (pk_model_param(m) == PK_PARAM_NTK)
         printf(" (sigma_w %g, sigma_b %g)", pk_model_sigma_w(m), pk_model_sigma_b(m));
     printf("\nloss      %s\n", pk_loss_name(pk_run_loss(run)));
-    printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));
+    if (pk_run_recorded(run))
+        printf("optimiser %s, lr %g at step 1 (every step's recorded)", pk_optim_name(op->kind), op->lr);
+    else
+        printf("optimiser %s, lr %g (%s schedule)", pk_optim_name(op->kind), op->lr, pk_schedule_name(op->schedule));
     if (op->batch) printf(", batch %zu", op->batch);
     if (op->kind == PK_OPTIM_MOMENTUM) printf(", momentum %g", op->momentum);
     if (op->kind == PK_OPTIM_ADAM || op->kind == PK_OPTIM_ADAMW)
@@ -31,6 +34,9 @@ int cmd_info(int argc, char **argv)
         printf(", weight decay %g (%s)", op->weight_decay, op->kind == PK_OPTIM_ADAMW ? "decoupled" : "L2");
     printf("\ndata      %s: %zu examples, fingerprint %016llx%s\n", pk_run_data_spec(run), pk_run_n_train(run),
            (unsigned long long)pk_run_fingerprint(run), pk_run_mean(run) ? ", standardised" : "");
+    if (pk_run_recorded(run))
+        printf("recorded  steps taken by %s, every step's weights stored (the path kernel is computed between them)\n",
+               pk_run_recorded(run));
     printf("steps     %zu, weights stored every %zu", T, pk_run_keep(run));
     if (T) printf("; batch loss %.6g at step 1, %.6g at step %zu", pk_run_batch_loss(run, 0), pk_run_batch_loss(run, T - 1), T);
     printf("\n");

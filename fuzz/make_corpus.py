@@ -117,6 +117,8 @@ js = js.strip().strip('"').replace('\\"', '"')
 put("fuzz_run_json", "run.json", js)
 put("fuzz_run_json", "run_nostd.json", js.replace('"standardize":true', '"standardize":false'))
 put("fuzz_run_json", "run_ntk_adam.json", js.replace('"standard"', '"ntk"').replace('"sgd"', '"adam"'))
+put("fuzz_run_json", "run_recorded.json", js.replace('"seed":', '"recorded":{"from":"PyTorch 1.13.1","dtype":"float32",'
+                                                     '"step_tolerance":0.001},"seed":'))
 put("fuzz_run_json", "not_json.json", "{\"format\": ")
 put("fuzz_run_json", "wrong_format.json", '{"format":"other","version":1}')
 put("fuzz_run_json", "traj.bin", traj(2, 3, [0, 1, 2], [0, 2]))

@@ -489,6 +489,54 @@ typedef struct pk_resume_info {
  * is PK_ERR_INPUT. info may be NULL. */
 pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, pk_resume_info *info);
 
+/* ------------------------------------------------- runs recorded elsewhere */
+
+/* A run whose steps another trainer took (a PyTorch loop: the Python
+ * package's pathkernel.torch.Recorder). pathkernel cannot repeat that
+ * trainer's arithmetic bit for bit, so such a run stores the weights and the
+ * optimiser state after every step, and every replay takes w_{t+1} from the
+ * record instead of computing it: the path kernel and the contributions are
+ * computed between the recorded weights (MATH.md section 10). The step
+ * pathkernel's optimiser computes from w_t, the step's batch and learning
+ * rate is compared with the recorded one; a step that differs by more than
+ * the run's tolerance (a clipped or scaled gradient, an optimizer.step()
+ * that was not recorded, another loss, dropout in training mode) fails the
+ * replay with an error that names it. */
+typedef struct pk_record_opts {
+    const char *origin;  /* who took the steps, e.g. "PyTorch 1.13.1" (run.json) */
+    int float32;         /* the trainer's weights were float32 (recorded as float64
+                            copies): a step may differ from pathkernel's by their
+                            rounding, 4 u |w_{t+1}| with u = 2^-24, besides step_tol */
+    double step_tol;     /* |w_{t+1} - step(w_t)| <= step_tol |step(w_t) - w_t| (+ the
+                            float32 rounding), 2-norms over all parameters [1e-6] */
+} pk_record_opts;
+
+pk_record_opts pk_record_opts_defaults(void);
+
+typedef struct pk_recorder pk_recorder;  /* opaque: a recording in progress */
+
+/* Start recording into o->out_dir (a new run directory, as pk_train makes
+ * one; keep is 1): o gives the model spec, the loss, the optimiser's kind
+ * and hyperparameters (lr: the first step's; batch is not needed) and the
+ * data spec to record; w0 (P) the initial weights (raw parameters, the
+ * standard parameterisation). The training data must stay alive until
+ * pk_record_end. */
+pk_status pk_record_begin(const pk_data *train, const pk_train_opts *o, const pk_record_opts *ro, const double *w0,
+                          pk_recorder **out);
+/* One step the trainer took: its learning rate, its batch idx (nb, indices
+ * into the training data), and the weights w (P) and optimiser state (S, P)
+ * after it (S = 0 for sgd, 1 for momentum: the momentum buffer, 2 for
+ * adam/adamw: the first then the second moment). Writes the checkpoint of
+ * the step; the batch loss at the previous weights is computed for the
+ * record. */
+pk_status pk_record_step(pk_recorder *r, double lr, const uint32_t *idx, size_t nb, const double *w,
+                         const double *state);
+/* Finish the run (trajectory, steps.csv, status complete) and free r,
+ * whatever the result. */
+pk_status pk_record_end(pk_recorder *r);
+/* Free r without finishing: the directory stays an unfinished recording. */
+void pk_record_free(pk_recorder *r);
+
 /* ---------------------------------------------------------- run directory */
 
 typedef struct pk_run pk_run;   /* opaque: an opened run directory */
@@ -535,6 +583,14 @@ pk_status pk_run_load_train(pk_run *run, pk_data *train);
  * column (o's own class_names and label_column, when given, instead). */
 pk_status pk_run_load_data(const pk_run *run, const char *spec, const pk_load_opts *o,
                            pk_data *out);
+/* Runs recorded from another trainer (pk_record_begin): who took the steps
+ * ("PyTorch 1.13.1 float32"), or NULL for runs pathkernel trained. */
+const char *pk_run_recorded(const pk_run *run);
+/* Of a recorded run, after a replay: the largest relative difference
+ * |w_{t+1} - step(w_t)| / |step(w_t) - w_t| between a recorded step and the
+ * step pathkernel's optimiser takes from w_t, over the steps replayed so far,
+ * and the step it was at (1..T; *step 0 before any replay). step may be NULL. */
+double pk_run_step_residual(const pk_run *run, size_t *step);
 
 /* ----------------------------------------------------------- tangent kernel */
 

@@ -8,6 +8,9 @@ examples -- a ctypes binding of libpathkernel.
     >>> e = run.explain(X[:3])               # pred = bias + contrib.sum(1) + ...
     >>> run.attribute(X[:3], top=5)          # strongest proponents / opponents
 
+pathkernel.torch (which imports torch; nothing else here does) records a
+PyTorch training loop as a run and moves weights between the two.
+
 The library is found through $PATHKERNEL_LIB, else the build tree
 (build/libpathkernel.so next to python/), else the linker's search path.
 Queries are given in the raw feature space: a run's standardisation (from
@@ -202,6 +205,38 @@ def _class_targets(y, classes):
     return np.array([index[s] for s in labels], dtype=np.float64), classes
 
 
+class _RunDir:
+    """A new run directory `out` (a temporary one for None) holding the
+    training data, train_x.npy (with the images' shape when `shape`) and
+    train_y.npy, which `spec` (bytes) names for the run; refused(extra)
+    removes what was made when the library refused before writing run.json."""
+
+    def __init__(self, out, x, y, shape):
+        if out is None:
+            out = tempfile.mkdtemp(prefix="pathkernel-run-")
+        self.path = pathlib.Path(out)
+        if (self.path / "run.json").exists():
+            raise ValueError(f"{self.path} already holds a run: remove it or choose another out")
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.xp, self.yp = self.path / "train_x.npy", self.path / "train_y.npy"
+        np.save(self.xp, x.reshape((x.shape[0],) + tuple(shape)) if shape else x)  # the CLI reads the shape back
+        np.save(self.yp, y)
+        self.spec = f"npy:{self.xp.resolve()},{self.yp.resolve()}".encode()
+        self.out = os.fsencode(os.fspath(self.path))
+
+    def refused(self, extra=()):
+        if (self.path / "run.json").exists():
+            return
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        self.xp.unlink(missing_ok=True)
+        self.yp.unlink(missing_ok=True)
+        for d in extra:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Data:
     """A data set loaded by load_data(): x (n, d) float64 features, y (n,)
     class indices (NaN: no label) or (n, k) targets, classes (the names of
@@ -354,7 +389,10 @@ class Run:
     """An opened run directory (from train() or `pathkernel train`).
 
     Attributes: path, steps (T), keep, n_train, n_params, dims (layer widths,
-    inputs first), n_outputs, loss, optim, model (spec string), mean and std
+    inputs first), n_outputs, loss, optim, model (spec string), recorded (who
+    took the steps of a run recorded from another trainer, e.g. "PyTorch
+    1.13.1 float64": pathkernel.torch.Recorder; None for runs pathkernel
+    trained), mean and std
     (the recorded feature standardisation, or None), classes (the names of
     classes 0, 1, ..., or None) and features (the names of the inputs from a
     CSV header, or None). Close with close() or use
@@ -387,6 +425,8 @@ class Run:
         d = self.n_inputs
         self.mean = np.ctypeslib.as_array(mp, (d,)).copy() if mp else None
         self.std = np.ctypeslib.as_array(sp, (d,)).copy() if sp else None
+        rec = L.pk_run_recorded(h)
+        self.recorded = rec.decode() if rec else None
         nc = ctypes.c_size_t()
         self.classes = _read_names(L.pk_run_classes(h, ctypes.byref(nc)), nc.value)
         self.features = _read_names(L.pk_run_features(h), d)
@@ -456,6 +496,47 @@ class Run:
         w = np.empty(self.n_params)
         _check(_lib().pk_run_weights(self._handle(), t, _ptr(w)))
         return w
+
+    def layers(self, step=None):
+        """The effective weights of every layer with parameters at step `step`
+        (as weights()): a list of (W, b) float64 pairs in nn.Linear's (out, in)
+        and nn.Conv2d's (out, in, kh, kw) layouts, the files `pathkernel
+        weights` writes."""
+        w = self.weights(step)
+        L = _lib()
+        with tempfile.TemporaryDirectory(prefix="pathkernel-weights-") as d:
+            _check(L.pk_model_weights_write(L.pk_run_model(self._handle()), _ptr(w), os.fsencode(d)))
+            out, k = [], 1
+            while os.path.exists(os.path.join(d, f"W{k}.npy")):
+                out.append((np.load(os.path.join(d, f"W{k}.npy")), np.load(os.path.join(d, f"b{k}.npy"))))
+                k += 1
+        return out
+
+    def batches(self):
+        """The training examples of every step: a list of T int64 index
+        arrays (a full batch lists all examples in order)."""
+        L = _lib()
+        out = []
+        for t in range(self.steps):
+            p, n = _capi.P_u32(), ctypes.c_size_t()
+            _check(L.pk_run_batch(self._handle(), t, ctypes.byref(p), ctypes.byref(n)))
+            out.append(np.ctypeslib.as_array(p, (n.value,)).astype(np.int64))
+        return out
+
+    def lrs(self):
+        """The learning rate of every step, (T,) float64."""
+        L = _lib()
+        return np.array([L.pk_run_lr(self._handle(), t) for t in range(self.steps)])
+
+    def step_residual(self):
+        """For a recorded run, after a replay (explain, attribute, ...): the
+        largest relative difference |w_{t+1} - step(w_t)| / |step(w_t) - w_t|
+        between a recorded step and the step pathkernel's optimiser takes from
+        the recorded w_t, and the step (1..T) it was at ((0.0, 0) before any
+        replay). A step beyond the run's tolerance fails the replay itself."""
+        at = ctypes.c_size_t()
+        r = _lib().pk_run_step_residual(self._handle(), ctypes.byref(at))
+        return float(r), int(at.value)
 
     # -- API
 
@@ -688,7 +769,8 @@ def open_run(path):
 
 def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=100, batch=0, seed=0,
           out=None, momentum=0.9, weight_decay=0.0, param="standard", sigma_w=1.0, sigma_b=0.0, keep=1,
-          standardize=False, input_shape=None, classes=None, features=None):
+          standardize=False, input_shape=None, classes=None, features=None, init=None, beta1=0.9, beta2=0.999,
+          eps=1e-8, schedule="constant", step_every=100, gamma=0.5, lr_min=0.0):
     """Train a network on X (n, d), or images (n, C, H, W) / (n, H, W), and y
     ((n,) class indices for softmax / logistic, or (n, k) real targets for
     mse) and return the opened Run.
@@ -709,6 +791,13 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     sigma_w, sigma_b); standardize: scale features by the training mean/std
     (recorded, applied to later queries). The same settings of `pathkernel
     train` give bit-identical weights.
+
+    init: the initial weights instead of the seeded ones: a directory of
+    W1.npy b1.npy ... (`pathkernel weights`), or a list of (W, b) pairs in
+    nn.Linear's / nn.Conv2d's layouts, one per layer with parameters (the
+    second value of pathkernel.torch.from_torch); saved in the run directory
+    as init/. beta1, beta2, eps: Adam's; schedule "constant", "step" (lr *
+    gamma^(t // step_every), torch's StepLR) or "cosine" (down to lr_min).
 
     out is the run directory (created; it must not hold a run yet; default: a
     new temporary directory). The training data are saved there as
@@ -759,25 +848,38 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     o.optim.batch = _size(batch, "batch")
     o.optim.momentum = _real(momentum, "momentum")
     o.optim.weight_decay = _real(weight_decay, "weight_decay")
+    o.optim.beta1, o.optim.beta2, o.optim.eps = _real(beta1, "beta1"), _real(beta2, "beta2"), _real(eps, "eps")
+    sc = ctypes.c_int()
+    _check(L.pk_schedule_parse(str(schedule).encode(), ctypes.byref(sc)))
+    o.optim.schedule = sc.value
+    o.optim.step_every = _size(step_every, "step_every", 1)
+    o.optim.gamma, o.optim.lr_min = _real(gamma, "gamma"), _real(lr_min, "lr_min")
     o.steps = _size(steps, "steps")
     o.seed = _size(seed, "seed")
     if o.seed >= 1 << 64:
         raise ValueError(f"seed: {seed} does not fit in 64 bits")
     o.keep = _size(keep, "keep", 1)
-    if out is None:
-        out = tempfile.mkdtemp(prefix="pathkernel-run-")
-    outp = pathlib.Path(out)
-    if (outp / "run.json").exists():
-        raise ValueError(f"{outp} already holds a run: remove it or choose another out")
-    created = not outp.exists()
-    outp.mkdir(parents=True, exist_ok=True)
-    xp, yp = outp / "train_x.npy", outp / "train_y.npy"
-    np.save(xp, x.reshape((x.shape[0],) + shape) if shape else x)  # the CLI reads the shape back
-    np.save(yp, yt)
-    spec = f"npy:{xp.resolve()},{yp.resolve()}".encode()
-    out_b = os.fsencode(os.fspath(outp))
-    o.out_dir = out_b
-    o.data_spec = spec
+    rd = _RunDir(out, x, yt, shape)
+    outp = rd.path
+    init_b, made = None, []
+    if init is not None:
+        if isinstance(init, (str, os.PathLike)):
+            init_b = os.fsencode(os.fspath(init))
+        else:
+            idir = outp / "init"
+            idir.mkdir(exist_ok=True)
+            made.append(idir)
+            for k, pair in enumerate(init, 1):
+                try:
+                    W, b = pair
+                except (TypeError, ValueError):
+                    raise ValueError(f"init: item {k - 1} is not a (W, b) pair") from None
+                np.save(idir / f"W{k}.npy", np.ascontiguousarray(W, dtype=np.float64))
+                np.save(idir / f"b{k}.npy", np.ascontiguousarray(b, dtype=np.float64))
+            init_b = os.fsencode(os.fspath(idir.resolve()))
+        o.init_dir = init_b
+    o.out_dir = rd.out
+    o.data_spec = rd.spec
     o.load = ctypes.pointer(lo)
     xt = x
     if standardize:
@@ -794,13 +896,7 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
     try:
         _check(L.pk_train(ctypes.byref(data), ctypes.byref(o), None, None))
     except PathkernelInputError:
-        # refused before training: leave no half-made run behind
-        if not (outp / "run.json").exists():
-            if created:
-                shutil.rmtree(outp, ignore_errors=True)
-            else:
-                xp.unlink(missing_ok=True)
-                yp.unlink(missing_ok=True)
+        rd.refused(made)   # refused before training: leave no half-made run behind
         raise
     return Run(outp, _train=(xt, yt))
 

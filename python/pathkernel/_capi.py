@@ -102,13 +102,20 @@ class pk_loo(ctypes.Structure):
                 ("seconds_kernel", c_dbl), ("seconds_solve", c_dbl)]
 
 
-STRUCTS = {"pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
+class pk_record_opts(ctypes.Structure):
+    """struct pk_record_opts."""
+    _fields_ = [("origin", ctypes.c_char_p), ("float32", c_int), ("step_tol", c_dbl)]
+
+
+STRUCTS = {"pk_record_opts": pk_record_opts, "pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
            "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
            "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk,
            "pk_loo_opts": pk_loo_opts, "pk_loo": pk_loo}
 
 P_run = ctypes.c_void_p
 P_model = ctypes.c_void_p
+P_recorder = ctypes.c_void_p
+P_u32 = ctypes.POINTER(ctypes.c_uint32)
 
 _PROTOS = {
     # name: (restype, argtypes)
@@ -129,6 +136,7 @@ _PROTOS = {
     "pk_loss_name": (ctypes.c_char_p, [c_int]),
     "pk_optim_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_optim_name": (ctypes.c_char_p, [c_int]),
+    "pk_schedule_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(c_int)]),
     "pk_train_opts_defaults": (pk_train_opts, []),
     "pk_load_opts_defaults": (pk_load_opts, []),
     "pk_train": (c_int, [ctypes.POINTER(pk_data), ctypes.POINTER(pk_train_opts), ctypes.c_void_p, ctypes.c_void_p]),
@@ -149,6 +157,17 @@ _PROTOS = {
     "pk_data_free": (None, [ctypes.POINTER(pk_data)]),
     "pk_run_std": (P_dbl, [P_run]),
     "pk_run_weights": (c_int, [P_run, c_size, P_dbl]),
+    "pk_run_batch": (c_int, [P_run, c_size, ctypes.POINTER(P_u32), P_size]),
+    "pk_run_lr": (c_dbl, [P_run, c_size]),
+    "pk_run_recorded": (ctypes.c_char_p, [P_run]),
+    "pk_run_step_residual": (c_dbl, [P_run, P_size]),
+    "pk_model_weights_write": (c_int, [P_model, P_dbl, ctypes.c_char_p]),
+    "pk_record_opts_defaults": (pk_record_opts, []),
+    "pk_record_begin": (c_int, [ctypes.POINTER(pk_data), ctypes.POINTER(pk_train_opts), ctypes.POINTER(pk_record_opts),
+                                P_dbl, ctypes.POINTER(P_recorder)]),
+    "pk_record_step": (c_int, [P_recorder, c_dbl, P_u32, c_size, P_dbl, P_dbl]),
+    "pk_record_end": (c_int, [P_recorder]),
+    "pk_record_free": (None, [P_recorder]),
     "pk_run_attach_data": (c_int, [P_run, ctypes.POINTER(pk_data)]),
     "pk_kernel_tangent": (c_int, [P_model, P_dbl, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
     "pk_kernel_infinite": (c_int, [P_model, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),

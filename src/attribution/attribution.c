@@ -31,7 +31,7 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
     pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
     size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty;
-    size_t B = pk_optim_batch(op, N);
+    size_t B = pk_run_batch_cap(run);
     memset(si, 0, N * sizeof *si);
 
     double *Rn = pk_alloc(B, C * sizeof *Rn), *diag = pk_alloc(B, sizeof *diag);

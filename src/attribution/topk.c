@@ -113,7 +113,7 @@ static size_t open_plan(const pk_run *run, size_t *last)
     return most;
 }
 
-static size_t batch_cap(const pk_run *run) { return pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)); }
+static size_t batch_cap(const pk_run *run) { return pk_run_batch_cap(run); }
 
 static size_t block_of(const pk_topk_opts *o, size_t n)
 {

@@ -105,8 +105,8 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
 {
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
-    size_t N = pk_run_n_train(run), T = pk_run_steps(run);
-    size_t B = pk_optim_batch(op, N);
+    size_t T = pk_run_steps(run);
+    size_t B = pk_run_batch_cap(run);
     int kernel = o->want_kernel;
     double fixed = fixed_doubles(m, op, m->n_in, B, kernel) + (double)m->n_params; /* w_a */
     double per = seg_doubles_per_step(m, op);
@@ -568,8 +568,8 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.Qb = Qb;
     sw.seg = seg;
     sw.kr = o->mode == PK_KMODE_FULL ? sw.C : 1;
-    size_t P = sw.P, C = sw.C, N = sw.N;
-    size_t B = pk_optim_batch(sw.op, N), md = max_dout(m);
+    size_t P = sw.P, C = sw.C;
+    size_t B = pk_run_batch_cap(run), md = max_dout(m);
     sw.gq = chunk_queries(m, Qb, B);
     const pk_data *train;
     pk_status s = pk_run_train_data(run, &train);
@@ -600,7 +600,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
         s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
                     "%zu steps per segment)", Qb, seg);
-    if (!s) s = pk_stepper_init(&sw.st, m, pk_run_loss(run), train, B, pk_run_seed(run));
+    if (!s) s = pk_run_stepper(run, &sw.st);
     if (!s) s = pk_run_weights(run, sw.T, sw.fin);
     for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
         size_t nq = Q - q0 < Qb ? Q - q0 : Qb;

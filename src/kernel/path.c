@@ -120,7 +120,7 @@ static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
-static size_t batch_cap(const pk_run *run) { return pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)); }
+static size_t batch_cap(const pk_run *run) { return pk_run_batch_cap(run); }
 
 static size_t default_block(const pk_run *run, size_t Q, const pk_explain_opts *o, size_t limit)
 {

@@ -72,7 +72,7 @@ size_t pk_path_kernel_worker(const pk_model *m, size_t nx, size_t ny, pk_kmode m
 static size_t replay_bytes(const pk_run *run)
 {
     const pk_model *m = pk_run_model(run);
-    size_t B = pk_optim_batch(pk_run_optim(run), pk_run_n_train(run));
+    size_t B = pk_run_batch_cap(run);
     double b = (double)(5 + pk_optim_state_len(pk_run_optim(run))) * (double)m->n_params;
     b += (double)B * ((double)m->n_in + 3.0 * (double)pk_model_widths(m) + (double)m->n_out);
     return (size_t)(b * sizeof(double));

@@ -200,10 +200,17 @@ typedef struct pk_stepper {
 pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const pk_data *data, size_t cap,
                           uint64_t seed);
 void pk_stepper_free(pk_stepper *s);
+/* Gather buffers for batches of any examples in any order, repeats included
+ * (a recorded run's): pk_stepper_init allocates them only when cap < n,
+ * where a batch of n examples is always 0..n-1 in order. */
+pk_status pk_stepper_gather(pk_stepper *s);
 /* Batch gradient G (P) of the mean loss over the examples idx[0..nb) at w,
  * with the dropout masks of step s->step; idx == NULL means all examples in
  * order. Returns the batch loss. */
 double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G);
+/* The batch loss alone (a forward pass, no gradient), as pk_stepper_grad
+ * returns it. */
+double pk_stepper_loss(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb);
 /* Step t as training takes it: G at w as pk_stepper_grad, then the
  * optimiser's update w += D_t with its state (S, P) updated. Returns the
  * batch loss. */
@@ -212,6 +219,10 @@ double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, co
 
 /* The defaults of pk_train_opts_defaults().optim (optim.c). */
 pk_optim pk_optim_defaults(void);
+/* The optimiser's hyperparameters are usable (lr > 0, weight decay >= 0,
+ * momentum in [0, 1), Adam's betas in [0, 1) and eps > 0): PK_ERR_INPUT
+ * naming the field otherwise. The batch is the caller's to check. */
+pk_status pk_optim_check(const pk_optim *o);
 /* Optimiser state vectors per parameter (momentum: 1, adam/adamw: 2, else 0). */
 size_t pk_optim_state_len(const pk_optim *o);
 /* Learning rate at step t of T. */

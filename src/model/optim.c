@@ -25,6 +25,20 @@ pk_optim pk_optim_defaults(void)
     return o;
 }
 
+pk_status pk_optim_check(const pk_optim *o)
+{
+    if (!(o->lr > 0 && isfinite(o->lr)))
+        return pk_fail(PK_ERR_INPUT, "learning rate (lr) must be a positive number, got %g", o->lr);
+    if (!(o->weight_decay >= 0 && isfinite(o->weight_decay)))
+        return pk_fail(PK_ERR_INPUT, "weight decay (weight_decay) must be a non-negative number, got %g", o->weight_decay);
+    if ((o->kind == PK_OPTIM_ADAM || o->kind == PK_OPTIM_ADAMW) &&
+        !(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1 && o->eps > 0))
+        return pk_fail(PK_ERR_INPUT, "adam and adamw need 0 <= beta1, beta2 < 1 and eps > 0");
+    if (o->kind == PK_OPTIM_MOMENTUM && !(o->momentum >= 0 && o->momentum < 1))
+        return pk_fail(PK_ERR_INPUT, "momentum must be in [0, 1), got %g", o->momentum);
+    return PK_OK;
+}
+
 const char *pk_optim_name(pk_optim_kind k) { return k <= PK_OPTIM_ADAMW ? optim_names[k] : "?"; }
 const char *pk_schedule_name(pk_schedule s) { return s <= PK_SCHED_COSINE ? sched_names[s] : "?"; }
 

@@ -26,6 +26,16 @@ pk_status pk_stepper_init(pk_stepper *s, const pk_model *m, pk_loss loss, const 
     return PK_OK;
 }
 
+pk_status pk_stepper_gather(pk_stepper *s)
+{
+    if (s->xb) return PK_OK;
+    s->xb = pk_alloc(s->cap, s->data->d * sizeof(double));
+    s->yb = pk_alloc(s->cap, s->data->ty * sizeof(double));
+    if (s->xb && s->yb) return PK_OK;
+    pk_stepper_free(s);
+    return PK_ERR_NOMEM;
+}
+
 void pk_stepper_free(pk_stepper *s)
 {
     pk_tape_free(s->tape);
@@ -35,34 +45,52 @@ void pk_stepper_free(pk_stepper *s)
     memset(s, 0, sizeof *s);
 }
 
-double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G)
+/* The batch's features and targets, gathered into scratch unless the batch
+ * is the whole data set in order; the tape set up for step s->step. */
+static const double *batch_rows(pk_stepper *s, const uint32_t **idx, size_t nb)
 {
     const pk_data *D = s->data;
     const double *x = D->x, *y = D->y;
-    /* sorted distinct indices from 0 to n-1 are the whole data set in order */
-    if (idx && nb == D->n && idx[0] == 0 && idx[nb - 1] == nb - 1) idx = NULL;
-    if (idx) { /* gather the batch rows */
+    /* the indices 0, 1, ..., n-1 are the whole data set in order (a
+     * recorded batch may repeat an example: all of them are checked) */
+    if (*idx && nb == D->n) {
+        size_t i = 0;
+        while (i < nb && (*idx)[i] == i) i++;
+        if (i == nb) *idx = NULL;
+    }
+    if (*idx) { /* gather the batch rows */
         for (size_t b = 0; b < nb; b++) {
-            memcpy(s->xb + b * D->d, D->x + (size_t)idx[b] * D->d, D->d * sizeof(double));
-            memcpy(s->yb + b * D->ty, D->y + (size_t)idx[b] * D->ty, D->ty * sizeof(double));
+            memcpy(s->xb + b * D->d, D->x + (size_t)(*idx)[b] * D->d, D->d * sizeof(double));
+            memcpy(s->yb + b * D->ty, D->y + (size_t)(*idx)[b] * D->ty, D->ty * sizeof(double));
         }
         x = s->xb;
         y = s->yb;
     }
-    const pk_model *m = s->m;
-    size_t C = m->n_out;
     s->y = y;
     pk_tape *t = s->tape;
     t->train = 1; /* dropout masks of (seed, step, example) */
     t->seed = s->seed;
     t->step = s->step;
-    t->idx = idx;
-    pk_model_forward(m, w, x, nb, t);
-    double loss = pk_loss_eval(s->loss, pk_tape_out(m, s->tape), y, nb, C, D->ty, s->R);
+    t->idx = *idx;
+    return x;
+}
+
+double pk_stepper_grad(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb, double *G)
+{
+    const double *x = batch_rows(s, &idx, nb);
+    const pk_model *m = s->m;
+    pk_model_forward(m, w, x, nb, s->tape);
+    double loss = pk_loss_eval(s->loss, pk_tape_out(m, s->tape), s->y, nb, m->n_out, s->data->ty, s->R);
     pk_model_backward(m, w, s->tape, s->R, 1.0 / (double)nb, G);
     return loss;
 }
 
+double pk_stepper_loss(pk_stepper *s, const double *w, const uint32_t *idx, size_t nb)
+{
+    const double *x = batch_rows(s, &idx, nb);
+    pk_model_forward(s->m, w, x, nb, s->tape);
+    return pk_loss_eval(s->loss, pk_tape_out(s->m, s->tape), s->y, nb, s->m->n_out, s->data->ty, NULL);
+}
 
 double pk_stepper_step(pk_stepper *s, const pk_optim *o, size_t t, double lr, const uint32_t *idx, size_t nb,
                        double *w, double *state, double *G)

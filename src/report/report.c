@@ -1235,7 +1235,13 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
                  pk_optim_name(op->kind), op->lr);
     if (pk_optim_batch(op, train->n) < train->n) pk_sb_printf(&b, ", batch %zu", op->batch);
     if (op->weight_decay != 0) pk_sb_printf(&b, ", weight decay %g", op->weight_decay);
-    pk_sb_printf(&b, ", %zu steps (weights stored every %zu)</td></tr>\n", T, pk_run_keep(run));
+    pk_sb_printf(&b, ", %zu steps (weights stored every %zu)", T, pk_run_keep(run));
+    if (pk_run_recorded(run)) { /* MATH.md section 10 */
+        pk_sb_puts(&b, "; steps taken by ");
+        pk_sb_esc(&b, pk_run_recorded(run));
+        pk_sb_puts(&b, " and recorded, the learning rate of each as recorded");
+    }
+    pk_sb_puts(&b, "</td></tr>\n");
     pk_sb_puts(&b, "<tr><th>training data</th><td><code>");
     pk_sb_esc(&b, pk_run_data_spec(run) ? pk_run_data_spec(run) : "(not recorded)");
     pk_sb_printf(&b, "</code>: %zu examples x %zu features%s</td></tr>\n", train->n, train->d,

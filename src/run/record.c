@@ -80,26 +80,10 @@ static char *hex64(char buf[17], uint64_t v)
     return buf;
 }
 
-pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
-                        const double *w, const double *state, pk_journal *j)
+/* run.json of a run: status "running", no steps yet (pk_run_finish sets
+ * both); a recorded run's "recorded" says who took its steps. */
+static cJSON *run_json(const pk_data *train, const pk_train_opts *o, const pk_model *m, const pk_record_opts *rec)
 {
-    char *js = pk_path_join(dir, "run.json");
-    if (!js) return PK_ERR_NOMEM;
-    if (access(js, F_OK) == 0) {
-        free(js);
-        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another run directory (out_dir); "
-                       "an interrupted run continues with `pk_train_resume %s`", dir, dir);
-    }
-    pk_status ms = pk_mkdirs(dir);
-    if (ms) { free(js); return ms; }
-    char *wd = pk_path_join(dir, "weights");
-    if (!wd || (mkdir(wd, 0777) != 0 && errno != EEXIST)) {
-        pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", wd ? wd : dir, strerror(errno));
-        free(wd); free(js);
-        return s;
-    }
-    free(wd);
-
     char spec[256], hex[17];
     pk_model_spec(m, spec, sizeof spec);
     const pk_optim *op = &o->optim;
@@ -112,6 +96,12 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(r, "steps_requested", (double)o->steps);
     cJSON_AddNumberToObject(r, "keep", (double)o->keep);
     cJSON_AddStringToObject(r, "seed", hex64(hex, o->seed));
+    if (rec) {
+        cJSON *ro = cJSON_AddObjectToObject(r, "recorded");
+        cJSON_AddStringToObject(ro, "from", rec->origin ? rec->origin : "another trainer");
+        cJSON_AddStringToObject(ro, "dtype", rec->float32 ? "float32" : "float64");
+        cJSON_AddNumberToObject(ro, "step_tolerance", rec->step_tol);
+    }
     cJSON *mo = cJSON_AddObjectToObject(r, "model");
     cJSON_AddStringToObject(mo, "spec", spec);
     cJSON_AddStringToObject(mo, "param", m->param == PK_PARAM_NTK ? "ntk" : "standard");
@@ -120,7 +110,7 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(mo, "inputs", (double)m->n_in);
     cJSON_AddNumberToObject(mo, "outputs", (double)m->n_out);
     cJSON_AddNumberToObject(mo, "params", (double)m->n_params);
-    cJSON_AddStringToObject(mo, "init", o->init_dir ? o->init_dir : "seeded");
+    cJSON_AddStringToObject(mo, "init", rec ? "recorded" : o->init_dir ? o->init_dir : "seeded");
     cJSON_AddStringToObject(r, "loss", pk_loss_name(o->loss));
     cJSON *oo = cJSON_AddObjectToObject(r, "optim");
     cJSON_AddStringToObject(oo, "kind", pk_optim_name(op->kind));
@@ -156,6 +146,40 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
     cJSON_AddNumberToObject(da, "img_h", (double)train->img_h);
     cJSON_AddNumberToObject(da, "img_w", (double)train->img_w);
     cJSON_AddStringToObject(da, "fingerprint", hex64(hex, pk_data_fingerprint(train)));
+    return r;
+}
+
+pk_status pk_run_json_write(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
+                            const pk_record_opts *rec)
+{
+    char *js = pk_path_join(dir, "run.json");
+    cJSON *r = js ? run_json(train, o, m, rec) : NULL;
+    pk_status s = r ? json_write(js, r) : PK_ERR_NOMEM;
+    cJSON_Delete(r);
+    free(js);
+    return s;
+}
+
+pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
+                        const double *w, const double *state, pk_journal *j, const pk_record_opts *rec)
+{
+    char *js = pk_path_join(dir, "run.json");
+    if (!js) return PK_ERR_NOMEM;
+    if (access(js, F_OK) == 0) {
+        free(js);
+        return pk_fail(PK_ERR_INPUT, "%s already holds a run: remove it or choose another run directory (out_dir); "
+                       "an interrupted run continues with `pk_train_resume %s`", dir, dir);
+    }
+    free(js);
+    pk_status ms = pk_mkdirs(dir);
+    if (ms) return ms;
+    char *wd = pk_path_join(dir, "weights");
+    if (!wd || (mkdir(wd, 0777) != 0 && errno != EEXIST)) {
+        pk_status s = pk_fail(PK_ERR_IO, "%s: cannot create directory: %s", wd ? wd : dir, strerror(errno));
+        free(wd);
+        return s;
+    }
+    free(wd);
 
     /* the names, only when the data have them (classes.txt, features.txt) */
     pk_status s = PK_OK;
@@ -174,15 +198,13 @@ pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_op
         free(ms);
         free(p);
     }
-    /* step 0 and the journal before run.json: a directory with run.json
-     * always holds what a resume starts from */
+    /* step 0 and the journal (a recording has none) before run.json: a
+     * directory with run.json always holds what a resume starts from */
     char *cp = s ? NULL : pk_ckpt_path(dir, 0);
-    if (!s) s = cp ? pk_ckpt_write(cp, 0, m->n_params, w, pk_optim_state_len(op), state) : PK_ERR_NOMEM;
+    if (!s) s = cp ? pk_ckpt_write(cp, 0, m->n_params, w, pk_optim_state_len(&o->optim), state) : PK_ERR_NOMEM;
     free(cp);
-    if (!s) s = pk_journal_create(j, dir);
-    if (!s) s = json_write(js, r);
-    cJSON_Delete(r);
-    free(js);
+    if (!s && j) s = pk_journal_create(j, dir);
+    if (!s) s = pk_run_json_write(dir, train, o, m, rec);
     return s;
 }
 

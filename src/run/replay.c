@@ -1,9 +1,12 @@
 /* replay.c -- the one walk over a recorded run: from the stored checkpoint
  * at or before a step, the recorded steps taken again exactly as training
  * took them (pk_stepper_step), and the check that the walk lands on the
- * stored weights bit for bit. */
+ * stored weights bit for bit. A run whose steps another trainer took
+ * (pk_record_*) takes every w_{t+1} from its record instead, after checking
+ * the step against pathkernel's (MATH.md section 10). */
 #include "run/run.h"
 
+#include <math.h>
 #include <string.h>
 
 /* w and state after step c's checkpoint, then steps c..t-1 with st. */
@@ -27,12 +30,13 @@ static pk_status load(pk_run *run, size_t t, double *w, double *state, pk_steppe
     return s;
 }
 
-static pk_status stepper_for(pk_run *run, pk_stepper *st)
+pk_status pk_run_stepper(pk_run *run, pk_stepper *st)
 {
     const pk_data *train;
     pk_status s = pk_run_train_data(run, &train);
-    if (!s) s = pk_stepper_init(st, pk_run_model(run), pk_run_loss(run), train,
-                                pk_optim_batch(pk_run_optim(run), pk_run_n_train(run)), pk_run_seed(run));
+    size_t cap = pk_run_batch_cap(run);
+    if (!s) s = pk_stepper_init(st, pk_run_model(run), pk_run_loss(run), train, cap, pk_run_seed(run));
+    if (!s && pk_run_recorded(run)) s = pk_stepper_gather(st); /* a recorded batch: any examples */
     return s;
 }
 
@@ -44,7 +48,7 @@ pk_status pk_replay_load(pk_run *run, size_t t, double *w, double *state)
     double *G = NULL;
     pk_status s = PK_OK;
     if (t <= T && c < t) { /* steps to replay: the training data and a gradient */
-        s = stepper_for(run, &st);
+        s = pk_run_stepper(run, &st);
         if (!s && !(G = pk_alloc(P, sizeof *G))) s = PK_ERR_NOMEM;
     }
     if (!s) s = load(run, t, w, state, &st, G);
@@ -81,10 +85,42 @@ pk_status pk_replay_begin(pk_replay *r, pk_run *run, size_t from, pk_progress_fn
     r->node = pk_alloc(P, sizeof *r->node);
     r->G = pk_alloc(P, sizeof *r->G);
     r->state = pk_calloc(r->S * P + 1, sizeof *r->state);
+    if (pk_run_recorded(run)) { /* the recorded w_{t+1} and state, read step by step */
+        r->rec = pk_alloc(P, sizeof *r->rec);
+        r->rec_state = pk_calloc(r->S * P + 1, sizeof *r->rec_state);
+    }
     pk_status s = r->w && r->w_next && r->node && r->G && r->state ? PK_OK : PK_ERR_NOMEM;
-    if (!s) s = stepper_for(run, &r->st);
+    if (pk_run_recorded(run) && (!r->rec || !r->rec_state)) s = PK_ERR_NOMEM;
+    if (!s) s = pk_run_stepper(run, &r->st);
     if (!s) s = load(run, from, r->w, r->state, &r->st, r->G);
     if (s) pk_replay_end(r, s);
+    return s;
+}
+
+/* A recorded run (MATH.md section 10): w_{t+1} and the optimiser state
+ * after step t are the recorded ones; the step just computed from w_t (in
+ * w_next) is checked against them. */
+static pk_status take_recorded(pk_replay *r)
+{
+    size_t P = r->P, t1 = r->t + 1;
+    char *path = pk_ckpt_path(pk_run_dir(r->run), t1);
+    pk_status s = path ? pk_ckpt_read(path, t1, P, r->rec, r->S, r->rec_state) : PK_ERR_NOMEM;
+    free(path);
+    if (s) return s;
+    double diff = 0, norm = 0, wnorm = 0;
+    for (size_t j = 0; j < P; j++) {
+        double e = r->rec[j] - r->w_next[j], d = r->w_next[j] - r->w[j];
+        diff += e * e;
+        norm += d * d;
+        wnorm += r->rec[j] * r->rec[j];
+    }
+    s = pk_run_step_check(r->run, t1, sqrt(diff), sqrt(norm), sqrt(wnorm));
+    double *tmp = r->w_next; /* the recorded weights and state go on */
+    r->w_next = r->rec;
+    r->rec = tmp;
+    tmp = r->state;
+    r->state = r->rec_state;
+    r->rec_state = tmp;
     return s;
 }
 
@@ -107,6 +143,7 @@ int pk_replay_next(pk_replay *r)
     pk_run_batch(r->run, r->t, &r->idx, &r->nb);
     memcpy(r->w_next, r->w, r->P * sizeof *r->w);
     pk_stepper_step(&r->st, r->op, r->t, r->lr, r->idx, r->nb, r->w_next, r->state, r->G);
+    if (r->rec && (r->s = take_recorded(r))) return 0;
     return 1;
 }
 
@@ -138,7 +175,7 @@ pk_status pk_replay_end(pk_replay *r, pk_status s)
     if (!s) s = r->s;
     if (!s && r->t == r->T && r->w) s = pk_replay_check(r->run, r->T, r->w, r->node);
     pk_stepper_free(&r->st);
-    free(r->w); free(r->w_next); free(r->node); free(r->G); free(r->state);
+    free(r->w); free(r->w_next); free(r->node); free(r->G); free(r->state); free(r->rec); free(r->rec_state);
     memset(r, 0, sizeof *r);
     return s;
 }

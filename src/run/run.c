@@ -46,6 +46,13 @@ struct pk_run {
     pk_traj traj;
     const pk_data *train;    /* attached training data (borrowed) or NULL */
     pk_data owned_train;     /* loaded by pk_run_weights when it must replay */
+    /* runs recorded from another trainer (run.json's "recorded"; MATH.md section 10) */
+    char *recorded;          /* "PyTorch 1.13.1 float32", or NULL                  */
+    int float32;             /* the recorded weights were float32                  */
+    double step_tol;         /* relative step difference allowed                   */
+    double resid_max;        /* the largest relative step difference replayed      */
+    size_t resid_step;       /* its step (1..T), 0 before a replay                 */
+    size_t batch_cap;        /* the largest batch of any step                      */
 };
 
 static const cJSON *jget(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
@@ -95,6 +102,17 @@ static pk_status parse_run_json(pk_run *run, const char *path, const cJSON *r)
     if (st) snprintf(run->status, sizeof run->status, "%s", st);
     if (jget(r, "steps_requested") && jsize(r, "steps_requested", &run->steps_requested)) return BAD("steps_requested");
     if (jget(r, "seed") && jhex(r, "seed", &run->seed)) return BAD("seed");
+    const cJSON *rec = jget(r, "recorded");
+    if (rec) { /* steps another trainer took: every step's weights are stored */
+        const char *from = jstr(rec, "from"), *dt = jstr(rec, "dtype");
+        if (!from || !dt || (strcmp(dt, "float64") && strcmp(dt, "float32")) || jnum(rec, "step_tolerance", &run->step_tol) ||
+            !(run->step_tol > 0) || run->keep != 1)
+            return BAD("recorded");
+        size_t len = strlen(from) + strlen(dt) + 2;
+        if (!(run->recorded = pk_alloc(len, 1))) return PK_ERR_NOMEM;
+        snprintf(run->recorded, len, "%s %s", from, dt);
+        run->float32 = !strcmp(dt, "float32");
+    }
     const cJSON *mo = jget(r, "model"), *oo = jget(r, "optim"), *da = jget(r, "data");
     if (!cJSON_IsObject(mo) || !cJSON_IsObject(oo) || !cJSON_IsObject(da)) return BAD("model/optim/data");
     const char *spec = jstr(mo, "spec"), *param = jstr(mo, "param");
@@ -198,6 +216,12 @@ pk_status pk_run_open(const char *dir, pk_run **out)
     pk_run *run;
     pk_status s = pk_run_open_config(dir, &run);
     if (s) return s;
+    if (!strcmp(run->status, "running") && run->recorded) {
+        s = pk_fail(PK_ERR_INPUT, "%s: the recording did not finish (run.json says \"running\": the recorder was "
+                    "not closed, or its process was killed); record the training loop again", dir);
+        pk_run_close(run);
+        return s;
+    }
     if (!strcmp(run->status, "running")) { /* killed, or still training: no trajectory yet */
         s = pk_fail(PK_ERR_INPUT, "%s: training has not finished (run.json says \"running\": it was killed, or is "
                     "still training); run `pk_train_resume %s` to finish it", dir, dir);
@@ -209,6 +233,15 @@ pk_status pk_run_open(const char *dir, pk_run **out)
     s = tp ? pk_traj_read_sized(tp, expect, &run->traj) : PK_ERR_NOMEM;
     free(tp);
     if (s) { pk_run_close(run); return s; }
+    run->batch_cap = pk_optim_batch(&run->optim, run->n_train);
+    if (run->recorded) { /* a recorded step's batch is whatever the trainer's was */
+        run->batch_cap = 1;
+        for (size_t t = 0; t < run->steps; t++) {
+            size_t nb = run->traj.off[t + 1] - run->traj.off[t];
+            nb = nb ? nb : run->n_train;
+            if (nb > run->batch_cap) run->batch_cap = nb;
+        }
+    }
     *out = run;
     return PK_OK;
 }
@@ -224,6 +257,7 @@ void pk_run_close(pk_run *run)
     free(run->label_column);
     free(run->classes);
     free(run->features);
+    free(run->recorded);
     free(run->dir);
     free(run);
 }
@@ -240,6 +274,34 @@ const char *pk_run_dir(const pk_run *run) { return run->dir; }
 size_t pk_run_steps_requested(const pk_run *run) { return run->steps_requested; }
 uint64_t pk_run_seed(const pk_run *run) { return run->seed; }
 const char *pk_run_status(const pk_run *run) { return run->status; }
+size_t pk_run_batch_cap(const pk_run *run) { return run->batch_cap; }
+const char *pk_run_recorded(const pk_run *run) { return run->recorded; }
+
+double pk_run_step_residual(const pk_run *run, size_t *step)
+{
+    if (step) *step = run->resid_step;
+    return run->resid_max;
+}
+
+pk_status pk_run_step_check(pk_run *run, size_t step, double diff, double norm, double wnorm)
+{
+    double rel = norm > 0 ? diff / norm : diff > 0 ? INFINITY : 0.0;
+    if (!run->resid_step || rel > run->resid_max || isnan(rel)) {
+        run->resid_max = rel;
+        run->resid_step = step;
+    }
+    /* float32 weights carry their rounding, about u |w| with u = 2^-24 */
+    double allowed = run->step_tol * norm + (run->float32 ? 4.0 * 0x1p-24 * wnorm : 0.0);
+    if (diff <= allowed) return PK_OK;
+    return pk_fail(PK_ERR_STATE, "%s: recorded step %zu does not follow from the recorded optimiser (%s, lr %g): its "
+                   "weights differ from the step computed from the previous weights, the step's batch and learning "
+                   "rate by %.3g of the step (allowed: %.3g). Was the gradient changed (clipped, scaled, accumulated "
+                   "over several batches), an optimizer step taken without recording it, another loss used, or a "
+                   "module in training mode with dropout? Record the loop again without that step's change",
+                   run->dir, step, pk_optim_name(run->optim.kind), pk_run_lr(run, step - 1), rel,
+                   norm > 0 ? allowed / norm : 0.0);
+}
+
 const double *pk_run_mean(const pk_run *run) { return run->mean; }
 const double *pk_run_std(const pk_run *run) { return run->std; }
 const char *const *pk_run_classes(const pk_run *run, size_t *n)

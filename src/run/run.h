@@ -58,11 +58,16 @@ pk_status pk_journal_truncate(pk_journal *j, size_t k);
 void pk_journal_close(pk_journal *j);
 
 /* A new run directory: standardize.npy, weights/step-0 (w (P) and the
- * zero optimiser state (S, P)), the journal (j's sizes set; left open)
- * and, last, run.json with status "running"; refuses a directory that
- * already holds a run. */
+ * zero optimiser state (S, P)), the journal (j's sizes set; left open; none
+ * when j is NULL) and, last, run.json with status "running"; refuses a
+ * directory that already holds a run. */
 pk_status pk_run_create(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
-                        const double *w, const double *state, pk_journal *j);
+                        const double *w, const double *state, pk_journal *j, const pk_record_opts *rec);
+/* run.json (status "running", steps 0), written atomically; rec: the run
+ * is a recording (pk_record_begin), else NULL. pk_run_create writes it last;
+ * a recording rewrites it when it ends (its batch size and steps known). */
+pk_status pk_run_json_write(const char *dir, const pk_data *train, const pk_train_opts *o, const pk_model *m,
+                            const pk_record_opts *rec);
 /* The end of training: trajectory.bin, steps.csv, and run.json's status and
  * steps; a complete run's journal is removed. */
 pk_status pk_run_finish(const char *dir, const pk_traj *tr, size_t steps_done, const char *status);
@@ -72,6 +77,20 @@ pk_status pk_run_set_status(const char *dir, const char *status, size_t steps);
  * trajectory.bin and steps.csv, temporary files of killed writes, and the
  * checkpoints after `from` or off the every-keep-th-and-T grid (a stop's). */
 pk_status pk_run_prune(const char *dir, size_t from, size_t T, size_t keep);
+/* The largest batch of any step of the run: the batch size (n for full
+ * batches), or for a recorded run the largest batch it recorded. */
+size_t pk_run_batch_cap(const pk_run *run);
+/* A recorded run's step `step` (1..T) against the step pathkernel's
+ * optimiser takes from the recorded w_{step-1}: diff = |recorded w_step -
+ * computed w_step|, norm = |computed w_step - w_{step-1}|, wnorm = |recorded
+ * w_step| (2-norms). Keeps the largest diff / norm for pk_run_step_residual;
+ * PK_ERR_STATE naming the step when the difference is beyond the run's
+ * tolerance (MATH.md section 10). */
+pk_status pk_run_step_check(pk_run *run, size_t step, double diff, double norm, double wnorm);
+/* The stepper of a run's replays: its model, loss, training data (attached
+ * or loaded), seed and the capacity of its largest batch. */
+pk_status pk_run_stepper(pk_run *run, pk_stepper *st);
+
 /* run.json alone (any status, no trajectory): what train --resume reads. */
 pk_status pk_run_open_config(const char *dir, pk_run **out);
 size_t pk_run_steps_requested(const pk_run *run);
@@ -126,6 +145,8 @@ typedef struct pk_replay {
     double *node;          /* (P) scratch of pk_replay_node                      */
     pk_progress_fn progress;
     void *ctx;
+    double *rec;           /* (P) recorded runs: scratch for the recorded w_{t+1} */
+    double *rec_state;     /* (S, P) and its optimiser state                     */
     int started;           /* a step was taken: the next call moves on from it   */
     pk_status s;           /* a failure of the walk itself (a stop)              */
 } pk_replay;

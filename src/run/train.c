@@ -192,24 +192,17 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     if (!train->n) return pk_fail(PK_ERR_INPUT, "training set is empty");
     if (train->n > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "training sets are limited to 2^32-1 examples");
     const pk_optim *opt = &o->optim;
-    if (!(opt->lr > 0 && isfinite(opt->lr)))
-        return pk_fail(PK_ERR_INPUT, "learning rate (lr) must be a positive number, got %g", opt->lr);
+    pk_status s = pk_optim_check(opt);
+    if (s) return s;
     if (opt->kind == PK_OPTIM_SGD && !opt->batch)
         return pk_fail(PK_ERR_INPUT, "sgd needs a mini-batch size (batch); use gd for full batches");
     if (opt->kind == PK_OPTIM_GD && pk_optim_batch(opt, train->n) < train->n)
         return pk_fail(PK_ERR_INPUT, "gd is full-batch: use no mini-batch size (batch 0) or sgd (optim sgd)");
     if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps (steps) must be at least 1");
     if (!o->keep) return pk_fail(PK_ERR_INPUT, "checkpoint interval (keep) must be at least 1");
-    if (!(opt->weight_decay >= 0 && isfinite(opt->weight_decay)))
-        return pk_fail(PK_ERR_INPUT, "weight decay (weight_decay) must be a non-negative number, got %g", opt->weight_decay);
-    if ((opt->kind == PK_OPTIM_ADAM || opt->kind == PK_OPTIM_ADAMW) &&
-        !(opt->beta1 >= 0 && opt->beta1 < 1 && opt->beta2 >= 0 && opt->beta2 < 1 && opt->eps > 0))
-        return pk_fail(PK_ERR_INPUT, "adam and adamw need 0 <= beta1, beta2 < 1 and eps > 0");
-    if (opt->kind == PK_OPTIM_MOMENTUM && !(opt->momentum >= 0 && opt->momentum < 1))
-        return pk_fail(PK_ERR_INPUT, "momentum must be in [0, 1), got %g", opt->momentum);
 
     size_t C;
-    pk_status s = pk_loss_outputs(o->loss, train, &C);
+    s = pk_loss_outputs(o->loss, train, &C);
     if (s) return s;
     pk_model *m;
     if ((s = pk_model_for_data(o->model, train, C, o->param, o->sigma_w, o->sigma_b, &m))) return s;
@@ -220,7 +213,7 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     }
     if (o->init_dir) s = pk_model_weights_read(m, o->init_dir, k.w);
     else pk_model_init(m, o->seed, k.w);
-    if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j);
+    if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j, NULL);
     if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
     trainer_free(&k);
     pk_model_free(m);
@@ -292,6 +285,9 @@ pk_status pk_train_resume(const char *dir, pk_progress_fn progress, void *ctx, p
         free(jp);
         pk_run_close(run);
         return PK_OK;
+    } else if (pk_run_recorded(run)) {
+        s = pk_fail(PK_ERR_INPUT, "%s: recorded from %s: only the trainer that took its steps can continue it; "
+                    "record the training loop again", dir, pk_run_recorded(run));
     } else if (!strcmp(st, "diverged")) {
         s = pk_fail(PK_ERR_INPUT, "%s: the run diverged after step %zu; resuming would diverge again: train anew "
                     "with a smaller learning rate (lr)", dir, pk_run_steps(run));
