@@ -465,3 +465,19 @@ int cli_exe_dir(char *buf, size_t len)
     *slash = '\0';
     return 0;
 }
+
+pk_status cli_query_labels(pk_run *run, const char *spec, const pk_data *q, const pk_target *t)
+{
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m), ty = pk_run_loss(run) == PK_LOSS_MSE ? C : 1;
+    char name[32];
+    if (q->ty != ty)
+        return pk_fail(PK_ERR_INPUT, "%s: %zu target column%s per query, but the target %s of this %s run needs %zu",
+                       spec, q->ty, q->ty == 1 ? "" : "s", pk_target_name(t, name, sizeof name),
+                       pk_loss_name(pk_run_loss(run)), ty);
+    pk_status s = pk_target_check(t, C, pk_run_loss(run), q->y, q->n);
+    if (!s) return PK_OK;
+    char why[512];
+    snprintf(why, sizeof why, "%s", pk_last_error());
+    return pk_fail(s, "%s: %s", spec, why);
+}

@@ -705,6 +705,41 @@ typedef struct pk_loo {
 pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out);
 void pk_loo_free(pk_loo *l);
 
+/* ------------------------------------------------------------------ targets */
+
+/* What a decomposition explains (MATH.md section 10): a target g(f(x)) of
+ * the network's outputs f at a query x with label y. Every query-side
+ * backward pass at a quadrature node is seeded with dg/df at that node, so
+ * g(f(x; w_T)) - g(f(x; w_0)) = sum_i phi_i^g(x) to the quadrature error. */
+typedef enum pk_target_kind {
+    PK_TARGET_OUTPUTS,     /* every output f_k: C columns (explain's default)    */
+    PK_TARGET_OUTPUT,      /* f_c, c = output                                    */
+    PK_TARGET_LABEL,       /* f_y, the logit of the query's label                */
+    PK_TARGET_MARGIN,      /* f_y - max_{k != y} f_k                             */
+    PK_TARGET_LOSS         /* l(f, y), the run's loss on the query               */
+} pk_target_kind;
+
+typedef struct pk_target {
+    pk_target_kind kind;
+    size_t output;         /* PK_TARGET_OUTPUT: the output c                     */
+} pk_target;
+
+/* "outputs", "output:C", "label", "margin" or "loss". */
+pk_status pk_target_parse(const char *s, pk_target *t);
+/* Its spelling, as parsed (into buf; returns buf). */
+const char *pk_target_name(const pk_target *t, char *buf, size_t len);
+/* Columns of the target for a network with C outputs: C for outputs, else 1. */
+size_t pk_target_columns(const pk_target *t, size_t C);
+/* Whether the target reads the queries' labels (label, margin, loss). */
+int pk_target_needs_labels(const pk_target *t);
+/* Check the target against a network with C outputs trained with `loss`
+ * and, when it reads labels, the n queries' targets y (n, ty: ty = C for
+ * mse, else 1): PK_ERR_INPUT naming the query and what is wrong. */
+pk_status pk_target_check(const pk_target *t, size_t C, pk_loss loss, const double *y, size_t n);
+/* g (n, columns) of the outputs f (n, C) with the targets y (n, ty). */
+void pk_target_values(const pk_target *t, pk_loss loss, const double *f, const double *y, size_t n, size_t C,
+                      double *g);
+
 typedef struct pk_explain_opts {
     pk_quad quad;          /* default gl2                                     */
     int want_contrib;      /* keep phi_i(x) (Q, N, C) [1]; 0: only its sum   */
@@ -717,6 +752,10 @@ typedef struct pk_explain_opts {
     int batch_kernel;      /* the kernel is the contribution kernel (MATH.md section 3,
                               batch indicator, Jbar on the query side) instead of the
                               paper's path kernel (pk_run_path_kernel) [0]         */
+    pk_target target;      /* what is decomposed [outputs]; any other target has
+                              one column and no kernel (want_kernel 0)             */
+    const double *y;       /* (Q, ty) the queries' targets, for label, margin and
+                              loss (ty = C for mse, else 1); NULL otherwise        */
 } pk_explain_opts;
 
 pk_explain_opts pk_explain_opts_defaults(void);
@@ -726,8 +765,9 @@ pk_explain_opts pk_explain_opts_defaults(void);
 typedef struct pk_explain {
     size_t Q, N, C;
     pk_kmode mode;
-    double *pred;          /* (Q, C)  f(x; w_T)                                */
-    double *bias;          /* (Q, C)  b(x) = f(x; w_0)                         */
+    double *pred;          /* (Q, C)  f(x; w_T), or the target g(f(x; w_T)):
+                              C is the target's columns (pk_target_columns)    */
+    double *bias;          /* (Q, C)  b(x) = f(x; w_0) (the target's)          */
     double *contrib;       /* (Q, N, C) phi_i(x), or NULL                      */
     double *contrib_sum;   /* (Q, C)  sum_i phi_i(x)                           */
     double *kernel;        /* path kernel K^p(x, x_i) (the paper's, or with batch_kernel the
@@ -794,13 +834,17 @@ typedef struct pk_topk_opts {
     size_t mem_limit;        /* bytes (0 = 3/4 of free memory)                  */
     pk_progress_fn progress; /* after every replayed step; non-zero stops (PK_ERR_STOPPED) */
     void *ctx;
+    pk_target target;        /* outputs or output (the default): the output cls[x] of
+                                each query; label, margin or loss: that target (one
+                                column; cls only labels the rows)                 */
+    const double *y;         /* (n, ty) the queries' targets for label, margin, loss */
 } pk_topk_opts;
 
 pk_topk_opts pk_topk_opts_defaults(void);
 
 /* Rows for n queries, allocated by the caller. */
 typedef struct pk_topk {
-    double *pred, *bias;     /* (n) f_c(x; w_T), f_c(x; w_0)                    */
+    double *pred, *bias;     /* (n) f_c(x; w_T), f_c(x; w_0) (or the target's)   */
     double *total;           /* (n) sum over all training examples of phi_i(x)[c] */
     double *regularisation;  /* (n) weight decay's share (MATH.md section 5)    */
     int64_t *pro_idx;        /* (n, K) strongest first; -1 after the last        */
