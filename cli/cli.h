@@ -197,6 +197,7 @@ int cmd_selfinfluence(int argc, char **argv);
 int cmd_mislabel(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_lds(int argc, char **argv);
 
 /* The labels of queries loaded through a run, for a target that reads them
  * (pk_target_check; their columns those of the run's loss). */
