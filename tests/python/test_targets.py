@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import SOURCE_DIR  # noqa: E402
-from pkutil import pk, pk_run, rel_err  # noqa: E402
+from pkutil import load_weights, pk, pk_run, rel_err, traj_batches  # noqa: E402
 
 torch.set_num_threads(1)
 DIGITS = SOURCE_DIR / "data" / "digits.csv.gz"
@@ -31,14 +31,6 @@ def digits(n):
     with gzip.open(DIGITS, "rt") as f:
         A = np.loadtxt(f, delimiter=",", max_rows=n)
     return A[:, :-1], A[:, -1].astype(np.int64)
-
-
-def load_layers(wdir):
-    out, l = [], 1
-    while (pathlib.Path(wdir) / f"W{l}.npy").exists():
-        out.append((np.load(pathlib.Path(wdir) / f"W{l}.npy"), np.load(pathlib.Path(wdir) / f"b{l}.npy")))
-        l += 1
-    return out
 
 
 def forward_np(layers, X):
@@ -90,7 +82,7 @@ def runner_up_changes(run, tmp_path, Xq, y, T):
     ws = []
     for t in range(T + 1):
         pk("weights", run, "--step", str(t), "--out", tmp_path / f"w{t}")
-        ws.append(load_layers(tmp_path / f"w{t}"))
+        ws.append(load_weights(tmp_path / f"w{t}"))
     changed = np.zeros(len(y), bool)
     first = None
     for t in range(T):
@@ -119,8 +111,8 @@ def test_target_sum_gl4(runs, tmp_path, optim, target):
     Xq, y = query_x(run)
     pk("weights", run, "--step", "0", "--out", tmp_path / "w0")
     pk("weights", run, "--step", "final", "--out", tmp_path / "wT")
-    assert rel_err(bias[:, 0], target_np(target, forward_np(load_layers(tmp_path / "w0"), Xq), y)) < 1e-12
-    assert rel_err(pred[:, 0], target_np(target, forward_np(load_layers(tmp_path / "wT"), Xq), y)) < 1e-12
+    assert rel_err(bias[:, 0], target_np(target, forward_np(load_weights(tmp_path / "w0"), Xq), y)) < 1e-12
+    assert rel_err(pred[:, 0], target_np(target, forward_np(load_weights(tmp_path / "wT"), Xq), y)) < 1e-12
     moved = (pred - bias)[:, 0]
     resid = moved - phi.sum(axis=1)[:, 0]
     keep = np.ones(NQ, bool)
@@ -151,17 +143,6 @@ def gl_nodes(K):
     return (x + 1) / 2, w / 2
 
 
-def read_batches(run, T, n):
-    import struct
-    buf = (pathlib.Path(run) / "trajectory.bin").read_bytes()
-    o = 40
-    lr = np.frombuffer(buf, "<f8", T, o); o += 16 * T
-    off = np.frombuffer(buf, "<u8", T + 1, o); o += 8 * (T + 1)
-    _, _, _, _, total = struct.unpack_from("<IIQQQ", buf, 8)
-    idx = np.frombuffer(buf, "<u4", total, o)
-    return lr, [idx[off[t]:off[t + 1]].astype(np.int64) if off[t + 1] > off[t] else np.arange(n) for t in range(T)]
-
-
 @pytest.mark.parametrize("optim", ["sgd", "adam"])
 @pytest.mark.parametrize("target", ["loss", "margin"])
 def test_contributions_against_torch(tmp_path, optim, target):
@@ -182,18 +163,16 @@ def test_contributions_against_torch(tmp_path, optim, target):
     ws, shapes = [], None
     for t in range(T + 1):
         pk("weights", run, "--step", str(t), "--out", tmp_path / f"w{t}")
-        layers = load_layers(tmp_path / f"w{t}")
+        layers = load_weights(tmp_path / f"w{t}")
         shapes = [W.shape for W, _ in layers]
         ws.append(np.concatenate([np.concatenate([W.ravel(), b]) for W, b in layers]))
 
-    def f(p, Xb):
-        o, h = 0, Xb
+    def f(p, Xb):  # the tanh network of the flat weights p (W1, b1, W2, b2, ...)
+        h, o = Xb, 0
         for i, (dout, din) in enumerate(shapes):
-            W = p[o:o + dout * din].reshape(dout, din); o += dout * din
-            b = p[o:o + dout]; o += dout
-            h = h @ W.T + b
-            if i + 1 < len(shapes):
-                h = torch.tanh(h)
+            h = h @ p[o:o + dout * din].reshape(dout, din).T + p[o + dout * din:o + dout * din + dout]
+            o += dout * din + dout
+            h = torch.tanh(h) if i + 1 < len(shapes) else h
         return h
 
     def g(p):  # (nq,) the target at the queries
@@ -213,7 +192,7 @@ def test_contributions_against_torch(tmp_path, optim, target):
             return torch.nn.functional.cross_entropy(f(p, X[idx]), y[idx], reduction="none")
         return torch.autograd.functional.jacobian(losses, torch.from_numpy(w)).numpy()
 
-    lr, bts = read_batches(run, T, n)
+    lr, bts, _ = traj_batches(run / "trajectory.bin")
     nodes, cw = gl_nodes(4)
     P = ws[0].size
     m, v = np.zeros(P), np.zeros(P)
