@@ -234,3 +234,32 @@ def test_bad_input(data, tmp_path):
     assert "another LDS job" in p.stderr
     assert (tmp_path / "j" / "lds.csv").exists()
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_python_package_same_as_cli(job, data, tmp_path):
+    """pathkernel.lds on the same arrays gives the CLI's numbers bit for bit,
+    and Run.explain/attribute take the same targets."""
+    import sys
+    sys.path.insert(0, str(SOURCE_DIR / "python"))
+    import pathkernel as pkg
+    X, y = data["X"], data["y"]
+    r = pkg.lds(X[:90], y[:90].astype(int), X[90:], y[90:].astype(int), tmp_path / "py", model="mlp:8:tanh",
+                loss="softmax", optim="sgd", lr=0.2, batch=16, epochs=3, seed=4, subsets=15, ensembles=(1, 2),
+                quad="gl4")
+    t = table(job)
+    assert r.methods == ["exact:gl4", "left", "grad-dot", "grad-cos", "ensemble:1", "ensemble:2"]
+    for m in r.methods:
+        assert r.lds[m] == float(t[m]["lds"]) and r.stderr[m] == float(t[m]["stderr"])
+    assert np.array_equal(r.retrained[:15], np.load(job / "retrained.npy")[:15])
+    run = pkg.open_run(job / "runs" / "seed-4")
+    e = run.explain(X[90:95], quad="gl4", target="margin", y=y[90:95])
+    pk("explain", job / "runs" / "seed-4", "--query", data["test"], "--first", "5", "--quad", "gl4", "--target",
+       "margin", "--out", tmp_path / "e")
+    assert np.array_equal(e.contrib, np.load(tmp_path / "e" / "contrib.npy")) and e.kernel is None
+    a = run.attribute(X[90:95], top=3, target="loss", y=y[90:95])
+    pk("attribute", job / "runs" / "seed-4", "--query", data["test"], "--first", "5", "--target", "loss",
+       "--top", "3", "--out", tmp_path / "a.json")
+    qs = json.loads((tmp_path / "a.json").read_text())["queries"]
+    for got, want in zip(a, qs):
+        assert got.proponents.tolist() == [p["index"] for p in want["proponents"]]
+        assert abs(got.total - want["total"]) <= 1e-14 * abs(want["total"])  # JSON prints 15 digits
