@@ -988,6 +988,8 @@ typedef struct pk_report_opts {
     size_t loo_top;           /* training examples with the largest leave-one-out
                                  residuals drawn (pk_run_loo; classes only) [12]; 0: none */
     pk_kernel_kind loo_kernel; /* their kernel [tangent-final]                  */
+    const char *lds;          /* a `lds --out` directory: LDS per method with error
+                                 bars, predicted against retrained targets (NULL: none) */
 } pk_report_opts;
 
 /* What the report found, for a caller that prints a summary. */

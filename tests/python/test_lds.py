@@ -263,3 +263,15 @@ def test_python_package_same_as_cli(job, data, tmp_path):
     for got, want in zip(a, qs):
         assert got.proponents.tolist() == [p["index"] for p in want["proponents"]]
         assert abs(got.total - want["total"]) <= 1e-14 * abs(want["total"])  # JSON prints 15 digits
+
+
+def test_report_lds_section(job, tmp_path):
+    out = tmp_path / "r.html"
+    pk("report", job / "runs" / "seed-4", "--first", "4", "--lds", job, "--show", "2", "--out", out)
+    html = out.read_text()
+    assert 'id="fig-lds"' in html and 'id="fig-lds-points"' in html
+    for m in table(job):
+        assert f">{m}</text>" in html
+    assert "test point 1: Spearman" in html and "test point 2:" not in html
+    p = pk_run("report", job / "runs" / "seed-4", "--lds", tmp_path / "nope", "--out", out, expect=2)
+    assert "--lds" in p.stderr
