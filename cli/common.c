@@ -29,10 +29,10 @@
  * '`'. At each place in the message the first entry that matches wins, so
  * that a phrase comes before its name. */
 typedef struct cli_term { const char *api, *flag, *cmds; } cli_term;
-#define TRAINING "train compare convergence mislabel"
-#define TRAINING_LR "train compare mislabel" /* convergence chooses the learning rates and steps itself */
+#define TRAINING "train compare convergence mislabel lds"
+#define TRAINING_LR "train compare mislabel lds" /* convergence chooses the learning rates and steps itself */
 #define EXPLAINING "explain verify"
-#define MEM_LIMIT "explain verify attribute report kernel loo mislabel"
+#define MEM_LIMIT "explain verify attribute report kernel loo mislabel lds"
 #define SELECTING "explain verify attribute predict weights info train compare convergence mislabel report"
 static const cli_term cli_terms[] = {
     {"learning rate (lr)", "--lr", TRAINING_LR},
@@ -55,7 +55,7 @@ static const cli_term cli_terms[] = {
     {"memory budget (mem_limit)", "--mem", MEM_LIMIT},
     {"(mem_limit", "(--mem", MEM_LIMIT},
     {"(Q", "(--first", EXPLAINING " attribute report"},
-    {"(quad", "(--quad", EXPLAINING " attribute selfinfluence export-libsvm mislabel report"},
+    {"(quad", "(--quad", EXPLAINING " attribute selfinfluence export-libsvm mislabel report lds"},
     {"(top", "(--top", "attribute report"},
     {"(frac", "(--flip", "mislabel"},
     {"(query", "(--query", EXPLAINING " attribute convergence report"},
@@ -66,6 +66,12 @@ static const cli_term cli_terms[] = {
     {"(sep)", "(--sep)", SELECTING},
     {"(class_names", "(--class-names", TRAINING},
     {"(input_shape", "(--input-shape", TRAINING},
+    {"(alpha", "(--alpha", "lds"},
+    {"(subsets", "(--subsets", "lds"},
+    {"(ensembles", "(--ensembles", "lds"},
+    {"(epochs", "(--epochs", "lds"},
+    {"(dir)", "(--out DIR)", "lds"},
+    {"(dir", "(--out", "lds"},
 };
 
 /* Is cmd one of the space-separated words of list (NULL: every command)? */

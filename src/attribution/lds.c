@@ -440,7 +440,12 @@ static pk_status retrain_one(const job *j, const unsigned char *mask, size_t m, 
     pk_train_opts t = o->train;
     t.seed = o->reseed ? o->train.seed + 1 + m : o->train.seed;
     t.steps = steps_for(o, k);
-    /* the model of the whole set: a subset may miss a class, never an output */
+    /* the model of the whole set (the same outputs: checked) */
+    size_t Cs = 0;
+    if (!s) s = pk_loss_outputs(t.loss, &sub, &Cs);
+    if (!s && Cs != j->C)
+        s = pk_fail(PK_ERR_INPUT, "subset %zu has no example of class %zu: its network would have %zu outputs, not "
+                    "%zu; use a larger fraction (alpha) or more training examples", m, j->C - 1, Cs, j->C);
     if (!s) s = pk_model_for_data(t.model, tr, j->C, t.param, t.sigma_w, t.sigma_b, &net);
     if (!s && !(w = pk_alloc(pk_model_n_params(net), sizeof *w))) s = PK_ERR_NOMEM;
     if (!s && !(f = pk_alloc(te->n ? te->n : 1, j->C * sizeof *f))) s = PK_ERR_NOMEM;

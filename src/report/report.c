@@ -1155,7 +1155,7 @@ static pk_status lds_npy(const char *dir, const char *name, size_t ndim, const s
     pk_status s = path ? pk_npy_read(path, a, &nd, shape) : PK_ERR_NOMEM;
     for (size_t k = 0; !s && k < ndim; k++)
         if (nd != ndim || (want[k] && shape[k] != want[k]))
-            s = pk_fail(PK_ERR_INPUT, "%s: not the shape `pathkernel lds` writes", path);
+            s = pk_fail(PK_ERR_INPUT, "%s: not the shape an LDS evaluation (pk_lds_run) writes", path);
     free(path);
     return s;
 }
