@@ -137,10 +137,18 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     return b * sizeof(double);
 }
 
+/* Runs that need the backward sweep, and the margin (whose steps are cut
+ * where a query's runner-up changes: explain's pieces, MATH.md section 10),
+ * go through pk_run_explain. */
+static int dense_method(const pk_run *run, const pk_topk_opts *o)
+{
+    return pk_explain_needs_backward(pk_run_optim(run)) || o->target.kind == PK_TARGET_MARGIN;
+}
+
 size_t pk_run_attribute_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes)
 {
     size_t limit = pk_memory_budget(o->mem_limit), n = Q ? Q : 1;
-    if (pk_explain_needs_backward(pk_run_optim(run))) {
+    if (dense_method(run, o)) {
         pk_explain_opts eo = pk_explain_opts_defaults();
         eo.quad = o->quad;
         eo.want_kernel = 0;
@@ -380,8 +388,7 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
         qh[x].pro = pool + x * 2 * K;
         qh[x].opp = qh[x].pro + K;
     }
-    if (!s) s = pk_explain_needs_backward(pk_run_optim(run)) ? topk_dense(run, Xq, n, cls, o, qh, out)
-                                                              : topk_forward(run, Xq, n, cls, o, qh, out);
+    if (!s) s = dense_method(run, o) ? topk_dense(run, Xq, n, cls, o, qh, out) : topk_forward(run, Xq, n, cls, o, qh, out);
     for (size_t x = 0; !s && x < n; x++) {
         emit(qh[x].pro, qh[x].n_pro, K, 1, out->pro_idx + x * K, out->pro_val + x * K);
         emit(qh[x].opp, qh[x].n_opp, K, -1, out->opp_idx + x * K, out->opp_val + x * K);

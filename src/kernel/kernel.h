@@ -56,6 +56,16 @@ double pk_target_row(const pk_target *t, size_t out, pk_loss loss, const double 
  * queries' targets). */
 pk_status pk_target_deltas(const pk_model *m, const double *w, pk_tape *t, const pk_target *g, pk_loss loss,
                            const double *y, double *R, double *const *deltas);
+/* The quadrature of one step w -> w_next for n queries X (n, d) with
+ * targets y (MATH.md section 10): the rule q itself, or, for a target whose
+ * seed jumps along the step (margin: where the largest other output
+ * changes), q on every piece between the jumps of any of the n queries,
+ * found by bisection. *s and *c (malloc'ed, *n of them) are the nodes on
+ * [0, 1] and their weights. t: a query tape for n, scratch: P doubles. */
+pk_status pk_target_nodes(const pk_model *m, const pk_target *g, const pk_quad *q, const double *w,
+                          const double *w_next, const double *X, const double *y, size_t n, pk_tape *t,
+                          double *scratch, double **s, double **c, size_t *n_out);
+
 /* The query side of those deltas: pk_side_outputs, one row per query for a
  * target of one column. */
 pk_side pk_side_target(const pk_model *m, const pk_tape *t, double *const *deltas, const pk_target *g);

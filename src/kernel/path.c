@@ -217,9 +217,14 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
-            for (size_t node = 0; !s && node < o->quad.n; node++) {
-                double cq = o->quad.c[node];
-                const double *wn = pk_replay_node(&r, o->quad.s[node]);
+            /* the rule, on the pieces of the step where the target's seed is smooth */
+            double *ns = NULL, *nc = NULL;
+            size_t nn = 0;
+            s = pk_target_nodes(m, &o->target, &o->quad, r.w, r.w_next, Xq + q0 * d, o->y ? o->y + q0 * ty : NULL, nq,
+                                qt, r.node, &ns, &nc, &nn);
+            for (size_t node = 0; !s && node < nn; node++) {
+                double cq = nc[node];
+                const double *wn = pk_replay_node(&r, ns[node]);
                 pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
                 /* the target's deltas at the node (MATH.md section 10) */
                 s = pk_target_deltas(m, wn, qt, &o->target, pk_run_loss(run), o->y ? o->y + q0 * ty : NULL, R, dq);
@@ -258,6 +263,8 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                         }
                 }
             }
+            free(ns);
+            free(nc);
         }
     }
     s = pk_replay_end(&r, s);

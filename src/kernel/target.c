@@ -123,3 +123,96 @@ pk_side pk_side_target(const pk_model *m, const pk_tape *t, double *const *delta
     }
     return s;
 }
+
+/* The largest output other than c, the first on ties (the margin's). */
+static size_t runner_up(const double *f, size_t C, size_t c)
+{
+    size_t o = c == 0 ? 1 : 0;
+    for (size_t k = o + 1; k < C; k++)
+        if (k != c && f[k] > f[o]) o = k;
+    return o;
+}
+
+/* A bracket [l, r] of the step with the runner-up at both ends. */
+typedef struct bracket { double l, r; size_t kl, kr; } bracket;
+
+static int by_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Bisection stops when the bracket of a change is this short (a step is
+ * [0, 1]): the integrand on the wrong side of it is O(its length) small. */
+#define KINK_TOL 1e-10
+
+pk_status pk_target_nodes(const pk_model *m, const pk_target *g, const pk_quad *q, const double *w,
+                          const double *w_next, const double *X, const double *y, size_t n, pk_tape *t,
+                          double *scratch, double **s_out, double **c_out, size_t *n_out)
+{
+    size_t C = m->n_out, d = m->n_in, P = m->n_params, ncut = 0, cap = 16;
+    double *cut = NULL, *s = NULL, *c = NULL;
+    size_t *r0 = NULL, *r1 = NULL;
+    pk_status st = PK_OK;
+    if (g->kind == PK_TARGET_MARGIN && n) {
+        cut = pk_alloc(cap, sizeof *cut);
+        r0 = pk_alloc(n, sizeof *r0);
+        r1 = pk_alloc(n, sizeof *r1);
+        if (!cut || !r0 || !r1) st = PK_ERR_NOMEM;
+        /* the runner-up of every query at both ends of the step */
+        for (int end = 0; !st && end < 2; end++) {
+            pk_model_forward(m, end ? w_next : w, X, n, t);
+            const double *f = pk_tape_out(m, t);
+            for (size_t i = 0; i < n; i++) (end ? r1 : r0)[i] = runner_up(f + i * C, C, (size_t)y[i]);
+        }
+        /* where it changes: bisection on its identity, one query at a time */
+        for (size_t i = 0; !st && i < n; i++) {
+            if (r0[i] == r1[i]) continue;
+            bracket stack[64];
+            size_t top = 0;
+            stack[top++] = (bracket){0.0, 1.0, r0[i], r1[i]};
+            while (!st && top) {
+                bracket b = stack[--top];
+                if (b.kl == b.kr) continue;
+                if (b.r - b.l <= KINK_TOL || top + 2 > 64) {
+                    if (ncut == cap) {
+                        double *more = realloc(cut, 2 * cap * sizeof *cut);
+                        if (!more) { st = PK_ERR_NOMEM; break; }
+                        cut = more;
+                        cap *= 2;
+                    }
+                    cut[ncut++] = 0.5 * (b.l + b.r);
+                    continue;
+                }
+                double mid = 0.5 * (b.l + b.r);
+                pk_model_forward(m, pk_node_weights(w, w_next, P, mid, scratch), X + i * d, 1, t);
+                size_t km = runner_up(pk_tape_out(m, t), C, (size_t)y[i]);
+                stack[top++] = (bracket){mid, b.r, km, b.kr};
+                stack[top++] = (bracket){b.l, mid, b.kl, km};
+            }
+        }
+        qsort(cut, ncut, sizeof *cut, by_double);
+    }
+    /* the rule on every piece between the changes (the whole step when none) */
+    size_t pieces = ncut + 1;
+    if (!st) {
+        s = pk_alloc(pieces, q->n * sizeof *s);
+        c = pk_alloc(pieces, q->n * sizeof *c);
+        if (!s || !c) st = PK_ERR_NOMEM;
+    }
+    size_t k = 0;
+    for (size_t p = 0; !st && p < pieces; p++) {
+        double a = p ? cut[p - 1] : 0.0, b = p < ncut ? cut[p] : 1.0;
+        if (!(b > a)) continue;
+        for (size_t j = 0; j < q->n; j++, k++) {
+            s[k] = a + (b - a) * q->s[j];
+            c[k] = (b - a) * q->c[j];
+        }
+    }
+    free(cut); free(r0); free(r1);
+    if (st) { free(s); free(c); return st; }
+    *s_out = s;
+    *c_out = c;
+    *n_out = k;
+    return PK_OK;
+}
