@@ -323,19 +323,31 @@ static size_t conv_rule(conv_table *c, const char *name)
     return c->nr++;
 }
 
+/* DIR/NAME read whole and its first line checked against `header` (its
+ * first hlen characters): *path and *buf for the caller to free (also on
+ * failure); the next lines by strtok_r(NULL, "\n", save). */
+static pk_status open_table(const char *dir, const char *name, const char *header, size_t hlen, char **path,
+                            unsigned char **buf, char **save)
+{
+    *buf = NULL;
+    *save = NULL;
+    if (!(*path = pk_path_join(dir, name))) return PK_ERR_NOMEM;
+    size_t len;
+    pk_status s = pk_read_file(*path, 0, 16u << 20, buf, &len);
+    if (s) return s;
+    char *line = strtok_r((char *)*buf, "\n", save);
+    if (!line || strncmp(line, header, hlen) != 0)
+        return pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header %s", *path, header);
+    return PK_OK;
+}
+
 static pk_status read_convergence(const char *dir, conv_table *c)
 {
     memset(c, 0, sizeof *c);
-    char *path = pk_path_join(dir, "convergence.csv");
-    if (!path) return PK_ERR_NOMEM;
+    char *path, *save, *line;
     unsigned char *buf;
-    size_t len;
-    pk_status s = pk_read_file(path, 0, 16u << 20, &buf, &len);
-    if (s) { free(path); return s; }
-    char *save = NULL, *line = strtok_r((char *)buf, "\n", &save);
+    pk_status s = open_table(dir, "convergence.csv", "lr,steps,rule,max_abs_err,max_rel_err", 25, &path, &buf, &save);
     size_t lineno = 1;
-    if (!line || strncmp(line, "lr,steps,rule,max_abs_err", 25) != 0)
-        s = pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header lr,steps,rule,max_abs_err,max_rel_err", path);
     c->steps_lo = (size_t)-1;
     while (!s && (line = strtok_r(NULL, "\n", &save))) {
         lineno++;
@@ -1163,16 +1175,11 @@ static pk_status lds_npy(const char *dir, const char *name, size_t ndim, const s
 static pk_status read_lds(const char *dir, lds_table *t)
 {
     memset(t, 0, sizeof *t);
-    char *path = pk_path_join(dir, "lds.csv");
-    if (!path) return PK_ERR_NOMEM;
+    static const char header[] = "method,lds,stderr,valid,seconds";
+    char *path, *save, *line;
     unsigned char *buf;
-    size_t len;
-    pk_status s = pk_read_file(path, 0, 1u << 20, &buf, &len);
-    if (s) { free(path); return s; }
-    char *save = NULL, *line = strtok_r((char *)buf, "\n", &save);
+    pk_status s = open_table(dir, "lds.csv", header, sizeof header, &path, &buf, &save);
     size_t lineno = 1;
-    if (!line || strcmp(line, "method,lds,stderr,valid,seconds") != 0)
-        s = pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header method,lds,stderr,valid,seconds", path);
     while (!s && (line = strtok_r(NULL, "\n", &save))) {
         lineno++;
         char *f[6];
