@@ -511,26 +511,26 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             /* the rule, on the pieces of the step where the target's seed is smooth */
             size_t ty = pk_run_loss(sw->run) == PK_LOSS_MSE ? m->n_out : 1;
             const double *yq = sw->o->y ? sw->o->y + q0 * ty : NULL;
-            double *ns = NULL, *nc = NULL;
-            size_t nn = 0;
-            s = pk_target_nodes(m, &sw->o->target, quad, ws, wn1, Xq + q0 * d, yq, nq, sw->qt[0], sw->wq, &ns, &nc, &nn);
-            /* H(s) = coef Jbar P + decay H(s+1), the nodes in passes over H of as many as the rule has */
-            for (size_t n0 = 0; !s && n0 < nn; n0 += quad->n) {
+            pk_step_nodes sn;
+            s = pk_target_nodes(m, &sw->o->target, quad, ws, wn1, Xq + q0 * d, yq, nq, sw->qt[0], sw->wq, &sn);
+            /* H(s) = coef Jbar P + decay H(s+1), in passes over H of one piece's nodes each (one owner's: a
+             * query's H never depends on its block) */
+            for (size_t n0 = 0; !s && n0 < sn.n; n0 += quad->n) {
                 double cn[8];
-                size_t nk = nn - n0 < quad->n ? nn - n0 : quad->n;
+                size_t nk = quad->n;
                 for (size_t k = 0; !s && k < nk; k++) {
-                    double cq = nc[n0 + k];
-                    const double *wn = pk_node_weights(ws, wn1, P, ns[n0 + k], sw->wq);
+                    double cq = sn.c[n0 + k];
+                    const double *wn = pk_node_weights(ws, wn1, P, sn.s[n0 + k], sw->wq);
                     pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[k]);
                     /* C rows per query: the target's columns */
-                    s = pk_target_deltas(m, wn, sw->qt[k], &sw->o->target, pk_run_loss(sw->run), yq, sw->R, sw->dq[k]);
+                    s = pk_target_deltas(m, wn, sw->qt[k], &sw->o->target, pk_run_loss(sw->run), yq, sw->R, sw->dq[k],
+                                         &sn, n0 + k);
                     cn[k] = cq * coef;
                     if (!s && adamw && lambda != 0.0) s = adamw_term(sw, q0, nq, k, -cq * lr * lambda, ws);
                 }
                 if (!s) s = update_h(sw, nq, n0 ? 1.0 : decay, cn, nk, pre);
             }
-            free(ns);
-            free(nc);
+            pk_step_nodes_free(&sn);
             if (s) break;
             const uint32_t *idx;
             size_t nb;

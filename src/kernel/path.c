@@ -218,16 +218,16 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
             /* the rule, on the pieces of the step where the target's seed is smooth */
-            double *ns = NULL, *nc = NULL;
-            size_t nn = 0;
+            pk_step_nodes sn;
             s = pk_target_nodes(m, &o->target, &o->quad, r.w, r.w_next, Xq + q0 * d, o->y ? o->y + q0 * ty : NULL, nq,
-                                qt, r.node, &ns, &nc, &nn);
-            for (size_t node = 0; !s && node < nn; node++) {
-                double cq = nc[node];
-                const double *wn = pk_replay_node(&r, ns[node]);
+                                qt, r.node, &sn);
+            for (size_t node = 0; !s && node < sn.n; node++) {
+                double cq = sn.c[node];
+                const double *wn = pk_replay_node(&r, sn.s[node]);
                 pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
                 /* the target's deltas at the node (MATH.md section 10) */
-                s = pk_target_deltas(m, wn, qt, &o->target, pk_run_loss(run), o->y ? o->y + q0 * ty : NULL, R, dq);
+                s = pk_target_deltas(m, wn, qt, &o->target, pk_run_loss(run), o->y ? o->y + q0 * ty : NULL, R, dq,
+                                     &sn, node);
                 if (s) break;
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
                 pk_side qs = pk_side_target(m, qt, dq, &o->target);
@@ -263,8 +263,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                         }
                 }
             }
-            free(ns);
-            free(nc);
+            pk_step_nodes_free(&sn);
         }
     }
     s = pk_replay_end(&r, s);

@@ -296,3 +296,19 @@ def test_bad_targets(runs, tmp_path):
     assert "outputs 0..9" in p.stderr
     p = pk_run("attribute", run, "--query", DIGITS, "--first", "3", "--target", "loss", "--class", "2", expect=2)
     assert "one of them" in p.stderr
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_threads_and_blocks_identical_bytes(runs, tmp_path, optim):
+    """Neither the thread count nor the block a query is in (the margin's
+    cut steps are each query's own) changes a bit."""
+    for target in ("margin", "loss"):
+        outs = []
+        for th, block in (("1", "5"), ("2", "5"), ("2", "16")):
+            out = tmp_path / f"{target}-{th}-{block}"
+            pk("explain", runs[optim], "--query", DIGITS, "--first", str(NQ), "--target", target, "--threads", th,
+               "--block", block, "--out", out)
+            outs.append(out)
+        for f in ("pred.npy", "bias.npy", "contrib.npy"):
+            for o in outs[1:]:
+                assert (outs[0] / f).read_bytes() == (o / f).read_bytes(), (target, f, o.name)
