@@ -23,6 +23,7 @@ enum { CLASS_PRED = -1, CLASS_LABEL = -2 };
 typedef struct attribution {
     size_t Q, K, N, steps;
     const char *quad;
+    const char *target;  /* "margin" or "loss": the rows' target (NULL: their output) */
     size_t *cls;     /* (Q) the attributed output */
     pk_topk r;       /* rows for Q queries        */
     double *store;   /* backs r                   */
@@ -151,6 +152,7 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
 {
     cJSON *root = cJSON_CreateObject(), *qs = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "quad", a->quad);
+    cJSON_AddStringToObject(root, "target", a->target ? a->target : "output");
     cJSON_AddNumberToObject(root, "top", (double)a->K);
     cJSON_AddNumberToObject(root, "n_train", (double)a->N);
     cJSON_AddNumberToObject(root, "steps", (double)a->steps);
@@ -201,9 +203,9 @@ static void print_attr_table(const attribution *a, const pk_data *train)
     for (size_t q = 0; q < a->Q; q++) {
         double moved = a->r.pred[q] - a->r.bias[q];
         const char *cname = pk_data_class_name(train, (double)a->cls[q]);
-        printf("query %zu  output %zu%s%s%s: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
-               q, a->cls[q], cname ? " (" : "", cname ? cname : "", cname ? ")" : "", a->r.pred[q], a->r.bias[q],
-               moved, a->r.total[q]);
+        printf("query %zu  %s%s%zu%s%s%s: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
+               q, a->target ? a->target : "output", a->target ? " of label " : " ", a->cls[q], cname ? " (" : "",
+               cname ? cname : "", cname ? ")" : "", a->r.pred[q], a->r.bias[q], moved, a->r.total[q]);
         if (a->r.regularisation[q] != 0.0) printf("weight decay %.6g  ", a->r.regularisation[q]);
         printf("residual %.3g\n", residual(a, q));
         size_t idx;
@@ -259,6 +261,7 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
     if (!s) {
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "quad", a->quad);
+        cJSON_AddStringToObject(r, "target", a->target ? a->target : "output");
         cJSON_AddNumberToObject(r, "top", (double)a->K);
         cJSON_AddNumberToObject(r, "n_query", (double)a->Q);
         cJSON_AddNumberToObject(r, "n_train", (double)a->N);
@@ -515,6 +518,7 @@ int cmd_attribute(int argc, char **argv)
         a.N = pk_run_n_train(run);
         a.steps = pk_run_steps(run);
         a.quad = to.quad.name;
+        a.target = by_target ? target : NULL;
         j.Q = q.n;
         j.group = pk_run_attribute_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
         j.n_groups = (q.n + j.group - 1) / j.group;
