@@ -23,6 +23,7 @@ enum { CLASS_PRED = -1, CLASS_LABEL = -2 };
 typedef struct attribution {
     size_t Q, K, N, steps;
     const char *quad;
+    const char *target;  /* "margin" or "loss": the rows' target (NULL: their output) */
     size_t *cls;     /* (Q) the attributed output */
     pk_topk r;       /* rows for Q queries        */
     double *store;   /* backs r                   */
@@ -151,6 +152,7 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
 {
     cJSON *root = cJSON_CreateObject(), *qs = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "quad", a->quad);
+    cJSON_AddStringToObject(root, "target", a->target ? a->target : "output");
     cJSON_AddNumberToObject(root, "top", (double)a->K);
     cJSON_AddNumberToObject(root, "n_train", (double)a->N);
     cJSON_AddNumberToObject(root, "steps", (double)a->steps);
@@ -201,9 +203,9 @@ static void print_attr_table(const attribution *a, const pk_data *train)
     for (size_t q = 0; q < a->Q; q++) {
         double moved = a->r.pred[q] - a->r.bias[q];
         const char *cname = pk_data_class_name(train, (double)a->cls[q]);
-        printf("query %zu  output %zu%s%s%s: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
-               q, a->cls[q], cname ? " (" : "", cname ? cname : "", cname ? ")" : "", a->r.pred[q], a->r.bias[q],
-               moved, a->r.total[q]);
+        printf("query %zu  %s%s%zu%s%s%s: pred %.6g  bias %.6g  pred - bias %.6g  sum of all contributions %.6g  ",
+               q, a->target ? a->target : "output", a->target ? " of label " : " ", a->cls[q], cname ? " (" : "",
+               cname ? cname : "", cname ? ")" : "", a->r.pred[q], a->r.bias[q], moved, a->r.total[q]);
         if (a->r.regularisation[q] != 0.0) printf("weight decay %.6g  ", a->r.regularisation[q]);
         printf("residual %.3g\n", residual(a, q));
         size_t idx;
@@ -259,6 +261,7 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
     if (!s) {
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "quad", a->quad);
+        cJSON_AddStringToObject(r, "target", a->target ? a->target : "output");
         cJSON_AddNumberToObject(r, "top", (double)a->K);
         cJSON_AddNumberToObject(r, "n_query", (double)a->Q);
         cJSON_AddNumberToObject(r, "n_train", (double)a->N);
@@ -350,6 +353,7 @@ static uint64_t job_fingerprint(pk_run *run, const pk_data *q, const attribution
     h = pk_hash_bytes(h, a->cls, a->Q * sizeof *a->cls);
     h = pk_hash_bytes(h, &o->top, sizeof o->top);
     h = pk_hash_bytes(h, o->quad.name, sizeof o->quad.name);
+    h = pk_hash_bytes(h, &o->target.kind, sizeof o->target.kind);
     return pk_hash_bytes(h, &group, sizeof group);
 }
 
@@ -424,6 +428,10 @@ int cmd_attribute(int argc, char **argv)
         "  --top K           proponents and opponents per query [10]\n"
         "  --class C         pred: the predicted class (argmax for softmax; output 0 for one output),\n"
         "                    label: the query's own target class, or an output index [pred]\n"
+        "  --target T        instead of --class: output:C (= --class C), label (= --class label), margin\n"
+        "                    (label logit minus the largest other) or loss (the query's loss under the run's\n"
+        "                    loss): the backward pass at every quadrature node is seeded with dg/df there, so\n"
+        "                    pred - bias = total + residual holds for the target (MATH.md section 11)\n"
         "  --quad R          left, mid, gl1..gl8 [gl2]\n"
         "  --out FILE.csv    query,class,rank,kind,index,label,contribution,share\n"
         "  --out FILE.json   the same with pred, bias, total, residual per query\n"
@@ -441,23 +449,33 @@ int cmd_attribute(int argc, char **argv)
     int rank, ranks;
     int rc = cli_mpi_start(cmd, &argc, &argv, &rank, &ranks);
     if (rc) return rc;
-    const char *query = NULL, *out = NULL, *cls_spec = "pred", *dir;
+    const char *query = NULL, *out = NULL, *cls_spec = NULL, *target = NULL, *dir;
     size_t top = 10, cls_num = 0, group_opt = 1024;
     int cls_mode = CLASS_PRED, want_progress = 0, quiet = 0;
     pk_load_opts lo = pk_load_opts_defaults();
     pk_topk_opts to = pk_topk_opts_defaults();
     const cli_opt opts[] = {{"query", CLI_STR, &query, NULL}, {"top", CLI_SIZE, &top, NULL},
-                            {"class", CLI_STR, &cls_spec, NULL}, {"quad", CLI_QUAD, &to.quad, NULL},
+                            {"class", CLI_STR, &cls_spec, NULL}, {"target", CLI_STR, &target, NULL},
+                            {"quad", CLI_QUAD, &to.quad, NULL},
                             {"out", CLI_STR, &out, NULL}, CLI_SELECT(lo), {"group", CLI_SIZE, &group_opt, NULL},
                             {"block", CLI_SIZE, &to.block, NULL}, {"mem", CLI_MIB, &to.mem_limit, NULL},
                             {"progress", CLI_FLAG, &want_progress, NULL}, {"quiet", CLI_FLAG, &quiet, NULL},
                             {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
     rc = cli_parse(cmd, help, argc, argv, opts, &dir, 1);
     if (rc) { cli_mpi_end(0); return rc < 0 ? EXIT_OK : rc; }
-    if (!strcmp(cls_spec, "pred")) cls_mode = CLASS_PRED;
+    if (cls_spec && target) rc = cli_usage(cmd, "--class and --target: give one of them");
+    else if (target) { /* output:C and label are --class C and --class label; margin and loss their own */
+        if (pk_target_parse(target, &to.target) || to.target.kind == PK_TARGET_OUTPUTS)
+            rc = cli_usage(cmd, "--target %s: use output:C, label, margin or loss", target);
+        else if (to.target.kind == PK_TARGET_OUTPUT) { cls_mode = 0; cls_num = to.target.output; to.target.kind = PK_TARGET_OUTPUTS; }
+        else if (to.target.kind == PK_TARGET_LABEL) { cls_mode = CLASS_LABEL; to.target.kind = PK_TARGET_OUTPUTS; }
+        else cls_mode = CLASS_LABEL;
+    } else if (!cls_spec || !strcmp(cls_spec, "pred")) cls_mode = CLASS_PRED;
     else if (!strcmp(cls_spec, "label")) cls_mode = CLASS_LABEL;
     else if (!cli_parse_size(cls_spec, &cls_num)) cls_mode = 0;
     else rc = cli_usage(cmd, "--class: '%s' is not pred, label or an output index", cls_spec);
+    /* margin and loss attribute a target of the label; the rows' class is the label's */
+    int by_target = to.target.kind == PK_TARGET_MARGIN || to.target.kind == PK_TARGET_LOSS;
     if (!rc && !query) rc = cli_usage(cmd, "--query SPEC is required");
     if (!rc && !top) rc = cli_usage(cmd, "--top must be at least 1");
     if (!rc && !group_opt) rc = cli_usage(cmd, "--group must be at least 1");
@@ -484,11 +502,14 @@ int cmd_attribute(int argc, char **argv)
     size_t C = m ? pk_model_n_outputs(m) : 0;
     if (!s && cls_mode == 0 && cls_num >= C)
         s = pk_fail(PK_ERR_INPUT, "--class %zu: the run's network has outputs 0..%zu", cls_num, C - 1);
-    if (!s && cls_mode == CLASS_LABEL && pk_run_loss(run) == PK_LOSS_MSE && C > 1)
+    if (!s && !by_target && cls_mode == CLASS_LABEL && pk_run_loss(run) == PK_LOSS_MSE && C > 1)
         s = pk_fail(PK_ERR_INPUT, "--class label needs class targets (softmax or logistic); this run uses mse with %zu outputs", C);
-    lo.allow_unseen = cls_mode != CLASS_LABEL;   /* labels needed only for --class label */
+    if (!s && by_target) s = pk_target_check(&to.target, C, pk_run_loss(run), NULL, 0);
+    if (!s && by_target && pk_run_loss(run) != PK_LOSS_SOFTMAX) cls_mode = 0; /* one output (logistic) or mse: output 0 */
+    lo.allow_unseen = cls_mode != CLASS_LABEL && !by_target;   /* labels needed for label, margin and loss */
     if (!s) s = pk_run_load_data(run, query, &lo, &q);
     if (!s) cli_data_warning(cmd, &q);
+    if (!s && by_target) s = cli_query_labels(run, query, &q, &to.target);
     if (!s && !q.n) s = pk_fail(PK_ERR_INPUT, "%s: no queries", query);
     if (!s) s = attribution_alloc(&a, q.n, top);
     if (!s) s = choose_classes(run, &q, cls_mode, cls_num, query, a.cls);
@@ -497,6 +518,7 @@ int cmd_attribute(int argc, char **argv)
         a.N = pk_run_n_train(run);
         a.steps = pk_run_steps(run);
         a.quad = to.quad.name;
+        a.target = by_target ? target : NULL;
         j.Q = q.n;
         j.group = pk_run_attribute_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
         j.n_groups = (q.n + j.group - 1) / j.group;
@@ -531,6 +553,7 @@ int cmd_attribute(int argc, char **argv)
         if (j.parts && load_group(&j, &a, g)) resumed++;
         else {
             pk_topk rows = rows_at(&a, q0);
+            to.y = by_target ? q.y + q0 * q.ty : NULL;
             s = pk_run_attribute(run, q.x + q0 * q.d, n, a.cls + q0, &to, &rows);
             if (!s && j.parts) s = save_group(&j, &a, g);
         }

@@ -197,6 +197,11 @@ int cmd_selfinfluence(int argc, char **argv);
 int cmd_mislabel(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_lds(int argc, char **argv);
+
+/* The labels of queries loaded through a run, for a target that reads them
+ * (pk_target_check; their columns those of the run's loss). */
+pk_status cli_query_labels(pk_run *run, const char *spec, const pk_data *q, const pk_target *t);
 
 /* Write the explain summary as JSON (summary.json, verify --json); max_reg:
  * the largest |regularisation|. */

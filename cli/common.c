@@ -29,10 +29,10 @@
  * '`'. At each place in the message the first entry that matches wins, so
  * that a phrase comes before its name. */
 typedef struct cli_term { const char *api, *flag, *cmds; } cli_term;
-#define TRAINING "train compare convergence mislabel"
-#define TRAINING_LR "train compare mislabel" /* convergence chooses the learning rates and steps itself */
+#define TRAINING "train compare convergence mislabel lds"
+#define TRAINING_LR "train compare mislabel lds" /* convergence chooses the learning rates and steps itself */
 #define EXPLAINING "explain verify"
-#define MEM_LIMIT "explain verify attribute report kernel loo mislabel"
+#define MEM_LIMIT "explain verify attribute report kernel loo mislabel lds"
 #define SELECTING "explain verify attribute predict weights info train compare convergence mislabel report"
 static const cli_term cli_terms[] = {
     {"learning rate (lr)", "--lr", TRAINING_LR},
@@ -55,7 +55,7 @@ static const cli_term cli_terms[] = {
     {"memory budget (mem_limit)", "--mem", MEM_LIMIT},
     {"(mem_limit", "(--mem", MEM_LIMIT},
     {"(Q", "(--first", EXPLAINING " attribute report"},
-    {"(quad", "(--quad", EXPLAINING " attribute selfinfluence export-libsvm mislabel report"},
+    {"(quad", "(--quad", EXPLAINING " attribute selfinfluence export-libsvm mislabel report lds"},
     {"(top", "(--top", "attribute report"},
     {"(frac", "(--flip", "mislabel"},
     {"(query", "(--query", EXPLAINING " attribute convergence report"},
@@ -66,6 +66,12 @@ static const cli_term cli_terms[] = {
     {"(sep)", "(--sep)", SELECTING},
     {"(class_names", "(--class-names", TRAINING},
     {"(input_shape", "(--input-shape", TRAINING},
+    {"(alpha", "(--alpha", "lds"},
+    {"(subsets", "(--subsets", "lds"},
+    {"(ensembles", "(--ensembles", "lds"},
+    {"(epochs", "(--epochs", "lds"},
+    {"(dir)", "(--out DIR)", "lds"},
+    {"(dir", "(--out", "lds"},
 };
 
 /* Is cmd one of the space-separated words of list (NULL: every command)? */
@@ -464,4 +470,20 @@ int cli_exe_dir(char *buf, size_t len)
     if (!slash) return -1;
     *slash = '\0';
     return 0;
+}
+
+pk_status cli_query_labels(pk_run *run, const char *spec, const pk_data *q, const pk_target *t)
+{
+    const pk_model *m = pk_run_model(run);
+    size_t C = pk_model_n_outputs(m), ty = pk_run_loss(run) == PK_LOSS_MSE ? C : 1;
+    char name[32];
+    if (q->ty != ty)
+        return pk_fail(PK_ERR_INPUT, "%s: %zu target column%s per query, but the target %s of this %s run needs %zu",
+                       spec, q->ty, q->ty == 1 ? "" : "s", pk_target_name(t, name, sizeof name),
+                       pk_loss_name(pk_run_loss(run)), ty);
+    pk_status s = pk_target_check(t, C, pk_run_loss(run), q->y, q->n);
+    if (!s) return PK_OK;
+    char why[512];
+    snprintf(why, sizeof why, "%s", pk_last_error());
+    return pk_fail(s, "%s: %s", spec, why);
 }

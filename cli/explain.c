@@ -22,9 +22,9 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
     a->opts = pk_explain_opts_defaults();
     a->tol = 1e-8;
     int no_kernel = 0;
-    const char *kernel = "path";
+    const char *kernel = "path", *target = "outputs";
     const cli_opt opts[] = {{"query", CLI_STR, &a->query, NULL}, {"quad", CLI_QUAD, &a->opts.quad, NULL},
-                            {"kernel", CLI_STR, &kernel, NULL},
+                            {"kernel", CLI_STR, &kernel, NULL}, {"target", CLI_STR, &target, NULL},
                             {"mode", CLI_KMODE, &a->opts.mode, NULL}, {"no-kernel", CLI_FLAG, &no_kernel, NULL},
                             {"block", CLI_SIZE, &a->opts.block, NULL}, {"mem", CLI_MIB, &a->opts.mem_limit, NULL},
                             {"out", CLI_STR, &a->out, NULL}, {"tol", CLI_DOUBLE, &a->tol, NULL},
@@ -32,7 +32,9 @@ static int parse_explain(const char *cmd, const char *help, int argc, char **arg
                             {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
     int rc = cli_parse(cmd, help, argc, argv, opts, &a->run, 1);
     if (rc) return rc;
-    if (no_kernel) a->opts.want_kernel = 0;
+    if (pk_target_parse(target, &a->opts.target)) return cli_usage(cmd, "--target %s: %s", target, pk_last_error());
+    /* the kernel belongs to the outputs: any other target writes none */
+    if (no_kernel || a->opts.target.kind != PK_TARGET_OUTPUTS) a->opts.want_kernel = 0;
     if (!strcmp(kernel, "path-batch")) a->opts.batch_kernel = 1;
     else if (strcmp(kernel, "path")) return cli_usage(cmd, "--kernel %s: use path or path-batch", kernel);
     if (!a->query) return cli_usage(cmd, "--query SPEC is required");
@@ -51,7 +53,7 @@ static pk_status explain_files_open(explain_files *w, const char *dir, pk_run *r
 {
     memset(w, 0, sizeof *w);
     const pk_model *m = pk_run_model(run);
-    size_t N = pk_run_n_train(run), C = pk_model_n_outputs(m);
+    size_t N = pk_run_n_train(run), C = pk_target_columns(&o->target, pk_model_n_outputs(m));
     int full = o->want_kernel && o->mode == PK_KMODE_FULL && C > 1;
     size_t s2[2] = {Q, C}, s3[3] = {Q, N, C}, s4[4] = {Q, N, C, C};
     const size_t *shape[6] = {s2, s2, s2, s3, full ? s4 : s3, s3};
@@ -112,9 +114,11 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     if (s) return cli_error(cmd, s);
     pk_data q = {0};
     cli_progress pr = cli_progress_start(cmd);
-    a->load.allow_unseen = 1;   /* labels are not needed */
+    int labels = pk_target_needs_labels(&a->opts.target);
+    a->load.allow_unseen = !labels;   /* labels are needed by the label, margin and loss targets only */
     s = pk_run_load_data(*run, a->query, &a->load, &q);
     if (!s) cli_data_warning(cmd, &q);
+    if (!s && labels) s = cli_query_labels(*run, a->query, &q, &a->opts.target);
     size_t group = q.n ? q.n : 1, limit = pk_memory_budget(a->opts.mem_limit);
     while (!s && group > 1 && pk_run_explain_bytes(*run, group, &a->opts) > limit) group = (group + 1) / 2;
     if (!s && !a->json) { /* the plan, before the work (too large a plan is refused by pk_run_explain) */
@@ -137,6 +141,7 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     for (size_t q0 = 0; !s && q0 < q.n; q0 += group) {
         size_t n = q.n - q0 < group ? q.n - q0 : group;
         pk_explain e;
+        a->opts.y = labels ? q.y + q0 * q.ty : NULL;
         s = pk_run_explain(*run, q.x + q0 * q.d, n, &a->opts, &e);
         if (s) break;
         if (w) s = explain_files_write(w, &e);
@@ -171,6 +176,8 @@ int cmd_explain(int argc, char **argv)
         "Replays the run and writes, for every query x and training example i (MATH.md section 3):\n"
         "  pred.npy (Q, C)       f(x; w_T)            bias.npy (Q, C)   b(x) = f(x; w_0)\n"
         "  contrib.npy (Q, N, C) phi_i(x), exact contributions: pred = bias + sum_i contrib + quadrature error\n"
+        "                        (with --target other than outputs, C = 1 and pred, bias, contrib are the target's;\n"
+        "                        no kernel or coef)\n"
         "  kernel.npy            path kernel K^p(x, x_i): (Q, N) for one output or --mode trace, (Q, N, C, C) full\n"
         "  coef.npy (Q, N)       a_i(x) = phi_i(x) / K^p(x, x_i) (one output only; NaN where the kernel is 0),\n"
         "                        so that pred = bias + sum_i a_i(x) K^p(x, x_i) + quadrature error\n"
@@ -184,6 +191,10 @@ int cmd_explain(int argc, char **argv)
         "  --first N, --random N, --data-seed S   select queries [all]\n"
         CLI_CSV_HELP_RUN
         "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
+        "  --target T        what is decomposed (MATH.md section 11): outputs (every output), output:C,\n"
+        "                    label (the logit of the query's label), margin (label logit minus the largest\n"
+        "                    other), loss (the query's loss under the run's loss); every query-side backward\n"
+        "                    pass is seeded with dg/df at its quadrature node [outputs]\n"
         "  --mode M          kernel as trace over outputs or full C x C blocks [trace]\n"
         "  --kernel K        path: the paper's path kernel, sum_t eta_t sum_q c_q K^g at w_t + s_q D_t\n"
         "                    (symmetric, positive semi-definite; a_i(x) carries the batch indicator);\n"

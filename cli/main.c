@@ -22,6 +22,7 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
     {"selfinfluence", cmd_selfinfluence, "exact self-influence of every training example"},
     {"loo", cmd_loo, "leave-one-out residuals of kernel ridge regression on a run's own kernel"},
     {"mislabel", cmd_mislabel, "flip labels, train, and rank the flips by self-influence and baselines"},
+    {"lds", cmd_lds, "does an attribution predict retraining? LDS of each method on retrained subsets"},
     {"report", cmd_report, "one self-contained HTML report of a run: loss, representation, kernels, attributions"},
     {"demo", cmd_demo, "the main job on the embedded 8x8 digits: train, verify, attribute, report"},
 };

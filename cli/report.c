@@ -21,13 +21,17 @@ int cmd_report(int argc, char **argv)
         "  and, when the compare run had --widths, the tangent kernel's change and label alignment\n"
         "  against hidden width; for runs with classes, the training examples with the largest\n"
         "  leave-one-out residuals of their own label under kernel ridge regression on the run's kernel\n"
-        "  (`pathkernel loo`), drawn with their given and predicted labels.\n\n"
+        "  (`pathkernel loo`), drawn with their given and predicted labels; with --lds, the LDS of each\n"
+        "  attribution method with error bars and the predicted against the retrained target.\n\n"
         "  --query SPEC        query inputs [the run's training data]\n"
         "  --first N, --random N, --data-seed S   select queries [first 10]\n"
         CLI_CSV_HELP_RUN
         "  --quad R            quadrature rule: left, mid, gl1..gl8 [gl4]\n"
         "  --convergence DIR   a directory written by `pathkernel convergence --out DIR` [none]\n"
         "  --compare DIR       a directory written by `pathkernel compare --out DIR` [none]\n"
+        "  --lds DIR           a directory written by `pathkernel lds --out DIR`: LDS per method with error\n"
+        "                      bars, and for the first --show test points the predicted against the\n"
+        "                      retrained target [none]\n"
         "  --show N            queries drawn with their proponents and opponents [3]\n"
         "  --top K             proponents and opponents per query [5]\n"
         "  --heat N            training examples and queries (each) in the heat map [60]\n"
@@ -47,7 +51,7 @@ int cmd_report(int argc, char **argv)
         {"query", CLI_STR, &ro.query, NULL}, {"first", CLI_SIZE, &first, &sel},
         {"random", CLI_SIZE, &ro.load.random, &sel}, {"data-seed", CLI_U64, &ro.load.seed, NULL}, CLI_CSV(ro.load),
         {"quad", CLI_QUAD, &ro.quad, NULL}, {"convergence", CLI_STR, &ro.convergence, NULL},
-        {"compare", CLI_STR, &ro.compare, NULL}, {"show", CLI_SIZE, &ro.show, NULL}, {"top", CLI_SIZE, &ro.top, NULL},
+        {"compare", CLI_STR, &ro.compare, NULL}, {"lds", CLI_STR, &ro.lds, NULL}, {"show", CLI_SIZE, &ro.show, NULL}, {"top", CLI_SIZE, &ro.top, NULL},
         {"heat", CLI_SIZE, &heat, &have_heat}, {"movement", CLI_SIZE, &ro.move_train, NULL},
         {"checkpoints", CLI_SIZE, &ro.move_steps, NULL}, {"mem", CLI_MIB, &ro.mem_limit, NULL},
         {"loo", CLI_STR, &loo, NULL}, {"loo-top", CLI_SIZE, &ro.loo_top, NULL}, {"out", CLI_STR, &out, NULL}, {"threads", CLI_THREADS, NULL, NULL}, {NULL, 0, NULL, NULL}};
@@ -63,8 +67,8 @@ int cmd_report(int argc, char **argv)
                          "positive semi-definite)", loo);
     if (!ro.heat_train) return cli_usage(cmd, "--heat must be at least 1");
     if (ro.move_train < 2) return cli_usage(cmd, "--movement must be at least 2");
-    const char *dirs[2][2] = {{"convergence", ro.convergence}, {"compare", ro.compare}};
-    for (int i = 0; i < 2; i++) {
+    const char *dirs[3][2] = {{"convergence", ro.convergence}, {"compare", ro.compare}, {"lds", ro.lds}};
+    for (int i = 0; i < 3; i++) {
         struct stat st;
         if (dirs[i][1] && (stat(dirs[i][1], &st) != 0 || !S_ISDIR(st.st_mode)))
             return cli_usage(cmd, "--%s %s: not a directory (write one with pathkernel %s --out DIR)", dirs[i][0],

@@ -471,6 +471,11 @@ typedef int (*pk_progress_fn)(void *ctx, size_t step, size_t steps, double loss)
 pk_status pk_train(const pk_data *train, const pk_train_opts *opts,
                    pk_progress_fn progress, void *ctx);
 
+/* Train as pk_train does (bit-identical final weights) without a run
+ * directory: nothing is recorded (out_dir, keep and the data spec are
+ * ignored); w (P, the model's parameters) receives the final weights. */
+pk_status pk_train_weights(const pk_data *train, const pk_train_opts *opts, double *w);
+
 /* What pk_train_resume found and did. */
 typedef struct pk_resume_info {
     size_t steps;        /* steps the run asked for (T)                        */
@@ -761,6 +766,41 @@ typedef struct pk_loo {
 pk_status pk_run_loo(pk_run *run, const pk_loo_opts *o, pk_loo *out);
 void pk_loo_free(pk_loo *l);
 
+/* ------------------------------------------------------------------ targets */
+
+/* What a decomposition explains (MATH.md section 11): a target g(f(x)) of
+ * the network's outputs f at a query x with label y. Every query-side
+ * backward pass at a quadrature node is seeded with dg/df at that node, so
+ * g(f(x; w_T)) - g(f(x; w_0)) = sum_i phi_i^g(x) to the quadrature error. */
+typedef enum pk_target_kind {
+    PK_TARGET_OUTPUTS,     /* every output f_k: C columns (explain's default)    */
+    PK_TARGET_OUTPUT,      /* f_c, c = output                                    */
+    PK_TARGET_LABEL,       /* f_y, the logit of the query's label                */
+    PK_TARGET_MARGIN,      /* f_y - max_{k != y} f_k                             */
+    PK_TARGET_LOSS         /* l(f, y), the run's loss on the query               */
+} pk_target_kind;
+
+typedef struct pk_target {
+    pk_target_kind kind;
+    size_t output;         /* PK_TARGET_OUTPUT: the output c                     */
+} pk_target;
+
+/* "outputs", "output:C", "label", "margin" or "loss". */
+pk_status pk_target_parse(const char *s, pk_target *t);
+/* Its spelling, as parsed (into buf; returns buf). */
+const char *pk_target_name(const pk_target *t, char *buf, size_t len);
+/* Columns of the target for a network with C outputs: C for outputs, else 1. */
+size_t pk_target_columns(const pk_target *t, size_t C);
+/* Whether the target reads the queries' labels (label, margin, loss). */
+int pk_target_needs_labels(const pk_target *t);
+/* Check the target against a network with C outputs trained with `loss`
+ * and, when it reads labels, the n queries' targets y (n, ty: ty = C for
+ * mse, else 1): PK_ERR_INPUT naming the query and what is wrong. */
+pk_status pk_target_check(const pk_target *t, size_t C, pk_loss loss, const double *y, size_t n);
+/* g (n, columns) of the outputs f (n, C) with the targets y (n, ty). */
+void pk_target_values(const pk_target *t, pk_loss loss, const double *f, const double *y, size_t n, size_t C,
+                      double *g);
+
 typedef struct pk_explain_opts {
     pk_quad quad;          /* default gl2                                     */
     int want_contrib;      /* keep phi_i(x) (Q, N, C) [1]; 0: only its sum   */
@@ -773,6 +813,10 @@ typedef struct pk_explain_opts {
     int batch_kernel;      /* the kernel is the contribution kernel (MATH.md section 3,
                               batch indicator, Jbar on the query side) instead of the
                               paper's path kernel (pk_run_path_kernel) [0]         */
+    pk_target target;      /* what is decomposed [outputs]; any other target has
+                              one column and no kernel (want_kernel 0)             */
+    const double *y;       /* (Q, ty) the queries' targets, for label, margin and
+                              loss (ty = C for mse, else 1); NULL otherwise        */
 } pk_explain_opts;
 
 pk_explain_opts pk_explain_opts_defaults(void);
@@ -782,8 +826,9 @@ pk_explain_opts pk_explain_opts_defaults(void);
 typedef struct pk_explain {
     size_t Q, N, C;
     pk_kmode mode;
-    double *pred;          /* (Q, C)  f(x; w_T)                                */
-    double *bias;          /* (Q, C)  b(x) = f(x; w_0)                         */
+    double *pred;          /* (Q, C)  f(x; w_T), or the target g(f(x; w_T)):
+                              C is the target's columns (pk_target_columns)    */
+    double *bias;          /* (Q, C)  b(x) = f(x; w_0) (the target's)          */
     double *contrib;       /* (Q, N, C) phi_i(x), or NULL                      */
     double *contrib_sum;   /* (Q, C)  sum_i phi_i(x)                           */
     double *kernel;        /* path kernel K^p(x, x_i) (the paper's, or with batch_kernel the
@@ -850,13 +895,17 @@ typedef struct pk_topk_opts {
     size_t mem_limit;        /* bytes (0 = 3/4 of free memory)                  */
     pk_progress_fn progress; /* after every replayed step; non-zero stops (PK_ERR_STOPPED) */
     void *ctx;
+    pk_target target;        /* outputs or output (the default): the output cls[x] of
+                                each query; label, margin or loss: that target (one
+                                column; cls only labels the rows)                 */
+    const double *y;         /* (n, ty) the queries' targets for label, margin, loss */
 } pk_topk_opts;
 
 pk_topk_opts pk_topk_opts_defaults(void);
 
 /* Rows for n queries, allocated by the caller. */
 typedef struct pk_topk {
-    double *pred, *bias;     /* (n) f_c(x; w_T), f_c(x; w_0)                    */
+    double *pred, *bias;     /* (n) f_c(x; w_T), f_c(x; w_0) (or the target's)   */
     double *total;           /* (n) sum over all training examples of phi_i(x)[c] */
     double *regularisation;  /* (n) weight decay's share (MATH.md section 5)    */
     int64_t *pro_idx;        /* (n, K) strongest first; -1 after the last        */
@@ -879,6 +928,90 @@ double pk_auc(const double *score, const unsigned char *positive, size_t n);
  * uniformly among the other C-1; flipped (n) marks them. frac in (0, 1). */
 pk_status pk_data_flip_labels(pk_data *data, size_t C, double frac, uint64_t seed, unsigned char *flipped,
                               size_t *n_flipped);
+
+/* -------------------------------------------- linear datamodeling score */
+
+/* Does an attribution predict retraining? (docs/ATTRIBUTION.md, "LDS";
+ * src/attribution/lds.c.) M seeded subsets S_m of round(alpha N) training
+ * examples are retrained with the run's configuration; for every test point
+ * x the Spearman correlation over m between the predicted sum_{i in S_m}
+ * score_i(x) and the retrained target g(f(x; w^m)) is its LDS; a method's
+ * LDS is the mean over the test points, with the standard error
+ * sd / sqrt(count) (test points where either side is constant have no
+ * correlation and are left out; `valid` counts the others). */
+
+/* Spearman's rank correlation of a (n, stride sa) and b (n, stride sb):
+ * Pearson's of their ranks, ties sharing the mean rank (as scipy's
+ * spearmanr); NaN when either is constant or n < 2. */
+double pk_spearman(const double *a, size_t sa, const double *b, size_t sb, size_t n);
+/* LDS of `scores` (Q, N) over the subsets `mask` (M, N; 1 = in the subset)
+ * against the retrained targets (M, Q): predicted (M, Q) receives the sums
+ * when not NULL, per_query (Q) the correlations (NaN where undefined),
+ * *mean, *se and *valid the summary. */
+pk_status pk_lds_score(const double *scores, const unsigned char *mask, const double *retrained, size_t M, size_t N,
+                       size_t Q, double *predicted, double *per_query, double *mean, double *se, size_t *valid);
+/* The subsets: mask (M, N), subset m the first round(alpha N) of a
+ * permutation of 0..N-1 seeded by (seed, m) (so subset m does not depend on M). */
+pk_status pk_lds_subsets(size_t N, size_t M, double alpha, uint64_t seed, unsigned char *mask);
+
+/* Progress of pk_lds_run: what it is doing (a phase name), done of total
+ * units (steps of a replay or training, subsets retrained); non-zero stops
+ * (PK_ERR_STOPPED; what is finished stays in the work directory). Called
+ * from one thread at a time. */
+typedef int (*pk_lds_progress_fn)(void *ctx, const char *phase, size_t done, size_t total);
+
+enum { PK_LDS_MAX_ENSEMBLES = 8 };
+
+typedef struct pk_lds_opts {
+    pk_train_opts train;     /* the configuration: model, loss, optimiser, steps, seed
+                                (out_dir ignored; keep: of the runs kept [their steps]) */
+    size_t epochs;           /* > 0: each training set, whole or subset, trains for
+                                epochs * ceil(n / batch) steps (train.steps ignored) [0] */
+    pk_target target;        /* a target of one column [loss]                        */
+    size_t subsets;          /* M [100]                                              */
+    double alpha;            /* fraction of the training set in a subset [0.5]       */
+    uint64_t subset_seed;    /* [0]                                                  */
+    int reseed;              /* subset m trains from seed train.seed + 1 + m (fresh
+                                initial weights and batch order) [0: train.seed]     */
+    pk_quad quad;            /* the exact method's rule [gl2]                        */
+    size_t ensembles[PK_LDS_MAX_ENSEMBLES]; /* K of the ensembles: the mean of the exact
+                                contributions of the runs of seeds train.seed .. + K-1 */
+    size_t n_ensembles;      /* [3: 1, 5, 20]                                        */
+    const char *dir;         /* work directory (required): DIR/runs (the runs),
+                                DIR/retrain (each subset's retrained targets), DIR/scores
+                                (each method's scores): kept, so that a stopped job, or
+                                one asking for more methods or subsets, continues      */
+    size_t mem_limit;        /* explain's memory budget, bytes (0 = default)        */
+    pk_lds_progress_fn progress;
+    void *ctx;
+} pk_lds_opts;
+
+pk_lds_opts pk_lds_opts_defaults(void);
+
+typedef struct pk_lds {
+    size_t M, Q, N, n_methods;
+    char (*name)[32];        /* (n_methods) exact:RULE, left, grad-dot, grad-cos, ensemble:K */
+    double *lds, *se;        /* (n_methods)                                          */
+    size_t *valid;           /* (n_methods) test points with a correlation           */
+    double *seconds;         /* (n_methods) training of the runs it needs + scoring   */
+    double *per_query;       /* (n_methods, Q) Spearman per test point (NaN: none)    */
+    double *predicted;       /* (n_methods, M, Q) sum of the scores over subset m     */
+    double *retrained;       /* (M, Q) target after retraining on subset m            */
+    double *full;            /* (Q) target of the run on the whole training set       */
+    unsigned char *mask;     /* (M, N) the subsets                                    */
+    double seconds_retrain;  /* the subsets' training, summed over them               */
+    double seconds_total;    /* this call                                             */
+    size_t steps;            /* steps of the whole run                                */
+    size_t subset_steps;     /* steps of a subset's                                   */
+} pk_lds;
+
+/* The whole evaluation on `train` (standardised already when train.standardize)
+ * and the test points (test, labels in the loss's format): the runs, the
+ * retraining, every method's scores and LDS. Work already in o->dir is used,
+ * not redone (a directory of another job -- other data, configuration or
+ * target -- is refused). Free with pk_lds_free. */
+pk_status pk_lds_run(const pk_data *train, const pk_data *test, const pk_lds_opts *o, pk_lds *out);
+void pk_lds_free(pk_lds *l);
 
 /* ------------------------------------------------------------------ report */
 
@@ -911,6 +1044,8 @@ typedef struct pk_report_opts {
     size_t loo_top;           /* training examples with the largest leave-one-out
                                  residuals drawn (pk_run_loo; classes only) [12]; 0: none */
     pk_kernel_kind loo_kernel; /* their kernel [tangent-final]                  */
+    const char *lds;          /* a `lds --out` directory: LDS per method with error
+                                 bars, predicted against retrained targets (NULL: none) */
 } pk_report_opts;
 
 /* What the report found, for a caller that prints a summary. */

@@ -29,7 +29,7 @@ import numpy as np
 from . import _capi
 from ._capi import lib as _lib
 
-__all__ = ["train", "open_run", "load_data", "Data", "ntk", "Run", "Explanation", "Attribution", "Loo", "set_threads", "get_threads",
+__all__ = ["train", "open_run", "lds", "Lds", "load_data", "Data", "ntk", "Run", "Explanation", "Attribution", "Loo", "set_threads", "get_threads",
            "PathkernelError", "PathkernelInputError", "__version__"]
 __version__ = "0.1.0"
 
@@ -301,6 +301,22 @@ def _parse_quad(quad):
     q = _capi.pk_quad()
     _check(_lib().pk_quad_parse(str(quad).encode(), ctypes.byref(q)))
     return q
+
+
+def _parse_target(target):
+    t = _capi.pk_target()
+    _check(_lib().pk_target_parse(str(target).encode(), ctypes.byref(t)))
+    return t
+
+
+def _target_labels(y, Q, ty, target):
+    """The queries' targets for a target that reads them, (Q, ty) float64."""
+    if y is None:
+        raise ValueError(f"target={target!r} reads the queries' labels: pass y")
+    a = _as_targets(y, Q)
+    if a.size != Q * ty:
+        raise ValueError(f"y: {a.size // Q} target columns per query, the run's loss needs {ty}")
+    return a.reshape(Q, ty)
 
 
 def _parse_mode(mode):
@@ -635,8 +651,14 @@ class Run:
         finally:
             L.pk_loo_free(ctypes.byref(r))
 
-    def _explain(self, Xq, quad, mode, kernel):
+    def _ty(self):
+        return self.dims[-1] if self.loss == "mse" else 1
+
+    def _explain(self, Xq, quad, mode, kernel, target=None, y=None):
         x = self._queries(Xq, "Xq")
+        t = _parse_target("outputs" if target is None else target)
+        if t.kind != 0:
+            kernel = None   # the kernel belongs to the outputs (MATH.md section 11)
         if kernel not in (None, "path", "path-batch"):
             raise ValueError(f"kernel={kernel!r}: use 'path' (the paper's path kernel) or 'path-batch' "
                              "(the contribution kernel, with the batch indicator)")
@@ -646,6 +668,11 @@ class Run:
         o.want_contrib = 1
         o.want_kernel = 1 if kernel else 0
         o.batch_kernel = 1 if kernel == "path-batch" else 0
+        o.target = t
+        yq = None
+        if t.kind in (2, 3, 4):   # label, margin, loss
+            yq = _target_labels(y, x.shape[0], self._ty(), target)
+            o.y = _ptr(yq)
         e = _capi.pk_explain()
         L = _lib()
         _check(L.pk_run_explain(self._handle(), _ptr(x), x.shape[0], ctypes.byref(o), ctypes.byref(e)))
@@ -679,7 +706,7 @@ class Run:
             L.pk_explain_free(ctypes.byref(e))
         return r
 
-    def explain(self, Xq, quad="gl2", mode="trace", kernel="path"):
+    def explain(self, Xq, quad="gl2", mode="trace", kernel="path", target=None, y=None):
         """Replay the run and compute the exact contribution phi_i(x) of every
         training example i to the prediction at each query (Q, d) (raw feature
         space): an Explanation with pred, bias, contrib, kernel, coef,
@@ -689,18 +716,23 @@ class Run:
         "path-batch", the contribution kernel with the batch indicator; coef
         (one output) is a_i(x) = phi_i(x) / K(x, x_i) with that kernel, so
         pred = bias + sum_i coef K (+ regularisation and quadrature error).
-        Needs the training data: attached by train(), or loadable from the
-        spec a CLI run recorded."""
-        return self._explain(Xq, quad, mode, kernel)
+        target: None or "outputs" (every output), "output:C", "label",
+        "margin" or "loss" (MATH.md section 11; y, the queries' labels, for
+        the last three): pred, bias and contrib are then the target's, one
+        column, and there is no kernel. Needs the training data: attached by
+        train(), or loadable from the spec a CLI run recorded."""
+        return self._explain(Xq, quad, mode, kernel, target, y)
 
-    def attribute(self, Xq, top=10, quad="gl2", group=None):
+    def attribute(self, Xq, top=10, quad="gl2", group=None, target=None, y=None):
         """For every query, the `top` strongest proponents (largest phi_i(x)[c]
         > 0) and opponents (most negative) of output c = the predicted class
         (argmax for softmax, else output 0), ranked like `pathkernel attribute`
         (exact ties by the smaller index). Returns a list of Attribution.
         The queries go in groups, one replay of the trajectory each: `group`
         queries, or (None) as many as one replay can take within 3/4 of the
-        free memory, as the CLI plans them."""
+        free memory, as the CLI plans them. target: None (the predicted
+        class), "output:C", "label", "margin" or "loss" (y: the queries'
+        labels for the last three), as `pathkernel attribute --target`."""
         top = _size(top, "top", 1)
         group = None if group is None else _size(group, "group", 1)
         x = self._queries(Xq, "Xq")
@@ -709,7 +741,19 @@ class Run:
         # the attributed output: the prediction's class (softmax), else output 0
         C = self.dims[-1]
         cls = np.zeros(Q, dtype=np.uintp)
-        if self.loss == "softmax" and Q:
+        t = _parse_target("outputs" if target is None else target)
+        if target is not None and t.kind == 0:
+            raise ValueError("target='outputs': use output:C, label, margin or loss (or None)")
+        yq = None
+        if t.kind in (2, 3, 4):
+            yq = _target_labels(y, Q, self._ty(), target)
+            if self.loss == "softmax":
+                cls[:] = yq[:, 0].astype(np.uintp)
+        if t.kind == 1:
+            cls[:] = t.output
+        if t.kind in (1, 2):   # an output per query: the cls of each row
+            t = _capi.pk_target()
+        if target is None and self.loss == "softmax" and Q:
             w = self.weights()
             f = np.empty((Q, C))
             _check(L.pk_model_predict(L.pk_run_model(self._handle()), _ptr(w), _ptr(x), Q, _ptr(f)))
@@ -722,6 +766,7 @@ class Run:
         o = L.pk_topk_opts_defaults()
         o.quad = _parse_quad(quad)
         o.top = top
+        o.target = t
         col = {k: np.zeros(Q) for k in ("pred", "bias", "total", "regularisation")}
         idx = {k: np.zeros((Q, top), dtype=np.int64) for k in ("pro_idx", "opp_idx")}
         val = {k: np.zeros((Q, top)) for k in ("pro_val", "opp_val")}
@@ -732,6 +777,8 @@ class Run:
             r = _capi.pk_topk(*(_ptr(col[k][q0:q1]) for k in ("pred", "bias", "total", "regularisation")),
                               idx["pro_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["pro_val"][q0:q1]),
                               idx["opp_idx"][q0:q1].ctypes.data_as(_capi.P_i64), _ptr(val["opp_val"][q0:q1]))
+            if yq is not None and t.kind != 0:
+                o.y = _ptr(yq[q0:q1])
             _check(L.pk_run_attribute(self._handle(), _ptr(x[q0:q1]), q1 - q0,
                                       cls[q0:q1].ctypes.data_as(_capi.P_size), ctypes.byref(o), ctypes.byref(r)))
         out = []
@@ -765,6 +812,117 @@ class Run:
 def open_run(path):
     """Open a run directory written by `pathkernel train` or train()."""
     return Run(path)
+
+
+def _train_config(model, loss, optim, lr, steps, batch, seed, momentum, weight_decay, param, sigma_w, sigma_b):
+    """A pk_train_opts of train()'s arguments, and the model's bytes (keep them alive)."""
+    L = _lib()
+    o = L.pk_train_opts_defaults()
+    lc = ctypes.c_int()
+    _check(L.pk_loss_parse(str(loss).encode(), ctypes.byref(lc)))
+    oc = ctypes.c_int()
+    _check(L.pk_optim_parse(str(optim).encode(), ctypes.byref(oc)))
+    if param not in ("standard", "ntk"):
+        raise ValueError(f"param: '{param}' is not standard or ntk")
+    if not isinstance(model, str):
+        raise ValueError(f"model: expected a spec string like 'mlp:64:tanh', got {model!r}")
+    model_b = model.encode()
+    o.model = model_b
+    o.param = _capi.PK_PARAM_NTK if param == "ntk" else _capi.PK_PARAM_STANDARD
+    o.sigma_w, o.sigma_b = _real(sigma_w, "sigma_w"), _real(sigma_b, "sigma_b")
+    o.loss = lc.value
+    o.optim.kind = oc.value
+    o.optim.lr = _real(lr, "lr")
+    o.optim.batch = _size(batch, "batch")
+    o.optim.momentum = _real(momentum, "momentum")
+    o.optim.weight_decay = _real(weight_decay, "weight_decay")
+    o.steps = _size(steps, "steps")
+    o.seed = _size(seed, "seed")
+    if o.seed >= 1 << 64:
+        raise ValueError(f"seed: {seed} does not fit in 64 bits")
+    return o, model_b
+
+
+class Lds:
+    """What lds() measured (docs/ATTRIBUTION.md, "LDS"), for M subsets, Q
+    test points and the methods in `methods` (exact:RULE, left, grad-dot,
+    grad-cos, ensemble:K):
+
+    lds, stderr, valid, seconds   dicts by method: the mean Spearman correlation
+                                  over the test points, its standard error, the
+                                  test points with a correlation, the seconds
+    per_query (methods, Q)        each test point's correlation (NaN: none)
+    predicted (methods, M, Q)     the method's scores summed over subset m
+    retrained (M, Q)              the target after retraining on subset m
+    full (Q,)                     the target of the run on the whole training set
+    subsets (M, N) bool           the subsets
+    seconds_retrain, steps, subset_steps
+    """
+
+    def __repr__(self):
+        return "Lds(" + ", ".join(f"{m}={self.lds[m]:.4f}" for m in self.methods) + ")"
+
+
+def lds(X, y, Xtest, ytest, out, model="mlp:64:tanh", loss="softmax", optim="sgd", lr=0.1, steps=100, epochs=None,
+        batch=64, seed=0, momentum=0.9, weight_decay=0.0, param="standard", sigma_w=1.0, sigma_b=0.0,
+        target="loss", subsets=100, alpha=0.5, subset_seed=0, reseed=False, quad="gl2", ensembles=(1, 5, 20)):
+    """The linear datamodeling score of every attribution method, as
+    `pathkernel lds`: retrain the configuration (train()'s arguments; epochs
+    E: every training set, whole or subset, trains E epochs) on `subsets`
+    seeded subsets of a fraction `alpha` of (X, y), evaluate `target`
+    (output:C, label, margin, loss) at (Xtest, ytest), and score each method.
+    `out` is the work directory: what is there is reused (a stopped call
+    continues), so that more subsets or ensembles do not retrain. Returns an
+    Lds. X is used as given (no standardisation)."""
+    x = _as_matrix(_flat_images(X), "X")
+    xt = _as_matrix(_flat_images(Xtest), "Xtest", x.shape[1])
+    yt = _as_targets(np.asarray(y), x.shape[0])
+    ytt = _as_targets(np.asarray(ytest), xt.shape[0])
+    L = _lib()
+    o = L.pk_lds_opts_defaults()
+    t, model_b = _train_config(model, loss, optim, lr, steps, batch, seed, momentum, weight_decay, param, sigma_w,
+                               sigma_b)
+    t.keep = 0
+    o.train = t
+    o.epochs = 0 if epochs is None else _size(epochs, "epochs", 1)
+    o.target = _parse_target(target)
+    o.subsets = _size(subsets, "subsets", 3)
+    o.alpha = _real(alpha, "alpha")
+    o.subset_seed = _size(subset_seed, "subset_seed")
+    o.reseed = 1 if reseed else 0
+    o.quad = _parse_quad(quad)
+    ens = [int(_size(k, "ensembles", 1)) for k in ensembles]
+    if len(ens) > _capi.PK_LDS_MAX_ENSEMBLES:
+        raise ValueError(f"ensembles: at most {_capi.PK_LDS_MAX_ENSEMBLES} sizes")
+    for i, k in enumerate(ens):
+        o.ensembles[i] = k
+    o.n_ensembles = len(ens)
+    dir_b = os.fsencode(os.fspath(out))
+    o.dir = dir_b
+    dtr, dte = _data(x, yt), _data(xt, ytt)
+    r = _capi.pk_lds()
+    _check(L.pk_lds_run(ctypes.byref(dtr), ctypes.byref(dte), ctypes.byref(o), ctypes.byref(r)))
+    try:
+        M, Q, N, nm = int(r.M), int(r.Q), int(r.N), int(r.n_methods)
+
+        def grab(p, shape, dtype=np.float64):
+            return np.ctypeslib.as_array(p, (int(np.prod(shape)),)).reshape(shape).astype(dtype, copy=True)
+
+        res = Lds()
+        res.methods = [r.name[k].value.decode() for k in range(nm)]
+        res.lds = {m: float(r.lds[k]) for k, m in enumerate(res.methods)}
+        res.stderr = {m: float(r.se[k]) for k, m in enumerate(res.methods)}
+        res.valid = {m: int(r.valid[k]) for k, m in enumerate(res.methods)}
+        res.seconds = {m: float(r.seconds[k]) for k, m in enumerate(res.methods)}
+        res.per_query = grab(r.per_query, (nm, Q))
+        res.predicted = grab(r.predicted, (nm, M, Q))
+        res.retrained = grab(r.retrained, (M, Q))
+        res.full = grab(r.full, (Q,))
+        res.subsets = grab(r.mask, (M, N), bool)
+        res.seconds_retrain, res.steps, res.subset_steps = float(r.seconds_retrain), int(r.steps), int(r.subset_steps)
+    finally:
+        L.pk_lds_free(ctypes.byref(r))
+    return res
 
 
 def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=100, batch=0, seed=0,
@@ -828,36 +986,15 @@ def train(X, y, model="mlp:64:tanh", loss="softmax", optim="gd", lr=0.1, steps=1
         if len(fnames) != x.shape[1]:
             raise ValueError(f"features: {len(fnames)} names for {x.shape[1]} columns of X")
     L = _lib()
-    o = L.pk_train_opts_defaults()
+    o, model_b = _train_config(model, loss, optim, lr, steps, batch, seed, momentum, weight_decay, param, sigma_w,
+                               sigma_b)
     lo = L.pk_load_opts_defaults()
-    lc = ctypes.c_int()
-    _check(L.pk_loss_parse(str(loss).encode(), ctypes.byref(lc)))
-    oc = ctypes.c_int()
-    _check(L.pk_optim_parse(str(optim).encode(), ctypes.byref(oc)))
-    if param not in ("standard", "ntk"):
-        raise ValueError(f"param: '{param}' is not standard or ntk")
-    if not isinstance(model, str):
-        raise ValueError(f"model: expected a spec string like 'mlp:64:tanh', got {model!r}")
-    model_b = model.encode()
-    o.model = model_b
-    o.param = _capi.PK_PARAM_NTK if param == "ntk" else _capi.PK_PARAM_STANDARD
-    o.sigma_w, o.sigma_b = _real(sigma_w, "sigma_w"), _real(sigma_b, "sigma_b")
-    o.loss = lc.value
-    o.optim.kind = oc.value
-    o.optim.lr = _real(lr, "lr")
-    o.optim.batch = _size(batch, "batch")
-    o.optim.momentum = _real(momentum, "momentum")
-    o.optim.weight_decay = _real(weight_decay, "weight_decay")
     o.optim.beta1, o.optim.beta2, o.optim.eps = _real(beta1, "beta1"), _real(beta2, "beta2"), _real(eps, "eps")
     sc = ctypes.c_int()
     _check(L.pk_schedule_parse(str(schedule).encode(), ctypes.byref(sc)))
     o.optim.schedule = sc.value
     o.optim.step_every = _size(step_every, "step_every", 1)
     o.optim.gamma, o.optim.lr_min = _real(gamma, "gamma"), _real(lr_min, "lr_min")
-    o.steps = _size(steps, "steps")
-    o.seed = _size(seed, "seed")
-    if o.seed >= 1 << 64:
-        raise ValueError(f"seed: {seed} does not fit in 64 bits")
     o.keep = _size(keep, "keep", 1)
     rd = _RunDir(out, x, yt, shape)
     outp = rd.path

@@ -57,17 +57,22 @@ class pk_quad(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char * 8), ("n", c_size), ("s", c_dbl * 8), ("c", c_dbl * 8)]
 
 
+class pk_target(ctypes.Structure):
+    """struct pk_target."""
+    _fields_ = [("kind", c_int), ("output", c_size)]
+
+
 class pk_explain_opts(ctypes.Structure):
     """struct pk_explain_opts."""
     _fields_ = [("quad", pk_quad), ("want_contrib", c_int), ("want_kernel", c_int), ("mode", c_int),
                 ("block", c_size), ("mem_limit", c_size), ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
-                ("batch_kernel", c_int)]
+                ("batch_kernel", c_int), ("target", pk_target), ("y", P_dbl)]
 
 
 class pk_topk_opts(ctypes.Structure):
     """struct pk_topk_opts."""
     _fields_ = [("quad", pk_quad), ("top", c_size), ("block", c_size), ("mem_limit", c_size),
-                ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+                ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p), ("target", pk_target), ("y", P_dbl)]
 
 
 P_i64 = ctypes.POINTER(ctypes.c_int64)
@@ -107,7 +112,28 @@ class pk_record_opts(ctypes.Structure):
     _fields_ = [("origin", ctypes.c_char_p), ("float32", c_int), ("step_tol", c_dbl)]
 
 
-STRUCTS = {"pk_record_opts": pk_record_opts, "pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
+PK_LDS_MAX_ENSEMBLES = 8
+
+
+class pk_lds_opts(ctypes.Structure):
+    """struct pk_lds_opts."""
+    _fields_ = [("train", pk_train_opts), ("epochs", c_size), ("target", pk_target), ("subsets", c_size),
+                ("alpha", c_dbl), ("subset_seed", ctypes.c_uint64), ("reseed", c_int), ("quad", pk_quad),
+                ("ensembles", c_size * PK_LDS_MAX_ENSEMBLES), ("n_ensembles", c_size), ("dir", ctypes.c_char_p),
+                ("mem_limit", c_size), ("progress", ctypes.c_void_p), ("ctx", ctypes.c_void_p)]
+
+
+class pk_lds(ctypes.Structure):
+    """struct pk_lds."""
+    _fields_ = [("M", c_size), ("Q", c_size), ("N", c_size), ("n_methods", c_size),
+                ("name", ctypes.POINTER(ctypes.c_char * 32)), ("lds", P_dbl), ("se", P_dbl), ("valid", P_size),
+                ("seconds", P_dbl), ("per_query", P_dbl), ("predicted", P_dbl), ("retrained", P_dbl),
+                ("full", P_dbl), ("mask", ctypes.POINTER(ctypes.c_ubyte)), ("seconds_retrain", c_dbl),
+                ("seconds_total", c_dbl), ("steps", c_size), ("subset_steps", c_size)]
+
+
+STRUCTS = {"pk_record_opts": pk_record_opts, "pk_target": pk_target, "pk_lds_opts": pk_lds_opts, "pk_lds": pk_lds,
+           "pk_data": pk_data, "pk_load_opts": pk_load_opts, "pk_optim": pk_optim,
            "pk_train_opts": pk_train_opts, "pk_quad": pk_quad, "pk_explain_opts": pk_explain_opts,
            "pk_explain": pk_explain, "pk_topk_opts": pk_topk_opts, "pk_topk": pk_topk,
            "pk_loo_opts": pk_loo_opts, "pk_loo": pk_loo}
@@ -173,6 +199,14 @@ _PROTOS = {
     "pk_kernel_infinite": (c_int, [P_model, P_dbl, c_size, P_dbl, c_size, c_int, P_dbl]),
     "pk_quad_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_quad)]),
     "pk_explain_opts_defaults": (pk_explain_opts, []),
+    "pk_target_parse": (c_int, [ctypes.c_char_p, ctypes.POINTER(pk_target)]),
+    "pk_lds_opts_defaults": (pk_lds_opts, []),
+    "pk_lds_run": (c_int, [ctypes.POINTER(pk_data), ctypes.POINTER(pk_data), ctypes.POINTER(pk_lds_opts),
+                           ctypes.POINTER(pk_lds)]),
+    "pk_lds_free": (None, [ctypes.POINTER(pk_lds)]),
+    "pk_lds_score": (c_int, [P_dbl, ctypes.POINTER(ctypes.c_ubyte), P_dbl, c_size, c_size, c_size, P_dbl, P_dbl,
+                             P_dbl, P_dbl, P_size]),
+    "pk_spearman": (c_dbl, [P_dbl, c_size, P_dbl, c_size, c_size]),
     "pk_run_explain": (c_int, [P_run, P_dbl, c_size, ctypes.POINTER(pk_explain_opts), ctypes.POINTER(pk_explain)]),
     "pk_explain_free": (None, [ctypes.POINTER(pk_explain)]),
     "pk_run_path_kernel": (c_int, [P_run, P_dbl, c_size, P_dbl, c_size, c_int, ctypes.POINTER(pk_quad),

@@ -137,10 +137,18 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     return b * sizeof(double);
 }
 
+/* Runs that need the backward sweep, and the margin (whose steps are cut
+ * where a query's runner-up changes: explain's pieces, MATH.md section 11),
+ * go through pk_run_explain. */
+static int dense_method(const pk_run *run, const pk_topk_opts *o)
+{
+    return pk_explain_needs_backward(pk_run_optim(run)) || o->target.kind == PK_TARGET_MARGIN;
+}
+
 size_t pk_run_attribute_group(pk_run *run, size_t Q, const pk_topk_opts *o, size_t *bytes)
 {
     size_t limit = pk_memory_budget(o->mem_limit), n = Q ? Q : 1;
-    if (pk_explain_needs_backward(pk_run_optim(run))) {
+    if (dense_method(run, o)) {
         pk_explain_opts eo = pk_explain_opts_defaults();
         eo.quad = o->quad;
         eo.want_kernel = 0;
@@ -171,12 +179,18 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
     eo.mem_limit = o->mem_limit;
     eo.progress = o->progress;
     eo.ctx = o->ctx;
+    /* an output per query: all outputs, that one's column; any other target: its one column */
+    int per_output = o->target.kind == PK_TARGET_OUTPUTS || o->target.kind == PK_TARGET_OUTPUT;
+    if (!per_output) {
+        eo.target = o->target;
+        eo.y = o->y;
+    }
     pk_explain e;
     pk_status s = pk_run_explain(run, Xq, n, &eo, &e);
     if (s) return s;
     size_t N = e.N, C = e.C;
     for (size_t x = 0; x < n; x++) {
-        size_t c = cls[x];
+        size_t c = per_output ? cls[x] : 0;
         for (size_t i = 0; i < N; i++) offer(&qh[x], o->top, e.contrib[(x * N + i) * C + c], (uint32_t)i);
         out->pred[x] = e.pred[x * C + c];
         out->bias[x] = e.bias[x * C + c];
@@ -192,7 +206,7 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
 /* What one thread needs for a block of queries at a step. */
 typedef struct block_work {
     pk_tape *qt;   /* the block's tape at a node                          */
-    double *R;     /* (Qb, C) e_c: the attributed output                  */
+    double *R;     /* (Qb, C) dg/df at the node: e_c for the output c      */
     double *S;     /* (Qb, B) <J_{x,c}(node), g_i(w_t)>                   */
     double *D, *A; /* (Qb, B) side-product scratch; A: x . x_i first      */
     double *dZ1;   /* (Qb, d1) first-layer pre-activations' change        */
@@ -258,8 +272,13 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         pk_model_forward(m, w, Xq + q0 * d, nq, bw[0].qt);
         memcpy(Z1 + q0 * d1, bw[0].qt->y[0], nq * d1 * sizeof *Z1);
     }
+    /* the target of each query: its output cls[x] (outputs, output), else o->target (MATH.md section 11) */
+    pk_target tg = o->target.kind == PK_TARGET_OUTPUT ? (pk_target){PK_TARGET_OUTPUTS, 0} : o->target;
+    pk_loss loss = pk_run_loss(run);
+    size_t ty = loss == PK_LOSS_MSE ? C : 1;
+    const double *Y = o->y;
     for (size_t x = 0; !s && x < n; x++) {
-        out->bias[x] = F[x * C + cls[x]];
+        out->bias[x] = pk_target_row(&tg, cls[x], loss, F + x * C, Y ? Y + x * ty : NULL, C, NULL);
         out->total[x] = 0;
         out->regularisation[x] = 0;
     }
@@ -284,8 +303,6 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
             block_work *k = &bw[nt > 1 ? (size_t)omp_get_thread_num() : 0];
             size_t q0 = b * Qb, nq = n - q0 < Qb ? n - q0 : Qb;
             pk_tape *qt = k->qt;
-            memset(k->R, 0, nq * C * sizeof *k->R);
-            for (size_t x = 0; x < nq; x++) k->R[x * C + cls[q0 + x]] = 1.0;
             /* A gd/sgd step moves the first layer by a rank-|B| update, so its
              * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
              * summed over the batch (MATH.md section 4's layer-1 term): an
@@ -308,6 +325,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                     pk_model_forward_from(m, wn, qt, 1);
                 } else
                     pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
+                /* the deltas of the target: a backward pass seeded with dg/df at the node (e_c for f_c) */
+                const double *fq = pk_tape_out(m, qt);
+                for (size_t x = 0; x < nq; x++)
+                    pk_target_row(&tg, cls[q0 + x], loss, fq + x * C, Y ? Y + (q0 + x) * ty : NULL, C, k->R + x * C);
                 pk_model_backward(m, wn, qt, k->R, 1.0, NULL);
                 pk_side qs = pk_side_loss(m, qt);
                 /* S (nq, nb): <J_{x,c}(w_t + s D_t), g_i(w_t)> */
@@ -339,7 +360,8 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     s = pk_replay_end(&r, s);
     if (!s) s = pk_run_weights(run, pk_run_steps(run), w);
     if (!s) s = pk_model_predict(m, w, Xq, n, F);
-    for (size_t x = 0; !s && x < n; x++) out->pred[x] = F[x * C + cls[x]];
+    for (size_t x = 0; !s && x < n; x++)
+        out->pred[x] = pk_target_row(&tg, cls[x], loss, F + x * C, Y ? Y + x * ty : NULL, C, NULL);
     for (size_t k = 0; bw && k < nt; k++) block_work_free(&bw[k]);
     free(bw);
     free(last); free(slot_of); free(free_slots); free(acc);
@@ -357,6 +379,8 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
     for (size_t x = 0; x < n; x++)
         if (cls[x] >= C) return pk_fail(PK_ERR_INPUT, "query %zu: output %zu does not exist (0..%zu)", x, cls[x], C - 1);
+    pk_status ts = pk_target_check(&o->target, C, pk_run_loss(run), o->y, n);
+    if (ts) return ts;
     query_heaps *qh = pk_calloc(n ? n : 1, sizeof *qh);
     cand *pool = pk_alloc(n ? n : 1, 2 * K * sizeof *pool);  /* (n, 2K) heap storage */
     pk_status s = qh && pool ? PK_OK : PK_ERR_NOMEM;
@@ -364,8 +388,7 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
         qh[x].pro = pool + x * 2 * K;
         qh[x].opp = qh[x].pro + K;
     }
-    if (!s) s = pk_explain_needs_backward(pk_run_optim(run)) ? topk_dense(run, Xq, n, cls, o, qh, out)
-                                                              : topk_forward(run, Xq, n, cls, o, qh, out);
+    if (!s) s = dense_method(run, o) ? topk_dense(run, Xq, n, cls, o, qh, out) : topk_forward(run, Xq, n, cls, o, qh, out);
     for (size_t x = 0; !s && x < n; x++) {
         emit(qh[x].pro, qh[x].n_pro, K, 1, out->pro_idx + x * K, out->pro_val + x * K);
         emit(qh[x].opp, qh[x].n_opp, K, -1, out->opp_idx + x * K, out->opp_val + x * K);

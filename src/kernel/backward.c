@@ -151,6 +151,7 @@ typedef struct sweep {
     double *U;       /* (Qb, dout) adamw: U_l a_x                            */
     double *VQ;      /* (Qb C, n_w) queries' per-output gradients of a layer (grad_rows) */
     double *VB;      /* (B [C], n_w) the batch's gradients of a layer (grad_rows)        */
+    double *R;       /* (Qb, outputs) the target's seeds dg/df at a node (MATH.md section 11) */
     size_t gq;       /* queries per GEMM chunk                               */
 } sweep;
 
@@ -507,17 +508,29 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             const double *pre = adam ? sw->Pre + (t - a) * P : NULL;
             double lr = pk_run_lr(sw->run, t);
             double coef = adam ? lr * (1.0 - op->beta1) / (1.0 - pow(op->beta1, (double)(t + 1))) : lr;
-            /* H(s) = coef Jbar P + decay H(s+1), all nodes in one pass over H */
-            double cn[8];
-            for (size_t node = 0; node < quad->n; node++) {
-                double cq = quad->c[node];
-                const double *wn = pk_node_weights(ws, wn1, P, quad->s[node], sw->wq);
-                pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[node]);
-                pk_model_output_deltas(m, wn, sw->qt[node], sw->dq[node]);
-                cn[node] = cq * coef;
-                if (!s && adamw && lambda != 0.0) s = adamw_term(sw, q0, nq, node, -cq * lr * lambda, ws);
+            /* the rule, on the pieces of the step where the target's seed is smooth */
+            size_t ty = pk_run_loss(sw->run) == PK_LOSS_MSE ? m->n_out : 1;
+            const double *yq = sw->o->y ? sw->o->y + q0 * ty : NULL;
+            pk_step_nodes sn;
+            s = pk_target_nodes(m, &sw->o->target, quad, ws, wn1, Xq + q0 * d, yq, nq, sw->qt[0], sw->wq, &sn);
+            /* H(s) = coef Jbar P + decay H(s+1), in passes over H of one piece's nodes each (one owner's: a
+             * query's H never depends on its block) */
+            for (size_t n0 = 0; !s && n0 < sn.n; n0 += quad->n) {
+                double cn[8];
+                size_t nk = quad->n;
+                for (size_t k = 0; !s && k < nk; k++) {
+                    double cq = sn.c[n0 + k];
+                    const double *wn = pk_node_weights(ws, wn1, P, sn.s[n0 + k], sw->wq);
+                    pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[k]);
+                    /* C rows per query: the target's columns */
+                    s = pk_target_deltas(m, wn, sw->qt[k], &sw->o->target, pk_run_loss(sw->run), yq, sw->R, sw->dq[k],
+                                         &sn, n0 + k);
+                    cn[k] = cq * coef;
+                    if (!s && adamw && lambda != 0.0) s = adamw_term(sw, q0, nq, k, -cq * lr * lambda, ws);
+                }
+                if (!s) s = update_h(sw, nq, n0 ? 1.0 : decay, cn, nk, pre);
             }
-            if (!s) s = update_h(sw, nq, decay, cn, quad->n, pre);
+            pk_step_nodes_free(&sn);
             if (s) break;
             const uint32_t *idx;
             size_t nb;
@@ -561,7 +574,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
             return pk_fail(PK_ERR_INPUT, "%s: the backward sweep of momentum, Adam and weight decay cannot take "
                            "a %s layer", pk_run_dir(run), pk_model_weight(m, l)->ops->kind);
     sw.P = m->n_params;
-    sw.C = m->n_out;
+    sw.C = pk_target_columns(&o->target, m->n_out); /* rows of H_x per query */
     sw.N = pk_run_n_train(run);
     sw.T = pk_run_steps(run);
     sw.S = pk_optim_state_len(sw.op);
@@ -581,6 +594,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.W = pk_alloc(seg + 1, P * sizeof(double));
     sw.Pre = is_adam(sw.op) ? pk_alloc(seg, P * sizeof(double)) : NULL;
     sw.H = pk_alloc(Qb * C, P * sizeof(double));
+    sw.R = pk_alloc(Qb, m->n_out * sizeof(double));
     int have_dq = 1;
     for (size_t n = 0; n < o->quad.n; n++) {
         sw.qt[n] = pk_tape_new(m, Qb);
@@ -596,7 +610,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     size_t nr = max_rows_params(m);
     sw.VQ = nr ? pk_alloc(Qb * C, nr * sizeof(double)) : NULL;
     sw.VB = nr ? pk_alloc(B * (e->kernel ? C : 1), nr * sizeof(double)) : NULL;
-    if ((nr && (!sw.VQ || !sw.VB)) || !sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H ||
+    if ((nr && (!sw.VQ || !sw.VB)) || !sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H || !sw.R ||
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)
         s = pk_fail(PK_ERR_NOMEM, "explain: out of memory for the backward sweep (%zu queries per block, "
                     "%zu steps per segment)", Qb, seg);
@@ -613,6 +627,6 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     }
     if (e->kernel && have_dB) pk_deltas_free(m, sw.dB);
     free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.W); free(sw.Pre);
-    free(sw.H); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U); free(sw.VQ); free(sw.VB);
+    free(sw.H); free(sw.R); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U); free(sw.VQ); free(sw.VB);
     return s;
 }

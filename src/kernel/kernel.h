@@ -44,6 +44,42 @@ pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *delt
 /* A side from a tape after pk_model_backward (loss-weighted deltas). */
 pk_side pk_side_loss(const pk_model *m, const pk_tape *t);
 
+/* One row of a target (MATH.md section 11): g(f) of the outputs f (C)
+ * with the row's targets y, and dg/df into r (C) when r is not NULL. `out`
+ * is the output of a PK_TARGET_OUTPUTS row (one column of it). */
+double pk_target_row(const pk_target *t, size_t out, pk_loss loss, const double *f, const double *y, size_t C,
+                     double *r);
+/* The quadrature of one step w -> w_next for n queries X (n, d) with
+ * targets y (MATH.md section 11): the rule q itself, or, for a target whose
+ * seed jumps along the step (margin: where the largest other output
+ * changes), q on every piece between a query's jumps, found by bisection.
+ * Node k at s[k] with weight c[k] belongs to the queries without jumps when
+ * owner[k] < 0, else to query owner[k] alone (its own pieces, so that a
+ * query's result never depends on the others in its block); kinked (n)
+ * marks the queries with jumps. */
+typedef struct pk_step_nodes {
+    size_t n;
+    double *s, *c;          /* (n) nodes on [0, 1] and weights */
+    long *owner;            /* (n)                              */
+    unsigned char *kinked;  /* (queries)                        */
+} pk_step_nodes;
+/* t: a query tape for n, scratch: P doubles. */
+pk_status pk_target_nodes(const pk_model *m, const pk_target *g, const pk_quad *q, const double *w,
+                          const double *w_next, const double *X, const double *y, size_t n, pk_tape *t,
+                          double *scratch, pk_step_nodes *out);
+void pk_step_nodes_free(pk_step_nodes *sn);
+/* After a forward pass at w of the n queries on tape t: the deltas of the
+ * target's columns into deltas[l] (n, columns, out_l), caller-allocated as
+ * by pk_deltas_new: the per-output deltas for PK_TARGET_OUTPUTS, else one
+ * backward pass seeded with dg/df at w (R: (n, C) scratch; y (n, ty) the
+ * queries' targets); at node k of sn (when not NULL) the rows of the
+ * queries it does not belong to are seeded with 0. */
+pk_status pk_target_deltas(const pk_model *m, const double *w, pk_tape *t, const pk_target *g, pk_loss loss,
+                           const double *y, double *R, double *const *deltas, const pk_step_nodes *sn, size_t k);
+/* The query side of those deltas: pk_side_outputs, one row per query for a
+ * target of one column. */
+pk_side pk_side_target(const pk_model *m, const pk_tape *t, double *const *deltas, const pk_target *g);
+
 /* pk_run_path_kernel with as many workers (one block pair each) as fit
  * in mem bytes next to its replay, at least one (mem 0: one per thread). */
 pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,

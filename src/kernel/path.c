@@ -198,10 +198,12 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
     double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);
     double *A = pk_alloc(Qb, B * sizeof *A);
+    double *R = pk_alloc(Qb, m->n_out * sizeof *R);  /* (Qb, outputs) the target's seeds dg/df */
     double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
     double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
     pk_status s = PK_OK;
-    if ((o->want_kernel && (!have_dB || !SK || !DK)) || !qt || !have_dq || !S || !D || !A) s = PK_ERR_NOMEM;
+    if ((o->want_kernel && (!have_dB || !SK || !DK)) || !qt || !have_dq || !S || !D || !A || !R) s = PK_ERR_NOMEM;
+    size_t ty = pk_run_loss(run) == PK_LOSS_MSE ? m->n_out : 1;
     pk_replay r = {0};
     if (!s) s = pk_replay_begin(&r, run, 0, o->progress, o->ctx);
     while (!s && pk_replay_next(&r)) {
@@ -213,15 +215,22 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
             train_out = pk_side_outputs(m, r.st.tape, dB, kr == 1);
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
-        for (size_t q0 = 0; q0 < Q; q0 += Qb) {
+        for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
-            for (size_t node = 0; node < o->quad.n; node++) {
-                double cq = o->quad.c[node];
-                const double *wn = pk_replay_node(&r, o->quad.s[node]);
+            /* the rule, on the pieces of the step where the target's seed is smooth */
+            pk_step_nodes sn;
+            s = pk_target_nodes(m, &o->target, &o->quad, r.w, r.w_next, Xq + q0 * d, o->y ? o->y + q0 * ty : NULL, nq,
+                                qt, r.node, &sn);
+            for (size_t node = 0; !s && node < sn.n; node++) {
+                double cq = sn.c[node];
+                const double *wn = pk_replay_node(&r, sn.s[node]);
                 pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
-                pk_model_output_deltas(m, wn, qt, dq);
+                /* the target's deltas at the node (MATH.md section 11) */
+                s = pk_target_deltas(m, wn, qt, &o->target, pk_run_loss(run), o->y ? o->y + q0 * ty : NULL, R, dq,
+                                     &sn, node);
+                if (s) break;
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
-                pk_side qs = pk_side_outputs(m, qt, dq, 0);
+                pk_side qs = pk_side_target(m, qt, dq, &o->target);
                 pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
                 double f = -scale * cq;
                 #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
@@ -254,13 +263,14 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                         }
                 }
             }
+            pk_step_nodes_free(&sn);
         }
     }
     s = pk_replay_end(&r, s);
     pk_tape_free(qt);
     if (have_dq) pk_deltas_free(m, dq);
     if (have_dB) pk_deltas_free(m, dB);
-    free(S); free(D); free(A); free(SK); free(DK);
+    free(S); free(D); free(A); free(R); free(SK); free(DK);
     return s;
 }
 
@@ -272,7 +282,15 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
     if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
-    size_t N = pk_run_n_train(run), C = m->n_out, T = pk_run_steps(run), P = m->n_params;
+    pk_status s = pk_target_check(&o->target, m->n_out, pk_run_loss(run), o->y, Q);
+    if (s) return s;
+    if (o->target.kind != PK_TARGET_OUTPUTS && o->want_kernel) {
+        char name[32];
+        return pk_fail(PK_ERR_INPUT, "target %s: the path kernel belongs to the outputs; ask for no kernel "
+                       "(want_kernel 0) with any other target", pk_target_name(&o->target, name, sizeof name));
+    }
+    /* C: the target's columns (the network's outputs for the default target) */
+    size_t N = pk_run_n_train(run), C = pk_target_columns(&o->target, m->n_out), T = pk_run_steps(run), P = m->n_params;
     size_t d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
     /* momentum, Adam, AdamW and weight decay: the backward sweep of backward.c */
@@ -306,7 +324,7 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     }
 
     const pk_data *train;
-    pk_status s = pk_run_train_data(run, &train);
+    s = pk_run_train_data(run, &train);
     if (s) return s;
 
     e->Q = Q; e->N = N; e->C = C; e->mode = kr > 1 ? PK_KMODE_FULL : PK_KMODE_TRACE;
@@ -319,11 +337,13 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     if (o->want_contrib) e->contrib = pk_calloc(Q * N, C * sizeof(double));
     if (o->want_kernel) e->kernel = pk_calloc(Q * N, kr * kr * sizeof(double));
     double *w = pk_alloc(P, sizeof *w);
+    double *F = pk_alloc(Q ? Q : 1, m->n_out * sizeof *F); /* (Q, outputs) the network's, then the target's */
     if (!e->pred || !e->bias || !e->contrib_sum || !e->regularisation || (o->want_contrib && !e->contrib) ||
-        (o->want_kernel && !e->kernel) || !w)
+        (o->want_kernel && !e->kernel) || !w || !F)
         s = PK_ERR_NOMEM;
     if (!s) s = pk_run_weights(run, 0, w);
-    if (!s) s = pk_model_predict(m, w, Xq, Q, e->bias);
+    if (!s) s = pk_model_predict(m, w, Xq, Q, F);
+    if (!s) pk_target_values(&o->target, pk_run_loss(run), F, o->y, Q, m->n_out, e->bias);
     /* each sweep ends with its own bit-for-bit check of the replay; the
      * sweeps add the contribution kernel (want_kernel and batch_kernel)
      * into e->kernel, the paper's kernel is computed after them */
@@ -335,7 +355,8 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
         s = pk_path_kernel_mem(run, Xq, Q, train->x, N, e->mode, &o->quad, o->progress, o->ctx,
                                max_size(limit - output_bytes(m, Q, N, o), 1), e->kernel);
     if (!s) s = pk_run_weights(run, T, w);
-    if (!s) s = pk_model_predict(m, w, Xq, Q, e->pred);
+    if (!s) s = pk_model_predict(m, w, Xq, Q, F);
+    if (!s) pk_target_values(&o->target, pk_run_loss(run), F, o->y, Q, m->n_out, e->pred);
     if (!s) {
         double num = 0, den = 0;
         for (size_t i = 0; i < Q * C; i++) {
@@ -349,6 +370,7 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
         e->max_rel_err = den > 0 ? num / den : num;
     }
     free(w);
+    free(F);
     e->seconds = pk_seconds() - t_start;
     if (s) pk_explain_free(e);
     return s;

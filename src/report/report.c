@@ -323,19 +323,31 @@ static size_t conv_rule(conv_table *c, const char *name)
     return c->nr++;
 }
 
+/* DIR/NAME read whole and its first line checked against `header` (its
+ * first hlen characters): *path and *buf for the caller to free (also on
+ * failure); the next lines by strtok_r(NULL, "\n", save). */
+static pk_status open_table(const char *dir, const char *name, const char *header, size_t hlen, char **path,
+                            unsigned char **buf, char **save)
+{
+    *buf = NULL;
+    *save = NULL;
+    if (!(*path = pk_path_join(dir, name))) return PK_ERR_NOMEM;
+    size_t len;
+    pk_status s = pk_read_file(*path, 0, 16u << 20, buf, &len);
+    if (s) return s;
+    char *line = strtok_r((char *)*buf, "\n", save);
+    if (!line || strncmp(line, header, hlen) != 0)
+        return pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header %s", *path, header);
+    return PK_OK;
+}
+
 static pk_status read_convergence(const char *dir, conv_table *c)
 {
     memset(c, 0, sizeof *c);
-    char *path = pk_path_join(dir, "convergence.csv");
-    if (!path) return PK_ERR_NOMEM;
+    char *path, *save, *line;
     unsigned char *buf;
-    size_t len;
-    pk_status s = pk_read_file(path, 0, 16u << 20, &buf, &len);
-    if (s) { free(path); return s; }
-    char *save = NULL, *line = strtok_r((char *)buf, "\n", &save);
+    pk_status s = open_table(dir, "convergence.csv", "lr,steps,rule,max_abs_err,max_rel_err", 25, &path, &buf, &save);
     size_t lineno = 1;
-    if (!line || strncmp(line, "lr,steps,rule,max_abs_err", 25) != 0)
-        s = pk_fail(PK_ERR_INPUT, "%s: line 1 is not the header lr,steps,rule,max_abs_err,max_rel_err", path);
     c->steps_lo = (size_t)-1;
     while (!s && (line = strtok_r(NULL, "\n", &save))) {
         lineno++;
@@ -1127,6 +1139,141 @@ static pk_status section_loo(pk_sb *b, pk_run *run, const pk_data *train, const 
 
 /* ----------------------------------------------------------------- report */
 
+/* ------------------------------------------- (i) does attribution predict retraining */
+
+#define LDS_METHODS 16
+
+typedef struct lds_table {
+    size_t nm;
+    char method[LDS_METHODS][32];
+    double lds[LDS_METHODS], se[LDS_METHODS], seconds[LDS_METHODS];
+    size_t valid[LDS_METHODS];
+    double *retrained, *predicted, *per_query; /* (M, Q), (nm, M, Q), (nm, Q) from the .npy files */
+    size_t M, Q;
+} lds_table;
+
+static void lds_table_free(lds_table *t)
+{
+    free(t->retrained);
+    free(t->predicted);
+    free(t->per_query);
+}
+
+/* An .npy of `dir` with the shape wanted (ndim dims; 0 in want: any). */
+static pk_status lds_npy(const char *dir, const char *name, size_t ndim, const size_t *want, double **a, size_t *shape)
+{
+    char *path = pk_path_join(dir, name);
+    size_t nd;
+    pk_status s = path ? pk_npy_read(path, a, &nd, shape) : PK_ERR_NOMEM;
+    for (size_t k = 0; !s && k < ndim; k++)
+        if (nd != ndim || (want[k] && shape[k] != want[k]))
+            s = pk_fail(PK_ERR_INPUT, "%s: not the shape an LDS evaluation (pk_lds_run) writes", path);
+    free(path);
+    return s;
+}
+
+static pk_status read_lds(const char *dir, lds_table *t)
+{
+    memset(t, 0, sizeof *t);
+    static const char header[] = "method,lds,stderr,valid,seconds";
+    char *path, *save, *line;
+    unsigned char *buf;
+    pk_status s = open_table(dir, "lds.csv", header, sizeof header, &path, &buf, &save);
+    size_t lineno = 1;
+    while (!s && (line = strtok_r(NULL, "\n", &save))) {
+        lineno++;
+        char *f[6];
+        size_t nf = cmp_split(line, f, 5);
+        if (nf != 5 || t->nm == LDS_METHODS || strlen(f[0]) >= sizeof t->method[0] || cmp_value(f[1], 1, &t->lds[t->nm]) ||
+            cmp_value(f[2], 1, &t->se[t->nm]) || pk_parse_size(f[3], &t->valid[t->nm]) ||
+            cmp_value(f[4], 0, &t->seconds[t->nm])) {
+            s = pk_fail(PK_ERR_INPUT, "%s: line %zu: expected method,lds,stderr,valid,seconds", path, lineno);
+            break;
+        }
+        snprintf(t->method[t->nm++], sizeof t->method[0], "%s", f[0]);
+    }
+    if (!s && !t->nm) s = pk_fail(PK_ERR_INPUT, "%s: no methods", path);
+    free(buf);
+    free(path);
+    size_t sh[8], any2[2] = {0, 0}, w3[3] = {t->nm, 0, 0}, w2[2] = {t->nm, 0};
+    if (!s) s = lds_npy(dir, "retrained.npy", 2, any2, &t->retrained, sh);
+    if (!s) { t->M = sh[0]; t->Q = sh[1]; w3[1] = t->M; w3[2] = t->Q; w2[1] = t->Q; }
+    if (!s) s = lds_npy(dir, "predicted.npy", 3, w3, &t->predicted, sh);
+    if (!s) s = lds_npy(dir, "per_query.npy", 2, w2, &t->per_query, sh);
+    if (s) lds_table_free(t);
+    return s;
+}
+
+static void section_lds(pk_sb *b, const lds_table *t, const char *dir, size_t show)
+{
+    /* LDS per method, one row each, with +- 1 standard error */
+    double h = 40.0 + 28.0 * (double)t->nm, lo = 0, hi = 0;
+    for (size_t k = 0; k < t->nm; k++)
+        if (isfinite(t->lds[k])) {
+            double e = isfinite(t->se[k]) ? t->se[k] : 0;
+            lo = fmin(lo, t->lds[k] - e);
+            hi = fmax(hi, t->lds[k] + e);
+        }
+    figure_open(b, "fig-lds", "(i) Does the attribution predict retraining? LDS per method", 900, h + 50);
+    pk_plot p = {160, 10, 560, h, 0, 0, -0.5, (double)t->nm - 0.5, 0, 0, 1, 0};
+    pk_plot_range(lo, hi > lo ? hi : lo + 0.1, 0, &p.x0, &p.x1);
+    pk_plot_axes(b, &p, "LDS: mean Spearman correlation over the test points (\u00b1 1 standard error)", "");
+    for (size_t k = 0; k < t->nm; k++) {
+        double y = pk_plot_py(&p, (double)(t->nm - 1 - k));
+        text(b, p.x - 8, y + 4, "end", 12, t->method[k]);
+        if (!isfinite(t->lds[k])) continue;
+        double e = isfinite(t->se[k]) ? t->se[k] : 0;
+        pk_sb_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\" stroke-width=\"1.5\"/>\n",
+                     pk_plot_px(&p, t->lds[k] - e), y, pk_plot_px(&p, t->lds[k] + e), y);
+        pk_sb_printf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n", pk_plot_px(&p, t->lds[k]), y,
+                     pk_color(k));
+        char num[64];
+        snprintf(num, sizeof num, "%.3f \u00b1 %.3f  (%.0f s)", t->lds[k], e, t->seconds[k]);
+        text(b, p.x + p.w + 8, y + 4, "start", 11, num);
+    }
+    pk_sb cap = {0};
+    pk_sb_puts(&cap, "From <code>");
+    pk_sb_esc(&cap, dir);
+    pk_sb_printf(&cap, "</code> (<code>pathkernel lds</code>): %zu subsets retrained, %zu test points. For every test "
+                       "point, the Spearman correlation over the subsets between a method's scores summed over the "
+                       "subset and the target after retraining on it; the mean over the test points, &plusmn; one "
+                       "standard error; the seconds each method took (training of the runs it needs and its scoring). "
+                       "The exact contributions explain the recorded trajectory exactly; retraining on a subset follows "
+                       "another one, which is what this measures (docs/ATTRIBUTION.md, \"LDS\").", t->M, t->Q);
+    figure_close(b, cap.s ? cap.s : "");
+    pk_sb_free(&cap);
+    /* predicted against retrained, for the first test points, with the first method's scores */
+    size_t n = show < t->Q ? show : t->Q;
+    if (!n) return;
+    figure_open(b, "fig-lds-points", "(i) Predicted against retrained target, first test points", 900, 300);
+    double pw = 820.0 / (double)n - 80;
+    for (size_t q = 0; q < n; q++) {
+        double *x = pk_alloc(t->M, sizeof *x), *y = pk_alloc(t->M, sizeof *y);
+        if (!x || !y) { free(x); free(y); b->err = 1; return; }
+        double xl = INFINITY, xh = -INFINITY, yl = INFINITY, yh = -INFINITY;
+        for (size_t m = 0; m < t->M; m++) {
+            x[m] = t->predicted[m * t->Q + q];
+            y[m] = t->retrained[m * t->Q + q];
+            xl = fmin(xl, x[m]); xh = fmax(xh, x[m]); yl = fmin(yl, y[m]); yh = fmax(yh, y[m]);
+        }
+        pk_plot pp = {80 + (double)q * (pw + 80), 30, pw, 200, 0, 0, 0, 0, 0, 0, 0, 0};
+        pk_plot_range(xl, xh, 0, &pp.x0, &pp.x1);
+        pk_plot_range(yl, yh, 0, &pp.y0, &pp.y1);
+        pk_plot_axes(b, &pp, "sum of scores over the subset", q ? "" : "retrained target");
+        pk_plot_points(b, &pp, x, y, t->M, pk_color(0), 3, 0.7);
+        char title[96];
+        snprintf(title, sizeof title, "test point %zu: Spearman %.3f", q, t->per_query[q]);
+        text(b, pp.x + pp.w / 2, 20, "middle", 12, title);
+        free(x);
+        free(y);
+    }
+    pk_sb cap2 = {0};
+    pk_sb_printf(&cap2, "Each dot a subset: the %s scores of the training examples in it, summed (x), against the "
+                        "target at the test point after retraining on it (y).", t->method[0]);
+    figure_close(b, cap2.s ? cap2.s : "");
+    pk_sb_free(&cap2);
+}
+
 static const char *const css =
     "body{font-family:sans-serif;max-width:940px;margin:20px auto;color:#222;line-height:1.4}"
     "h1{font-size:24px}h2{font-size:17px;margin:6px 0}figure{margin:28px 0;padding:8px;border:1px solid #ddd}"
@@ -1166,6 +1313,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     long *qcls = NULL;
     conv_table *conv = NULL;
     cmp_table *cmp = NULL;
+    lds_table *lds = NULL;
     const char *spec = o->query ? o->query : pk_run_data_spec(run);
     pk_status s = pk_run_train_data(run, &train);
     if (!s && !spec) s = pk_fail(PK_ERR_INPUT, "report: the run records no data spec; give the queries (query)");
@@ -1176,6 +1324,11 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
     if (!s && o->compare) {
         cmp = malloc(sizeof *cmp);
         s = cmp ? read_compare(o->compare, cmp) : PK_ERR_NOMEM;
+    }
+    if (!s && o->lds) {
+        lds = malloc(sizeof *lds);
+        s = lds ? read_lds(o->lds, lds) : PK_ERR_NOMEM;
+        if (s) { free(lds); lds = NULL; }
     }
     if (!s) s = pk_run_load_data(run, spec, &o->load, &q);
     if (!s && !q.n) s = pk_fail(PK_ERR_INPUT, "%s: no queries", spec);
@@ -1275,6 +1428,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
         s = fig_query(&b, i, &e, train, &q, &ic, loss, o->top ? o->top : 1, fnames, pk_run_std(run) != NULL);
     if (!s && cmp) section_compare(&b, cmp, o->compare);
     if (!s && o->loo_top && ncls) s = section_loo(&b, run, train, &ic, o);
+    if (!s && lds) section_lds(&b, lds, o->lds, o->show);
     pk_sb_printf(&b, "<p style=\"font-size:12px;color:#666\">Written in %.2f s.</p>\n</body>\n</html>\n", pk_seconds() - t0);
     if (!s && b.err) s = pk_fail(PK_ERR_NOMEM, "report: out of memory");
     if (!s) reletter(&b);
@@ -1292,5 +1446,7 @@ done:
     free(qcls);
     free(conv);
     free(cmp);
+    if (lds) lds_table_free(lds);
+    free(lds);
     return s;
 }

@@ -170,11 +170,13 @@ static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progres
         }
         k->tr.lr[t] = lr;
         k->tr.loss[t] = loss;
-        pk_status ws = (t + 1) % k->keep == 0 || t + 1 == T ? write_ckpt(k, t + 1) : PK_OK;
-        if (!ws) ws = pk_journal_append(&k->j, t + 1, lr, loss, batch_hash(&k->tr, t));
+        /* without a directory (pk_train_weights) nothing is recorded */
+        pk_status ws = k->dir && ((t + 1) % k->keep == 0 || t + 1 == T) ? write_ckpt(k, t + 1) : PK_OK;
+        if (!ws && k->dir) ws = pk_journal_append(&k->j, t + 1, lr, loss, batch_hash(&k->tr, t));
         if (ws) { s = ws; status = "failed"; break; }
         if (progress && progress(ctx, t + 1, T, loss)) { t++; status = "stopped"; break; }
     }
+    if (!k->dir) return s;
     if (t < T && t % k->keep != 0 && strcmp(status, "failed") != 0) {
         /* stopped between stored checkpoints: store the last good weights */
         pk_status ws = write_ckpt(k, t);
@@ -186,9 +188,9 @@ static pk_status trainer_run(trainer *k, size_t t0, size_t journaled, pk_progres
     return s;
 }
 
-pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn progress, void *ctx)
+/* The options pk_train and pk_train_weights refuse. */
+static pk_status check_opts(const pk_data *train, const pk_train_opts *o)
 {
-    if (!o->out_dir) return pk_fail(PK_ERR_INPUT, "training needs a run directory (out_dir)");
     if (!train->n) return pk_fail(PK_ERR_INPUT, "training set is empty");
     if (train->n > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "training sets are limited to 2^32-1 examples");
     const pk_optim *opt = &o->optim;
@@ -199,8 +201,16 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     if (opt->kind == PK_OPTIM_GD && pk_optim_batch(opt, train->n) < train->n)
         return pk_fail(PK_ERR_INPUT, "gd is full-batch: use no mini-batch size (batch 0) or sgd (optim sgd)");
     if (!o->steps) return pk_fail(PK_ERR_INPUT, "number of steps (steps) must be at least 1");
-    if (!o->keep) return pk_fail(PK_ERR_INPUT, "checkpoint interval (keep) must be at least 1");
+    return PK_OK;
+}
 
+pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn progress, void *ctx)
+{
+    if (!o->out_dir) return pk_fail(PK_ERR_INPUT, "training needs a run directory (out_dir)");
+    const pk_optim *opt = &o->optim;
+    if (o->steps && !o->keep) return pk_fail(PK_ERR_INPUT, "checkpoint interval (keep) must be at least 1");
+    pk_status s = check_opts(train, o);
+    if (s) return s;
     size_t C;
     s = pk_loss_outputs(o->loss, train, &C);
     if (s) return s;
@@ -215,6 +225,28 @@ pk_status pk_train(const pk_data *train, const pk_train_opts *o, pk_progress_fn 
     else pk_model_init(m, o->seed, k.w);
     if (!s) s = pk_run_create(o->out_dir, train, o, m, k.w, k.state, &k.j, NULL);
     if (!s) s = trainer_run(&k, 0, 0, progress, ctx);
+    trainer_free(&k);
+    pk_model_free(m);
+    return s;
+}
+
+pk_status pk_train_weights(const pk_data *train, const pk_train_opts *o, double *w)
+{
+    pk_status s = check_opts(train, o);
+    size_t C;
+    if (!s) s = pk_loss_outputs(o->loss, train, &C);
+    if (s) return s;
+    pk_model *m;
+    if ((s = pk_model_for_data(o->model, train, C, o->param, o->sigma_w, o->sigma_b, &m))) return s;
+    trainer k;
+    if ((s = trainer_init(&k, m, o->loss, &o->optim, train, o->steps, 1, o->seed, NULL))) {
+        pk_model_free(m);
+        return s;
+    }
+    if (o->init_dir) s = pk_model_weights_read(m, o->init_dir, k.w);
+    else pk_model_init(m, o->seed, k.w);
+    if (!s) s = trainer_run(&k, 0, 0, NULL, NULL);
+    if (!s) memcpy(w, k.w, m->n_params * sizeof *w);
     trainer_free(&k);
     pk_model_free(m);
     return s;
