@@ -190,12 +190,7 @@ static pk_status write_attr_json(const char *path, const attribution *a, const p
         cJSON_AddItemToObject(o, "opponents", lists[1]);
         cJSON_AddItemToArray(qs, o);
     }
-    char *text = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!text) return PK_ERR_NOMEM;
-    pk_status s = pk_file_write(path, text, strlen(text));
-    free(text);
-    return s;
+    return cli_write_json(path, root);
 }
 
 static void print_attr_table(const attribution *a, const pk_data *train)
@@ -269,10 +264,8 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
         cJSON_AddNumberToObject(r, "max_abs_residual", worst);
         cJSON_AddNumberToObject(r, "ranks", ranks);
         cJSON_AddNumberToObject(r, "seconds", seconds);
-        char *text = cJSON_Print(r), *jp = pk_path_join(dir, "summary.json");
-        cJSON_Delete(r);
-        s = text && jp ? pk_file_write(jp, text, strlen(text)) : PK_ERR_NOMEM;
-        free(text);
+        char *jp = pk_path_join(dir, "summary.json");
+        s = cli_write_json(jp, r);
         free(jp);
     }
     return s;

@@ -188,6 +188,9 @@ int cmd_convergence(int argc, char **argv);
 int cmd_ntk(int argc, char **argv);
 int cmd_krr(int argc, char **argv);
 int cmd_loo(int argc, char **argv);
+struct cJSON;
+/* root printed as JSON into path (atomically), then deleted. */
+pk_status cli_write_json(const char *path, struct cJSON *root);
 /* loo's summary (loo.json) as JSON text, malloc'ed; NULL when out of memory (mislabel writes it too). */
 char *cli_loo_json(const pk_loo *l, const pk_quad *quad);
 int cmd_compare(int argc, char **argv);

@@ -487,3 +487,12 @@ pk_status cli_query_labels(pk_run *run, const char *spec, const pk_data *q, cons
     snprintf(why, sizeof why, "%s", pk_last_error());
     return pk_fail(s, "%s: %s", spec, why);
 }
+
+pk_status cli_write_json(const char *path, cJSON *root)
+{
+    char *text = root ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    pk_status s = text && path ? pk_file_write(path, text, strlen(text)) : PK_ERR_NOMEM;
+    free(text);
+    return s;
+}

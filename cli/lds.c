@@ -157,10 +157,8 @@ static pk_status write_outputs(const char *dir, const pk_lds *l, const pk_lds_op
             cJSON_AddNumberToObject(m, "seconds", l->seconds[k]);
             cJSON_AddItemToArray(ms, m);
         }
-        char *text = cJSON_Print(r), *jp = pk_path_join(dir, "lds.json");
-        cJSON_Delete(r);
-        s = text && jp ? pk_file_write(jp, text, strlen(text)) : PK_ERR_NOMEM;
-        free(text);
+        char *jp = pk_path_join(dir, "lds.json");
+        s = cli_write_json(jp, r);
         free(jp);
     }
     return s;

@@ -321,10 +321,7 @@ int cmd_mislabel(int argc, char **argv)
             cJSON_AddItemToObject(sc, names[k], o);
         }
         cJSON_AddItemToObject(r, "scores", sc);
-        char *text = cJSON_Print(r);
-        cJSON_Delete(r);
-        s = text ? pk_file_write(jsonp, text, strlen(text)) : PK_ERR_NOMEM;
-        free(text);
+        s = cli_write_json(jsonp, r);
     }
     s = pk_group_end(s);
     pk_npy_stream_abort(&xs); /* no-ops once committed */

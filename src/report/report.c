@@ -172,6 +172,17 @@ static void figure_close(pk_sb *b, const char *caption_html)
     pk_sb_puts(b, "</figcaption>\n</figure>\n");
 }
 
+/* figure_close with the caption "From <code>DIR</code>" and rest_html. */
+static void figure_close_from(pk_sb *b, const char *dir, const char *rest_html)
+{
+    pk_sb cap = {0};
+    pk_sb_puts(&cap, "From <code>");
+    pk_sb_esc(&cap, dir);
+    pk_sb_puts(&cap, rest_html ? rest_html : "");
+    figure_close(b, cap.s ? cap.s : "");
+    pk_sb_free(&cap);
+}
+
 static void text(pk_sb *b, double x, double y, const char *anchor, double size, const char *s)
 {
     pk_sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" font-size=\"%.0f\">", x, y, anchor, size);
@@ -413,16 +424,14 @@ static void fig_convergence(pk_sb *b, const conv_table *c, const char *dir)
         labs[r] = labs_buf[r];
     }
     pk_plot_legend(b, 700, 20, c->nr, cols, labs, 0);
-    pk_sb cap = {0};
-    pk_sb_puts(&cap, "From <code>");
-    pk_sb_esc(&cap, dir);
-    pk_sb_printf(&cap, "/convergence.csv</code>: one training run per learning rate at fixed &eta;T (%zu to %zu steps); "
+    pk_sb rest = {0};
+    pk_sb_printf(&rest, "/convergence.csv</code>: one training run per learning rate at fixed &eta;T (%zu to %zu steps); "
                        "the error of the representation for each quadrature rule, on log-log axes. The legend gives the "
                        "least-squares slope of log error on log &eta; (errors at the rounding floor, below 1e-13, are "
                        "left out of the fit): about 1 for the paper's left rule, 2 for mid, 2K for glK on smooth "
                        "activations.", c->steps_lo == (size_t)-1 ? 0 : c->steps_lo, c->steps_hi);
-    figure_close(b, cap.s ? cap.s : "");
-    pk_sb_free(&cap);
+    figure_close_from(b, dir, rest.s);
+    pk_sb_free(&rest);
 }
 
 /* ------------------------------------------- (g) kernel machines side by side */
@@ -1231,17 +1240,15 @@ static void section_lds(pk_sb *b, const lds_table *t, const char *dir, size_t sh
         snprintf(num, sizeof num, "%.3f \u00b1 %.3f  (%.0f s)", t->lds[k], e, t->seconds[k]);
         text(b, p.x + p.w + 8, y + 4, "start", 11, num);
     }
-    pk_sb cap = {0};
-    pk_sb_puts(&cap, "From <code>");
-    pk_sb_esc(&cap, dir);
-    pk_sb_printf(&cap, "</code> (<code>pathkernel lds</code>): %zu subsets retrained, %zu test points. For every test "
+    pk_sb rest = {0};
+    pk_sb_printf(&rest, "</code> (<code>pathkernel lds</code>): %zu subsets retrained, %zu test points. For every test "
                        "point, the Spearman correlation over the subsets between a method's scores summed over the "
                        "subset and the target after retraining on it; the mean over the test points, &plusmn; one "
                        "standard error; the seconds each method took (training of the runs it needs and its scoring). "
                        "The exact contributions explain the recorded trajectory exactly; retraining on a subset follows "
                        "another one, which is what this measures (docs/ATTRIBUTION.md, \"LDS\").", t->M, t->Q);
-    figure_close(b, cap.s ? cap.s : "");
-    pk_sb_free(&cap);
+    figure_close_from(b, dir, rest.s);
+    pk_sb_free(&rest);
     /* predicted against retrained, for the first test points, with the first method's scores */
     size_t n = show < t->Q ? show : t->Q;
     if (!n) return;
