@@ -64,6 +64,36 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
 /* The backward sweep: adds to e->contrib, contrib_sum, kernel and
  * regularisation (allocated and zeroed by the caller). */
 pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
-                              size_t Qb, size_t seg, pk_explain *e);
+                              size_t Qb, size_t seg, pk_explain *e, double *pieces);
+
+/* ------------------------------------------------ the exact rule (kinks.c) */
+
+/* The sign changes of the polynomial sum_j c[j] s^j (degree d) in (a, b),
+ * ascending, into out (at most d); returns how many (MATH.md section 10). */
+size_t pk_poly_sign_changes(const double *c, size_t d, double a, double b, double *out);
+/* Gauss-Legendre nodes and weights on [0, 1] (path.c). */
+void pk_gauss_legendre(size_t K, double *s, double *c);
+
+/* The evaluations of one step w(s) = w + s D for n examples under a rule:
+ * the examples u[0..nu) at the shared nodes (s[j], c[j]), j < k (all of
+ * them unless the rule is exact); under the exact rule the examples with
+ * kinks in (0, 1) at R nodes of their own, rows (re, rs, rc): example,
+ * node, weight (the piece's length times its Gauss-Legendre weight), by
+ * example and ascending in s. pieces: the pieces of all n examples. */
+typedef struct pk_nodes {
+    size_t k;
+    double s[PK_PIECE_NODES], c[PK_PIECE_NODES];
+    size_t nu, R, pieces;
+    uint32_t *u, *re;     /* (nu), (R) */
+    double *rs, *rc;      /* (R), (R)  */
+    double *wz, *Dz;      /* (P) scratch: w and D without biases */
+    size_t cap_u, cap_r, cap_rs, cap_rc;
+} pk_nodes;
+/* kernel: nodes per piece for a kernel (degree 2L - 2) rather than the
+ * contributions (L - 1): pk_quad_piece_nodes. X (n, d). nd zeroed before
+ * the first call, freed with pk_nodes_free. */
+pk_status pk_nodes_step(pk_nodes *nd, const pk_model *m, const pk_quad *q, int kernel, const double *w,
+                        const double *D, const double *X, size_t n);
+void pk_nodes_free(pk_nodes *nd);
 
 #endif

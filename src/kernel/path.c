@@ -43,12 +43,29 @@ pk_status pk_quad_parse(const char *name, pk_quad *q)
     else if (!strncmp(name, "gl", 2) && name[2] >= '1' && name[2] <= '8' && !name[3]) {
         q->n = (size_t)(name[2] - '0');
         gauss_legendre(q->n, q->s, q->c);
+    } else if (!strcmp(name, "exact")) q->exact = 1;
+    else if (!strncmp(name, "exact:", 6) && name[6] >= '1' && name[6] <= '8' && !name[7]) {
+        q->exact = 1;
+        q->per_piece = (size_t)(name[6] - '0');
     } else {
-        return pk_fail(PK_ERR_INPUT, "unknown quadrature rule '%s' (use left, mid or gl1..gl8)", name);
+        return pk_fail(PK_ERR_INPUT, "unknown quadrature rule '%s' (use left, mid, gl1..gl8, or exact / exact:K "
+                       "for piecewise-linear networks: split at the kinks, K nodes per piece)", name);
     }
     snprintf(q->name, sizeof q->name, "%s", name);
     return PK_OK;
 }
+
+int pk_quad_given(const pk_quad *q) { return q && (q->n || q->exact); }
+
+size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel)
+{
+    if (!q->exact) return 0;
+    if (q->per_piece) return q->per_piece;
+    size_t L = m->n_weight, k = kernel ? L : (L + 1) / 2;
+    return k < 1 ? 1 : k > (kernel ? PK_PIECE_NODES : 8) ? (kernel ? PK_PIECE_NODES : 8) : k;
+}
+
+void pk_gauss_legendre(size_t K, double *s, double *c) { gauss_legendre(K, s, c); }
 
 pk_explain_opts pk_explain_opts_defaults(void)
 {
@@ -183,25 +200,99 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
 
 /* ---------------------------------------------------------------- explain */
 
+/* What explain_forward adds per evaluated row: a tape of rows (a query at
+ * a node), its per-output deltas, and for each row its query and its
+ * weight f (-eta_t / |B_t| times the node's weight). */
+typedef struct fwork {
+    pk_tape *qt;                          /* rows at their nodes                       */
+    double *dq[PK_MAX_MODEL_LAYERS];      /* their per-output deltas                   */
+    double *S, *D, *A, *SK, *DK;          /* side products (Qb C, B), (Qb, B), kernel  */
+    double *X;                            /* (Qb, d) the rows' queries, gathered       */
+    double *at;                           /* (Qb) the exact rule's own nodes           */
+    double *f;                            /* (Qb) the rows' weights                    */
+    uint32_t *q;                          /* (Qb) the rows' queries (in all Q)         */
+    size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
+} fwork;
+
+/* phi_i(x)_k += f <J_{x,k}(node), g_i(t)> (and the contribution kernel)
+ * for the n rows on w->qt: the rows of one query are consecutive and added
+ * in order, the queries in parallel. */
+static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, const pk_side *train_loss,
+                     const pk_side *train_out, const uint32_t *idx, size_t nb, pk_explain *e)
+{
+    size_t N = e->N, C = e->C, kr = kernel_rows(m, o), ng = 0;
+    for (size_t x = 0; x < n; x++)
+        if (!x || w->q[x] != w->q[x - 1]) w->grp[ng++] = x;
+    w->grp[ng] = n;
+    pk_side qs = pk_side_outputs(m, w->qt, w->dq, 0);
+    pk_side_product(m, &qs, train_loss, w->S, nb, 0, w->A, w->D);
+    #pragma omp parallel for schedule(static) if (n * C * nb >= PK_PAR_MIN)
+    for (size_t g = 0; g < ng; g++)
+        for (size_t x = w->grp[g]; x < w->grp[g + 1]; x++) {
+            double f = w->f[x], *sum = e->contrib_sum + (size_t)w->q[x] * C;
+            for (size_t k = 0; k < C; k++) {
+                const double *Sr = w->S + (x * C + k) * nb;
+                double acc = 0;
+                for (size_t j = 0; j < nb; j++) acc += Sr[j];
+                sum[k] += f * acc;
+                if (e->contrib) {
+                    double *ph = e->contrib + (size_t)w->q[x] * N * C + k;
+                    for (size_t j = 0; j < nb; j++) ph[(size_t)idx[j] * C] += f * Sr[j];
+                }
+            }
+        }
+    if (!o->want_kernel) return;
+    /* K^c(x, x_i) += (eta/|B|) c_q J_x(node) J_{x_i}(w_t)^T */
+    pk_side qk = pk_side_outputs(m, w->qt, w->dq, kr == 1);
+    pk_side_product(m, &qk, train_out, w->SK, nb, 0, w->A, w->DK);
+    #pragma omp parallel for schedule(static) if (n * kr * nb * kr >= PK_PAR_MIN)
+    for (size_t g = 0; g < ng; g++)
+        for (size_t x = w->grp[g]; x < w->grp[g + 1]; x++)
+            for (size_t k = 0; k < kr; k++) {
+                const double *Sr = w->SK + (x * kr + k) * nb * kr;
+                double *Kx = e->kernel + (size_t)w->q[x] * N * kr * kr + k * kr, fk = -w->f[x];
+                for (size_t j = 0; j < nb; j++)
+                    for (size_t k2 = 0; k2 < kr; k2++) Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
+            }
+}
+
 /* The forward sweep of gd and sgd runs (MATH.md section 3): the replay's
  * training side at w_t, shared by every block of Qb queries, against the
- * query side at each quadrature node. Adds to e's contributions, sums and
- * kernel (allocated and zeroed by the caller). */
+ * query side at each node of the rule: the rule's nodes for every query,
+ * or under the exact rule (section 10) shared nodes for the queries
+ * without a kink in the step and nodes on every piece for the others. Adds
+ * to e's contributions, sums and kernel (allocated and zeroed by the
+ * caller); *pieces: the pieces of every query and step. */
 static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o, size_t Qb,
-                                 pk_explain *e)
+                                 pk_explain *e, double *pieces)
 {
     const pk_model *m = pk_run_model(run);
-    size_t N = e->N, C = e->C, d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
-    pk_tape *qt = pk_tape_new(m, Qb);
-    if (qt) qt->queries = 1;
-    double *dq[PK_MAX_MODEL_LAYERS] = {0}, *dB[PK_MAX_MODEL_LAYERS] = {0};
-    int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
-    double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);
-    double *A = pk_alloc(Qb, B * sizeof *A);
-    double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
-    double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
+    size_t C = e->C, d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o), P = m->n_params;
+    int exact = o->quad.exact;
+    fwork w;
+    memset(&w, 0, sizeof w);
+    w.qt = pk_tape_new(m, Qb);
+    if (w.qt) w.qt->queries = 1;
+    double *dB[PK_MAX_MODEL_LAYERS] = {0};
+    int have_dq = !pk_deltas_new(m, Qb, w.dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
+    w.S = pk_alloc(Qb * C, B * sizeof *w.S);
+    w.D = pk_alloc(Qb * C, B * sizeof *w.D);
+    w.A = pk_alloc(Qb, B * sizeof *w.A);
+    w.SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.SK) : NULL;
+    w.DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.DK) : NULL;
+    w.X = pk_alloc(Qb, d * sizeof *w.X);
+    w.at = pk_alloc(Qb, sizeof *w.at);
+    w.f = pk_alloc(Qb, sizeof *w.f);
+    w.q = pk_alloc(Qb, sizeof *w.q);
+    w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
+    double *Dt = exact ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t */
+    pk_nodes nd;
+    memset(&nd, 0, sizeof nd);
     pk_status s = PK_OK;
-    if ((o->want_kernel && (!have_dB || !SK || !DK)) || !qt || !have_dq || !S || !D || !A) s = PK_ERR_NOMEM;
+    if ((o->want_kernel && (!have_dB || !w.SK || !w.DK)) || !w.qt || !have_dq || !w.S || !w.D || !w.A || !w.X ||
+        !w.at || !w.f || !w.q || !w.grp || (exact && !Dt))
+        s = PK_ERR_NOMEM;
+    *pieces = 0;
     pk_replay r = {0};
     if (!s) s = pk_replay_begin(&r, run, 0, o->progress, o->ctx);
     while (!s && pk_replay_next(&r)) {
@@ -213,54 +304,51 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
             train_out = pk_side_outputs(m, r.st.tape, dB, kr == 1);
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
-        for (size_t q0 = 0; q0 < Q; q0 += Qb) {
+        for (size_t j = 0; exact && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
+        for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
-            for (size_t node = 0; node < o->quad.n; node++) {
-                double cq = o->quad.c[node];
-                const double *wn = pk_replay_node(&r, o->quad.s[node]);
-                pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
-                pk_model_output_deltas(m, wn, qt, dq);
+            if ((s = pk_nodes_step(&nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq))) break;
+            *pieces += (double)nd.pieces;
+            /* the shared nodes: the queries u, gathered unless all of them */
+            const double *Xs = Xq + q0 * d;
+            if (nd.nu < nq) {
+                for (size_t x = 0; x < nd.nu; x++) memcpy(w.X + x * d, Xq + (q0 + nd.u[x]) * d, d * sizeof *w.X);
+                Xs = w.X;
+            }
+            for (size_t x = 0; x < nd.nu; x++) w.q[x] = (uint32_t)(q0 + nd.u[x]);
+            for (size_t node = 0; nd.nu && node < nd.k; node++) {
                 /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
-                pk_side qs = pk_side_outputs(m, qt, dq, 0);
-                pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
-                double f = -scale * cq;
-                #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
-                for (size_t x = 0; x < nq; x++) {
-                    double *sum = e->contrib_sum + (q0 + x) * C;
-                    for (size_t k = 0; k < C; k++) {
-                        const double *Sr = S + (x * C + k) * nb;
-                        double acc = 0;
-                        for (size_t j = 0; j < nb; j++) acc += Sr[j];
-                        sum[k] += f * acc;
-                        if (e->contrib) {
-                            double *ph = e->contrib + (q0 + x) * N * C + k;
-                            for (size_t j = 0; j < nb; j++) ph[(size_t)idx[j] * C] += f * Sr[j];
-                        }
-                    }
+                const double *wn = pk_replay_node(&r, nd.s[node]);
+                pk_model_forward(m, wn, Xs, nd.nu, w.qt);
+                pk_model_output_deltas(m, wn, w.qt, w.dq);
+                for (size_t x = 0; x < nd.nu; x++) w.f[x] = -scale * nd.c[node];
+                add_rows(m, o, &w, nd.nu, &train_loss, &train_out, idx, nb, e);
+            }
+            /* the exact rule's own nodes, Qb rows at a time at w_t + s D_t each */
+            for (size_t r0 = 0; !s && r0 < nd.R; r0 += Qb) {
+                size_t nr = nd.R - r0 < Qb ? nd.R - r0 : Qb;
+                for (size_t x = 0; x < nr; x++) {
+                    size_t q = q0 + nd.re[r0 + x];
+                    memcpy(w.X + x * d, Xq + q * d, d * sizeof *w.X);
+                    w.at[x] = nd.rs[r0 + x];
+                    w.q[x] = (uint32_t)q;
+                    w.f[x] = -scale * nd.rc[r0 + x];
                 }
-                if (o->want_kernel) {
-                    /* K^p(x, x_i) += (eta/|B|) c_q Jbar_x J_{x_i}(w_t)^T */
-                    pk_side qk = pk_side_outputs(m, qt, dq, kr == 1);
-                    pk_side_product(m, &qk, &train_out, SK, nb, 0, A, DK);
-                    double fk = scale * cq;
-                    #pragma omp parallel for schedule(static) if (nq * kr * nb * kr >= PK_PAR_MIN)
-                    for (size_t x = 0; x < nq; x++)
-                        for (size_t k = 0; k < kr; k++) {
-                            const double *Sr = SK + (x * kr + k) * nb * kr;
-                            double *Kx = e->kernel + (q0 + x) * N * kr * kr + k * kr;
-                            for (size_t j = 0; j < nb; j++)
-                                for (size_t k2 = 0; k2 < kr; k2++)
-                                    Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
-                        }
-                }
+                if ((s = pk_tape_along(w.qt, m, Dt, w.at))) break;
+                pk_model_forward(m, r.w, w.X, nr, w.qt);
+                pk_model_output_deltas(m, r.w, w.qt, w.dq);
+                pk_tape_along(w.qt, m, NULL, NULL);
+                add_rows(m, o, &w, nr, &train_loss, &train_out, idx, nb, e);
             }
         }
     }
     s = pk_replay_end(&r, s);
-    pk_tape_free(qt);
-    if (have_dq) pk_deltas_free(m, dq);
+    pk_tape_free(w.qt);
+    if (have_dq) pk_deltas_free(m, w.dq);
     if (have_dB) pk_deltas_free(m, dB);
-    free(S); free(D); free(A); free(SK); free(DK);
+    free(w.S); free(w.D); free(w.A); free(w.SK); free(w.DK); free(w.X); free(w.at); free(w.f); free(w.q); free(w.grp);
+    free(Dt);
+    pk_nodes_free(&nd);
     return s;
 }
 
@@ -271,7 +359,10 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     double t_start = pk_seconds();
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!pk_quad_given(&o->quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    char why[512];
+    if (o->quad.exact && pk_quad_exact_refusal(m, why, sizeof why))
+        return pk_fail(PK_ERR_INPUT, "%s: --quad %s: %s", pk_run_dir(run), o->quad.name, why);
     size_t N = pk_run_n_train(run), C = m->n_out, T = pk_run_steps(run), P = m->n_params;
     size_t d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);
@@ -329,7 +420,13 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
      * into e->kernel, the paper's kernel is computed after them */
     double *kernel = e->kernel;
     if (!so.want_kernel) e->kernel = NULL;
-    if (!s) s = back ? pk_explain_backward(run, Xq, Q, &so, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, &so, Qb, e);
+    double pieces = 0;
+    if (!s) s = back ? pk_explain_backward(run, Xq, Q, &so, back_Qb, back_seg, e, &pieces)
+                     : explain_forward(run, Xq, Q, &so, Qb, e, &pieces);
+    if (!s && o->quad.exact) {
+        e->pieces = Q && T ? pieces / ((double)Q * (double)T) : 1.0;
+        e->piece_nodes = pk_quad_piece_nodes(&o->quad, m, 0);
+    }
     e->kernel = kernel;
     if (!s && o->want_kernel && !o->batch_kernel)
         s = pk_path_kernel_mem(run, Xq, Q, train->x, N, e->mode, &o->quad, o->progress, o->ctx,
