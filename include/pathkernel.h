@@ -648,6 +648,10 @@ size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel);
 /* Why the exact rule cannot take a model: NULL when it can (every layer
  * piecewise linear), else the first layer it cannot and what to use. */
 const char *pk_quad_exact_refusal(const pk_model *m, char *buf, size_t len);
+/* One sentence on the rule q for model m: what it integrates exactly and
+ * why its error is what it is (pieces: the mean pieces per query and step
+ * the exact rule found, pk_explain.pieces). Into buf, returned. */
+const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char *buf, size_t len);
 
 /* The paper's path kernel (MATH.md section 3, "The paper's path kernel"):
  * the tangent kernel integrated along the recorded path with the rule q on

@@ -86,8 +86,9 @@ typedef struct pk_nodes {
     size_t nu, R, pieces;
     uint32_t *u, *re;     /* (nu), (R) */
     double *rs, *rc;      /* (R), (R)  */
+    double *ra, *rb;      /* (R), (R): the piece [ra, rb] of the row (k rows a piece) */
     double *wz, *Dz;      /* (P) scratch: w and D without biases */
-    size_t cap_u, cap_r, cap_rs, cap_rc;
+    size_t cap_u, cap_r, cap_rs, cap_rc, cap_ra, cap_rb;
 } pk_nodes;
 /* kernel: nodes per piece for a kernel (degree 2L - 2) rather than the
  * contributions (L - 1): pk_quad_piece_nodes. X (n, d). nd zeroed before

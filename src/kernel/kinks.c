@@ -401,7 +401,7 @@ static pk_status refine(const pk_model *m, const double *w, const double *wz, co
 
 void pk_nodes_free(pk_nodes *nd)
 {
-    free(nd->u); free(nd->re); free(nd->rs); free(nd->rc); free(nd->wz); free(nd->Dz);
+    free(nd->u); free(nd->re); free(nd->rs); free(nd->rc); free(nd->ra); free(nd->rb); free(nd->wz); free(nd->Dz);
     memset(nd, 0, sizeof *nd);
 }
 
@@ -475,13 +475,17 @@ pk_status pk_nodes_step(pk_nodes *nd, const pk_model *m, const pk_quad *q, int k
                 size_t need = nd->R + (r1 - r) * K;
                 if (!grow((void **)&nd->re, &nd->cap_r, need, sizeof *nd->re) ||
                     !grow((void **)&nd->rs, &nd->cap_rs, need, sizeof *nd->rs) ||
-                    !grow((void **)&nd->rc, &nd->cap_rc, need, sizeof *nd->rc)) { s = PK_ERR_NOMEM; break; }
+                    !grow((void **)&nd->rc, &nd->cap_rc, need, sizeof *nd->rc) ||
+                    !grow((void **)&nd->ra, &nd->cap_ra, need, sizeof *nd->ra) ||
+                    !grow((void **)&nd->rb, &nd->cap_rb, need, sizeof *nd->rb)) { s = PK_ERR_NOMEM; break; }
                 for (size_t p = r; p < r1; p++) {
                     double a = st.a[p], h = st.b[p] - st.a[p];
                     for (size_t j = 0; j < K; j++) {
                         nd->re[nd->R] = (uint32_t)e;
                         nd->rs[nd->R] = a + h * nd->s[j];
                         nd->rc[nd->R] = h * nd->c[j];
+                        nd->ra[nd->R] = a;
+                        nd->rb[nd->R] = st.b[p];
                         nd->R++;
                     }
                 }

@@ -67,6 +67,29 @@ size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel)
 
 void pk_gauss_legendre(size_t K, double *s, double *c) { gauss_legendre(K, s, c); }
 
+const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char *buf, size_t len)
+{
+    size_t L = m->n_weight;
+    char why[512];
+    int pl = !pk_quad_exact_refusal(m, why, sizeof why); /* piecewise linear */
+    if (q->exact)
+        snprintf(buf, len, "rule exact: each step split at every query's kinks (%.3f pieces per query and step), "
+                 "%zu Gauss-Legendre node(s) per piece integrate its polynomial of degree %zu (L = %zu layers with "
+                 "parameters) exactly: what remains is rounding", pieces, pk_quad_piece_nodes(q, m, 0),
+                 L ? L - 1 : 0, L);
+    else if (pl && L > 1)
+        snprintf(buf, len, "rule %s: %zu node(s) on each whole step; the network is piecewise linear, so the "
+                 "integrand jumps where a unit or a max-pool window changes inside a step and the error is set by "
+                 "those kinks, not by the rule's order: --quad exact removes it", q->name, q->n);
+    else if (pl)
+        snprintf(buf, len, "rule %s: the network is linear in its parameters, every rule is exact", q->name);
+    else
+        snprintf(buf, len, "rule %s: %zu node(s) a step; smooth activations, error O(eta^%zu) over a fixed eta*T "
+                 "(MATH.md section 3; the exact rule needs a piecewise-linear network)", q->name, q->n,
+                 !strcmp(q->name, "left") ? (size_t)1 : 2 * q->n);
+    return buf;
+}
+
 pk_explain_opts pk_explain_opts_defaults(void)
 {
     pk_explain_opts o = {0};
