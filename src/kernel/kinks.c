@@ -278,7 +278,7 @@ static pk_status kink_split(const pk_model *m, size_t k, kstate *st)
     size_t *nc = pk_calloc(R ? R : 1, sizeof *nc);
     if (!cuts || !nc) { free(cuts); free(nc); return PK_ERR_NOMEM; }
     int fail = 0;
-    #pragma omp parallel for schedule(dynamic, 4) if (R > 1)
+    #pragma omp parallel for schedule(dynamic, 4) if (R * l->in * (d + 1) >= PK_PAR_MIN)
     for (size_t r = 0; r < R; r++) {
         size_t cap = 0;
         double *c = NULL;

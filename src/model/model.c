@@ -331,6 +331,17 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
             m->graph = 1;
             goto next;
         }
+        if (len >= 10 && !strncmp(e, "leaky_relu", 10) && (len == 10 || e[10] == ':')) {
+            char text[48];
+            double slope;
+            if (len >= sizeof text) return pk_fail(PK_ERR_INPUT, "model '%s': leaky_relu:A, A a number", full);
+            memcpy(text, e, len);
+            text[len] = 0;
+            if ((s = pk_act_parse_slope(text, &act, &slope))) return pk_fail(s, "model '%s': %s", full, pk_last_error());
+            add_act(m, act, slope, c * h * w);
+            if ((int)m->act < 0) { m->act = act; m->act_slope = slope; }
+            goto next;
+        }
         element el;
         if ((s = parse_element(full, e, len, &el))) return s;
         if (!strcmp(el.name, "in")) {
@@ -374,15 +385,6 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
                 return pk_fail(PK_ERR_INPUT, "model '%s': only the last dense layer may omit its width", full);
             if ((s = add_dense(m, full, c, out))) return s;
             st->c = out;
-        } else if (len >= 10 && !strncmp(e, "leaky_relu", 10) && (len == 10 || e[10] == ':')) {
-            char text[48];
-            double slope;
-            if (len >= sizeof text) return pk_fail(PK_ERR_INPUT, "model '%s': leaky_relu:A, A a number", full);
-            memcpy(text, e, len);
-            text[len] = 0;
-            if ((s = pk_act_parse_slope(text, &act, &slope))) return pk_fail(s, "model '%s': %s", full, pk_last_error());
-            add_act(m, act, slope, c * h * w);
-            if ((int)m->act < 0) { m->act = act; m->act_slope = slope; }
         } else if (!pk_act_parse(el.name, &act) && strcmp(el.name, "linear") && el.name[0]) {
             if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': %s takes no arguments", full, el.name);
             add_act(m, act, 0.0, c * h * w);

@@ -274,3 +274,68 @@ def test_torch_reference(tmp_path):
     assert kinked >= Q * T // 4, "too few kinks for the test to mean anything"
     assert e_phi <= 1e-11 and e_K <= 1e-11
     assert g_phi > 1e-6 and g_K > 1e-6, "the reference does not tell the rules apart"
+
+
+def test_maxpool_conv_and_residual(tmp_path):
+    """ReLU / max-pool convolutions, average pooling, leaky_relu, a residual block and dropout."""
+    x = np.load(noisy_digits(tmp_path, 200).split(":")[1].split(",")[0]).reshape(-1, 1, 8, 8)
+    y = np.load(str(tmp_path / "digits_y.npy"))
+    data = save_data(tmp_path, "img", x, y)
+    models = {"sgd": "conv:4,3,pad=1;relu;maxpool:2;conv:6,3;relu;maxpool:2;flatten;dense:16;relu;dense",
+              "momentum": "conv:4,3,pad=1;relu;avgpool:2;conv:6,3;leaky_relu:0.1;maxpool:2;flatten;dense",
+              "adam": "conv:4,3,pad=1;relu;maxpool:2;flatten;res(dense:64;relu;dense:64);relu;dropout:0.2;dense"}
+    for optim, model in models.items():
+        run = tmp_path / optim
+        pk("train", "--data", data, "--model", model, "--optim", optim, "--batch", "32",
+           "--lr", {"sgd": "0.1", "momentum": "0.05", "adam": "0.01"}[optim], "--steps", "25", "--out", run, "--quiet")
+        ex, gl8 = verify(run, data, "exact", 30), verify(run, data, "gl8", 30)
+        print(f"{model} ({optim}): exact {ex['max_rel_err']:.2e} ({ex['pieces']:.3f} pieces), gl8 {gl8['max_rel_err']:.2e}")
+        assert ex["max_rel_err"] <= 1e-11 and ex["pieces"] > 1.0
+
+
+def test_attribute_and_self_influence(tmp_path):
+    """attribute's streaming sweep and self-influence take the rule too: attribute's values are
+    explain's contributions; one example, mse, gd: the loss form is l(w_0) - l(w_T) exactly; the
+    kernel form is the diagonal of the contribution kernel."""
+    data = noisy_digits(tmp_path, 150)
+    run = tmp_path / "run"
+    pk("train", "--data", data, "--model", "mlp:16,12:relu", "--optim", "sgd", "--batch", "25", "--lr", "0.2",
+       "--steps", "30", "--out", run, "--quiet")
+    pk("attribute", run, "--query", data, "--first", "12", "--quad", "exact", "--top", "4", "--out", tmp_path / "a.json")
+    pk("explain", run, "--query", data, "--first", "12", "--quad", "exact", "--kernel", "path-batch",
+       "--out", tmp_path / "e")
+    att = json.loads((tmp_path / "a.json").read_text())
+    phi = np.load(tmp_path / "e" / "contrib.npy")
+    for q in att["queries"]:
+        assert abs(q["residual"]) <= 1e-11 * abs(q["pred"] - q["bias"])
+        for p in q["proponents"] + q["opponents"]:
+            assert abs(p["contribution"] - phi[q["query"], p["index"], q["class"]]) <= 1e-12 * np.abs(phi).max()
+    # the kernel form: trace K^c(x_i, x_i), explain's contribution kernel on the training set
+    pk("selfinfluence", run, "--form", "kernel", "--quad", "exact", "--out", tmp_path / "sk.csv")
+    pk("explain", run, "--query", data, "--quad", "exact", "--kernel", "path-batch", "--out", tmp_path / "all")
+    Kc = np.load(tmp_path / "all" / "kernel.npy")
+    sk = np.loadtxt(tmp_path / "sk.csv", delimiter=",", skiprows=1)[:, -1]
+    assert rel_err(sk, np.diag(Kc)) <= 1e-12
+    # the loss form, one example: l(w_0) - l(w_T)
+    rng = np.random.default_rng(1)
+    one = save_data(tmp_path, "one", rng.normal(0, 1, (1, 5)), rng.normal(0, 1, (1, 2)))
+    pk("train", "--data", one, "--model", "mlp:6,5:relu", "--loss", "mse", "--optim", "gd", "--lr", "0.3",
+       "--steps", "20", "--out", tmp_path / "r1", "--quiet")
+    got = {}
+    for q in ("gl4", "exact"):
+        pk("selfinfluence", tmp_path / "r1", "--quad", q, "--out", tmp_path / f"s_{q}.csv")
+        got[q] = np.loadtxt(tmp_path / f"s_{q}.csv", delimiter=",", skiprows=1)[-1]
+    xs, ys = np.load(tmp_path / "one_x.npy"), np.load(tmp_path / "one_y.npy")
+    loss = []
+    for step in ("0", "final"):
+        pk("weights", tmp_path / "r1", "--step", step, "--out", tmp_path / f"w{step}")
+        h = xs
+        layers = load_weights(tmp_path / f"w{step}", 3)
+        for l, (W, b) in enumerate(layers):
+            h = h @ W.T + b
+            h = np.maximum(h, 0) if l < 2 else h
+        loss.append(0.5 * np.sum((h - ys) ** 2))
+    want = loss[0] - loss[1]
+    print(f"self-influence, one example: exact {got['exact']!r}, gl4 {got['gl4']!r}, l(w_0) - l(w_T) {want!r}")
+    assert abs(got["exact"] - want) <= 1e-12 * abs(want)
+    assert abs(got["gl4"] - want) > 1e-6 * abs(want)
