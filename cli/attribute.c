@@ -424,7 +424,7 @@ int cmd_attribute(int argc, char **argv)
         "  --top K           proponents and opponents per query [10]\n"
         "  --class C         pred: the predicted class (argmax for softmax; output 0 for one output),\n"
         "                    label: the query's own target class, or an output index [pred]\n"
-        "  --quad R          left, mid, gl1..gl8 [gl2]\n"
+        "  --quad R          left, mid, gl1..gl8, exact (piecewise-linear networks: exact to rounding) [gl2]\n"
         "  --out FILE.csv    query,class,rank,kind,index,label,contribution,share\n"
         "  --out FILE.json   the same with pred, bias, total, residual per query\n"
         "  --out DIR         proponents.npy, opponents.npy (Q, K) int64 indices (-1: none), proponent_values.npy,\n"

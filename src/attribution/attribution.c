@@ -49,7 +49,7 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
     if (!pk_quad_given(q)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     char why[512];
     if (q->exact && pk_quad_exact_refusal(m, why, sizeof why))
-        return pk_fail(PK_ERR_INPUT, "%s: --quad %s: %s", pk_run_dir(run), q->name, why);
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), q->name, why);
     const pk_data *train;
     pk_status s = pk_run_train_data(run, &train);
     if (s) return s;

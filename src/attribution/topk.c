@@ -444,7 +444,7 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
     if (!pk_quad_given(&o->quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     char why[512];
     if (o->quad.exact && pk_quad_exact_refusal(m, why, sizeof why))
-        return pk_fail(PK_ERR_INPUT, "%s: --quad %s: %s", pk_run_dir(run), o->quad.name, why);
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), o->quad.name, why);
     if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs at least one example per side (top)");
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
     for (size_t x = 0; x < n; x++)

@@ -80,7 +80,7 @@ const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char
     else if (pl && L > 1)
         snprintf(buf, len, "rule %s: %zu node(s) on each whole step; the network is piecewise linear, so the "
                  "integrand jumps where a unit or a max-pool window changes inside a step and the error is set by "
-                 "those kinks, not by the rule's order: --quad exact removes it", q->name, q->n);
+                 "those kinks, not by the rule's order: the exact rule (quad exact) removes it", q->name, q->n);
     else if (pl)
         snprintf(buf, len, "rule %s: the network is linear in its parameters, every rule is exact", q->name);
     else
@@ -385,7 +385,7 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     if (!pk_quad_given(&o->quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     char why[512];
     if (o->quad.exact && pk_quad_exact_refusal(m, why, sizeof why))
-        return pk_fail(PK_ERR_INPUT, "%s: --quad %s: %s", pk_run_dir(run), o->quad.name, why);
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), o->quad.name, why);
     size_t N = pk_run_n_train(run), C = m->n_out, T = pk_run_steps(run), P = m->n_params;
     size_t d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
     size_t limit = memory_limit(o), Qb = default_block(run, Q, o, limit);

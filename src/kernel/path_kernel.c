@@ -426,7 +426,7 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
     if (!pk_quad_given(quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
     char why[512];
     if (quad->exact && pk_quad_exact_refusal(m, why, sizeof why))
-        return pk_fail(PK_ERR_INPUT, "%s: --quad %s: %s", pk_run_dir(run), quad->name, why);
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), quad->name, why);
     /* the same examples on both sides: the blocks of the upper triangle only,
      * mirrored at the end, so that K(y, x) is K(x, y)^T bit for bit */
     int same = nx == ny && (X == Y || (nx && !memcmp(X, Y, nx * d * sizeof *X)));
