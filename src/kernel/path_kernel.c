@@ -97,13 +97,13 @@ size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmod
 /* What a thread holds: the sides of its block pair (the x side kept while
  * its next pair has the same x block) and the scratch of the product. */
 /* The exact rule (MATH.md section 10): a block's examples at their nodes,
- * k rows a piece, the rows of example i first[i] .. first[i + 1]. */
+ * k rows a piece, the examples with a kink first. */
 typedef struct erows {
-    size_t n, cap, cap_e;
+    size_t n, nk, cap, cap_e;       /* rows; the first nk are the examples' with a kink */
     pk_tape *t;
     double *d[PK_MAX_MODEL_LAYERS]; /* (cap, C, out_l) per-output deltas */
     double *X, *at, *a, *b;         /* (cap, d) the rows' examples; (cap) node, piece [a, b] */
-    size_t *first;                  /* (examples + 1)                     */
+    size_t *first;                  /* (2 examples): example i's rows first[i] .. first[i] + first[ne + i] */
 } erows;
 
 static void erows_free(const pk_model *m, erows *e)
@@ -206,9 +206,9 @@ static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
 /* Grow a block's rows to hold `rows` rows of `ne` examples. */
 static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t ne)
 {
-    if (ne + 1 > e->cap_e) {
+    if (2 * ne > e->cap_e) {
         free(e->first);
-        e->cap_e = ne + 1;
+        e->cap_e = 2 * ne;
         if (!(e->first = pk_alloc(e->cap_e, sizeof *e->first))) { e->cap_e = 0; return PK_ERR_NOMEM; }
     }
     if (rows <= e->cap) return PK_OK;
@@ -244,24 +244,29 @@ static pk_status erows_build(const pk_model *m, const eside *es, const double *X
     pk_status s = erows_reserve(m, e, rows, ne);
     if (s) return s;
     size_t n = 0;
-    for (size_t i = e0; i < e0 + ne; i++) {
-        e->first[i - e0] = n;
-        if (es->kinked[i])
-            for (size_t r = es->first[i]; r < es->first[i + 1]; r++, n++) {
-                e->at[n] = nd->rs[r];
-                e->a[n] = nd->ra[r];
-                e->b[n] = nd->rb[r];
-                memcpy(e->X + n * d, X + i * d, d * sizeof *X);
-            }
-        else
-            for (size_t j = 0; j < k; j++, n++) {
-                e->at[n] = nd->s[j];
-                e->a[n] = 0.0;
-                e->b[n] = 1.0;
-                memcpy(e->X + n * d, X + i * d, d * sizeof *X);
-            }
+    for (int pass = 1; pass >= 0; pass--) { /* the examples with a kink, then the others */
+        for (size_t i = e0; i < e0 + ne; i++) {
+            if (es->kinked[i] != pass) continue;
+            e->first[i - e0] = n;
+            if (pass)
+                for (size_t r = es->first[i]; r < es->first[i + 1]; r++, n++) {
+                    e->at[n] = nd->rs[r];
+                    e->a[n] = nd->ra[r];
+                    e->b[n] = nd->rb[r];
+                    memcpy(e->X + n * d, X + i * d, d * sizeof *X);
+                }
+            else
+                for (size_t j = 0; j < k; j++, n++) {
+                    e->at[n] = nd->s[j];
+                    e->a[n] = 0.0;
+                    e->b[n] = 1.0;
+                    memcpy(e->X + n * d, X + i * d, d * sizeof *X);
+                }
+            e->first[ne + i - e0] = n - e->first[i - e0];
+        }
+        if (pass) e->nk = n;
     }
-    e->first[ne] = e->n = n;
+    e->n = n;
     if ((s = pk_tape_along(e->t, m, D, e->at))) return s;
     pk_model_forward(m, w, e->X, n, e->t);
     s = pk_model_output_deltas(m, w, e->t, e->d);
@@ -328,33 +333,35 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
         w->eD = pk_alloc(XR * r, w->cap_s * r * sizeof *w->eD);
         if (!w->eS || !w->eA || !w->eD) { w->cap_s = 0; return PK_ERR_NOMEM; }
     }
-    pk_side sy = erows_side(m, &w->ey, 0, ry, r == 1);
     double Lx[PK_PIECE_NODES], Ly[PK_PIECE_NODES], val[PK_PIECE_NODES * PK_PIECE_NODES];
-    /* x examples in groups of at most XR rows (one example's rows may be more: alone then) */
-    for (size_t i0 = 0; i0 < nbx;) {
-        size_t i1 = i0 + 1;
-        while (i1 < nbx && w->ex.first[i1 + 1] - w->ex.first[i0] <= XR) i1++;
-        int any = ky;
-        for (size_t i = i0; i < i1; i++) any |= n->ex->kinked[x0 + i];
-        size_t r0 = w->ex.first[i0], nr = w->ex.first[i1] - r0;
-        if (!any) { i0 = i1; continue; }
-        size_t xr = XR / k * k; /* whole pieces per product */
-        for (size_t c0 = 0; c0 < nr; c0 += xr) { /* an example with more than XR rows: xr at a time */
-            size_t nc = nr - c0 < xr ? nr - c0 : xr;
-            pk_side sx = erows_side(m, &w->ex, r0 + c0, nc, r == 1);
-            /* eS (nc, ry, r, r) = <J(x rows), J(y rows)> */
-            pk_side_product(m, &sx, &sy, w->eS, ry, 1, w->eA, w->eD);
-            for (size_t i = i0; i < i1; i++) {
+    /* the x rows of the examples with a kink against every y row, the
+     * others' against the y rows with a kink: a pair without a kink on
+     * either side has no product here (the shared nodes did it); rows of x
+     * xr at a time, whole pieces */
+    size_t xr = XR / k * k, nkx = w->ex.nk;
+    for (int part = 0; part < 2; part++) {
+        size_t ra = part ? nkx : 0, rb = part ? w->ex.n : nkx, ryp = part ? w->ey.nk : ry;
+        if (!ryp) continue;
+        pk_side sy = erows_side(m, &w->ey, 0, ryp, r == 1);
+        for (size_t c0 = ra; c0 < rb; c0 += xr) {
+            size_t nc = rb - c0 < xr ? rb - c0 : xr;
+            pk_side sx = erows_side(m, &w->ex, c0, nc, r == 1);
+            /* eS (nc, ryp, r, r) = <J(x rows), J(y rows)> */
+            pk_side_product(m, &sx, &sy, w->eS, ryp, 1, w->eA, w->eD);
+            for (size_t i = 0; i < nbx; i++) {
+                size_t fi = w->ex.first[i], ni = w->ex.first[nbx + i];
+                if (fi + ni <= c0 || fi >= c0 + nc) continue; /* no row of i in this product */
                 int ki = n->ex->kinked[x0 + i];
                 double *Ki = n->K + ((x0 + i) * n->ny + y0) * rr;
                 for (size_t j = 0; j < nby; j++) {
                     if (!ki && !n->ey->kinked[y0 + j]) continue;
                     double *Kij = Ki + j * rr;
-                    /* pieces of x (k rows each, those in this chunk) against pieces of y */
-                    for (size_t px = w->ex.first[i]; px < w->ex.first[i + 1]; px += k) {
-                        if (px < r0 + c0 || px >= r0 + c0 + nc) continue;
+                    size_t fj = w->ey.first[j], nj = w->ey.first[nby + j];
+                    /* pieces of x (k rows each, those in this product) against pieces of y */
+                    for (size_t px = fi; px < fi + ni; px += k) {
+                        if (px < c0 || px >= c0 + nc) continue;
                         double a = w->ex.a[px], b = w->ex.b[px];
-                        for (size_t py = w->ey.first[j]; py < w->ey.first[j + 1]; py += k) {
+                        for (size_t py = fj; py < fj + nj; py += k) {
                             double c = w->ey.a[py], e = w->ey.b[py];
                             double lo = a > c ? a : c, hi = b < e ? b : e;
                             if (!(hi > lo)) continue;
@@ -369,7 +376,7 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
                             }
                             for (size_t u = 0; u < k; u++)
                                 for (size_t v = 0; v < k; v++) {
-                                    const double *Suv = w->eS + ((px + u - r0 - c0) * ry + py + v) * rr;
+                                    const double *Suv = w->eS + ((px + u - c0) * ryp + py + v) * rr;
                                     double f = n->f * val[u * k + v];
                                     for (size_t t = 0; t < rr; t++) Kij[t] += f * Suv[t];
                                 }
@@ -378,7 +385,6 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
                 }
             }
         }
-        i0 = i1;
     }
     (void)d;
     return PK_OK;

@@ -339,3 +339,23 @@ def test_attribute_and_self_influence(tmp_path):
     print(f"self-influence, one example: exact {got['exact']!r}, gl4 {got['gl4']!r}, l(w_0) - l(w_T) {want!r}")
     assert abs(got["exact"] - want) <= 1e-12 * abs(want)
     assert abs(got["gl4"] - want) > 1e-6 * abs(want)
+
+
+def test_path_kernel_symmetric_psd(tmp_path):
+    """The paper's kernel under the exact rule on the training set: symmetric bit for bit, positive
+    semi-definite (the overlap weights W are Gram matrices), the same bits with 1 and 2 threads."""
+    data = noisy_digits(tmp_path, 120)
+    run = tmp_path / "run"
+    pk("train", "--data", data, "--model", "mlp:16,12:relu", "--optim", "sgd", "--batch", "20", "--lr", "0.3",
+       "--steps", "20", "--out", run, "--quiet")
+    for mode in ("trace", "full"):
+        K = {}
+        for t in ("1", "2"):
+            pk("kernel", run, "--at", "path", "--x", data, "--mode", mode, "--quad", "exact", "--threads", t,
+               "--out", tmp_path / f"K{t}.npy")
+            K[t] = np.load(tmp_path / f"K{t}.npy")
+        assert K["1"].tobytes() == K["2"].tobytes()
+        k = K["1"] if mode == "trace" else K["1"].transpose(0, 2, 1, 3).reshape(120 * 10, 120 * 10)
+        assert np.array_equal(k, k.T)
+        ev = np.linalg.eigvalsh(k)
+        assert ev.min() >= -1e-12 * ev.max()
