@@ -359,3 +359,28 @@ def test_path_kernel_symmetric_psd(tmp_path):
         assert np.array_equal(k, k.T)
         ev = np.linalg.eigvalsh(k)
         assert ev.min() >= -1e-12 * ev.max()
+
+
+def test_mpi_ranks_same_bytes(tmp_path):
+    """attribute --quad exact over two MPI ranks (every other group of queries each) writes the bytes of
+    one process with one thread."""
+    import os
+    import shutil
+    import subprocess
+    from pkutil import pk_exe
+    exe = shutil.which("mpirun")
+    if not exe:
+        pytest.skip("mpirun is not installed (scripts/deps.sh installs openmpi-bin)")
+    data = noisy_digits(tmp_path, 150)
+    run = tmp_path / "run"
+    pk("train", "--data", data, "--model", "mlp:16,12:relu", "--optim", "sgd", "--batch", "25", "--lr", "0.2",
+       "--steps", "30", "--out", run, "--quiet")
+    args = ["attribute", str(run), "--query", data, "--first", "12", "--quad", "exact", "--top", "4", "--group", "3"]
+    pk(*args, "--threads", "1", "--out", tmp_path / "one.json")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", ASAN_OPTIONS="detect_leaks=0")
+    p = subprocess.run([exe, "-np", "2", "--oversubscribe", str(pk_exe()), *args, "--out", str(tmp_path / "two.json")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "2 MPI ranks" in p.stdout
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
