@@ -384,3 +384,21 @@ def test_mpi_ranks_same_bytes(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "2 MPI ranks" in p.stdout
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+
+
+def test_python_package(tmp_path):
+    """Run.explain and Run.path_kernel take quad="exact" (the ctypes structs carry its fields)."""
+    import sys
+    from conftest import SOURCE_DIR
+    sys.path.insert(0, str(SOURCE_DIR / "python"))
+    import pathkernel as pkg
+    data = noisy_digits(tmp_path, 100)
+    run = tmp_path / "run"
+    pk("train", "--data", data, "--model", "mlp:16:relu", "--optim", "sgd", "--batch", "20", "--lr", "0.3",
+       "--steps", "15", "--out", run, "--quiet")
+    r = pkg.open_run(str(run))
+    X = np.load(tmp_path / "digits_x.npy")[:8]
+    e = r.explain(X, quad="exact")
+    assert e.quad == "exact" and e.piece_nodes == 1 and e.pieces > 1.0 and e.max_rel_err <= 1e-11
+    K = r.path_kernel(X, quad="exact", mode="trace")
+    assert np.array_equal(K, K.T)
