@@ -425,7 +425,7 @@ int cmd_attribute(int argc, char **argv)
         "                    (label logit minus the largest other) or loss (the query's loss under the run's\n"
         "                    loss): the backward pass at every quadrature node is seeded with dg/df there, so\n"
         "                    pred - bias = total + residual holds for the target (MATH.md section 11)\n"
-        "  --quad R          left, mid, gl1..gl8 [gl2]\n"
+        "  --quad R          left, mid, gl1..gl8, exact (piecewise-linear networks: exact to rounding) [gl2]\n"
         "  --out FILE.csv    query,class,rank,kind,index,label,contribution,share\n"
         "  --out FILE.json   the same with pred, bias, total, residual per query\n"
         "  --out DIR         proponents.npy, opponents.npy (Q, K) int64 indices (-1: none), proponent_values.npy,\n"

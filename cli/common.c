@@ -335,6 +335,10 @@ char *cli_summary_json(const pk_explain *e, double max_reg)
     cJSON_AddNumberToObject(r, "max_rel_err", e->max_rel_err);
     cJSON_AddNumberToObject(r, "max_abs_regularisation", max_reg);
     cJSON_AddStringToObject(r, "quad", e->quad);
+    if (e->piece_nodes) { /* the exact rule */
+        cJSON_AddNumberToObject(r, "pieces", e->pieces);
+        cJSON_AddNumberToObject(r, "piece_nodes", (double)e->piece_nodes);
+    }
     cJSON_AddNumberToObject(r, "steps", (double)e->steps);
     cJSON_AddNumberToObject(r, "n_train", (double)e->N);
     cJSON_AddNumberToObject(r, "n_query", (double)e->Q);

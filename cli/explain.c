@@ -137,7 +137,7 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
     a->opts.progress = cli_progress_step;
     a->opts.ctx = &pr;
     cli_catch_stop();
-    double den = 0;
+    double den = 0, pieces = 0;
     for (size_t q0 = 0; !s && q0 < q.n; q0 += group) {
         size_t n = q.n - q0 < group ? q.n - q0 : group;
         pk_explain e;
@@ -149,12 +149,15 @@ static int run_explain(const char *cmd, explain_args *a, pk_run **run, explain_f
         sum->max_abs_err = isnan(e.max_abs_err) || isnan(sum->max_abs_err) ? NAN : fmax(sum->max_abs_err, e.max_abs_err);
         *max_reg = fmax(*max_reg, cli_max_abs(e.regularisation, n * e.C));
         sum->N = e.N; sum->C = e.C; sum->mode = e.mode; sum->steps = e.steps;
+        pieces += e.pieces * (double)n;
+        sum->piece_nodes = e.piece_nodes;
         memcpy(sum->quad, e.quad, sizeof sum->quad);
         pk_explain_free(&e);
         cli_progress_group_done(&pr, n);
     }
     cli_progress_end(&pr);
     sum->Q = q.n;
+    sum->pieces = q.n ? pieces / (double)q.n : 0;
     sum->max_rel_err = den > 0 ? sum->max_abs_err / den : sum->max_abs_err;
     sum->seconds = cli_progress_seconds(&pr);
     pk_data_free(&q);
@@ -190,7 +193,9 @@ int cmd_explain(int argc, char **argv)
         "  --query SPEC      query inputs (the run's standardisation is applied)\n"
         "  --first N, --random N, --data-seed S   select queries [all]\n"
         CLI_CSV_HELP_RUN
-        "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre) [gl2]\n"
+        "  --quad R          left (the paper's kernel), mid, gl1..gl8 (Gauss-Legendre), exact (relu,\n"
+        "                    leaky_relu, identity, pooling: each step split at the kinks, exact to rounding;\n"
+        "                    exact:K for K nodes a piece) [gl2]\n"
         "  --target T        what is decomposed (MATH.md section 11): outputs (every output), output:C,\n"
         "                    label (the logit of the query's label), margin (label logit minus the largest\n"
         "                    other), loss (the query's loss under the run's loss); every query-side backward\n"
@@ -231,6 +236,10 @@ int cmd_explain(int argc, char **argv)
         printf("explained %zu queries by %zu training examples over %zu steps (%s) in %.2f s: "
                "max |pred - bias - sum contrib - regularisation| = %.3g (relative %.3g); wrote %s\n",
                e.Q, e.N, e.steps, e.quad, e.seconds, e.max_abs_err, e.max_rel_err, a.out);
+    if (!s && e.piece_nodes) {
+        char why[768];
+        printf("%s\n", pk_quad_why(&a.opts.quad, pk_run_model(run), e.pieces, why, sizeof why));
+    }
     rc = s ? cli_error(cmd, s) : EXIT_OK;
     pk_run_close(run);
     return rc;
@@ -243,7 +252,7 @@ int cmd_verify(int argc, char **argv)
         "usage: pathkernel verify RUN --query SPEC [--quad R] [--tol X] [--json]\n\n"
         "Computes what explain computes without writing it, prints the summary, and exits 0 when\n"
         "max_rel_err <= tol, 1 otherwise.\n"
-        "  --quad R    left, mid, gl1..gl8 [gl2]\n"
+        "  --quad R    left, mid, gl1..gl8, exact (piecewise-linear networks: split at the kinks) [gl2]\n"
         "  --tol X     tolerance on max_rel_err [1e-8]\n"
         "  --json      print the summary as JSON (the keys of summary.json)\n"
         "  --first N, --random N, --data-seed S, --block N, --mem MIB, --threads N   as for explain\n";
@@ -262,9 +271,10 @@ int cmd_verify(int argc, char **argv)
         if (text) puts(text);
         free(text);
     } else {
+        char why[768];
         printf("%s: %zu queries, %zu training examples, %zu steps, %s: max_abs_err %.3g, max_rel_err %.3g "
-               "(tol %g): %s\n", a.run, e.Q, e.N, e.steps, e.quad, e.max_abs_err, e.max_rel_err, a.tol,
-               ok ? "ok" : "FAILED");
+               "(tol %g): %s\n%s\n", a.run, e.Q, e.N, e.steps, e.quad, e.max_abs_err, e.max_rel_err, a.tol,
+               ok ? "ok" : "FAILED", pk_quad_why(&a.opts.quad, pk_run_model(run), e.pieces, why, sizeof why));
         size_t at;
         double step_rel = pk_run_step_residual(run, &at);
         if (pk_run_recorded(run))

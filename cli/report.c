@@ -26,7 +26,7 @@ int cmd_report(int argc, char **argv)
         "  --query SPEC        query inputs [the run's training data]\n"
         "  --first N, --random N, --data-seed S   select queries [first 10]\n"
         CLI_CSV_HELP_RUN
-        "  --quad R            quadrature rule: left, mid, gl1..gl8 [gl4]\n"
+        "  --quad R            quadrature rule: left, mid, gl1..gl8, exact (piecewise-linear networks) [gl4]\n"
         "  --convergence DIR   a directory written by `pathkernel convergence --out DIR` [none]\n"
         "  --compare DIR       a directory written by `pathkernel compare --out DIR` [none]\n"
         "  --lds DIR           a directory written by `pathkernel lds --out DIR`: LDS per method with error\n"

@@ -28,7 +28,7 @@ int cmd_selfinfluence(int argc, char **argv)
         "  --form loss     SI_i = sum_{t: i in B_t} (eta_t/|B_t|) <gbar_i(t), g_i(w_t)>: how much example i's\n"
         "                  own gradient lowered its own loss along the path (quadrature-integrated TracIn) [default]\n"
         "  --form kernel   SI_i = trace K^p(x_i, x_i), the path kernel's diagonal\n"
-        "  --quad R        left, mid, gl1..gl8 [gl2]\n"
+        "  --quad R        left, mid, gl1..gl8, exact (piecewise-linear networks; the loss form is exact for mse) [gl2]\n"
         "  --threads N     threads [all cores]\n";
     const char *out = NULL, *form_name = "loss", *dir;
     pk_si_form form;

@@ -334,13 +334,17 @@ void pk_npy_stream_abort(pk_npy_stream *w);
 
 typedef enum pk_act {
     PK_ACT_IDENTITY, PK_ACT_TANH, PK_ACT_RELU, PK_ACT_SIGMOID,
-    PK_ACT_SOFTPLUS, PK_ACT_GELU, PK_ACT_ERF
+    PK_ACT_SOFTPLUS, PK_ACT_GELU, PK_ACT_ERF,
+    PK_ACT_LEAKY_RELU  /* leaky_relu:a, y = z for z > 0, a z otherwise (a = 0.01 unless given) */
 } pk_act;
 
 typedef enum pk_param { PK_PARAM_STANDARD, PK_PARAM_NTK } pk_param;
 
 const char *pk_act_name(pk_act a);
 pk_status pk_act_parse(const char *s, pk_act *a);
+/* pk_act_parse that also reads leaky_relu's slope ("leaky_relu:0.1"; 0.01
+ * when not given; 0 for the other activations). */
+pk_status pk_act_parse_slope(const char *s, pk_act *a, double *slope);
 
 /* A network: a sequence of layers, and the layout of its parameters in one
  * flat vector of pk_model_n_params doubles (owned by the caller). Opaque;
@@ -677,14 +681,38 @@ pk_status pk_run_kernel(pk_run *run, pk_kernel_kind kind, const double *X, size_
 /* -------------------------------------------------------------- path kernel */
 
 /* Quadrature rule for Jbar (MATH.md section 3): nodes s_q on [0, 1] and
- * weights c_q summing to 1. */
+ * weights c_q summing to 1. The exact rule (MATH.md section 12) splits each
+ * step of a piecewise-linear network (identity, relu, leaky_relu, pooling)
+ * at the kinks of every example, w(s) = w_t + s D_t, and puts Gauss-Legendre
+ * nodes on each piece: per_piece of them, or (0) as many as make the
+ * integral exact, ceil(L/2) for the contributions and L for a kernel (L
+ * the layers with parameters); n is 0 then. */
 typedef struct pk_quad {
-    char name[8];          /* "left", "mid", "gl1".."gl8" */
+    char name[8];          /* "left", "mid", "gl1".."gl8", "exact", "exact:K" */
     size_t n;
     double s[8], c[8];
+    int exact;             /* split at the kinks                              */
+    size_t per_piece;      /* exact: nodes per piece (0: by the degree)       */
 } pk_quad;
 
+/* Largest number of Gauss-Legendre nodes on a piece of the exact rule. */
+#define PK_PIECE_NODES 32
+
 pk_status pk_quad_parse(const char *name, pk_quad *q);
+/* Whether a rule was given (its nodes, or the exact rule). */
+int pk_quad_given(const pk_quad *q);
+/* The exact rule's nodes per piece for a model: per_piece, or the least that
+ * integrates a polynomial of degree deg_per_layer * L - deg_less exactly
+ * (contributions: 1 and 1, degree L - 1; a kernel: 2 and 2, degree 2L - 2).
+ * 0 for any other rule. */
+size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel);
+/* Why the exact rule cannot take a model: NULL when it can (every layer
+ * piecewise linear), else the first layer it cannot and what to use. */
+const char *pk_quad_exact_refusal(const pk_model *m, char *buf, size_t len);
+/* One sentence on the rule q for model m: what it integrates exactly and
+ * why its error is what it is (pieces: the mean pieces per query and step
+ * the exact rule found, pk_explain.pieces). Into buf, returned. */
+const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char *buf, size_t len);
 
 /* The paper's path kernel (MATH.md section 3, "The paper's path kernel"):
  * the tangent kernel integrated along the recorded path with the rule q on
@@ -840,6 +868,8 @@ typedef struct pk_explain {
     double seconds;
     size_t steps;
     char quad[8];
+    double pieces;         /* exact rule: pieces per query and step, mean (1: no kink); 0 otherwise */
+    size_t piece_nodes;    /* exact rule: Gauss-Legendre nodes per piece; 0 otherwise */
 } pk_explain;
 
 /* Bytes that pk_run_explain would allocate for its outputs, and for its

@@ -18,7 +18,7 @@ static const char *const conv_help =
     "  --query SPEC    query inputs\n"
     "  --time TAU      eta * T, the same for every run\n"
     "  --lrs LIST      comma-separated learning rates, e.g. 0.4,0.2,0.1,0.05\n"
-    "  --rules LIST    quadrature rules [left,mid,gl2]\n"
+    "  --rules LIST    quadrature rules [left,mid,gl2]; exact for piecewise-linear networks (error at rounding)\n"
     "  --out DIR       keep the runs and write DIR/convergence.csv [runs in a temporary directory]\n"
     "  and the data, model and optimiser options of train (not --lr, --steps, --test)\n";
 

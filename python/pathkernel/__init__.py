@@ -375,6 +375,7 @@ class Explanation:
     regularisation (Q, C)  what weight decay moved, owned by no example (zeros without decay)
     max_abs_err, max_rel_err   the representation's residual
     quad, steps, seconds   the rule, the steps replayed and the time taken
+    pieces, piece_nodes    the exact rule: pieces per query and step (mean), nodes per piece (else 0)
     """
 
     def __repr__(self):
@@ -590,7 +591,7 @@ class Run:
         positive semi-definite, between X (nx, d) and Y (ny, d; default X),
         raw feature space: (nx, ny, C, C) with mode="full", (nx, ny) with
         mode="trace". Exactly symmetric when Y is omitted. quad: left, mid,
-        gl1..gl8. Replays the run (needs its training data)."""
+        gl1..gl8, exact (piecewise-linear networks: the kinks of both arguments). Replays the run (needs its training data)."""
         km = _parse_mode(mode)
         q = _parse_quad(quad)
         x = self._queries(X, "X")
@@ -701,6 +702,7 @@ class Run:
             r.max_abs_err, r.max_rel_err = float(e.max_abs_err), float(e.max_rel_err)
             r.seconds, r.steps = float(e.seconds), int(e.steps)
             r.quad = e.quad.decode()
+            r.pieces, r.piece_nodes = float(e.pieces), int(e.piece_nodes)
             r.mode = "full" if e.mode == _capi.PK_KMODE_FULL else "trace"
         finally:
             L.pk_explain_free(ctypes.byref(e))
@@ -710,7 +712,9 @@ class Run:
         """Replay the run and compute the exact contribution phi_i(x) of every
         training example i to the prediction at each query (Q, d) (raw feature
         space): an Explanation with pred, bias, contrib, kernel, coef,
-        regularisation, max_rel_err, max_abs_err. quad: left, mid, gl1..gl8;
+        regularisation, max_rel_err, max_abs_err. quad: left, mid, gl1..gl8, or
+        exact (piecewise-linear networks: each step split at the kinks, exact
+        to rounding; pieces: their mean number per query and step);
         mode: the path kernel as "trace" over outputs or "full" C x C blocks;
         kernel: "path", the paper's path kernel (path_kernel), or
         "path-batch", the contribution kernel with the batch indicator; coef
@@ -799,7 +803,7 @@ class Run:
         """Exact self-influence of every training example (N,), in data order,
         of a gd/sgd run: form="loss" (how much example i's own gradient lowered
         its own loss along the path) or "kernel" (trace of the path kernel's
-        diagonal); quad: left, mid, gl1..gl8."""
+        diagonal); quad: left, mid, gl1..gl8, exact."""
         L = _lib()
         f = ctypes.c_int()
         _check(L.pk_si_form_parse(str(form).encode(), ctypes.byref(f)))

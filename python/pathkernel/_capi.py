@@ -54,7 +54,8 @@ class pk_train_opts(ctypes.Structure):
 
 class pk_quad(ctypes.Structure):
     """struct pk_quad."""
-    _fields_ = [("name", ctypes.c_char * 8), ("n", c_size), ("s", c_dbl * 8), ("c", c_dbl * 8)]
+    _fields_ = [("name", ctypes.c_char * 8), ("n", c_size), ("s", c_dbl * 8), ("c", c_dbl * 8), ("exact", c_int),
+                ("per_piece", c_size)]
 
 
 class pk_target(ctypes.Structure):
@@ -89,7 +90,8 @@ class pk_explain(ctypes.Structure):
     _fields_ = [("Q", c_size), ("N", c_size), ("C", c_size), ("mode", c_int),
                 ("pred", P_dbl), ("bias", P_dbl), ("contrib", P_dbl), ("contrib_sum", P_dbl),
                 ("kernel", P_dbl), ("regularisation", P_dbl), ("max_abs_err", c_dbl),
-                ("max_rel_err", c_dbl), ("seconds", c_dbl), ("steps", c_size), ("quad", ctypes.c_char * 8)]
+                ("max_rel_err", c_dbl), ("seconds", c_dbl), ("steps", c_size), ("quad", ctypes.c_char * 8),
+                ("pieces", c_dbl), ("piece_nodes", c_size)]
 
 
 class pk_loo_opts(ctypes.Structure):

@@ -19,6 +19,26 @@ pk_status pk_si_form_parse(const char *s, pk_si_form *f)
     return PK_OK;
 }
 
+/* The side `at` of the batch at w_t gathered to the rows of a node tape:
+ * row x is example ex[x] of the batch; g holds per layer (n, in_l) inputs
+ * and (n, len_l) deltas. */
+static pk_side gather_side(const pk_model *m, const pk_side *at, const uint32_t *ex, size_t n, double *const *ga,
+                           double *const *gd)
+{
+    pk_side g = *at;
+    g.n = n;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        size_t in = pk_model_weight(m, l)->in, len = pk_model_weight(m, l)->out * at->rows * at->fold;
+        for (size_t x = 0; x < n; x++) {
+            memcpy(ga[l] + x * in, at->a[l] + (size_t)ex[x] * in, in * sizeof(double));
+            memcpy(gd[l] + x * len, at->delta[l] + (size_t)ex[x] * len, len * sizeof(double));
+        }
+        g.a[l] = ga[l];
+        g.delta[l] = gd[l];
+    }
+    return g;
+}
+
 pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, double *si)
 {
     const pk_model *m = pk_run_model(run);
@@ -26,11 +46,14 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
     if (op->kind != PK_OPTIM_GD && op->kind != PK_OPTIM_SGD)
         return pk_fail(PK_ERR_INPUT, "%s: self-influence of %s runs is not yet supported (gd and sgd only)",
                        pk_run_dir(run), pk_optim_name(op->kind));
-    if (!q || !q->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!pk_quad_given(q)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    char why[512];
+    if (q->exact && pk_quad_exact_refusal(m, why, sizeof why))
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), q->name, why);
     const pk_data *train;
     pk_status s = pk_run_train_data(run, &train);
     if (s) return s;
-    size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty;
+    size_t N = pk_run_n_train(run), C = m->n_out, ty = train->ty, d = m->n_in, P = m->n_params;
     size_t B = pk_run_batch_cap(run);
     memset(si, 0, N * sizeof *si);
 
@@ -42,7 +65,29 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
         have_d = !pk_deltas_new(m, B, dB);
         if (have_d && pk_deltas_new(m, B, dN)) { pk_deltas_free(m, dB); have_d = 0; }
     }
-    if (!Rn || !diag || !nt || (form == PK_SI_KERNEL && !have_d)) s = PK_ERR_NOMEM;
+    /* the exact rule (MATH.md section 12): the batch's nodes, D_t, the rows
+     * at their own nodes gathered (inputs, targets, the side at w_t); the
+     * loss form integrates a gradient of the loss (degree 2L - 1 for mse):
+     * a kernel's nodes per piece */
+    pk_nodes nd;
+    memset(&nd, 0, sizeof nd);
+    double *Dt = NULL, *Xg = NULL, *Yg = NULL, *at = NULL, *ga[PK_MAX_MODEL_LAYERS] = {0}, *gd[PK_MAX_MODEL_LAYERS] = {0};
+    uint32_t *ex = pk_alloc(B, sizeof *ex); /* (B) rows' examples in the batch */
+    int ok = ex != NULL;
+    if (q->exact) {
+        Dt = pk_alloc(P, sizeof *Dt);
+        Xg = pk_alloc(B, d * sizeof *Xg);
+        Yg = pk_alloc(B, (ty ? ty : 1) * sizeof *Yg);
+        at = pk_alloc(B, sizeof *at);
+        ok = ok && Dt && Xg && Yg && at;
+        for (size_t l = 0; ok && l < m->n_weight; l++) {
+            size_t len = pk_model_weight(m, l)->out * (form == PK_SI_KERNEL ? C : 1);
+            ga[l] = pk_alloc(B, pk_model_weight(m, l)->in * sizeof(double));
+            gd[l] = pk_alloc(B, len * sizeof(double));
+            ok = ga[l] && gd[l];
+        }
+    }
+    if (!ok || !Rn || !diag || !nt || (form == PK_SI_KERNEL && !have_d)) s = PK_ERR_NOMEM;
     pk_replay r = {0};
     if (!s) s = pk_replay_begin(&r, run, 0, NULL, NULL);
     while (!s && pk_replay_next(&r)) {
@@ -53,28 +98,57 @@ pk_status pk_run_self_influence(pk_run *run, pk_si_form form, const pk_quad *q, 
         if (form == PK_SI_KERNEL) pk_model_output_deltas(m, r.w, r.st.tape, dB);
         pk_side at_t = form == PK_SI_KERNEL ? pk_side_outputs(m, r.st.tape, dB, 1) : pk_side_loss(m, r.st.tape);
         double scale = r.lr / (double)nb;
-        for (size_t node = 0; node < q->n; node++) {
-            double cq = q->c[node];
-            const double *wn = pk_replay_node(&r, q->s[node]);
-            pk_model_forward(m, wn, xb, nb, nt);
+        for (size_t j = 0; Dt && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
+        if ((s = pk_nodes_step(&nd, m, q, form == PK_SI_LOSS, r.w, Dt, xb, nb))) break;
+        int all = nd.nu == nb;
+        /* shared nodes: every example of the batch evaluated, those with a kink not added */
+        for (size_t node = 0; node < nd.k + (nd.R ? (nd.R + B - 1) / B : 0); node++) {
+            size_t n = nb, r0 = (node - nd.k) * B;
+            const double *wn = r.w, *xs = xb, *ys = yb;
+            pk_side side_t = at_t;
+            if (node < nd.k) wn = pk_replay_node(&r, nd.s[node]);
+            else { /* the exact rule's own rows, B at a time at w_t + s D_t */
+                n = nd.R - r0 < B ? nd.R - r0 : B;
+                for (size_t x = 0; x < n; x++) {
+                    ex[x] = nd.re[r0 + x];
+                    at[x] = nd.rs[r0 + x];
+                    memcpy(Xg + x * d, xb + (size_t)ex[x] * d, d * sizeof *Xg);
+                    memcpy(Yg + x * ty, yb + (size_t)ex[x] * ty, ty * sizeof *Yg);
+                }
+                xs = Xg;
+                ys = Yg;
+                side_t = gather_side(m, &at_t, ex, n, ga, gd);
+                if ((s = pk_tape_along(nt, m, Dt, at))) break;
+            }
+            pk_model_forward(m, wn, xs, n, nt);
             if (form == PK_SI_KERNEL) {
                 pk_model_output_deltas(m, wn, nt, dN);
                 pk_side at_node = pk_side_outputs(m, nt, dN, 1);
-                pk_side_diagonal(m, &at_node, &at_t, diag);
+                pk_side_diagonal(m, &at_node, &side_t, diag);
             } else {
                 /* the example's own loss gradient at the node */
-                pk_loss_eval(pk_run_loss(run), pk_tape_out(m, nt), yb, nb, C, ty, Rn);
+                pk_loss_eval(pk_run_loss(run), pk_tape_out(m, nt), ys, n, C, ty, Rn);
                 pk_model_backward(m, wn, nt, Rn, 1.0, NULL);
                 pk_side at_node = pk_side_loss(m, nt);
-                pk_side_diagonal(m, &at_node, &at_t, diag);
+                pk_side_diagonal(m, &at_node, &side_t, diag);
             }
-            for (size_t b = 0; b < nb; b++) si[idx[b]] += scale * cq * diag[b];
+            pk_tape_along(nt, m, NULL, NULL);
+            if (node < nd.k) {
+                for (size_t b = 0, u = 0; b < nb; b++) {
+                    if (!all && (u >= nd.nu || nd.u[u] != b)) continue; /* a kink: its own rows */
+                    u++;
+                    si[idx[b]] += scale * nd.c[node] * diag[b];
+                }
+            } else
+                for (size_t x = 0; x < n; x++) si[idx[ex[x]]] += scale * nd.rc[r0 + x] * diag[x];
         }
     }
     s = pk_replay_end(&r, s);
     pk_tape_free(nt);
     if (have_d) { pk_deltas_free(m, dB); pk_deltas_free(m, dN); }
-    free(Rn); free(diag);
+    for (size_t l = 0; l < m->n_weight; l++) { free(ga[l]); free(gd[l]); }
+    free(Rn); free(diag); free(Dt); free(Xg); free(Yg); free(at); free(ex);
+    pk_nodes_free(&nd);
     return s;
 }
 

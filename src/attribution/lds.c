@@ -324,7 +324,7 @@ static pk_status grad_scores(const job *j, const pk_model *m, const double *w, d
     for (size_t q0 = 0; !s && q0 < Q; q0 += Bq) {
         size_t nq = Q - q0 < Bq ? Q - q0 : Bq;
         pk_model_forward(m, w, te->x + q0 * d, nq, qt);
-        s = pk_target_deltas(m, w, qt, &j->o->target, loss, te->y + q0 * j->ty, R, dq, NULL, 0);
+        s = pk_target_deltas(m, w, qt, &j->o->target, loss, te->y + q0 * j->ty, R, dq);
         if (s) break;
         pk_side qs = pk_side_target(m, qt, dq, &j->o->target);
         pk_side_diagonal(m, &qs, &qs, qn + q0);

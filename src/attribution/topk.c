@@ -132,7 +132,7 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     if (nt > blocks) nt = blocks ? blocks : 1;
     b += (double)nt * ((double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B); /* per thread: tape, R, S, D, A */
     b += (double)nt * (double)Qb * (double)m->layer[0].out;                           /* per thread: dZ1  */
-    b += (double)o->quad.n * (double)m->n_params;                                    /* node weights     */
+    b += (double)(o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n) * (double)m->n_params;                                    /* node weights     */
     b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
     return b * sizeof(double);
 }
@@ -210,12 +210,20 @@ typedef struct block_work {
     double *S;     /* (Qb, B) <J_{x,c}(node), g_i(w_t)>                   */
     double *D, *A; /* (Qb, B) side-product scratch; A: x . x_i first      */
     double *dZ1;   /* (Qb, d1) first-layer pre-activations' change        */
+    /* the rows evaluated at once: their queries (in the block), nodes,
+     * weights, inputs and first-layer pre-activations, gathered */
+    pk_nodes nd;   /* the exact rule's nodes of the block at a step       */
+    uint32_t *qi;  /* (Qb)                                                */
+    double *at, *f;/* (Qb), (Qb)                                          */
+    double *X, *Z; /* (Qb, d), (Qb, d1)                                   */
 } block_work;
 
 static void block_work_free(block_work *b)
 {
     pk_tape_free(b->qt);
     free(b->R); free(b->S); free(b->D); free(b->A); free(b->dZ1);
+    free(b->qi); free(b->at); free(b->f); free(b->X); free(b->Z);
+    pk_nodes_free(&b->nd);
 }
 
 static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
@@ -229,7 +237,73 @@ static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
     b->D = pk_alloc(Qb, B * sizeof *b->D);
     b->A = pk_alloc(Qb, B * sizeof *b->A);
     b->dZ1 = pk_alloc(Qb, d1 * sizeof *b->dZ1);
-    return b->qt && b->R && b->S && b->D && b->A && b->dZ1;
+    b->qi = pk_alloc(Qb, sizeof *b->qi);
+    b->at = pk_alloc(Qb, sizeof *b->at);
+    b->f = pk_alloc(Qb, sizeof *b->f);
+    b->X = pk_alloc(Qb, m->n_in * sizeof *b->X);
+    b->Z = pk_alloc(Qb, d1 * sizeof *b->Z);
+    return b->qt && b->R && b->S && b->D && b->A && b->dZ1 && b->qi && b->at && b->f && b->X && b->Z;
+}
+
+/* What the rows of a block share at a step. */
+typedef struct step_rows {
+    const pk_model *m;
+    const double *Xq, *Z1;   /* (n, d) queries, (n, d1) their first-layer pre-activations at w_t */
+    const size_t *cls;
+    const pk_target *tg;     /* the target of each query (its output cls[x] for outputs) */
+    pk_loss loss;
+    const double *Y;         /* (n, ty) the queries' targets, or NULL  */
+    size_t ty;
+    const pk_side *train;    /* the batch at w_t, loss-weighted       */
+    const uint32_t *idx;
+    size_t nb, n_slots;
+    const int32_t *slot_of;
+    int dense1;
+    double *acc, *total;     /* (n, n_slots), (n)                     */
+} step_rows;
+
+/* Rows x < nr of block q0 (queries q0 + k->qi[x]) at w, the weights of
+ * their node k->at[x] (with k->qt->dir set: w + k->at[x] D each): the
+ * forward pass (a dense first layer from Z1 + s dZ1), the deltas of f_c,
+ * the products with the batch, and phi_i(x)[c] += k->f[x] <J_{x,c}(node),
+ * g_i(w_t)>. */
+static void eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, const double *w)
+{
+    const pk_model *m = sr->m;
+    size_t d = m->n_in, d1 = m->layer[0].out, C = m->n_out, nb = sr->nb;
+    pk_tape *qt = k->qt;
+    for (size_t x = 0; x < nr; x++) {
+        size_t q = q0 + k->qi[x];
+        memcpy(k->X + x * d, sr->Xq + q * d, d * sizeof *k->X);
+    }
+    if (sr->dense1) {
+        qt->n = nr;
+        qt->x = k->X;
+        for (size_t x = 0; x < nr; x++) {
+            const double *z = sr->Z1 + (q0 + k->qi[x]) * d1, *dz = k->dZ1 + k->qi[x] * d1;
+            for (size_t j = 0; j < d1; j++) qt->y[0][x * d1 + j] = z[j] + k->at[x] * dz[j];
+        }
+        pk_model_forward_from(m, w, qt, 1);
+    } else
+        pk_model_forward(m, w, k->X, nr, qt);
+    /* the deltas of the target: a backward pass seeded with dg/df at the node (e_c for f_c) */
+    const double *fq = pk_tape_out(m, qt);
+    for (size_t x = 0; x < nr; x++) {
+        size_t q = q0 + k->qi[x];
+        pk_target_row(sr->tg, sr->cls[q], sr->loss, fq + x * C, sr->Y ? sr->Y + q * sr->ty : NULL, C, k->R + x * C);
+    }
+    pk_model_backward(m, w, qt, k->R, 1.0, NULL);
+    pk_side qs = pk_side_loss(m, qt);
+    /* S (nr, nb): <J_{x,c}(node), g_i(w_t)> */
+    pk_side_product(m, &qs, sr->train, k->S, nb, 0, k->A, k->D);
+    for (size_t x = 0; x < nr; x++) {
+        const double *Sr = k->S + x * nb;
+        size_t q = q0 + k->qi[x];
+        double *ax = sr->acc + q * sr->n_slots, sum = 0, f = k->f[x];
+        for (size_t j = 0; j < nb; j++) sum += Sr[j];
+        sr->total[q] += f * sum;
+        for (size_t j = 0; j < nb; j++) ax[sr->slot_of[sr->idx[j]]] += f * Sr[j];
+    }
 }
 
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
@@ -238,6 +312,13 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     const pk_model *m = pk_run_model(run);
     size_t N = pk_run_n_train(run), C = m->n_out, P = m->n_params;
     size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), K = o->top, nodes = o->quad.n;
+    /* the shared nodes: the rule's, or the exact rule's on [0, 1] */
+    double qs[PK_PIECE_NODES], qc[PK_PIECE_NODES];
+    if (o->quad.exact) pk_gauss_legendre(nodes = pk_quad_piece_nodes(&o->quad, m, 0), qs, qc);
+    else {
+        memcpy(qs, o->quad.s, nodes * sizeof *qs);
+        memcpy(qc, o->quad.c, nodes * sizeof *qc);
+    }
     pk_status s = PK_OK;
     size_t *last = pk_alloc(N ? N : 1, sizeof *last);
     size_t n_slots = last ? open_plan(run, last) : SIZE_MAX;
@@ -254,13 +335,14 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     double *w = pk_alloc(P, sizeof *w);                         /* (P) w_0, then w_T */
     double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
     double *Wn = pk_alloc(nodes, P * sizeof *Wn);               /* (nodes, P) the step's node weights */
+    double *Dt = o->quad.exact ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t, the exact rule */
     /* a dense first layer moves its pre-activations by a rank-|B| update
      * (below); any other is evaluated at every node */
     int dense1 = m->layer[0].ops == &pk_dense_ops;
     size_t d1 = m->layer[0].out;
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
     block_work *bw = pk_calloc(nt, sizeof *bw);
-    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw) s = PK_ERR_NOMEM;
+    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (o->quad.exact && !Dt)) s = PK_ERR_NOMEM;
     for (size_t k = 0; !s && k < nt; k++)
         if (!block_work_new(m, Qb, B, &bw[k])) s = PK_ERR_NOMEM;
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
@@ -296,8 +378,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 slot_of[idx[j]] = k;
                 for (size_t x = 0; x < n; x++) acc[x * n_slots + (size_t)k] = 0;
             }
-        for (size_t node = 0; node < nodes; node++) memcpy(Wn + node * P, pk_replay_node(&r, o->quad.s[node]), P * sizeof *Wn);
+        for (size_t node = 0; node < nodes; node++) memcpy(Wn + node * P, pk_replay_node(&r, qs[node]), P * sizeof *Wn);
+        for (size_t j = 0; Dt && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
+        pk_status fail = PK_OK;
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
         for (size_t b = 0; b < blocks; b++) {
             block_work *k = &bw[nt > 1 ? (size_t)omp_get_thread_num() : 0];
@@ -313,37 +397,48 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
                 pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
             }
-            for (size_t node = 0; node < nodes; node++) {
-                double sn = o->quad.s[node], f = -scale * o->quad.c[node];
-                const double *wn = Wn + node * P;
-                /* the forward pass at the node from z1 = Z1 + s dZ1, then the
-                 * deltas of f_c: a backward pass seeded with e_c */
-                if (dense1) {
-                    qt->n = nq;
-                    qt->x = Xq + q0 * d;
-                    for (size_t j = 0; j < nq * d1; j++) qt->y[0][j] = Zb[j] + sn * k->dZ1[j];
-                    pk_model_forward_from(m, wn, qt, 1);
-                } else
-                    pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
-                /* the deltas of the target: a backward pass seeded with dg/df at the node (e_c for f_c) */
-                const double *fq = pk_tape_out(m, qt);
-                for (size_t x = 0; x < nq; x++)
-                    pk_target_row(&tg, cls[q0 + x], loss, fq + x * C, Y ? Y + (q0 + x) * ty : NULL, C, k->R + x * C);
-                pk_model_backward(m, wn, qt, k->R, 1.0, NULL);
-                pk_side qs = pk_side_loss(m, qt);
-                /* S (nq, nb): <J_{x,c}(w_t + s D_t), g_i(w_t)> */
-                pk_side_product(m, &qs, &train_loss, k->S, nb, 0, k->A, k->D);
-                for (size_t x = 0; x < nq; x++) {
-                    const double *Sr = k->S + x * nb;
-                    double *ax = acc + (q0 + x) * n_slots, sum = 0;
-                    for (size_t j = 0; j < nb; j++) sum += Sr[j];
-                    out->total[q0 + x] += f * sum;
-                    for (size_t j = 0; j < nb; j++) ax[slot_of[idx[j]]] += f * Sr[j];
+            /* the nodes: the rule's for every query, or under the exact rule
+             * (MATH.md section 12) shared ones for the queries without a
+             * kink and nodes of their own on every piece for the others */
+            step_rows sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, dense1, acc, out->total};
+            if (o->quad.exact) {
+                pk_status f = pk_nodes_step(&k->nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq);
+                if (f) {
+                    #pragma omp atomic write
+                    fail = f;
+                    k->nd.nu = k->nd.R = 0;
                 }
+            }
+            if (!o->quad.exact) {
+                k->nd.nu = nq;
+                for (size_t x = 0; x < nq; x++) k->qi[x] = (uint32_t)x;
+            } else
+                for (size_t x = 0; x < k->nd.nu; x++) k->qi[x] = k->nd.u[x];
+            for (size_t node = 0; node < nodes && k->nd.nu; node++) {
+                for (size_t x = 0; x < k->nd.nu; x++) { k->f[x] = -scale * qc[node]; k->at[x] = qs[node]; }
+                /* the forward pass at the node, then the deltas of f_c: a
+                 * backward pass seeded with e_c */
+                eval_rows(&sr, k, q0, k->nd.nu, Wn + node * P);
+            }
+            for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += Qb) {
+                size_t nr = k->nd.R - r0 < Qb ? k->nd.R - r0 : Qb;
+                for (size_t x = 0; x < nr; x++) {
+                    k->qi[x] = k->nd.re[r0 + x];
+                    k->at[x] = k->nd.rs[r0 + x];
+                    k->f[x] = -scale * k->nd.rc[r0 + x];
+                }
+                if (pk_tape_along(qt, m, Dt, k->at)) {
+                    #pragma omp atomic write
+                    fail = PK_ERR_NOMEM;
+                    break;
+                }
+                eval_rows(&sr, k, q0, nr, r.w);
+                pk_tape_along(qt, m, NULL, NULL);
             }
             if (dense1)
                 for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
         }
+        if (fail) { s = fail; break; }
         /* close the examples this step used for the last time: their phi is final */
         #pragma omp parallel for schedule(static) if (n * nb >= PK_PAR_MIN)
         for (size_t x = 0; x < n; x++)
@@ -365,7 +460,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     for (size_t k = 0; bw && k < nt; k++) block_work_free(&bw[k]);
     free(bw);
     free(last); free(slot_of); free(free_slots); free(acc);
-    free(w); free(F); free(Wn); free(Z1);
+    free(w); free(F); free(Wn); free(Z1); free(Dt);
     return s;
 }
 
@@ -374,7 +469,10 @@ pk_status pk_run_attribute(pk_run *run, const double *Xq, size_t n, const size_t
 {
     const pk_model *m = pk_run_model(run);
     size_t C = m->n_out, K = o->top;
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!pk_quad_given(&o->quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    char why[512];
+    if (o->quad.exact && pk_quad_exact_refusal(m, why, sizeof why))
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), o->quad.name, why);
     if (!K) return pk_fail(PK_ERR_INPUT, "top-k attribution needs at least one example per side (top)");
     if (pk_run_n_train(run) > UINT32_MAX) return pk_fail(PK_ERR_INPUT, "more than 2^32 training examples");
     for (size_t x = 0; x < n; x++)

@@ -114,8 +114,10 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
     if (!Qb) Qb = 1;
     double avail = (double)limit / sizeof(double) - (double)out_bytes / sizeof(double);
     /* at least a two-step segment next to the block */
-    while (!o->block && Qb > 1 && fixed + block_doubles(m, B, Qb, kernel, o->quad.n ? o->quad.n : 1) + 2 * per > avail) Qb = (Qb + 1) / 2;
-    double used = fixed + block_doubles(m, B, Qb, kernel, o->quad.n ? o->quad.n : 1);
+    /* tapes: one per node, and under the exact rule one of the own rows */
+    size_t nodes = o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n ? o->quad.n : 1;
+    while (!o->block && Qb > 1 && fixed + block_doubles(m, B, Qb, kernel, nodes) + 2 * per > avail) Qb = (Qb + 1) / 2;
+    double used = fixed + block_doubles(m, B, Qb, kernel, nodes);
     double left = avail - used;
     size_t seg = left > per ? (size_t)(left / per) : 1;
     if (seg > T) seg = T;
@@ -153,6 +155,19 @@ typedef struct sweep {
     double *VB;      /* (B [C], n_w) the batch's gradients of a layer (grad_rows)        */
     double *R;       /* (Qb, outputs) the target's seeds dg/df at a node (MATH.md section 11) */
     size_t gq;       /* queries per GEMM chunk                               */
+    /* the nodes of a step (MATH.md sections 11 and 12), the shared nodes'
+     * rows (pos[q]: query q's row on qt[n], -1 when it has pieces of its
+     * own), and rows at nodes of their own, Qb at a time on ot */
+    pk_nodes nd;
+    int32_t *pos;    /* (Qb)                                                 */
+    double *Dt;      /* (P) D_t                                              */
+    double *X;       /* (Qb, d) gathered queries                             */
+    double *Y;       /* (Qb, ty) their targets, gathered                     */
+    pk_tape *ot;     /* own rows' tape                                       */
+    double *od[PK_MAX_MODEL_LAYERS];
+    double *at, *of; /* (Qb) their nodes and weights                         */
+    uint32_t *oq;    /* (Qb) their queries (in the block)                    */
+    double pieces;   /* pieces of every query and step                       */
 } sweep;
 
 /* A layer's weights and bias: n_W and n_w - n_W parameters. */
@@ -198,16 +213,22 @@ static pk_status update_h(sweep *sw, size_t nq, double decay, const double *cn, 
         double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
         const double *pw = pre ? pre + lw->w_off : NULL, *pb = pre ? pre + lw->b_off : NULL;
         if (lw->ops != &pk_dense_ops) { /* by the rows' gradients: H_{x,k} rows of n_W, then of n_b */
-            size_t nW = n_weights(lw), nB = n_bias(lw), len = nq * C * nW, blen = nq * C * nB;
-            double *V = sw->VQ, *Vb = sw->VQ + len;
+            size_t nW = n_weights(lw), nB = n_bias(lw), len = nq * C * nW, blen = nq * C * nB, nt = sw->qt[0]->n;
+            double *V = sw->VQ, *Vb = sw->VQ + nt * C * nW;
             for (size_t i = 0; i < len; i++) hw[i] = decay == 0.0 ? 0.0 : decay * hw[i];
             for (size_t i = 0; i < blen; i++) hb[i] = decay == 0.0 ? 0.0 : decay * hb[i];
-            for (size_t n = 0; n < nn; n++) {
-                if (lw->ops->grad_rows(lw, nq, C, pk_tape_in(sw->qt[n], m->weight[l]), sw->dq[n][l], V, Vb))
+            for (size_t n = 0; n < nn && nt; n++) {
+                if (lw->ops->grad_rows(lw, nt, C, pk_tape_in(sw->qt[n], m->weight[l]), sw->dq[n][l], V, Vb))
                     return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
                 #pragma omp parallel for schedule(static) if (len >= PK_PAR_MIN)
-                for (size_t i = 0; i < len; i++) hw[i] += cn[n] * V[i] * (pw ? pw[i % nW] : 1.0);
-                for (size_t i = 0; i < blen; i++) hb[i] += cn[n] * Vb[i] * (pb ? pb[i % nB] : 1.0);
+                for (size_t i = 0; i < len; i++) {
+                    int32_t at = sw->pos[i / (C * nW)];
+                    if (at >= 0) hw[i] += cn[n] * V[(size_t)at * C * nW + i % (C * nW)] * (pw ? pw[i % nW] : 1.0);
+                }
+                for (size_t i = 0; i < blen; i++) {
+                    int32_t at = sw->pos[i / (C * nB)];
+                    if (at >= 0) hb[i] += cn[n] * Vb[(size_t)at * C * nB + i % (C * nB)] * (pb ? pb[i % nB] : 1.0);
+                }
             }
             continue;
         }
@@ -218,12 +239,14 @@ static pk_status update_h(sweep *sw, size_t nq, double decay, const double *cn, 
             double f[8], fb = 0;
             const double *a[8];
             size_t k = 0;
-            for (size_t n = 0; n < nn; n++) {
-                double dv = sw->dq[n][l][r];
+            int32_t at = sw->pos[q]; /* the query's row on the shared nodes' tapes, or none */
+            size_t rt = at < 0 ? 0 : (size_t)at * C * dout + r % (C * dout);
+            for (size_t n = 0; at >= 0 && n < nn; n++) {
+                double dv = sw->dq[n][l][rt];
                 fb += cn[n] * dv;
                 if (dv == 0.0) continue;
                 f[k] = cn[n] * swl * dv;
-                a[k++] = pk_tape_in(sw->qt[n], m->weight[l]) + q * din;
+                a[k++] = pk_tape_in(sw->qt[n], m->weight[l]) + (size_t)at * din;
             }
             double *h = hw + r * din;
             const double *p = pw ? pw + o * din : NULL;
@@ -253,9 +276,58 @@ static pk_status update_h(sweep *sw, size_t nq, double decay, const double *cn, 
     return PK_OK;
 }
 
-/* adamw: regularisation(x)_k += reg_coef J_{x,k}(node n) . w_s, structured:
+/* H(s) += sum over the exact rule's own rows x of f_x J_{q(x)}(w_s + s_x D_s) [P_s]:
+ * the nr rows on sw->ot (queries sw->oq in the block, weights sw->of), the
+ * rows of one query in order; entries of H in parallel. */
+static pk_status add_h_rows(sweep *sw, size_t nq, size_t nr, const double *pre)
+{
+    const pk_model *m = sw->m;
+    size_t C = sw->C;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t din = lw->in, dout = lw->out;
+        double *hw = Hw(sw, nq, l), *hb = Hb(sw, nq, l);
+        const double *pw = pre ? pre + lw->w_off : NULL, *pb = pre ? pre + lw->b_off : NULL;
+        const double *a = pk_tape_in(sw->ot, m->weight[l]), *dl = sw->od[l];
+        if (lw->ops != &pk_dense_ops) {
+            size_t nW = n_weights(lw), nB = n_bias(lw);
+            double *V = sw->VQ, *Vb = sw->VQ + nr * C * nW;
+            if (lw->ops->grad_rows(lw, nr, C, a, dl, V, Vb))
+                return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
+            #pragma omp parallel for schedule(static) if (C * nW * nr >= PK_PAR_MIN)
+            for (size_t i = 0; i < C * nW; i++)
+                for (size_t x = 0; x < nr; x++)
+                    hw[(size_t)sw->oq[x] * C * nW + i] += sw->of[x] * V[x * C * nW + i] * (pw ? pw[i % nW] : 1.0);
+            for (size_t i = 0; i < C * nB; i++)
+                for (size_t x = 0; x < nr; x++)
+                    hb[(size_t)sw->oq[x] * C * nB + i] += sw->of[x] * Vb[x * C * nB + i] * (pb ? pb[i % nB] : 1.0);
+            continue;
+        }
+        double swl = lw->sw, sbl = lw->sb;
+        #pragma omp parallel for schedule(static) if (C * dout * din * nr >= PK_PAR_MIN)
+        for (size_t ko = 0; ko < C * dout; ko++) {
+            size_t o = ko % dout;
+            const double *p = pw ? pw + o * din : NULL;
+            for (size_t x = 0; x < nr; x++) {
+                double dv = dl[x * C * dout + ko];
+                size_t r = (size_t)sw->oq[x] * C * dout + ko;
+                hb[r] += sbl * sw->of[x] * dv * (pb ? pb[o] : 1.0);
+                if (dv == 0.0) continue;
+                double f = sw->of[x] * swl * dv, *h = hw + r * din;
+                const double *ax = a + x * din;
+                if (p) for (size_t i = 0; i < din; i++) h[i] += f * ax[i] * p[i];
+                else for (size_t i = 0; i < din; i++) h[i] += f * ax[i];
+            }
+        }
+    }
+    return PK_OK;
+}
+
+/* adamw: regularisation(x)_k += coef_j J_{x,k}(node) . w_s for the n rows
+ * of tape t (deltas dq; row j: query q0 + qrow[j], coef[j]), structured:
  * s_w delta_k . (W_s,l a_x) + s_b delta_k . c_s,l per layer. */
-static pk_status adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double reg_coef, const double *ws)
+static pk_status adamw_term(sweep *sw, size_t q0, const pk_tape *t, double *const *dq, size_t n, const uint32_t *qrow,
+                            const double *coef, const double *ws)
 {
     const pk_model *m = sw->m;
     size_t C = sw->C;
@@ -263,27 +335,27 @@ static pk_status adamw_term(sweep *sw, size_t q0, size_t nq, size_t n, double re
         const pk_layer *lw = pk_model_weight(m, l);
         if (lw->ops != &pk_dense_ops) { /* J_{x,k} . w_s from the rows' gradients */
             size_t nW = n_weights(lw), nB = n_bias(lw);
-            double *V = sw->VQ, *Vb = sw->VQ + nq * C * nW;
-            if (lw->ops->grad_rows(lw, nq, C, pk_tape_in(sw->qt[n], m->weight[l]), sw->dq[n][l], V, Vb))
+            double *V = sw->VQ, *Vb = sw->VQ + n * C * nW;
+            if (lw->ops->grad_rows(lw, n, C, pk_tape_in(t, m->weight[l]), dq[l], V, Vb))
                 return pk_fail(PK_ERR_NOMEM, "explain: out of memory for a %s layer's gradients", lw->ops->kind);
-            for (size_t qk = 0; qk < nq * C; qk++) {
+            for (size_t qk = 0; qk < n * C; qk++) {
                 double acc = 0;
                 for (size_t i = 0; i < nW; i++) acc += V[qk * nW + i] * ws[lw->w_off + i];
                 for (size_t i = 0; i < nB; i++) acc += Vb[qk * nB + i] * ws[lw->b_off + i];
-                sw->e->regularisation[q0 * C + qk] += reg_coef * acc;
+                sw->e->regularisation[(q0 + qrow[qk / C]) * C + qk % C] += coef[qk / C] * acc;
             }
             continue;
         }
         size_t din = lw->in, dout = lw->out;
         double swl = lw->sw, sbl = lw->sb;
-        const double *dl = sw->dq[n][l], *ub = ws + lw->b_off;
-        pk_gemm_rows(0, 1, nq, dout, din, 1.0, pk_tape_in(sw->qt[n], m->weight[l]), din, ws + lw->w_off, din, 0.0, sw->U, dout);
-        for (size_t q = 0; q < nq; q++)
+        const double *dl = dq[l], *ub = ws + lw->b_off;
+        pk_gemm_rows(0, 1, n, dout, din, 1.0, pk_tape_in(t, m->weight[l]), din, ws + lw->w_off, din, 0.0, sw->U, dout);
+        for (size_t q = 0; q < n; q++)
             for (size_t k = 0; k < C; k++) {
                 const double *d = dl + (q * C + k) * dout, *ua = sw->U + q * dout;
                 double acc = 0;
                 for (size_t o = 0; o < dout; o++) acc += d[o] * (swl * ua[o] + sbl * ub[o]);
-                sw->e->regularisation[(q0 + q) * C + k] += reg_coef * acc;
+                sw->e->regularisation[(q0 + qrow[q]) * C + k] += coef[q] * acc;
             }
     }
     return PK_OK;
@@ -508,29 +580,56 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
             const double *pre = adam ? sw->Pre + (t - a) * P : NULL;
             double lr = pk_run_lr(sw->run, t);
             double coef = adam ? lr * (1.0 - op->beta1) / (1.0 - pow(op->beta1, (double)(t + 1))) : lr;
-            /* the rule, on the pieces of the step where the target's seed is smooth */
-            size_t ty = pk_run_loss(sw->run) == PK_LOSS_MSE ? m->n_out : 1;
+            /* H(s) = coef Jbar P + decay H(s+1): the shared nodes of the rule,
+             * for the queries whose integrand is smooth along the step, all in
+             * one pass over H; then the rows at nodes of their own (MATH.md
+             * sections 11 and 12). Every row is seeded by its target. */
+            pk_nodes *nd = &sw->nd;
+            pk_loss loss = pk_run_loss(sw->run);
+            size_t ty = loss == PK_LOSS_MSE ? m->n_out : 1;
             const double *yq = sw->o->y ? sw->o->y + q0 * ty : NULL;
-            pk_step_nodes sn;
-            s = pk_target_nodes(m, &sw->o->target, quad, ws, wn1, Xq + q0 * d, yq, nq, sw->qt[0], sw->wq, &sn);
-            /* H(s) = coef Jbar P + decay H(s+1), in passes over H of one piece's nodes each (one owner's: a
-             * query's H never depends on its block) */
-            for (size_t n0 = 0; !s && n0 < sn.n; n0 += quad->n) {
-                double cn[8];
-                size_t nk = quad->n;
-                for (size_t k = 0; !s && k < nk; k++) {
-                    double cq = sn.c[n0 + k];
-                    const double *wn = pk_node_weights(ws, wn1, P, sn.s[n0 + k], sw->wq);
-                    pk_model_forward(m, wn, Xq + q0 * d, nq, sw->qt[k]);
-                    /* C rows per query: the target's columns */
-                    s = pk_target_deltas(m, wn, sw->qt[k], &sw->o->target, pk_run_loss(sw->run), yq, sw->R, sw->dq[k],
-                                         &sn, n0 + k);
-                    cn[k] = cq * coef;
-                    if (!s && adamw && lambda != 0.0) s = adamw_term(sw, q0, nq, k, -cq * lr * lambda, ws);
-                }
-                if (!s) s = update_h(sw, nq, n0 ? 1.0 : decay, cn, nk, pre);
+            for (size_t j = 0; j < P; j++) sw->Dt[j] = wn1[j] - ws[j];
+            if ((s = pk_nodes_step(nd, m, quad, 0, ws, sw->Dt, Xq + q0 * d, nq))) break;
+            if ((s = pk_nodes_target(nd, m, &sw->o->target, yq, ty, ws, sw->Dt, Xq + q0 * d, nq, sw->ot))) break;
+            sw->pieces += (double)nd->pieces;
+            for (size_t x = 0; x < nq; x++) sw->pos[x] = -1;
+            for (size_t x = 0; x < nd->nu; x++) {
+                sw->pos[nd->u[x]] = (int32_t)x;
+                memcpy(sw->X + x * d, Xq + (q0 + nd->u[x]) * d, d * sizeof *sw->X);
+                if (yq) memcpy(sw->Y + x * ty, yq + nd->u[x] * ty, ty * sizeof *sw->Y);
             }
-            pk_step_nodes_free(&sn);
+            double cn[PK_PIECE_NODES];
+            for (size_t node = 0; !s && node < nd->k; node++) {
+                double cq = nd->c[node];
+                const double *wn = pk_node_weights(ws, wn1, P, nd->s[node], sw->wq);
+                pk_model_forward(m, wn, sw->X, nd->nu, sw->qt[node]);
+                /* C rows per query: the target's columns */
+                if (nd->nu) s = pk_target_deltas(m, wn, sw->qt[node], &sw->o->target, loss, yq ? sw->Y : NULL, sw->R,
+                                                 sw->dq[node]);
+                cn[node] = cq * coef;
+                for (size_t x = 0; x < nd->nu; x++) sw->of[x] = -cq * lr * lambda;
+                if (!s && adamw && lambda != 0.0 && nd->nu)
+                    s = adamw_term(sw, q0, sw->qt[node], sw->dq[node], nd->nu, nd->u, sw->of, ws);
+            }
+            if (!s) s = update_h(sw, nq, decay, cn, nd->k, pre);
+            for (size_t r0 = 0; !s && r0 < nd->R; r0 += sw->Qb) {
+                size_t nr = nd->R - r0 < sw->Qb ? nd->R - r0 : sw->Qb;
+                for (size_t x = 0; x < nr; x++) {
+                    memcpy(sw->X + x * d, Xq + (q0 + nd->re[r0 + x]) * d, d * sizeof *sw->X);
+                    if (yq) memcpy(sw->Y + x * ty, yq + nd->re[r0 + x] * ty, ty * sizeof *sw->Y);
+                    sw->at[x] = nd->rs[r0 + x];
+                    sw->oq[x] = nd->re[r0 + x];
+                    sw->of[x] = -nd->rc[r0 + x] * lr * lambda;
+                }
+                if ((s = pk_tape_along(sw->ot, m, sw->Dt, sw->at))) break;
+                pk_model_forward(m, ws, sw->X, nr, sw->ot);
+                s = pk_target_deltas(m, ws, sw->ot, &sw->o->target, loss, yq ? sw->Y : NULL, sw->R, sw->od);
+                pk_tape_along(sw->ot, m, NULL, NULL);
+                if (s) break;
+                if (adamw && lambda != 0.0 && (s = adamw_term(sw, q0, sw->ot, sw->od, nr, sw->oq, sw->of, ws))) break;
+                for (size_t x = 0; x < nr; x++) sw->of[x] = nd->rc[r0 + x] * coef;
+                s = add_h_rows(sw, nq, nr, pre);
+            }
             if (s) break;
             const uint32_t *idx;
             size_t nb;
@@ -557,7 +656,7 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
 }
 
 pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
-                              size_t Qb, size_t seg, pk_explain *e)
+                              size_t Qb, size_t seg, pk_explain *e, double *pieces)
 {
     sweep sw;
     memset(&sw, 0, sizeof sw);
@@ -596,11 +695,23 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.H = pk_alloc(Qb * C, P * sizeof(double));
     sw.R = pk_alloc(Qb, m->n_out * sizeof(double));
     int have_dq = 1;
-    for (size_t n = 0; n < o->quad.n; n++) {
+    size_t nodes = o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) : o->quad.n; /* at most 8 (path.c) */
+    for (size_t n = 0; n < nodes; n++) {
         sw.qt[n] = pk_tape_new(m, Qb);
         if (sw.qt[n]) sw.qt[n]->queries = 1;
         if (!sw.qt[n] || pk_deltas_new(m, Qb, sw.dq[n])) have_dq = 0;
     }
+    sw.pos = pk_alloc(Qb, sizeof *sw.pos);
+    sw.X = pk_alloc(Qb, m->n_in * sizeof *sw.X);
+    sw.at = pk_alloc(Qb, sizeof *sw.at);
+    sw.of = pk_alloc(Qb, sizeof *sw.of);
+    sw.oq = pk_alloc(Qb, sizeof *sw.oq);
+    sw.Y = pk_alloc(Qb, (pk_run_loss(run) == PK_LOSS_MSE ? m->n_out : 1) * sizeof *sw.Y);
+    if (!sw.pos || !sw.X || !sw.Y || !sw.at || !sw.of || !sw.oq) have_dq = 0;
+    sw.Dt = pk_alloc(P, sizeof *sw.Dt);
+    sw.ot = pk_tape_new(m, Qb);
+    if (sw.ot) sw.ot->queries = 1;
+    if (!sw.Dt || !sw.ot || pk_deltas_new(m, Qb, sw.od)) have_dq = 0;
     int have_dB = e->kernel ? !pk_deltas_new(m, B, sw.dB) : 1;
     sw.dBT = e->kernel ? pk_alloc(C * md, B * sizeof(double)) : NULL;
     sw.dtT = pk_alloc(md, B * sizeof(double));
@@ -621,10 +732,15 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
         s = sweep_block(&sw, Xq, q0, nq);
     }
     pk_stepper_free(&sw.st);
-    for (size_t n = 0; n < o->quad.n; n++) {
+    for (size_t n = 0; n < nodes; n++) {
         pk_tape_free(sw.qt[n]);
         if (sw.dq[n][0]) pk_deltas_free(m, sw.dq[n]);
     }
+    pk_tape_free(sw.ot);
+    if (sw.od[0]) pk_deltas_free(m, sw.od);
+    pk_nodes_free(&sw.nd);
+    free(sw.pos); free(sw.X); free(sw.Y); free(sw.at); free(sw.of); free(sw.oq); free(sw.Dt);
+    *pieces = sw.pieces;
     if (e->kernel && have_dB) pk_deltas_free(m, sw.dB);
     free(sw.G); free(sw.wq); free(sw.prev); free(sw.fin); free(sw.W); free(sw.Pre);
     free(sw.H); free(sw.R); free(sw.dBT); free(sw.dtT); free(sw.M); free(sw.Mb); free(sw.U); free(sw.VQ); free(sw.VB);

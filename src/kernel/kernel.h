@@ -49,33 +49,13 @@ pk_side pk_side_loss(const pk_model *m, const pk_tape *t);
  * is the output of a PK_TARGET_OUTPUTS row (one column of it). */
 double pk_target_row(const pk_target *t, size_t out, pk_loss loss, const double *f, const double *y, size_t C,
                      double *r);
-/* The quadrature of one step w -> w_next for n queries X (n, d) with
- * targets y (MATH.md section 11): the rule q itself, or, for a target whose
- * seed jumps along the step (margin: where the largest other output
- * changes), q on every piece between a query's jumps, found by bisection.
- * Node k at s[k] with weight c[k] belongs to the queries without jumps when
- * owner[k] < 0, else to query owner[k] alone (its own pieces, so that a
- * query's result never depends on the others in its block); kinked (n)
- * marks the queries with jumps. */
-typedef struct pk_step_nodes {
-    size_t n;
-    double *s, *c;          /* (n) nodes on [0, 1] and weights */
-    long *owner;            /* (n)                              */
-    unsigned char *kinked;  /* (queries)                        */
-} pk_step_nodes;
-/* t: a query tape for n, scratch: P doubles. */
-pk_status pk_target_nodes(const pk_model *m, const pk_target *g, const pk_quad *q, const double *w,
-                          const double *w_next, const double *X, const double *y, size_t n, pk_tape *t,
-                          double *scratch, pk_step_nodes *out);
-void pk_step_nodes_free(pk_step_nodes *sn);
-/* After a forward pass at w of the n queries on tape t: the deltas of the
- * target's columns into deltas[l] (n, columns, out_l), caller-allocated as
- * by pk_deltas_new: the per-output deltas for PK_TARGET_OUTPUTS, else one
- * backward pass seeded with dg/df at w (R: (n, C) scratch; y (n, ty) the
- * queries' targets); at node k of sn (when not NULL) the rows of the
- * queries it does not belong to are seeded with 0. */
+/* After a forward pass at w of the n rows on tape t (rows at weights of
+ * their own included, pk_tape_along): the deltas of the target's columns
+ * into deltas[l] (n, columns, out_l), caller-allocated as by pk_deltas_new:
+ * the per-output deltas for PK_TARGET_OUTPUTS, else one backward pass
+ * seeded with dg/df (R: (n, C) scratch; y (n, ty) the rows' targets). */
 pk_status pk_target_deltas(const pk_model *m, const double *w, pk_tape *t, const pk_target *g, pk_loss loss,
-                           const double *y, double *R, double *const *deltas, const pk_step_nodes *sn, size_t k);
+                           const double *y, double *R, double *const *deltas);
 /* The query side of those deltas: pk_side_outputs, one row per query for a
  * target of one column. */
 pk_side pk_side_target(const pk_model *m, const pk_tape *t, double *const *deltas, const pk_target *g);
@@ -100,6 +80,45 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
 /* The backward sweep: adds to e->contrib, contrib_sum, kernel and
  * regularisation (allocated and zeroed by the caller). */
 pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o,
-                              size_t Qb, size_t seg, pk_explain *e);
+                              size_t Qb, size_t seg, pk_explain *e, double *pieces);
+
+/* ------------------------------------------------ the exact rule (kinks.c) */
+
+/* The sign changes of the polynomial sum_j c[j] s^j (degree d) in (a, b),
+ * ascending, into out (at most d); returns how many (MATH.md section 12). */
+size_t pk_poly_sign_changes(const double *c, size_t d, double a, double b, double *out);
+/* Gauss-Legendre nodes and weights on [0, 1] (path.c). */
+void pk_gauss_legendre(size_t K, double *s, double *c);
+
+/* The evaluations of one step w(s) = w + s D for n examples under a rule:
+ * the examples u[0..nu) at the shared nodes (s[j], c[j]), j < k (all of
+ * them unless the rule is exact); under the exact rule the examples with
+ * kinks in (0, 1) at R nodes of their own, rows (re, rs, rc): example,
+ * node, weight (the piece's length times its Gauss-Legendre weight), by
+ * example and ascending in s. pieces: the pieces of all n examples. */
+typedef struct pk_nodes {
+    size_t k;
+    double s[PK_PIECE_NODES], c[PK_PIECE_NODES];
+    size_t nu, R, pieces;
+    uint32_t *u, *re;     /* (nu), (R) */
+    double *rs, *rc;      /* (R), (R)  */
+    double *ra, *rb;      /* (R), (R): the piece [ra, rb] of the row (k rows a piece) */
+    double *wz, *Dz;      /* (P) scratch: w and D without biases */
+    size_t cap_u, cap_r, cap_rs, cap_rc, cap_ra, cap_rb;
+} pk_nodes;
+/* kernel: nodes per piece for a kernel (degree 2L - 2) rather than the
+ * contributions (L - 1): pk_quad_piece_nodes. X (n, d). nd zeroed before
+ * the first call, freed with pk_nodes_free. */
+pk_status pk_nodes_step(pk_nodes *nd, const pk_model *m, const pk_quad *q, int kernel, const double *w,
+                        const double *D, const double *X, size_t n);
+void pk_nodes_free(pk_nodes *nd);
+/* After pk_nodes_step for the n queries X (n, d) with targets y (n, ty):
+ * for a target whose seed jumps along the step (margin: where the largest
+ * other output changes, MATH.md section 11), each query's pieces are cut
+ * again where it jumps, found by bisection, and a query with a jump gets
+ * the rule's nodes on every piece of its own. D: the step (w_next - w);
+ * t: a query tape (any capacity) for the forward passes. */
+pk_status pk_nodes_target(pk_nodes *nd, const pk_model *m, const pk_target *g, const double *y, size_t ty,
+                          const double *w, const double *D, const double *X, size_t n, pk_tape *t);
 
 #endif

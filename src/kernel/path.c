@@ -43,11 +43,51 @@ pk_status pk_quad_parse(const char *name, pk_quad *q)
     else if (!strncmp(name, "gl", 2) && name[2] >= '1' && name[2] <= '8' && !name[3]) {
         q->n = (size_t)(name[2] - '0');
         gauss_legendre(q->n, q->s, q->c);
+    } else if (!strcmp(name, "exact")) q->exact = 1;
+    else if (!strncmp(name, "exact:", 6) && name[6] >= '1' && name[6] <= '8' && !name[7]) {
+        q->exact = 1;
+        q->per_piece = (size_t)(name[6] - '0');
     } else {
-        return pk_fail(PK_ERR_INPUT, "unknown quadrature rule '%s' (use left, mid or gl1..gl8)", name);
+        return pk_fail(PK_ERR_INPUT, "unknown quadrature rule '%s' (use left, mid, gl1..gl8, or exact / exact:K "
+                       "for piecewise-linear networks: split at the kinks, K nodes per piece)", name);
     }
     snprintf(q->name, sizeof q->name, "%s", name);
     return PK_OK;
+}
+
+int pk_quad_given(const pk_quad *q) { return q && (q->n || q->exact); }
+
+size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel)
+{
+    if (!q->exact) return 0;
+    if (q->per_piece) return q->per_piece;
+    size_t L = m->n_weight, k = kernel ? L : (L + 1) / 2;
+    return k < 1 ? 1 : k > (kernel ? PK_PIECE_NODES : 8) ? (kernel ? PK_PIECE_NODES : 8) : k;
+}
+
+void pk_gauss_legendre(size_t K, double *s, double *c) { gauss_legendre(K, s, c); }
+
+const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char *buf, size_t len)
+{
+    size_t L = m->n_weight;
+    char why[512];
+    int pl = !pk_quad_exact_refusal(m, why, sizeof why); /* piecewise linear */
+    if (q->exact)
+        snprintf(buf, len, "rule exact: each step split at every query's kinks (%.3f pieces per query and step), "
+                 "%zu Gauss-Legendre node(s) per piece integrate its polynomial of degree %zu (L = %zu layers with "
+                 "parameters) exactly: what remains is rounding", pieces, pk_quad_piece_nodes(q, m, 0),
+                 L ? L - 1 : 0, L);
+    else if (pl && L > 1)
+        snprintf(buf, len, "rule %s: %zu node(s) on each whole step; the network is piecewise linear, so the "
+                 "integrand jumps where a unit or a max-pool window changes inside a step and the error is set by "
+                 "those kinks, not by the rule's order: the exact rule (quad exact) removes it", q->name, q->n);
+    else if (pl)
+        snprintf(buf, len, "rule %s: the network is linear in its parameters, every rule is exact", q->name);
+    else
+        snprintf(buf, len, "rule %s: %zu node(s) a step; smooth activations, error O(eta^%zu) over a fixed eta*T "
+                 "(MATH.md section 3; the exact rule needs a piecewise-linear network)", q->name, q->n,
+                 !strcmp(q->name, "left") ? (size_t)1 : 2 * q->n);
+    return buf;
 }
 
 pk_explain_opts pk_explain_opts_defaults(void)
@@ -183,27 +223,106 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
 
 /* ---------------------------------------------------------------- explain */
 
+/* What explain_forward adds per evaluated row: a tape of rows (a query at
+ * a node), the deltas of its target, and for each row its query and its
+ * weight f (-eta_t / |B_t| times the node's weight). */
+typedef struct fwork {
+    pk_tape *qt;                          /* rows at their nodes                       */
+    double *dq[PK_MAX_MODEL_LAYERS];      /* their target's deltas (Qb, C, out_l)      */
+    double *S, *D, *A, *SK, *DK;          /* side products (Qb C, B), (Qb, B), kernel  */
+    double *X;                            /* (Qb, d) the rows' queries, gathered       */
+    double *Y;                            /* (Qb, ty) their targets, gathered          */
+    double *R;                            /* (Qb, outputs) the target's seeds dg/df    */
+    double *at;                           /* (Qb) the rows' own nodes                  */
+    double *f;                            /* (Qb) the rows' weights                    */
+    uint32_t *q;                          /* (Qb) the rows' queries (in all Q)         */
+    size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
+} fwork;
+
+/* phi_i(x)_k += f <J_{x,k}(node), g_i(t)> (and the contribution kernel)
+ * for the n rows on w->qt: the rows of one query are consecutive and added
+ * in order, the queries in parallel. */
+static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, const pk_side *train_loss,
+                     const pk_side *train_out, const uint32_t *idx, size_t nb, pk_explain *e)
+{
+    size_t N = e->N, C = e->C, kr = kernel_rows(m, o), ng = 0;
+    for (size_t x = 0; x < n; x++)
+        if (!x || w->q[x] != w->q[x - 1]) w->grp[ng++] = x;
+    w->grp[ng] = n;
+    pk_side qs = pk_side_target(m, w->qt, w->dq, &o->target);
+    pk_side_product(m, &qs, train_loss, w->S, nb, 0, w->A, w->D);
+    #pragma omp parallel for schedule(static) if (n * C * nb >= PK_PAR_MIN)
+    for (size_t g = 0; g < ng; g++)
+        for (size_t x = w->grp[g]; x < w->grp[g + 1]; x++) {
+            double f = w->f[x], *sum = e->contrib_sum + (size_t)w->q[x] * C;
+            for (size_t k = 0; k < C; k++) {
+                const double *Sr = w->S + (x * C + k) * nb;
+                double acc = 0;
+                for (size_t j = 0; j < nb; j++) acc += Sr[j];
+                sum[k] += f * acc;
+                if (e->contrib) {
+                    double *ph = e->contrib + (size_t)w->q[x] * N * C + k;
+                    for (size_t j = 0; j < nb; j++) ph[(size_t)idx[j] * C] += f * Sr[j];
+                }
+            }
+        }
+    if (!o->want_kernel) return;
+    /* K^c(x, x_i) += (eta/|B|) c_q J_x(node) J_{x_i}(w_t)^T (the outputs' target) */
+    pk_side qk = pk_side_outputs(m, w->qt, w->dq, kr == 1);
+    pk_side_product(m, &qk, train_out, w->SK, nb, 0, w->A, w->DK);
+    #pragma omp parallel for schedule(static) if (n * kr * nb * kr >= PK_PAR_MIN)
+    for (size_t g = 0; g < ng; g++)
+        for (size_t x = w->grp[g]; x < w->grp[g + 1]; x++)
+            for (size_t k = 0; k < kr; k++) {
+                const double *Sr = w->SK + (x * kr + k) * nb * kr;
+                double *Kx = e->kernel + (size_t)w->q[x] * N * kr * kr + k * kr, fk = -w->f[x];
+                for (size_t j = 0; j < nb; j++)
+                    for (size_t k2 = 0; k2 < kr; k2++) Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
+            }
+}
+
 /* The forward sweep of gd and sgd runs (MATH.md section 3): the replay's
  * training side at w_t, shared by every block of Qb queries, against the
- * query side at each quadrature node. Adds to e's contributions, sums and
- * kernel (allocated and zeroed by the caller). */
+ * query side at each node: shared nodes of the rule for the queries whose
+ * integrand is smooth along the step, nodes of their own on every piece for
+ * the others (under the exact rule split at their kinks, MATH.md section 12;
+ * for the margin target also where their runner-up changes, section 11).
+ * Every row is seeded by its target. Adds to e's contributions, sums and
+ * kernel (allocated and zeroed by the caller); *pieces: the pieces of every
+ * query and step. */
 static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const pk_explain_opts *o, size_t Qb,
-                                 pk_explain *e)
+                                 pk_explain *e, double *pieces)
 {
     const pk_model *m = pk_run_model(run);
-    size_t N = e->N, C = e->C, d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o);
-    pk_tape *qt = pk_tape_new(m, Qb);
-    if (qt) qt->queries = 1;
-    double *dq[PK_MAX_MODEL_LAYERS] = {0}, *dB[PK_MAX_MODEL_LAYERS] = {0};
-    int have_dq = !pk_deltas_new(m, Qb, dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
-    double *S = pk_alloc(Qb * C, B * sizeof *S), *D = pk_alloc(Qb * C, B * sizeof *D);
-    double *A = pk_alloc(Qb, B * sizeof *A);
-    double *R = pk_alloc(Qb, m->n_out * sizeof *R);  /* (Qb, outputs) the target's seeds dg/df */
-    double *SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *SK) : NULL;
-    double *DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *DK) : NULL;
+    size_t C = e->C, d = m->n_in, B = batch_cap(run), kr = kernel_rows(m, o), P = m->n_params;
+    pk_loss loss = pk_run_loss(run);
+    size_t ty = loss == PK_LOSS_MSE ? m->n_out : 1;
+    fwork w;
+    memset(&w, 0, sizeof w);
+    w.qt = pk_tape_new(m, Qb);
+    if (w.qt) w.qt->queries = 1;
+    double *dB[PK_MAX_MODEL_LAYERS] = {0};
+    int have_dq = !pk_deltas_new(m, Qb, w.dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
+    w.S = pk_alloc(Qb * C, B * sizeof *w.S);
+    w.D = pk_alloc(Qb * C, B * sizeof *w.D);
+    w.A = pk_alloc(Qb, B * sizeof *w.A);
+    w.SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.SK) : NULL;
+    w.DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.DK) : NULL;
+    w.X = pk_alloc(Qb, d * sizeof *w.X);
+    w.Y = pk_alloc(Qb, ty * sizeof *w.Y);
+    w.R = pk_alloc(Qb, m->n_out * sizeof *w.R);
+    w.at = pk_alloc(Qb, sizeof *w.at);
+    w.f = pk_alloc(Qb, sizeof *w.f);
+    w.q = pk_alloc(Qb, sizeof *w.q);
+    w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
+    double *Dt = pk_alloc(P, sizeof *Dt); /* (P) D_t */
+    pk_nodes nd;
+    memset(&nd, 0, sizeof nd);
     pk_status s = PK_OK;
-    if ((o->want_kernel && (!have_dB || !SK || !DK)) || !qt || !have_dq || !S || !D || !A || !R) s = PK_ERR_NOMEM;
-    size_t ty = pk_run_loss(run) == PK_LOSS_MSE ? m->n_out : 1;
+    if ((o->want_kernel && (!have_dB || !w.SK || !w.DK)) || !w.qt || !have_dq || !w.S || !w.D || !w.A || !w.X ||
+        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt)
+        s = PK_ERR_NOMEM;
+    *pieces = 0;
     pk_replay r = {0};
     if (!s) s = pk_replay_begin(&r, run, 0, o->progress, o->ctx);
     while (!s && pk_replay_next(&r)) {
@@ -215,62 +334,56 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
             train_out = pk_side_outputs(m, r.st.tape, dB, kr == 1);
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
+        for (size_t j = 0; j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
-            /* the rule, on the pieces of the step where the target's seed is smooth */
-            pk_step_nodes sn;
-            s = pk_target_nodes(m, &o->target, &o->quad, r.w, r.w_next, Xq + q0 * d, o->y ? o->y + q0 * ty : NULL, nq,
-                                qt, r.node, &sn);
-            for (size_t node = 0; !s && node < sn.n; node++) {
-                double cq = sn.c[node];
-                const double *wn = pk_replay_node(&r, sn.s[node]);
-                pk_model_forward(m, wn, Xq + q0 * d, nq, qt);
-                /* the target's deltas at the node (MATH.md section 11) */
-                s = pk_target_deltas(m, wn, qt, &o->target, pk_run_loss(run), o->y ? o->y + q0 * ty : NULL, R, dq,
-                                     &sn, node);
-                if (s) break;
-                /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
-                pk_side qs = pk_side_target(m, qt, dq, &o->target);
-                pk_side_product(m, &qs, &train_loss, S, nb, 0, A, D);
-                double f = -scale * cq;
-                #pragma omp parallel for schedule(static) if (nq * C * nb >= PK_PAR_MIN)
-                for (size_t x = 0; x < nq; x++) {
-                    double *sum = e->contrib_sum + (q0 + x) * C;
-                    for (size_t k = 0; k < C; k++) {
-                        const double *Sr = S + (x * C + k) * nb;
-                        double acc = 0;
-                        for (size_t j = 0; j < nb; j++) acc += Sr[j];
-                        sum[k] += f * acc;
-                        if (e->contrib) {
-                            double *ph = e->contrib + (q0 + x) * N * C + k;
-                            for (size_t j = 0; j < nb; j++) ph[(size_t)idx[j] * C] += f * Sr[j];
-                        }
-                    }
-                }
-                if (o->want_kernel) {
-                    /* K^p(x, x_i) += (eta/|B|) c_q Jbar_x J_{x_i}(w_t)^T */
-                    pk_side qk = pk_side_outputs(m, qt, dq, kr == 1);
-                    pk_side_product(m, &qk, &train_out, SK, nb, 0, A, DK);
-                    double fk = scale * cq;
-                    #pragma omp parallel for schedule(static) if (nq * kr * nb * kr >= PK_PAR_MIN)
-                    for (size_t x = 0; x < nq; x++)
-                        for (size_t k = 0; k < kr; k++) {
-                            const double *Sr = SK + (x * kr + k) * nb * kr;
-                            double *Kx = e->kernel + (q0 + x) * N * kr * kr + k * kr;
-                            for (size_t j = 0; j < nb; j++)
-                                for (size_t k2 = 0; k2 < kr; k2++)
-                                    Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
-                        }
-                }
+            const double *yb = o->y ? o->y + q0 * ty : NULL;
+            if ((s = pk_nodes_step(&nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq))) break;
+            if ((s = pk_nodes_target(&nd, m, &o->target, yb, ty, r.w, Dt, Xq + q0 * d, nq, w.qt))) break;
+            *pieces += (double)nd.pieces;
+            /* the shared nodes: the queries u, gathered (inputs and targets) */
+            for (size_t x = 0; x < nd.nu; x++) {
+                size_t q = q0 + nd.u[x];
+                memcpy(w.X + x * d, Xq + q * d, d * sizeof *w.X);
+                if (yb) memcpy(w.Y + x * ty, o->y + q * ty, ty * sizeof *w.Y);
+                w.q[x] = (uint32_t)q;
             }
-            pk_step_nodes_free(&sn);
+            for (size_t node = 0; !s && nd.nu && node < nd.k; node++) {
+                /* phi_i(x)_k -= (eta/|B|) c_q <J_{x,k}(w_t + s_q D_t), g_i(t)> */
+                const double *wn = pk_replay_node(&r, nd.s[node]);
+                pk_model_forward(m, wn, w.X, nd.nu, w.qt);
+                /* the target's deltas at the node (MATH.md section 11) */
+                s = pk_target_deltas(m, wn, w.qt, &o->target, loss, yb ? w.Y : NULL, w.R, w.dq);
+                for (size_t x = 0; x < nd.nu; x++) w.f[x] = -scale * nd.c[node];
+                if (!s) add_rows(m, o, &w, nd.nu, &train_loss, &train_out, idx, nb, e);
+            }
+            /* the rows at nodes of their own, Qb at a time at w_t + s D_t each */
+            for (size_t r0 = 0; !s && r0 < nd.R; r0 += Qb) {
+                size_t nr = nd.R - r0 < Qb ? nd.R - r0 : Qb;
+                for (size_t x = 0; x < nr; x++) {
+                    size_t q = q0 + nd.re[r0 + x];
+                    memcpy(w.X + x * d, Xq + q * d, d * sizeof *w.X);
+                    if (yb) memcpy(w.Y + x * ty, o->y + q * ty, ty * sizeof *w.Y);
+                    w.at[x] = nd.rs[r0 + x];
+                    w.q[x] = (uint32_t)q;
+                    w.f[x] = -scale * nd.rc[r0 + x];
+                }
+                if ((s = pk_tape_along(w.qt, m, Dt, w.at))) break;
+                pk_model_forward(m, r.w, w.X, nr, w.qt);
+                s = pk_target_deltas(m, r.w, w.qt, &o->target, loss, yb ? w.Y : NULL, w.R, w.dq);
+                pk_tape_along(w.qt, m, NULL, NULL);
+                if (!s) add_rows(m, o, &w, nr, &train_loss, &train_out, idx, nb, e);
+            }
         }
     }
     s = pk_replay_end(&r, s);
-    pk_tape_free(qt);
-    if (have_dq) pk_deltas_free(m, dq);
+    pk_tape_free(w.qt);
+    if (have_dq) pk_deltas_free(m, w.dq);
     if (have_dB) pk_deltas_free(m, dB);
-    free(S); free(D); free(A); free(R); free(SK); free(DK);
+    free(w.S); free(w.D); free(w.A); free(w.SK); free(w.DK); free(w.X); free(w.Y); free(w.R); free(w.at); free(w.f);
+    free(w.q); free(w.grp);
+    free(Dt);
+    pk_nodes_free(&nd);
     return s;
 }
 
@@ -281,7 +394,10 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
     double t_start = pk_seconds();
     const pk_model *m = pk_run_model(run);
     const pk_optim *op = pk_run_optim(run);
-    if (!o->quad.n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!pk_quad_given(&o->quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    char why[512];
+    if (o->quad.exact && pk_quad_exact_refusal(m, why, sizeof why))
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), o->quad.name, why);
     pk_status s = pk_target_check(&o->target, m->n_out, pk_run_loss(run), o->y, Q);
     if (s) return s;
     if (o->target.kind != PK_TARGET_OUTPUTS && o->want_kernel) {
@@ -349,7 +465,13 @@ pk_status pk_run_explain(pk_run *run, const double *Xq, size_t Q, const pk_expla
      * into e->kernel, the paper's kernel is computed after them */
     double *kernel = e->kernel;
     if (!so.want_kernel) e->kernel = NULL;
-    if (!s) s = back ? pk_explain_backward(run, Xq, Q, &so, back_Qb, back_seg, e) : explain_forward(run, Xq, Q, &so, Qb, e);
+    double pieces = 0;
+    if (!s) s = back ? pk_explain_backward(run, Xq, Q, &so, back_Qb, back_seg, e, &pieces)
+                     : explain_forward(run, Xq, Q, &so, Qb, e, &pieces);
+    if (!s && o->quad.exact) {
+        e->pieces = Q && T ? pieces / ((double)Q * (double)T) : 1.0;
+        e->piece_nodes = pk_quad_piece_nodes(&o->quad, m, 0);
+    }
     e->kernel = kernel;
     if (!s && o->want_kernel && !o->batch_kernel)
         s = pk_path_kernel_mem(run, Xq, Q, train->x, N, e->mode, &o->quad, o->progress, o->ctx,

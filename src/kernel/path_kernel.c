@@ -96,17 +96,41 @@ size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmod
 
 /* What a thread holds: the sides of its block pair (the x side kept while
  * its next pair has the same x block) and the scratch of the product. */
+/* The exact rule (MATH.md section 12): a block's examples at their nodes,
+ * k rows a piece, the examples with a kink first. */
+typedef struct erows {
+    size_t n, nk, cap, cap_e;       /* rows; the first nk are the examples' with a kink */
+    pk_tape *t;
+    double *d[PK_MAX_MODEL_LAYERS]; /* (cap, C, out_l) per-output deltas */
+    double *X, *at, *a, *b;         /* (cap, d) the rows' examples; (cap) node, piece [a, b] */
+    size_t *first;                  /* (2 examples): example i's rows first[i] .. first[i] + first[ne + i] */
+} erows;
+
+static void erows_free(const pk_model *m, erows *e)
+{
+    pk_tape_free(e->t);
+    pk_deltas_free(m, e->d);
+    free(e->X); free(e->at); free(e->a); free(e->b); free(e->first);
+    memset(e, 0, sizeof *e);
+}
+
 typedef struct pwork {
     pside x, y;
     size_t x_held;        /* the x block x.t holds, or (size_t)-1 */
     double *S, *A, *D;    /* S (bx, by, r, r), A (bx, by), D (bx r, by r) */
+    erows ex, ey;         /* the exact rule's rows of the x and y blocks  */
+    size_t ex_held;       /* the x block ex holds, or (size_t)-1           */
+    double *eS, *eA, *eD; /* their products: (XR, rows of y, r, r), (XR, rows of y), (XR r, rows of y r) */
+    size_t cap_s;         /* rows of y the three hold                     */
 } pwork;
 
 static void pwork_free(const pk_model *m, pwork *w)
 {
     pside_free(m, &w->x);
     pside_free(m, &w->y);
-    free(w->S); free(w->A); free(w->D);
+    erows_free(m, &w->ex);
+    erows_free(m, &w->ey);
+    free(w->S); free(w->A); free(w->D); free(w->eS); free(w->eA); free(w->eD);
     memset(w, 0, sizeof *w);
 }
 
@@ -114,7 +138,7 @@ static void pwork_free(const pk_model *m, pwork *w)
 static pk_status pwork_new(const pk_model *m, size_t bx, size_t by, size_t r, pwork *w)
 {
     memset(w, 0, sizeof *w);
-    w->x_held = (size_t)-1;
+    w->x_held = w->ex_held = (size_t)-1;
     w->S = pk_alloc(bx * by, r * r * sizeof *w->S);
     w->A = pk_alloc(bx, by * sizeof *w->A);
     w->D = pk_alloc(bx * r, by * r * sizeof *w->D);
@@ -125,13 +149,25 @@ static pk_status pwork_new(const pk_model *m, size_t bx, size_t by, size_t r, pw
     return s;
 }
 
-/* The job of one node: K += f K^g_{wn} over the pairs of blocks. */
+/* One side's nodes of a step under the exact rule: kinked[i] when example
+ * i has kinks (its rows nd.re.. from first[i]), else the shared nodes. */
+typedef struct eside {
+    pk_nodes nd;
+    unsigned char *kinked; /* (n) */
+    size_t *first;         /* (n + 1) */
+} eside;
+
+/* The job of one node: K += f K^g_{wn} over the pairs of blocks (under the
+ * exact rule the pairs of examples without kinks only), or with wn NULL
+ * the exact rule's pairs with a kink (f = eta_t; w, D the step). */
 typedef struct pnode {
     const pk_model *m;
     const double *wn, *X, *Y;
     size_t nx, ny, r;
     double f;
     double *K;
+    const eside *ex, *ey;  /* the exact rule's nodes, or NULL */
+    const double *w, *D;
 } pnode;
 
 /* Block pair (bx, by): S = K^g_{wn}(X block, Y block), then K += f S. */
@@ -153,9 +189,233 @@ static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
     for (size_t i = 0; i < nbx; i++) {
         double *Ki = n->K + ((x0 + i) * n->ny + y0) * rr;
         const double *Si = w->S + i * nby * rr;
-        for (size_t k = 0; k < nby * rr; k++) Ki[k] += n->f * Si[k];
+        if (!n->ex) {
+            for (size_t k = 0; k < nby * rr; k++) Ki[k] += n->f * Si[k];
+            continue;
+        }
+        if (n->ex->kinked[x0 + i]) continue; /* the exact rule's own pairs */
+        for (size_t j = 0; j < nby; j++)
+            if (!n->ey->kinked[y0 + j])
+                for (size_t k = 0; k < rr; k++) Ki[j * rr + k] += n->f * Si[j * rr + k];
     }
     return PK_OK;
+}
+
+/* ---------------------------------------------------- the exact rule's pairs */
+
+/* Grow a block's rows to hold `rows` rows of `ne` examples. */
+static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t ne)
+{
+    if (2 * ne > e->cap_e) {
+        free(e->first);
+        e->cap_e = 2 * ne;
+        if (!(e->first = pk_alloc(e->cap_e, sizeof *e->first))) { e->cap_e = 0; return PK_ERR_NOMEM; }
+    }
+    if (rows <= e->cap) return PK_OK;
+    size_t first_cap = e->cap_e;
+    size_t *first = e->first;
+    e->first = NULL;
+    erows_free(m, e);
+    e->first = first;
+    e->cap_e = first_cap;
+    e->cap = rows + rows / 2 + 16;
+    e->t = pk_tape_new(m, e->cap);
+    if (e->t) e->t->queries = 1;
+    e->X = pk_alloc(e->cap, m->n_in * sizeof *e->X);
+    e->at = pk_alloc(e->cap, sizeof *e->at);
+    e->a = pk_alloc(e->cap, sizeof *e->a);
+    e->b = pk_alloc(e->cap, sizeof *e->b);
+    if (!e->t || !e->X || !e->at || !e->a || !e->b || pk_deltas_new(m, e->cap, e->d)) {
+        erows_free(m, e);
+        return PK_ERR_NOMEM;
+    }
+    return PK_OK;
+}
+
+/* The rows of examples e0 .. e0 + ne of a side at their nodes: the k shared
+ * nodes on [0, 1] without a kink, the own nodes of every piece with; then
+ * the forward pass and the per-output deltas at w + at D, row by row. */
+static pk_status erows_build(const pk_model *m, const eside *es, const double *X, size_t e0, size_t ne,
+                             const double *w, const double *D, erows *e)
+{
+    const pk_nodes *nd = &es->nd;
+    size_t rows = 0, d = m->n_in, k = nd->k;
+    for (size_t i = e0; i < e0 + ne; i++) rows += es->kinked[i] ? es->first[i + 1] - es->first[i] : k;
+    pk_status s = erows_reserve(m, e, rows, ne);
+    if (s) return s;
+    size_t n = 0;
+    for (int pass = 1; pass >= 0; pass--) { /* the examples with a kink, then the others */
+        for (size_t i = e0; i < e0 + ne; i++) {
+            if (es->kinked[i] != pass) continue;
+            e->first[i - e0] = n;
+            if (pass)
+                for (size_t r = es->first[i]; r < es->first[i + 1]; r++, n++) {
+                    e->at[n] = nd->rs[r];
+                    e->a[n] = nd->ra[r];
+                    e->b[n] = nd->rb[r];
+                    memcpy(e->X + n * d, X + i * d, d * sizeof *X);
+                }
+            else
+                for (size_t j = 0; j < k; j++, n++) {
+                    e->at[n] = nd->s[j];
+                    e->a[n] = 0.0;
+                    e->b[n] = 1.0;
+                    memcpy(e->X + n * d, X + i * d, d * sizeof *X);
+                }
+            e->first[ne + i - e0] = n - e->first[i - e0];
+        }
+        if (pass) e->nk = n;
+    }
+    e->n = n;
+    if ((s = pk_tape_along(e->t, m, D, e->at))) return s;
+    pk_model_forward(m, w, e->X, n, e->t);
+    s = pk_model_output_deltas(m, w, e->t, e->d);
+    pk_tape_along(e->t, m, NULL, NULL);
+    return s;
+}
+
+/* A side of rows r0 .. r0 + n of a block's rows. */
+static pk_side erows_side(const pk_model *m, const erows *e, size_t r0, size_t n, int trace)
+{
+    pk_side s = pk_side_outputs(m, e->t, e->d, trace);
+    s.n = n;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        s.a[l] += r0 * pk_model_weight(m, l)->in;
+        s.delta[l] += r0 * m->n_out * pk_model_weight(m, l)->out;
+    }
+    return s;
+}
+
+/* Lagrange basis of the k nodes a + h s_j of piece [a, b] at x: L (k). */
+static void lagrange(const double *sn, size_t k, double a, double b, double x, double *L)
+{
+    double t = (x - a) / (b - a);
+    for (size_t j = 0; j < k; j++) {
+        double v = 1.0;
+        for (size_t i = 0; i < k; i++)
+            if (i != j) v *= (t - sn[i]) / (sn[j] - sn[i]);
+        L[j] = v;
+    }
+}
+
+/* Rows of x per product of the exact rule's pairs (a fixed number). */
+#define XR 128
+
+/* K(x, y) += eta_t integral_0^1 J_x(s) J_y(s)^T ds for the pairs of the
+ * block pair with a kink on either side: the k rows of a piece of x and
+ * of a piece of y span polynomials of degree k - 1 (Lagrange at their
+ * nodes), so on the overlap of two pieces the integral is sum_{m, m'}
+ * W_{m m'} <J_x(s_m), J_y(s_m')> with W_{m m'} the integral over the
+ * overlap of l_m l_m', Gauss-Legendre with k nodes (degree 2k - 2: exact). */
+static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
+{
+    const pk_model *m = n->m;
+    const pk_nodes *ndx = &n->ex->nd;
+    size_t d = m->n_in, r = n->r, rr = r * r, x0 = bx * X_BLOCK, y0 = by * Y_BLOCK, k = ndx->k;
+    size_t nbx = n->nx - x0 < X_BLOCK ? n->nx - x0 : X_BLOCK, nby = n->ny - y0 < Y_BLOCK ? n->ny - y0 : Y_BLOCK;
+    int kx = 0, ky = 0;
+    for (size_t i = 0; i < nbx; i++) kx |= n->ex->kinked[x0 + i];
+    for (size_t j = 0; j < nby; j++) ky |= n->ey->kinked[y0 + j];
+    if (!kx && !ky) return PK_OK;
+    pk_status s;
+    if (w->ex_held != bx) {
+        w->ex_held = (size_t)-1;
+        if ((s = erows_build(m, n->ex, n->X, x0, nbx, n->w, n->D, &w->ex))) return s;
+        w->ex_held = bx;
+    }
+    if ((s = erows_build(m, n->ey, n->Y, y0, nby, n->w, n->D, &w->ey))) return s;
+    size_t ry = w->ey.n;
+    if (ry > w->cap_s) {
+        free(w->eS); free(w->eA); free(w->eD);
+        w->cap_s = ry + ry / 2;
+        w->eS = pk_alloc(XR * w->cap_s, rr * sizeof *w->eS);
+        w->eA = pk_alloc(XR, w->cap_s * sizeof *w->eA);
+        w->eD = pk_alloc(XR * r, w->cap_s * r * sizeof *w->eD);
+        if (!w->eS || !w->eA || !w->eD) { w->cap_s = 0; return PK_ERR_NOMEM; }
+    }
+    double Lx[PK_PIECE_NODES], Ly[PK_PIECE_NODES], val[PK_PIECE_NODES * PK_PIECE_NODES];
+    /* the x rows of the examples with a kink against every y row, the
+     * others' against the y rows with a kink: a pair without a kink on
+     * either side has no product here (the shared nodes did it); rows of x
+     * xr at a time, whole pieces */
+    size_t xr = XR / k * k, nkx = w->ex.nk;
+    for (int part = 0; part < 2; part++) {
+        size_t ra = part ? nkx : 0, rb = part ? w->ex.n : nkx, ryp = part ? w->ey.nk : ry;
+        if (!ryp) continue;
+        pk_side sy = erows_side(m, &w->ey, 0, ryp, r == 1);
+        for (size_t c0 = ra; c0 < rb; c0 += xr) {
+            size_t nc = rb - c0 < xr ? rb - c0 : xr;
+            pk_side sx = erows_side(m, &w->ex, c0, nc, r == 1);
+            /* eS (nc, ryp, r, r) = <J(x rows), J(y rows)> */
+            pk_side_product(m, &sx, &sy, w->eS, ryp, 1, w->eA, w->eD);
+            for (size_t i = 0; i < nbx; i++) {
+                size_t fi = w->ex.first[i], ni = w->ex.first[nbx + i];
+                if (fi + ni <= c0 || fi >= c0 + nc) continue; /* no row of i in this product */
+                int ki = n->ex->kinked[x0 + i];
+                double *Ki = n->K + ((x0 + i) * n->ny + y0) * rr;
+                for (size_t j = 0; j < nby; j++) {
+                    if (!ki && !n->ey->kinked[y0 + j]) continue;
+                    double *Kij = Ki + j * rr;
+                    size_t fj = w->ey.first[j], nj = w->ey.first[nby + j];
+                    /* pieces of x (k rows each, those in this product) against pieces of y */
+                    for (size_t px = fi; px < fi + ni; px += k) {
+                        if (px < c0 || px >= c0 + nc) continue;
+                        double a = w->ex.a[px], b = w->ex.b[px];
+                        for (size_t py = fj; py < fj + nj; py += k) {
+                            double c = w->ey.a[py], e = w->ey.b[py];
+                            double lo = a > c ? a : c, hi = b < e ? b : e;
+                            if (!(hi > lo)) continue;
+                            /* val (k, k) = W_{m m'} over [lo, hi] */
+                            memset(val, 0, k * k * sizeof *val);
+                            for (size_t q = 0; q < k; q++) {
+                                double xq = lo + (hi - lo) * ndx->s[q], cq = (hi - lo) * ndx->c[q];
+                                lagrange(ndx->s, k, a, b, xq, Lx);
+                                lagrange(ndx->s, k, c, e, xq, Ly);
+                                for (size_t u = 0; u < k; u++)
+                                    for (size_t v = 0; v < k; v++) val[u * k + v] += cq * Lx[u] * Ly[v];
+                            }
+                            for (size_t u = 0; u < k; u++)
+                                for (size_t v = 0; v < k; v++) {
+                                    const double *Suv = w->eS + ((px + u - c0) * ryp + py + v) * rr;
+                                    double f = n->f * val[u * k + v];
+                                    for (size_t t = 0; t < rr; t++) Kij[t] += f * Suv[t];
+                                }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (void)d;
+    return PK_OK;
+}
+
+/* The exact rule's nodes of a side for a step: kinked flags and row starts. */
+static pk_status eside_step(eside *e, const pk_model *m, const pk_quad *q, const double *w, const double *D,
+                            const double *X, size_t n)
+{
+    pk_status s = pk_nodes_step(&e->nd, m, q, 1, w, D, X, n);
+    if (s) return s;
+    if (!e->kinked) {
+        e->kinked = pk_alloc(n ? n : 1, 1);
+        e->first = pk_alloc(n + 1, sizeof *e->first);
+        if (!e->kinked || !e->first) return PK_ERR_NOMEM;
+    }
+    memset(e->kinked, 1, n);
+    for (size_t i = 0; i < e->nd.nu; i++) e->kinked[e->nd.u[i]] = 0;
+    for (size_t i = 0, r = 0; i <= n; i++) {
+        while (r < e->nd.R && e->nd.re[r] < i) r++;
+        e->first[i] = r;
+    }
+    return PK_OK;
+}
+
+static void eside_free(eside *e)
+{
+    pk_nodes_free(&e->nd);
+    free(e->kinked);
+    free(e->first);
+    memset(e, 0, sizeof *e);
 }
 
 pk_status pk_run_path_kernel(pk_run *run, const double *X, size_t nx, const double *Y, size_t ny, pk_kmode mode,
@@ -169,7 +429,10 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
 {
     const pk_model *m = pk_run_model(run);
     size_t d = m->n_in, r = mode == PK_KMODE_FULL ? m->n_out : 1, rr = r * r;
-    if (!quad || !quad->n) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    if (!pk_quad_given(quad)) return pk_fail(PK_ERR_INPUT, "no quadrature rule given (quad)");
+    char why[512];
+    if (quad->exact && pk_quad_exact_refusal(m, why, sizeof why))
+        return pk_fail(PK_ERR_INPUT, "%s: the rule %s (quad): %s", pk_run_dir(run), quad->name, why);
     /* the same examples on both sides: the blocks of the upper triangle only,
      * mirrored at the end, so that K(y, x) is K(x, y)^T bit for bit */
     int same = nx == ny && (X == Y || (nx && !memcmp(X, Y, nx * d * sizeof *X)));
@@ -195,13 +458,31 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
     pk_status s = work ? PK_OK : PK_ERR_NOMEM;
     for (int t = 0; !s && t < threads; t++) s = pwork_new(m, side_cap(nx, X_BLOCK), side_cap(ny, Y_BLOCK), r, &work[t]);
     pk_replay rp = {0};
+    /* the exact rule: each side's nodes per step, D_t */
+    eside ex, ey;
+    memset(&ex, 0, sizeof ex);
+    memset(&ey, 0, sizeof ey);
+    double *Dt = quad->exact ? pk_alloc(m->n_params, sizeof *Dt) : NULL; /* (P) */
+    if (!s && quad->exact && !Dt) s = PK_ERR_NOMEM;
     if (!s) s = pk_replay_begin(&rp, run, 0, progress, ctx);
     while (!s && pk_replay_next(&rp)) {
-        for (size_t q = 0; !s && q < quad->n; q++) {
+        pk_quad shared = *quad;
+        if (quad->exact) {
+            for (size_t j = 0; j < m->n_params; j++) Dt[j] = rp.w_next[j] - rp.w[j];
+            if ((s = eside_step(&ex, m, quad, rp.w, Dt, X, nx))) break;
+            if (!same && (s = eside_step(&ey, m, quad, rp.w, Dt, Y, ny))) break;
+            shared.n = ex.nd.k;
+            memcpy(shared.s, ex.nd.s, shared.n * sizeof *shared.s);
+            memcpy(shared.c, ex.nd.c, shared.n * sizeof *shared.c);
+        }
+        /* the shared nodes, then (wn NULL) the exact rule's pairs with a kink */
+        for (size_t q = 0; !s && q < shared.n + (quad->exact ? 1 : 0); q++) {
             /* the node w_t + s_q D_t, D_t the step the optimiser took; weight eta_t c_q */
-            pnode job = {m, pk_replay_node(&rp, quad->s[q]), X, Y, nx, ny, r, rp.lr * quad->c[q], K};
+            pnode job = {m, q < shared.n ? pk_replay_node(&rp, shared.s[q]) : NULL, X, Y, nx, ny, r,
+                         rp.lr * (q < shared.n ? shared.c[q] : 1.0), K, quad->exact ? &ex : NULL,
+                         quad->exact ? (same ? &ex : &ey) : NULL, rp.w, Dt};
             pk_status fail = PK_OK;
-            for (int t = 0; t < threads; t++) work[t].x_held = (size_t)-1; /* new weights */
+            for (int t = 0; t < threads; t++) work[t].x_held = work[t].ex_held = (size_t)-1; /* new weights */
             /* a team per node only for enough pairs to share: waking it for
              * a few small products costs more, much more on a busy machine */
             #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && npairs >= 4 * workers)
@@ -210,7 +491,8 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
                 #pragma omp atomic read
                 f = fail;
                 if (f) continue;
-                f = pair_add(&job, pairs[2 * p], pairs[2 * p + 1], &work[omp_get_thread_num()]);
+                f = job.wn ? pair_add(&job, pairs[2 * p], pairs[2 * p + 1], &work[omp_get_thread_num()])
+                           : pair_exact(&job, pairs[2 * p], pairs[2 * p + 1], &work[omp_get_thread_num()]);
                 if (f) {
                     #pragma omp atomic write
                     fail = f;
@@ -232,5 +514,8 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
     for (int t = 0; work && t < threads; t++) pwork_free(m, &work[t]);
     free(work);
     free(pairs);
+    eside_free(&ex);
+    eside_free(&ey);
+    free(Dt);
     return s;
 }

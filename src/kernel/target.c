@@ -102,16 +102,12 @@ void pk_target_values(const pk_target *t, pk_loss loss, const double *f, const d
 }
 
 pk_status pk_target_deltas(const pk_model *m, const double *w, pk_tape *t, const pk_target *g, pk_loss loss,
-                           const double *y, double *R, double *const *deltas, const pk_step_nodes *sn, size_t k)
+                           const double *y, double *R, double *const *deltas)
 {
     if (g->kind == PK_TARGET_OUTPUTS) return pk_model_output_deltas(m, w, t, deltas);
     size_t n = t->n, C = m->n_out, ty = loss == PK_LOSS_MSE ? C : 1;
     const double *f = pk_tape_out(m, t);
-    for (size_t i = 0; i < n; i++) {
-        int mine = !sn || (sn->owner[k] < 0 ? !sn->kinked[i] : (size_t)sn->owner[k] == i);
-        if (mine) pk_target_row(g, 0, loss, f + i * C, y ? y + i * ty : NULL, C, R + i * C);
-        else memset(R + i * C, 0, C * sizeof *R);
-    }
+    for (size_t i = 0; i < n; i++) pk_target_row(g, 0, loss, f + i * C, y ? y + i * ty : NULL, C, R + i * C);
     pk_model_backward(m, w, t, R, 1.0, NULL);
     for (size_t l = 0; l < m->n_weight; l++)
         memcpy(deltas[l], t->g[m->weight[l]], n * pk_model_weight(m, l)->out * sizeof(double));
@@ -126,115 +122,4 @@ pk_side pk_side_target(const pk_model *m, const pk_tape *t, double *const *delta
         s.unit = 0;
     }
     return s;
-}
-
-/* The largest output other than c, the first on ties (the margin's). */
-static size_t runner_up(const double *f, size_t C, size_t c)
-{
-    size_t o = c == 0 ? 1 : 0;
-    for (size_t k = o + 1; k < C; k++)
-        if (k != c && f[k] > f[o]) o = k;
-    return o;
-}
-
-/* A bracket [l, r] of the step with the runner-up at both ends. */
-typedef struct bracket { double l, r; size_t kl, kr; } bracket;
-
-static int by_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Bisection stops when the bracket of a change is this short (a step is
- * [0, 1]): the integrand on the wrong side of it is O(its length) small. */
-#define KINK_TOL 1e-10
-
-void pk_step_nodes_free(pk_step_nodes *sn)
-{
-    free(sn->s); free(sn->c); free(sn->owner); free(sn->kinked);
-    memset(sn, 0, sizeof *sn);
-}
-
-/* Append the rule on the pieces of [0, 1] between the (sorted) cuts, for owner. */
-static int add_pieces(pk_step_nodes *o, size_t *cap, const pk_quad *q, const double *cut, size_t ncut, long owner)
-{
-    for (size_t p = 0; p <= ncut; p++) {
-        double a = p ? cut[p - 1] : 0.0, b = p < ncut ? cut[p] : 1.0;
-        if (!(b > a)) continue;
-        if (o->n + q->n > *cap) {
-            size_t nc = 2 * *cap + q->n;
-            double *s = realloc(o->s, nc * sizeof *s);
-            if (!s) return 1;
-            o->s = s;
-            double *c = realloc(o->c, nc * sizeof *c);
-            if (!c) return 1;
-            o->c = c;
-            long *ow = realloc(o->owner, nc * sizeof *ow);
-            if (!ow) return 1;
-            o->owner = ow;
-            *cap = nc;
-        }
-        for (size_t j = 0; j < q->n; j++, o->n++) {
-            o->s[o->n] = a + (b - a) * q->s[j];
-            o->c[o->n] = (b - a) * q->c[j];
-            o->owner[o->n] = owner;
-        }
-    }
-    return 0;
-}
-
-pk_status pk_target_nodes(const pk_model *m, const pk_target *g, const pk_quad *q, const double *w,
-                          const double *w_next, const double *X, const double *y, size_t n, pk_tape *t,
-                          double *scratch, pk_step_nodes *out)
-{
-    size_t C = m->n_out, d = m->n_in, P = m->n_params, cap = 0, ccap = 16, ncut = 0;
-    memset(out, 0, sizeof *out);
-    out->kinked = pk_calloc(n ? n : 1, 1);
-    double *cut = pk_alloc(ccap, sizeof *cut);
-    size_t *r0 = pk_alloc(n ? n : 1, sizeof *r0), *r1 = pk_alloc(n ? n : 1, sizeof *r1); /* (n) runner-ups */
-    pk_status st = out->kinked && cut && r0 && r1 ? PK_OK : PK_ERR_NOMEM;
-    int margin = g->kind == PK_TARGET_MARGIN && n;
-    /* the runner-up of every query at both ends of the step */
-    for (int end = 0; !st && margin && end < 2; end++) {
-        pk_model_forward(m, end ? w_next : w, X, n, t);
-        const double *f = pk_tape_out(m, t);
-        for (size_t i = 0; i < n; i++) (end ? r1 : r0)[i] = runner_up(f + i * C, C, (size_t)y[i]);
-    }
-    for (size_t i = 0; !st && margin && i < n; i++) out->kinked[i] = r0[i] != r1[i];
-    /* the queries without a change share the rule on the whole step */
-    if (!st && add_pieces(out, &cap, q, NULL, 0, -1)) st = PK_ERR_NOMEM;
-    /* each query with one: where it changes, by bisection on the identity of
-     * the runner-up, and the rule on its own pieces */
-    for (size_t i = 0; !st && margin && i < n; i++) {
-        if (!out->kinked[i]) continue;
-        bracket stack[64];
-        size_t top = 0;
-        ncut = 0;
-        stack[top++] = (bracket){0.0, 1.0, r0[i], r1[i]};
-        while (!st && top) {
-            bracket b = stack[--top];
-            if (b.kl == b.kr) continue;
-            if (b.r - b.l <= KINK_TOL || top + 2 > 64) {
-                if (ncut == ccap) {
-                    double *more = realloc(cut, 2 * ccap * sizeof *cut);
-                    if (!more) { st = PK_ERR_NOMEM; break; }
-                    cut = more;
-                    ccap *= 2;
-                }
-                cut[ncut++] = 0.5 * (b.l + b.r);
-                continue;
-            }
-            double mid = 0.5 * (b.l + b.r);
-            pk_model_forward(m, pk_node_weights(w, w_next, P, mid, scratch), X + i * d, 1, t);
-            size_t km = runner_up(pk_tape_out(m, t), C, (size_t)y[i]);
-            stack[top++] = (bracket){mid, b.r, km, b.kr};
-            stack[top++] = (bracket){b.l, mid, b.kl, km};
-        }
-        qsort(cut, ncut, sizeof *cut, by_double);
-        if (!st && add_pieces(out, &cap, q, cut, ncut, (long)i)) st = PK_ERR_NOMEM;
-    }
-    free(cut); free(r0); free(r1);
-    if (st) pk_step_nodes_free(out);
-    return st;
 }

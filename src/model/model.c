@@ -6,6 +6,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------- spec */
@@ -41,10 +42,11 @@ static pk_status add_dense(pk_model *m, const char *spec, size_t in, size_t out)
     return PK_OK;
 }
 
-static void add_act(pk_model *m, pk_act act, size_t d)
+static void add_act(pk_model *m, pk_act act, double slope, size_t d)
 {
     pk_layer *l = add_layer(m, &pk_act_ops, d, d, 0);
     l->act = act;
+    l->slope = slope;
     l->in_place = 1;
 }
 
@@ -73,6 +75,7 @@ static pk_status mlp_new(const char *spec, pk_model *m)
     enum { MAX_HIDDEN = 15 };
     size_t hidden[MAX_HIDDEN], nh = 0;
     pk_act act = PK_ACT_IDENTITY;
+    double slope = 0.0;
     if (strcmp(spec, "linear") != 0) {
         const char *p = spec + 4;
         const char *colon = strchr(p, ':');
@@ -95,15 +98,16 @@ static pk_status mlp_new(const char *spec, pk_model *m)
                 if (p == colon) return pk_fail(PK_ERR_INPUT, "model '%s': trailing ',' in the widths", spec);
             }
         }
-        pk_status s = pk_act_parse(colon + 1, &act);
+        pk_status s = pk_act_parse_slope(colon + 1, &act, &slope);
         if (s) return pk_fail(s, "model '%s': %s", spec, pk_last_error());
     }
     m->act = act;
+    m->act_slope = slope;
     size_t d = m->n_in;
     pk_status s = PK_OK;
     for (size_t i = 0; !s && i < nh; i++) {
         s = add_dense(m, spec, d, hidden[i]);
-        if (!s) add_act(m, act, hidden[i]);
+        if (!s) add_act(m, act, slope, hidden[i]);
         d = hidden[i];
     }
     if (!s) s = add_dense(m, spec, d, m->n_out);
@@ -327,6 +331,17 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
             m->graph = 1;
             goto next;
         }
+        if (len >= 10 && !strncmp(e, "leaky_relu", 10) && (len == 10 || e[10] == ':')) {
+            char text[48];
+            double slope;
+            if (len >= sizeof text) return pk_fail(PK_ERR_INPUT, "model '%s': leaky_relu:A, A a number", full);
+            memcpy(text, e, len);
+            text[len] = 0;
+            if ((s = pk_act_parse_slope(text, &act, &slope))) return pk_fail(s, "model '%s': %s", full, pk_last_error());
+            add_act(m, act, slope, c * h * w);
+            if ((int)m->act < 0) { m->act = act; m->act_slope = slope; }
+            goto next;
+        }
         element el;
         if ((s = parse_element(full, e, len, &el))) return s;
         if (!strcmp(el.name, "in")) {
@@ -372,11 +387,11 @@ static pk_status parse_seq(const char *full, const char *spec, size_t slen, pk_m
             st->c = out;
         } else if (!pk_act_parse(el.name, &act) && strcmp(el.name, "linear") && el.name[0]) {
             if (el.n_pos) return pk_fail(PK_ERR_INPUT, "model '%s': %s takes no arguments", full, el.name);
-            add_act(m, act, c * h * w);
+            add_act(m, act, 0.0, c * h * w);
             if ((int)m->act < 0) m->act = act;
         } else
             return pk_fail(PK_ERR_INPUT, "model '%s': unknown layer '%s' (in, conv, avgpool, maxpool, flatten, "
-                           "dense, dropout:P, res(...), or an activation: identity, tanh, relu, sigmoid, softplus, "
+                           "dense, dropout:P, res(...), or an activation: identity, tanh, relu, leaky_relu:A, sigmoid, softplus, "
                            "gelu, erf); a model is mlp:H1,H2,...:ACT, linear, lenet5 or such layers separated by "
                            "';'", full, el.name);
     next:
@@ -483,6 +498,18 @@ pk_param pk_model_param(const pk_model *m) { return m->param; }
 double pk_model_sigma_w(const pk_model *m) { return m->sigma_w; }
 double pk_model_sigma_b(const pk_model *m) { return m->sigma_b; }
 
+/* pre, leaky_relu's slope in the fewest digits that read back the same, post. */
+static size_t slope_text(double a, char *buf, size_t len, const char *pre, const char *post)
+{
+    char num[32];
+    for (int digits = 1; digits <= 17; digits++) {
+        snprintf(num, sizeof num, "%.*g", digits, a);
+        if (strtod(num, NULL) == a) break;
+    }
+    int k = snprintf(buf, len, "%s%s%s", pre, num, post);
+    return k < 0 ? 0 : (size_t)k;
+}
+
 void pk_model_spec(const pk_model *m, char *buf, size_t len)
 {
     if (m->graph) { snprintf(buf, len, "%s", m->text); return; }
@@ -492,6 +519,8 @@ void pk_model_spec(const pk_model *m, char *buf, size_t len)
         for (size_t l = 0; l + 1 < m->n_weight && k < len; l++)
             k += (size_t)snprintf(buf + k, len - k, "%s%zu", h++ ? "," : "", pk_model_weight(m, l)->out);
         if (k < len) snprintf(buf + k, len - k, ":%s", pk_act_name(m->act));
+        k = strlen(buf);
+        if (m->act == PK_ACT_LEAKY_RELU && k < len) slope_text(m->act_slope, buf + k, len - k, ":", "");
         return;
     }
     /* a layer sequence, with its input shape when that is an image */
@@ -501,7 +530,9 @@ void pk_model_spec(const pk_model *m, char *buf, size_t len)
     for (size_t i = 0; i < m->n_layers && k < len; i++) {
         const pk_layer *l = &m->layer[i];
         const char *sep = i + 1 < m->n_layers ? ";" : "";
-        if (l->ops == &pk_act_ops) k += (size_t)snprintf(buf + k, len - k, "%s%s", pk_act_name(l->act), sep);
+        if (l->ops == &pk_act_ops && l->act == PK_ACT_LEAKY_RELU)
+            k += slope_text(l->slope, buf + k, len - k, "leaky_relu:", sep);
+        else if (l->ops == &pk_act_ops) k += (size_t)snprintf(buf + k, len - k, "%s%s", pk_act_name(l->act), sep);
         else if (l->ops == &pk_flatten_ops) k += (size_t)snprintf(buf + k, len - k, "flatten%s", sep);
         else if (l->ops == &pk_dense_ops && i + 1 == m->n_layers) k += (size_t)snprintf(buf + k, len - k, "dense");
         else if (l->ops == &pk_dense_ops) k += (size_t)snprintf(buf + k, len - k, "dense:%zu%s", l->out, sep);
@@ -525,7 +556,7 @@ int pk_model_mlp_act(const pk_model *m)
     for (size_t k = 0; k < m->n_layers; k++) {
         const pk_layer *l = &m->layer[k];
         if (l->ops != (k % 2 ? &pk_act_ops : &pk_dense_ops)) return -1;
-        if (k % 2 && l->act != m->act) return -1;
+        if (k % 2 && (l->act != m->act || l->slope != m->act_slope)) return -1;
     }
     return (int)m->act;
 }
@@ -563,9 +594,36 @@ pk_tape *pk_tape_new(const pk_model *m, size_t cap)
     return t;
 }
 
+pk_status pk_tape_along(pk_tape *t, const pk_model *m, const double *dir, const double *at)
+{
+    t->dir = dir;
+    t->at = at;
+    if (!dir || t->dtmp) return PK_OK;
+    size_t wmax = 1;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        wmax = lw->in > wmax ? lw->in : wmax;
+        wmax = lw->out > wmax ? lw->out : wmax;
+    }
+    t->dtmp = pk_alloc_big(t->cap * m->n_out, wmax * sizeof *t->dtmp);
+    if (!t->dtmp) { t->dir = NULL; return PK_ERR_NOMEM; }
+    return PK_OK;
+}
+
+/* y (n per, len) += at[row / per] tmp: the dir part of rows at weights of their own. */
+static void add_along(double *y, const double *tmp, const double *at, size_t n, size_t per, size_t len)
+{
+    #pragma omp parallel for schedule(static) if (n * per * len >= PK_PAR_MIN)
+    for (size_t r = 0; r < n * per; r++) {
+        double a = at[r / per];
+        for (size_t j = 0; j < len; j++) y[r * len + j] += a * tmp[r * len + j];
+    }
+}
+
 void pk_tape_free(pk_tape *t)
 {
     if (!t) return;
+    free(t->dtmp);
     for (size_t k = 0; k < PK_MAX_MODEL_LAYERS; k++) {
         free(t->y[k]);
         free(t->mask[k]);
@@ -602,6 +660,10 @@ void pk_model_forward_from(const pk_model *m, const double *w, pk_tape *t, size_
     for (size_t k = from; k < m->n_layers; k++) {
         const pk_layer *l = &m->layer[k];
         l->ops->forward(l, w, pk_tape_in(t, k), t->y[k], t->n, tape_mode(t));
+        if (t->dir && l->n_w) {
+            l->ops->forward(l, t->dir, pk_tape_in(t, k), t->dtmp, t->n, tape_mode(t));
+            add_along(t->y[k], t->dtmp, t->at, t->n, 1, l->out);
+        }
         if (l->ops == &pk_add_ops) add_to(t->y[k], slot_y(t, l->skip), t->n * l->out); /* x + F(x) */
         if (l->ops == &pk_dropout_ops && t->train && l->p > 0) { /* MATH.md section 9: training masks */
             for (size_t i = 0; i < t->n; i++)
@@ -633,6 +695,10 @@ void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const dou
         if (!l->src) continue;
         double *gx = l->acc ? t->acc : slot_g(t, l->src);
         l->ops->backward(l, w, pk_tape_in(t, k), t->y[k], t->g[k], gx, n, 1, tape_mode(t));
+        if (t->dir && l->n_w) {
+            l->ops->backward(l, t->dir, pk_tape_in(t, k), t->y[k], t->g[k], t->dtmp, n, 1, tape_mode(t));
+            add_along(gx, t->dtmp, t->at, n, 1, l->in);
+        }
         if (l->ops == &pk_dropout_ops && t->train && l->p > 0) apply_mask(t->mask[k], gx, n, 1, l->out);
         if (l->acc) add_to(slot_g(t, l->src), gx, n * l->in);
     }
@@ -643,13 +709,17 @@ void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const dou
  * thread while the piece's rows are in cache. buf[k]: layer k's output
  * deltas (n C, out_k) or, NULL, the piece's scratch sc[k] (ne C, out_k). */
 static void output_deltas_piece(const pk_model *m, const double *w, const pk_tape *t, double *const *buf,
-                                double *const *sc, double *acc, size_t i0, size_t ne)
+                                double *const *sc, double *acc, double *along, size_t i0, size_t ne)
 {
     size_t C = m->n_out, last = m->n_layers - 1, low = m->weight[0];
     pk_gemm_mode mode = t->queries ? PK_GEMM_ROWS : PK_GEMM_ONE;
     #define AT(k) (buf[k] ? buf[k] + i0 * C * m->layer[k].out : sc[k])
     const pk_layer *top = &m->layer[last];
     top->ops->backward_unit(top, w, AT(last - 1), ne); /* d f_c / d (its input): row c of its W */
+    if (t->dir) { /* rows at w + at[i] dir: and of at[i] dir's */
+        top->ops->backward_unit(top, t->dir, along, ne);
+        add_along(AT(last - 1), along, t->at + i0, ne, C, top->in);
+    }
     /* as pk_model_backward: deltas to every slot read (those of layers from
      * `low` on), written by the last reader, added by the others */
     for (size_t k = last - 1; k > low; k--) {
@@ -661,6 +731,11 @@ static void output_deltas_piece(const pk_model *m, const double *w, const pk_tap
         if (l->src <= low) continue;
         double *gx = l->acc ? acc : AT(l->src - 1);
         l->ops->backward(l, w, pk_tape_in(t, k) + i0 * l->in, t->y[k] + i0 * l->out, AT(k), gx, ne, C, mode);
+        if (t->dir && l->n_w) {
+            l->ops->backward(l, t->dir, pk_tape_in(t, k) + i0 * l->in, t->y[k] + i0 * l->out, AT(k), along, ne, C,
+                             mode);
+            add_along(gx, along, t->at + i0, ne, C, l->in);
+        }
         if (l->ops == &pk_dropout_ops && t->train && l->p > 0) apply_mask(t->mask[k] + i0 * l->out, gx, ne, C, l->out);
         if (l->acc) add_to(AT(l->src - 1), gx, ne * C * l->in);
     }
@@ -692,6 +767,10 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
     }
     /* pieces of a fixed number of examples (never of the thread count) */
     size_t E = PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1, pieces = (n + E - 1) / E, sc_len = E * C * acc;
+    size_t along = 0; /* rows at weights of their own: the dir part of a layer's deltas (E C, widest in) */
+    for (size_t l = 0; t->dir && l < m->n_weight; l++)
+        along = pk_model_weight(m, l)->in > along ? pk_model_weight(m, l)->in : along;
+    sc_len += E * C * along;
     for (size_t k = 0; k < last; k++) sc_len += need[k] ? E * C * need[k] : 0;
     int fail = 0;
     #pragma omp parallel if (pieces > 1 && n * C * wmax >= PK_PAR_MIN)
@@ -707,10 +786,11 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
             else if (k) sc[k] = sc[k - 1]; /* in place: its input's */
         }
         double *acc_sc = scratch ? scratch + off : NULL; /* (E C, acc) */
+        double *along_sc = scratch ? scratch + off + E * C * acc : NULL; /* (E C, along) */
         #pragma omp for schedule(dynamic, 1)
         for (size_t p = 0; p < pieces; p++)
             if (scratch || !sc_len)
-                output_deltas_piece(m, w, t, buf, sc, acc_sc, p * E, n - p * E < E ? n - p * E : E);
+                output_deltas_piece(m, w, t, buf, sc, acc_sc, along_sc, p * E, n - p * E < E ? n - p * E : E);
         free(scratch);
     }
     return fail ? PK_ERR_NOMEM : PK_OK;

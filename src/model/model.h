@@ -73,8 +73,9 @@ struct pk_layer {
     size_t b_off;
     double sw, sb;
     pk_param param;
-    /* activations */
+    /* activations (leaky_relu: its slope for z <= 0) */
     pk_act act;
+    double slope;
     /* spatial layers: input (c_in, h_in, w_in), output (c_out, h_out,
      * w_out); conv2d and pooling windows kh x kw, stride, zero padding
      * (conv2d: W (c_out, c_in, kh, kw) at w_off, as nn.Conv2d; then c) */
@@ -107,6 +108,7 @@ struct pk_model {
     pk_param param;
     double sigma_w, sigma_b;
     pk_act act;                           /* the activation an mlp spec named   */
+    double act_slope;                     /* its slope, leaky_relu               */
     size_t in_c, in_h, in_w;              /* the input's (C, H, W); (n_in, 1, 1) when flat */
     int layered;                          /* built from a layer sequence, not mlp:/linear */
     int graph;                            /* has residual blocks or dropout: spec kept in text */
@@ -142,7 +144,17 @@ typedef struct pk_tape {
     uint64_t seed, step;                /* the run's seed, the step           */
     const uint32_t *idx;                /* (n) the rows' training examples; NULL: 0..n-1 */
     double *mask[PK_MAX_MODEL_LAYERS];  /* dropout layers: (cap, out) the masks drawn */
+    /* rows at weights of their own (the exact rule's nodes, MATH.md section
+     * 12): with dir set, row i runs at w + at[i] dir, every layer with
+     * parameters as F_w + at[i] F_dir (each is linear in its parameters) */
+    const double *dir;                  /* (P) or NULL                          */
+    const double *at;                   /* (n)                                  */
+    double *dtmp;                       /* (cap C, widest in or out) scratch of dir */
 } pk_tape;
+
+/* Rows of t at w + at[i] dir from now on (dir NULL: all at w); allocates
+ * the scratch. */
+pk_status pk_tape_along(pk_tape *t, const pk_model *m, const double *dir, const double *at);
 
 pk_tape *pk_tape_new(const pk_model *m, size_t cap);
 /* Values a tape keeps per example: every layer's output, and its deltas

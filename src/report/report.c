@@ -258,7 +258,7 @@ static void fig_loss(pk_sb *b, pk_run *run)
 
 /* ------------------------------------------------ (b) representation check */
 
-static void fig_representation(pk_sb *b, const pk_explain *e, const pk_quad *quad)
+static void fig_representation(pk_sb *b, const pk_explain *e, const pk_quad *quad, const pk_model *m)
 {
     size_t n = e->Q * e->C;
     double *x = pk_alloc(n ? n : 1, sizeof *x), *y = pk_alloc(n ? n : 1, sizeof *y), *r = pk_alloc(n ? n : 1, sizeof *r);
@@ -297,13 +297,14 @@ static void fig_representation(pk_sb *b, const pk_explain *e, const pk_quad *qua
     snprintf(t, sizeof t, "max |residual| = %.3g   relative = %.3g   (%s)", e->max_abs_err, e->max_rel_err, quad->name);
     text(b, 450, 370, "middle", 14, t);
     pk_sb cap = {0};
+    char why[768];
     pk_sb_printf(&cap, "Left: each point is one output of one query: the network's prediction against the kernel "
                        "machine's, the prediction at initialisation b(x) plus the exact contributions "
                        "&phi;<sub>i</sub>(x) of all %zu training examples%s, integrated along the %zu steps with the "
                        "<b>%s</b> rule. Right: their difference (the quadrature error; units of the outputs). "
-                       "<b>max abs error %.3g, relative %.3g</b> (relative to max |f(x; w_T) - b(x)|).",
+                       "<b>max abs error %.3g, relative %.3g</b> (relative to max |f(x; w_T) - b(x)|). Why: %s.",
                  e->N, reg > 0 ? " and the weight-decay term" : "",
-                 e->steps, quad->name, e->max_abs_err, e->max_rel_err);
+                 e->steps, quad->name, e->max_abs_err, e->max_rel_err, pk_quad_why(quad, m, e->pieces, why, sizeof why));
     figure_close(b, cap.s ? cap.s : "");
     pk_sb_free(&cap);
     free(x); free(y); free(r);
@@ -1425,7 +1426,7 @@ pk_status pk_report_write(pk_run *run, const pk_report_opts *o, const char *path
                  e.seconds);
 
     fig_loss(&b, run);
-    fig_representation(&b, &e, &o->quad);
+    fig_representation(&b, &e, &o->quad, pk_run_model(run));
     if (conv) fig_convergence(&b, conv, o->convergence);
     if (!s) s = fig_kernel(&b, run, &o->quad, &e, train, &q, ncls, qcls, o->heat_train ? o->heat_train : 1,
                            o->heat_query ? o->heat_query : 1);

@@ -97,3 +97,19 @@ def traj_batches(path):
     """(lr (T), the batch of every step, N) of a run's trajectory.bin."""
     tr = read_traj(path)
     return tr["lr"], batches(tr), tr["N"]
+
+
+def target_np(target, F, y):
+    """g of the logits F (n, C) with labels y, written out in numpy."""
+    n = F.shape[0]
+    if target.startswith("output:"):
+        return F[:, int(target[7:])]
+    lab = F[np.arange(n), y]
+    if target == "label":
+        return lab
+    if target == "margin":
+        other = F.copy()
+        other[np.arange(n), y] = -np.inf
+        return lab - other.max(axis=1)
+    m = F.max(axis=1)
+    return m + np.log(np.exp(F - m[:, None]).sum(axis=1)) - lab   # cross-entropy

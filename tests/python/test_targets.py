@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import SOURCE_DIR  # noqa: E402
-from pkutil import load_weights, pk, pk_run, rel_err, traj_batches  # noqa: E402
+from pkutil import load_weights, pk, pk_run, rel_err, target_np, traj_batches  # noqa: E402
 
 torch.set_num_threads(1)
 DIGITS = SOURCE_DIR / "data" / "digits.csv.gz"
@@ -40,22 +40,6 @@ def forward_np(layers, X):
         if i + 1 < len(layers):
             h = np.tanh(h)
     return h
-
-
-def target_np(target, F, y):
-    """g of the logits F (n, C) with labels y, written out in numpy."""
-    n = F.shape[0]
-    if target.startswith("output:"):
-        return F[:, int(target[7:])]
-    lab = F[np.arange(n), y]
-    if target == "label":
-        return lab
-    if target == "margin":
-        other = F.copy()
-        other[np.arange(n), y] = -np.inf
-        return lab - other.max(axis=1)
-    m = F.max(axis=1)
-    return m + np.log(np.exp(F - m[:, None]).sum(axis=1)) - lab   # cross-entropy
 
 
 @pytest.fixture(scope="module")
