@@ -155,6 +155,8 @@ static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const
     if (batch_kernel) b += (double)B * (double)(C * sd);          /* batch deltas     */
     b += (double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd); /* query tape, deltas */
     b += 2.0 * (double)Qb * (double)C * (double)B + (double)Qb * (double)B; /* S, D, A */
+    b += (double)Qb * (double)(d + 2 * C + 4);                    /* rows: X, Y, R, at, f, q, grp */
+    b += (double)Qb * (double)(C * sd);                           /* rows at their own nodes: dtmp */
     if (batch_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
     b *= sizeof(double);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
