@@ -289,7 +289,7 @@ static pk_status kink_split(const pk_model *m, size_t k, kstate *st)
             n = 0;
         }
         /* ascending, without repeats or cuts at the ends */
-        qsort(c, n, sizeof *c, cmp_double);
+        if (n) qsort(c, n, sizeof *c, cmp_double);
         size_t u = 0;
         double last = st->a[r];
         for (size_t i = 0; i < n; i++)
@@ -604,7 +604,7 @@ pk_status pk_nodes_target(pk_nodes *nd, const pk_model *m, const pk_target *g, c
         if (s) break;
         /* the rows of a query without a change, as they were */
         if (!nc && !own[i]) { nw.u[nw.nu++] = (uint32_t)i; continue; }
-        qsort(cut, nc, sizeof *cut, cmp_double);
+        if (nc) qsort(cut, nc, sizeof *cut, cmp_double);
         nw.pieces += nc;
         size_t need = nw.R + (first[i + 1] - first[i] + nc) * K;
         if (!grow((void **)&nw.re, &nw.cap_r, need, sizeof *nw.re) ||
