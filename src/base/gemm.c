@@ -11,7 +11,6 @@
 #include <omp.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 
 /* Pieces of C along its longer side. Splitting the rows re-packs op(B) once
  * per piece, splitting the columns re-packs op(A): the same M*N*K/PIECE extra
@@ -128,25 +127,4 @@ void pk_gemm_by(pk_gemm_mode mode, int trans_a, int trans_b, size_t M, size_t N,
     if (mode == PK_GEMM_ROWS) pk_gemm_rows(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else if (mode == PK_GEMM_SPLIT) pk_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else pk_gemm_tile(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-/* Transparent huge pages (2 MiB) for large matrices: a 32 MB kernel takes
- * 16 page faults instead of 8,000, and is freed as fast (measured: 15% of
- * the CPU time of `pathkernel kernel` for 200 x 200 x 10 x 10 went to page
- * faults and freeing with 4 KiB pages). Only a hint: where THP is off, these
- * are plain pages. */
-#define HUGE_PAGE ((size_t)2 << 20)
-
-void *pk_alloc_big(size_t n, size_t size)
-{
-    if (size && n > SIZE_MAX / size) return pk_alloc(n, size); /* its error */
-    size_t bytes = n * size;
-    if (bytes < 2 * HUGE_PAGE) return pk_alloc(n, size);
-    size_t round = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-    void *p = aligned_alloc(HUGE_PAGE, round);
-    if (!p) return pk_alloc(n, size);
-#ifdef MADV_HUGEPAGE
-    madvise(p, round, MADV_HUGEPAGE);
-#endif
-    return p;
 }
