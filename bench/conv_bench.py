@@ -34,7 +34,7 @@ avg-pool 2, dense 120, tanh, dense 84, tanh, dense 10; 61,706 parameters).
     forward + cross-entropy + backward + SGD step, data already in memory),
     same thread count (torch.set_num_threads and OpenBLAS's).
 
-Run:  /usr/bin/python3 bench/conv_bench.py [--repeats 3] [--threads 1,2] [--steps 96]
+Run:  /usr/bin/python3 bench/conv_bench.py [--repeats 3] [--threads 1,2] [--steps 96] [--only kernel|train]
 Writes bench/results/conv_bench.json.
 """
 import argparse
@@ -261,6 +261,7 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=96)
     ap.add_argument("--skip-vps", action="store_true", help="leave out functorch's NTK-vector products")
+    ap.add_argument("--only", choices=("kernel", "train"), help="run one part only: (i) kernel or (ii) train")
     ap.add_argument("--pathkernel", default=str(pathlib.Path(os.environ.get("PK_BUILD", HERE.parent / "build")) / "pathkernel"))
     ap.add_argument("--out", default=str(HERE / "results" / "conv_bench.json"))
     args = ap.parse_args()
@@ -292,7 +293,7 @@ def main():
         X = torch.from_numpy(Xtr[:N].reshape(N, 1, 28, 28))
         Y = torch.from_numpy(Xte.reshape(N, 1, 28, 28))
         flops = pk_kernel_flops(N, N)
-        for n in threads:
+        for n in (threads if args.only != "train" else []):
             set_threads(n, blas)
             rec = {k: [] for k in ("pathkernel", "pathkernel_cpu", "functorch_jac", "torch_per_example",
                                    "torch_structured", "functorch_vps_scaled")}
@@ -337,7 +338,7 @@ def main():
 
         # (ii) training
         Xt, Yt = torch.from_numpy(Xtr.reshape(2000, 1, 28, 28)), torch.from_numpy(ytr)
-        for n in threads:
+        for n in (threads if args.only != "kernel" else []):
             set_threads(n, blas)
             pkw, pkc, th = [], [], []
             for r in range(R):

@@ -56,69 +56,81 @@ void pk_gemm_tile(int trans_a, int trans_b, size_t M, size_t N, size_t K, double
     if (nt > 1) omp_set_num_threads(nt);
 }
 
-/* Row tiles of a fixed shape. A BLAS kernel computes a row of C differently
- * depending on the call's shape: Haswell's treats the rows past the last
- * multiple of 4 apart, SkylakeX's switches to its small-matrix kernel below
- * M N K = 1e6 and, above, a row's bits depend on its place in a panel of 16
- * (all measured with Debian's OpenBLAS 0.3.21). Calls of exactly 8 rows
- * give every row the same bits wherever it sits on every kernel measured
+/* Row tiles. A BLAS kernel computes a row of C differently depending on
+ * the call's shape: Haswell's treats the rows past the last multiple of 4
+ * apart, SkylakeX's switches to its small-matrix kernel below M N K = 1e6
+ * and, above, a row's bits depend on its place in a panel of 16 (all
+ * measured with Debian's OpenBLAS 0.3.21). Calls of exactly 8 rows give
+ * every row the same bits wherever it sits on every kernel measured
  * (Haswell, SkylakeX, Cooperlake, Zen, Sandybridge, Nehalem, Core2,
- * Prescott, Atom), calls of 32 rows on all of them but SkylakeX and
- * Cooperlake: so tiles are 32 rows on those (fewer copies of the other
- * operand: attribute 25% faster on Haswell's kernel than with 8) and 8 on
- * every other kernel. Either way a query's result never depends on which
- * others share its call. */
-static size_t row_tile(void)
+ * Prescott, Atom); on all of them but SkylakeX and Cooperlake so do calls of
+ * any multiple of 32 rows up to 256, and a row's bits are the same in all
+ * such calls. So on those kernels a call takes up to 256 rows (a multiple of
+ * 32: fewer copies of the other operand, which the kernel packs once per
+ * call) and on SkylakeX and Cooperlake exactly 8. Either way a query's
+ * result never depends on which others share its call, nor on the thread
+ * count. row_unit: the multiple a call's rows come in. */
+static size_t row_unit(void)
 {
     static const char *const wide[] = {"haswell", "zen", "sandybridge", "nehalem", "core2", "prescott", "atom"};
-    static size_t tile;
-    size_t t;
+    static size_t unit;
+    size_t u;
     #pragma omp atomic read
-    t = tile;
-    if (t) return t;
+    u = unit;
+    if (u) return u;
     const char *core = openblas_get_corename();
-    t = 8;
+    u = 8;
     for (size_t i = 0; core && i < sizeof wide / sizeof *wide; i++)
-        if (!strcasecmp(core, wide[i])) t = 32;
+        if (!strcasecmp(core, wide[i])) u = 32;
     #pragma omp atomic write
-    tile = t;
-    return t;
+    unit = u;
+    return u;
 }
 
 void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha, const double *A,
                   size_t lda, const double *B, size_t ldb, double beta, double *C, size_t ldc)
 {
     if (!M || !N) return;
-    const size_t tile = row_tile();
+    const size_t unit = row_unit();
+    int may_par = !omp_in_parallel() && (double)M * (double)N * (double)K >= 1e6;
+    size_t nt = may_par ? (size_t)omp_get_max_threads() : 1;
+    /* rows per call: 8 on SkylakeX and Cooperlake; else a multiple of 32, at
+     * most 256, and small enough that every thread gets a call */
+    size_t tile = unit;
+    if (unit == 32) {
+        size_t share = (M + nt - 1) / nt;
+        tile = (share + unit - 1) / unit * unit;
+        if (tile > 256) tile = 256;
+    }
     size_t tiles = (M + tile - 1) / tile;
-    int par = tiles > 1 && !omp_in_parallel() && (double)M * (double)N * (double)K >= 1e6;
-    int nt = !par && !omp_in_parallel() ? omp_get_max_threads() : 1;
-    if (nt > 1) omp_set_num_threads(1); /* one BLAS thread per call, as in pk_gemm */
+    int par = may_par && tiles > 1;
+    int ntb = !par && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    if (ntb > 1) omp_set_num_threads(1); /* one BLAS thread per call, as in pk_gemm */
     CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
     #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (size_t p = 0; p < tiles; p++) {
-        size_t r0 = p * tile, r = M - r0 < tile ? M - r0 : tile;
+        size_t r0 = p * tile, r = M - r0 < tile ? M - r0 : tile, rr = (r + unit - 1) / unit * unit;
         const double *a = trans_a ? A + r0 : A + r0 * lda;
         double *c = C + r0 * ldc;
-        /* the last, short tile through zero-padded copies of its rows */
-        double *ap = r < tile ? calloc(tile * K + tile * N, sizeof(double)) : NULL;
+        /* a tile of rr > r rows: through zero-padded copies of its rows */
+        double *ap = rr > r ? calloc(rr * K + rr * N, sizeof(double)) : NULL;
         if (!ap) { /* a whole tile, or (out of memory) the short one as it is */
             cblas_dgemm(CblasRowMajor, ta, tb, (int)r, (int)N, (int)K, alpha, a, (int)lda, B, (int)ldb, beta, c,
                         (int)ldc);
             continue;
         }
-        double *cp = ap + tile * K; /* (tile, N) */
+        double *cp = ap + rr * K; /* (rr, N) */
         for (size_t i = 0; i < r; i++) {
-            for (size_t k = 0; k < K; k++) /* op(A)'s row i: (tile, K), or (K, tile) transposed */
-                ap[trans_a ? k * tile + i : i * K + k] = trans_a ? a[k * lda + i] : a[i * lda + k];
+            for (size_t k = 0; k < K; k++) /* op(A)'s row i: (rr, K), or (K, rr) transposed */
+                ap[trans_a ? k * rr + i : i * K + k] = trans_a ? a[k * lda + i] : a[i * lda + k];
             if (beta != 0.0) memcpy(cp + i * N, c + i * ldc, N * sizeof *cp);
         }
-        cblas_dgemm(CblasRowMajor, ta, tb, (int)tile, (int)N, (int)K, alpha, ap, (int)(trans_a ? tile : K), B,
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)rr, (int)N, (int)K, alpha, ap, (int)(trans_a ? rr : K), B,
                     (int)ldb, beta, cp, (int)N);
         for (size_t i = 0; i < r; i++) memcpy(c + i * ldc, cp + i * N, N * sizeof *cp);
         free(ap);
     }
-    if (nt > 1) omp_set_num_threads(nt);
+    if (ntb > 1) omp_set_num_threads(ntb);
 }
 
 void pk_gemm_by(pk_gemm_mode mode, int trans_a, int trans_b, size_t M, size_t N, size_t K, double alpha,

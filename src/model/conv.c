@@ -141,37 +141,54 @@ static void conv_backward(const pk_layer *l, const double *w, const double *x, c
     if (fail) pk_fail(PK_ERR_NOMEM, "out of memory in a conv2d layer's backward pass");
 }
 
-/* Examples per chunk of the gradient's product: about 4 MB of patches (a
+/* Examples per chunk of the gradient's product: about 1 MB of patches (a
  * fixed number, so the sum's order never depends on the thread count). */
 static size_t chunk_examples(const pk_layer *l)
 {
     size_t per = positions(l) * patch_len(l);
-    return per >= ((size_t)1 << 19) ? 1 : ((size_t)1 << 19) / per;
+    return per >= ((size_t)1 << 17) ? 1 : ((size_t)1 << 17) / per;
 }
 
 /* dW (c_out, d) = scale sw sum_i gy_i (c_out, T) col_i^T (T, d); dc = scale
- * sb sum_i sum_t gy_i: a chunk's patches side by side (d, E T) and its
- * deltas (c_out, E T), one product per chunk, chunks added in order. */
+ * sb sum_i sum_t gy_i: per chunk its patches side by side (d, E T) and its
+ * deltas (c_out, E T), one product per chunk; the chunks go to the threads
+ * whole and their products are added in chunk order. */
 static void conv_grad(const pk_layer *l, const double *x, const double *gy, size_t n, double scale, double *g)
 {
-    size_t T = positions(l), d = patch_len(l), p = l->c_out, E = chunk_examples(l);
+    size_t T = positions(l), d = patch_len(l), p = l->c_out, E = chunk_examples(l), chunks = (n + E - 1) / E;
+    size_t nw = p * d;
     double *gc = g + (l->b_off - l->w_off);
-    double *col = pk_scratch(1, d * E * T), *G = pk_scratch(2, p * E * T); /* (d, E T), (p, E T) */
-    memset(g, 0, l->n_w * sizeof *g);
-    if (!col || !G) {
+    double *part = pk_alloc(chunks ? chunks : 1, nw * sizeof *part); /* (chunks, c_out d) */
+    int fail = !part;
+    #pragma omp parallel if (!fail && chunks > 1 && n * T * d * p >= PK_PAR_MIN)
+    {
+        double *col = pk_scratch(1, d * E * T), *G = pk_scratch(2, p * E * T); /* (d, E T), (p, E T) */
+        if (!col || !G) {
+            #pragma omp atomic write
+            fail = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (size_t c = 0; c < chunks; c++) {
+            if (!col || !G) continue;
+            size_t i0 = c * E, ne = n - i0 < E ? n - i0 : E;
+            for (size_t i = 0; i < ne; i++) {
+                im2col(l, x + (i0 + i) * l->in, col + i * T, ne * T);
+                for (size_t k = 0; k < p; k++)
+                    memcpy(G + k * ne * T + i * T, gy + (i0 + i) * l->out + k * T, T * sizeof *G);
+            }
+            pk_gemm_tile(0, 1, p, d, ne * T, scale * l->sw, G, ne * T, col, ne * T, 0.0, part + c * nw, d);
+        }
+    }
+    if (fail) {
+        free(part);
         for (size_t k = 0; k < l->n_w; k++) g[k] = NAN;
         pk_fail(PK_ERR_NOMEM, "out of memory in a conv2d layer's gradient");
         return;
     }
-    for (size_t i0 = 0; i0 < n; i0 += E) {
-        size_t ne = n - i0 < E ? n - i0 : E;
-        #pragma omp parallel for schedule(static) if (ne * T * d >= PK_PAR_MIN)
-        for (size_t i = 0; i < ne; i++) {
-            im2col(l, x + (i0 + i) * l->in, col + i * T, ne * T);
-            for (size_t k = 0; k < p; k++) memcpy(G + k * ne * T + i * T, gy + (i0 + i) * l->out + k * T, T * sizeof *G);
-        }
-        pk_gemm(0, 1, p, d, ne * T, scale * l->sw, G, ne * T, col, ne * T, 1.0, g, d);
-    }
+    memset(g, 0, nw * sizeof *g);
+    for (size_t c = 0; c < chunks; c++)
+        for (size_t k = 0; k < nw; k++) g[k] += part[c * nw + k];
+    free(part);
     for (size_t k = 0; k < p; k++) {
         double sum = 0;
         for (size_t i = 0; i < n; i++)
