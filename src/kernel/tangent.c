@@ -5,6 +5,7 @@
  * fused, tiled version (below). */
 #include "kernel/kernel.h"
 
+#include <omp.h>
 #include <string.h>
 
 pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *deltas, int trace)
@@ -32,6 +33,8 @@ void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, doub
                      double *A, double *D)
 {
     size_t nx = x->n, ny = y->n, rx = x->rows, ry = y->rows, L = m->n_weight, cols = ny * ry;
+    /* zeroed by the threads: large blocks are first touched here */
+    #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN && !omp_in_parallel())
     for (size_t i = 0; i < nx; i++)
         for (size_t kx = 0; kx < rx; kx++)
             if (!pairs) memset(S + ((i * rx + kx) * ldy) * ry, 0, cols * sizeof *S);

@@ -420,9 +420,9 @@ static void pool_backward(const pk_layer *l, const double *w, const double *x, c
     int max = l->ops == &pk_maxpool_ops;
     size_t H = l->h_in, W = l->w_in, ho = l->h_out, wo = l->w_out, s = l->stride, C = l->c_in, rows = n * per;
     double inv = 1.0 / (double)(l->kh * l->kw);
-    memset(gx, 0, rows * l->in * sizeof *gx);
     #pragma omp parallel for schedule(static) if (rows * l->in >= PK_PAR_MIN)
-    for (size_t r = 0; r < rows; r++)
+    for (size_t r = 0; r < rows; r++) {
+        memset(gx + r * l->in, 0, l->in * sizeof *gx); /* each thread first touches its own rows */
         for (size_t c = 0; c < C; c++) {
             const double *xp = x + (r / per * C + c) * H * W, *gp = gy + (r * C + c) * ho * wo;
             double *g = gx + (r * C + c) * H * W;
@@ -443,6 +443,7 @@ static void pool_backward(const pk_layer *l, const double *w, const double *x, c
                             for (size_t b = 0; b < l->kw; b++) g[at + a * W + b] += v * inv;
                 }
         }
+    }
 }
 
 const pk_layer_ops pk_avgpool_ops = {.kind = "avgpool", .forward = pool_forward, .backward = pool_backward};
