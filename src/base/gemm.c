@@ -109,25 +109,32 @@ void pk_gemm_rows(int trans_a, int trans_b, size_t M, size_t N, size_t K, double
     CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
     #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (size_t p = 0; p < tiles; p++) {
-        size_t r0 = p * tile, r = M - r0 < tile ? M - r0 : tile, rr = (r + unit - 1) / unit * unit;
+        size_t r0 = p * tile, r = M - r0 < tile ? M - r0 : tile, q = r / unit * unit; /* q rows called as they are */
         const double *a = trans_a ? A + r0 : A + r0 * lda;
         double *c = C + r0 * ldc;
-        /* a tile of rr > r rows: through zero-padded copies of its rows */
-        double *ap = rr > r ? calloc(rr * K + rr * N, sizeof(double)) : NULL;
-        if (!ap) { /* a whole tile, or (out of memory) the short one as it is */
-            cblas_dgemm(CblasRowMajor, ta, tb, (int)r, (int)N, (int)K, alpha, a, (int)lda, B, (int)ldb, beta, c,
+        if (q)
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)q, (int)N, (int)K, alpha, a, (int)lda, B, (int)ldb, beta, c,
+                        (int)ldc);
+        if (q == r) continue;
+        /* the last r - q < unit rows: through zero-padded copies (unit rows) */
+        size_t rest = r - q;
+        a = trans_a ? a + q : a + q * lda;
+        c += q * ldc;
+        double *ap = calloc(unit * K + unit * N, sizeof(double));
+        if (!ap) { /* out of memory: the short call as it is */
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)rest, (int)N, (int)K, alpha, a, (int)lda, B, (int)ldb, beta, c,
                         (int)ldc);
             continue;
         }
-        double *cp = ap + rr * K; /* (rr, N) */
-        for (size_t i = 0; i < r; i++) {
-            for (size_t k = 0; k < K; k++) /* op(A)'s row i: (rr, K), or (K, rr) transposed */
-                ap[trans_a ? k * rr + i : i * K + k] = trans_a ? a[k * lda + i] : a[i * lda + k];
+        double *cp = ap + unit * K; /* (unit, N) */
+        for (size_t i = 0; i < rest; i++) {
+            for (size_t k = 0; k < K; k++) /* op(A)'s row i: (unit, K), or (K, unit) transposed */
+                ap[trans_a ? k * unit + i : i * K + k] = trans_a ? a[k * lda + i] : a[i * lda + k];
             if (beta != 0.0) memcpy(cp + i * N, c + i * ldc, N * sizeof *cp);
         }
-        cblas_dgemm(CblasRowMajor, ta, tb, (int)rr, (int)N, (int)K, alpha, ap, (int)(trans_a ? rr : K), B,
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)unit, (int)N, (int)K, alpha, ap, (int)(trans_a ? unit : K), B,
                     (int)ldb, beta, cp, (int)N);
-        for (size_t i = 0; i < r; i++) memcpy(c + i * ldc, cp + i * N, N * sizeof *cp);
+        for (size_t i = 0; i < rest; i++) memcpy(c + i * ldc, cp + i * N, N * sizeof *cp);
         free(ap);
     }
     if (ntb > 1) omp_set_num_threads(ntb);
