@@ -22,8 +22,11 @@ avg-pool 2, dense 120, tanh, dense 84, tanh, dense 10; 61,706 parameters).
                         autograd, im2col by F.unfold, form A per conv layer
                         (per-example gradients G^T P, one product over pairs) and
                         (delta delta^T) o (a a^T) per dense layer.
-    Every result is checked against pathkernel's. Each method runs REPEATS
-    times interleaved; medians. CPU time over wall time for pathkernel. The
+    Every result is checked against pathkernel's. pathkernel runs REPEATS
+    times; each PyTorch method runs in a process of its own (so that no other
+    method's memory or threads disturb it: functorch's churn made the
+    structured formula 1.7 times slower when they shared one), one untimed
+    first call and then REPEATS timed calls; medians. CPU time over wall time for pathkernel. The
     GEMM part: the multiply-adds of pathkernel's products (counted below) over
     its time, against this machine's DGEMM peak (best 2000^3 product with
     the same threads).
@@ -38,6 +41,7 @@ Run:  /usr/bin/python3 bench/conv_bench.py [--repeats 3] [--threads 1,2] [--step
 Writes bench/results/conv_bench.json.
 """
 import argparse
+import json
 import os
 import pathlib
 import resource
@@ -255,6 +259,32 @@ def read_batches(run):
     return batches(read_traj(pathlib.Path(run) / "trajectory.bin"))
 
 
+def child(args):
+    """One PyTorch method alone in this process: an untimed first call (its
+    result saved for the check), then REPEATS timed calls; prints the
+    seconds as JSON."""
+    blas, _ = openblas_handle()
+    set_threads(int(args.threads), blas)
+    work = pathlib.Path(args.work)
+    net = lenet(work / "wT")
+    X, Y = torch.from_numpy(np.load(work / "x.npy")), torch.from_numpy(np.load(work / "y.npy"))
+    fn = {"functorch_jac": functorch_jac, "torch_per_example": torch_per_example,
+          "torch_structured": torch_structured}[args.child]
+    _, K = fn(net, X, Y)
+    np.save(work / f"K-{args.child}.npy", K)
+    print(json.dumps([fn(net, X, Y)[0] for _ in range(args.repeats)]))
+
+
+def in_child(method, work, n, repeats):
+    """Seconds of REPEATS calls of a PyTorch method in a fresh process (so
+    that no other method's memory or threads disturb it) and its result."""
+    p = subprocess.run([sys.executable, __file__, "--child", method, "--work", str(work), "--threads", str(n),
+                        "--repeats", str(repeats)], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"conv_bench: {method} failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), np.load(work / f"K-{method}.npy")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -264,7 +294,11 @@ def main():
     ap.add_argument("--only", choices=("kernel", "train"), help="run one part only: (i) kernel or (ii) train")
     ap.add_argument("--pathkernel", default=str(pathlib.Path(os.environ.get("PK_BUILD", HERE.parent / "build")) / "pathkernel"))
     ap.add_argument("--out", default=str(HERE / "results" / "conv_bench.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
     exe = pathlib.Path(args.pathkernel)
     if not exe.is_file():
         sys.exit(f"conv_bench: {exe} not found: build first or pass --pathkernel")
@@ -304,17 +338,14 @@ def main():
                                               "--threads", str(n), "--out", str(work / "K.npy")])
                 rec["pathkernel"].append(wall)
                 rec["pathkernel_cpu"].append(cpu)
-                Kpk = np.load(work / "K.npy")
-                for name, fn in (("functorch_jac", lambda: functorch_jac(net, X, Y)),
-                                 ("torch_per_example", lambda: torch_per_example(net, X, Y)),
-                                 ("torch_structured", lambda: torch_structured(net, X, Y))):
-                    s, K = fn()
-                    rec[name].append(s)
-                    errs[name] = rel_diff(K, Kpk)
-                if not args.skip_vps and r == 0:
-                    s, K = functorch_ntk_vps(net, X, Y, VPS_ROWS)
-                    rec["functorch_vps_scaled"].append(s * N / VPS_ROWS)
-                    errs["functorch_vps"] = rel_diff(K, Kpk[:VPS_ROWS])
+            Kpk = np.load(work / "K.npy")
+            for name in ("functorch_jac", "torch_per_example", "torch_structured"):
+                rec[name], K = in_child(name, work, n, R)
+                errs[name] = rel_diff(K, Kpk)
+            if not args.skip_vps:
+                s, K = functorch_ntk_vps(net, X, Y, VPS_ROWS)
+                rec["functorch_vps_scaled"].append(s * N / VPS_ROWS)
+                errs["functorch_vps"] = rel_diff(K, Kpk[:VPS_ROWS])
             m = {k: med(v) for k, v in rec.items() if v}
             best_fn = min(m["functorch_jac"], m.get("functorch_vps_scaled", float("inf")))
             best_torch = min(m["torch_per_example"], m["torch_structured"])
