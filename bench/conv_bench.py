@@ -26,10 +26,10 @@ avg-pool 2, dense 120, tanh, dense 84, tanh, dense 10; 61,706 parameters).
     times; each PyTorch method runs in a process of its own (so that no other
     method's memory or threads disturb it: functorch's churn made the
     structured formula 1.7 times slower when they shared one), one untimed
-    first call and then REPEATS timed calls; medians. CPU time over wall time for pathkernel. The
-    GEMM part: the multiply-adds of pathkernel's products (counted below) over
-    its time, against this machine's DGEMM peak (best 2000^3 product with
-    the same threads).
+    first call and then REPEATS timed calls; medians. CPU time over wall
+    time for pathkernel. The GEMM part: the multiply-adds of pathkernel's
+    products (counted below) over its time, against this machine's DGEMM
+    peak (best 2000^3 product with the same threads).
 
 (ii) Training LeNet-5 on the first 2,000 training images, sgd batch 64, lr
     0.1, STEPS steps: `pathkernel train` as a whole process against PyTorch's
