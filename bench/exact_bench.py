@@ -5,20 +5,22 @@ query and step.
 
   digits    mlp:64:relu on 1,000 noisy digits (data/digits.csv.gz, pixels / 16
             plus N(0, 0.25^2) noise, seed 0), sgd lr 0.1 batch 64, 300 steps;
-            verify on 100 queries with every rule; explain (the paper's kernel,
-            and the contribution kernel) with gl4 and exact, REPEATS times
-            interleaved, medians.
+            verify on 100 queries with every rule; explain (contributions
+            only, with the paper's kernel, with the contribution kernel) with
+            gl4 and exact, REPEATS times interleaved, medians.
   fashion   784-256-256-10 ReLU MLP, one sgd epoch (lr 0.1, batch 64, 157 steps)
             on the first 10,000 Fashion-MNIST training images; verify on the
-            first --queries test images with gl4 and exact.
+            first --queries (1,000) test images with gl4 and exact, then
+            explain's contributions (--no-kernel) with both, REPEATS times
+            interleaved, medians.
   lenet     the same data and steps with LeNet-5 on ReLU and max pooling
             (conv:6,5,pad=2;relu;maxpool:2;conv:16,5;relu;maxpool:2;flatten;
             dense:120;relu;dense:84;relu;dense); verify on --lenet-queries.
 
 usage: bench/exact_bench.py [--build DIR] [--work DIR] [--repeats R] [--queries Q]
                             [--lenet-queries Q] [--only digits,fashion,lenet]
-Timings are wall seconds of the CLI (2 threads unless --threads); the
-machine's load is printed with them.
+Timings are wall (and CPU) seconds of the CLI (2 threads unless --threads);
+the machine's load is printed with them.
 """
 import argparse
 import gzip
@@ -35,12 +37,32 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LENET = "conv:6,5,pad=2;relu;maxpool:2;conv:16,5;relu;maxpool:2;flatten;dense:120;relu;dense:84;relu;dense"
 
 
-def run(pk, *args):
-    t = time.time()
+def run(pk, *args, cpu=False):
+    t, c = time.time(), os.times()
     p = subprocess.run([str(pk)] + [str(a) for a in args], capture_output=True, text=True)
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(map(str, args))}: exit {p.returncode}\n{p.stderr}")
+    c2 = os.times()
+    if cpu:
+        return p.stdout, time.time() - t, (c2.children_user - c.children_user) + (c2.children_system - c.children_system)
     return p.stdout, time.time() - t
+
+
+def explain_times(pk, rund, query, first, threads, repeats, work, kernel):
+    """explain with gl4 and exact, interleaved, repeats times: medians of wall and CPU seconds."""
+    times = {q: ([], []) for q in ("gl4", "exact")}
+    kern = ["--no-kernel"] if kernel == "none" else ["--kernel", kernel]
+    for _ in range(repeats):
+        for q in ("gl4", "exact"):
+            _, sec, cpu = run(pk, "explain", rund, "--query", query, "--first", first, "--quad", q, *kern,
+                              "--threads", threads, "--out", work / f"e-{q}", cpu=True)
+            times[q][0].append(sec)
+            times[q][1].append(cpu)
+    med = {q: (statistics.median(w), statistics.median(c)) for q, (w, c) in times.items()}
+    g, e = med["gl4"], med["exact"]
+    print(f"explain {first} queries, kernel {kernel}: gl4 {g[0]:.2f} s wall / {g[1]:.2f} s CPU, exact {e[0]:.2f} s "
+          f"/ {e[1]:.2f} s (medians of {repeats}, interleaved; exact / gl4 = {e[0] / g[0]:.2f} wall, "
+          f"{e[1] / g[1]:.2f} CPU; load {load():.1f})")
 
 
 def verify(pk, rund, query, first, quad, threads):
@@ -70,19 +92,11 @@ def digits(pk, work, repeats, threads):
         v, sec = verify(pk, runD, data, 100, q, threads)
         extra = f" ({v['pieces']:.3f} pieces per query and step)" if "pieces" in v else ""
         print(f"| {q} | {v['max_rel_err']:.2e}{extra} | {sec:.2f} |")
-    for kernel in ("path", "path-batch"):
-        times = {"gl4": [], "exact": []}
-        for _ in range(repeats):
-            for q in ("gl4", "exact"):
-                _, sec = run(pk, "explain", runD, "--query", data, "--first", 100, "--quad", q, "--kernel", kernel,
-                             "--threads", threads, "--out", work / f"e-{q}")
-                times[q].append(sec)
-        g, e = statistics.median(times["gl4"]), statistics.median(times["exact"])
-        print(f"explain 100 queries --kernel {kernel}: gl4 {g:.2f} s, exact {e:.2f} s (median of {repeats}; "
-              f"exact / gl4 = {e / g:.2f}; load {load():.1f})")
+    for kernel in ("none", "path", "path-batch"):
+        explain_times(pk, runD, data, 100, threads, repeats, work, kernel)
 
 
-def fashion_like(pk, work, name, model, queries, threads):
+def fashion_like(pk, work, name, model, queries, threads, repeats=1):
     runF = work / f"{name}-run"
     if not runF.exists():
         run(pk, "train", "--data", "fashion-mnist:train", "--first", 10000, "--model", model, "--optim", "sgd",
@@ -96,6 +110,8 @@ def fashion_like(pk, work, name, model, queries, threads):
         extra = f", {v['pieces']:.3f} pieces per query and step, {v['piece_nodes']} nodes each" if "pieces" in v else ""
         print(f"  {q}: max relative error {v['max_rel_err']:.2e}, {sec:.1f} s{extra} (load {load():.1f})")
     print(f"  exact / gl4 time: {res['exact'][1] / res['gl4'][1]:.2f}")
+    if name != "lenet":
+        explain_times(pk, runF, "fashion-mnist:test", queries, threads, repeats, work, "none")
 
 
 def main():
@@ -103,7 +119,7 @@ def main():
     ap.add_argument("--build", default=str(ROOT / "build"))
     ap.add_argument("--work", default="/tmp/pk-exact-bench")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--lenet-queries", type=int, default=20)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--only", default="digits,fashion,lenet")
@@ -116,7 +132,7 @@ def main():
     if "digits" in only:
         digits(pk, work, a.repeats, a.threads)
     if "fashion" in only:
-        fashion_like(pk, work, "fashion", "mlp:256,256:relu", a.queries, a.threads)
+        fashion_like(pk, work, "fashion", "mlp:256,256:relu", a.queries, a.threads, a.repeats)
     if "lenet" in only:
         fashion_like(pk, work, "lenet", LENET, a.lenet_queries, a.threads)
 

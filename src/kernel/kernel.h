@@ -121,4 +121,27 @@ void pk_nodes_free(pk_nodes *nd);
 pk_status pk_nodes_target(pk_nodes *nd, const pk_model *m, const pk_target *g, const double *y, size_t ty,
                           const double *w, const double *D, const double *X, size_t n, pk_tape *t);
 
+/* ------------------------------- the exact rule, piece after piece (sweep.c) */
+
+/* The exact rule's contributions for a multilayer perceptron (MATH.md
+ * section 12): the first piece of a block of queries by products, then each
+ * query's walk along its pieces, changing at each kink what the flip
+ * changes. */
+typedef struct pk_sweep pk_sweep;
+/* Whether it serves: the exact rule, an MLP of relu, leaky_relu or identity
+ * with at least two layers, a target linear in the outputs (outputs,
+ * output, label), no contribution kernel (batch_kernel). */
+int pk_sweep_serves(const pk_model *m, const pk_quad *q, const pk_target *g, int batch_kernel);
+/* For blocks of at most cap queries against batches of at most nb; NULL
+ * when out of memory. */
+pk_sweep *pk_sweep_new(const pk_model *m, const pk_target *g, size_t cap, size_t nb);
+size_t pk_sweep_bytes(const pk_model *m, const pk_target *g, size_t cap, size_t nb);
+void pk_sweep_free(pk_sweep *sp);
+/* S (n, columns, nb) = integral over [0, 1] of <J_{x,k}(w + s D), g_i>
+ * for the n queries X (n, d) (targets y (n, ty)) and the batch's examples
+ * on the loss side tr (nb of them); *pieces: their pieces, all queries. */
+pk_status pk_sweep_step(pk_sweep *sp, const pk_model *m, const double *w, const double *D, const double *X,
+                        size_t n, const double *y, size_t ty, const pk_target *g, const pk_side *tr, size_t nb,
+                        double *S, double *pieces);
+
 #endif

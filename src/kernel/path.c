@@ -106,6 +106,7 @@ static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const
     b += (double)Qb * (double)(C * sd);                           /* rows at their own nodes: dtmp */
     if (batch_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
     b *= sizeof(double);
+    if (pk_sweep_serves(m, &o->quad, &o->target, batch_kernel)) b += (double)pk_sweep_bytes(m, &o->target, Qb, B);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
 }
 
@@ -188,18 +189,12 @@ typedef struct fwork {
     size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
 } fwork;
 
-/* phi_i(x)_k += f <J_{x,k}(node), g_i(t)> (and the contribution kernel)
- * for the n rows on w->qt: the rows of one query are consecutive and added
- * in order, the queries in parallel. */
-static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, const pk_side *train_loss,
-                     const pk_side *train_out, const uint32_t *idx, size_t nb, pk_explain *e)
+/* phi_i(x)_k += f S for the rows of w's groups ng (S (rows, C, nb): the
+ * rows' products with the batch idx): the rows of one query in order, the
+ * queries in parallel. */
+static void add_products(const fwork *w, size_t ng, const uint32_t *idx, size_t nb, pk_explain *e)
 {
-    size_t N = e->N, C = e->C, kr = kernel_rows(m, o), ng = 0;
-    for (size_t x = 0; x < n; x++)
-        if (!x || w->q[x] != w->q[x - 1]) w->grp[ng++] = x;
-    w->grp[ng] = n;
-    pk_side qs = pk_side_target(m, w->qt, w->dq, &o->target);
-    pk_side_product(m, &qs, train_loss, w->S, nb, 0, w->A, w->D);
+    size_t N = e->N, C = e->C, n = w->grp[ng];
     #pragma omp parallel for schedule(static) if (n * C * nb >= PK_PAR_MIN)
     for (size_t g = 0; g < ng; g++)
         for (size_t x = w->grp[g]; x < w->grp[g + 1]; x++) {
@@ -215,6 +210,21 @@ static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size
                 }
             }
         }
+}
+
+/* phi_i(x)_k += f <J_{x,k}(node), g_i(t)> (and the contribution kernel)
+ * for the n rows on w->qt: the rows of one query are consecutive and added
+ * in order, the queries in parallel. */
+static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, const pk_side *train_loss,
+                     const pk_side *train_out, const uint32_t *idx, size_t nb, pk_explain *e)
+{
+    size_t N = e->N, kr = kernel_rows(m, o), ng = 0;
+    for (size_t x = 0; x < n; x++)
+        if (!x || w->q[x] != w->q[x - 1]) w->grp[ng++] = x;
+    w->grp[ng] = n;
+    pk_side qs = pk_side_target(m, w->qt, w->dq, &o->target);
+    pk_side_product(m, &qs, train_loss, w->S, nb, 0, w->A, w->D);
+    add_products(w, ng, idx, nb, e);
     if (!o->want_kernel) return;
     /* K^c(x, x_i) += (eta/|B|) c_q J_x(node) J_{x_i}(w_t)^T (the outputs' target) */
     pk_side qk = pk_side_outputs(m, w->qt, w->dq, kr == 1);
@@ -265,11 +275,15 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     w.q = pk_alloc(Qb, sizeof *w.q);
     w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
     double *Dt = pk_alloc(P, sizeof *Dt); /* (P) D_t */
+    /* the exact rule of an MLP: each query's pieces walked in order (sweep.c) */
+    pk_sweep *sp = pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel) ?
+                   pk_sweep_new(m, &o->target, Qb, B) : NULL;
     pk_nodes nd;
     memset(&nd, 0, sizeof nd);
     pk_status s = PK_OK;
     if ((o->want_kernel && (!have_dB || !w.SK || !w.DK)) || !w.qt || !have_dq || !w.S || !w.D || !w.A || !w.X ||
-        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt)
+        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt ||
+        (!sp && pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel)))
         s = PK_ERR_NOMEM;
     *pieces = 0;
     pk_replay r = {0};
@@ -287,6 +301,21 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
             const double *yb = o->y ? o->y + q0 * ty : NULL;
+            if (sp) {
+                double pc = 0;
+                if ((s = pk_sweep_step(sp, m, r.w, Dt, Xq + q0 * d, nq, yb, ty, &o->target, &train_loss, nb, w.S,
+                                       &pc)))
+                    break;
+                *pieces += pc;
+                for (size_t x = 0; x < nq; x++) {
+                    w.q[x] = (uint32_t)(q0 + x);
+                    w.f[x] = -scale;
+                    w.grp[x] = x;
+                }
+                w.grp[nq] = nq;
+                add_products(&w, nq, idx, nb, e);
+                continue;
+            }
             if ((s = pk_nodes_step(&nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq))) break;
             if ((s = pk_nodes_target(&nd, m, &o->target, yb, ty, r.w, Dt, Xq + q0 * d, nq, w.qt))) break;
             *pieces += (double)nd.pieces;
@@ -333,6 +362,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     free(w.q); free(w.grp);
     free(Dt);
     pk_nodes_free(&nd);
+    pk_sweep_free(sp);
     return s;
 }
 

@@ -59,11 +59,15 @@ def test_verify_exact(tmp_path, optim, widths):
     assert gl8["max_rel_err"] > 1e3 * ex["max_rel_err"]
 
 
-def test_leaky_relu_adamw(tmp_path):
+@pytest.mark.parametrize("optim", ["adamw", "sgd"])
+def test_leaky_relu(tmp_path, optim):
+    """leaky_relu under AdamW (the backward sweep) and sgd (the walk along the pieces, sweep.c)."""
     data = noisy_digits(tmp_path)
     run = tmp_path / "run"
-    pk("train", "--data", data, "--model", "mlp:24,16:leaky_relu:0.2", "--optim", "adamw", "--lr", "0.01",
-       "--weight-decay", "0.01", "--batch", "32", "--steps", "40", "--out", run, "--quiet")
+    extra = ["--weight-decay", "0.01"] if optim == "adamw" else []
+    pk("train", "--data", data, "--model", "mlp:24,16:leaky_relu:0.2", "--optim", optim,
+       "--lr", "0.01" if optim == "adamw" else "0.1", *extra, "--batch", "32", "--steps", "40", "--out", run,
+       "--quiet")
     ex = verify(run, data, "exact")
     assert ex["max_rel_err"] <= 1e-11 and ex["pieces"] > 1.0
 
@@ -218,7 +222,11 @@ def integrate(F, cuts):
     return total
 
 
-def test_torch_reference(tmp_path):
+@pytest.mark.parametrize("widths,seed", [("6,4", "2"), ("6", "2"), ("6,5,4", "3")])
+def test_torch_reference(tmp_path, widths, seed):
+    """explain --quad exact against PyTorch on pieces found by bisection; one, two and three
+    hidden layers: an MLP's contributions take the walk along each query's pieces (sweep.c), whose
+    first and last layers, middle layers and deeper backward changes differ with the depth."""
     global torch
     torch = pytest.importorskip("torch")
     from functorch import jacrev
@@ -230,9 +238,9 @@ def test_torch_reference(tmp_path):
     train = save_data(tmp_path, "train", X, y)
     query = save_data(tmp_path, "q", Xq, np.zeros(Q, dtype=np.int64))
     run = tmp_path / "run"
-    T, sizes = 6, [d, 6, 4, C]
-    pk("train", "--data", train, "--model", "mlp:6,4:relu", "--optim", "sgd", "--batch", "4", "--lr", "1.5",
-       "--steps", T, "--seed", "2", "--out", run, "--quiet")
+    T, sizes = 6, [d, *map(int, widths.split(",")), C]
+    pk("train", "--data", train, "--model", f"mlp:{widths}:relu", "--optim", "sgd", "--batch", "4", "--lr", "1.5",
+       "--steps", T, "--seed", seed, "--out", run, "--quiet")
     pk("explain", run, "--query", query, "--quad", "exact", "--out", tmp_path / "ex")
     phi = np.load(tmp_path / "ex" / "contrib.npy")
     Kp = np.load(tmp_path / "ex" / "kernel.npy")
