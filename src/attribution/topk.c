@@ -216,6 +216,7 @@ typedef struct block_work {
     uint32_t *qi;  /* (Qb)                                                */
     double *at, *f;/* (Qb), (Qb)                                          */
     double *X, *Z; /* (Qb, d), (Qb, d1)                                   */
+    pk_sweep *sp;  /* the exact rule of an MLP: each query's pieces walked */
 } block_work;
 
 static void block_work_free(block_work *b)
@@ -224,6 +225,7 @@ static void block_work_free(block_work *b)
     free(b->R); free(b->S); free(b->D); free(b->A); free(b->dZ1);
     free(b->qi); free(b->at); free(b->f); free(b->X); free(b->Z);
     pk_nodes_free(&b->nd);
+    pk_sweep_free(b->sp);
 }
 
 static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
@@ -262,6 +264,21 @@ typedef struct step_rows {
     double *acc, *total;     /* (n, n_slots), (n)                     */
 } step_rows;
 
+/* phi_i(x)[c] += k->f[x] S[x, i] for rows x < nr of block q0 (queries q0
+ * + k->qi[x]) and the batch's examples i (S: k->S (nr, nb)). */
+static void add_products(const step_rows *sr, block_work *k, size_t q0, size_t nr)
+{
+    size_t nb = sr->nb;
+    for (size_t x = 0; x < nr; x++) {
+        const double *Sr = k->S + x * nb;
+        size_t q = q0 + k->qi[x];
+        double *ax = sr->acc + q * sr->n_slots, sum = 0, f = k->f[x];
+        for (size_t j = 0; j < nb; j++) sum += Sr[j];
+        sr->total[q] += f * sum;
+        for (size_t j = 0; j < nb; j++) ax[sr->slot_of[sr->idx[j]]] += f * Sr[j];
+    }
+}
+
 /* Rows x < nr of block q0 (queries q0 + k->qi[x]) at w, the weights of
  * their node k->at[x] (with k->qt->dir set: w + k->at[x] D each): the
  * forward pass (a dense first layer from Z1 + s dZ1), the deltas of f_c,
@@ -296,14 +313,7 @@ static void eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, 
     pk_side qs = pk_side_loss(m, qt);
     /* S (nr, nb): <J_{x,c}(node), g_i(w_t)> */
     pk_side_product(m, &qs, sr->train, k->S, nb, 0, k->A, k->D);
-    for (size_t x = 0; x < nr; x++) {
-        const double *Sr = k->S + x * nb;
-        size_t q = q0 + k->qi[x];
-        double *ax = sr->acc + q * sr->n_slots, sum = 0, f = k->f[x];
-        for (size_t j = 0; j < nb; j++) sum += Sr[j];
-        sr->total[q] += f * sum;
-        for (size_t j = 0; j < nb; j++) ax[sr->slot_of[sr->idx[j]]] += f * Sr[j];
-    }
+    add_products(sr, k, q0, nr);
 }
 
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
@@ -356,6 +366,12 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     }
     /* the target of each query: its output cls[x] (outputs, output), else o->target (MATH.md section 11) */
     pk_target tg = o->target.kind == PK_TARGET_OUTPUT ? (pk_target){PK_TARGET_OUTPUTS, 0} : o->target;
+    /* an MLP's exact contributions walk each query's pieces (sweep.c): one
+     * column a query, its output cls[x] for outputs, else the label's */
+    pk_target one = tg.kind == PK_TARGET_OUTPUTS ? (pk_target){PK_TARGET_OUTPUT, 0} : tg;
+    int walk = pk_sweep_serves(m, &o->quad, &one, 0);
+    for (size_t k = 0; !s && walk && k < nt; k++)
+        if (!(bw[k].sp = pk_sweep_new(m, &one, Qb, B))) s = PK_ERR_NOMEM;
     pk_loss loss = pk_run_loss(run);
     size_t ty = loss == PK_LOSS_MSE ? C : 1;
     const double *Y = o->y;
@@ -401,6 +417,24 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
              * (MATH.md section 12) shared ones for the queries without a
              * kink and nodes of their own on every piece for the others */
             step_rows sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, dense1, acc, out->total};
+            if (walk) {
+                double pc;
+                pk_status f = pk_sweep_step(k->sp, m, r.w, Dt, Xq + q0 * d, nq, Y ? Y + q0 * ty : NULL, ty, &one,
+                                            tg.kind == PK_TARGET_OUTPUTS ? cls + q0 : NULL, &train_loss, nb, k->S,
+                                            &pc);
+                if (f) {
+                    #pragma omp atomic write
+                    fail = f;
+                }
+                for (size_t x = 0; !f && x < nq; x++) {
+                    k->qi[x] = (uint32_t)x;
+                    k->f[x] = -scale;
+                }
+                if (!f) add_products(&sr, k, q0, nq);
+                if (dense1)
+                    for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
+                continue;
+            }
             if (o->quad.exact) {
                 pk_status f = pk_nodes_step(&k->nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq);
                 if (f) {

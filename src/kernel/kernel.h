@@ -138,10 +138,11 @@ pk_sweep *pk_sweep_new(const pk_model *m, const pk_target *g, size_t cap, size_t
 size_t pk_sweep_bytes(const pk_model *m, const pk_target *g, size_t cap, size_t nb);
 void pk_sweep_free(pk_sweep *sp);
 /* S (n, columns, nb) = integral over [0, 1] of <J_{x,k}(w + s D), g_i>
- * for the n queries X (n, d) (targets y (n, ty)) and the batch's examples
- * on the loss side tr (nb of them); *pieces: their pieces, all queries. */
+ * for the n queries X (n, d) (targets y (n, ty); or, cls not NULL, the
+ * output cls[x] of each, one column) and the batch's examples on the loss
+ * side tr (nb of them); *pieces: their pieces, all queries. */
 pk_status pk_sweep_step(pk_sweep *sp, const pk_model *m, const double *w, const double *D, const double *X,
-                        size_t n, const double *y, size_t ty, const pk_target *g, const pk_side *tr, size_t nb,
-                        double *S, double *pieces);
+                        size_t n, const double *y, size_t ty, const pk_target *g, const size_t *cls,
+                        const pk_side *tr, size_t nb, double *S, double *pieces);
 
 #endif

@@ -303,7 +303,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
             const double *yb = o->y ? o->y + q0 * ty : NULL;
             if (sp) {
                 double pc = 0;
-                if ((s = pk_sweep_step(sp, m, r.w, Dt, Xq + q0 * d, nq, yb, ty, &o->target, &train_loss, nb, w.S,
+                if ((s = pk_sweep_step(sp, m, r.w, Dt, Xq + q0 * d, nq, yb, ty, &o->target, NULL, &train_loss, nb, w.S,
                                        &pc)))
                     break;
                 *pieces += pc;

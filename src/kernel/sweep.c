@@ -625,8 +625,8 @@ static void backward_at(const pk_sweep *sp, walk *k, size_t q)
 /* ---------------------------------------------------------------- a step */
 
 pk_status pk_sweep_step(pk_sweep *sp, const pk_model *m, const double *w, const double *D, const double *X,
-                        size_t n, const double *y, size_t ty, const pk_target *g, const pk_side *tr, size_t nb,
-                        double *S, double *pieces)
+                        size_t n, const double *y, size_t ty, const pk_target *g, const size_t *cls,
+                        const pk_side *tr, size_t nb, double *S, double *pieces)
 {
     size_t L = sp->L, Ce = sp->Ce, C = m->n_out, cap = sp->cap;
     if (n > cap || nb > sp->nb_cap) return pk_fail(PK_ERR_INTERNAL, "sweep: %zu queries, %zu examples", n, nb);
@@ -655,8 +655,8 @@ pk_status pk_sweep_step(pk_sweep *sp, const pk_model *m, const double *w, const 
             }
     for (size_t q = 0; q < n; q++)
         for (size_t c = 0; c < Ce; c++)
-            sp->out[q * Ce + c] = g->kind == PK_TARGET_OUTPUTS ? c : g->kind == PK_TARGET_OUTPUT ? g->output
-                                                                : (size_t)y[q * ty];
+            sp->out[q * Ce + c] = cls ? cls[q] : g->kind == PK_TARGET_OUTPUTS ? c
+                                  : g->kind == PK_TARGET_OUTPUT ? g->output : (size_t)y[q * ty];
     /* the first piece, every query at once: z_0 (degree 1), Q_0 (constant) */
     size_t n0 = sp->n[0], n1 = sp->n[1];
     double *z0 = sp->z[0];
