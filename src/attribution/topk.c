@@ -121,6 +121,14 @@ static size_t block_of(const pk_topk_opts *o, size_t n)
     return b < n ? b : (n ? n : 1);
 }
 
+/* The target of the walk along an MLP's pieces (sweep.c): one column a
+ * query, its output cls[x] for outputs, else the label's. */
+static pk_target walk_target(const pk_topk_opts *o)
+{
+    return o->target.kind == PK_TARGET_OUTPUTS || o->target.kind == PK_TARGET_OUTPUT ? (pk_target){PK_TARGET_OUTPUT, 0}
+                                                                                      : o->target;
+}
+
 /* Bytes of the forward method for n queries: fixed workspace + per query. */
 static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_topk_opts *o)
 {
@@ -134,7 +142,10 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     b += (double)nt * (double)Qb * (double)m->layer[0].out;                           /* per thread: dZ1  */
     b += (double)(o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n) * (double)m->n_params;                                    /* node weights     */
     b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
-    return b * sizeof(double);
+    b *= sizeof(double);
+    pk_target one = walk_target(o);
+    if (pk_sweep_serves(m, &o->quad, &one, 0)) b += (double)nt * (double)pk_sweep_bytes(m, &one, Qb, B); /* walks */
+    return b;
 }
 
 /* Runs that need the backward sweep, and the margin (whose steps are cut
@@ -366,9 +377,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     }
     /* the target of each query: its output cls[x] (outputs, output), else o->target (MATH.md section 11) */
     pk_target tg = o->target.kind == PK_TARGET_OUTPUT ? (pk_target){PK_TARGET_OUTPUTS, 0} : o->target;
-    /* an MLP's exact contributions walk each query's pieces (sweep.c): one
-     * column a query, its output cls[x] for outputs, else the label's */
-    pk_target one = tg.kind == PK_TARGET_OUTPUTS ? (pk_target){PK_TARGET_OUTPUT, 0} : tg;
+    pk_target one = walk_target(o);
     int walk = pk_sweep_serves(m, &o->quad, &one, 0);
     for (size_t k = 0; !s && walk && k < nt; k++)
         if (!(bw[k].sp = pk_sweep_new(m, &one, Qb, B))) s = PK_ERR_NOMEM;

@@ -22,8 +22,9 @@ const char *pk_quad_why(const pk_quad *q, const pk_model *m, double pieces, char
     if (q->exact)
         snprintf(buf, len, "rule exact: each step split at every query's kinks (%.3f pieces per query and step), "
                  "%zu Gauss-Legendre node(s) per piece integrate its polynomial of degree %zu (L = %zu layers with "
-                 "parameters) exactly: what remains is rounding", pieces, pk_quad_piece_nodes(q, m, 0),
-                 L ? L - 1 : 0, L);
+                 "parameters) exactly%s: what remains is rounding", pieces, pk_quad_piece_nodes(q, m, 0),
+                 L ? L - 1 : 0, L, pk_model_mlp_act(m) >= 0 ? " (an MLP's contributions: from its coefficients, "
+                 "walking the pieces, MATH.md section 12)" : "");
     else if (pl && L > 1)
         snprintf(buf, len, "rule %s: %zu node(s) on each whole step; the network is piecewise linear, so the "
                  "integrand jumps where a unit or a max-pool window changes inside a step and the error is set by "
