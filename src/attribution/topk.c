@@ -417,7 +417,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
              * summed over the batch (MATH.md section 4's layer-1 term): an
              * nq x |B| x d1 product instead of nq x d x d1 per node. */
             double *Zb = Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
-            if (dense1) {
+            if (dense1 && !walk) {
                 pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
                 for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
                 pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
@@ -439,9 +439,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                     k->qi[x] = (uint32_t)x;
                     k->f[x] = -scale;
                 }
-                if (!f) add_products(&sr, k, q0, nq);
-                if (dense1)
-                    for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
+                if (!f) add_products(&sr, k, q0, nq); /* (the walk reads no Z1) */
                 continue;
             }
             if (o->quad.exact) {

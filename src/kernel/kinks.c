@@ -257,12 +257,6 @@ static size_t row_cuts(const pk_layer *l, const double *c, size_t d, size_t R, s
     return n;
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
-
 /* Breakpoints closer than this are one (a piece thinner than it moves an
  * integral by that width times the jump of the integrand, below rounding). */
 #define CUT_TOL 1e-14
@@ -289,7 +283,7 @@ static pk_status kink_split(const pk_model *m, size_t k, kstate *st)
             n = 0;
         }
         /* ascending, without repeats or cuts at the ends */
-        if (n) qsort(c, n, sizeof *c, cmp_double);
+        if (n) qsort(c, n, sizeof *c, pk_cmp_double);
         size_t u = 0;
         double last = st->a[r];
         for (size_t i = 0; i < n; i++)
@@ -604,7 +598,7 @@ pk_status pk_nodes_target(pk_nodes *nd, const pk_model *m, const pk_target *g, c
         if (s) break;
         /* the rows of a query without a change, as they were */
         if (!nc && !own[i]) { nw.u[nw.nu++] = (uint32_t)i; continue; }
-        if (nc) qsort(cut, nc, sizeof *cut, cmp_double);
+        if (nc) qsort(cut, nc, sizeof *cut, pk_cmp_double);
         nw.pieces += nc;
         size_t need = nw.R + (first[i + 1] - first[i] + nc) * K;
         if (!grow((void **)&nw.re, &nw.cap_r, need, sizeof *nw.re) ||

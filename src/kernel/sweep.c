@@ -189,12 +189,6 @@ static double next_root(const double *c, size_t d, size_t st, double s0)
     return NO_ROOT;
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
-
 /* C (M, N) = alpha A (M, K) op(B) + beta C over rows that are queries
  * (pk_gemm_rows: a query's bits never depend on the block). */
 static void rows(int tb, size_t M, size_t N, size_t K, double alpha, const double *A, const double *B, double beta,
@@ -267,7 +261,7 @@ static void layer0_roots(const pk_sweep *sp, size_t q)
             double r = next_root(z + u, 1, sp->cap * n1, 0.0);
             if (r < NO_ROOT) r0[n++] = r;
         }
-    qsort(r0, n, sizeof *r0, cmp_double);
+    qsort(r0, n, sizeof *r0, pk_cmp_double);
     sp->n0[q] = n;
 }
 
