@@ -352,7 +352,7 @@ static void integrate(const pk_sweep *sp, walk *k, size_t q, double s0, double b
  * time t (k->ta, k->td) but for the current polynomials' share, so a flip
  * costs one unit (flip_share) and only a change of z_{L-2} or g_0 brings
  * every unit up to date (flush). n values of slope sg of polynomials c
- * (degree L - 1, slab stride st) into acc, from *t to t1. */
+ * (degree L - 1, slab stride st) into acc, from t0 to t1. */
 static void flush_into(const pk_sweep *sp, walk *k, const double *c, size_t st, const double *sg, size_t n,
                        double *acc, double t0, double t1)
 {
