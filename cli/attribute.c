@@ -273,6 +273,9 @@ static pk_status write_attr_dir(const char *dir, const attribution *a, double se
 
 /* ------------------------------------------- groups: progress, resume, MPI */
 
+/* The most queries a group takes unless --group says otherwise. */
+#define DEFAULT_GROUP 4096
+
 /* A group is the queries of one replay of the trajectory: the unit that is
  * kept on disk as soon as it is done (DIR/.parts/group-G.bin: "PKTOPKG1",
  * u64 fingerprint of the job, u64 G, u64 doubles, the packed rows, crc32),
@@ -433,7 +436,8 @@ int cmd_attribute(int argc, char **argv)
         "                    (query,class,pred,bias,total,regularisation,residual), summary.json. Each group of\n"
         "                    queries is kept in DIR/.parts as it completes: the same command continues a stopped job\n"
         "                    without --out, a table on stdout\n"
-        "  --group N         queries per replay of the trajectory [1024, fewer if --mem needs]\n"
+        "  --group N         queries per replay of the trajectory [equal groups of at most 4096, as many a\n"
+        "                    rank; fewer if --mem needs]\n"
         "  --block N         queries per block of products [256]\n"
         "  --mem MIB         memory budget [3/4 of free memory]\n"
         "  --progress        steps, queries, rate and ETA on stderr even when it is not a terminal\n"
@@ -443,7 +447,7 @@ int cmd_attribute(int argc, char **argv)
     int rc = cli_mpi_start(cmd, &argc, &argv, &rank, &ranks);
     if (rc) return rc;
     const char *query = NULL, *out = NULL, *cls_spec = NULL, *target = NULL, *dir;
-    size_t top = 10, cls_num = 0, group_opt = 1024;
+    size_t top = 10, cls_num = 0, group_opt = SIZE_MAX; /* SIZE_MAX: not given */
     int cls_mode = CLASS_PRED, want_progress = 0, quiet = 0;
     pk_load_opts lo = pk_load_opts_defaults();
     pk_topk_opts to = pk_topk_opts_defaults();
@@ -513,6 +517,14 @@ int cmd_attribute(int argc, char **argv)
         a.quad = to.quad.name;
         a.target = by_target ? target : NULL;
         j.Q = q.n;
+        /* every group replays the whole trajectory once: by default as few
+         * as groups of at most DEFAULT_GROUP make, the same number on every
+         * rank, of equal sizes */
+        if (group_opt == SIZE_MAX) {
+            size_t per_rank = (q.n + (size_t)ranks * DEFAULT_GROUP - 1) / ((size_t)ranks * DEFAULT_GROUP);
+            size_t parts = (size_t)ranks * (per_rank ? per_rank : 1);
+            group_opt = (q.n + parts - 1) / parts;
+        }
         j.group = pk_run_attribute_group(run, q.n < group_opt ? q.n : group_opt, &to, &bytes);
         j.n_groups = (q.n + j.group - 1) / j.group;
         j.fingerprint = job_fingerprint(run, &q, &a, &to, j.group);

@@ -228,6 +228,7 @@ typedef struct block_work {
     double *at, *f;/* (Qb), (Qb)                                          */
     double *X, *Z; /* (Qb, d), (Qb, d1)                                   */
     pk_sweep *sp;  /* the exact rule of an MLP: each query's pieces walked */
+    pk_rowsum rs; /* the gradient-row layers' nodes, summed              */
 } block_work;
 
 static void block_work_free(block_work *b)
@@ -235,6 +236,7 @@ static void block_work_free(block_work *b)
     pk_tape_free(b->qt);
     free(b->R); free(b->S); free(b->D); free(b->A); free(b->dZ1);
     free(b->qi); free(b->at); free(b->f); free(b->X); free(b->Z);
+    pk_rowsum_free(&b->rs);
     pk_nodes_free(&b->nd);
     pk_sweep_free(b->sp);
 }
@@ -255,6 +257,7 @@ static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
     b->f = pk_alloc(Qb, sizeof *b->f);
     b->X = pk_alloc(Qb, m->n_in * sizeof *b->X);
     b->Z = pk_alloc(Qb, d1 * sizeof *b->Z);
+    if (pk_rowsum_init(&b->rs, m, Qb, 1)) return 0;
     return b->qt && b->R && b->S && b->D && b->A && b->dZ1 && b->qi && b->at && b->f && b->X && b->Z;
 }
 
@@ -271,8 +274,9 @@ typedef struct step_rows {
     const uint32_t *idx;
     size_t nb, n_slots;
     const int32_t *slot_of;
-    int dense1;
+    int lin1;                /* the first layer's pre-activations from Z1 + s dZ1 */
     double *acc, *total;     /* (n, n_slots), (n)                     */
+    const double *Ut;        /* (nb, nV) the batch's gradient rows (pk_rowsum), or NULL */
 } step_rows;
 
 /* phi_i(x)[c] += k->f[x] S[x, i] for rows x < nr of block q0 (queries q0
@@ -290,12 +294,24 @@ static void add_products(const step_rows *sr, block_work *k, size_t q0, size_t n
     }
 }
 
+/* The gradient-row layers' share of the step for the block's nq queries
+ * (pk_rowsum), added as one row a query. */
+static pk_status close_rows(const step_rows *sr, block_work *k, size_t q0, size_t nq)
+{
+    pk_status s = pk_rowsum_close(&k->rs, sr->m, sr->Xq + q0 * sr->m->n_in, nq, sr->Ut, sr->nb, k->S);
+    if (s) return s;
+    for (size_t x = 0; x < nq; x++) { k->qi[x] = (uint32_t)x; k->f[x] = 1.0; }
+    add_products(sr, k, q0, nq);
+    return PK_OK;
+}
+
 /* Rows x < nr of block q0 (queries q0 + k->qi[x]) at w, the weights of
  * their node k->at[x] (with k->qt->dir set: w + k->at[x] D each): the
- * forward pass (a dense first layer from Z1 + s dZ1), the deltas of f_c,
- * the products with the batch, and phi_i(x)[c] += k->f[x] <J_{x,c}(node),
- * g_i(w_t)>. */
-static void eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, const double *w)
+ * forward pass (a first layer with parameters from Z1 + s dZ1), the
+ * deltas of f_c, and phi_i(x)[c] += k->f[x] <J_{x,c}(node), g_i(w_t)>: the
+ * products with the batch, but for the gradient-row layers their rows
+ * summed (pk_rowsum, close_rows). */
+static pk_status eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, const double *w)
 {
     const pk_model *m = sr->m;
     size_t d = m->n_in, d1 = m->layer[0].out, C = m->n_out, nb = sr->nb;
@@ -304,7 +320,7 @@ static void eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, 
         size_t q = q0 + k->qi[x];
         memcpy(k->X + x * d, sr->Xq + q * d, d * sizeof *k->X);
     }
-    if (sr->dense1) {
+    if (sr->lin1) {
         qt->n = nr;
         qt->x = k->X;
         for (size_t x = 0; x < nr; x++) {
@@ -322,9 +338,11 @@ static void eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t nr, 
     }
     pk_model_backward(m, w, qt, k->R, 1.0, NULL);
     pk_side qs = pk_side_loss(m, qt);
+    qs.by_rows = k->rs.nV > 0;
     /* S (nr, nb): <J_{x,c}(node), g_i(w_t)> */
     pk_side_product(m, &qs, sr->train, k->S, nb, 0, k->A, k->D);
     add_products(sr, k, q0, nr);
+    return qs.by_rows ? pk_rowsum_add(&k->rs, m, &qs, nr, k->qi, 0, k->f) : PK_OK;
 }
 
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
@@ -356,16 +374,23 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     double *w = pk_alloc(P, sizeof *w);                         /* (P) w_0, then w_T */
     double *F = pk_alloc(n ? n : 1, C * sizeof *F);             /* (n, C) f at w_0, then at w_T */
     double *Wn = pk_alloc(nodes, P * sizeof *Wn);               /* (nodes, P) the step's node weights */
-    double *Dt = o->quad.exact ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t, the exact rule */
-    /* a dense first layer moves its pre-activations by a rank-|B| update
-     * (below); any other is evaluated at every node */
-    int dense1 = m->layer[0].ops == &pk_dense_ops;
+    /* a first layer with parameters is linear in them, and its input is
+     * fixed: its pre-activations at w_t + s D_t are Z1 + s dZ1, dZ1 its
+     * forward pass with D_t (a dense one's by a rank-|B| update, below) */
+    int dense1 = m->layer[0].ops == &pk_dense_ops, lin1 = m->layer[0].n_w > 0;
+    double *Dt = o->quad.exact || (lin1 && !dense1) ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t */
     size_t d1 = m->layer[0].out;
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
     block_work *bw = pk_calloc(nt, sizeof *bw);
-    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (o->quad.exact && !Dt)) s = PK_ERR_NOMEM;
+    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (!Dt && (o->quad.exact || (lin1 && !dense1))))
+        s = PK_ERR_NOMEM;
     for (size_t k = 0; !s && k < nt; k++)
         if (!block_work_new(m, Qb, B, &bw[k])) s = PK_ERR_NOMEM;
+    /* gradient-row layers (pk_rowsum): the batch's rows once a step */
+    size_t nV = s ? 0 : bw[0].rs.nV;
+    double *Ut = nV ? pk_alloc(B, nV * sizeof *Ut) : NULL;             /* (B, nV) */
+    double *Ur = nV ? pk_alloc(B, bw[0].rs.wide * sizeof *Ur) : NULL;  /* (B, widest n_w) scratch */
+    if (nV && (!Ut || !Ur)) s = PK_ERR_NOMEM;
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
     for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
     if (!s) s = pk_run_weights(run, 0, w);
@@ -406,6 +431,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         for (size_t node = 0; node < nodes; node++) memcpy(Wn + node * P, pk_replay_node(&r, qs[node]), P * sizeof *Wn);
         for (size_t j = 0; Dt && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
+        if (nV && (s = pk_rowsum_batch(&bw[0].rs, m, &train_loss, Ut, Ur))) break;
         pk_status fail = PK_OK;
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
         for (size_t b = 0; b < blocks; b++) {
@@ -421,11 +447,13 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
                 for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
                 pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
-            }
+            } else if (lin1 && !walk)
+                m->layer[0].ops->forward(&m->layer[0], Dt, Xq + q0 * d, k->dZ1, nq, PK_GEMM_ROWS);
             /* the nodes: the rule's for every query, or under the exact rule
              * (MATH.md section 12) shared ones for the queries without a
              * kink and nodes of their own on every piece for the others */
-            step_rows sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, dense1, acc, out->total};
+            step_rows sr = {m,    Xq,      Z1,         cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, lin1,
+                            acc, out->total, Ut};
             if (walk) {
                 double pc;
                 pk_status f = pk_sweep_step(k->sp, m, r.w, Dt, Xq + q0 * d, nq, Y ? Y + q0 * ty : NULL, ty, &one,
@@ -459,7 +487,10 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                 for (size_t x = 0; x < k->nd.nu; x++) { k->f[x] = -scale * qc[node]; k->at[x] = qs[node]; }
                 /* the forward pass at the node, then the deltas of f_c: a
                  * backward pass seeded with e_c */
-                eval_rows(&sr, k, q0, k->nd.nu, Wn + node * P);
+                if (eval_rows(&sr, k, q0, k->nd.nu, Wn + node * P)) {
+                    #pragma omp atomic write
+                    fail = PK_ERR_NOMEM;
+                }
             }
             for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += Qb) {
                 size_t nr = k->nd.R - r0 < Qb ? k->nd.R - r0 : Qb;
@@ -473,10 +504,19 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
                     fail = PK_ERR_NOMEM;
                     break;
                 }
-                eval_rows(&sr, k, q0, nr, r.w);
+                pk_status f = eval_rows(&sr, k, q0, nr, r.w);
                 pk_tape_along(qt, m, NULL, NULL);
+                if (f) {
+                    #pragma omp atomic write
+                    fail = PK_ERR_NOMEM;
+                    break;
+                }
             }
-            if (dense1)
+            if (nV && close_rows(&sr, k, q0, nq)) {
+                #pragma omp atomic write
+                fail = PK_ERR_NOMEM;
+            }
+            if (lin1)
                 for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
         }
         if (fail) { s = fail; break; }
@@ -501,7 +541,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     for (size_t k = 0; bw && k < nt; k++) block_work_free(&bw[k]);
     free(bw);
     free(last); free(slot_of); free(free_slots); free(acc);
-    free(w); free(F); free(Wn); free(Z1); free(Dt);
+    free(w); free(F); free(Wn); free(Z1); free(Dt); free(Ut); free(Ur);
     return s;
 }
 

@@ -16,6 +16,7 @@ typedef struct pk_side {
     int queries; /* the examples are queries (pk_tape.queries): fixed-shape products */
     const double *a[PK_MAX_MODEL_LAYERS];      /* (n, in_l)                */
     const double *delta[PK_MAX_MODEL_LAYERS];  /* (n * rows, out_l * fold) */
+    int by_rows; /* leave out the layers a pk_rowsum contracts (their share is its) */
 } pk_side;
 
 /* S = sum over the layers with parameters of their shares of the
@@ -31,6 +32,47 @@ void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, doub
  * rows: x.n = y.n, x.rows = y.rows = 1), summed over the layers (their
  * shares, MATH.md section 4). */
 void pk_side_diagonal(const pk_model *m, const pk_side *x, const pk_side *y, double *out);
+
+/* A step's contributions through gradient rows (MATH.md section 8, form
+ * A), summed over the nodes before they meet the batch: for a layer whose
+ * products take per-row gradients (conv2d, where form A is chosen), the
+ * rows of a query at its nodes, weighted, add up in parameter space, V_q =
+ * sum f V_q(node), and one product a step gives <V_q, U_i> for the batch's
+ * rows U_i. A first such layer reads the query itself, so its rows are
+ * formed once a step from the summed deltas (V = s_w G^T P is linear in G).
+ * Dense layers keep their products at every node (pk_side.by_rows). */
+typedef struct pk_rowsum {
+    size_t nV;                          /* the values of a row: the layers' parameters side by side */
+    size_t voff[PK_MAX_MODEL_LAYERS];   /* layer l's offset in a row; SIZE_MAX: not summed */
+    size_t wide, rows, cap, d1;         /* the widest layer's n_w; rows per query; queries; first layer's out */
+    int sum1;                           /* the first layer sums its deltas */
+    double *V;                          /* (cap rows, nV) the queries' summed rows */
+    double *G1;                         /* (cap rows, d1) the first layer's summed deltas */
+    double *Vr;                         /* (cap rows, wide) one layer's rows, scratch */
+} pk_rowsum;
+
+/* Does a pk_rowsum of `rows` rows per query sum layer l (the l-th with
+ * parameters): a layer with per-row gradients whose products take form A
+ * for those rows against one row per example. */
+int pk_rowsum_takes(const pk_model *m, size_t l, size_t rows);
+/* r for blocks of up to cap queries with `rows` delta rows each (1: one
+ * target column; C: every output); r->nV = 0 and nothing allocated when
+ * the model has no such layer. */
+pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t rows);
+void pk_rowsum_free(pk_rowsum *r);
+/* Values a pk_rowsum of cap queries x rows holds, and the batch's U. */
+size_t pk_rowsum_values(const pk_model *m, size_t cap, size_t rows, size_t B);
+/* U (s->n, r->nV) = the gradient rows of a side of one row per example
+ * (the batch, loss-weighted); scratch (s->n, r->wide). */
+pk_status pk_rowsum_batch(const pk_rowsum *r, const pk_model *m, const pk_side *s, double *U, double *scratch);
+/* Rows x < n of qs (at their nodes, r->rows each) added with weight f[x]
+ * to the slot q[x] - q0 < cap of their query. */
+pk_status pk_rowsum_add(pk_rowsum *r, const pk_model *m, const pk_side *qs, size_t n, const uint32_t *q, size_t q0,
+                        const double *f);
+/* The step's share for slots < nq (queries X (nq, n_in)): S (nq rows, nb)
+ * = V U^T; then zeroed for the next step. */
+pk_status pk_rowsum_close(pk_rowsum *r, const pk_model *m, const double *X, size_t nq, const double *U, size_t nb,
+                          double *S);
 
 /* The tangent kernel of any model by pk_side_product, block by block (K
  * (nx, ny, C, C) or (nx, ny), or row segments to sink when K is NULL):

@@ -106,6 +106,7 @@ static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const
     b += (double)Qb * (double)(d + 2 * C + 4);                    /* rows: X, Y, R, at, f, q, grp */
     b += (double)Qb * (double)(C * sd);                           /* rows at their own nodes: dtmp */
     if (batch_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
+    b += (double)pk_rowsum_values(m, Qb, pk_target_columns(&o->target, C), B); /* gradient rows summed */
     b *= sizeof(double);
     if (pk_sweep_serves(m, &o->quad, &o->target, batch_kernel)) b += (double)pk_sweep_bytes(m, &o->target, Qb, B);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
@@ -188,6 +189,8 @@ typedef struct fwork {
     double *f;                            /* (Qb) the rows' weights                    */
     uint32_t *q;                          /* (Qb) the rows' queries (in all Q)         */
     size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
+    pk_rowsum rs;                         /* gradient-row layers: the nodes summed     */
+    double *U, *Ur;                       /* (B, rs.nV) the batch's rows, (B, rs.wide) */
 } fwork;
 
 /* phi_i(x)_k += f S for the rows of w's groups ng (S (rows, C, nb): the
@@ -214,19 +217,23 @@ static void add_products(const fwork *w, size_t ng, const uint32_t *idx, size_t 
 }
 
 /* phi_i(x)_k += f <J_{x,k}(node), g_i(t)> (and the contribution kernel)
- * for the n rows on w->qt: the rows of one query are consecutive and added
- * in order, the queries in parallel. */
-static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, const pk_side *train_loss,
-                     const pk_side *train_out, const uint32_t *idx, size_t nb, pk_explain *e)
+ * for the n rows on w->qt of the block from query q0: the rows of one
+ * query are consecutive and added in order, the queries in parallel; the
+ * gradient-row layers' share waits in w->rs for the step's end (close_rows). */
+static pk_status add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size_t n, size_t q0,
+                          const pk_side *train_loss, const pk_side *train_out, const uint32_t *idx, size_t nb,
+                          pk_explain *e)
 {
     size_t N = e->N, kr = kernel_rows(m, o), ng = 0;
     for (size_t x = 0; x < n; x++)
         if (!x || w->q[x] != w->q[x - 1]) w->grp[ng++] = x;
     w->grp[ng] = n;
     pk_side qs = pk_side_target(m, w->qt, w->dq, &o->target);
+    qs.by_rows = w->rs.nV > 0;
     pk_side_product(m, &qs, train_loss, w->S, nb, 0, w->A, w->D);
     add_products(w, ng, idx, nb, e);
-    if (!o->want_kernel) return;
+    pk_status s = qs.by_rows ? pk_rowsum_add(&w->rs, m, &qs, n, w->q, q0, w->f) : PK_OK;
+    if (s || !o->want_kernel) return s;
     /* K^c(x, x_i) += (eta/|B|) c_q J_x(node) J_{x_i}(w_t)^T (the outputs' target) */
     pk_side qk = pk_side_outputs(m, w->qt, w->dq, kr == 1);
     pk_side_product(m, &qk, train_out, w->SK, nb, 0, w->A, w->DK);
@@ -239,6 +246,24 @@ static void add_rows(const pk_model *m, const pk_explain_opts *o, fwork *w, size
                 for (size_t j = 0; j < nb; j++)
                     for (size_t k2 = 0; k2 < kr; k2++) Kx[(size_t)idx[j] * kr * kr + k2] += fk * Sr[j * kr + k2];
             }
+    return PK_OK;
+}
+
+/* The step's share of the gradient-row layers for the nq queries of the
+ * block from q0 (pk_rowsum), one run of rows a query. */
+static pk_status close_rows(const pk_model *m, fwork *w, const double *Xq, size_t q0, size_t nq, const uint32_t *idx,
+                            size_t nb, pk_explain *e)
+{
+    pk_status s = pk_rowsum_close(&w->rs, m, Xq + q0 * m->n_in, nq, w->U, nb, w->S);
+    if (s) return s;
+    for (size_t x = 0; x < nq; x++) {
+        w->q[x] = (uint32_t)(q0 + x);
+        w->f[x] = 1.0;
+        w->grp[x] = x;
+    }
+    w->grp[nq] = nq;
+    add_products(w, nq, idx, nb, e);
+    return PK_OK;
 }
 
 /* The forward sweep of gd and sgd runs (MATH.md section 3): the replay's
@@ -276,6 +301,9 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     w.q = pk_alloc(Qb, sizeof *w.q);
     w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
     double *Dt = pk_alloc(P, sizeof *Dt); /* (P) D_t */
+    int have_rs = !pk_rowsum_init(&w.rs, m, Qb, C);
+    w.U = w.rs.nV ? pk_alloc(B, w.rs.nV * sizeof *w.U) : NULL;
+    w.Ur = w.rs.nV ? pk_alloc(B, w.rs.wide * sizeof *w.Ur) : NULL;
     /* the exact rule of an MLP: each query's pieces walked in order (sweep.c) */
     pk_sweep *sp = pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel) ?
                    pk_sweep_new(m, &o->target, Qb, B) : NULL;
@@ -283,7 +311,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     memset(&nd, 0, sizeof nd);
     pk_status s = PK_OK;
     if ((o->want_kernel && (!have_dB || !w.SK || !w.DK)) || !w.qt || !have_dq || !w.S || !w.D || !w.A || !w.X ||
-        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt ||
+        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt || !have_rs || (w.rs.nV && (!w.U || !w.Ur)) ||
         (!sp && pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel)))
         s = PK_ERR_NOMEM;
     *pieces = 0;
@@ -299,6 +327,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         for (size_t j = 0; j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
+        if (w.rs.nV && (s = pk_rowsum_batch(&w.rs, m, &train_loss, w.U, w.Ur))) break;
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
             const double *yb = o->y ? o->y + q0 * ty : NULL;
@@ -334,7 +363,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                 /* the target's deltas at the node (MATH.md section 11) */
                 s = pk_target_deltas(m, wn, w.qt, &o->target, loss, yb ? w.Y : NULL, w.R, w.dq);
                 for (size_t x = 0; x < nd.nu; x++) w.f[x] = -scale * nd.c[node];
-                if (!s) add_rows(m, o, &w, nd.nu, &train_loss, &train_out, idx, nb, e);
+                if (!s) s = add_rows(m, o, &w, nd.nu, q0, &train_loss, &train_out, idx, nb, e);
             }
             /* the rows at nodes of their own, Qb at a time at w_t + s D_t each */
             for (size_t r0 = 0; !s && r0 < nd.R; r0 += Qb) {
@@ -351,8 +380,9 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                 pk_model_forward(m, r.w, w.X, nr, w.qt);
                 s = pk_target_deltas(m, r.w, w.qt, &o->target, loss, yb ? w.Y : NULL, w.R, w.dq);
                 pk_tape_along(w.qt, m, NULL, NULL);
-                if (!s) add_rows(m, o, &w, nr, &train_loss, &train_out, idx, nb, e);
+                if (!s) s = add_rows(m, o, &w, nr, q0, &train_loss, &train_out, idx, nb, e);
             }
+            if (!s && w.rs.nV) s = close_rows(m, &w, Xq, q0, nq, idx, nb, e);
         }
     }
     s = pk_replay_end(&r, s);
@@ -360,7 +390,8 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     if (have_dq) pk_deltas_free(m, w.dq);
     if (have_dB) pk_deltas_free(m, dB);
     free(w.S); free(w.D); free(w.A); free(w.SK); free(w.DK); free(w.X); free(w.Y); free(w.R); free(w.at); free(w.f);
-    free(w.q); free(w.grp);
+    free(w.q); free(w.grp); free(w.U); free(w.Ur);
+    pk_rowsum_free(&w.rs);
     free(Dt);
     pk_nodes_free(&nd);
     pk_sweep_free(sp);

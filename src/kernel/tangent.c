@@ -11,7 +11,7 @@
 pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *deltas, int trace)
 {
     size_t C = m->n_out;
-    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}};
+    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}, 0};
     for (size_t l = 0; l < m->n_weight; l++) {
         s.a[l] = pk_tape_in(t, m->weight[l]);
         s.delta[l] = deltas[l];
@@ -21,7 +21,7 @@ pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *delt
 
 pk_side pk_side_loss(const pk_model *m, const pk_tape *t)
 {
-    pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}};
+    pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}, 0};
     for (size_t l = 0; l < m->n_weight; l++) {
         s.a[l] = pk_tape_in(t, m->weight[l]);
         s.delta[l] = t->g[m->weight[l]];
@@ -43,6 +43,7 @@ void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, doub
     pk_gemm_mode mode = x->queries ? PK_GEMM_ROWS : PK_GEMM_SPLIT;
     for (size_t l = 0; l < L; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
+        if (x->by_rows && pk_rowsum_takes(m, l, x->rows)) continue;
         /* the output layer's per-output deltas are the unit vectors e_k */
         int unit = l + 1 == L && x->unit && y->unit;
         lw->ops->gram(lw, nx, rx, x->a[l], x->delta[l], ny, ry, y->a[l], y->delta[l], x->fold, unit, mode, A, D, S,

@@ -205,7 +205,7 @@ static void conv_grad(const pk_layer *l, const double *x, const double *gy, size
  * when T is large against the channels (a first layer), B when the map is
  * small and the channels many; the choice depends on the shape and the
  * rows only, never on the number of examples in a call. */
-static int gram_by_pairs(const pk_layer *l, size_t rx, size_t ry, size_t fold)
+int pk_conv_form_b(const pk_layer *l, size_t rx, size_t ry, size_t fold)
 {
     double T = (double)positions(l), d = (double)patch_len(l), p = (double)l->c_out, f = (double)fold;
     double a = (double)rx * ry * f * (p * d + p) + (double)(rx + ry) * f * p * d * T / 64.0;
@@ -299,7 +299,7 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
 {
     (void)unit; /* a conv2d layer is never the output layer (model.c) */
     size_t T = positions(l), d = patch_len(l), p = l->c_out, cols = ny * ry;
-    if (gram_by_pairs(l, rx, ry, fold)) {
+    if (pk_conv_form_b(l, rx, ry, fold)) {
         double *Py = pk_scratch(5, ny * T * d); /* (d, ny T) */
         int fail = !Py;
         if (fail) { out_of_memory(nx, rx, ny, ry, S, ldy, pairs); return; }

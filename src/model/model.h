@@ -187,6 +187,12 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
 pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas);
 void pk_deltas_free(const pk_model *m, double **deltas);
 
+/* Does a conv2d layer's share of the kernel products (its gram) take form
+ * B, the spatial Gram, for rows rx against ry (fold segments each), rather
+ * than form A, the per-row gradients (MATH.md section 8)? By the layer's
+ * shape and the rows only. */
+int pk_conv_form_b(const pk_layer *l, size_t rx, size_t ry, size_t fold);
+
 /* out (n, out) = act'(x) for an activation layer, from its input x and
  * output y (n, out each) (activation.c). */
 void pk_act_grad(const pk_layer *l, const double *x, const double *y, size_t n, double *out);

@@ -113,3 +113,15 @@ def target_np(target, F, y):
         return lab - other.max(axis=1)
     m = F.max(axis=1)
     return m + np.log(np.exp(F - m[:, None]).sum(axis=1)) - lab   # cross-entropy
+
+
+def assert_top_is_explains(at_dir, pred, contrib, top=3):
+    """attribute's proponents (DIR output) are the `top` largest of explain's
+    contributions to each query's predicted class, values to 1e-10."""
+    got = np.load(pathlib.Path(at_dir) / "proponents.npy")
+    vals = np.load(pathlib.Path(at_dir) / "proponent_values.npy")
+    for q in range(len(pred)):
+        phi = contrib[q, :, int(np.argmax(pred[q]))]
+        want = np.argsort(-phi, kind="stable")[:top]
+        assert list(got[q]) == list(want), (q, got[q], want)
+        assert rel_err(vals[q], phi[want]) < 1e-10

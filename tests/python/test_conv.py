@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from pkutil import batches, load_weights, pk, read_traj, rel_err, save_data
+from pkutil import assert_top_is_explains, batches, load_weights, pk, read_traj, rel_err, save_data
 
 torch = pytest.importorskip("torch", reason="needs torch: run with Debian's /usr/bin/python3")
 functorch = pytest.importorskip("functorch", reason="needs functorch (torch 1.13) for the eNTK")
@@ -242,6 +242,45 @@ def test_verify_gl4_tanh_avgpool_sgd(images, tmp_path):
     # the left rule is not that close: the check can fail
     p = pk_run_any("verify", run, "--query", images["stride2"]["qspec"], "--quad", "left", "--json")
     assert json.loads(p.stdout)["max_rel_err"] > 1e-6
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_contributions_are_the_path_kernel_times_the_loss_deltas(images, tmp_path, name):
+    """One sgd step: phi_i(x) = -K^p(x, x_i) R_i with R_i = softmax(f(x_i;
+    w_0)) - e_{y_i} from PyTorch. The contributions sum a query's gradient
+    rows over the nodes before they meet the batch (kernel/rowsum.c); the
+    contribution kernel takes every node's products one by one."""
+    spec, shape, C = NETS[name]
+    run = tmp_path / "run"
+    train(name, images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=1)
+    out = tmp_path / "ex"
+    pk("explain", run, "--query", images[name]["qspec"], "--quad", "gl4", "--mode", "full", "--kernel", "path-batch",
+       "--out", out)
+    contrib, K = np.load(out / "contrib.npy"), np.load(out / "kernel.npy")
+    pk("weights", run, "--step", "0", "--out", tmp_path / "w0")
+    net = torch_net(spec, shape, C, load_weights(tmp_path / "w0"))
+    idx = batches(read_traj(run / "trajectory.bin"))[0]
+    with torch.no_grad():
+        R = torch.softmax(net(torch.from_numpy(images[name]["X"][idx])), dim=1).numpy()
+    R[np.arange(len(idx)), images[name]["y"][idx]] -= 1.0
+    want = -np.einsum("qikl,il->qik", K[:, idx], R)
+    assert np.abs(want).max() > 1e-6
+    e = rel_err(contrib[:, idx], want)
+    assert e < 1e-12, f"{name}: phi_i != -K^p R_i: {e:.3g}"
+
+
+def test_attribute_agrees_with_explain(images, tmp_path):
+    """attribute's replay (a conv2d first layer moved by its forward pass
+    with D_t, the gradient rows summed a step) ranks and values the
+    examples as explain's contributions do."""
+    run = tmp_path / "run"
+    train("stride2", images, run, ["--optim", "sgd", "--lr", "0.1", "--batch", "8"], steps=9)
+    ex = tmp_path / "ex"
+    pk("explain", run, "--query", images["stride2"]["qspec"], "--quad", "gl4", "--no-kernel", "--out", ex)
+    pred, contrib = np.load(ex / "pred.npy"), np.load(ex / "contrib.npy")
+    pk("attribute", run, "--query", images["stride2"]["qspec"], "--quad", "gl4", "--top", "3", "--out",
+       tmp_path / "at")
+    assert_top_is_explains(tmp_path / "at", pred, contrib)
 
 
 def pk_run_any(*args):

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from pkutil import batches, load_weights, pk, pk_exe, pk_run, read_traj, rel_err, save_data
+from pkutil import assert_top_is_explains, batches, load_weights, pk, pk_exe, pk_run, read_traj, rel_err, save_data
 
 torch = pytest.importorskip("torch", reason="needs torch: run with Debian's /usr/bin/python3")
 functorch = pytest.importorskip("functorch", reason="needs functorch (torch 1.13) for the eNTK")
@@ -402,13 +402,7 @@ def test_attribute_and_selfinfluence_agree_with_explain(data, tmp_path, optim):
     pk("explain", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--kernel", "path-batch", "--out", ex)
     pred, contrib, K = (np.load(ex / f"{n}.npy") for n in ("pred", "contrib", "kernel"))
     pk("attribute", run, "--query", data["mlp"]["spec"], "--quad", "gl4", "--top", "3", "--out", tmp_path / "at")
-    top = np.load(tmp_path / "at" / "proponents.npy")
-    vals = np.load(tmp_path / "at" / "proponent_values.npy")
-    for q in range(len(pred)):
-        phi = contrib[q, :, int(np.argmax(pred[q]))]
-        want = np.argsort(-phi, kind="stable")[:3]
-        assert list(top[q]) == list(want), (q, top[q], want)
-        assert rel_err(vals[q], phi[want]) < 1e-10
+    assert_top_is_explains(tmp_path / "at", pred, contrib)
     if optim == "sgd":
         pk("selfinfluence", run, "--form", "kernel", "--quad", "gl4", "--out", tmp_path / "si.csv")
         si = np.loadtxt(tmp_path / "si.csv", delimiter=",", skiprows=1, usecols=2)
