@@ -142,6 +142,7 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
     b += (double)nt * (double)Qb * (double)m->layer[0].out;                           /* per thread: dZ1  */
     b += (double)(o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n) * (double)m->n_params;                                    /* node weights     */
     b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
+    b += (double)nt * (double)pk_rowsum_values(m, Qb, 1, B);                          /* gradient rows summed */
     b *= sizeof(double);
     pk_target one = walk_target(o);
     if (pk_sweep_serves(m, &o->quad, &one, 0)) b += (double)nt * (double)pk_sweep_bytes(m, &one, Qb, B); /* walks */
