@@ -258,7 +258,7 @@ static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
     b->f = pk_alloc(Qb, sizeof *b->f);
     b->X = pk_alloc(Qb, m->n_in * sizeof *b->X);
     b->Z = pk_alloc(Qb, d1 * sizeof *b->Z);
-    if (pk_rowsum_init(&b->rs, m, Qb, 1)) return 0;
+    if (pk_rowsum_init(&b->rs, m, Qb, 1, B)) return 0;
     return b->qt && b->R && b->S && b->D && b->A && b->dZ1 && b->qi && b->at && b->f && b->X && b->Z;
 }
 
@@ -378,20 +378,19 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     /* a first layer with parameters is linear in them, and its input is
      * fixed: its pre-activations at w_t + s D_t are Z1 + s dZ1, dZ1 its
      * forward pass with D_t (a dense one's by a rank-|B| update, below) */
-    int dense1 = m->layer[0].ops == &pk_dense_ops, lin1 = m->layer[0].n_w > 0;
-    double *Dt = o->quad.exact || (lin1 && !dense1) ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t */
+    int dense1 = m->layer[0].ops == &pk_dense_ops, lin1 = m->layer[0].n_w > 0, want_dt = o->quad.exact || (lin1 && !dense1);
+    double *Dt = want_dt ? pk_alloc(P, sizeof *Dt) : NULL; /* (P) D_t */
     size_t d1 = m->layer[0].out;
     double *Z1 = pk_alloc(n, d1 * sizeof *Z1);    /* (n, d1) first-layer pre-activations at w_t */
     block_work *bw = pk_calloc(nt, sizeof *bw);
-    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (!Dt && (o->quad.exact || (lin1 && !dense1))))
+    if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (want_dt && !Dt))
         s = PK_ERR_NOMEM;
     for (size_t k = 0; !s && k < nt; k++)
         if (!block_work_new(m, Qb, B, &bw[k])) s = PK_ERR_NOMEM;
     /* gradient-row layers (pk_rowsum): the batch's rows once a step */
     size_t nV = s ? 0 : bw[0].rs.nV;
     double *Ut = nV ? pk_alloc(B, nV * sizeof *Ut) : NULL;             /* (B, nV) */
-    double *Ur = nV ? pk_alloc(B, bw[0].rs.wide * sizeof *Ur) : NULL;  /* (B, widest n_w) scratch */
-    if (nV && (!Ut || !Ur)) s = PK_ERR_NOMEM;
+    if (nV && !Ut) s = PK_ERR_NOMEM;
     for (size_t i = 0; !s && i < N; i++) slot_of[i] = -1;
     for (size_t k = 0; !s && k < n_slots; k++) free_slots[k] = (int32_t)(n_slots - 1 - k);
     if (!s) s = pk_run_weights(run, 0, w);
@@ -432,7 +431,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         for (size_t node = 0; node < nodes; node++) memcpy(Wn + node * P, pk_replay_node(&r, qs[node]), P * sizeof *Wn);
         for (size_t j = 0; Dt && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
-        if (nV && (s = pk_rowsum_batch(&bw[0].rs, m, &train_loss, Ut, Ur))) break;
+        if (nV && (s = pk_rowsum_batch(&bw[0].rs, m, &train_loss, Ut))) break;
         pk_status fail = PK_OK;
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
         for (size_t b = 0; b < blocks; b++) {
@@ -542,7 +541,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     for (size_t k = 0; bw && k < nt; k++) block_work_free(&bw[k]);
     free(bw);
     free(last); free(slot_of); free(free_slots); free(acc);
-    free(w); free(F); free(Wn); free(Z1); free(Dt); free(Ut); free(Ur);
+    free(w); free(F); free(Wn); free(Z1); free(Dt); free(Ut);
     return s;
 }
 

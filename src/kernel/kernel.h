@@ -48,7 +48,7 @@ typedef struct pk_rowsum {
     int sum1;                           /* the first layer sums its deltas */
     double *V;                          /* (cap rows, nV) the queries' summed rows */
     double *G1;                         /* (cap rows, d1) the first layer's summed deltas */
-    double *Vr;                         /* (cap rows, wide) one layer's rows, scratch */
+    double *Vr;                         /* (max(cap rows, B), wide) one layer's rows, scratch */
 } pk_rowsum;
 
 /* Does a pk_rowsum of `rows` rows per query sum layer l (the l-th with
@@ -56,15 +56,15 @@ typedef struct pk_rowsum {
  * for those rows against one row per example. */
 int pk_rowsum_takes(const pk_model *m, size_t l, size_t rows);
 /* r for blocks of up to cap queries with `rows` delta rows each (1: one
- * target column; C: every output); r->nV = 0 and nothing allocated when
- * the model has no such layer. */
-pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t rows);
+ * target column; C: every output) and batches of up to B examples; r->nV
+ * = 0 and nothing allocated when the model has no such layer. */
+pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t rows, size_t B);
 void pk_rowsum_free(pk_rowsum *r);
 /* Values a pk_rowsum of cap queries x rows holds, and the batch's U. */
 size_t pk_rowsum_values(const pk_model *m, size_t cap, size_t rows, size_t B);
 /* U (s->n, r->nV) = the gradient rows of a side of one row per example
- * (the batch, loss-weighted); scratch (s->n, r->wide). */
-pk_status pk_rowsum_batch(const pk_rowsum *r, const pk_model *m, const pk_side *s, double *U, double *scratch);
+ * (the batch, loss-weighted), s->n <= B. */
+pk_status pk_rowsum_batch(pk_rowsum *r, const pk_model *m, const pk_side *s, double *U);
 /* Rows x < n of qs (at their nodes, r->rows each) added with weight f[x]
  * to the slot q[x] - q0 < cap of their query. */
 pk_status pk_rowsum_add(pk_rowsum *r, const pk_model *m, const pk_side *qs, size_t n, const uint32_t *q, size_t q0,

@@ -190,7 +190,7 @@ typedef struct fwork {
     uint32_t *q;                          /* (Qb) the rows' queries (in all Q)         */
     size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
     pk_rowsum rs;                         /* gradient-row layers: the nodes summed     */
-    double *U, *Ur;                       /* (B, rs.nV) the batch's rows, (B, rs.wide) */
+    double *U;                            /* (B, rs.nV) the batch's rows               */
 } fwork;
 
 /* phi_i(x)_k += f S for the rows of w's groups ng (S (rows, C, nb): the
@@ -301,9 +301,8 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     w.q = pk_alloc(Qb, sizeof *w.q);
     w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
     double *Dt = pk_alloc(P, sizeof *Dt); /* (P) D_t */
-    int have_rs = !pk_rowsum_init(&w.rs, m, Qb, C);
+    int have_rs = !pk_rowsum_init(&w.rs, m, Qb, C, B);
     w.U = w.rs.nV ? pk_alloc(B, w.rs.nV * sizeof *w.U) : NULL;
-    w.Ur = w.rs.nV ? pk_alloc(B, w.rs.wide * sizeof *w.Ur) : NULL;
     /* the exact rule of an MLP: each query's pieces walked in order (sweep.c) */
     pk_sweep *sp = pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel) ?
                    pk_sweep_new(m, &o->target, Qb, B) : NULL;
@@ -311,7 +310,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     memset(&nd, 0, sizeof nd);
     pk_status s = PK_OK;
     if ((o->want_kernel && (!have_dB || !w.SK || !w.DK)) || !w.qt || !have_dq || !w.S || !w.D || !w.A || !w.X ||
-        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt || !have_rs || (w.rs.nV && (!w.U || !w.Ur)) ||
+        !w.Y || !w.R || !w.at || !w.f || !w.q || !w.grp || !Dt || !have_rs || (w.rs.nV && !w.U) ||
         (!sp && pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel)))
         s = PK_ERR_NOMEM;
     *pieces = 0;
@@ -327,7 +326,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
         }
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         for (size_t j = 0; j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
-        if (w.rs.nV && (s = pk_rowsum_batch(&w.rs, m, &train_loss, w.U, w.Ur))) break;
+        if (w.rs.nV && (s = pk_rowsum_batch(&w.rs, m, &train_loss, w.U))) break;
         for (size_t q0 = 0; !s && q0 < Q; q0 += Qb) {
             size_t nq = Q - q0 < Qb ? Q - q0 : Qb;
             const double *yb = o->y ? o->y + q0 * ty : NULL;
@@ -390,7 +389,7 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     if (have_dq) pk_deltas_free(m, w.dq);
     if (have_dB) pk_deltas_free(m, dB);
     free(w.S); free(w.D); free(w.A); free(w.SK); free(w.DK); free(w.X); free(w.Y); free(w.R); free(w.at); free(w.f);
-    free(w.q); free(w.grp); free(w.U); free(w.Ur);
+    free(w.q); free(w.grp); free(w.U);
     pk_rowsum_free(&w.rs);
     free(Dt);
     pk_nodes_free(&nd);

@@ -33,10 +33,11 @@ size_t pk_rowsum_values(const pk_model *m, size_t cap, size_t rows, size_t B)
 {
     size_t voff[PK_MAX_MODEL_LAYERS], wide, nV = layout(m, rows, voff, &wide);
     if (!nV) return 0;
-    return cap * rows * (nV + m->layer[0].out + wide) + B * (nV + wide);
+    size_t most = cap * rows > B ? cap * rows : B;
+    return cap * rows * (nV + m->layer[0].out) + most * wide + B * nV;
 }
 
-pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t rows)
+pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t rows, size_t B)
 {
     memset(r, 0, sizeof *r);
     r->nV = layout(m, rows, r->voff, &r->wide);
@@ -47,7 +48,7 @@ pk_status pk_rowsum_init(pk_rowsum *r, const pk_model *m, size_t cap, size_t row
     r->sum1 = m->weight[0] == 0 && r->voff[0] != SIZE_MAX; /* the first layer reads the query */
     r->V = pk_calloc(cap * rows, r->nV * sizeof *r->V);
     r->G1 = r->sum1 ? pk_calloc(cap * rows, r->d1 * sizeof *r->G1) : NULL;
-    r->Vr = pk_alloc(cap * rows, r->wide * sizeof *r->Vr);
+    r->Vr = pk_alloc(cap * rows > B ? cap * rows : B, r->wide * sizeof *r->Vr);
     if (!r->V || !r->Vr || (r->sum1 && !r->G1)) {
         pk_rowsum_free(r);
         return PK_ERR_NOMEM;
@@ -61,29 +62,35 @@ void pk_rowsum_free(pk_rowsum *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Layer l's gradient rows of n examples x rows (a (n, in), delta (n rows,
- * out)) into scratch: (n rows, n_W) for the weights, then (n rows, n_c) for the bias. */
-static pk_status layer_rows(const pk_layer *lw, size_t n, size_t rows, const double *a, const double *delta,
-                            double *scratch)
+/* dst[(slot x, k)] += f[x] g for the gradient rows g of layer l (weights,
+ * then bias: grad_rows) of examples x < n with `rows` delta rows each (a
+ * (n, in), delta (n rows, out)): slot x is q[x] - q0 (x when q is NULL),
+ * f[x] 1 when f is NULL; dst rows of r->nV values, the layer's from its
+ * offset. r->Vr is the scratch. */
+static pk_status add_layer_rows(pk_rowsum *r, const pk_model *m, size_t l, size_t n, size_t rows, const double *a,
+                                const double *delta, double *dst, const uint32_t *q, size_t q0, const double *f)
 {
-    size_t nW = lw->b_off - lw->w_off;
-    if (lw->ops->grad_rows(lw, n, rows, a, delta, scratch, scratch + n * rows * nW))
+    const pk_layer *lw = pk_model_weight(m, l);
+    size_t nW = lw->b_off - lw->w_off, nc = lw->n_w - nW;
+    if (lw->ops->grad_rows(lw, n, rows, a, delta, r->Vr, r->Vr + n * rows * nW))
         return pk_fail(PK_ERR_NOMEM, "out of memory in a layer's gradient rows");
+    for (size_t x = 0; x < n; x++)
+        for (size_t k = 0; k < rows; k++) {
+            double w = f ? f[x] : 1.0, *v = dst + ((q ? q[x] - q0 : x) * rows + k) * r->nV + r->voff[l];
+            const double *g = r->Vr + (x * rows + k) * nW, *gc = r->Vr + n * rows * nW + (x * rows + k) * nc;
+            for (size_t j = 0; j < nW; j++) v[j] += w * g[j];
+            for (size_t j = 0; j < nc; j++) v[nW + j] += w * gc[j];
+        }
     return PK_OK;
 }
 
-pk_status pk_rowsum_batch(const pk_rowsum *r, const pk_model *m, const pk_side *s, double *U, double *scratch)
+pk_status pk_rowsum_batch(pk_rowsum *r, const pk_model *m, const pk_side *s, double *U)
 {
+    memset(U, 0, s->n * r->nV * sizeof *U);
     for (size_t l = 0; l < m->n_weight; l++) {
         if (r->voff[l] == SIZE_MAX) continue;
-        const pk_layer *lw = pk_model_weight(m, l);
-        size_t nW = lw->b_off - lw->w_off, nc = lw->n_w - nW, n = s->n;
-        pk_status st = layer_rows(lw, n, 1, s->a[l], s->delta[l], scratch);
+        pk_status st = add_layer_rows(r, m, l, s->n, 1, s->a[l], s->delta[l], U, NULL, 0, NULL);
         if (st) return st;
-        for (size_t j = 0; j < n; j++) {
-            memcpy(U + j * r->nV + r->voff[l], scratch + j * nW, nW * sizeof *U);
-            memcpy(U + j * r->nV + r->voff[l] + nW, scratch + n * nW + j * nc, nc * sizeof *U);
-        }
     }
     return PK_OK;
 }
@@ -103,17 +110,8 @@ pk_status pk_rowsum_add(pk_rowsum *r, const pk_model *m, const pk_side *qs, size
                 }
             continue;
         }
-        const pk_layer *lw = pk_model_weight(m, l);
-        size_t nW = lw->b_off - lw->w_off, nc = lw->n_w - nW;
-        pk_status st = layer_rows(lw, n, R, qs->a[l], qs->delta[l], r->Vr);
+        pk_status st = add_layer_rows(r, m, l, n, R, qs->a[l], qs->delta[l], r->V, q, q0, f);
         if (st) return st;
-        for (size_t x = 0; x < n; x++)
-            for (size_t k = 0; k < R; k++) {
-                double *v = r->V + ((q[x] - q0) * R + k) * r->nV + r->voff[l];
-                const double *g = r->Vr + (x * R + k) * nW, *gc = r->Vr + n * R * nW + (x * R + k) * nc;
-                for (size_t j = 0; j < nW; j++) v[j] += f[x] * g[j];
-                for (size_t j = 0; j < nc; j++) v[nW + j] += f[x] * gc[j];
-            }
     }
     return PK_OK;
 }
@@ -122,15 +120,9 @@ pk_status pk_rowsum_close(pk_rowsum *r, const pk_model *m, const double *X, size
                           double *S)
 {
     size_t R = r->rows;
-    if (r->sum1) {
-        const pk_layer *lw = pk_model_weight(m, 0);
-        size_t nW = lw->b_off - lw->w_off, nc = lw->n_w - nW;
-        pk_status st = layer_rows(lw, nq, R, X, r->G1, r->Vr);
+    if (r->sum1) { /* the first layer's part of V is zero until now */
+        pk_status st = add_layer_rows(r, m, 0, nq, R, X, r->G1, r->V, NULL, 0, NULL);
         if (st) return st;
-        for (size_t x = 0; x < nq * R; x++) {
-            memcpy(r->V + x * r->nV, r->Vr + x * nW, nW * sizeof *r->V);
-            memcpy(r->V + x * r->nV + nW, r->Vr + nq * R * nW + x * nc, nc * sizeof *r->V);
-        }
         memset(r->G1, 0, nq * R * r->d1 * sizeof *r->G1);
     }
     pk_gemm_rows(0, 1, nq * R, nb, r->nV, 1.0, r->V, r->nV, U, r->nV, 0.0, S, nb);
