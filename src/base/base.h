@@ -58,8 +58,9 @@ void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, c
  * out of memory. For passes that would otherwise allocate and free
  * megabytes on every call (conv2d's patches): the allocator would hand
  * those pages back and fault them in again at every step. Each caller
- * owns its slot numbers (conv.c: 0-7); freed when the thread ends. */
-#define PK_SCRATCH_SLOTS 8
+ * owns its slot numbers (conv.c: 0-7, model.c: 8); freed when the thread
+ * ends. */
+#define PK_SCRATCH_SLOTS 9
 double *pk_scratch(size_t slot, size_t n);
 
 /* Memory (pk_alloc, pk_calloc, pk_alloc_big, pk_memory_budget) and atomic

@@ -17,7 +17,31 @@ typedef struct pk_side {
     const double *a[PK_MAX_MODEL_LAYERS];      /* (n, in_l)                */
     const double *delta[PK_MAX_MODEL_LAYERS];  /* (n * rows, out_l * fold) */
     int by_rows; /* leave out the layers a pk_rowsum contracts (their share is its) */
+    /* a layer's per-row gradients in place of its deltas, for
+     * pk_side_product (both sides or neither; pk_model_output_rows) */
+    const double *grow[PK_MAX_MODEL_LAYERS];  /* (n rows, fold n_W)         */
+    const double *gbias[PK_MAX_MODEL_LAYERS]; /* (n rows, fold (n_w - n_W)) */
 } pk_side;
+
+/* Examples i0 .. i0 + n of side s. */
+pk_side pk_side_part(const pk_model *m, const pk_side *s, size_t i0, size_t n);
+
+/* A side's own buffers for up to cap examples (pk_side_form): the
+ * per-output deltas of the layers whose products take them, the per-row
+ * gradients of those whose products go through them (pk_takes_rows). */
+typedef struct pk_side_bufs {
+    double *delta[PK_MAX_MODEL_LAYERS]; /* (cap C, out_l), or NULL         */
+    double *rows[PK_MAX_MODEL_LAYERS];  /* (cap C, n_w of layer l), or NULL */
+} pk_side_bufs;
+pk_status pk_side_bufs_new(const pk_model *m, size_t cap, int trace, pk_side_bufs *b);
+/* Doubles a pk_side_bufs holds per example. */
+size_t pk_side_bufs_values(const pk_model *m, int trace);
+void pk_side_bufs_free(const pk_model *m, pk_side_bufs *b);
+/* The side (full blocks, or the trace) of the examples on tape t after a
+ * forward pass at w: their deltas and rows formed into b
+ * (pk_model_output_rows). */
+pk_status pk_side_form(const pk_model *m, const double *w, const pk_tape *t, pk_side_bufs *b, int trace,
+                       pk_side *s);
 
 /* S = sum over the layers with parameters of their shares of the
  * per-example gradient inner products (pk_layer_ops.gram; for a dense layer

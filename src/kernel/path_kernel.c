@@ -26,24 +26,28 @@
 #define X_BLOCK 128
 #define Y_BLOCK 32
 
-/* The examples of one block at one node: a tape and its per-output deltas. */
+/* The examples of one block at one node: a tape, its per-output deltas
+ * and per-row gradients (pk_side_bufs), the side they make. */
 typedef struct pside {
     pk_tape *t;
-    double *d[PK_MAX_MODEL_LAYERS]; /* d[l] (cap, C, out_l) */
+    pk_side_bufs b;
+    pk_side s;
+    int trace;
 } pside;
 
 static void pside_free(const pk_model *m, pside *p)
 {
     pk_tape_free(p->t);
-    pk_deltas_free(m, p->d);
+    pk_side_bufs_free(m, &p->b);
     p->t = NULL;
 }
 
-static pk_status pside_new(const pk_model *m, size_t cap, pside *p)
+static pk_status pside_new(const pk_model *m, size_t cap, int trace, pside *p)
 {
     memset(p, 0, sizeof *p);
+    p->trace = trace;
     p->t = pk_tape_new(m, cap);
-    if (!p->t || pk_deltas_new(m, cap, p->d)) { pside_free(m, p); return PK_ERR_NOMEM; }
+    if (!p->t || pk_side_bufs_new(m, cap, trace, &p->b)) { pside_free(m, p); return PK_ERR_NOMEM; }
     p->t->queries = 1; /* every row's bits independent of the block it is in */
     return PK_OK;
 }
@@ -52,7 +56,7 @@ static pk_status pside_new(const pk_model *m, size_t cap, pside *p)
 static pk_status pside_compute(const pk_model *m, const double *w, const double *X, size_t n, pside *p)
 {
     pk_model_forward(m, w, X, n, p->t);
-    return pk_model_output_deltas(m, w, p->t, p->d);
+    return pk_side_form(m, w, p->t, &p->b, p->trace, &p->s);
 }
 
 /* Examples a block of B holds, for n examples. */
@@ -61,7 +65,7 @@ static size_t side_cap(size_t n, size_t B) { return n < B ? (n ? n : 1) : B; }
 size_t pk_path_kernel_worker(const pk_model *m, size_t nx, size_t ny, pk_kmode mode)
 {
     size_t C = m->n_out, r = mode == PK_KMODE_FULL ? C : 1, bx = side_cap(nx, X_BLOCK), by = side_cap(ny, Y_BLOCK);
-    double sd = (double)pk_model_widths(m), per = 3 * sd + (double)C * sd; /* tape and deltas per example */
+    double sd = (double)pk_model_widths(m), per = 3 * sd + (double)pk_side_bufs_values(m, r == 1); /* tape, side */
     double b = (double)(bx + by) * per;                                     /* the two sides      */
     b += (double)bx * (double)by * (double)(r * r + 1 + r * r);             /* S, A, D            */
     b *= sizeof(double);
@@ -101,7 +105,8 @@ size_t pk_run_path_kernel_bytes(const pk_run *run, size_t nx, size_t ny, pk_kmod
 typedef struct erows {
     size_t n, nk, cap, cap_e;       /* rows; the first nk are the examples' with a kink */
     pk_tape *t;
-    double *d[PK_MAX_MODEL_LAYERS]; /* (cap, C, out_l) per-output deltas */
+    pk_side_bufs bufs;              /* their per-output deltas and per-row gradients */
+    pk_side s;                      /* the side of all n rows */
     double *X, *at, *a, *b;         /* (cap, d) the rows' examples; (cap) node, piece [a, b] */
     size_t *first;                  /* (2 examples): example i's rows first[i] .. first[i] + first[ne + i] */
 } erows;
@@ -109,7 +114,7 @@ typedef struct erows {
 static void erows_free(const pk_model *m, erows *e)
 {
     pk_tape_free(e->t);
-    pk_deltas_free(m, e->d);
+    pk_side_bufs_free(m, &e->bufs);
     free(e->X); free(e->at); free(e->a); free(e->b); free(e->first);
     memset(e, 0, sizeof *e);
 }
@@ -143,8 +148,8 @@ static pk_status pwork_new(const pk_model *m, size_t bx, size_t by, size_t r, pw
     w->A = pk_alloc(bx, by * sizeof *w->A);
     w->D = pk_alloc(bx * r, by * r * sizeof *w->D);
     pk_status s = w->S && w->A && w->D ? PK_OK : PK_ERR_NOMEM;
-    if (!s) s = pside_new(m, bx, &w->x);
-    if (!s) s = pside_new(m, by, &w->y);
+    if (!s) s = pside_new(m, bx, r == 1, &w->x);
+    if (!s) s = pside_new(m, by, r == 1, &w->y);
     if (s) pwork_free(m, w);
     return s;
 }
@@ -183,9 +188,8 @@ static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
         w->x_held = bx;
     }
     if ((s = pside_compute(m, n->wn, n->Y + y0 * d, nby, &w->y))) return s;
-    pk_side sx = pk_side_outputs(m, w->x.t, w->x.d, r == 1), sy = pk_side_outputs(m, w->y.t, w->y.d, r == 1);
     /* S (nbx, nby, r, r) = K^g_{wn} on the block (MATH.md section 4) */
-    pk_side_product(m, &sx, &sy, w->S, nby, 1, w->A, w->D);
+    pk_side_product(m, &w->x.s, &w->y.s, w->S, nby, 1, w->A, w->D);
     for (size_t i = 0; i < nbx; i++) {
         double *Ki = n->K + ((x0 + i) * n->ny + y0) * rr;
         const double *Si = w->S + i * nby * rr;
@@ -204,7 +208,7 @@ static pk_status pair_add(const pnode *n, size_t bx, size_t by, pwork *w)
 /* ---------------------------------------------------- the exact rule's pairs */
 
 /* Grow a block's rows to hold `rows` rows of `ne` examples. */
-static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t ne)
+static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t ne, int trace)
 {
     if (2 * ne > e->cap_e) {
         free(e->first);
@@ -225,7 +229,7 @@ static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t 
     e->at = pk_alloc(e->cap, sizeof *e->at);
     e->a = pk_alloc(e->cap, sizeof *e->a);
     e->b = pk_alloc(e->cap, sizeof *e->b);
-    if (!e->t || !e->X || !e->at || !e->a || !e->b || pk_deltas_new(m, e->cap, e->d)) {
+    if (!e->t || !e->X || !e->at || !e->a || !e->b || pk_side_bufs_new(m, e->cap, trace, &e->bufs)) {
         erows_free(m, e);
         return PK_ERR_NOMEM;
     }
@@ -236,12 +240,12 @@ static pk_status erows_reserve(const pk_model *m, erows *e, size_t rows, size_t 
  * nodes on [0, 1] without a kink, the own nodes of every piece with; then
  * the forward pass and the per-output deltas at w + at D, row by row. */
 static pk_status erows_build(const pk_model *m, const eside *es, const double *X, size_t e0, size_t ne,
-                             const double *w, const double *D, erows *e)
+                             const double *w, const double *D, int trace, erows *e)
 {
     const pk_nodes *nd = &es->nd;
     size_t rows = 0, d = m->n_in, k = nd->k;
     for (size_t i = e0; i < e0 + ne; i++) rows += es->kinked[i] ? es->first[i + 1] - es->first[i] : k;
-    pk_status s = erows_reserve(m, e, rows, ne);
+    pk_status s = erows_reserve(m, e, rows, ne, trace);
     if (s) return s;
     size_t n = 0;
     for (int pass = 1; pass >= 0; pass--) { /* the examples with a kink, then the others */
@@ -269,21 +273,15 @@ static pk_status erows_build(const pk_model *m, const eside *es, const double *X
     e->n = n;
     if ((s = pk_tape_along(e->t, m, D, e->at))) return s;
     pk_model_forward(m, w, e->X, n, e->t);
-    s = pk_model_output_deltas(m, w, e->t, e->d);
+    s = pk_side_form(m, w, e->t, &e->bufs, trace, &e->s);
     pk_tape_along(e->t, m, NULL, NULL);
     return s;
 }
 
 /* A side of rows r0 .. r0 + n of a block's rows. */
-static pk_side erows_side(const pk_model *m, const erows *e, size_t r0, size_t n, int trace)
+static pk_side erows_side(const pk_model *m, const erows *e, size_t r0, size_t n)
 {
-    pk_side s = pk_side_outputs(m, e->t, e->d, trace);
-    s.n = n;
-    for (size_t l = 0; l < m->n_weight; l++) {
-        s.a[l] += r0 * pk_model_weight(m, l)->in;
-        s.delta[l] += r0 * m->n_out * pk_model_weight(m, l)->out;
-    }
-    return s;
+    return pk_side_part(m, &e->s, r0, n);
 }
 
 /* Lagrange basis of the k nodes a + h s_j of piece [a, b] at x: L (k). */
@@ -320,10 +318,10 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
     pk_status s;
     if (w->ex_held != bx) {
         w->ex_held = (size_t)-1;
-        if ((s = erows_build(m, n->ex, n->X, x0, nbx, n->w, n->D, &w->ex))) return s;
+        if ((s = erows_build(m, n->ex, n->X, x0, nbx, n->w, n->D, r == 1, &w->ex))) return s;
         w->ex_held = bx;
     }
-    if ((s = erows_build(m, n->ey, n->Y, y0, nby, n->w, n->D, &w->ey))) return s;
+    if ((s = erows_build(m, n->ey, n->Y, y0, nby, n->w, n->D, r == 1, &w->ey))) return s;
     size_t ry = w->ey.n;
     if (ry > w->cap_s) {
         free(w->eS); free(w->eA); free(w->eD);
@@ -342,10 +340,10 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
     for (int part = 0; part < 2; part++) {
         size_t ra = part ? nkx : 0, rb = part ? w->ex.n : nkx, ryp = part ? w->ey.nk : ry;
         if (!ryp) continue;
-        pk_side sy = erows_side(m, &w->ey, 0, ryp, r == 1);
+        pk_side sy = erows_side(m, &w->ey, 0, ryp);
         for (size_t c0 = ra; c0 < rb; c0 += xr) {
             size_t nc = rb - c0 < xr ? rb - c0 : xr;
-            pk_side sx = erows_side(m, &w->ex, c0, nc, r == 1);
+            pk_side sx = erows_side(m, &w->ex, c0, nc);
             /* eS (nc, ryp, r, r) = <J(x rows), J(y rows)> */
             pk_side_product(m, &sx, &sy, w->eS, ryp, 1, w->eA, w->eD);
             for (size_t i = 0; i < nbx; i++) {

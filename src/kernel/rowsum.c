@@ -8,9 +8,7 @@
 
 int pk_rowsum_takes(const pk_model *m, size_t l, size_t rows)
 {
-    const pk_layer *lw = pk_model_weight(m, l);
-    if (!lw->ops->grad_rows) return 0;
-    return lw->ops != &pk_conv_ops || !pk_conv_form_b(lw, rows, 1, 1);
+    return pk_takes_rows(pk_model_weight(m, l), rows, 1, 1);
 }
 
 /* The layout of a row: nV values, voff per layer, the widest layer. */

@@ -11,7 +11,7 @@
 pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *deltas, int trace)
 {
     size_t C = m->n_out;
-    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}, 0};
+    pk_side s = {t->n, trace ? 1 : C, trace ? C : 1, 1, t->queries, {0}, {0}, 0, {0}, {0}};
     for (size_t l = 0; l < m->n_weight; l++) {
         s.a[l] = pk_tape_in(t, m->weight[l]);
         s.delta[l] = deltas[l];
@@ -21,7 +21,7 @@ pk_side pk_side_outputs(const pk_model *m, const pk_tape *t, double *const *delt
 
 pk_side pk_side_loss(const pk_model *m, const pk_tape *t)
 {
-    pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}, 0};
+    pk_side s = {t->n, 1, 1, 0, t->queries, {0}, {0}, 0, {0}, {0}};
     for (size_t l = 0; l < m->n_weight; l++) {
         s.a[l] = pk_tape_in(t, m->weight[l]);
         s.delta[l] = t->g[m->weight[l]];
@@ -44,11 +44,33 @@ void pk_side_product(const pk_model *m, const pk_side *x, const pk_side *y, doub
     for (size_t l = 0; l < L; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
         if (x->by_rows && pk_rowsum_takes(m, l, x->rows)) continue;
+        if (x->grow[l]) {
+            size_t nW = lw->b_off - lw->w_off;
+            pk_gram_rows(nx, rx, x->grow[l], x->gbias[l], ny, ry, y->grow[l], y->gbias[l], x->fold * nW,
+                         x->fold * (lw->n_w - nW), mode, D, S, ldy, pairs);
+            continue;
+        }
         /* the output layer's per-output deltas are the unit vectors e_k */
         int unit = l + 1 == L && x->unit && y->unit;
         lw->ops->gram(lw, nx, rx, x->a[l], x->delta[l], ny, ry, y->a[l], y->delta[l], x->fold, unit, mode, A, D, S,
                       ldy, pairs);
     }
+}
+
+pk_side pk_side_part(const pk_model *m, const pk_side *s, size_t i0, size_t n)
+{
+    pk_side p = *s;
+    size_t r = s->rows * s->fold;
+    p.n = n;
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        size_t nW = lw->b_off - lw->w_off;
+        if (p.a[l]) p.a[l] += i0 * lw->in;
+        if (p.delta[l]) p.delta[l] += i0 * r * lw->out;
+        if (p.grow[l]) p.grow[l] += i0 * r * nW;
+        if (p.gbias[l]) p.gbias[l] += i0 * r * (lw->n_w - nW);
+    }
+    return p;
 }
 
 void pk_side_diagonal(const pk_model *m, const pk_side *x, const pk_side *y, double *out)
@@ -189,13 +211,6 @@ static size_t choose_block(const pk_model *m, size_t nx, size_t ny, int trace, s
     size_t B = block_size(trace ? 1 : dim(m, m->n_weight));
     while (mem && B > MIN_BLOCK && block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace) > mem) B /= 2;
     return B;
-}
-
-size_t pk_kernel_tangent_memory(const pk_model *m, size_t nx, size_t ny, pk_kmode mode, size_t mem)
-{
-    int trace = mode == PK_KMODE_TRACE;
-    size_t B = choose_block(m, nx, ny, trace, mem);
-    return block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace);
 }
 
 /* K for the x examples i0..i0+kt of the block against all its y, every
@@ -408,29 +423,127 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     return s;
 }
 
+/* y examples a product takes: two pieces of pk_model_output_rows
+ * (PK_PIECE_ROWS / C examples each). Fixed, never of the thread count: the
+ * products' columns follow from it, and on some BLAS kernels their bits. */
+static size_t y_step(size_t C) { return 2 * (PK_PIECE_ROWS / C ? PK_PIECE_ROWS / C : 1); }
+
+/* y examples a side is formed for at once: a y_step for every two threads,
+ * a piece each (a side's values do not depend on its block). */
+static size_t y_block(size_t C)
+{
+    size_t t = (size_t)omp_get_max_threads();
+    return y_step(C) * ((t + 1) / 2);
+}
+
+/* Doubles the generic path holds for x blocks of bx and y sides of by
+ * examples: each side's tape and its deltas or rows, and A, D and S
+ * against a y step. */
+static double generic_values(const pk_model *m, size_t bx, size_t by, int trace)
+{
+    size_t C = m->n_out, r = trace ? 1 : C;
+    double per = (double)pk_tape_values(m) + (double)pk_side_bufs_values(m, trace);
+    double pair = (1.0 + (double)C * (double)C + (double)r * (double)r) * (double)y_step(C);
+    return per * (double)(bx + by) + pair * (double)bx;
+}
+
 /* Any model: blocks of examples a side, each side's per-output deltas, and
  * every layer's own share of the products (pk_side_product); the fused path
- * above is the same sum for multilayer perceptrons, arranged for speed.
- * Blocks are as large as a quarter of the memory budget allows (at most
- * 512 examples): each side's deltas (and a conv2d layer's per-example
- * gradients) are formed once per pair of blocks, so fewer, larger blocks
- * repeat less of that work. */
-static size_t generic_block(const pk_model *m, size_t nx, size_t ny, int trace, size_t mem)
+ * above is the same sum for multilayer perceptrons, arranged for speed. A
+ * layer whose share goes through per-row gradients (pk_takes_rows: a
+ * convolution in form A) keeps those rows, formed piece by piece as its
+ * deltas are, instead of the deltas: 156 values an output instead of 4,704
+ * for LeNet-5's first convolution. x blocks are as large as a quarter of
+ * the memory budget allows (at most 512 examples): every y side is formed
+ * once per x block, so fewer, larger x blocks repeat less of that work. y
+ * sides are small (y_block), so that they and the products' scratch stay
+ * small and are reused. */
+static size_t generic_block(const pk_model *m, size_t nx, size_t By, int trace, size_t mem)
 {
-    size_t C = m->n_out, r = trace ? 1 : C, rows_nw = 0, widths = 0;
+    double budget = (double)pk_memory_budget(mem) / 4.0 / sizeof(double);
+    size_t B = 16;
+    while (B < 512 && B < nx && generic_values(m, 2 * B, By, trace) <= budget) B *= 2;
+    return B;
+}
+
+void pk_side_bufs_free(const pk_model *m, pk_side_bufs *b)
+{
+    for (size_t l = 0; l < m->n_weight; l++) {
+        free(b->delta[l]); free(b->rows[l]);
+        b->delta[l] = b->rows[l] = NULL;
+    }
+}
+
+size_t pk_side_bufs_values(const pk_model *m, int trace)
+{
+    size_t C = m->n_out, r = trace ? 1 : C, fold = trace ? C : 1, kept = 0;
     for (size_t l = 0; l < m->n_weight; l++) {
         const pk_layer *lw = pk_model_weight(m, l);
-        widths += lw->out;
-        if (lw->ops != &pk_dense_ops && lw->n_w > rows_nw) rows_nw = lw->n_w;
+        kept += pk_takes_rows(lw, r, r, fold) ? lw->n_w : lw->out;
     }
-    /* per example and side: the tape, the deltas, a conv2d layer's
-     * gradients; per pair: A, D and the sink's S */
-    double per = 2.0 * ((double)pk_tape_values(m) + (double)C * (double)(widths + rows_nw));
-    double pair = 1.0 + (double)C * (double)C + (double)r * (double)r;
-    double budget = (double)pk_memory_budget(mem) / 4.0 / sizeof(double);
-    size_t n = nx > ny ? nx : ny, B = 16;
-    while (B < 512 && B < n && per * (double)(2 * B) + pair * (double)(2 * B) * (double)(2 * B) <= budget) B *= 2;
-    return B;
+    return C * kept;
+}
+
+pk_status pk_side_bufs_new(const pk_model *m, size_t cap, int trace, pk_side_bufs *b)
+{
+    size_t C = m->n_out, r = trace ? 1 : C, fold = trace ? C : 1;
+    memset(b, 0, sizeof *b);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        int by_rows = pk_takes_rows(lw, r, r, fold);
+        double *p = pk_alloc_big(cap * C, (by_rows ? lw->n_w : lw->out) * sizeof(double));
+        if (!p) { pk_side_bufs_free(m, b); return PK_ERR_NOMEM; }
+        (by_rows ? b->rows : b->delta)[l] = p;
+    }
+    return PK_OK;
+}
+
+pk_status pk_side_form(const pk_model *m, const double *w, const pk_tape *t, pk_side_bufs *b, int trace,
+                       pk_side *s)
+{
+    pk_status st = pk_model_output_rows(m, w, t, b->delta, b->rows);
+    *s = pk_side_outputs(m, t, b->delta, trace);
+    for (size_t l = 0; l < m->n_weight; l++) {
+        const pk_layer *lw = pk_model_weight(m, l);
+        s->grow[l] = b->rows[l];
+        s->gbias[l] = b->rows[l] ? b->rows[l] + t->n * m->n_out * (lw->b_off - lw->w_off) : NULL;
+    }
+    return st;
+}
+
+/* S (nbx r, nby r), rows (x, kx) and columns (y, ky), in K's layout:
+ * each x's (nby, r, r) into K (ny per row) at block (x0, y0), or to the
+ * sink; by the threads, x by x. */
+static pk_status to_layout(const double *S, size_t nbx, size_t nby, size_t r, size_t x0, size_t y0, size_t ny,
+                           double *K, pk_kernel_sink sink, void *ctx)
+{
+    pk_status st = PK_OK;
+    #pragma omp parallel if (nbx * nby * r * r >= PK_PAR_MIN)
+    {
+        double *row = K ? NULL : pk_alloc(nby, r * r * sizeof *row); /* (nby, r, r) */
+        if (!K && !row) {
+            #pragma omp atomic write
+            st = PK_ERR_NOMEM;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (size_t i = 0; i < nbx; i++) {
+            pk_status now;
+            #pragma omp atomic read
+            now = st;
+            if (now) continue;
+            double *dst = K ? K + ((x0 + i) * ny + y0) * r * r : row;
+            for (size_t j = 0; j < nby; j++)
+                for (size_t kx = 0; kx < r; kx++)
+                    memcpy(dst + (j * r + kx) * r, S + (i * r + kx) * nby * r + j * r, r * sizeof *S);
+            pk_status si = K ? PK_OK : sink(ctx, x0 + i, y0, nby, row);
+            if (si) {
+                #pragma omp atomic write
+                st = si;
+            }
+        }
+        free(row);
+    }
+    return st;
 }
 
 static pk_status kernel_generic(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
@@ -447,43 +560,54 @@ static pk_status kernel_generic(const pk_model *m, const double *w, const double
 {
     size_t C = m->n_out, d = m->n_in;
     int trace = mode == PK_KMODE_TRACE;
-    size_t r = trace ? 1 : C, B = generic_block(m, nx, ny, trace, mem);
-    pk_tape *tx = pk_tape_new(m, B), *ty = pk_tape_new(m, B);
+    size_t r = trace ? 1 : C, By = y_block(C), step = y_step(C), B = generic_block(m, nx, By, trace, mem);
+    pk_tape *tx = pk_tape_new(m, B), *ty = pk_tape_new(m, By);
     if (tx) tx->queries = 1;
     if (ty) ty->queries = 1;
-    double *dx[PK_MAX_MODEL_LAYERS] = {0}, *dy[PK_MAX_MODEL_LAYERS] = {0};
-    int have = !pk_deltas_new(m, B, dx);
-    if (have && pk_deltas_new(m, B, dy)) { pk_deltas_free(m, dx); have = 0; }
-    double *A = pk_alloc(B, B * sizeof *A), *D = pk_alloc_big(B * C, B * C * sizeof *D); /* (B, B), (B C, B C) */
-    double *S = K ? NULL : pk_alloc(B * B, r * r * sizeof *S);                         /* (B, B, r, r) */
-    pk_status s = tx && ty && have && A && D && (K || S) ? PK_OK : PK_ERR_NOMEM;
+    pk_side_bufs bufx, bufy;
+    int have = !pk_side_bufs_new(m, B, trace, &bufx);
+    if (have && pk_side_bufs_new(m, By, trace, &bufy)) { pk_side_bufs_free(m, &bufx); have = 0; }
+    double *A = pk_alloc(B, step * sizeof *A);                /* (B, step)                             */
+    double *D = pk_alloc_big(B * C, step * C * sizeof *D);    /* (B C, step C)                         */
+    double *S = pk_alloc_big(B * r, step * r * sizeof *S);    /* (B r, step r): rows (x, kx), cols (y, ky) */
+    pk_status s = tx && ty && have && A && D && S ? PK_OK : PK_ERR_NOMEM;
     for (size_t x0 = 0; !s && x0 < nx; x0 += B) {
         size_t nbx = nx - x0 < B ? nx - x0 : B;
+        pk_side sx, sy;
         pk_model_forward(m, w, X + x0 * d, nbx, tx);
-        s = pk_model_output_deltas(m, w, tx, dx);
-        pk_side sx = pk_side_outputs(m, tx, dx, trace);
-        for (size_t y0 = 0; !s && y0 < ny; y0 += B) {
-            size_t nby = ny - y0 < B ? ny - y0 : B;
-            pk_side sy = pk_side_outputs(m, tx, dx, trace);
-            if (Y != X || y0 != x0) { /* the x block against itself needs no second pass */
-                pk_model_forward(m, w, Y + y0 * d, nby, ty);
-                s = pk_model_output_deltas(m, w, ty, dy);
-                if (s) break;
-                sy = pk_side_outputs(m, ty, dy, trace);
-            }
-            /* (x, y, kx, ky) blocks: K's own layout, or a block to the sink */
-            if (K) pk_side_product(m, &sx, &sy, K + (x0 * ny + y0) * r * r, ny, 1, A, D);
+        s = pk_side_form(m, w, tx, &bufx, trace, &sx);
+        for (size_t y0 = 0; !s && y0 < ny; y0 += By) {
+            size_t nby = ny - y0 < By ? ny - y0 : By;
+            if (Y == X && x0 <= y0 && y0 + nby <= x0 + nbx) /* within the x block: no second pass */
+                sy = pk_side_part(m, &sx, y0 - x0, nby);
             else {
-                pk_side_product(m, &sx, &sy, S, nby, 1, A, D);
-                for (size_t i = 0; !s && i < nbx; i++) s = sink(ctx, x0 + i, y0, nby, S + i * nby * r * r);
+                pk_model_forward(m, w, Y + y0 * d, nby, ty);
+                if ((s = pk_side_form(m, w, ty, &bufy, trace, &sy))) break;
+            }
+            for (size_t j0 = 0; !s && j0 < nby; j0 += step) {
+                size_t nj = nby - j0 < step ? nby - j0 : step;
+                pk_side part = pk_side_part(m, &sy, j0, nj);
+                pk_side_product(m, &sx, &part, S, nj, 0, A, D);
+                s = to_layout(S, nbx, nj, r, x0, y0 + j0, ny, K, sink, ctx);
             }
         }
     }
     pk_tape_free(tx);
     pk_tape_free(ty);
-    if (have) { pk_deltas_free(m, dx); pk_deltas_free(m, dy); }
+    if (have) { pk_side_bufs_free(m, &bufx); pk_side_bufs_free(m, &bufy); }
     free(A); free(D); free(S);
     return s;
+}
+
+size_t pk_kernel_tangent_memory(const pk_model *m, size_t nx, size_t ny, pk_kmode mode, size_t mem)
+{
+    int trace = mode == PK_KMODE_TRACE;
+    if (pk_model_mlp_act(m) < 0) { /* the generic path's blocks */
+        size_t By = y_block(m->n_out), B = generic_block(m, nx, By, trace, mem);
+        return (size_t)generic_values(m, nx < B ? nx : B, ny < By ? ny : By, trace) * sizeof(double);
+    }
+    size_t B = choose_block(m, nx, ny, trace, mem);
+    return block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace);
 }
 
 pk_status pk_kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx,

@@ -205,12 +205,18 @@ static void conv_grad(const pk_layer *l, const double *x, const double *gy, size
  * when T is large against the channels (a first layer), B when the map is
  * small and the channels many; the choice depends on the shape and the
  * rows only, never on the number of examples in a call. */
-int pk_conv_form_b(const pk_layer *l, size_t rx, size_t ry, size_t fold)
+static int form_b(const pk_layer *l, size_t rx, size_t ry, size_t fold)
 {
     double T = (double)positions(l), d = (double)patch_len(l), p = (double)l->c_out, f = (double)fold;
     double a = (double)rx * ry * f * (p * d + p) + (double)(rx + ry) * f * p * d * T / 64.0;
     double b = T * T * d + (double)rx * f * p * T * T + (double)rx * ry * f * p * T;
     return b < a;
+}
+
+int pk_takes_rows(const pk_layer *l, size_t rx, size_t ry, size_t fold)
+{
+    if (!l->ops->grad_rows) return 0;
+    return l->ops != &pk_conv_ops || !form_b(l, rx, ry, fold);
 }
 
 /* V (n rows, fold c_out d) = sw G^T P for every row of deltas, and Vb (n
@@ -299,7 +305,7 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
 {
     (void)unit; /* a conv2d layer is never the output layer (model.c) */
     size_t T = positions(l), d = patch_len(l), p = l->c_out, cols = ny * ry;
-    if (pk_conv_form_b(l, rx, ry, fold)) {
+    if (form_b(l, rx, ry, fold)) {
         double *Py = pk_scratch(5, ny * T * d); /* (d, ny T) */
         int fail = !Py;
         if (fail) { out_of_memory(nx, rx, ny, ry, S, ldy, pairs); return; }
@@ -322,7 +328,7 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
         if (fail) out_of_memory(nx, rx, ny, ry, S, ldy, pairs);
         return;
     }
-    /* form A: D (nx rx, ny ry) = V_x V_y^T + Vb_x Vb_y^T */
+    /* form A: S += V_x V_y^T + Vb_x Vb_y^T */
     size_t vl = fold * p * d, bl = fold * p;
     double *Vx = pk_scratch(4, nx * rx * (vl + bl)), *Vy = pk_scratch(7, ny * ry * (vl + bl));
     if (!Vx || !Vy || row_gradients(l, nx, rx, ax, dx, fold, Vx, Vx + nx * rx * vl) ||
@@ -330,16 +336,7 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
         out_of_memory(nx, rx, ny, ry, S, ldy, pairs);
         return;
     }
-    pk_gemm_by(mode, 0, 1, nx * rx, cols, vl, 1.0, Vx, vl, Vy, vl, 0.0, D, cols);
-    pk_gemm_by(mode, 0, 1, nx * rx, cols, bl, 1.0, Vx + nx * rx * vl, bl, Vy + ny * ry * vl, bl, 1.0, D, cols);
-    #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
-    for (size_t i = 0; i < nx; i++)
-        for (size_t kx = 0; kx < rx; kx++)
-            for (size_t j = 0; j < ny; j++) {
-                double *dst = pairs ? S + ((i * ldy + j) * rx + kx) * ry : S + ((i * rx + kx) * ldy + j) * ry;
-                const double *src = D + (i * rx + kx) * cols + j * ry;
-                for (size_t ky = 0; ky < ry; ky++) dst[ky] += src[ky];
-            }
+    pk_gram_rows(nx, rx, Vx, Vx + nx * rx * vl, ny, ry, Vy, Vy + ny * ry * vl, vl, bl, mode, D, S, ldy, pairs);
     (void)A;
 }
 

@@ -744,6 +744,31 @@ static void output_deltas_piece(const pk_model *m, const double *w, const pk_tap
 
 pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas)
 {
+    return pk_model_output_rows(m, w, t, deltas, NULL);
+}
+
+/* A piece's gradient rows of the layers with rows[l], from its deltas in
+ * the piece's scratch sc (their deltas[l] are NULL). Nonzero when out of
+ * memory. */
+static int piece_rows(const pk_model *m, const pk_tape *t, double *const *sc, double *const *rows, size_t i0,
+                      size_t ne)
+{
+    size_t n = t->n, C = m->n_out;
+    for (size_t l = 0; rows && l < m->n_weight; l++) {
+        if (!rows[l]) continue;
+        size_t k = m->weight[l];
+        const pk_layer *lw = &m->layer[k];
+        size_t nW = lw->b_off - lw->w_off, nb = lw->n_w - nW;
+        if (lw->ops->grad_rows(lw, ne, C, pk_tape_in(t, k) + i0 * lw->in, sc[k], rows[l] + i0 * C * nW,
+                               rows[l] + n * C * nW + i0 * C * nb))
+            return 1;
+    }
+    return 0;
+}
+
+pk_status pk_model_output_rows(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas,
+                               double *const *rows)
+{
     size_t n = t->n, C = m->n_out, last = m->n_layers - 1;
     double *top = deltas[m->n_weight - 1]; /* (n, C, C): d f_k / d z_out = e_k */
     if (top) {
@@ -775,7 +800,7 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
     int fail = 0;
     #pragma omp parallel if (pieces > 1 && n * C * wmax >= PK_PAR_MIN)
     {
-        double *scratch = sc_len ? pk_alloc(sc_len, sizeof(double)) : NULL, *sc[PK_MAX_MODEL_LAYERS] = {0};
+        double *scratch = sc_len ? pk_scratch(8, sc_len) : NULL, *sc[PK_MAX_MODEL_LAYERS] = {0};
         if (sc_len && !scratch) {
             #pragma omp atomic write
             fail = 1;
@@ -789,9 +814,14 @@ pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_ta
         double *along_sc = scratch ? scratch + off + E * C * acc : NULL; /* (E C, along) */
         #pragma omp for schedule(dynamic, 1)
         for (size_t p = 0; p < pieces; p++)
-            if (scratch || !sc_len)
-                output_deltas_piece(m, w, t, buf, sc, acc_sc, along_sc, p * E, n - p * E < E ? n - p * E : E);
-        free(scratch);
+            if (scratch || !sc_len) {
+                size_t ne = n - p * E < E ? n - p * E : E;
+                output_deltas_piece(m, w, t, buf, sc, acc_sc, along_sc, p * E, ne);
+                if (piece_rows(m, t, sc, rows, p * E, ne)) {
+                    #pragma omp atomic write
+                    fail = 1;
+                }
+            }
     }
     return fail ? PK_ERR_NOMEM : PK_OK;
 }
@@ -809,6 +839,30 @@ pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas)
 void pk_deltas_free(const pk_model *m, double **deltas)
 {
     for (size_t l = 0; l < m->n_weight; l++) { free(deltas[l]); deltas[l] = NULL; }
+}
+
+void pk_gram_rows(size_t nx, size_t rx, const double *Vx, const double *Bx, size_t ny, size_t ry, const double *Vy,
+                  const double *By, size_t nW, size_t nb, pk_gemm_mode mode, double *D, double *S, size_t ldy,
+                  int pairs)
+{
+    size_t cols = ny * ry;
+    /* D first, then added: a product with beta = 1 straight into S would
+     * add the BLAS's partial sums in an order that depends on the kernel */
+    pk_gemm_by(mode, 0, 1, nx * rx, cols, nW, 1.0, Vx, nW, Vy, nW, 0.0, D, cols);
+    pk_gemm_by(mode, 0, 1, nx * rx, cols, nb, 1.0, Bx, nb, By, nb, 1.0, D, cols);
+    #pragma omp parallel for schedule(static) if (nx * rx * cols >= PK_PAR_MIN)
+    for (size_t i = 0; i < nx; i++)
+        for (size_t kx = 0; kx < rx; kx++) {
+            const double *src = D + (i * rx + kx) * cols;
+            if (!pairs) {
+                double *dst = S + (i * rx + kx) * ldy * ry;
+                for (size_t c = 0; c < cols; c++) dst[c] += src[c];
+            } else
+                for (size_t j = 0; j < ny; j++) {
+                    double *dst = S + ((i * ldy + j) * rx + kx) * ry;
+                    for (size_t ky = 0; ky < ry; ky++) dst[ky] += src[j * ry + ky];
+                }
+        }
 }
 
 size_t pk_tape_values(const pk_model *m)

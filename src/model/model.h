@@ -182,16 +182,31 @@ void pk_model_backward(const pk_model *m, const double *w, pk_tape *t, const dou
  * PK_PIECE_ROWS rows stands in where it is needed; the last layer's are e_k
  * and need none). PK_ERR_NOMEM only when that scratch cannot be had. */
 pk_status pk_model_output_deltas(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas);
+/* The same, and for a layer l with rows[l] (rows may be NULL; deltas[l]
+ * then NULL) its per-output gradient rows instead of its deltas, formed
+ * piece by piece (grad_rows): rows[l] holds V (n C, n_W) then Vb (n C, n_w
+ * - n_W). */
+pk_status pk_model_output_rows(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas,
+                               double *const *rows);
 /* Per-output delta buffers for up to cap examples: deltas[l] (cap, C, out_l)
  * for every layer with parameters. */
 pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas);
 void pk_deltas_free(const pk_model *m, double **deltas);
 
-/* Does a conv2d layer's share of the kernel products (its gram) take form
- * B, the spatial Gram, for rows rx against ry (fold segments each), rather
- * than form A, the per-row gradients (MATH.md section 8)? By the layer's
- * shape and the rows only. */
-int pk_conv_form_b(const pk_layer *l, size_t rx, size_t ry, size_t fold);
+/* Does a layer's share of the kernel products (its gram) go through its
+ * per-row gradients (grad_rows; form A of MATH.md section 8) for rows rx
+ * against ry, fold segments each: a layer with grad_rows unless its gram
+ * takes another form for that shape (a conv2d layer's form B, the spatial
+ * Gram). By the layer's shape and the rows only. */
+int pk_takes_rows(const pk_layer *l, size_t rx, size_t ry, size_t fold);
+/* S += V_x V_y^T + Vb_x Vb_y^T: a layer's share of the kernel products
+ * from per-row gradients (form A), V (n rows, nW) and Vb (n rows, nb) a
+ * side as grad_rows writes them (with fold segments a row: nW and nb fold
+ * times the layer's); S in pk_layer_ops.gram's layout (pairs), D (nx rx,
+ * ny ry) scratch when pairs. */
+void pk_gram_rows(size_t nx, size_t rx, const double *Vx, const double *Bx, size_t ny, size_t ry, const double *Vy,
+                  const double *By, size_t nW, size_t nb, pk_gemm_mode mode, double *D, double *S, size_t ldy,
+                  int pairs);
 
 /* out (n, out) = act'(x) for an activation layer, from its input x and
  * output y (n, out each) (activation.c). */

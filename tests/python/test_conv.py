@@ -196,6 +196,83 @@ def test_tangent_kernel_matches_functorch(images, tmp_path, name):
         assert err < 1e-12, f"{name} {mode}: differs from functorch's eNTK, rel err {err:.3g}"
 
 
+def test_tangent_kernel_in_blocks_matches_functorch(tmp_path):
+    """Enough examples that the kernel is taken in blocks: y sides of 50
+    examples (two pieces of 25 for 10 outputs) against x blocks of 16 under
+    a small --mem or one of 130, and the first convolution (form A) kept as
+    gradient rows while the second (form B) keeps its deltas. Against
+    functorch in both modes, for x against y and x against itself; the same
+    bits with 1 and 3 threads (y sides of 50 and 100 examples)."""
+    spec = "conv:4,3,pad=1;tanh;avgpool:2;conv:6,3;tanh;flatten;dense:12;tanh;dense"
+    r = np.random.default_rng(7)
+    X, Q = r.uniform(0, 1, size=(130, 1, 8, 8)), r.uniform(0, 1, size=(60, 1, 8, 8))
+    y = np.arange(130) % 10
+    xspec = save_data(tmp_path, "x", X, y)
+    qspec = save_data(tmp_path, "q", Q, np.zeros(60, dtype=np.int64))
+    run = tmp_path / "run"
+    pk("train", "--data", xspec, "--model", spec, "--loss", "softmax", "--optim", "sgd", "--lr", "0.1", "--batch", "16",
+       "--steps", "3", "--seed", "2", "--out", run, "--quiet")
+    pk("weights", run, "--step", "final", "--out", tmp_path / "w")
+    net = torch_net(spec, (1, 8, 8), 10, load_weights(tmp_path / "w"))
+    refs = {"q": functorch_entk(net, Q, X), "x": functorch_entk(net, X, X)}
+    for mode in ("full", "trace"):
+        for what, args in (("q", ["--x", qspec, "--y", xspec]), ("x", ["--x", xspec])):
+            want = refs[what] if mode == "full" else np.einsum("abkk->ab", refs[what])
+            got = {}
+            for threads, mem in (("1", []), ("3", []), ("2", ["--mem", "8"])):
+                out = tmp_path / f"K-{mode}-{what}-{threads}.npy"
+                pk("kernel", run, *args, "--mode", mode, "--threads", threads, *mem, "--out", out)
+                got[threads] = np.load(out)
+                err = rel_err(got[threads], want)
+                assert err < 1e-12, f"{mode} {what}, {threads} threads {mem}: rel err {err:.3g} against functorch"
+            assert np.array_equal(got["1"], got["3"]), f"{mode} {what}: bits differ between 1 and 3 threads"
+
+
+def test_path_kernel_in_blocks_matches_functorch(tmp_path):
+    """The paper's path kernel in blocks (x blocks of 128, y blocks of 32:
+    130 examples make five) through a convolution kept as gradient rows:
+    under the left rule after three gd steps it is lr times the sum of the
+    tangent kernels at w_0, w_1, w_2 (functorch). Under the exact rule on a
+    ReLU / max-pool net, the kernel of 96 examples against themselves (three
+    y blocks) equals the one assembled from calls on 32 at a time."""
+    r = np.random.default_rng(11)
+    X, Q = r.uniform(0, 1, size=(130, 1, 8, 8)), r.uniform(0, 1, size=(60, 1, 8, 8))
+    xspec = save_data(tmp_path, "x", X, np.arange(130) % 10)
+    qspec = save_data(tmp_path, "q", Q, np.zeros(60, dtype=np.int64))
+    spec = "conv:4,3,pad=1;tanh;avgpool:2;conv:6,3;tanh;flatten;dense:12;tanh;dense"
+    run = tmp_path / "run"
+    pk("train", "--data", xspec, "--model", spec, "--loss", "softmax", "--optim", "gd", "--lr", "0.2", "--steps", "3",
+       "--seed", "4", "--out", run, "--quiet")
+    ref = 0
+    for t in range(3):
+        pk("weights", run, "--step", str(t), "--out", tmp_path / f"w{t}")
+        ref = ref + 0.2 * functorch_entk(torch_net(spec, (1, 8, 8), 10, load_weights(tmp_path / f"w{t}")), Q, X)
+    for mode in ("full", "trace"):
+        pk("kernel", run, "--at", "path", "--quad", "left", "--x", qspec, "--y", xspec, "--mode", mode,
+           "--out", tmp_path / "Kp.npy")
+        want = ref if mode == "full" else np.einsum("abkk->ab", ref)
+        err = rel_err(np.load(tmp_path / "Kp.npy"), want)
+        assert err < 1e-12, f"{mode}: path kernel differs from the sum of functorch's eNTKs, rel err {err:.3g}"
+    relu = "conv:4,3,pad=1;relu;maxpool:2;conv:6,3;relu;flatten;dense:12;relu;dense"
+    run = tmp_path / "relu"
+    pk("train", "--data", xspec, "--model", relu, "--loss", "softmax", "--optim", "sgd", "--lr", "0.3", "--batch", "26",
+       "--steps", "5", "--seed", "4", "--out", run, "--quiet")
+    x96 = save_data(tmp_path, "x96", X[:96], np.arange(96) % 10)
+    pk("kernel", run, "--at", "path", "--quad", "exact", "--x", x96, "--mode", "full", "--out", tmp_path / "Ke.npy")
+    K = np.load(tmp_path / "Ke.npy")
+    cuts = [0, 32, 64, 96]
+    got = np.zeros_like(K)
+    for a, b in zip(cuts, cuts[1:]):
+        sa = save_data(tmp_path, f"c{a}", X[a:b], np.arange(a, b) % 10)
+        for c, e in zip(cuts, cuts[1:]):
+            sc = save_data(tmp_path, f"c{c}", X[c:e], np.arange(c, e) % 10)
+            pk("kernel", run, "--at", "path", "--quad", "exact", "--x", sa, "--y", sc, "--mode", "full",
+               "--out", tmp_path / "Kc.npy")
+            got[a:b, c:e] = np.load(tmp_path / "Kc.npy")
+    err = rel_err(got, K)
+    assert err < 1e-12, f"exact rule: blocks of 96 against calls of 32, rel err {err:.3g}"
+
+
 BAD_SPECS = [
     ("conv:6,31;tanh;flatten;dense", "window does not fit"),
     ("conv:6,5;tanh;dense", "add flatten"),
