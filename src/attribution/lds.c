@@ -260,7 +260,7 @@ static size_t steps_for(const pk_lds_opts *o, size_t n)
 }
 
 /* The progress of one replay or training, named. */
-typedef struct phase { const job *j; char name[64]; } phase;
+typedef struct phase { const job *j; char name[128]; } phase;
 
 static int phase_step(void *ctx, size_t step, size_t steps, double loss)
 {
@@ -390,7 +390,7 @@ static pk_status scores_of(const job *j, pk_run *run, uint64_t seed, int kind, d
     if (!(load_piece(p, "PKLDSSCO", fp, out, QN) && (kind != 2 || load_piece(p2, "PKLDSSCO", fp, out2, QN)) &&
           load_piece(pt, "PKLDSTIM", fp, sec, 1))) {
         double t0 = pk_seconds();
-        char what[64];
+        char what[128];
         snprintf(what, sizeof what, "%s scores of the run of seed %llu", kind == 2 ? "gradient" : tag,
                  (unsigned long long)seed);
         if (kind < 2) {
