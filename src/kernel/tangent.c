@@ -474,26 +474,33 @@ void pk_side_bufs_free(const pk_model *m, pk_side_bufs *b)
     }
 }
 
+/* Does a side keep layer l's per-row gradients (else its deltas)? */
+static int side_rows(const pk_model *m, size_t l, int trace)
+{
+    size_t C = m->n_out;
+    return pk_takes_rows(pk_model_weight(m, l), trace ? 1 : C, trace ? 1 : C, trace ? C : 1);
+}
+
+/* Values per example and output a side keeps of layer l. */
+static size_t side_len(const pk_model *m, size_t l, int trace)
+{
+    return side_rows(m, l, trace) ? pk_model_weight(m, l)->n_w : pk_model_weight(m, l)->out;
+}
+
 size_t pk_side_bufs_values(const pk_model *m, int trace)
 {
-    size_t C = m->n_out, r = trace ? 1 : C, fold = trace ? C : 1, kept = 0;
-    for (size_t l = 0; l < m->n_weight; l++) {
-        const pk_layer *lw = pk_model_weight(m, l);
-        kept += pk_takes_rows(lw, r, r, fold) ? lw->n_w : lw->out;
-    }
-    return C * kept;
+    size_t kept = 0;
+    for (size_t l = 0; l < m->n_weight; l++) kept += side_len(m, l, trace);
+    return m->n_out * kept;
 }
 
 pk_status pk_side_bufs_new(const pk_model *m, size_t cap, int trace, pk_side_bufs *b)
 {
-    size_t C = m->n_out, r = trace ? 1 : C, fold = trace ? C : 1;
     memset(b, 0, sizeof *b);
     for (size_t l = 0; l < m->n_weight; l++) {
-        const pk_layer *lw = pk_model_weight(m, l);
-        int by_rows = pk_takes_rows(lw, r, r, fold);
-        double *p = pk_alloc_big(cap * C, (by_rows ? lw->n_w : lw->out) * sizeof(double));
+        double *p = pk_alloc_big(cap * m->n_out, side_len(m, l, trace) * sizeof(double));
         if (!p) { pk_side_bufs_free(m, b); return PK_ERR_NOMEM; }
-        (by_rows ? b->rows : b->delta)[l] = p;
+        (side_rows(m, l, trace) ? b->rows : b->delta)[l] = p;
     }
     return PK_OK;
 }
@@ -567,9 +574,9 @@ static pk_status kernel_generic(const pk_model *m, const double *w, const double
     pk_side_bufs bufx, bufy;
     int have = !pk_side_bufs_new(m, B, trace, &bufx);
     if (have && pk_side_bufs_new(m, By, trace, &bufy)) { pk_side_bufs_free(m, &bufx); have = 0; }
-    double *A = pk_alloc(B, step * sizeof *A);                /* (B, step)                             */
-    double *D = pk_alloc_big(B * C, step * C * sizeof *D);    /* (B C, step C)                         */
-    double *S = pk_alloc_big(B * r, step * r * sizeof *S);    /* (B r, step r): rows (x, kx), cols (y, ky) */
+    double *A = pk_alloc(B, step * sizeof *A);             /* (B, step)                                  */
+    double *D = pk_alloc_big(B * C, step * C * sizeof *D); /* (B C, step C)                              */
+    double *S = pk_alloc_big(B * r, step * r * sizeof *S); /* (B r, step r): rows (x, kx), cols (y, ky) */
     pk_status s = tx && ty && have && A && D && S ? PK_OK : PK_ERR_NOMEM;
     for (size_t x0 = 0; !s && x0 < nx; x0 += B) {
         size_t nbx = nx - x0 < B ? nx - x0 : B;
