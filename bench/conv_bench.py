@@ -22,6 +22,9 @@ avg-pool 2, dense 120, tanh, dense 84, tanh, dense 10; 61,706 parameters).
                         autograd, im2col by F.unfold, form A per conv layer
                         (per-example gradients G^T P, one product over pairs) and
                         (delta delta^T) o (a a^T) per dense layer.
+    The Gram of x (K(x, x), 200 x 200): pathkernel with `--x` alone (each
+    pair of examples computed once, then mirrored) against the structured
+    formula with its one side formed once, interleaved the same way.
     Every result is checked against pathkernel's. pathkernel runs REPEATS
     times, each run followed by a fresh process of the structured formula
     (interleaved, since the machine's load drifts) that makes one untimed
@@ -199,7 +202,8 @@ def torch_structured(net, X, Y):
                 feats.append(("dense", a, D))
         return feats
 
-    fx, fy = side(X.requires_grad_(False)), side(Y)
+    fx = side(X.requires_grad_(False))
+    fy = fx if Y is X else side(Y)  # a Gram: its one side, as a user would write it
     K = torch.zeros(X.shape[0], Y.shape[0], 10, 10, dtype=DT)
     with torch.no_grad():
         for (kind, ax, dx), (_, ay, dy) in zip(fx, fy):
@@ -274,7 +278,8 @@ def child(args):
     net = lenet(work / "wT")
     X, Y = torch.from_numpy(np.load(work / "x.npy")), torch.from_numpy(np.load(work / "y.npy"))
     fn = {"functorch_jac": functorch_jac, "torch_per_example": torch_per_example,
-          "torch_structured": torch_structured}[args.child]
+          "torch_structured": torch_structured,
+          "torch_structured_gram": lambda net, X, Y: torch_structured(net, X, X)}[args.child]
     _, K = fn(net, X, Y)
     np.save(work / f"K-{args.child}.npy", K)
     print(json.dumps([fn(net, X, Y)[0] for _ in range(args.repeats)]))
@@ -359,7 +364,18 @@ def main():
                 s, K = functorch_ntk_vps(net, X, Y, VPS_ROWS)
                 rec["functorch_vps_scaled"].append(s * N / VPS_ROWS)
                 errs["functorch_vps"] = rel_diff(K, Kpk[:VPS_ROWS])
+            # the Gram of x (K(x, x)): pathkernel with --x alone (each pair
+            # once), the structured formula with its side formed once
+            gram = {"pathkernel": [], "torch_structured": []}
+            for r in range(R):
+                wall, _, _ = timed_process([str(exe), "kernel", str(run), "--x", f"npy:{work}/x.npy,{work}/l.npy",
+                                            "--mode", "full", "--threads", str(n), "--out", str(work / "G.npy")])
+                gram["pathkernel"].append(wall)
+                t, G = in_child("torch_structured_gram", work, n, STEADY)
+                gram["torch_structured"].append(min(t))
+            errs["torch_structured_gram"] = rel_diff(G, np.load(work / "G.npy"))
             m = {k: med(v) for k, v in rec.items() if v}
+            mg = {k: med(v) for k, v in gram.items()}
             best_fn = min(m["functorch_jac"], m.get("functorch_vps_scaled", float("inf")))
             best_torch = min(m["torch_per_example"], m["torch_structured"])
             peak = dgemm_peak(n, blas)
@@ -370,6 +386,7 @@ def main():
                 "pathkernel_cpu_over_wall": m["pathkernel_cpu"] / m["pathkernel"],
                 "gemm_gflops": flops / m["pathkernel"] * 1e-9, "dgemm_peak_gflops": peak,
                 "fraction_of_peak": flops / m["pathkernel"] * 1e-9 / peak,
+                "gram_median_s": mg, "gram_speedup_vs_torch_structured": mg["torch_structured"] / mg["pathkernel"],
             }
             print(f"kernel, {n} thread(s): pathkernel {m['pathkernel']:.2f} s (cpu/wall "
                   f"{m['pathkernel_cpu'] / m['pathkernel']:.2f}), functorch jac {m['functorch_jac']:.2f} s"
@@ -379,6 +396,8 @@ def main():
                   f"{best_torch / m['pathkernel']:.2f}x the best torch; products at "
                   f"{flops / m['pathkernel'] * 1e-9:.1f} GFLOP/s = {flops / m['pathkernel'] * 1e-9 / peak:.0%} of "
                   f"{peak:.1f}; max rel diff {max(errs.values()):.1e}", flush=True)
+            print(f"kernel of x against itself, {n} thread(s): pathkernel {mg['pathkernel']:.2f} s, torch structured "
+                  f"{mg['torch_structured']:.2f} s: {mg['torch_structured'] / mg['pathkernel']:.2f}x", flush=True)
 
         # (ii) training
         Xt, Yt = torch.from_numpy(Xtr.reshape(2000, 1, 28, 28)), torch.from_numpy(ytr)

@@ -518,31 +518,54 @@ pk_status pk_side_form(const pk_model *m, const double *w, const pk_tape *t, pk_
     return st;
 }
 
-/* S (nbx r, nby r), rows (x, kx) and columns (y, ky), in K's layout:
- * each x's (nby, r, r) into K (ny per row) at block (x0, y0), or to the
- * sink; by the threads, x by x. */
+/* S (nbx r, nby r), rows (x, kx) = x0 + i and columns (y, ky) = y0 + j,
+ * in K's layout: row segments into K (ny per row) or to the sink, by the
+ * threads. For a Gram (x and y the same examples) S holds the pairs taken
+ * where x <= y, each written twice, K(x, y) as it is and K(y, x) = K(x,
+ * y)^T (blocks transposed), so that every pair is computed once and K is
+ * exactly symmetric (K(x, x) from its upper triangle): x's row from y = x
+ * on, then y's row over the x < y. */
 static pk_status to_layout(const double *S, size_t nbx, size_t nby, size_t r, size_t x0, size_t y0, size_t ny,
-                           double *K, pk_kernel_sink sink, void *ctx)
+                           int gram, double *K, pk_kernel_sink sink, void *ctx)
 {
     pk_status st = PK_OK;
+    size_t most = nbx > nby ? nbx : nby, segs = nbx + (gram ? nby : 0);
     #pragma omp parallel if (nbx * nby * r * r >= PK_PAR_MIN)
     {
-        double *row = K ? NULL : pk_alloc(nby, r * r * sizeof *row); /* (nby, r, r) */
+        double *row = K ? NULL : pk_alloc(most, r * r * sizeof *row); /* (most, r, r) */
         if (!K && !row) {
             #pragma omp atomic write
             st = PK_ERR_NOMEM;
         }
         #pragma omp for schedule(dynamic, 1)
-        for (size_t i = 0; i < nbx; i++) {
+        for (size_t k = 0; k < segs; k++) {
             pk_status now;
             #pragma omp atomic read
             now = st;
             if (now) continue;
-            double *dst = K ? K + ((x0 + i) * ny + y0) * r * r : row;
-            for (size_t j = 0; j < nby; j++)
-                for (size_t kx = 0; kx < r; kx++)
-                    memcpy(dst + (j * r + kx) * r, S + (i * r + kx) * nby * r + j * r, r * sizeof *S);
-            pk_status si = K ? PK_OK : sink(ctx, x0 + i, y0, nby, row);
+            pk_status si = PK_OK;
+            if (k < nbx) { /* row x = x0 + k: its y (for a Gram, from y = x on) */
+                size_t x = x0 + k, j0 = gram && x > y0 ? x - y0 : 0;
+                if (j0 >= nby) continue;
+                double *dst = K ? K + (x * ny + y0 + j0) * r * r : row;
+                for (size_t j = j0; j < nby; j++)
+                    for (size_t kx = 0; kx < r; kx++)
+                        memcpy(dst + ((j - j0) * r + kx) * r, S + (k * r + kx) * nby * r + j * r, r * sizeof *S);
+                if (gram && y0 + j0 == x) /* K(x, x): its upper triangle mirrored */
+                    for (size_t kx = 1; kx < r; kx++)
+                        for (size_t ky = 0; ky < kx; ky++) dst[kx * r + ky] = dst[ky * r + kx];
+                if (!K) si = sink(ctx, x, y0 + j0, nby - j0, row);
+            } else { /* a Gram's row y = y0 + j over x < y: K(y, x)_(ky, kx) = K(x, y)_(kx, ky) */
+                size_t j = k - nbx, y = y0 + j, ni = y > x0 ? y - x0 : 0;
+                if (ni > nbx) ni = nbx;
+                if (!ni) continue;
+                double *dst = K ? K + (y * ny + x0) * r * r : row;
+                for (size_t i = 0; i < ni; i++)
+                    for (size_t ky = 0; ky < r; ky++)
+                        for (size_t kx = 0; kx < r; kx++)
+                            dst[(i * r + ky) * r + kx] = S[(i * r + kx) * nby * r + j * r + ky];
+                if (!K) si = sink(ctx, y, x0, ni, row);
+            }
             if (si) {
                 #pragma omp atomic write
                 st = si;
@@ -578,12 +601,17 @@ static pk_status kernel_generic(const pk_model *m, const double *w, const double
     double *D = pk_alloc_big(B * C, step * C * sizeof *D); /* (B C, step C)                              */
     double *S = pk_alloc_big(B * r, step * r * sizeof *S); /* (B r, step r): rows (x, kx), cols (y, ky) */
     pk_status s = tx && ty && have && A && D && S ? PK_OK : PK_ERR_NOMEM;
+    /* a Gram (Y is X) takes each pair once, at x <= y: a y step's products
+     * with the x rows up to its last example, none with x blocks past it
+     * (each row's values never depend on the rows beside it in a product,
+     * so K(x, y), x <= y, has the bits it has against a copy of X) */
+    int gram = Y == X && ny == nx;
     for (size_t x0 = 0; !s && x0 < nx; x0 += B) {
         size_t nbx = nx - x0 < B ? nx - x0 : B;
         pk_side sx, sy;
         pk_model_forward(m, w, X + x0 * d, nbx, tx);
         s = pk_side_form(m, w, tx, &bufx, trace, &sx);
-        for (size_t y0 = 0; !s && y0 < ny; y0 += By) {
+        for (size_t y0 = gram ? x0 / By * By : 0; !s && y0 < ny; y0 += By) {
             size_t nby = ny - y0 < By ? ny - y0 : By;
             if (Y == X && x0 <= y0 && y0 + nby <= x0 + nbx) /* within the x block: no second pass */
                 sy = pk_side_part(m, &sx, y0 - x0, nby);
@@ -592,10 +620,12 @@ static pk_status kernel_generic(const pk_model *m, const double *w, const double
                 if ((s = pk_side_form(m, w, ty, &bufy, trace, &sy))) break;
             }
             for (size_t j0 = 0; !s && j0 < nby; j0 += step) {
-                size_t nj = nby - j0 < step ? nby - j0 : step;
-                pk_side part = pk_side_part(m, &sy, j0, nj);
-                pk_side_product(m, &sx, &part, S, nj, 0, A, D);
-                s = to_layout(S, nbx, nj, r, x0, y0 + j0, ny, K, sink, ctx);
+                size_t nj = nby - j0 < step ? nby - j0 : step, end = y0 + j0 + nj;
+                if (gram && end <= x0) continue; /* taken with an earlier x block */
+                size_t rows = gram && end - x0 < nbx ? end - x0 : nbx;
+                pk_side xs = pk_side_part(m, &sx, 0, rows), part = pk_side_part(m, &sy, j0, nj);
+                pk_side_product(m, &xs, &part, S, nj, 0, A, D);
+                s = to_layout(S, rows, nj, r, x0, y0 + j0, ny, gram, K, sink, ctx);
             }
         }
     }

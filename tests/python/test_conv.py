@@ -202,7 +202,10 @@ def test_tangent_kernel_in_blocks_matches_functorch(tmp_path):
     a small --mem or one of 130, and the first convolution (form A) kept as
     gradient rows while the second (form B) keeps its deltas. Against
     functorch in both modes, for x against y and x against itself; the same
-    bits with 1 and 3 threads (y sides of 50 and 100 examples)."""
+    bits with 1 and 3 threads (y sides of 50 and 100 examples). x against
+    itself (a Gram: each pair taken once, then mirrored) is exactly
+    symmetric and its upper triangle has the bits of x against a copy of x
+    (no pair left out or mirrored)."""
     spec = "conv:4,3,pad=1;tanh;avgpool:2;conv:6,3;tanh;flatten;dense:12;tanh;dense"
     r = np.random.default_rng(7)
     X, Q = r.uniform(0, 1, size=(130, 1, 8, 8)), r.uniform(0, 1, size=(60, 1, 8, 8))
@@ -226,6 +229,18 @@ def test_tangent_kernel_in_blocks_matches_functorch(tmp_path):
                 err = rel_err(got[threads], want)
                 assert err < 1e-12, f"{mode} {what}, {threads} threads {mem}: rel err {err:.3g} against functorch"
             assert np.array_equal(got["1"], got["3"]), f"{mode} {what}: bits differ between 1 and 3 threads"
+        gram = got["2"]  # x blocks of 16 against y steps of 50: steps that straddle a block's start
+        assert np.array_equal(gram, gram.swapaxes(0, 1).swapaxes(2, 3) if mode == "full" else gram.T), \
+            f"{mode}: the Gram is not exactly symmetric"
+        copy = tmp_path / f"K-{mode}-copy.npy"
+        pk("kernel", run, "--x", xspec, "--y", save_data(tmp_path, "xcopy", X, y), "--mode", mode, "--threads", "2",
+           "--mem", "8", "--out", copy)
+        # (x, kx) <= (y, ky) in the order of K's rows and columns
+        n, r = len(X), (10 if mode == "full" else 1)
+        flat = lambda K: K.transpose(0, 2, 1, 3).reshape(n * r, n * r) if mode == "full" else K
+        upper = np.triu_indices(n * r)
+        assert np.array_equal(flat(gram)[upper], flat(np.load(copy))[upper]), \
+            f"{mode}: the Gram's upper triangle differs from x against a copy"
 
 
 def test_path_kernel_in_blocks_matches_functorch(tmp_path):
