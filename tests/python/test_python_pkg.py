@@ -414,3 +414,23 @@ def test_images_train_like_the_cli(tmp_path):
     same(flat.weights(), run.weights())
     with pytest.raises(ValueError, match="input_shape"):
         pkg.train(X.reshape(30, -1), y, model=model, input_shape=(2, 9, 8), out=tmp_path / "bad")
+
+
+@pytest.mark.parametrize("mode", ["full", "trace"])
+def test_cnn_gram_in_memory_equals_cli(tmp_path, mode):
+    """A CNN's Gram K(x, x) taken into an array (pk_kernel_tangent: each pair
+    once, K(y, x) written by mirroring into the array) equals the one the
+    CLI streams to its file (the same pairs mirrored through the sink) bit
+    for bit, and is exactly symmetric. 70 examples: y steps of 50, so the
+    second step mirrors into rows already written."""
+    r = np.random.default_rng(5)
+    X = r.uniform(0, 1, size=(70, 1, 6, 6))
+    spec = save_data(tmp_path, "x", X, np.arange(70) % 3)
+    run = tmp_path / "run"
+    pk("train", "--data", spec, "--model", "conv:3,3,pad=1;tanh;avgpool:2;flatten;dense:5;tanh;dense", "--loss",
+       "softmax", "--optim", "sgd", "--lr", "0.2", "--batch", "10", "--steps", "4", "--seed", "3", "--out", run,
+       "--quiet")
+    pk("kernel", run, "--x", spec, "--mode", mode, "--out", tmp_path / "k.npy")
+    K = pkg.open_run(run).tangent_kernel(X.reshape(70, -1), mode=mode)
+    same(K, np.load(tmp_path / "k.npy"))
+    same(K, K.transpose(1, 0, 3, 2) if mode == "full" else K.T)
