@@ -529,7 +529,7 @@ static pk_status to_layout(const double *S, size_t nbx, size_t nby, size_t r, si
                            int gram, double *K, pk_kernel_sink sink, void *ctx)
 {
     pk_status st = PK_OK;
-    size_t most = nbx > nby ? nbx : nby, segs = nbx + (gram ? nby : 0);
+    size_t most = gram && nbx > nby ? nbx : nby, segs = nbx + (gram ? nby : 0); /* a row's segment at most */
     #pragma omp parallel if (nbx * nby * r * r >= PK_PAR_MIN)
     {
         double *row = K ? NULL : pk_alloc(most, r * r * sizeof *row); /* (most, r, r) */
