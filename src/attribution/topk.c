@@ -346,6 +346,104 @@ static pk_status eval_rows(const step_rows *sr, block_work *k, size_t q0, size_t
     return qs.by_rows ? pk_rowsum_add(&k->rs, m, &qs, nr, k->qi, 0, k->f) : PK_OK;
 }
 
+/* What the blocks of queries share at a step. */
+typedef struct block_step {
+    step_rows sr;
+    const pk_topk_opts *o;
+    const pk_target *one;       /* the walk's target                          */
+    const pk_tape *bt;          /* the batch at w_t                           */
+    const double *w, *Dt, *Wn;  /* (P) w_t, (P) D_t or NULL, (nodes, P) the nodes' weights */
+    double *Z1;                 /* (n, d1) sr.Z1, moved to w_{t+1} block by block */
+    const double *qs, *qc;      /* (nodes) the shared nodes and weights on [0, 1] */
+    size_t nodes;
+    double scale;               /* eta_t / |B_t|                              */
+    size_t n, Qb;               /* queries, queries a block                   */
+    int dense1, walk;           /* a dense first layer; the exact rule's walk */
+    size_t nV;                  /* gradient-row values a row (pk_rowsum)      */
+    block_work *bw;             /* (threads) each thread's                    */
+} block_step;
+
+/* Block b of the queries at the step: phi_i(x) += its share for every
+ * query x of the block and example i of the batch, and the block's
+ * first-layer pre-activations moved to w_{t+1}. */
+static pk_status step_block(void *ctx, size_t b, int thread)
+{
+    const block_step *bs = ctx;
+    block_work *k = &bs->bw[thread];
+    const step_rows *sr = &bs->sr;
+    const pk_topk_opts *o = bs->o;
+    const pk_model *m = sr->m;
+    size_t n = bs->n, Qb = bs->Qb, q0 = b * Qb, nq = n - q0 < Qb ? n - q0 : Qb, nb = sr->nb;
+    size_t d = m->n_in, d1 = m->layer[0].out, P = m->n_params;
+    const pk_tape *bt = bs->bt;
+    double scale = bs->scale;
+    pk_tape *qt = k->qt;
+    pk_status fail = PK_OK;
+    /* A gd/sgd step moves the first layer by a rank-|B| update, so its
+     * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
+     * summed over the batch (MATH.md section 4's layer-1 term): an
+     * nq x |B| x d1 product instead of nq x d x d1 per node. */
+    double *Zb = bs->Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
+    if (bs->dense1 && !bs->walk) {
+        pk_gemm_rows(0, 1, nq, nb, d, sw * sw, sr->Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
+        for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
+        pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
+    } else if (sr->lin1 && !bs->walk)
+        m->layer[0].ops->forward(&m->layer[0], bs->Dt, sr->Xq + q0 * d, k->dZ1, nq, PK_GEMM_ROWS);
+    /* the nodes: the rule's for every query, or under the exact rule
+     * (MATH.md section 12) shared ones for the queries without a
+     * kink and nodes of their own on every piece for the others */
+    if (bs->walk) {
+        double pc;
+        const pk_target *tg = sr->tg;
+        fail = pk_sweep_step(k->sp, m, bs->w, bs->Dt, sr->Xq + q0 * d, nq, sr->Y ? sr->Y + q0 * sr->ty : NULL, sr->ty,
+                             bs->one, tg->kind == PK_TARGET_OUTPUTS ? sr->cls + q0 : NULL, sr->train, nb, k->S, &pc);
+        for (size_t x = 0; !fail && x < nq; x++) {
+            k->qi[x] = (uint32_t)x;
+            k->f[x] = -scale;
+        }
+        if (!fail) add_products(sr, k, q0, nq); /* (the walk reads no Z1) */
+        return fail;
+    }
+    if (o->quad.exact) {
+        fail = pk_nodes_step(&k->nd, m, &o->quad, 0, bs->w, bs->Dt, sr->Xq + q0 * d, nq);
+        if (fail) k->nd.nu = k->nd.R = 0;
+    }
+    if (!o->quad.exact) {
+        k->nd.nu = nq;
+        for (size_t x = 0; x < nq; x++) k->qi[x] = (uint32_t)x;
+    } else
+        for (size_t x = 0; x < k->nd.nu; x++) k->qi[x] = k->nd.u[x];
+    for (size_t node = 0; node < bs->nodes && k->nd.nu; node++) {
+        for (size_t x = 0; x < k->nd.nu; x++) { k->f[x] = -scale * bs->qc[node]; k->at[x] = bs->qs[node]; }
+        /* the forward pass at the node, then the deltas of f_c: a
+         * backward pass seeded with e_c */
+        if (eval_rows(sr, k, q0, k->nd.nu, bs->Wn + node * P)) fail = PK_ERR_NOMEM;
+    }
+    for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += Qb) {
+        size_t nr = k->nd.R - r0 < Qb ? k->nd.R - r0 : Qb;
+        for (size_t x = 0; x < nr; x++) {
+            k->qi[x] = k->nd.re[r0 + x];
+            k->at[x] = k->nd.rs[r0 + x];
+            k->f[x] = -scale * k->nd.rc[r0 + x];
+        }
+        if (pk_tape_along(qt, m, bs->Dt, k->at)) {
+            fail = PK_ERR_NOMEM;
+            break;
+        }
+        pk_status f = eval_rows(sr, k, q0, nr, bs->w);
+        pk_tape_along(qt, m, NULL, NULL);
+        if (f) {
+            fail = PK_ERR_NOMEM;
+            break;
+        }
+    }
+    if (bs->nV && close_rows(sr, k, q0, nq)) fail = PK_ERR_NOMEM;
+    if (sr->lin1)
+        for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
+    return fail;
+}
+
 static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const size_t *cls, const pk_topk_opts *o,
                               query_heaps *qh, pk_topk *out)
 {
@@ -432,93 +530,11 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         for (size_t j = 0; Dt && j < P; j++) Dt[j] = r.w_next[j] - r.w[j];
         double scale = r.lr / (double)nb;  /* eta_t / |B_t| */
         if (nV && (s = pk_rowsum_batch(&bw[0].rs, m, &train_loss, Ut))) break;
-        pk_status fail = PK_OK;
-        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-        for (size_t b = 0; b < blocks; b++) {
-            block_work *k = &bw[nt > 1 ? (size_t)omp_get_thread_num() : 0];
-            size_t q0 = b * Qb, nq = n - q0 < Qb ? n - q0 : Qb;
-            pk_tape *qt = k->qt;
-            /* A gd/sgd step moves the first layer by a rank-|B| update, so its
-             * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
-             * summed over the batch (MATH.md section 4's layer-1 term): an
-             * nq x |B| x d1 product instead of nq x d x d1 per node. */
-            double *Zb = Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
-            if (dense1 && !walk) {
-                pk_gemm_rows(0, 1, nq, nb, d, sw * sw, Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
-                for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
-                pk_gemm_rows(0, 0, nq, d1, nb, -scale, k->A, nb, bt->g[0], d1, 0.0, k->dZ1, d1);
-            } else if (lin1 && !walk)
-                m->layer[0].ops->forward(&m->layer[0], Dt, Xq + q0 * d, k->dZ1, nq, PK_GEMM_ROWS);
-            /* the nodes: the rule's for every query, or under the exact rule
-             * (MATH.md section 12) shared ones for the queries without a
-             * kink and nodes of their own on every piece for the others */
-            step_rows sr = {m,    Xq,      Z1,         cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, lin1,
-                            acc, out->total, Ut};
-            if (walk) {
-                double pc;
-                pk_status f = pk_sweep_step(k->sp, m, r.w, Dt, Xq + q0 * d, nq, Y ? Y + q0 * ty : NULL, ty, &one,
-                                            tg.kind == PK_TARGET_OUTPUTS ? cls + q0 : NULL, &train_loss, nb, k->S,
-                                            &pc);
-                if (f) {
-                    #pragma omp atomic write
-                    fail = f;
-                }
-                for (size_t x = 0; !f && x < nq; x++) {
-                    k->qi[x] = (uint32_t)x;
-                    k->f[x] = -scale;
-                }
-                if (!f) add_products(&sr, k, q0, nq); /* (the walk reads no Z1) */
-                continue;
-            }
-            if (o->quad.exact) {
-                pk_status f = pk_nodes_step(&k->nd, m, &o->quad, 0, r.w, Dt, Xq + q0 * d, nq);
-                if (f) {
-                    #pragma omp atomic write
-                    fail = f;
-                    k->nd.nu = k->nd.R = 0;
-                }
-            }
-            if (!o->quad.exact) {
-                k->nd.nu = nq;
-                for (size_t x = 0; x < nq; x++) k->qi[x] = (uint32_t)x;
-            } else
-                for (size_t x = 0; x < k->nd.nu; x++) k->qi[x] = k->nd.u[x];
-            for (size_t node = 0; node < nodes && k->nd.nu; node++) {
-                for (size_t x = 0; x < k->nd.nu; x++) { k->f[x] = -scale * qc[node]; k->at[x] = qs[node]; }
-                /* the forward pass at the node, then the deltas of f_c: a
-                 * backward pass seeded with e_c */
-                if (eval_rows(&sr, k, q0, k->nd.nu, Wn + node * P)) {
-                    #pragma omp atomic write
-                    fail = PK_ERR_NOMEM;
-                }
-            }
-            for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += Qb) {
-                size_t nr = k->nd.R - r0 < Qb ? k->nd.R - r0 : Qb;
-                for (size_t x = 0; x < nr; x++) {
-                    k->qi[x] = k->nd.re[r0 + x];
-                    k->at[x] = k->nd.rs[r0 + x];
-                    k->f[x] = -scale * k->nd.rc[r0 + x];
-                }
-                if (pk_tape_along(qt, m, Dt, k->at)) {
-                    #pragma omp atomic write
-                    fail = PK_ERR_NOMEM;
-                    break;
-                }
-                pk_status f = eval_rows(&sr, k, q0, nr, r.w);
-                pk_tape_along(qt, m, NULL, NULL);
-                if (f) {
-                    #pragma omp atomic write
-                    fail = PK_ERR_NOMEM;
-                    break;
-                }
-            }
-            if (nV && close_rows(&sr, k, q0, nq)) {
-                #pragma omp atomic write
-                fail = PK_ERR_NOMEM;
-            }
-            if (lin1)
-                for (size_t j = 0; j < nq * d1; j++) Zb[j] += k->dZ1[j];
-        }
+        block_step bs = {.sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, lin1, acc,
+                                out->total, Ut},
+                         .o = o, .one = &one, .bt = bt, .w = r.w, .Dt = Dt, .Wn = Wn, .Z1 = Z1, .qs = qs, .qc = qc,
+                         .nodes = nodes, .scale = scale, .n = n, .Qb = Qb, .dense1 = dense1, .walk = walk, .nV = nV, .bw = bw};
+        pk_status fail = pk_tasks(blocks, (int)nt, step_block, &bs);
         if (fail) { s = fail; break; }
         /* close the examples this step used for the last time: their phi is final */
         #pragma omp parallel for schedule(static) if (n * nb >= PK_PAR_MIN)

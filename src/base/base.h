@@ -53,6 +53,16 @@ void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 void dpotrs_(const char *uplo, const int *n, const int *nrhs, const double *a, const int *lda, double *b,
              const int *ldb, int *info);
 
+/* fn(ctx, i, thread) for every task i < n, in any order, on threads
+ * 0 .. threads - 1 (at most n of them; a task's result must not depend on
+ * its thread). With one thread no parallel region is opened at all:
+ * libgomp gives the parallel regions inside a region that did not fork
+ * fresh threads every time, never its pool (88,000 of them for one query's
+ * exact-rule verify of a LeNet-5). After a task fails the ones not yet
+ * started are skipped; returns a failure, else PK_OK. */
+typedef pk_status (*pk_task_fn)(void *ctx, size_t i, int thread);
+pk_status pk_tasks(size_t n, int threads, pk_task_fn fn, void *ctx);
+
 /* Scratch a thread keeps between calls: slot `slot` (< PK_SCRATCH_SLOTS)
  * of the calling thread, at least n doubles, contents undefined; NULL when
  * out of memory. For passes that would otherwise allocate and free

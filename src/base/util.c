@@ -60,6 +60,28 @@ void pk_threads_set(int n)
 
 int pk_threads_get(void) { return pk_threads > 0 ? pk_threads : omp_get_max_threads(); }
 
+pk_status pk_tasks(size_t n, int threads, pk_task_fn fn, void *ctx)
+{
+    pk_status fail = PK_OK;
+    if ((size_t)threads > n) threads = (int)n;
+    if (threads <= 1) {
+        for (size_t i = 0; !fail && i < n; i++) fail = fn(ctx, i, 0);
+        return fail;
+    }
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (size_t i = 0; i < n; i++) {
+        pk_status f;
+        #pragma omp atomic read
+        f = fail;
+        if (f) continue;
+        if ((f = fn(ctx, i, omp_get_thread_num()))) {
+            #pragma omp atomic write
+            fail = f;
+        }
+    }
+    return fail;
+}
+
 typedef struct scratch_slot { double *p; size_t n; } scratch_slot;
 static _Thread_local scratch_slot pk_scratch_slots[PK_SCRATCH_SLOTS];
 static pthread_key_t pk_scratch_key;

@@ -173,6 +173,8 @@ typedef struct pnode {
     double *K;
     const eside *ex, *ey;  /* the exact rule's nodes, or NULL */
     const double *w, *D;
+    const size_t *pairs;   /* (npairs, 2) block pairs                 */
+    pwork *work;           /* (threads) each thread's                 */
 } pnode;
 
 /* Block pair (bx, by): S = K^g_{wn}(X block, Y block), then K += f S. */
@@ -389,6 +391,15 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
 }
 
 /* The exact rule's nodes of a side for a step: kinked flags and row starts. */
+/* Block pair p of the node on its thread: the shared node's products, or
+ * (no wn) the exact rule's pairs with a kink. */
+static pk_status pair_task(void *ctx, size_t p, int thread)
+{
+    const pnode *n = ctx;
+    size_t bx = n->pairs[2 * p], by = n->pairs[2 * p + 1];
+    return n->wn ? pair_add(n, bx, by, &n->work[thread]) : pair_exact(n, bx, by, &n->work[thread]);
+}
+
 static pk_status eside_step(eside *e, const pk_model *m, const pk_quad *q, const double *w, const double *D,
                             const double *X, size_t n)
 {
@@ -478,25 +489,11 @@ pk_status pk_path_kernel_mem(pk_run *run, const double *X, size_t nx, const doub
             /* the node w_t + s_q D_t, D_t the step the optimiser took; weight eta_t c_q */
             pnode job = {m, q < shared.n ? pk_replay_node(&rp, shared.s[q]) : NULL, X, Y, nx, ny, r,
                          rp.lr * (q < shared.n ? shared.c[q] : 1.0), K, quad->exact ? &ex : NULL,
-                         quad->exact ? (same ? &ex : &ey) : NULL, rp.w, Dt};
-            pk_status fail = PK_OK;
+                         quad->exact ? (same ? &ex : &ey) : NULL, rp.w, Dt, pairs, work};
             for (int t = 0; t < threads; t++) work[t].x_held = work[t].ex_held = (size_t)-1; /* new weights */
             /* a team per node only for enough pairs to share: waking it for
              * a few small products costs more, much more on a busy machine */
-            #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && npairs >= 4 * workers)
-            for (size_t p = 0; p < npairs; p++) {
-                pk_status f;
-                #pragma omp atomic read
-                f = fail;
-                if (f) continue;
-                f = job.wn ? pair_add(&job, pairs[2 * p], pairs[2 * p + 1], &work[omp_get_thread_num()])
-                           : pair_exact(&job, pairs[2 * p], pairs[2 * p + 1], &work[omp_get_thread_num()]);
-                if (f) {
-                    #pragma omp atomic write
-                    fail = f;
-                }
-            }
-            s = fail;
+            s = pk_tasks(npairs, npairs >= 4 * workers ? threads : 1, pair_task, &job);
         }
     }
     s = pk_replay_end(&rp, s);

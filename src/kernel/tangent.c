@@ -291,35 +291,35 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
 }
 
 /* The full (nbx, nby, C, C) block, in tiles of PK_PIECE_ROWS delta rows
- * (a fixed number of x examples) over the threads. */
+ * (a fixed number of x examples) over the threads, each with its scratch. */
+typedef struct full_tiles {
+    const kblock *b;
+    size_t kt, es;     /* x examples a tile, pairs a step of it */
+    double **scratch;  /* (threads) each thread's               */
+} full_tiles;
+
+static pk_status full_tile(void *ctx, size_t t, int thread)
+{
+    const full_tiles *ft = ctx;
+    size_t i0 = t * ft->kt, nbx = ft->b->nbx;
+    return kernel_tile(ft->b, i0, nbx - i0 < ft->kt ? nbx - i0 : ft->kt, ft->es, ft->scratch[thread]);
+}
+
 static pk_status kernel_block_full(const kblock *b)
 {
     size_t kt = tile_examples(b->C), es = tile_pairs(b->C);
     if (kt > b->nbx) kt = b->nbx;
     size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->K, !b->x->d[0]);
-    pk_status fail = PK_OK;
-    #pragma omp parallel if (tiles > 1)
-    {
-        double *scratch = pk_alloc_big(per, sizeof(double));
-        if (!scratch) {
-            #pragma omp atomic write
-            fail = PK_ERR_NOMEM;
-        }
-        #pragma omp for schedule(dynamic, 1)
-        for (size_t t = 0; t < tiles; t++) {
-            pk_status f;
-            #pragma omp atomic read
-            f = fail;
-            if (f || !scratch) continue; /* a failed tile stops the rest */
-            size_t i0 = t * kt;
-            f = kernel_tile(b, i0, b->nbx - i0 < kt ? b->nbx - i0 : kt, es, scratch);
-            if (f) {
-                #pragma omp atomic write
-                fail = f;
-            }
-        }
-        free(scratch);
-    }
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if ((size_t)threads > tiles) threads = (int)tiles;
+    double **scratch = pk_calloc(threads > 0 ? (size_t)threads : 1, sizeof *scratch);
+    pk_status fail = scratch ? PK_OK : PK_ERR_NOMEM;
+    for (int k = 0; scratch && k < threads; k++)
+        if (!(scratch[k] = pk_alloc_big(per, sizeof(double)))) fail = PK_ERR_NOMEM;
+    full_tiles ft = {b, kt, es, scratch};
+    if (!fail) fail = pk_tasks(tiles, threads, full_tile, &ft);
+    for (int k = 0; scratch && k < threads; k++) free(scratch[k]);
+    free(scratch);
     return fail;
 }
 

@@ -11,6 +11,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 static size_t positions(const pk_layer *l) { return l->h_out * l->w_out; } /* T */
@@ -340,16 +341,30 @@ static void conv_gram(const pk_layer *l, size_t nx, size_t rx, const double *ax,
     (void)A;
 }
 
+/* The diagonal K(x_j, y_j), one example j a task. */
+typedef struct diag_job {
+    const pk_layer *l;
+    size_t fold, len;  /* rows of deltas an example, values a row */
+    const double *ax, *dx, *ay, *dy;
+    double *out;
+} diag_job;
+
+static pk_status diag_one(void *ctx, size_t j, int thread)
+{
+    (void)thread;
+    const diag_job *b = ctx;
+    double D;
+    conv_gram(b->l, 1, 1, b->ax + j * b->l->in, b->dx + j * b->len, 1, 1, b->ay + j * b->l->in, b->dy + j * b->len,
+              b->fold, 0, PK_GEMM_ONE, NULL, &D, b->out + j, 1, 1);
+    return PK_OK;
+}
+
 static void conv_gram_diag(const pk_layer *l, size_t n, size_t fold, const double *ax, const double *dx,
                            const double *ay, const double *dy, double *out)
 {
-    size_t len = l->out * fold;
-    #pragma omp parallel for schedule(dynamic, 1) if (n > 1 && n * len * patch_len(l) >= PK_PAR_MIN)
-    for (size_t j = 0; j < n; j++) {
-        double D;
-        conv_gram(l, 1, 1, ax + j * l->in, dx + j * len, 1, 1, ay + j * l->in, dy + j * len, fold, 0, PK_GEMM_ONE,
-                  NULL, &D, out + j, 1, 1);
-    }
+    diag_job b = {l, fold, l->out * fold, ax, dx, ay, dy, out};
+    int threads = n > 1 && n * b.len * patch_len(l) >= PK_PAR_MIN ? omp_get_max_threads() : 1;
+    pk_tasks(n, threads, diag_one, &b);
 }
 
 /* nn.Conv2d's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and c with

@@ -6,6 +6,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -773,22 +774,19 @@ typedef struct pieces_ctx {
     const pk_tape *t;
     double *const *rows, *const *buf;
     const size_t *need;
-    size_t last, E, n, C, acc, sc_len, pieces;
-    size_t *next; /* the next piece to take */
-    int *fail;
+    size_t last, E, n, C, acc, sc_len;
 } pieces_ctx;
 
-/* The pieces of pk_model_output_rows, taken in turn by the threads of its
- * region (or all by the caller, when it opens none). */
-static void output_pieces(const pieces_ctx *c)
+/* Piece p of pk_model_output_rows (examples p E ..), in the scratch of
+ * the thread that takes it. */
+static pk_status output_piece(void *ctx, size_t p, int thread)
 {
+    (void)thread;
+    const pieces_ctx *c = ctx;
     const pk_model *m = c->m;
     size_t E = c->E, C = c->C, n = c->n, last = c->last;
     double *scratch = c->sc_len ? pk_scratch(8, c->sc_len) : NULL, *sc[PK_MAX_MODEL_LAYERS] = {0};
-    if (c->sc_len && !scratch) {
-        #pragma omp atomic write
-        *c->fail = 1;
-    }
+    if (c->sc_len && !scratch) return PK_ERR_NOMEM;
     size_t off = 0;
     for (size_t k = 0; scratch && k < last; k++) {
         if (c->need[k]) { sc[k] = scratch + off; off += E * C * c->need[k]; }
@@ -796,21 +794,9 @@ static void output_pieces(const pieces_ctx *c)
     }
     double *acc_sc = scratch ? scratch + off : NULL; /* (E C, acc) */
     double *along_sc = scratch ? scratch + off + E * C * c->acc : NULL; /* (E C, along) */
-    /* the next piece from a shared count (not a worksharing loop: called
-     * outside our region it must not bind to an enclosing one) */
-    for (;;) {
-        size_t p;
-        #pragma omp atomic capture
-        p = (*c->next)++;
-        if (p >= c->pieces) break;
-        if (!scratch && c->sc_len) continue;
-        size_t ne = n - p * E < E ? n - p * E : E;
-        output_deltas_piece(m, c->w, c->t, c->buf, sc, acc_sc, along_sc, p * E, ne);
-        if (piece_rows(m, c->t, sc, c->rows, p * E, ne)) {
-            #pragma omp atomic write
-            *c->fail = 1;
-        }
-    }
+    size_t ne = n - p * E < E ? n - p * E : E;
+    output_deltas_piece(m, c->w, c->t, c->buf, sc, acc_sc, along_sc, p * E, ne);
+    return piece_rows(m, c->t, sc, c->rows, p * E, ne) ? PK_ERR_NOMEM : PK_OK;
 }
 
 pk_status pk_model_output_rows(const pk_model *m, const double *w, const pk_tape *t, double *const *deltas,
@@ -844,20 +830,9 @@ pk_status pk_model_output_rows(const pk_model *m, const double *w, const pk_tape
         along = pk_model_weight(m, l)->in > along ? pk_model_weight(m, l)->in : along;
     sc_len += E * C * along;
     for (size_t k = 0; k < last; k++) sc_len += need[k] ? E * C * need[k] : 0;
-    int fail = 0;
-    size_t next = 0;
-    pieces_ctx c = {m, w, t, rows, buf, need, last, E, n, C, acc, sc_len, pieces, &next, &fail};
-    /* no region at all when it would run on one thread: libgomp gives the
-     * parallel regions of a region that did not fork (the layers' own)
-     * fresh threads every time, never its pool (measured, one query's
-     * exact-rule verify of a LeNet-5 on 2 threads: 88,000 threads created,
-     * 308 s against 51 s without the region) */
-    if (pieces > 1 && n * C * wmax >= PK_PAR_MIN) {
-        #pragma omp parallel
-        output_pieces(&c);
-    } else
-        output_pieces(&c);
-    return fail ? PK_ERR_NOMEM : PK_OK;
+    pieces_ctx c = {m, w, t, rows, buf, need, last, E, n, C, acc, sc_len};
+    /* a team only for enough work (pk_tasks opens no region without one) */
+    return pk_tasks(pieces, pieces > 1 && n * C * wmax >= PK_PAR_MIN ? omp_get_max_threads() : 1, output_piece, &c);
 }
 
 pk_status pk_deltas_new(const pk_model *m, size_t cap, double **deltas)
