@@ -137,12 +137,13 @@ static pk_status kside_compute(const pk_model *m, const double *w, const double 
 typedef struct kblock {
     const pk_model *m;
     const double *w;
-    size_t C, P, nr, x0, y0, nbx, nby, ldy;
+    size_t C, P, nr, x0, y0, nbx, nby;
     const kside *x, *y;
     const double *Wp;     /* (P, d): sw^2 W[c,:] W[c',:] for c <= c' (last hidden layer) */
     const size_t *pair;   /* (C, C): index of {c, c'} in Wp */
-    double *K;            /* K at (x0, y0), row stride ldy pairs; NULL: rows go to sink */
-    pk_kernel_sink sink;
+    int gram;             /* a Gram's block: 1 above the diagonal (also K(y, x) = K(x,
+                           * y)^T), 2 on it (its upper triangle, mirrored)          */
+    pk_kernel_sink sink;  /* where the row segments go                              */
     void *ctx;
 } kblock;
 
@@ -161,15 +162,16 @@ static void coef_rows(const kblock *b, size_t i0, size_t n, double *coef)
 }
 
 /* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, es*P), Ex (es*P, d),
- * coef (L, kt, nby), one row of K (nby, C, C) when rows go to a sink, the
- * tile's own x deltas (kt*C, dim(l + 1)) for l < nr when x keeps none. */
-static size_t tile_scratch(const pk_model *m, size_t nby, size_t kt, size_t es, int to_sink, int x_local)
+ * coef (L, kt, nby), one row of K (nby, C, C), for a Gram the tile's
+ * columns of y's rows (nby, kt, C, C), the tile's own x deltas (kt*C,
+ * dim(l + 1)) for l < nr when x keeps none. */
+static size_t tile_scratch(const pk_model *m, size_t nby, size_t kt, size_t es, int x_local, int gram)
 {
     size_t L = m->n_weight, C = dim(m, L), P = C * (C + 1) / 2, d = L >= 2 ? dim(m, L - 1) : 0;
     size_t nr = L >= 2 ? L - 2 : 0, own = 0;
     for (size_t l = 0; x_local && l < nr; l++) own += kt * C * dim(m, l + 1);
     return nr * kt * C * nby * C + (L >= 2 ? nby * es * P + es * P * d : 0) + L * kt * nby +
-           (to_sink ? nby * C * C : 0) + own;
+           nby * C * C + (gram ? nby * kt * C * C : 0) + own;
 }
 
 /* x examples per tile, and per GEMM of the last hidden layer's Gram: a
@@ -195,7 +197,7 @@ static size_t block_bytes(const pk_model *m, size_t bx, size_t by, int trace)
     size_t per_ex = dh, threads = (size_t)pk_threads_get(), kt = tile_examples(C);
     for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * dim(m, l + 1) + (l + 3 <= L ? C * dim(m, l + 1) : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
-    if (trace) doubles += bx * (L + 2) * by + bx * dh;
+    if (trace) doubles += bx * (L + 2) * by + bx * dh + bx;
     else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1, 1);
     return doubles * sizeof(double);
 }
@@ -226,7 +228,8 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
     size_t L = m->n_weight, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
     size_t d = L >= 2 ? dim(m, L - 1) : 0;
     double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * es * P : 0);
-    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *own = row + (b->K ? 0 : nby * C * C);
+    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *mrow = row + nby * C * C;
+    double *own = mrow + (b->gram ? nby * kt * C * C : 0); /* mrow (nby, kt, C, C): the tile's columns of y's rows */
     coef_rows(b, i0, kt, cf);
     const double *dx[PK_MAX_MODEL_LAYERS] = {0}; /* the tile's x deltas of layer l: (kt*C, dim(l + 1)) */
     if (nr && !b->x->d[0]) { /* x keeps none: computed here, from the tile's rows of the x tape */
@@ -263,9 +266,8 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
             pk_gemm_tile(0, 1, nby, ne * P, d, 1.0, b->y->s, d, Ex, d, 0.0, Et, ne * P);
         }
         for (size_t i = e0; i < e0 + ne; i++) {
-            double *out = b->K ? b->K + (i0 + i) * b->ldy * C * C : row;
             for (size_t j = 0; j < nby; j++) {
-                double *dst = out + j * C * C;
+                double *dst = row + j * C * C;
                 const double *c_ij = cf + i * nby + j, *et = Et + (j * ne + i - e0) * P;
                 double cs = L >= 2 ? c_ij[(L - 2) * kt * nby] : 0.0, cu = c_ij[(L - 1) * kt * nby];
                 /* the sum in layer order, as pk_side_product adds it up */
@@ -282,10 +284,24 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
                         for (size_t ky = 0; ky < C; ky++) o[ky] += cs * et[pr[ky]];
                     o[kx] += cu;
                 }
+                /* a Gram: K(y, x)(ky, kx) = K(x, y)(kx, ky) */
+                double *t = b->gram ? mrow + (j * kt + i) * C * C : NULL;
+                for (size_t kx = 0; t && kx < C; kx++)
+                    for (size_t ky = 0; ky < C; ky++) t[ky * C + kx] = dst[kx * C + ky];
             }
-            pk_status s = b->K ? PK_OK : b->sink(b->ctx, b->x0 + i0 + i, b->y0, nby, row);
+            /* on the diagonal: from the tile's first column, the pairs
+             * before the row's own from the rows above it */
+            size_t p = i0 + i, j0 = b->gram == 2 ? i0 : 0;
+            for (size_t q = i0; b->gram == 2 && q < p; q++)
+                memcpy(row + q * C * C, mrow + (p * kt + q - i0) * C * C, C * C * sizeof *row);
+            pk_status s = b->sink(b->ctx, b->x0 + p, b->y0 + j0, nby - j0, row + j0 * C * C);
             if (s) return s;
         }
+    }
+    /* the tile's columns of the rows of y below it (on the diagonal: below the tile) */
+    for (size_t j = b->gram == 2 ? i0 + kt : 0; b->gram && j < nby; j++) {
+        pk_status s = b->sink(b->ctx, b->y0 + j, b->x0 + i0, kt, mrow + j * kt * C * C);
+        if (s) return s;
     }
     return PK_OK;
 }
@@ -309,7 +325,7 @@ static pk_status kernel_block_full(const kblock *b)
 {
     size_t kt = tile_examples(b->C), es = tile_pairs(b->C);
     if (kt > b->nbx) kt = b->nbx;
-    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->K, !b->x->d[0]);
+    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->x->d[0], b->gram);
     int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
     if ((size_t)threads > tiles) threads = (int)tiles;
     double **scratch = pk_calloc(threads > 0 ? (size_t)threads : 1, sizeof *scratch);
@@ -327,16 +343,16 @@ static pk_status kernel_block_full(const kblock *b)
  * K = sum_l coef_l o G_l with G_l = sum_c delta_x^l(., c) . delta_y^l(., c)
  * (one GEMM over the C delta rows read as one), the last hidden layer's
  * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C.
- * Into b->K, or into out (nbx, nby) and then row by row to the sink. */
+ * Into out (nbx, nby), then row by row to the sink (col (nbx): a
+ * mirrored row on its way there). */
 static pk_status kernel_block_trace(const kblock *b, const double *q, double *coef, double *G, double *Ex,
-                                    double *out)
+                                    double *out, double *col)
 {
     const pk_model *m = b->m;
     size_t L = m->n_weight, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
-    size_t ld = b->K ? b->ldy : nby;
-    double *K = b->K ? b->K : out;
+    double *K = out;
     coef_rows(b, 0, nbx, coef);
-    for (size_t i = 0; i < nbx; i++) memset(K + i * ld, 0, nby * sizeof *K);
+    memset(K, 0, nxy * sizeof *K);
     for (size_t l = 0; l < L; l++) {
         if (l < b->nr) {
             size_t len = dim(m, l + 1) * C;
@@ -351,21 +367,28 @@ static pk_status kernel_block_trace(const kblock *b, const double *q, double *co
         #pragma omp parallel for schedule(static) if (nxy >= PK_PAR_MIN)
         for (size_t i = 0; i < nbx; i++)
             for (size_t j = 0; j < nby; j++)
-                K[i * ld + j] += cf[i * nby + j] * (l + 1 == L ? (double)C : G[i * nby + j]);
+                K[i * nby + j] += cf[i * nby + j] * (l + 1 == L ? (double)C : G[i * nby + j]);
     }
+    if (b->gram == 2) /* on a Gram's diagonal: the upper triangle mirrored */
+        for (size_t i = 0; i < nbx; i++)
+            for (size_t j = 0; j < i; j++) K[i * nby + j] = K[j * nby + i];
     pk_status s = PK_OK;
-    for (size_t i = 0; !b->K && !s && i < nbx; i++) s = b->sink(b->ctx, b->x0 + i, b->y0, nby, out + i * nby);
+    for (size_t i = 0; !s && i < nbx; i++) s = b->sink(b->ctx, b->x0 + i, b->y0, nby, K + i * nby);
+    /* above a Gram's diagonal: K(y, x) = K(x, y), a column of this block a row there */
+    for (size_t j = 0; b->gram == 1 && !s && j < nby; j++) {
+        for (size_t i = 0; i < nbx; i++) col[i] = K[i * nby + j];
+        s = b->sink(b->ctx, b->y0 + j, b->x0, nbx, col);
+    }
     return s;
 }
 
-/* pk_kernel_tangent and pk_kernel_tangent_rows: the kernel into K, or (K
- * NULL) row segments to sink. */
+/* pk_kernel_tangent and pk_kernel_tangent_rows: the kernel's row segments
+ * to sink. */
 static pk_status kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx, const double *Y,
-                                size_t ny, pk_kmode mode, size_t mem, double *K, pk_kernel_sink sink, void *ctx)
+                                size_t ny, pk_kmode mode, size_t mem, pk_kernel_sink sink, void *ctx)
 {
     size_t L = m->n_weight, C = dim(m, L), d = dim(m, 0), dh = L >= 2 ? dim(m, L - 1) : 0;
     int trace = mode == PK_KMODE_TRACE;
-    size_t r = trace ? 1 : C;
     size_t B = choose_block(m, nx, ny, trace, mem), bx = nx < B ? nx : B, by = ny < B ? ny : B;
     if (!bx || !by) return PK_OK;
     int same = X == Y && nx == ny;
@@ -380,8 +403,8 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     /* last hidden layer: Wp (P, dh) for blocks, q (dh) for the trace */
     double *Wp = L >= 2 ? pk_alloc(trace ? 1 : P, dh * sizeof(double)) : NULL;
     size_t *pair = pk_alloc(C * C, sizeof *pair);
-    /* the trace: coef (L, bx, by), G (bx, by), Ex (bx, dh), out (bx, by) */
-    double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh, sizeof(double)) : NULL;
+    /* the trace: coef (L, bx, by), G (bx, by), Ex (bx, dh), out (bx, by), col (bx) */
+    double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh + bx, sizeof(double)) : NULL;
     if (!s && ((L >= 2 && !Wp) || !pair || (trace && !tr))) s = PK_ERR_NOMEM;
     if (!s && L >= 2) {
         const double *W = w + pk_model_weight(m, L - 1)->w_off;
@@ -401,7 +424,9 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
         size_t nbx = nx - x0 < bx ? nx - x0 : bx;
         s = kside_compute(m, w, X + x0 * d, nbx, &sx);
-        for (size_t y0 = 0; !s && y0 < ny; y0 += by) {
+        /* a Gram (Y is X) takes the blocks at y0 >= x0 and mirrors those
+         * above the diagonal (bx == by then) */
+        for (size_t y0 = same ? x0 : 0; !s && y0 < ny; y0 += by) {
             size_t nby = ny - y0 < by ? ny - y0 : by;
             const kside *py = &sy;
             if (same && y0 == x0) py = &sx;
@@ -410,10 +435,10 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
                 if ((s = kside_compute(m, w, Y + y0 * d, nby, &sy))) break;
                 y_held = y0;
             }
-            kblock b = {m, w, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, ny, &sx, py, Wp, pair,
-                        K ? K + (x0 * ny + y0) * r * r : NULL, sink, ctx};
+            kblock b = {m, w, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, &sx, py, Wp, pair,
+                        same ? (y0 == x0 ? 2 : 1) : 0, sink, ctx};
             if (trace) s = kernel_block_trace(&b, Wp, tr, tr + L * bx * by, tr + (L + 1) * bx * by,
-                                              tr + (L + 1) * bx * by + bx * dh);
+                                              tr + (L + 1) * bx * by + bx * dh, tr + (L + 2) * bx * by + bx * dh);
             else s = kernel_block_full(&b);
         }
     }
@@ -647,11 +672,23 @@ size_t pk_kernel_tangent_memory(const pk_model *m, size_t nx, size_t ny, pk_kmod
     return block_bytes(m, nx < B ? nx : B, ny < B ? ny : B, trace);
 }
 
+/* A sink into K (nx, ny, r, r). */
+typedef struct into_array { double *K; size_t ny, rr; } into_array;
+
+static pk_status to_array(void *ctx, size_t i, size_t j0, size_t n, const double *k)
+{
+    const into_array *a = ctx;
+    memcpy(a->K + (i * a->ny + j0) * a->rr, k, n * a->rr * sizeof *k);
+    return PK_OK;
+}
+
 pk_status pk_kernel_tangent(const pk_model *m, const double *w, const double *X, size_t nx,
                             const double *Y, size_t ny, pk_kmode mode, double *K)
 {
     if (pk_model_mlp_act(m) < 0) return pk_kernel_tangent_generic(m, w, X, nx, Y, ny, mode, K, NULL, NULL);
-    return kernel_tangent(m, w, X, nx, Y, ny, mode, 0, K, NULL, NULL);
+    size_t r = mode == PK_KMODE_TRACE ? 1 : m->n_out;
+    into_array a = {K, ny, r * r};
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, 0, to_array, &a);
 }
 
 pk_status pk_kernel_tangent_rows(const pk_model *m, const double *w, const double *X, size_t nx,
@@ -659,5 +696,5 @@ pk_status pk_kernel_tangent_rows(const pk_model *m, const double *w, const doubl
                                  void *ctx)
 {
     if (pk_model_mlp_act(m) < 0) return kernel_generic(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
-    return kernel_tangent(m, w, X, nx, Y, ny, mode, mem, NULL, sink, ctx);
+    return kernel_tangent(m, w, X, nx, Y, ny, mode, mem, sink, ctx);
 }

@@ -417,6 +417,24 @@ def test_images_train_like_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["full", "trace"])
+def test_mlp_gram_in_memory_equals_cli(tmp_path, mode):
+    """An MLP's Gram taken into an array (pk_kernel_tangent, through the
+    same row segments as the CLI's file) equals the CLI's bit for bit and is
+    exactly symmetric. 300 examples and 10 outputs: full blocks of 256, so
+    the second block's rows of the first are mirrored into the array."""
+    r = np.random.default_rng(9)
+    X = r.normal(size=(300, 6))
+    spec = save_data(tmp_path, "x", X, np.arange(300) % 10)
+    run = tmp_path / "run"
+    pk("train", "--data", spec, "--model", "mlp:8:tanh", "--loss", "softmax", "--optim", "sgd", "--batch", "20",
+       "--lr", "0.2", "--steps", "4", "--seed", "3", "--out", run, "--quiet")
+    pk("kernel", run, "--x", spec, "--mode", mode, "--out", tmp_path / "k.npy")
+    K = pkg.open_run(run).tangent_kernel(X, mode=mode)
+    same(K, np.load(tmp_path / "k.npy"))
+    same(K, K.transpose(1, 0, 3, 2) if mode == "full" else K.T)
+
+
+@pytest.mark.parametrize("mode", ["full", "trace"])
 def test_cnn_gram_in_memory_equals_cli(tmp_path, mode):
     """A CNN's Gram K(x, x) taken into an array (pk_kernel_tangent: each pair
     once, K(y, x) written by mirroring into the array) equals the one the
