@@ -141,8 +141,8 @@ typedef struct kblock {
     const kside *x, *y;
     const double *Wp;     /* (P, d): sw^2 W[c,:] W[c',:] for c <= c' (last hidden layer) */
     const size_t *pair;   /* (C, C): index of {c, c'} in Wp */
-    int gram;             /* a Gram's block: 1 above the diagonal (also K(y, x) = K(x,
-                           * y)^T), 2 on it (its upper triangle, mirrored)          */
+    int gram;             /* a trace Gram's block: 1 above the diagonal (also K(y, x)
+                           * = K(x, y)^T), 2 on it (its upper triangle, mirrored)    */
     pk_kernel_sink sink;  /* where the row segments go                              */
     void *ctx;
 } kblock;
@@ -162,16 +162,15 @@ static void coef_rows(const kblock *b, size_t i0, size_t n, double *coef)
 }
 
 /* Scratch of one thread: Dt (nr, kt*C, nby*C), Et (nby, es*P), Ex (es*P, d),
- * coef (L, kt, nby), one row of K (nby, C, C), for a Gram the tile's
- * columns of y's rows (nby, kt, C, C), the tile's own x deltas (kt*C,
- * dim(l + 1)) for l < nr when x keeps none. */
-static size_t tile_scratch(const pk_model *m, size_t nby, size_t kt, size_t es, int x_local, int gram)
+ * coef (L, kt, nby), one row of K (nby, C, C), the tile's own x deltas
+ * (kt*C, dim(l + 1)) for l < nr when x keeps none. */
+static size_t tile_scratch(const pk_model *m, size_t nby, size_t kt, size_t es, int x_local)
 {
     size_t L = m->n_weight, C = dim(m, L), P = C * (C + 1) / 2, d = L >= 2 ? dim(m, L - 1) : 0;
     size_t nr = L >= 2 ? L - 2 : 0, own = 0;
     for (size_t l = 0; x_local && l < nr; l++) own += kt * C * dim(m, l + 1);
     return nr * kt * C * nby * C + (L >= 2 ? nby * es * P + es * P * d : 0) + L * kt * nby +
-           nby * C * C + (gram ? nby * kt * C * C : 0) + own;
+           nby * C * C + own;
 }
 
 /* x examples per tile, and per GEMM of the last hidden layer's Gram: a
@@ -197,8 +196,8 @@ static size_t block_bytes(const pk_model *m, size_t bx, size_t by, int trace)
     size_t per_ex = dh, threads = (size_t)pk_threads_get(), kt = tile_examples(C);
     for (size_t l = 0; l < L; l++) per_ex += (l + 1 < L ? 3 : 2) * dim(m, l + 1) + (l + 3 <= L ? C * dim(m, l + 1) : 0);
     size_t doubles = (bx + by) * per_ex + threads * kt * C * dh + C * (C + 1) / 2 * dh;
-    if (trace) doubles += bx * (L + 2) * by + bx * dh + bx;
-    else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1, 1);
+    if (trace) doubles += bx * (L + 2) * by + bx * dh;
+    else doubles += threads * tile_scratch(m, by, kt < bx ? kt : bx, tile_pairs(C), 1);
     return doubles * sizeof(double);
 }
 
@@ -228,8 +227,7 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
     size_t L = m->n_weight, C = b->C, P = b->P, nr = b->nr, nby = b->nby, cols = nby * C;
     size_t d = L >= 2 ? dim(m, L - 1) : 0;
     double *Dt = scratch, *Et = Dt + nr * kt * C * cols, *Ex = Et + (L >= 2 ? nby * es * P : 0);
-    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *mrow = row + nby * C * C;
-    double *own = mrow + (b->gram ? nby * kt * C * C : 0); /* mrow (nby, kt, C, C): the tile's columns of y's rows */
+    double *cf = Ex + (L >= 2 ? es * P * d : 0), *row = cf + L * kt * nby, *own = row + nby * C * C;
     coef_rows(b, i0, kt, cf);
     const double *dx[PK_MAX_MODEL_LAYERS] = {0}; /* the tile's x deltas of layer l: (kt*C, dim(l + 1)) */
     if (nr && !b->x->d[0]) { /* x keeps none: computed here, from the tile's rows of the x tape */
@@ -284,24 +282,10 @@ static pk_status kernel_tile(const kblock *b, size_t i0, size_t kt, size_t es, d
                         for (size_t ky = 0; ky < C; ky++) o[ky] += cs * et[pr[ky]];
                     o[kx] += cu;
                 }
-                /* a Gram: K(y, x)(ky, kx) = K(x, y)(kx, ky) */
-                double *t = b->gram ? mrow + (j * kt + i) * C * C : NULL;
-                for (size_t kx = 0; t && kx < C; kx++)
-                    for (size_t ky = 0; ky < C; ky++) t[ky * C + kx] = dst[kx * C + ky];
             }
-            /* on the diagonal: from the tile's first column, the pairs
-             * before the row's own from the rows above it */
-            size_t p = i0 + i, j0 = b->gram == 2 ? i0 : 0;
-            for (size_t q = i0; b->gram == 2 && q < p; q++)
-                memcpy(row + q * C * C, mrow + (p * kt + q - i0) * C * C, C * C * sizeof *row);
-            pk_status s = b->sink(b->ctx, b->x0 + p, b->y0 + j0, nby - j0, row + j0 * C * C);
+            pk_status s = b->sink(b->ctx, b->x0 + i0 + i, b->y0, nby, row);
             if (s) return s;
         }
-    }
-    /* the tile's columns of the rows of y below it (on the diagonal: below the tile) */
-    for (size_t j = b->gram == 2 ? i0 + kt : 0; b->gram && j < nby; j++) {
-        pk_status s = b->sink(b->ctx, b->y0 + j, b->x0 + i0, kt, mrow + j * kt * C * C);
-        if (s) return s;
     }
     return PK_OK;
 }
@@ -325,7 +309,7 @@ static pk_status kernel_block_full(const kblock *b)
 {
     size_t kt = tile_examples(b->C), es = tile_pairs(b->C);
     if (kt > b->nbx) kt = b->nbx;
-    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->x->d[0], b->gram);
+    size_t tiles = (b->nbx + kt - 1) / kt, per = tile_scratch(b->m, b->nby, kt, es, !b->x->d[0]);
     int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
     if ((size_t)threads > tiles) threads = (int)tiles;
     double **scratch = pk_calloc(threads > 0 ? (size_t)threads : 1, sizeof *scratch);
@@ -343,10 +327,9 @@ static pk_status kernel_block_full(const kblock *b)
  * K = sum_l coef_l o G_l with G_l = sum_c delta_x^l(., c) . delta_y^l(., c)
  * (one GEMM over the C delta rows read as one), the last hidden layer's
  * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C.
- * Into out (nbx, nby), then row by row to the sink (col (nbx): a
- * mirrored row on its way there). */
+ * Into out (nbx, nby), then row by row to the sink. */
 static pk_status kernel_block_trace(const kblock *b, const double *q, double *coef, double *G, double *Ex,
-                                    double *out, double *col)
+                                    double *out)
 {
     const pk_model *m = b->m;
     size_t L = m->n_weight, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
@@ -374,10 +357,11 @@ static pk_status kernel_block_trace(const kblock *b, const double *q, double *co
             for (size_t j = 0; j < i; j++) K[i * nby + j] = K[j * nby + i];
     pk_status s = PK_OK;
     for (size_t i = 0; !s && i < nbx; i++) s = b->sink(b->ctx, b->x0 + i, b->y0, nby, K + i * nby);
-    /* above a Gram's diagonal: K(y, x) = K(x, y), a column of this block a row there */
+    /* above a Gram's diagonal: K(y, x) = K(x, y), a column of this block a
+     * row there (gathered in G, free by now) */
     for (size_t j = 0; b->gram == 1 && !s && j < nby; j++) {
-        for (size_t i = 0; i < nbx; i++) col[i] = K[i * nby + j];
-        s = b->sink(b->ctx, b->y0 + j, b->x0, nbx, col);
+        for (size_t i = 0; i < nbx; i++) G[i] = K[i * nby + j];
+        s = b->sink(b->ctx, b->y0 + j, b->x0, nbx, G);
     }
     return s;
 }
@@ -403,8 +387,8 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     /* last hidden layer: Wp (P, dh) for blocks, q (dh) for the trace */
     double *Wp = L >= 2 ? pk_alloc(trace ? 1 : P, dh * sizeof(double)) : NULL;
     size_t *pair = pk_alloc(C * C, sizeof *pair);
-    /* the trace: coef (L, bx, by), G (bx, by), Ex (bx, dh), out (bx, by), col (bx) */
-    double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh + bx, sizeof(double)) : NULL;
+    /* the trace: coef (L, bx, by), G (bx, by), Ex (bx, dh), out (bx, by) */
+    double *tr = trace ? pk_alloc(bx * (L + 2) * by + bx * dh, sizeof(double)) : NULL;
     if (!s && ((L >= 2 && !Wp) || !pair || (trace && !tr))) s = PK_ERR_NOMEM;
     if (!s && L >= 2) {
         const double *W = w + pk_model_weight(m, L - 1)->w_off;
@@ -424,9 +408,11 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
     for (size_t x0 = 0; !s && x0 < nx; x0 += bx) {
         size_t nbx = nx - x0 < bx ? nx - x0 : bx;
         s = kside_compute(m, w, X + x0 * d, nbx, &sx);
-        /* a Gram (Y is X) takes the blocks at y0 >= x0 and mirrors those
-         * above the diagonal (bx == by then) */
-        for (size_t y0 = same ? x0 : 0; !s && y0 < ny; y0 += by) {
+        /* a trace Gram (Y is X) takes the blocks at y0 >= x0 and mirrors
+         * those above the diagonal (bx == by then); a full one takes every
+         * block (mirrored rows would need a tile's columns of every y row
+         * kept: scratch that would shrink the blocks under --mem) */
+        for (size_t y0 = same && trace ? x0 : 0; !s && y0 < ny; y0 += by) {
             size_t nby = ny - y0 < by ? ny - y0 : by;
             const kside *py = &sy;
             if (same && y0 == x0) py = &sx;
@@ -436,9 +422,9 @@ static pk_status kernel_tangent(const pk_model *m, const double *w, const double
                 y_held = y0;
             }
             kblock b = {m, w, C, P, L >= 2 ? L - 2 : 0, x0, y0, nbx, nby, &sx, py, Wp, pair,
-                        same ? (y0 == x0 ? 2 : 1) : 0, sink, ctx};
+                        same && trace ? (y0 == x0 ? 2 : 1) : 0, sink, ctx};
             if (trace) s = kernel_block_trace(&b, Wp, tr, tr + L * bx * by, tr + (L + 1) * bx * by,
-                                              tr + (L + 1) * bx * by + bx * dh, tr + (L + 2) * bx * by + bx * dh);
+                                              tr + (L + 1) * bx * by + bx * dh);
             else s = kernel_block_full(&b);
         }
     }
