@@ -134,15 +134,16 @@ static double forward_bytes(const pk_run *run, size_t n, size_t slots, const pk_
 {
     const pk_model *m = pk_run_model(run);
     size_t C = m->n_out, B = batch_cap(run), Qb = block_of(o, n), sd = pk_model_widths(m);
+    size_t Rb = pk_quad_rows(&o->quad, Qb);
     double b = 5.0 * (double)m->n_params + (double)pk_run_n_train(run);        /* w's, G, state; last */
     b += (double)B * (double)(m->n_in + 3 * sd + C);                           /* stepper          */
     size_t blocks = (n + Qb - 1) / Qb, nt = (size_t)omp_get_max_threads();
     if (nt > blocks) nt = blocks ? blocks : 1;
-    b += (double)nt * ((double)Qb * (double)(3 * sd + C) + 3.0 * (double)Qb * (double)B); /* per thread: tape, R, S, D, A */
-    b += (double)nt * (double)Qb * (double)m->layer[0].out;                           /* per thread: dZ1  */
+    b += (double)nt * ((double)Rb * (double)(3 * sd + C) + 3.0 * (double)Rb * (double)B); /* per thread: tape, R, S, D, A */
+    b += (double)nt * (double)Rb * (double)m->layer[0].out;                           /* per thread: dZ1  */
     b += (double)(o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n) * (double)m->n_params;                                    /* node weights     */
     b += (double)n * ((double)slots + 2.0 * (double)o->top * 2.0 + 4.0 + (double)m->layer[0].out); /* slots, heaps, Z1 */
-    b += (double)nt * (double)pk_rowsum_values(m, Qb, 1, B);                          /* gradient rows summed */
+    b += (double)nt * (double)pk_rowsum_values(m, Rb, 1, B);                          /* gradient rows summed */
     b *= sizeof(double);
     pk_target one = walk_target(o);
     if (pk_sweep_serves(m, &o->quad, &one, 0)) b += (double)nt * (double)pk_sweep_bytes(m, &one, Qb, B); /* walks */
@@ -218,16 +219,16 @@ static pk_status topk_dense(pk_run *run, const double *Xq, size_t n, const size_
 /* What one thread needs for a block of queries at a step. */
 typedef struct block_work {
     pk_tape *qt;   /* the block's tape at a node                          */
-    double *R;     /* (Qb, C) dg/df at the node: e_c for the output c      */
-    double *S;     /* (Qb, B) <J_{x,c}(node), g_i(w_t)>                   */
-    double *D, *A; /* (Qb, B) side-product scratch; A: x . x_i first      */
-    double *dZ1;   /* (Qb, d1) first-layer pre-activations' change        */
+    double *R;     /* (Rb, C) dg/df at the node: e_c for the output c      */
+    double *S;     /* (Rb, B) <J_{x,c}(node), g_i(w_t)>                   */
+    double *D, *A; /* (Rb, B) side-product scratch; A: x . x_i first      */
+    double *dZ1;   /* (Rb, d1) first-layer pre-activations' change        */
     /* the rows evaluated at once: their queries (in the block), nodes,
      * weights, inputs and first-layer pre-activations, gathered */
     pk_nodes nd;   /* the exact rule's nodes of the block at a step       */
-    uint32_t *qi;  /* (Qb)                                                */
-    double *at, *f;/* (Qb), (Qb)                                          */
-    double *X, *Z; /* (Qb, d), (Qb, d1)                                   */
+    uint32_t *qi;  /* (Rb)                                                */
+    double *at, *f;/* (Rb), (Rb)                                          */
+    double *X, *Z; /* (Rb, d), (Rb, d1)                                   */
     pk_sweep *sp;  /* the exact rule of an MLP: each query's pieces walked */
     pk_rowsum rs; /* the gradient-row layers' nodes, summed              */
 } block_work;
@@ -242,23 +243,23 @@ static void block_work_free(block_work *b)
     pk_sweep_free(b->sp);
 }
 
-static int block_work_new(const pk_model *m, size_t Qb, size_t B, block_work *b)
+static int block_work_new(const pk_model *m, size_t Rb, size_t B, block_work *b)
 {
     memset(b, 0, sizeof *b);
     size_t C = m->n_out, d1 = m->layer[0].out;
-    b->qt = pk_tape_new(m, Qb);
+    b->qt = pk_tape_new(m, Rb);
     if (b->qt) b->qt->queries = 1;
-    b->R = pk_calloc(Qb, C * sizeof *b->R);
-    b->S = pk_alloc(Qb, B * sizeof *b->S);
-    b->D = pk_alloc(Qb, B * sizeof *b->D);
-    b->A = pk_alloc(Qb, B * sizeof *b->A);
-    b->dZ1 = pk_alloc(Qb, d1 * sizeof *b->dZ1);
-    b->qi = pk_alloc(Qb, sizeof *b->qi);
-    b->at = pk_alloc(Qb, sizeof *b->at);
-    b->f = pk_alloc(Qb, sizeof *b->f);
-    b->X = pk_alloc(Qb, m->n_in * sizeof *b->X);
-    b->Z = pk_alloc(Qb, d1 * sizeof *b->Z);
-    if (pk_rowsum_init(&b->rs, m, Qb, 1, B)) return 0;
+    b->R = pk_calloc(Rb, C * sizeof *b->R);
+    b->S = pk_alloc(Rb, B * sizeof *b->S);
+    b->D = pk_alloc(Rb, B * sizeof *b->D);
+    b->A = pk_alloc(Rb, B * sizeof *b->A);
+    b->dZ1 = pk_alloc(Rb, d1 * sizeof *b->dZ1);
+    b->qi = pk_alloc(Rb, sizeof *b->qi);
+    b->at = pk_alloc(Rb, sizeof *b->at);
+    b->f = pk_alloc(Rb, sizeof *b->f);
+    b->X = pk_alloc(Rb, m->n_in * sizeof *b->X);
+    b->Z = pk_alloc(Rb, d1 * sizeof *b->Z);
+    if (pk_rowsum_init(&b->rs, m, Rb, 1, B)) return 0;
     return b->qt && b->R && b->S && b->D && b->A && b->dZ1 && b->qi && b->at && b->f && b->X && b->Z;
 }
 
@@ -357,7 +358,7 @@ typedef struct block_step {
     const double *qs, *qc;      /* (nodes) the shared nodes and weights on [0, 1] */
     size_t nodes;
     double scale;               /* eta_t / |B_t|                              */
-    size_t n, Qb;               /* queries, queries a block                   */
+    size_t n, Qb, Rb;           /* queries, queries a block, rows at once (pk_quad_rows) */
     int dense1, walk;           /* a dense first layer; the exact rule's walk */
     size_t nV;                  /* gradient-row values a row (pk_rowsum)      */
     block_work *bw;             /* (threads) each thread's                    */
@@ -420,8 +421,8 @@ static pk_status step_block(void *ctx, size_t b, int thread)
          * backward pass seeded with e_c */
         if (eval_rows(sr, k, q0, k->nd.nu, bs->Wn + node * P)) fail = PK_ERR_NOMEM;
     }
-    for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += Qb) {
-        size_t nr = k->nd.R - r0 < Qb ? k->nd.R - r0 : Qb;
+    for (size_t r0 = 0; o->quad.exact && r0 < k->nd.R; r0 += bs->Rb) {
+        size_t nr = k->nd.R - r0 < bs->Rb ? k->nd.R - r0 : bs->Rb;
         for (size_t x = 0; x < nr; x++) {
             k->qi[x] = k->nd.re[r0 + x];
             k->at[x] = k->nd.rs[r0 + x];
@@ -449,7 +450,8 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
 {
     const pk_model *m = pk_run_model(run);
     size_t N = pk_run_n_train(run), C = m->n_out, P = m->n_params;
-    size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), K = o->top, nodes = o->quad.n;
+    size_t d = m->n_in, B = batch_cap(run), Qb = block_of(o, n), Rb = pk_quad_rows(&o->quad, Qb), K = o->top;
+    size_t nodes = o->quad.n;
     /* the shared nodes: the rule's, or the exact rule's on [0, 1] */
     double qs[PK_PIECE_NODES], qc[PK_PIECE_NODES];
     if (o->quad.exact) pk_gauss_legendre(nodes = pk_quad_piece_nodes(&o->quad, m, 0), qs, qc);
@@ -484,7 +486,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
     if (!slot_of || !free_slots || !acc || !w || !F || !Wn || !Z1 || !bw || (want_dt && !Dt))
         s = PK_ERR_NOMEM;
     for (size_t k = 0; !s && k < nt; k++)
-        if (!block_work_new(m, Qb, B, &bw[k])) s = PK_ERR_NOMEM;
+        if (!block_work_new(m, Rb, B, &bw[k])) s = PK_ERR_NOMEM;
     /* gradient-row layers (pk_rowsum): the batch's rows once a step */
     size_t nV = s ? 0 : bw[0].rs.nV;
     double *Ut = nV ? pk_alloc(B, nV * sizeof *Ut) : NULL;             /* (B, nV) */
@@ -533,7 +535,8 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         block_step bs = {.sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, lin1, acc,
                                 out->total, Ut},
                          .o = o, .one = &one, .bt = bt, .w = r.w, .Dt = Dt, .Wn = Wn, .Z1 = Z1, .qs = qs, .qc = qc,
-                         .nodes = nodes, .scale = scale, .n = n, .Qb = Qb, .dense1 = dense1, .walk = walk, .nV = nV, .bw = bw};
+                         .nodes = nodes, .scale = scale, .n = n, .Qb = Qb, .Rb = Rb, .dense1 = dense1, .walk = walk,
+                         .nV = nV, .bw = bw};
         pk_status fail = pk_tasks(blocks, (int)nt, step_block, &bs);
         if (fail) { s = fail; break; }
         /* close the examples this step used for the last time: their phi is final */

@@ -70,16 +70,18 @@ static size_t chunk_queries(const pk_model *m, size_t Qb, size_t B)
     return g < Qb ? g : Qb;
 }
 
-/* Doubles of workspace for a block of Qb queries, without the segment store. */
-static double block_doubles(const pk_model *m, size_t B, size_t Qb, int kernel, size_t nodes)
+/* Doubles of workspace for a block of Qb queries whose rows go Rb at a
+ * time (pk_quad_rows), without the segment store. */
+static double block_doubles(const pk_model *m, size_t B, size_t Qb, size_t Rb, int kernel, size_t nodes)
 {
     size_t C = m->n_out, P = m->n_params, sd = pk_model_widths(m), md = max_dout(m);
     double b = (double)Qb * (double)C * (double)P;                        /* H               */
     b += (double)nodes * ((double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd)); /* tapes, dq per node */
-    b += (double)Qb * (double)md;                                         /* adamw: U a      */
+    b += (double)Rb * (double)(3 * sd) + (double)Rb * (double)(C * sd);   /* own rows: tape, deltas */
+    b += (double)Rb * (double)(md + m->n_in + 2 * C + 3);                 /* adamw: U a; rows: X, Y, R, at, of, oq */
     b += (double)chunk_queries(m, Qb, B) * (double)C * (double)md * (double)B; /* GEMM chunk  */
     b += (double)Qb * (double)C * (double)B * (double)(kernel ? C : 1);   /* bias GEMM       */
-    b += (double)Qb * (double)C * (double)max_rows_params(m);             /* query gradients */
+    b += (double)Rb * (double)C * (double)max_rows_params(m);             /* rows' gradients */
     return b;
 }
 
@@ -114,10 +116,12 @@ size_t pk_explain_backward_plan(const pk_run *run, size_t Q, const pk_explain_op
     if (!Qb) Qb = 1;
     double avail = (double)limit / sizeof(double) - (double)out_bytes / sizeof(double);
     /* at least a two-step segment next to the block */
-    /* tapes: one per node, and under the exact rule one of the own rows */
-    size_t nodes = o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) + 1 : o->quad.n ? o->quad.n : 1;
-    while (!o->block && Qb > 1 && fixed + block_doubles(m, B, Qb, kernel, nodes) + 2 * per > avail) Qb = (Qb + 1) / 2;
-    double used = fixed + block_doubles(m, B, Qb, kernel, nodes);
+    /* tapes: one per node, and one of the rows at nodes of their own */
+    size_t nodes = o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) : o->quad.n ? o->quad.n : 1;
+    while (!o->block && Qb > 1 &&
+           fixed + block_doubles(m, B, Qb, pk_quad_rows(&o->quad, Qb), kernel, nodes) + 2 * per > avail)
+        Qb = (Qb + 1) / 2;
+    double used = fixed + block_doubles(m, B, Qb, pk_quad_rows(&o->quad, Qb), kernel, nodes);
     double left = avail - used;
     size_t seg = left > per ? (size_t)(left / per) : 1;
     if (seg > T) seg = T;
@@ -137,7 +141,7 @@ typedef struct sweep {
     const pk_optim *op;
     const pk_explain_opts *o;
     pk_explain *e;
-    size_t P, C, N, T, S, Qb, seg, kr;
+    size_t P, C, N, T, S, Qb, Rb, seg, kr; /* Rb: rows at once (pk_quad_rows) */
     pk_stepper st;
     double *G, *wq, *prev, *fin;
     double *W;       /* (seg + 1, P) weights w_a .. w_b of the segment      */
@@ -153,20 +157,20 @@ typedef struct sweep {
     double *U;       /* (Qb, dout) adamw: U_l a_x                            */
     double *VQ;      /* (Qb C, n_w) queries' per-output gradients of a layer (grad_rows) */
     double *VB;      /* (B [C], n_w) the batch's gradients of a layer (grad_rows)        */
-    double *R;       /* (Qb, outputs) the target's seeds dg/df at a node (MATH.md section 11) */
+    double *R;       /* (Rb, outputs) the target's seeds dg/df at a node (MATH.md section 11) */
     size_t gq;       /* queries per GEMM chunk                               */
     /* the nodes of a step (MATH.md sections 11 and 12), the shared nodes'
      * rows (pos[q]: query q's row on qt[n], -1 when it has pieces of its
-     * own), and rows at nodes of their own, Qb at a time on ot */
+     * own), and rows at nodes of their own, Rb at a time on ot */
     pk_nodes nd;
     int32_t *pos;    /* (Qb)                                                 */
     double *Dt;      /* (P) D_t                                              */
-    double *X;       /* (Qb, d) gathered queries                             */
-    double *Y;       /* (Qb, ty) their targets, gathered                     */
+    double *X;       /* (Rb, d) gathered queries                             */
+    double *Y;       /* (Rb, ty) their targets, gathered                     */
     pk_tape *ot;     /* own rows' tape                                       */
     double *od[PK_MAX_MODEL_LAYERS];
-    double *at, *of; /* (Qb) their nodes and weights                         */
-    uint32_t *oq;    /* (Qb) their queries (in the block)                    */
+    double *at, *of; /* (Rb) their nodes and weights                         */
+    uint32_t *oq;    /* (Rb) their queries (in the block)                    */
     double pieces;   /* pieces of every query and step                       */
 } sweep;
 
@@ -612,8 +616,8 @@ static pk_status sweep_block(sweep *sw, const double *Xq, size_t q0, size_t nq)
                     s = adamw_term(sw, q0, sw->qt[node], sw->dq[node], nd->nu, nd->u, sw->of, ws);
             }
             if (!s) s = update_h(sw, nq, decay, cn, nd->k, pre);
-            for (size_t r0 = 0; !s && r0 < nd->R; r0 += sw->Qb) {
-                size_t nr = nd->R - r0 < sw->Qb ? nd->R - r0 : sw->Qb;
+            for (size_t r0 = 0; !s && r0 < nd->R; r0 += sw->Rb) {
+                size_t nr = nd->R - r0 < sw->Rb ? nd->R - r0 : sw->Rb;
                 for (size_t x = 0; x < nr; x++) {
                     memcpy(sw->X + x * d, Xq + (q0 + nd->re[r0 + x]) * d, d * sizeof *sw->X);
                     if (yq) memcpy(sw->Y + x * ty, yq + nd->re[r0 + x] * ty, ty * sizeof *sw->Y);
@@ -678,6 +682,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.T = pk_run_steps(run);
     sw.S = pk_optim_state_len(sw.op);
     sw.Qb = Qb;
+    sw.Rb = pk_quad_rows(&o->quad, Qb);
     sw.seg = seg;
     sw.kr = o->mode == PK_KMODE_FULL ? sw.C : 1;
     size_t P = sw.P, C = sw.C;
@@ -693,7 +698,7 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
     sw.W = pk_alloc(seg + 1, P * sizeof(double));
     sw.Pre = is_adam(sw.op) ? pk_alloc(seg, P * sizeof(double)) : NULL;
     sw.H = pk_alloc(Qb * C, P * sizeof(double));
-    sw.R = pk_alloc(Qb, m->n_out * sizeof(double));
+    sw.R = pk_alloc(sw.Rb, m->n_out * sizeof(double));
     int have_dq = 1;
     size_t nodes = o->quad.exact ? pk_quad_piece_nodes(&o->quad, m, 0) : o->quad.n; /* at most 8 (path.c) */
     for (size_t n = 0; n < nodes; n++) {
@@ -702,24 +707,24 @@ pk_status pk_explain_backward(pk_run *run, const double *Xq, size_t Q, const pk_
         if (!sw.qt[n] || pk_deltas_new(m, Qb, sw.dq[n])) have_dq = 0;
     }
     sw.pos = pk_alloc(Qb, sizeof *sw.pos);
-    sw.X = pk_alloc(Qb, m->n_in * sizeof *sw.X);
-    sw.at = pk_alloc(Qb, sizeof *sw.at);
-    sw.of = pk_alloc(Qb, sizeof *sw.of);
-    sw.oq = pk_alloc(Qb, sizeof *sw.oq);
-    sw.Y = pk_alloc(Qb, (pk_run_loss(run) == PK_LOSS_MSE ? m->n_out : 1) * sizeof *sw.Y);
+    sw.X = pk_alloc(sw.Rb, m->n_in * sizeof *sw.X);
+    sw.at = pk_alloc(sw.Rb, sizeof *sw.at);
+    sw.of = pk_alloc(sw.Rb, sizeof *sw.of);
+    sw.oq = pk_alloc(sw.Rb, sizeof *sw.oq);
+    sw.Y = pk_alloc(sw.Rb, (pk_run_loss(run) == PK_LOSS_MSE ? m->n_out : 1) * sizeof *sw.Y);
     if (!sw.pos || !sw.X || !sw.Y || !sw.at || !sw.of || !sw.oq) have_dq = 0;
     sw.Dt = pk_alloc(P, sizeof *sw.Dt);
-    sw.ot = pk_tape_new(m, Qb);
+    sw.ot = pk_tape_new(m, sw.Rb);
     if (sw.ot) sw.ot->queries = 1;
-    if (!sw.Dt || !sw.ot || pk_deltas_new(m, Qb, sw.od)) have_dq = 0;
+    if (!sw.Dt || !sw.ot || pk_deltas_new(m, sw.Rb, sw.od)) have_dq = 0;
     int have_dB = e->kernel ? !pk_deltas_new(m, B, sw.dB) : 1;
     sw.dBT = e->kernel ? pk_alloc(C * md, B * sizeof(double)) : NULL;
     sw.dtT = pk_alloc(md, B * sizeof(double));
     sw.M = pk_alloc(sw.gq * C * md, B * sizeof(double));
     sw.Mb = pk_alloc(Qb * C, B * (e->kernel ? C : 1) * sizeof(double));
-    sw.U = pk_alloc(Qb, md * sizeof(double));
+    sw.U = pk_alloc(sw.Rb, md * sizeof(double));
     size_t nr = max_rows_params(m);
-    sw.VQ = nr ? pk_alloc(Qb * C, nr * sizeof(double)) : NULL;
+    sw.VQ = nr ? pk_alloc(sw.Rb * C, nr * sizeof(double)) : NULL;
     sw.VB = nr ? pk_alloc(B * (e->kernel ? C : 1), nr * sizeof(double)) : NULL;
     if ((nr && (!sw.VQ || !sw.VB)) || !sw.G || !sw.wq || !sw.prev || !sw.fin || !sw.W || (is_adam(sw.op) && !sw.Pre) || !sw.H || !sw.R ||
         !have_dq || !have_dB || (e->kernel && !sw.dBT) || !sw.dtT || !sw.M || !sw.Mb || !sw.U)

@@ -178,6 +178,12 @@ typedef struct pk_nodes {
 pk_status pk_nodes_step(pk_nodes *nd, const pk_model *m, const pk_quad *q, int kernel, const double *w,
                         const double *D, const double *X, size_t n);
 void pk_nodes_free(pk_nodes *nd);
+/* Rows a pass evaluates at once for blocks of Qb queries: Qb, and under the
+ * exact rule at least PK_PIECE_ROWS, since its rows at nodes of their own
+ * come many a query (cut Qb at a time, a few queries' rows ran in products
+ * of a few rows each, padded to a whole row tile, on one thread). A row's
+ * values never depend on the rows beside it, nor the sums on the cuts. */
+size_t pk_quad_rows(const pk_quad *q, size_t Qb);
 /* After pk_nodes_step for the n queries X (n, d) with targets y (n, ty):
  * for a target whose seed jumps along the step (margin: where the largest
  * other output changes, MATH.md section 11), each query's pieces are cut

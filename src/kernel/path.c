@@ -96,17 +96,17 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static size_t work_bytes(const pk_model *m, size_t d, size_t B, size_t Qb, const pk_explain_opts *o)
 {
-    size_t C = m->n_out, kr = kernel_rows(m, o), sd = pk_model_widths(m);
+    size_t C = m->n_out, kr = kernel_rows(m, o), sd = pk_model_widths(m), Rb = pk_quad_rows(&o->quad, Qb);
     int batch_kernel = o->want_kernel && o->batch_kernel;
     double b = 4.0 * (double)m->n_params;                        /* w, w_next, wq, G */
     b += (double)B * (double)(d + 3 * sd + C);                    /* stepper          */
     if (batch_kernel) b += (double)B * (double)(C * sd);          /* batch deltas     */
-    b += (double)Qb * (double)(3 * sd) + (double)Qb * (double)(C * sd); /* query tape, deltas */
-    b += 2.0 * (double)Qb * (double)C * (double)B + (double)Qb * (double)B; /* S, D, A */
-    b += (double)Qb * (double)(d + 2 * C + 4);                    /* rows: X, Y, R, at, f, q, grp */
-    b += (double)Qb * (double)(C * sd);                           /* rows at their own nodes: dtmp */
-    if (batch_kernel) b += 2.0 * (double)Qb * (double)kr * (double)B * (double)kr;
-    b += (double)pk_rowsum_values(m, Qb, pk_target_columns(&o->target, C), B); /* gradient rows summed */
+    b += (double)Rb * (double)(3 * sd) + (double)Rb * (double)(C * sd); /* query tape, deltas */
+    b += 2.0 * (double)Rb * (double)C * (double)B + (double)Rb * (double)B; /* S, D, A */
+    b += (double)Rb * (double)(d + 2 * C + 4);                    /* rows: X, Y, R, at, f, q, grp */
+    b += (double)Rb * (double)(C * sd);                           /* rows at their own nodes: dtmp */
+    if (batch_kernel) b += 2.0 * (double)Rb * (double)kr * (double)B * (double)kr;
+    b += (double)pk_rowsum_values(m, Rb, pk_target_columns(&o->target, C), B); /* gradient rows summed */
     b *= sizeof(double);
     if (pk_sweep_serves(m, &o->quad, &o->target, batch_kernel)) b += (double)pk_sweep_bytes(m, &o->target, Qb, B);
     return b > 1e18 ? (size_t)1e18 : (size_t)b;
@@ -180,15 +180,15 @@ static pk_status too_big(const pk_run *run, size_t Q, const pk_explain_opts *o, 
  * weight f (-eta_t / |B_t| times the node's weight). */
 typedef struct fwork {
     pk_tape *qt;                          /* rows at their nodes                       */
-    double *dq[PK_MAX_MODEL_LAYERS];      /* their target's deltas (Qb, C, out_l)      */
-    double *S, *D, *A, *SK, *DK;          /* side products (Qb C, B), (Qb, B), kernel  */
-    double *X;                            /* (Qb, d) the rows' queries, gathered       */
-    double *Y;                            /* (Qb, ty) their targets, gathered          */
-    double *R;                            /* (Qb, outputs) the target's seeds dg/df    */
-    double *at;                           /* (Qb) the rows' own nodes                  */
-    double *f;                            /* (Qb) the rows' weights                    */
-    uint32_t *q;                          /* (Qb) the rows' queries (in all Q)         */
-    size_t *grp;                          /* (Qb + 1) runs of rows of one query        */
+    double *dq[PK_MAX_MODEL_LAYERS];      /* their target's deltas (Rb, C, out_l)      */
+    double *S, *D, *A, *SK, *DK;          /* side products (Rb C, B), (Rb, B), kernel  */
+    double *X;                            /* (Rb, d) the rows' queries, gathered       */
+    double *Y;                            /* (Rb, ty) their targets, gathered          */
+    double *R;                            /* (Rb, outputs) the target's seeds dg/df    */
+    double *at;                           /* (Rb) the rows' own nodes                  */
+    double *f;                            /* (Rb) the rows' weights                    */
+    uint32_t *q;                          /* (Rb) the rows' queries (in all Q)         */
+    size_t *grp;                          /* (Rb + 1) runs of rows of one query        */
     pk_rowsum rs;                         /* gradient-row layers: the nodes summed     */
     double *U;                            /* (B, rs.nV) the batch's rows               */
 } fwork;
@@ -284,24 +284,25 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
     size_t ty = loss == PK_LOSS_MSE ? m->n_out : 1;
     fwork w;
     memset(&w, 0, sizeof w);
-    w.qt = pk_tape_new(m, Qb);
+    size_t Rb = pk_quad_rows(&o->quad, Qb); /* rows at once: Qb, or more under the exact rule */
+    w.qt = pk_tape_new(m, Rb);
     if (w.qt) w.qt->queries = 1;
     double *dB[PK_MAX_MODEL_LAYERS] = {0};
-    int have_dq = !pk_deltas_new(m, Qb, w.dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
-    w.S = pk_alloc(Qb * C, B * sizeof *w.S);
-    w.D = pk_alloc(Qb * C, B * sizeof *w.D);
-    w.A = pk_alloc(Qb, B * sizeof *w.A);
-    w.SK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.SK) : NULL;
-    w.DK = o->want_kernel ? pk_alloc(Qb * kr, B * kr * sizeof *w.DK) : NULL;
-    w.X = pk_alloc(Qb, d * sizeof *w.X);
-    w.Y = pk_alloc(Qb, ty * sizeof *w.Y);
-    w.R = pk_alloc(Qb, m->n_out * sizeof *w.R);
-    w.at = pk_alloc(Qb, sizeof *w.at);
-    w.f = pk_alloc(Qb, sizeof *w.f);
-    w.q = pk_alloc(Qb, sizeof *w.q);
-    w.grp = pk_alloc(Qb + 1, sizeof *w.grp);
+    int have_dq = !pk_deltas_new(m, Rb, w.dq), have_dB = o->want_kernel ? !pk_deltas_new(m, B, dB) : 0;
+    w.S = pk_alloc(Rb * C, B * sizeof *w.S);
+    w.D = pk_alloc(Rb * C, B * sizeof *w.D);
+    w.A = pk_alloc(Rb, B * sizeof *w.A);
+    w.SK = o->want_kernel ? pk_alloc(Rb * kr, B * kr * sizeof *w.SK) : NULL;
+    w.DK = o->want_kernel ? pk_alloc(Rb * kr, B * kr * sizeof *w.DK) : NULL;
+    w.X = pk_alloc(Rb, d * sizeof *w.X);
+    w.Y = pk_alloc(Rb, ty * sizeof *w.Y);
+    w.R = pk_alloc(Rb, m->n_out * sizeof *w.R);
+    w.at = pk_alloc(Rb, sizeof *w.at);
+    w.f = pk_alloc(Rb, sizeof *w.f);
+    w.q = pk_alloc(Rb, sizeof *w.q);
+    w.grp = pk_alloc(Rb + 1, sizeof *w.grp);
     double *Dt = pk_alloc(P, sizeof *Dt); /* (P) D_t */
-    int have_rs = !pk_rowsum_init(&w.rs, m, Qb, C, B);
+    int have_rs = !pk_rowsum_init(&w.rs, m, Rb, C, B);
     w.U = w.rs.nV ? pk_alloc(B, w.rs.nV * sizeof *w.U) : NULL;
     /* the exact rule of an MLP: each query's pieces walked in order (sweep.c) */
     pk_sweep *sp = pk_sweep_serves(m, &o->quad, &o->target, o->want_kernel) ?
@@ -364,9 +365,9 @@ static pk_status explain_forward(pk_run *run, const double *Xq, size_t Q, const 
                 for (size_t x = 0; x < nd.nu; x++) w.f[x] = -scale * nd.c[node];
                 if (!s) s = add_rows(m, o, &w, nd.nu, q0, &train_loss, &train_out, idx, nb, e);
             }
-            /* the rows at nodes of their own, Qb at a time at w_t + s D_t each */
-            for (size_t r0 = 0; !s && r0 < nd.R; r0 += Qb) {
-                size_t nr = nd.R - r0 < Qb ? nd.R - r0 : Qb;
+            /* the rows at nodes of their own, Rb at a time at w_t + s D_t each */
+            for (size_t r0 = 0; !s && r0 < nd.R; r0 += Rb) {
+                size_t nr = nd.R - r0 < Rb ? nd.R - r0 : Rb;
                 for (size_t x = 0; x < nr; x++) {
                     size_t q = q0 + nd.re[r0 + x];
                     memcpy(w.X + x * d, Xq + q * d, d * sizeof *w.X);

@@ -60,4 +60,6 @@ size_t pk_quad_piece_nodes(const pk_quad *q, const pk_model *m, int kernel)
     return k < 1 ? 1 : k > (kernel ? PK_PIECE_NODES : 8) ? (kernel ? PK_PIECE_NODES : 8) : k;
 }
 
+size_t pk_quad_rows(const pk_quad *q, size_t Qb) { return q->exact && Qb < PK_PIECE_ROWS ? PK_PIECE_ROWS : Qb; }
+
 void pk_gauss_legendre(size_t K, double *s, double *c) { gauss_legendre(K, s, c); }
