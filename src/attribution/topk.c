@@ -266,7 +266,8 @@ static int block_work_new(const pk_model *m, size_t Rb, size_t B, block_work *b)
 /* What the rows of a block share at a step. */
 typedef struct step_rows {
     const pk_model *m;
-    const double *Xq, *Z1;   /* (n, d) queries, (n, d1) their first-layer pre-activations at w_t */
+    const double *Xq;        /* (n, d) queries                         */
+    double *Z1;              /* (n, d1) their first-layer pre-activations at w_t (moved on block by block) */
     const size_t *cls;
     const pk_target *tg;     /* the target of each query (its output cls[x] for outputs) */
     pk_loss loss;
@@ -354,7 +355,6 @@ typedef struct block_step {
     const pk_target *one;       /* the walk's target                          */
     const pk_tape *bt;          /* the batch at w_t                           */
     const double *w, *Dt, *Wn;  /* (P) w_t, (P) D_t or NULL, (nodes, P) the nodes' weights */
-    double *Z1;                 /* (n, d1) sr.Z1, moved to w_{t+1} block by block */
     const double *qs, *qc;      /* (nodes) the shared nodes and weights on [0, 1] */
     size_t nodes;
     double scale;               /* eta_t / |B_t|                              */
@@ -384,7 +384,7 @@ static pk_status step_block(void *ctx, size_t b, int thread)
      * pre-activations move by dZ1 = -(eta/|B|) (sw^2 x.x_i + sb^2) delta_i
      * summed over the batch (MATH.md section 4's layer-1 term): an
      * nq x |B| x d1 product instead of nq x d x d1 per node. */
-    double *Zb = bs->Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
+    double *Zb = sr->Z1 + q0 * d1, sw = m->layer[0].sw, sb = m->layer[0].sb;
     if (bs->dense1 && !bs->walk) {
         pk_gemm_rows(0, 1, nq, nb, d, sw * sw, sr->Xq + q0 * d, d, bt->x, d, 0.0, k->A, nb);
         for (size_t j = 0; j < nq * nb; j++) k->A[j] += sb * sb;
@@ -534,7 +534,7 @@ static pk_status topk_forward(pk_run *run, const double *Xq, size_t n, const siz
         if (nV && (s = pk_rowsum_batch(&bw[0].rs, m, &train_loss, Ut))) break;
         block_step bs = {.sr = {m, Xq, Z1, cls, &tg, loss, Y, ty, &train_loss, idx, nb, n_slots, slot_of, lin1, acc,
                                 out->total, Ut},
-                         .o = o, .one = &one, .bt = bt, .w = r.w, .Dt = Dt, .Wn = Wn, .Z1 = Z1, .qs = qs, .qc = qc,
+                         .o = o, .one = &one, .bt = bt, .w = r.w, .Dt = Dt, .Wn = Wn, .qs = qs, .qc = qc,
                          .nodes = nodes, .scale = scale, .n = n, .Qb = Qb, .Rb = Rb, .dense1 = dense1, .walk = walk,
                          .nV = nV, .bw = bw};
         pk_status fail = pk_tasks(blocks, (int)nt, step_block, &bs);

@@ -390,7 +390,6 @@ static pk_status pair_exact(const pnode *n, size_t bx, size_t by, pwork *w)
     return PK_OK;
 }
 
-/* The exact rule's nodes of a side for a step: kinked flags and row starts. */
 /* Block pair p of the node on its thread: the shared node's products, or
  * (no wn) the exact rule's pairs with a kink. */
 static pk_status pair_task(void *ctx, size_t p, int thread)
@@ -399,6 +398,8 @@ static pk_status pair_task(void *ctx, size_t p, int thread)
     size_t bx = n->pairs[2 * p], by = n->pairs[2 * p + 1];
     return n->wn ? pair_add(n, bx, by, &n->work[thread]) : pair_exact(n, bx, by, &n->work[thread]);
 }
+
+/* The exact rule's nodes of a side for a step: kinked flags and row starts. */
 
 static pk_status eside_step(eside *e, const pk_model *m, const pk_quad *q, const double *w, const double *D,
                             const double *X, size_t n)

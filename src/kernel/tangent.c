@@ -327,13 +327,12 @@ static pk_status kernel_block_full(const kblock *b)
  * K = sum_l coef_l o G_l with G_l = sum_c delta_x^l(., c) . delta_y^l(., c)
  * (one GEMM over the C delta rows read as one), the last hidden layer's
  * G = (s_x o q) s_y^T with q = sw^2 sum_c W_L[c,:]^2, the output's G = C.
- * Into out (nbx, nby), then row by row to the sink. */
+ * Into K (nbx, nby), then row by row to the sink. */
 static pk_status kernel_block_trace(const kblock *b, const double *q, double *coef, double *G, double *Ex,
-                                    double *out)
+                                    double *K)
 {
     const pk_model *m = b->m;
     size_t L = m->n_weight, C = b->C, nbx = b->nbx, nby = b->nby, nxy = nbx * nby;
-    double *K = out;
     coef_rows(b, 0, nbx, coef);
     memset(K, 0, nxy * sizeof *K);
     for (size_t l = 0; l < L; l++) {
